@@ -1,0 +1,22 @@
+"""xentaudit: the numerical-stability auditor for cross-entropy.
+
+The public Python API. Importing it never imports TensorFlow; running an audit does.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from xentaudit.audit import audit
+from xentaudit.errors import XentauditError
+from xentaudit.results import SCHEMA_VERSION, Audit, ImplResult, Skipped
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Audit",
+    "ImplResult",
+    "Skipped",
+    "XentauditError",
+    "__version__",
+    "audit",
+]

@@ -1,0 +1,5 @@
+"""``python -m xentaudit``."""
+
+from xentaudit.cli import main
+
+main()

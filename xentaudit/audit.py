@@ -1,0 +1,243 @@
+"""Run implementations on a batch, measure them against the exact reference, assign flags.
+
+Tolerances (documented in the README, section "Flags and thresholds"), per row i, with ``eff`` the
+less precise of the input dtype and the implementation's output dtype:
+
+* loss: ``divergent`` when |L_i - exact_i| > rtol * max(|exact_i|, 1) + q_i, rtol = 8 eps(eff)
+  unless ``rtol`` is given. 8 eps covers the few roundings of a correct log-sum-exp (exp, sum,
+  log, subtraction) with room to spare; an error larger than that is not rounding.
+* gradient: the exact gradient is bounded by B_i = max(sum_j y_ij, 1). ``grad-wrong`` when
+  max_j |G_ij - g_ij| > 8 eps(eff) B_i + q_i; ``grad-blowup`` when max_j |G_ij| > 10 B_i;
+  ``grad-vanish`` when max_j |g_ij| > 32 eps(eff) B_i (clearly above rounding) yet
+  max_j |G_ij| <= 0.1 max_j |g_ij|.
+* q_i = u_out * 2 B_i * max_j |x_ij| is added only when the implementation narrows the dtype
+  (Keras turns float64 into float32): rounding the input to the output's unit roundoff u_out
+  moves the loss and the gradient by up to that much (|dL/dx|_1 <= 2 B_i), which is the
+  narrowing's doing, reported by ``downcast``, not an error of the loss formula.
+* TensorFlow flushes subnormals to zero on CPU: absolute differences below the smallest normal
+  number of ``eff`` count as no error at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from xentaudit import impls as zoo
+from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
+from xentaudit.errors import ConfigError
+from xentaudit.io import Batch, prepare
+from xentaudit.reference import Reference, cross_entropy
+from xentaudit.results import Audit, ImplResult, Skipped
+
+LOSS_FLAGS = ("nan", "inf", "divergent", "zero-loss")  # first that applies, per row
+GRAD_FLAGS = ("grad-nan", "grad-inf", "grad-blowup", "grad-vanish", "grad-wrong")
+ROW_FLAGS = LOSS_FLAGS + GRAD_FLAGS
+RTOL_ULPS = 8  # default loss and gradient tolerance, in eps of the effective dtype
+VANISH_ULPS = 32  # an exact gradient above this many eps (times B) is clearly non-zero
+BLOWUP_FACTOR = 10.0
+VANISH_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Grades:
+    """Per-row grades of one implementation's outcome against the reference."""
+
+    rel_err: np.ndarray  # (n,) |L - exact| / max(|exact|, 1)
+    ulps_err: np.ndarray  # (n,) |L - exact| in ulps of the input dtype
+    grad_err: np.ndarray  # (n,) max_j |G - g|
+    masks: dict[str, np.ndarray]  # flag -> (n,) bool, at most one loss and one gradient flag
+    downcast: bool
+    rtol: float
+
+    def row_flags(self) -> list[tuple[str, ...]]:
+        n = self.rel_err.shape[0]
+        return [tuple(f for f in ROW_FLAGS if self.masks[f][i]) for i in range(n)]
+
+    def flags(self) -> tuple[str, ...]:
+        fired = [f for f in ROW_FLAGS if self.masks[f].any()]
+        return (*fired, "downcast") if self.downcast else tuple(fired)
+
+
+def _first_match(conditions: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Make row masks exclusive: a row keeps only the first condition it meets."""
+    taken = np.zeros_like(conditions[0])
+    out = []
+    for cond in conditions:
+        out.append(cond & ~taken)
+        taken = taken | cond
+    return out
+
+
+def grade(
+    loss: np.ndarray,
+    grad: np.ndarray,
+    output_dtype: str,
+    ref: Reference,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    fmt: FloatFormat,
+    rtol: float | None = None,
+) -> Grades:
+    """Grade per-row ``loss`` and ``grad`` (float64) of an implementation run in ``fmt``.
+
+    ``logits`` and ``labels`` are the dtype-rounded inputs as float64; ``ref`` was computed on them.
+    """
+    out = FORMATS.get(output_dtype, fmt)
+    eff = min(fmt, out, key=lambda f: f.precision)
+    downcast = out.precision < fmt.precision
+    tol = RTOL_ULPS * eff.eps if rtol is None else rtol
+    bound = np.maximum(labels.sum(axis=1), 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        quant = out.eps / 2 * 2 * bound * np.abs(np.where(np.isfinite(logits), logits, 0)).max(1)
+    slack = quant if downcast else np.zeros_like(bound)
+
+    with np.errstate(invalid="ignore"):
+        abs_err = np.abs((loss - ref.loss) - ref.loss_lo)
+    abs_err = np.where((loss == ref.loss) & np.isinf(ref.loss), 0.0, abs_err)
+    abs_err = np.where(abs_err < eff.tiny, 0.0, abs_err)
+    scale = np.maximum(np.abs(ref.loss), 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        rel_err = np.where(abs_err == 0, 0.0, abs_err / scale)
+        ulps_err = np.where(abs_err == 0, 0.0, abs_err / fmt.ulp(ref.loss))
+
+    exact_finite = np.isfinite(ref.loss)
+    nan, inf, divergent, zero = _first_match(
+        [
+            np.isnan(loss),
+            np.isinf(loss) & exact_finite,
+            abs_err > tol * scale + slack,
+            (loss == 0) & (ref.loss >= fmt.tiny),
+        ]
+    )
+
+    with np.errstate(invalid="ignore"):
+        gerr = np.abs(grad - ref.grad)
+    gerr = np.where(gerr < eff.tiny, 0.0, gerr)
+    row_gerr = np.where(np.isnan(gerr).any(axis=1), np.nan, np.nanmax(gerr, axis=1, initial=0))
+    g_size = np.abs(grad)
+    exact_size = np.abs(ref.grad).max(axis=1)
+    impl_size = np.where(np.isfinite(g_size).all(axis=1), g_size.max(axis=1), np.inf)
+    g_nan, g_inf, blowup, vanish, wrong = _first_match(
+        [
+            np.isnan(grad).any(axis=1),
+            np.isinf(grad).any(axis=1),
+            impl_size > BLOWUP_FACTOR * bound,
+            (exact_size > VANISH_ULPS * eff.eps * bound)
+            & (impl_size <= VANISH_FRACTION * exact_size),
+            row_gerr > RTOL_ULPS * eff.eps * bound + slack,
+        ]
+    )
+    masks = {
+        "nan": nan,
+        "inf": inf,
+        "divergent": divergent,
+        "zero-loss": zero,
+        "grad-nan": g_nan,
+        "grad-inf": g_inf,
+        "grad-blowup": blowup,
+        "grad-vanish": vanish,
+        "grad-wrong": wrong,
+    }
+    return Grades(rel_err, ulps_err, row_gerr, masks, downcast, tol)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if values.size else math.nan
+
+
+def _nanmax(values: np.ndarray) -> float:
+    """Max that lets NaN win (a NaN error is the worst error)."""
+    return math.nan if np.isnan(values).any() else float(values.max(initial=0.0))
+
+
+def _overflow(batch: Batch, x: np.ndarray, y: np.ndarray, fmt: FloatFormat) -> str | None:
+    """Why the inputs rounded to ``fmt`` (``x``, ``y``) no longer are the user's numbers."""
+    if (np.isinf(x) & np.isfinite(batch.logits)).any():
+        big = float(np.abs(batch.logits[np.isfinite(batch.logits)]).max())
+        return f"logits up to {big:.4g} overflow {fmt.name} (max {fmt.max:.5g})"
+    if not np.isfinite(y).all():
+        return f"label weights overflow {fmt.name} (max {fmt.max:.5g})"
+    return None
+
+
+def audit(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    impls: Iterable[str] = ("all",),
+    dtypes: Iterable[str] = ("float32",),
+    modes: Iterable[str] = zoo.MODES,
+    eps: float = 1e-7,
+    rtol: float | None = None,
+) -> Audit:
+    """Audit cross-entropy implementations on ``logits`` ``[..., C]`` and ``labels``.
+
+    ``labels`` are integer classes ``[...]`` or label weights ``[..., C]`` (one-hot or soft).
+    Each implementation runs on the inputs rounded to each of ``dtypes`` (names, or ``all``), in
+    each of ``modes`` ("eager", "graph" = inside ``tf.function``), and is graded against the exact
+    loss and gradient of those rounded inputs. ``eps`` is the clip of ``clipped``; ``rtol``
+    overrides the loss tolerance of ``divergent``. Returns an ``Audit``; prints nothing.
+    """
+    if eps <= 0 or not math.isfinite(eps) or eps >= 0.5:
+        raise ConfigError(f"--eps must lie in (0, 0.5), got {eps}")
+    if rtol is not None and (rtol <= 0 or not math.isfinite(rtol)):
+        raise ConfigError(f"--rtol must be a positive number, got {rtol}")
+    modes = tuple(modes)
+    for mode in modes:
+        if mode not in zoo.MODES:
+            raise ConfigError(f"unknown mode {mode!r}; choose from eager, graph, both")
+    names = zoo.parse_impls(list(impls))
+    formats = [get_format(d) for d in parse_dtypes(list(dtypes))]
+    batch = prepare(logits, labels)
+
+    results: list[ImplResult] = []
+    skipped: list[Skipped] = []
+    method = "mpmath"
+    tf_zoo = zoo.load_tf()
+    for fmt in formats:
+        x = fmt.cast(batch.logits)
+        y = fmt.cast(batch.labels)  # label weights as the implementations receive them
+        reason = _overflow(batch, x, y, fmt)
+        if reason:
+            skipped.extend(Skipped(name, fmt.name, reason) for name in names)
+            continue
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        ref = cross_entropy(x64, y64)
+        if ref.method != "mpmath":
+            method = ref.method
+        ref_mean = (math.fsum(ref.loss) + math.fsum(ref.loss_lo)) / ref.loss.size
+        for name in names:
+            impl = zoo.get_impl(name)
+            if impl.needs_classes and batch.classes is None:
+                skipped.append(Skipped(name, fmt.name, "needs one-hot or integer labels"))
+                continue
+            used_eps = {"option": eps, "keras": tf_zoo.keras_epsilon(), None: None}[impl.eps]
+            for mode in modes:
+                outcome = tf_zoo.run(name, eps, mode, x, y, batch.classes)
+                g = grade(
+                    outcome.loss, outcome.grad, outcome.output_dtype, ref, x64, y64, fmt, rtol
+                )
+                results.append(
+                    ImplResult(
+                        impl=name,
+                        dtype=fmt.name,
+                        mode=mode,
+                        output_dtype=outcome.output_dtype,
+                        eps=used_eps,
+                        loss=_mean(outcome.loss),
+                        reference=ref_mean,
+                        loss_rows=tuple(float(v) for v in outcome.loss),
+                        reference_rows=tuple(float(v) for v in ref.loss),
+                        max_rel_err=_nanmax(g.rel_err),
+                        max_ulps_err=_nanmax(g.ulps_err),
+                        grad_max_abs_err=_nanmax(g.grad_err),
+                        rtol=g.rtol,
+                        flags=g.flags(),
+                        row_flags=tuple(g.row_flags()),
+                    )
+                )
+    return Audit(batch.shape[0], batch.shape[1], method, tuple(results), tuple(skipped))

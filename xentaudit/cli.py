@@ -1,0 +1,176 @@
+"""The command line: a thin click layer over the library.
+
+Parses options, calls the library, picks a renderer, writes, exits with the result's code.
+Every user error is one line on stderr and exit code 2; reports go to stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+import numpy as np
+
+from xentaudit import __version__
+from xentaudit.audit import audit
+from xentaudit.errors import ConfigError, XentauditError
+from xentaudit.flags import FLAGS
+from xentaudit.impls import MODES
+from xentaudit.io import load_array
+from xentaudit.report import json as json_report
+from xentaudit.report import table as table_report
+from xentaudit.results import EXIT_USAGE
+
+SEED_LOGITS = [[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]
+SEED_LABELS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+SEED_SCALE = 10.0
+
+
+class _OneLineErrors(click.Group):
+    """Report usage and input errors as one line and exit 2, never a traceback."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("xentaudit: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"xentaudit: error: {exc.format_message()}", err=True)
+            sys.exit(EXIT_USAGE)
+        except XentauditError as exc:
+            click.echo(f"xentaudit: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(code or 0)
+
+
+def parse_flags(value: str) -> tuple[str, ...]:
+    """A comma-separated list of flag names (empty or "none" for no flag)."""
+    names = tuple(p.strip() for p in value.split(",") if p.strip() and p.strip() != "none")
+    for name in names:
+        if name not in FLAGS:
+            raise ConfigError(f"unknown flag {name!r} in --fail-on; choose from {', '.join(FLAGS)}")
+    return names
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xentaudit")
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log output.")
+def cli(verbose: bool) -> None:
+    """Numerical-stability auditor for cross-entropy: which implementation lies, on your numbers.
+
+    Exit codes: 0 ok, 1 a --fail-on flag fired, 2 usage or input error.
+    """
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
+@cli.command()
+@click.option(
+    "--logits",
+    metavar="FILE.npy|JSON",
+    help="Logits [..., C] as a .npy file or an inline JSON list (default: the seed input "
+    "[[3,1,1],[-1,2,5]]).",
+)
+@click.option(
+    "--labels",
+    metavar="FILE.npy|JSON",
+    help="Integer classes [...] or label weights [..., C] (default: the seed's [[1,0,0],[0,1,0]]).",
+)
+@click.option(
+    "--scale",
+    type=float,
+    help=f"Multiply the logits (default: {SEED_SCALE:g} for the seed input, 1 for --logits).",
+)
+@click.option(
+    "--dtype",
+    "dtypes",
+    multiple=True,
+    metavar="NAME",
+    help="float16, bfloat16, float32, float64 or all; repeatable (default: float32).",
+)
+@click.option(
+    "--impl",
+    "impls",
+    multiple=True,
+    metavar="NAME",
+    help="Implementation to audit; repeatable (default: all).",
+)
+@click.option("--eps", type=float, default=1e-7, show_default=True, help="Clip of `clipped`.")
+@click.option(
+    "--mode",
+    type=click.Choice([*MODES, "both"]),
+    default="both",
+    show_default=True,
+    help="Run TensorFlow eagerly, inside tf.function (graph), or both.",
+)
+@click.option(
+    "--rtol",
+    type=float,
+    help="Loss tolerance of `divergent` (default: 8 eps of the dtype, see README).",
+)
+@click.option(
+    "--fail-on",
+    default="",
+    metavar="FLAGS",
+    help="Comma-separated flags that make the exit code 1 (default: none).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def compare(
+    logits: str | None,
+    labels: str | None,
+    scale: float | None,
+    dtypes: tuple[str, ...],
+    impls: tuple[str, ...],
+    eps: float,
+    mode: str,
+    rtol: float | None,
+    fail_on: str,
+    fmt: str,
+) -> int:
+    """Compare every implementation side by side on one input.
+
+    With no options: the seed input at scale 10 in float32, where Keras' clipped
+    probabilities read 8.06 instead of 15.0.
+    """
+    fail_flags = parse_flags(fail_on)
+    if (logits is None) != (labels is None):
+        raise ConfigError("pass --logits and --labels together (or neither, for the seed input)")
+    if logits is None:
+        x, y = np.array(SEED_LOGITS), np.array(SEED_LABELS)
+        scale = SEED_SCALE if scale is None else scale
+    else:
+        x, y = load_array(logits, "--logits"), load_array(labels or "", "--labels")
+        scale = 1.0 if scale is None else scale
+    if not np.isfinite(scale):
+        raise ConfigError(f"--scale must be a finite number, got {scale}")
+    if x.dtype.kind in "biuf":
+        x = x.astype(np.float64) * scale
+    result = audit(
+        x,
+        y,
+        impls=impls or ("all",),
+        dtypes=dtypes or ("float32",),
+        modes=MODES if mode == "both" else (mode,),
+        eps=eps,
+        rtol=rtol,
+    )
+    if fmt == "json":
+        text = json_report.render(result, command="compare", scale=scale)
+    else:
+        title = f"xentaudit compare: {result.rows} rows x {result.classes} classes, scale {scale:g}"
+        text = table_report.render(
+            result, title=title, color=sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        )
+    click.echo(text, nl=False)
+    return result.exit_code(fail_flags)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

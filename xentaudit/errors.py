@@ -1,0 +1,25 @@
+"""The errors a user can cause. Raised anywhere, caught once in ``cli.py`` and printed as one line.
+
+Every one of them means exit code 2 (usage or input error). Bugs are not wrapped: a traceback
+is a bug report.
+"""
+
+from __future__ import annotations
+
+
+class XentauditError(Exception):
+    """Something the user can fix: the message says what is wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class InputError(XentauditError):
+    """Logits or labels that cannot be audited (malformed, wrong shape, NaN, out of range)."""
+
+
+class ConfigError(XentauditError):
+    """An option value that makes no sense (unknown dtype, negative tolerance, ...)."""
+
+
+class UnknownImplementationError(ConfigError):
+    """An implementation name that is not in the registry."""

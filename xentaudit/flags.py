@@ -1,0 +1,90 @@
+"""The flags xentaudit raises: one name per finding, what it means, and what to do about it.
+
+Flag names are a public contract: they appear in tables, JSON, ``--fail-on`` and CI logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    failing: bool  # counted by the default --fail-on of `check`; informational otherwise
+    meaning: str
+    advice: str
+
+
+FLAGS: dict[str, Flag] = {
+    f.name: f
+    for f in (
+        Flag(
+            "nan",
+            True,
+            "the loss is NaN (e.g. exp overflow, or 0 * log 0 from -sum y*log(p))",
+            "use a fused log-softmax loss such as tf.nn.softmax_cross_entropy_with_logits",
+        ),
+        Flag(
+            "inf",
+            True,
+            "the loss is infinite where the exact loss is finite (log of an underflowed p)",
+            "compute log-probabilities as x - logsumexp(x), never log(softmax(x))",
+        ),
+        Flag(
+            "divergent",
+            True,
+            "the loss is finite but wrong beyond the tolerance (clipping, double softmax, "
+            "low-precision sums)",
+            "use a fused loss on logits (tf.nn.softmax_cross_entropy_with_logits, or "
+            "from_logits=True); never clip probabilities or apply softmax twice",
+        ),
+        Flag(
+            "grad-nan",
+            True,
+            "the gradient contains NaN",
+            "use a fused loss whose gradient is softmax(x) - y",
+        ),
+        Flag(
+            "grad-inf",
+            True,
+            "the gradient contains inf",
+            "use a fused loss whose gradient is softmax(x) - y",
+        ),
+        Flag(
+            "grad-blowup",
+            True,
+            "a gradient entry exceeds 10x the exact bound max(sum y, 1) (d/dp log p = 1/p)",
+            "differentiate through log-softmax, not through log(p)",
+        ),
+        Flag(
+            "grad-vanish",
+            True,
+            "the gradient is (nearly) zero on a row whose exact gradient is clearly not: "
+            "training never learns from that row",
+            "do not clip probabilities: use from_logits=True",
+        ),
+        Flag(
+            "grad-wrong",
+            True,
+            "the gradient is finite but wrong beyond the tolerance",
+            "check for softmax applied twice or a naive formula; use a fused loss on logits",
+        ),
+        Flag(
+            "zero-loss",
+            False,
+            "the loss is exactly 0 on a row whose exact loss is positive and representable "
+            "(LSE(x) - x_label cancels on confident rows)",
+            "informational; compute in float64 if losses this small matter to you",
+        ),
+        Flag(
+            "downcast",
+            False,
+            "the implementation returns a narrower dtype than it was given (Keras computes "
+            "float64 in float32)",
+            "pass dtype='float64' to the Keras loss, or keras.config.set_floatx('float64')",
+        ),
+    )
+}
+
+FAILING = tuple(name for name, flag in FLAGS.items() if flag.failing)

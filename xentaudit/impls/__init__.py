@@ -1,0 +1,146 @@
+"""The implementation zoo: named cross-entropy implementations with their metadata.
+
+The metadata lives here and imports nothing heavy; the TensorFlow/Keras code is in ``tf_zoo`` and
+is imported only when an implementation actually runs (``xentaudit --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+
+from xentaudit.errors import UnknownImplementationError
+
+MODES = ("eager", "graph")
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation: its canonical name and what a user needs to know about it."""
+
+    name: str
+    summary: str  # the formula or the API call, in one line
+    takes: str  # what the loss function itself consumes: "logits" or "probabilities"
+    family: str  # "hand-written", "tensorflow", "keras" or "misuse"
+    eps: str | None = None  # "option": clips with --eps; "keras": with keras.config.epsilon()
+    needs_classes: bool = False  # needs one-hot or integer labels
+    backend: str = "tensorflow"
+
+
+REGISTRY: dict[str, Impl] = {
+    impl.name: impl
+    for impl in (
+        Impl("naive", "-sum y log(exp(x) / sum exp(x)), no shift", "logits", "hand-written"),
+        Impl("shifted", "naive after subtracting the row max", "logits", "hand-written"),
+        Impl(
+            "clipped",
+            "shifted softmax clipped to [eps, 1-eps], then -sum y log p (the Keras recipe)",
+            "probabilities",
+            "hand-written",
+            eps="option",
+        ),
+        Impl("log_softmax", "-sum y (x - m - log sum exp(x - m)), fused", "logits", "hand-written"),
+        Impl(
+            "tf_softmax_xent",
+            "tf.nn.softmax_cross_entropy_with_logits",
+            "logits",
+            "tensorflow",
+        ),
+        Impl(
+            "tf_sparse_softmax_xent",
+            "tf.nn.sparse_softmax_cross_entropy_with_logits",
+            "logits",
+            "tensorflow",
+            needs_classes=True,
+        ),
+        Impl(
+            "keras_cce_logits",
+            "keras.losses.CategoricalCrossentropy(from_logits=True)",
+            "logits",
+            "keras",
+        ),
+        Impl(
+            "keras_cce_probs",
+            "keras.losses.CategoricalCrossentropy(from_logits=False) on tf.nn.softmax(x)",
+            "probabilities",
+            "keras",
+            eps="keras",
+        ),
+        Impl(
+            "keras_cce_softmax_layer",
+            "keras.losses.CategoricalCrossentropy(from_logits=False) on keras.layers.Softmax()(x)",
+            "probabilities",
+            "keras",
+            eps="keras",
+        ),
+        Impl(
+            "keras_scce_logits",
+            "keras.losses.SparseCategoricalCrossentropy(from_logits=True)",
+            "logits",
+            "keras",
+            needs_classes=True,
+        ),
+        Impl(
+            "double_softmax",
+            "tf.nn.softmax_cross_entropy_with_logits on softmax(x): probabilities as logits",
+            "probabilities",
+            "misuse",
+        ),
+    )
+}
+
+
+def get_impl(name: str) -> Impl:
+    """Look an implementation up by its canonical name."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownImplementationError(
+            f"unknown implementation {name!r}; choose from {', '.join(REGISTRY)} or 'all'"
+        ) from None
+
+
+def parse_impls(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Expand implementation names (comma lists allowed; ``all`` is every one), in order."""
+    out: list[str] = []
+    for name in names:
+        for part in name.split(","):
+            part = part.strip()
+            chosen = list(REGISTRY) if part == "all" else [get_impl(part).name]
+            out.extend(n for n in chosen if n not in out)
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines bypass Python."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def load_tf() -> ModuleType:
+    """Import the TensorFlow implementations, keeping TensorFlow's log noise away from the user.
+
+    Setting ``TF_CPP_MIN_LOG_LEVEL`` yourself (``xentaudit --verbose`` sets it to 0) shows it.
+    """
+    if "xentaudit.impls.tf_zoo" in sys.modules:
+        return sys.modules["xentaudit.impls.tf_zoo"]
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        from xentaudit.impls import tf_zoo as module
+    else:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        with _native_stderr_silenced():
+            from xentaudit.impls import tf_zoo as module
+    return module

@@ -1,0 +1,150 @@
+"""The TensorFlow/Keras implementations and the autodiff runner. Import through ``impls.tf_zoo()``.
+
+Every implementation is ``fn(labels, classes, logits) -> per-row losses``: ``labels`` are dense
+label weights in the logits' dtype, ``classes`` the int32 class of each row (meaningful only for
+implementations that need them). Gradients are what ``tf.GradientTape`` produces for that code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
+    tf.get_logger().setLevel("ERROR")  # retracing notices and the like, unless asked for
+
+LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def _shifted_softmax(x: tf.Tensor) -> tf.Tensor:
+    e = tf.exp(x - tf.reduce_max(x, axis=-1, keepdims=True))
+    return e / tf.reduce_sum(e, axis=-1, keepdims=True)
+
+
+def naive(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    e = tf.exp(x)
+    return -tf.reduce_sum(y * tf.math.log(e / tf.reduce_sum(e, axis=-1, keepdims=True)), axis=-1)
+
+
+def shifted(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    return -tf.reduce_sum(y * tf.math.log(_shifted_softmax(x)), axis=-1)
+
+
+def clipped(eps: float) -> LossFn:
+    def loss(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+        # eps is rounded to the logits' dtype, as Keras does: 1e-30 is 0 in float16.
+        e = tf.constant(eps, dtype=x.dtype)
+        p = tf.clip_by_value(_shifted_softmax(x), e, 1 - e)
+        return -tf.reduce_sum(y * tf.math.log(p), axis=-1)
+
+    return loss
+
+
+def log_softmax(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    z = x - tf.reduce_max(x, axis=-1, keepdims=True)
+    return -tf.reduce_sum(y * (z - tf.math.log(tf.reduce_sum(tf.exp(z), -1, keepdims=True))), -1)
+
+
+def tf_softmax_xent(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    return tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=x)
+
+
+def tf_sparse_softmax_xent(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=classes, logits=x)
+
+
+_CCE_LOGITS = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
+_CCE_PROBS = keras.losses.CategoricalCrossentropy(from_logits=False, reduction=None)
+_SCCE_LOGITS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+_SOFTMAX_LAYER = keras.layers.Softmax()
+
+
+def keras_cce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    return _CCE_LOGITS(y, x)
+
+
+def keras_cce_probs(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    return _CCE_PROBS(y, tf.nn.softmax(x))
+
+
+def keras_cce_softmax_layer(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    return _CCE_PROBS(y, _SOFTMAX_LAYER(x))
+
+
+def keras_scce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    return _SCCE_LOGITS(classes, x)
+
+
+def double_softmax(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    return tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=tf.nn.softmax(x))
+
+
+def keras_epsilon() -> float:
+    """The epsilon Keras clips probabilities with (``keras.config.epsilon()``)."""
+    return float(keras.config.epsilon())
+
+
+def loss_fn(name: str, eps: float) -> LossFn:
+    """The loss function registered under ``name`` (``eps`` is used by ``clipped`` only)."""
+    return clipped(eps) if name == "clipped" else globals()[name]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one implementation computed: per-row losses and the gradient, as float64."""
+
+    loss: np.ndarray
+    grad: np.ndarray
+    output_dtype: str
+
+
+_GRAPH_CACHE: dict[tuple[str, float], Callable] = {}
+
+
+def _with_gradient(fn: LossFn) -> Callable:
+    def step(x: tf.Tensor, y: tf.Tensor, classes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = fn(y, classes, x)
+        # A vector target: TensorFlow seeds it with ones, i.e. the gradient of the summed loss,
+        # without ever forming the (possibly overflowing) sum in a narrow dtype.
+        return loss, tape.gradient(loss, x)
+
+    return step
+
+
+def run(
+    name: str,
+    eps: float,
+    mode: str,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    classes: np.ndarray | None,
+) -> Outcome:
+    """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph").
+
+    ``logits`` and ``labels`` are numpy arrays already in the audited dtype.
+    """
+    x = tf.constant(logits)
+    y = tf.constant(labels)
+    k = tf.constant(classes if classes is not None else np.zeros(logits.shape[0]), dtype=tf.int32)
+    if mode == "eager":
+        step = _with_gradient(loss_fn(name, eps))
+    else:
+        key = (name, eps)
+        if key not in _GRAPH_CACHE:
+            _GRAPH_CACHE[key] = tf.function(
+                _with_gradient(loss_fn(name, eps)), reduce_retracing=True
+            )
+        step = _GRAPH_CACHE[key]
+    loss, grad = step(x, y, k)
+    return Outcome(
+        np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
+        np.asarray(grad.numpy(), dtype=np.float64),
+        loss.dtype.name,
+    )

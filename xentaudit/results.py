@@ -1,0 +1,108 @@
+"""Frozen result types, their JSON form and the exit-code rule.
+
+JSON is strict (no NaN literals): non-finite numbers are written as the strings ``"inf"``,
+``"-inf"`` and ``"nan"``. ``SCHEMA_VERSION`` changes whenever a key changes meaning or goes away.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+EXIT_OK = 0
+EXIT_FLAGGED = 1
+EXIT_USAGE = 2
+
+
+def json_number(value: float) -> float | str:
+    """A float for JSON: finite values as numbers, the others spelled out."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ImplResult:
+    """One implementation run in one dtype and execution mode, graded against the reference."""
+
+    impl: str
+    dtype: str
+    mode: str  # "eager" or "graph" (inside tf.function)
+    output_dtype: str
+    eps: float | None  # the clipping epsilon the implementation used, if any
+    loss: float  # mean of loss_rows
+    reference: float  # mean of the exact per-row losses
+    loss_rows: tuple[float, ...]
+    reference_rows: tuple[float, ...]
+    max_rel_err: float  # max over rows of |loss - exact| / max(|exact|, 1)
+    max_ulps_err: float  # max over rows of |loss - exact| in ulps of `dtype`
+    grad_max_abs_err: float  # max |autodiff gradient - exact gradient|
+    rtol: float  # the loss tolerance `divergent` was judged with
+    flags: tuple[str, ...]
+    row_flags: tuple[tuple[str, ...], ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "impl": self.impl,
+            "dtype": self.dtype,
+            "mode": self.mode,
+            "output_dtype": self.output_dtype,
+            "eps": self.eps,
+            "loss": json_number(self.loss),
+            "reference": json_number(self.reference),
+            "loss_rows": [json_number(v) for v in self.loss_rows],
+            "reference_rows": [json_number(v) for v in self.reference_rows],
+            "max_rel_err": json_number(self.max_rel_err),
+            "max_ulps_err": json_number(self.max_ulps_err),
+            "grad_max_abs_err": json_number(self.grad_max_abs_err),
+            "rtol": self.rtol,
+            "flags": list(self.flags),
+            "row_flags": [list(f) for f in self.row_flags],
+        }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An implementation x dtype that could not run on this input, and why."""
+
+    impl: str
+    dtype: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"impl": self.impl, "dtype": self.dtype, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Everything one ``audit`` call measured."""
+
+    rows: int
+    classes: int
+    reference_method: str  # "mpmath" (50 digits) or "float64"
+    results: tuple[ImplResult, ...]
+    skipped: tuple[Skipped, ...] = field(default=())
+
+    def failures(self, fail_on: Iterable[str]) -> tuple[ImplResult, ...]:
+        """The results on which any of the ``fail_on`` flags fired."""
+        wanted = set(fail_on)
+        return tuple(r for r in self.results if wanted.intersection(r.flags))
+
+    def exit_code(self, fail_on: Iterable[str]) -> int:
+        """0 when none of ``fail_on`` fired anywhere, 1 otherwise (2 is for usage errors)."""
+        return EXIT_FLAGGED if self.failures(fail_on) else EXIT_OK
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            "rows": self.rows,
+            "classes": self.classes,
+            "reference_method": self.reference_method,
+            "results": [r.to_dict() for r in self.results],
+            "skipped": [s.to_dict() for s in self.skipped],
+        }
