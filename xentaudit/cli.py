@@ -7,6 +7,7 @@ Every user error is one line on stderr and exit code 2; reports go to stdout.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -164,8 +165,12 @@ def compare(
         text = json_report.render(result, command="compare", scale=scale)
     else:
         title = f"xentaudit compare: {result.rows} rows x {result.classes} classes, scale {scale:g}"
+        tty = sys.stdout.isatty()
         text = table_report.render(
-            result, title=title, color=sys.stdout.isatty() and "NO_COLOR" not in os.environ
+            result,
+            title=title,
+            color=tty and "NO_COLOR" not in os.environ,
+            width=shutil.get_terminal_size().columns if tty else 160,
         )
     click.echo(text, nl=False)
     return result.exit_code(fail_flags)

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -102,7 +103,7 @@ def verdict(audit: Audit) -> str:
     return text + (f" Trustworthy here: {', '.join(clean)}." if clean else "")
 
 
-def render(audit: Audit, *, title: str, color: bool = False, width: int = 140) -> str:
+def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -> str:
     """The full table report as text (ANSI-coloured when ``color``)."""
     buffer = io.StringIO()
     console = Console(
@@ -113,7 +114,7 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 140) -
         Text(f"reference: {REFERENCE_NAMES[audit.reference_method]}", style="dim"),
         sep="\n",
     )
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for column, justify in (
         ("impl", "left"),
         ("mode", "left"),
@@ -126,7 +127,7 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 140) -
         ("grad err", "right"),
         ("flags", "left"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     folded = fold_modes(audit.results)
     keys = [(r.impl, r.dtype) for _, r in folded]
     differ = sorted({k for k in keys if keys.count(k) > 1}, key=keys.index)
@@ -150,11 +151,11 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 140) -
         console.print(Text("Rows at risk (worst row of each flagged result):", style="bold"))
         for mode, r in at_risk:
             i = _worst_row(r)
-            console.print(
+            line = Text(
                 f"  {r.impl} {r.dtype} {mode}: row {i} exact {_num(r.reference_rows[i])}, "
-                f"got {_num(r.loss_rows[i])}",
-                _flags_text(r.row_flags[i]),
+                f"got {_num(r.loss_rows[i])} ("
             )
+            console.print(line + _flags_text(r.row_flags[i]) + ")")
     if differ:
         console.print(
             Text(

@@ -1,0 +1,234 @@
+"""The audit engine on real TensorFlow/Keras code: the issue's cases, and every flag fired by a
+case built to fire it and not fired by a twin built not to. Expected numbers are closed forms or
+mpmath values computed here, never outputs of xentaudit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mpmath
+import numpy as np
+import pytest
+
+from xentaudit import audit
+from xentaudit.audit import grade
+from xentaudit.dtypes import FORMATS
+from xentaudit.reference import cross_entropy
+
+SEED = np.array([[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]])
+SEED_LABELS = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+ALL = ("float16", "bfloat16", "float32", "float64")
+
+
+def results(a, **match):
+    out = [r for r in a.results if all(getattr(r, k) == v for k, v in match.items())]
+    assert out, f"no result matches {match}"
+    return out
+
+
+def exact_seed_mean(scale: float) -> float:
+    with mpmath.workdps(60):
+        rows = [[mpmath.mpf(v) * scale for v in row] for row in SEED.tolist()]
+        lse = [mpmath.log(sum(mpmath.exp(v) for v in row)) for row in rows]
+        losses = [lse[0] - rows[0][0], lse[1] - rows[1][1]]  # labels 0 and 1
+        return float(sum(losses) / 2)
+
+
+def test_keras_clip_case_in_float64() -> None:
+    a = audit(
+        SEED * 10, SEED_LABELS, impls=["keras_cce_probs", "tf_softmax_xent"], dtypes=["float64"]
+    )
+    (keras_eager,) = results(a, impl="keras_cce_probs", mode="eager")
+    # Keras computes in float32 and clips p to [1e-7, 1 - 1e-7]: row 0 has p ~ 1 - 4e-9, which
+    # rounds to 1 and is clipped to float32(1 - 1e-7); row 1 has p = e^-30 < 1e-7, clipped to
+    # float32(1e-7). Both logs are taken in float32.
+    f32 = np.float32
+    row0 = -np.log(f32(1 - 1e-7))
+    row1 = -np.log(f32(1e-7))
+    expected = (float(row0) + float(row1)) / 2
+    assert keras_eager.loss == pytest.approx(expected, rel=1e-6)  # float32 log: ~1e-7 each
+    assert {"divergent", "grad-vanish"} <= set(keras_eager.flags)
+    truth = exact_seed_mean(10)
+    for tf_result in results(a, impl="tf_softmax_xent"):
+        # float64 fused op: LSE - x cancels on row 0 (4e-9): abs error ~1e-16, rel ~1e-17.
+        assert tf_result.loss == pytest.approx(truth, rel=1e-12)
+        assert tf_result.flags == ()
+        assert tf_result.reference == pytest.approx(truth, rel=1e-14)
+    assert a.reference_method == "mpmath"
+
+
+def test_naive_nans_on_minus_500_500_in_every_dtype_and_the_fused_op_never_flags() -> None:
+    a = audit(np.array([[-500.0, 500.0, -500.0]]), np.array([[0, 1.0, 0]]), dtypes=ALL)
+    for dtype in ALL:
+        for r in results(a, impl="naive", dtype=dtype):
+            assert "nan" in r.flags
+        for r in results(a, impl="tf_softmax_xent", dtype=dtype):
+            assert r.flags == ()
+
+
+def test_shifted_gradient_breaks_where_the_true_class_underflows_and_log_softmax_does_not() -> None:
+    a = audit(
+        np.array([[-500.0, 500.0, -500.0]]),
+        np.array([0]),  # the true class has p = e^-1000: underflows in every dtype
+        impls=["shifted", "log_softmax"],
+        dtypes=ALL,
+    )
+    for r in results(a, impl="shifted"):
+        assert {"grad-nan", "grad-blowup"} & set(r.flags)
+    for r in results(a, impl="log_softmax"):
+        assert r.flags == ()
+        # exact: loss 1000, gradient softmax - y = [-1, 1, 0] to within e^-1000
+        assert r.loss_rows == (1000.0,)
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 10.0, 100.0])
+def test_fused_losses_never_fail_on_the_seed_and_keras_clip_is_caught(scale: float) -> None:
+    a = audit(
+        SEED * scale,
+        SEED_LABELS,
+        impls=["tf_softmax_xent", "log_softmax", "keras_cce_probs"],
+        dtypes=ALL,
+    )
+    failing = {"nan", "inf", "divergent", "grad-nan", "grad-inf", "grad-blowup", "grad-vanish"}
+    for r in a.results:
+        if r.impl != "keras_cce_probs":
+            assert not failing & set(r.flags), (r.impl, r.dtype, r.mode, r.flags)
+    if scale >= 10:
+        # The true-class probability of row 1 is e^(-3 scale) < 1e-7: the clip applies.
+        for r in results(a, impl="keras_cce_probs", mode="eager"):
+            assert {"divergent", "grad-vanish"} <= set(r.flags), r.dtype
+
+
+def test_graph_mode_recovers_keras_logits_only_in_float32() -> None:
+    a = audit(SEED * 10, SEED_LABELS, impls=["keras_cce_probs"], dtypes=ALL)
+    for dtype in ALL:
+        (graph,) = results(a, dtype=dtype, mode="graph")
+        # In tf.function Keras sees the Softmax op and uses the logits; for other dtypes a Cast
+        # sits between them and the clip applies again.
+        assert ("divergent" in graph.flags) == (dtype != "float32"), dtype
+
+
+def test_softmax_layer_output_is_recovered_by_keras() -> None:
+    a = audit(SEED * 10, SEED_LABELS, impls=["keras_cce_softmax_layer"], dtypes=["float32"])
+    for r in a.results:
+        assert "divergent" not in r.flags
+
+
+def test_inf_fires_when_log_of_an_underflowed_probability_is_taken() -> None:
+    # p_1 = e^-200 underflows in float32, so -1 * log(0) = inf; the exact loss is 200.
+    a = audit(np.array([[0.0, -200.0]]), np.array([1]), impls=["shifted", "tf_softmax_xent"])
+    for r in results(a, impl="shifted"):
+        assert "inf" in r.flags
+    for r in results(a, impl="tf_softmax_xent"):
+        assert r.flags == () and r.loss == 200.0
+
+
+def test_grad_wrong_fires_for_naive_float64_between_88_and_118() -> None:
+    # At scale 100 row 1 is [-100, 200, 500]: s = sum exp(x) ~ 1.4e217 is finite in float64,
+    # but the autodiff of exp(x)/s forms s**2 ~ 1e434, which overflows, so the +1 entry of the
+    # row's gradient is lost while loss and gradient stay finite.
+    a = audit(SEED * 100, SEED_LABELS, impls=["naive", "log_softmax"], dtypes=["float64"])
+    for r in results(a, impl="naive"):
+        assert "grad-wrong" in r.flags and "nan" not in r.flags
+    for r in results(a, impl="log_softmax"):
+        # Row 0's exact loss 2.8e-87 comes back as 0 (informational zero-loss), nothing else.
+        assert r.flags == ("zero-loss",)
+
+
+def test_double_softmax_is_divergent_with_a_wrong_gradient() -> None:
+    a = audit(SEED, SEED_LABELS, impls=["double_softmax"], dtypes=["float64"], modes=["eager"])
+    (r,) = a.results
+    # softmax of probabilities: the loss is log(sum exp(p)) - p_label, closed form here.
+    p = np.exp(SEED) / np.exp(SEED).sum(axis=1, keepdims=True)
+    wrong = np.log(np.exp(p).sum(axis=1)) - p[[0, 1], [0, 1]]
+    assert r.loss_rows == pytest.approx(wrong.tolist(), rel=1e-14)
+    assert {"divergent", "grad-wrong"} <= set(r.flags)
+
+
+def test_zero_loss_is_informational_and_tied_to_the_dtype() -> None:
+    # Row 0 at scale 10: exact loss log1p(2 e^-20) = 4.1e-9, above float32's smallest normal.
+    a = audit(SEED * 10, SEED_LABELS, impls=["tf_softmax_xent"], dtypes=["float32", "float64"])
+    for r in results(a, dtype="float32"):
+        assert r.flags == ("zero-loss",) and r.row_flags[0] == ("zero-loss",)
+        assert r.loss_rows[0] == 0.0
+    for r in results(a, dtype="float64"):
+        assert r.flags == ()
+        assert r.loss_rows[0] == pytest.approx(math.log1p(2 * math.exp(-20)), rel=1e-7)
+
+
+def test_downcast_fires_for_keras_float64_only() -> None:
+    a = audit(SEED, SEED_LABELS, impls=["keras_cce_logits"], dtypes=["float32", "float64"])
+    for r in results(a, dtype="float64"):
+        assert r.output_dtype == "float32" and "downcast" in r.flags
+        assert "divergent" not in r.flags  # float32 accuracy on a float32-exact input
+    for r in results(a, dtype="float32"):
+        assert "downcast" not in r.flags
+
+
+def test_eps_1e30_underflows_to_zero_in_float16_only() -> None:
+    # clip(p, eps, 1-eps) with eps rounded to the dtype: 1e-30 is 0 in float16, so the clip is
+    # gone and the non-label probabilities e^-20 (below float16's smallest subnormal 6e-8)
+    # become 0, giving 0 * log(0) = NaN; float32 keeps both e^-30 and the clip.
+    a = audit(SEED * 10, SEED_LABELS, impls=["clipped"], dtypes=["float16", "float32"], eps=1e-30)
+    for r in results(a, dtype="float16"):
+        assert "nan" in r.flags and r.eps == 1e-30
+    for r in results(a, dtype="float32"):
+        assert not {"inf", "divergent"} & set(r.flags)
+
+
+def test_rtol_overrides_the_loss_tolerance() -> None:
+    # keras_cce_probs on row 1 is off by (30 - 16.118) / 30 = 0.46 relative.
+    loose = audit(SEED * 10, SEED_LABELS, impls=["keras_cce_probs"], modes=["eager"], rtol=0.5)
+    strict = audit(SEED * 10, SEED_LABELS, impls=["keras_cce_probs"], modes=["eager"], rtol=0.4)
+    assert "divergent" not in loose.results[0].flags and loose.results[0].rtol == 0.5
+    assert "divergent" in strict.results[0].flags
+
+
+def test_skips_sparse_impls_for_soft_labels_and_dtypes_that_overflow() -> None:
+    soft = np.array([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]])
+    a = audit(SEED, soft, impls=["tf_sparse_softmax_xent", "tf_softmax_xent"], modes=["eager"])
+    assert [(s.impl, s.reason) for s in a.skipped] == [
+        ("tf_sparse_softmax_xent", "needs one-hot or integer labels")
+    ]
+    big = audit(SEED * 1e5, SEED_LABELS, impls=["log_softmax"], dtypes=["float16", "float32"])
+    assert [s.dtype for s in big.skipped] == ["float16"]
+    assert "overflow float16" in big.skipped[0].reason
+    assert {r.dtype for r in big.results} == {"float32"}
+
+
+def test_json_is_strict_and_exit_code_follows_fail_on() -> None:
+    a = audit(np.array([[-500.0, 500.0, -500.0]]), np.array([1]), impls=["naive"])
+    text = json.dumps(a.to_dict(), allow_nan=False)
+    assert '"loss": "nan"' in text
+    assert a.exit_code(["nan"]) == 1
+    assert a.exit_code(["divergent"]) == 0
+    assert a.exit_code([]) == 0
+
+
+# grade() on constructed outcomes: flags that the built-in implementations cannot produce on
+# gradients w.r.t. logits (the 1/p of log(p) cancels against the softmax Jacobian), but a
+# user's loss can.
+def _graded(loss, grad, x=((0.0, 1.0),), y=((0.0, 1.0),), dtype="float32", out=None):
+    x, y = np.array(x), np.array(y)
+    ref = cross_entropy(x, y)
+    return grade(np.array(loss), np.array(grad), out or dtype, ref, x, y, FORMATS[dtype])
+
+
+def test_grade_grad_inf_and_blowup_and_their_twins() -> None:
+    ref = cross_entropy(np.array([[0.0, 1.0]]), np.array([[0.0, 1.0]]))
+    loss = ref.loss.copy()
+    assert _graded(loss, [[np.inf, 0.0]]).flags() == ("grad-inf",)
+    assert _graded(loss, [[25.0, -25.0]]).flags() == ("grad-blowup",)  # 25 > 10 * max(1, 1)
+    assert _graded(loss, ref.grad).flags() == ()
+    # 9 times the bound is wrong but not a blow-up: it is reported as grad-wrong.
+    assert _graded(loss, [[9.0, -9.0]]).flags() == ("grad-wrong",)
+
+
+def test_grade_forgives_differences_below_the_smallest_normal() -> None:
+    # TensorFlow flushes subnormals to zero: a loss of 1e-40 returned as 0 in float32 is fine.
+    x = ((92.1, 0.0),)  # exact loss e^-92.1 ~ 1e-40, subnormal in float32
+    ref = cross_entropy(np.array(x), np.array([[1.0, 0.0]]))
+    g = _graded([0.0], [[0.0, 0.0]], x=x, y=((1.0, 0.0),))
+    assert ref.loss[0] < FORMATS["float32"].tiny and g.flags() == ()
+    assert g.ulps_err[0] == 0.0

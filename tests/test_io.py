@@ -1,0 +1,92 @@
+"""Loading and validating inputs: every mistake is one clear InputError."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xentaudit.errors import InputError
+from xentaudit.io import load_array, prepare
+
+
+def test_inline_json_and_npy_load(tmp_path) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, np.array([[1.0, 2.0]], dtype=np.float32))
+    assert load_array(str(path), "--logits").dtype == np.float32
+    assert load_array("[[1, 2.5]]", "--logits").tolist() == [[1.0, 2.5]]
+
+
+def test_pickled_npy_is_refused_not_unpickled(tmp_path) -> None:
+    path = tmp_path / "obj.npy"
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="never unpickles"):
+        load_array(str(path), "--logits")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("[[1, 2]", "neither a .npy file nor valid JSON"),
+        ("[[1, 2], [3]]", "ragged"),
+        ('[["a"]]', "list of numbers"),
+        ("missing.npy", "no such file"),
+    ],
+)
+def test_bad_specs(spec: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        load_array(spec, "--logits")
+
+
+def test_truncated_npy_is_an_input_error(tmp_path) -> None:
+    path = tmp_path / "cut.npy"
+    np.save(path, np.zeros((100, 10)))
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(InputError, match=r"cut\.npy"):
+        load_array(str(path), "--logits")
+
+
+def test_sparse_dense_and_soft_labels() -> None:
+    x = np.zeros((2, 3))
+    sparse = prepare(x, np.array([2, 0]))
+    assert sparse.classes.tolist() == [2, 0]
+    assert sparse.labels.tolist() == [[0, 0, 1], [1, 0, 0]]
+    one_hot = prepare(x, np.array([[0, 1, 0], [0, 0, 1.0]]))
+    assert one_hot.classes.tolist() == [1, 2]
+    soft = prepare(x, np.array([[0.5, 0.5, 0], [0, 0, 1.0]]))
+    assert soft.classes is None
+
+
+def test_leading_axes_are_flattened_and_one_row_is_allowed() -> None:
+    assert prepare(np.zeros((2, 4, 3)), np.zeros((2, 4), dtype=int)).shape == (8, 3)
+    assert prepare(np.array([-500.0, 500.0, -500.0]), np.array(1)).shape == (1, 3)
+
+
+def test_minus_inf_logits_are_valid_input() -> None:
+    batch = prepare(np.array([[-np.inf, 0.0]]), np.array([1]))
+    assert batch.logits[0, 0] == -np.inf
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "message"),
+    [
+        ([[np.nan, 1.0]], [0], "NaN in row 0"),
+        ([[0.0, 1.0], [np.inf, 1.0]], [0, 0], r"\+inf in row 1"),
+        ([[-np.inf, -np.inf]], [0], "every logit is -inf in row 0"),
+        ([[0.0, 1.0]], [2], r"out of range in row 0: they must lie in \[0, 1\]"),
+        ([[0.0, 1.0]], [-1], "out of range"),
+        ([[0.0, 1.0]], [0.5], "whole numbers"),
+        ([[0.0, 1.0]], [[0.5, -0.5]], "negative weights"),
+        ([[0.0, 1.0]], [[np.nan, 1.0]], "NaN or inf"),
+        ([[0.0, 1.0]], [[1.0, 0.0, 0.0]], r"do not fit logits of shape \(1, 2\)"),
+        ([], [], "non-empty"),
+    ],
+)
+def test_invalid_inputs(logits: list, labels: list, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        prepare(np.array(logits), np.array(labels))
+
+
+def test_many_bad_rows_are_summarised() -> None:
+    x = np.full((9, 2), np.nan)
+    with pytest.raises(InputError, match="rows 0, 1, 2, 3, 4 and 4 more"):
+        prepare(x, np.zeros(9, dtype=int))
