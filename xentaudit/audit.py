@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from xentaudit.errors import ConfigError
 from xentaudit.io import Batch, prepare
 from xentaudit.reference import Reference, cross_entropy
 from xentaudit.results import Audit, ImplResult, Skipped
+
+if TYPE_CHECKING:
+    from xentaudit.impls.tf_zoo import Outcome
 
 LOSS_FLAGS = ("nan", "inf", "divergent", "zero-loss")  # first that applies, per row
 GRAD_FLAGS = ("grad-nan", "grad-inf", "grad-blowup", "grad-vanish", "grad-wrong")
@@ -154,14 +158,81 @@ def _nanmax(values: np.ndarray) -> float:
     return math.nan if np.isnan(values).any() else float(values.max(initial=0.0))
 
 
-def _overflow(batch: Batch, x: np.ndarray, y: np.ndarray, fmt: FloatFormat) -> str | None:
-    """Why the inputs rounded to ``fmt`` (``x``, ``y``) no longer are the user's numbers."""
+class Unrepresentable(Exception):
+    """The inputs rounded to a dtype are no longer the user's numbers (they overflow it)."""
+
+
+@dataclass(frozen=True)
+class Rounded:
+    """A batch rounded to one format, with the exact reference of the rounded numbers."""
+
+    fmt: FloatFormat
+    logits: np.ndarray  # in fmt
+    labels: np.ndarray  # in fmt: label weights as the implementations receive them
+    classes: np.ndarray | None
+    ref: Reference
+
+    @property
+    def logits64(self) -> np.ndarray:
+        return self.logits.astype(np.float64)
+
+    @property
+    def labels64(self) -> np.ndarray:
+        return self.labels.astype(np.float64)
+
+
+def round_to(batch: Batch, fmt: FloatFormat) -> Rounded:
+    """Round ``batch`` to ``fmt`` and compute the exact reference of the rounded inputs.
+
+    Raises ``Unrepresentable`` when a finite input overflows the format.
+    """
+    x = fmt.cast(batch.logits)
+    y = fmt.cast(batch.labels)
     if (np.isinf(x) & np.isfinite(batch.logits)).any():
         big = float(np.abs(batch.logits[np.isfinite(batch.logits)]).max())
-        return f"logits up to {big:.4g} overflow {fmt.name} (max {fmt.max:.5g})"
+        raise Unrepresentable(f"logits up to {big:.4g} overflow {fmt.name} (max {fmt.max:.5g})")
     if not np.isfinite(y).all():
-        return f"label weights overflow {fmt.name} (max {fmt.max:.5g})"
-    return None
+        raise Unrepresentable(f"label weights overflow {fmt.name} (max {fmt.max:.5g})")
+    ref = cross_entropy(x.astype(np.float64), y.astype(np.float64))
+    return Rounded(fmt, x, y, batch.classes, ref)
+
+
+def run_graded(
+    name: str, eps: float, mode: str, rounded: Rounded, rtol: float | None
+) -> tuple[Outcome, Grades]:
+    """Run implementation ``name`` on ``rounded`` inputs in ``mode`` and grade it."""
+    outcome = zoo.load_tf().run(name, eps, mode, rounded.logits, rounded.labels, rounded.classes)
+    grades = grade(
+        outcome.loss,
+        outcome.grad,
+        outcome.output_dtype,
+        rounded.ref,
+        rounded.logits64,
+        rounded.labels64,
+        rounded.fmt,
+        rtol,
+    )
+    return outcome, grades
+
+
+def eps_used(name: str, eps: float) -> float | None:
+    """The clipping epsilon implementation ``name`` applies: ``eps``, Keras' own, or none."""
+    kind = zoo.get_impl(name).eps
+    if kind == "option":
+        return eps
+    return zoo.load_tf().keras_epsilon() if kind == "keras" else None
+
+
+def check_options(eps: Iterable[float], rtol: float | None, modes: Iterable[str]) -> None:
+    """Refuse option values that make no sense, before any work is done."""
+    for e in eps:
+        if not (0 < e < 0.5):
+            raise ConfigError(f"--eps must lie in (0, 0.5), got {e}")
+    if rtol is not None and not (0 < rtol < math.inf):
+        raise ConfigError(f"--rtol must be a positive number, got {rtol}")
+    for mode in modes:
+        if mode not in zoo.MODES:
+            raise ConfigError(f"unknown mode {mode!r}; choose from eager, graph, both")
 
 
 def audit(
@@ -182,14 +253,8 @@ def audit(
     loss and gradient of those rounded inputs. ``eps`` is the clip of ``clipped``; ``rtol``
     overrides the loss tolerance of ``divergent``. Returns an ``Audit``; prints nothing.
     """
-    if eps <= 0 or not math.isfinite(eps) or eps >= 0.5:
-        raise ConfigError(f"--eps must lie in (0, 0.5), got {eps}")
-    if rtol is not None and (rtol <= 0 or not math.isfinite(rtol)):
-        raise ConfigError(f"--rtol must be a positive number, got {rtol}")
     modes = tuple(modes)
-    for mode in modes:
-        if mode not in zoo.MODES:
-            raise ConfigError(f"unknown mode {mode!r}; choose from eager, graph, both")
+    check_options([eps], rtol, modes)
     names = zoo.parse_impls(list(impls))
     formats = [get_format(d) for d in parse_dtypes(list(dtypes))]
     batch = prepare(logits, labels)
@@ -197,37 +262,29 @@ def audit(
     results: list[ImplResult] = []
     skipped: list[Skipped] = []
     method = "mpmath"
-    tf_zoo = zoo.load_tf()
     for fmt in formats:
-        x = fmt.cast(batch.logits)
-        y = fmt.cast(batch.labels)  # label weights as the implementations receive them
-        reason = _overflow(batch, x, y, fmt)
-        if reason:
-            skipped.extend(Skipped(name, fmt.name, reason) for name in names)
+        try:
+            rounded = round_to(batch, fmt)
+        except Unrepresentable as exc:
+            skipped.extend(Skipped(name, fmt.name, str(exc)) for name in names)
             continue
-        x64, y64 = x.astype(np.float64), y.astype(np.float64)
-        ref = cross_entropy(x64, y64)
+        ref = rounded.ref
         if ref.method != "mpmath":
             method = ref.method
         ref_mean = (math.fsum(ref.loss) + math.fsum(ref.loss_lo)) / ref.loss.size
         for name in names:
-            impl = zoo.get_impl(name)
-            if impl.needs_classes and batch.classes is None:
+            if zoo.get_impl(name).needs_classes and batch.classes is None:
                 skipped.append(Skipped(name, fmt.name, "needs one-hot or integer labels"))
                 continue
-            used_eps = {"option": eps, "keras": tf_zoo.keras_epsilon(), None: None}[impl.eps]
             for mode in modes:
-                outcome = tf_zoo.run(name, eps, mode, x, y, batch.classes)
-                g = grade(
-                    outcome.loss, outcome.grad, outcome.output_dtype, ref, x64, y64, fmt, rtol
-                )
+                outcome, g = run_graded(name, eps, mode, rounded, rtol)
                 results.append(
                     ImplResult(
                         impl=name,
                         dtype=fmt.name,
                         mode=mode,
                         output_dtype=outcome.output_dtype,
-                        eps=used_eps,
+                        eps=eps_used(name, eps),
                         loss=_mean(outcome.loss),
                         reference=ref_mean,
                         loss_rows=tuple(float(v) for v in outcome.loss),
