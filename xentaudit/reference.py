@@ -29,6 +29,7 @@ Two methods share that formula:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import mpmath
 import numpy as np
@@ -51,6 +52,11 @@ class Reference:
     loss_lo: np.ndarray  # (n,) float64
     grad: np.ndarray  # (n, C) float64
     method: str  # "mpmath" or "float64"
+
+    @cached_property
+    def grad_size(self) -> np.ndarray:
+        """max_j |gradient| of each row."""
+        return np.abs(self.grad).max(axis=1, initial=0.0)
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray, method: str = "auto") -> Reference:

@@ -26,6 +26,12 @@ def json_number(value: float) -> float | str:
     return float(value)
 
 
+def exit_code(fail_on: Iterable[str], flag_sets: Iterable[Iterable[str]]) -> int:
+    """The exit-code rule of every command: 1 if any ``fail_on`` flag fired in any result."""
+    wanted = set(fail_on)
+    return EXIT_FLAGGED if any(wanted.intersection(flags) for flags in flag_sets) else EXIT_OK
+
+
 @dataclass(frozen=True)
 class ImplResult:
     """One implementation run in one dtype and execution mode, graded against the reference."""
@@ -88,14 +94,9 @@ class Audit:
     results: tuple[ImplResult, ...]
     skipped: tuple[Skipped, ...] = field(default=())
 
-    def failures(self, fail_on: Iterable[str]) -> tuple[ImplResult, ...]:
-        """The results on which any of the ``fail_on`` flags fired."""
-        wanted = set(fail_on)
-        return tuple(r for r in self.results if wanted.intersection(r.flags))
-
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired anywhere, 1 otherwise (2 is for usage errors)."""
-        return EXIT_FLAGGED if self.failures(fail_on) else EXIT_OK
+        return exit_code(fail_on, (r.flags for r in self.results))
 
     def to_dict(self) -> dict:
         return {
@@ -104,5 +105,113 @@ class Audit:
             "classes": self.classes,
             "reference_method": self.reference_method,
             "results": [r.to_dict() for r in self.results],
+            "skipped": [s.to_dict() for s in self.skipped],
+        }
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One implementation x dtype x mode on one pattern at one scale."""
+
+    pattern: str
+    impl: str
+    eps: float | None
+    dtype: str
+    mode: str
+    scale: float
+    output_dtype: str
+    loss: float  # mean over the pattern's rows
+    reference: float
+    max_rel_err: float
+    grad_max_abs_err: float
+    flags: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "pattern": self.pattern,
+            "impl": self.impl,
+            "eps": self.eps,
+            "dtype": self.dtype,
+            "mode": self.mode,
+            "scale": self.scale,
+            "output_dtype": self.output_dtype,
+            "loss": json_number(self.loss),
+            "reference": json_number(self.reference),
+            "max_rel_err": json_number(self.max_rel_err),
+            "grad_max_abs_err": json_number(self.grad_max_abs_err),
+            "flags": list(self.flags),
+        }
+
+
+@dataclass(frozen=True)
+class BreakingPoint:
+    """Where an implementation first breaks on a pattern: the loss, or the gradient.
+
+    ``scale`` is the smallest scale at which a failing flag of that ``kind`` fires (3
+    significant digits), ``None`` if none fires within the swept range; ``at_start`` means it
+    fires already at the smallest scale swept, so the true breaking point may lie lower.
+    """
+
+    pattern: str
+    impl: str
+    eps: float | None
+    dtype: str
+    mode: str
+    kind: str  # "loss" or "grad"
+    scale: float | None
+    flag: str | None
+    at_start: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "pattern": self.pattern,
+            "impl": self.impl,
+            "eps": self.eps,
+            "dtype": self.dtype,
+            "mode": self.mode,
+            "kind": self.kind,
+            "scale": self.scale,
+            "flag": self.flag,
+            "at_start": self.at_start,
+        }
+
+
+@dataclass(frozen=True)
+class PatternInfo:
+    name: str
+    description: str
+    rows: int
+    classes: int
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "rows": self.rows,
+            "classes": self.classes,
+        }
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Everything one ``sweep`` call measured."""
+
+    scales: tuple[float, ...]
+    patterns: tuple[PatternInfo, ...]
+    cells: tuple[SweepCell, ...]
+    breaking_points: tuple[BreakingPoint, ...]
+    skipped: tuple[Skipped, ...] = field(default=())
+
+    def exit_code(self, fail_on: Iterable[str]) -> int:
+        """0 when none of ``fail_on`` fired in any cell, 1 otherwise."""
+        return exit_code(fail_on, (c.flags for c in self.cells))
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            "scales": list(self.scales),
+            "patterns": [p.to_dict() for p in self.patterns],
+            "cells": [c.to_dict() for c in self.cells],
+            "breaking_points": [b.to_dict() for b in self.breaking_points],
             "skipped": [s.to_dict() for s in self.skipped],
         }

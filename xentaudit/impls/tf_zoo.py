@@ -103,7 +103,7 @@ class Outcome:
     output_dtype: str
 
 
-_GRAPH_CACHE: dict[tuple[str, float], Callable] = {}
+_GRAPH_CACHE: dict[tuple[str, float, str], Callable] = {}
 
 
 def _with_gradient(fn: LossFn) -> Callable:
@@ -136,10 +136,19 @@ def run(
     if mode == "eager":
         step = _with_gradient(loss_fn(name, eps))
     else:
-        key = (name, eps)
+        # One trace per implementation and dtype, whatever the batch shape.
+        key = (name, eps, x.dtype.name)
         if key not in _GRAPH_CACHE:
+            signature = [
+                tf.TensorSpec([None, None], x.dtype),
+                tf.TensorSpec([None, None], x.dtype),
+                tf.TensorSpec([None], tf.int32),
+            ]
             _GRAPH_CACHE[key] = tf.function(
-                _with_gradient(loss_fn(name, eps)), reduce_retracing=True
+                # No Python control flow in the zoo: autograph would only slow tracing down.
+                _with_gradient(loss_fn(name, eps)),
+                input_signature=signature,
+                autograph=False,
             )
         step = _GRAPH_CACHE[key]
     loss, grad = step(x, y, k)
