@@ -120,15 +120,16 @@ def test_help_does_not_import_tensorflow() -> None:
         "    cli(['--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "try:\n"
-        "    cli(['compare', '--help'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
+        "for command in ('compare', 'sweep'):\n"
+        "    try:\n"
+        "        cli([command, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
         "print('TF' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'clean')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("clean")
-    assert "compare" in out.stdout
+    assert "compare" in out.stdout and "--scales" in out.stdout
 
 
 def test_python_dash_m_runs_the_cli_without_tensorflow_noise() -> None:

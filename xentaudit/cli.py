@@ -6,9 +6,11 @@ Every user error is one line on stderr and exit code 2; reports go to stdout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -165,15 +167,125 @@ def compare(
         text = json_report.render(result, command="compare", scale=scale)
     else:
         title = f"xentaudit compare: {result.rows} rows x {result.classes} classes, scale {scale:g}"
-        tty = sys.stdout.isatty()
-        text = table_report.render(
-            result,
-            title=title,
-            color=tty and "NO_COLOR" not in os.environ,
-            width=shutil.get_terminal_size().columns if tty else 160,
-        )
+        color, width = _color_and_width(sys.stdout)
+        text = table_report.render(result, title=title, color=color, width=width)
     click.echo(text, nl=False)
     return result.exit_code(fail_flags)
+
+
+def _color_and_width(stream: object) -> tuple[bool, int]:
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    color = tty and "NO_COLOR" not in os.environ
+    return color, shutil.get_terminal_size().columns if tty else 160
+
+
+@cli.command()
+@click.option(
+    "--scales",
+    "scales_spec",
+    metavar="LIST|START:STOP:COUNT",
+    help="Logit scales: a list (0.1,1,10) or log-spaced START:STOP:COUNT (default 0.1:1e4:11).",
+)
+@click.option("--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default all).")
+@click.option("--impl", "impls", multiple=True, metavar="NAME", help="Repeatable (default all).")
+@click.option(
+    "--eps",
+    "eps",
+    multiple=True,
+    type=float,
+    help="Epsilons to sweep `clipped` at; repeatable (default 1e-7, 1e-12, 1e-30).",
+)
+@click.option(
+    "--pattern",
+    "patterns",
+    multiple=True,
+    metavar="NAME",
+    help="seed, random, dominant, vocab or all; repeatable (default all).",
+)
+@click.option(
+    "--classes", type=int, default=50257, show_default=True, help="Classes of the vocab pattern."
+)
+@click.option("--rows", type=int, default=4, show_default=True, help="Rows of the random pattern.")
+@click.option(
+    "--vocab-rows", type=int, default=1, show_default=True, help="Rows of the vocab pattern."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random patterns.")
+@click.option("--mode", type=click.Choice([*MODES, "both"]), default="both", show_default=True)
+@click.option("--rtol", type=float, help="Loss tolerance of `divergent` (default: 8 eps).")
+@click.option(
+    "--fail-on",
+    default="",
+    metavar="FLAGS",
+    help="Comma-separated flags that make the exit code 1 if they fire anywhere (default none).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def sweep(
+    scales_spec: str | None,
+    dtypes: tuple[str, ...],
+    impls: tuple[str, ...],
+    eps: tuple[float, ...],
+    patterns: tuple[str, ...],
+    classes: int,
+    rows: int,
+    vocab_rows: int,
+    seed: int,
+    mode: str,
+    rtol: float | None,
+    fail_on: str,
+    fmt: str,
+) -> int:
+    """Sweep logit scales x dtypes x epsilons x input patterns across the implementations.
+
+    Prints a grid per dtype, the epsilon grid of `clipped`, the breaking point of every
+    implementation (the first scale at which a failing flag fires) and a summary.
+    """
+    from xentaudit.grid import DEFAULT_EPS, DEFAULT_SCALES, parse_scales
+    from xentaudit.sweep import sweep as run_sweep
+
+    fail_flags = parse_flags(fail_on)
+    scales = parse_scales(scales_spec) if scales_spec is not None else DEFAULT_SCALES
+    color, width = _color_and_width(sys.stdout)
+    with _progress() as progress:
+        result = run_sweep(
+            scales=scales,
+            dtypes=dtypes or ("all",),
+            impls=impls or ("all",),
+            eps=eps or DEFAULT_EPS,
+            patterns=patterns or ("all",),
+            classes=classes,
+            rows=rows,
+            vocab_rows=vocab_rows,
+            seed=seed,
+            modes=MODES if mode == "both" else (mode,),
+            rtol=rtol,
+            progress=progress,
+        )
+    if fmt == "json":
+        text = json_report.render(result, command="sweep")
+    else:
+        text = table_report.render_sweep(result, color=color, width=width)
+    click.echo(text, nl=False)
+    return result.exit_code(fail_flags)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr when it is a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("sweeping", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def main() -> None:

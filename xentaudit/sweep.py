@@ -132,8 +132,7 @@ def sweep(
             valid = _representable(pattern, scales, fmt)
             if len(valid) < len(scales):
                 skipped.extend(
-                    Skipped(v.impl, fmt.name, f"{pattern.name} at scale {s:g} overflows {fmt.name}")
-                    for v in chosen[:1]
+                    Skipped("all", fmt.name, f"{pattern.name} at scale {s:g} overflows {fmt.name}")
                     for s in scales
                     if s not in valid
                 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from rich import box
@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xentaudit.flags import FLAGS
-from xentaudit.results import Audit, ImplResult
+from xentaudit.results import Audit, BreakingPoint, ImplResult, Sweep, SweepCell
 
 FLAG_STYLES = {
     "nan": "bold red",
@@ -175,4 +175,242 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
             Text(f"  {name}", style=FLAG_STYLES[name]),
             f"{flag.meaning}. Instead: {flag.advice}.",
         )
+    return buffer.getvalue()
+
+
+# --- sweep -----------------------------------------------------------------------------------
+
+CELL_CODES = {
+    "nan": "NaN",
+    "inf": "inf",
+    "divergent": "div",
+    "grad-nan": "g-nan",
+    "grad-inf": "g-inf",
+    "grad-blowup": "g-blow",
+    "grad-vanish": "g-van",
+    "grad-wrong": "g-wrong",
+}
+
+
+def _scale_label(scale: float) -> str:
+    return f"{scale:.3g}".replace("e+0", "e").replace("e+", "e")
+
+
+def _status(cells: Sequence[SweepCell]) -> Text:
+    """One grid cell: the first failing flag (in FLAGS order) fired by any pattern, or ok."""
+    if not cells:
+        return Text("-", style="dim")
+    fired = {f for c in cells for f in c.flags if FLAGS[f].failing}
+    for flag in CELL_CODES:
+        if flag in fired:
+            return Text(CELL_CODES[flag], style=FLAG_STYLES[flag])
+    return Text("ok", style="green")
+
+
+def _label(variant: tuple[str, float | None], with_eps: bool) -> str:
+    """``clipped eps=1e-07`` where several epsilons are swept; the bare name otherwise."""
+    impl, eps = variant
+    return f"{impl} eps={eps:g}" if with_eps and impl == "clipped" and eps is not None else impl
+
+
+def _grid_table(
+    title: str,
+    scales: Sequence[float],
+    rows: list[tuple[str, dict[float, list[SweepCell]]]],
+) -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("", no_wrap=True)
+    for s in scales:
+        table.add_column(_scale_label(s), justify="center", no_wrap=True)
+    for label, by_scale in rows:
+        table.add_row(label, *(_status(by_scale.get(s, [])) for s in scales))
+    return table
+
+
+def _mode_rows(
+    cells: Sequence[SweepCell], label: str
+) -> list[tuple[str, dict[float, list[SweepCell]]]]:
+    """Rows of a grid: one if every mode shows the same statuses, else one per mode."""
+    by_mode: dict[str, dict[float, list[SweepCell]]] = {}
+    for c in cells:
+        by_mode.setdefault(c.mode, {}).setdefault(c.scale, []).append(c)
+    shown = {m: {s: _status(v).plain for s, v in g.items()} for m, g in by_mode.items()}
+    if len({tuple(sorted(v.items())) for v in shown.values()}) <= 1:
+        return [(label, next(iter(by_mode.values())))] if by_mode else []
+    return [(f"{label} ({mode})", grid) for mode, grid in by_mode.items()]
+
+
+def _break_text(points: Sequence[BreakingPoint]) -> Text:
+    """The first break of one row on one pattern (loss or gradient, whichever comes first)."""
+    hits = [p for p in points if p.scale is not None]
+    if not hits:
+        return Text("-", style="dim")
+    first = min(hits, key=lambda p: (p.scale, p.kind))
+    where = f"<={_scale_label(first.scale)}" if first.at_start else _scale_label(first.scale)
+    return Text(f"{where} ") + Text(first.flag or "", style=FLAG_STYLES.get(first.flag or "", ""))
+
+
+def _first_break(points: Sequence[BreakingPoint]) -> BreakingPoint | None:
+    hits = [p for p in points if p.scale is not None]
+    return min(hits, key=lambda p: (p.scale, p.kind)) if hits else None
+
+
+def sweep_summary(sweep: Sweep) -> list[str]:
+    """Plain-language conclusions: who survives, who breaks first and why, what to use."""
+    lines: list[str] = []
+    variants = list(dict.fromkeys((c.impl, c.eps) for c in sweep.cells))
+    multi_eps = len({e for i, e in variants if i == "clipped"}) > 1
+
+    def failing(cells: Iterable[SweepCell]) -> bool:
+        return any(FLAGS[f].failing for c in cells for f in c.flags)
+
+    survivors = [
+        _label(v, multi_eps)
+        for v in variants
+        if not failing(c for c in sweep.cells if (c.impl, c.eps) == v)
+    ]
+    if survivors:
+        lines.append(f"Never flagged on any pattern, dtype or scale: {', '.join(survivors)}.")
+    else:
+        lines.append("Every implementation is flagged somewhere in this sweep.")
+    for pattern in (p.name for p in sweep.patterns):
+        clean = [
+            _label(v, multi_eps)
+            for v in variants
+            if not failing(c for c in sweep.cells if (c.impl, c.eps) == v and c.pattern == pattern)
+        ]
+        lines.append(f"Never flagged on the {pattern} pattern: {', '.join(clean) or 'none'}.")
+    first_pattern = sweep.patterns[0].name
+    at_start = sorted(
+        {
+            f"{_label((p.impl, p.eps), multi_eps)} {p.dtype}"
+            for p in sweep.breaking_points
+            if p.at_start and p.pattern == first_pattern
+        }
+    )
+    if at_start:
+        lines.append(
+            f"Already broken at the smallest scale on {first_pattern}: {', '.join(at_start)}."
+        )
+    nonfinite: dict[str, list[str]] = {}
+    first_mode = sweep.breaking_points[0].mode if sweep.breaking_points else ""
+    for p in sweep.breaking_points:
+        if (p.pattern, p.kind, p.mode) == (first_pattern, "loss", first_mode) and p.flag in (
+            "nan",
+            "inf",
+        ):
+            nonfinite.setdefault(_label((p.impl, p.eps), multi_eps), []).append(
+                f"{_scale_label(p.scale)} ({p.dtype})"
+            )
+    if nonfinite:
+        lines.append(
+            f"On {first_pattern} the loss first turns NaN/inf at scale: "
+            + "; ".join(f"{impl} {', '.join(where)}" for impl, where in nonfinite.items())
+            + "."
+        )
+    for impl, eps in variants:
+        if impl != "clipped" or eps is None:
+            continue
+        where = [
+            f"{p.dtype} {_scale_label(p.scale)}"
+            for p in sweep.breaking_points
+            if (p.impl, p.eps, p.kind, p.flag) == (impl, eps, "loss", "divergent")
+            and p.pattern == sweep.patterns[0].name
+            and p.mode == "eager"
+            and p.scale is not None
+        ]
+        if where:
+            lines.append(
+                f"clipped eps={eps:g} diverges on {sweep.patterns[0].name} from scale "
+                f"{', '.join(where)}: the clip caps the loss at -ln(eps) = {-math.log(eps):.3g}, "
+                "so any row whose true loss is larger reads too small and gets no gradient."
+            )
+    fired = [f for f in FLAGS if FLAGS[f].failing and any(f in c.flags for c in sweep.cells)]
+    for name in fired:
+        lines.append(f"{name}: {FLAGS[name].meaning}. Instead: {FLAGS[name].advice}.")
+    return lines
+
+
+def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
+    """The sweep as text: a grid per dtype, the epsilon grid, breaking points and a summary."""
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer, force_terminal=color, no_color=not color, width=width, highlight=False
+    )
+    patterns = ", ".join(f"{p.name} ({p.rows}x{p.classes})" for p in sweep.patterns)
+    console.print(
+        Text(
+            f"xentaudit sweep: {len(sweep.scales)} scales from {_scale_label(sweep.scales[0])} "
+            f"to {_scale_label(sweep.scales[-1])}; patterns {patterns}",
+            style="bold",
+        ),
+        Text(
+            "cells: the first failing flag on any pattern (ok: none); reference: float64 "
+            "max-separated log-sum-exp",
+            style="dim",
+        ),
+        sep="\n",
+    )
+    dtypes = list(dict.fromkeys(c.dtype for c in sweep.cells))
+    variants = list(dict.fromkeys((c.impl, c.eps) for c in sweep.cells))
+    clipped_eps = [e for i, e in variants if i == "clipped"]
+    main = [v for v in variants if v[0] != "clipped" or v[1] == clipped_eps[0]]
+    for dtype in dtypes:
+        rows = []
+        for v in main:
+            cells = [c for c in sweep.cells if (c.impl, c.eps, c.dtype) == (*v, dtype)]
+            rows += _mode_rows(cells, _label(v, len(clipped_eps) > 1))
+        console.print(_grid_table(dtype, sweep.scales, rows))
+    if len(clipped_eps) > 1:
+        rows = []
+        for eps in clipped_eps:
+            for dtype in dtypes:
+                cells = [
+                    c for c in sweep.cells if (c.impl, c.eps, c.dtype) == ("clipped", eps, dtype)
+                ]
+                rows += _mode_rows(cells, f"eps={eps:g} {dtype}")
+        console.print(_grid_table("clipped: epsilon x dtype", sweep.scales, rows))
+
+    table = Table(
+        title="Breaking points: first scale at which a failing flag fires (3 digits)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+    )
+    table.add_column("implementation", no_wrap=True)
+    table.add_column("dtype", no_wrap=True)
+    for p in sweep.patterns:
+        table.add_column(p.name, no_wrap=True)
+    never = []
+    for v in variants:
+        label = _label(v, len(clipped_eps) > 1)
+        broke = False
+        for dtype in dtypes:
+            points = [p for p in sweep.breaking_points if (p.impl, p.eps, p.dtype) == (*v, dtype)]
+            modes = list(dict.fromkeys(p.mode for p in points))
+            per_mode = {
+                m: [
+                    _break_text([p for p in points if p.mode == m and p.pattern == pat.name])
+                    for pat in sweep.patterns
+                ]
+                for m in modes
+            }
+            distinct = {tuple(t.plain for t in texts) for texts in per_mode.values()}
+            shown = per_mode if len(distinct) > 1 else dict(list(per_mode.items())[:1])
+            for mode, texts in shown.items():
+                if all(t.plain == "-" for t in texts):
+                    continue
+                broke = True
+                name = f"{label} ({mode})" if len(shown) > 1 else label
+                table.add_row(name, dtype, *texts)
+        if not broke:
+            never.append(label)
+    console.print(table)
+    if never:
+        console.print(Text(f"Never break in this sweep: {', '.join(never)}.", style="green"))
+    for s in sweep.skipped:
+        console.print(Text(f"skipped {s.dtype}: {s.reason}", style="dim"))
+    console.print(Text("Summary", style="bold"))
+    for line in sweep_summary(sweep):
+        console.print(f"- {line}")
     return buffer.getvalue()

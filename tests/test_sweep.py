@@ -1,0 +1,174 @@
+"""`sweep` on real TensorFlow code: breaking points against thresholds derived here, the grid's
+cells, JSON, exit codes and the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mpmath
+import pytest
+from click.testing import CliRunner
+
+from xentaudit.cli import cli
+from xentaudit.grid import DEFAULT_SCALES
+from xentaudit.sweep import sweep
+
+# A breaking point is reported to 3 significant digits (half a unit in the third digit is
+# 5e-3 relative at 1.00, less above) and the input is rounded to the dtype first; 5e-3 relative
+# covers both for the float16 case (input spacing 2^-7 at 11, i.e. 7e-4 relative).
+DIGITS_REL = 5e-3
+
+
+def point(result, impl, dtype, kind, pattern="seed", mode="eager", eps=None):
+    (p,) = [
+        b
+        for b in result.breaking_points
+        if (b.impl, b.dtype, b.kind, b.pattern, b.mode) == (impl, dtype, kind, pattern, mode)
+        and (eps is None or b.eps == eps)
+    ]
+    return p
+
+
+@pytest.fixture(scope="module")
+def naive_seed():
+    return sweep(
+        patterns=["seed"], impls=["naive"], dtypes=["float16", "float32", "float64"],
+        modes=["eager"],
+    )  # fmt: skip
+
+
+def test_naive_float16_loss_breaks_where_exp_overflows(naive_seed) -> None:
+    # Row 1 of the seed at scale s is [-s, 2s, 5s]; naive exponentiates unshifted, and float16's
+    # exp rounds to inf once exp(5s) >= 65520 (halfway between 65504 and 2^16), inf/inf = NaN.
+    expected = math.log(65520) / 5
+    p = point(naive_seed, "naive", "float16", "loss")
+    assert p.flag in ("nan", "inf") and p.scale == pytest.approx(expected, rel=DIGITS_REL)
+    assert p.scale < 20
+
+
+@pytest.mark.parametrize(("dtype", "min_exponent"), [("float32", -126), ("float64", -1022)])
+def test_naive_loss_breaks_where_a_probability_flushes_to_zero(
+    naive_seed, dtype: str, min_exponent: int
+) -> None:
+    # p_0 of row 1 is e^-s / (e^-s + e^2s + e^5s) ~ e^-6s. TensorFlow flushes results below the
+    # smallest normal number 2^min_exponent to 0, and 0 * log(0) = NaN in -sum y log p.
+    expected = -min_exponent * math.log(2) / 6
+    p = point(naive_seed, "naive", dtype, "loss")
+    assert p.flag == "nan" and p.scale == pytest.approx(expected, rel=DIGITS_REL)
+
+
+@pytest.fixture(scope="module")
+def clipped_seed():
+    return sweep(
+        patterns=["seed"], impls=["clipped", "keras_cce_probs"], dtypes=["float32", "float64"],
+        eps=[1e-7, 1e-30], modes=["eager"],
+    )  # fmt: skip
+
+
+def clip_threshold(eps: float) -> float:
+    # The clip caps row 1's loss at -ln(eps); the exact loss of row 1 is
+    # L1(s) = log(e^-s + e^2s + e^5s) - 2s, so the loss diverges once L1(s) = -ln(eps).
+    def gap(s: mpmath.mpf) -> mpmath.mpf:
+        row1 = mpmath.log(mpmath.exp(-s) + mpmath.exp(2 * s) + mpmath.exp(5 * s)) - 2 * s
+        return row1 + mpmath.log(eps)
+
+    with mpmath.workdps(30):
+        return float(mpmath.findroot(gap, -math.log(eps) / 3))
+
+
+@pytest.mark.parametrize("eps", [1e-7, 1e-30])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_clipped_diverges_where_the_true_loss_passes_minus_log_eps(
+    clipped_seed, eps: float, dtype: str
+) -> None:
+    p = point(clipped_seed, "clipped", dtype, "loss", eps=eps)
+    assert p.flag == "divergent"
+    assert p.scale == pytest.approx(clip_threshold(eps), rel=DIGITS_REL)
+    # The same row's gradient is clipped to zero at the same scale.
+    g = point(clipped_seed, "clipped", dtype, "grad", eps=eps)
+    assert g.flag == "grad-vanish" and g.scale == pytest.approx(p.scale, rel=DIGITS_REL)
+
+
+def test_keras_probs_breaks_like_the_clip_at_keras_epsilon(clipped_seed) -> None:
+    p = point(clipped_seed, "keras_cce_probs", "float32", "loss")
+    assert p.eps == pytest.approx(1e-7) and p.flag == "divergent"
+    assert p.scale == pytest.approx(clip_threshold(1e-7), rel=DIGITS_REL)
+
+
+def test_fused_losses_never_flagged_on_the_seed_pattern() -> None:
+    result = sweep(patterns=["seed"], impls=["tf_softmax_xent", "log_softmax"])
+    assert len(result.cells) == 2 * 4 * 2 * len(DEFAULT_SCALES)
+    failing = {"nan", "inf", "divergent", "grad-nan", "grad-inf", "grad-blowup", "grad-vanish"}
+    for cell in result.cells:
+        assert not failing & set(cell.flags), cell
+    assert all(p.scale is None for p in result.breaking_points)
+
+
+def test_cells_json_and_exit_code() -> None:
+    result = sweep(
+        scales=[1.0, 100.0], patterns=["dominant"], impls=["naive"], dtypes=["float32"],
+        modes=["eager"],
+    )  # fmt: skip
+    doc = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert doc["schema"] == 1 and doc["scales"] == [1.0, 100.0]
+    assert doc["patterns"][0]["name"] == "dominant"
+    by_scale = {c["scale"]: c for c in doc["cells"]}
+    # dominant at scale 100: [100, 0, 0] with label 1, exact loss 100 + log(1 + 2 e^-100), which
+    # is 100 in float64; naive exponentiates unshifted and e^100 overflows float32 (max ~e^88.7).
+    assert by_scale[1.0]["flags"] == [] and "nan" in by_scale[100.0]["flags"]
+    assert by_scale[100.0]["reference"] == pytest.approx(100.0, rel=1e-15)
+    (loss_point,) = [b for b in doc["breaking_points"] if b["kind"] == "loss"]
+    assert set(loss_point) == {
+        "pattern", "impl", "eps", "dtype", "mode", "kind", "scale", "flag", "at_start",
+    }  # fmt: skip
+    assert result.exit_code(["nan"]) == 1 and result.exit_code(["grad-inf"]) == 0
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["sweep", *args])
+
+
+def test_default_sweep_prints_every_table_and_the_summary() -> None:
+    result = run()
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    for title in ("float16", "bfloat16", "float32", "float64", "clipped: epsilon x dtype"):
+        assert f"\n{title}" in out
+    assert "Breaking points" in out and "Summary" in out
+    summary = out[out.index("Summary") :]
+    assert "On seed the loss first turns NaN/inf at scale: naive 2.22 (float16)" in summary
+    assert "clipped eps=1e-07 diverges on seed from scale float16" in summary
+    never = summary.splitlines()[2]
+    assert never.startswith("- Never flagged on the seed pattern:")
+    assert "tf_softmax_xent" in never and "log_softmax" in never
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+def test_sweep_json_and_fail_on() -> None:
+    args = ("--pattern", "seed", "--impl", "naive", "--dtype", "float16", "--mode", "eager")
+    result = run(*args, "--scales", "0.1:10:3", "--format", "json", "--fail-on", "nan")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["command"] == "sweep" and len(doc["cells"]) == 3
+    assert run(*args, "--scales", "0.1,1", "--fail-on", "nan").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dtype", "float8"], "unknown dtype"),
+        (["--impl", "nope"], "unknown implementation"),
+        (["--pattern", "spiral"], "unknown pattern"),
+        (["--scales", ""], "empty"),
+        (["--scales", "-1:10:3"], "0 < start <= stop"),
+        (["--classes", "0"], "--classes must be at least 2"),
+        (["--eps", "0"], "--eps must lie in"),
+        (["--fail-on", "bogus"], "unknown flag"),
+    ],
+)
+def test_bad_sweep_options_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
