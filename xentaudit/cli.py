@@ -203,7 +203,7 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
     help="seed, random, dominant, vocab or all; repeatable (default all).",
 )
 @click.option(
-    "--classes", type=int, default=50257, show_default=True, help="Classes of the vocab pattern."
+    "--classes", type=int, default=16384, show_default=True, help="Classes of the vocab pattern."
 )
 @click.option("--rows", type=int, default=4, show_default=True, help="Rows of the random pattern.")
 @click.option(

@@ -16,10 +16,12 @@ PATTERNS = ("seed", "random", "dominant", "vocab")
 RANDOM_CLASSES = 10
 # Refinement: each round evaluates `points` scales inside the bracket in one batched call,
 # shrinking its log-width (points + 1)x; stop once the bracket is narrower than REFINE_REL, so the
-# first breaking scale is right to 3 significant digits. Small patterns use many points (a call
-# costs more than its rows), large ones bisect (their rows cost more than a call).
-REFINE_POINTS = 15
+# first breaking scale is right to 3 significant digits. A call costs ~5 ms of TensorFlow
+# overhead whatever its size, so a round holds as many scales as fit in REFINE_ENTRIES logits:
+# small patterns finish in one round, a 50257-class row gets 3 points a round.
 REFINE_REL = 5e-4
+REFINE_ENTRIES = 20_000
+REFINE_MAX_POINTS = 2500  # one round covers a bracket of ratio e^(2500 * 5e-4) = 3.5
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def parse_scales(spec: str) -> tuple[float, ...]:
 
 
 def make_pattern(
-    name: str, *, classes: int = 50257, rows: int = 4, vocab_rows: int = 1, seed: int = 0
+    name: str, *, classes: int = 16384, rows: int = 4, vocab_rows: int = 1, seed: int = 0
 ) -> Pattern:
     """Build one of ``PATTERNS``: ``rows`` sizes ``random``; ``classes`` and ``vocab_rows`` size
     ``vocab`` (random labels; odd rows, when there are several, confident and correct)."""
@@ -120,10 +122,15 @@ def parse_patterns(names: Sequence[str]) -> tuple[str, ...]:
 Bracket = tuple[float, float]
 
 
+def refine_points(entries: int) -> int:
+    """Scales per refinement round for a pattern of ``entries`` logits (see REFINE_ENTRIES)."""
+    return max(3, min(REFINE_MAX_POINTS, REFINE_ENTRIES // entries))
+
+
 def refine(
     brackets: dict[str, tuple[float, float, str]],
     fires: Callable[[list[float]], dict[str, list[str]]],
-    points: int = REFINE_POINTS,
+    points: int = 15,
 ) -> dict[str, tuple[Bracket, str]]:
     """Narrow each bracket (lo does not fire, hi fires with the given flag) to the first firing
     scale.

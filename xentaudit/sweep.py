@@ -29,12 +29,12 @@ from xentaudit.flags import FLAGS
 from xentaudit.grid import (
     DEFAULT_EPS,
     DEFAULT_SCALES,
-    REFINE_POINTS,
     Bracket,
     Pattern,
     make_pattern,
     parse_patterns,
     refine,
+    refine_points,
 )
 from xentaudit.io import prepare
 from xentaudit.results import BreakingPoint, PatternInfo, Skipped, Sweep, SweepCell
@@ -44,7 +44,6 @@ KINDS = {
     "grad": tuple(f for f in GRAD_FLAGS if FLAGS[f].failing),
 }
 Progress = Callable[[int, int], None]
-SMALL_PATTERN = 1000  # entries; above this, breaking points are refined by bisection
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def sweep(
     impls: Iterable[str] = ("all",),
     eps: Iterable[float] = DEFAULT_EPS,
     patterns: Iterable[str] = ("all",),
-    classes: int = 50257,
+    classes: int = 16384,
     rows: int = 4,
     vocab_rows: int = 1,
     seed: int = 0,
@@ -256,9 +255,8 @@ def _breaking_points(
             at = dict(zip(ends, verdicts[kind], strict=True))
             if not at[lo] and at[hi]:
                 done[kind] = ((lo, hi), at[hi])
-    points = REFINE_POINTS if pattern.logits.size <= SMALL_PATTERN else 1
     todo = {kind: b for kind, b in brackets.items() if kind not in done}
-    done.update(refine(todo, fires, points) if todo else {})
+    done.update(refine(todo, fires, refine_points(pattern.logits.size)) if todo else {})
 
     out = []
     for kind, k in first.items():

@@ -18,7 +18,8 @@ import tensorflow as tf
 if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
     tf.get_logger().setLevel("ERROR")  # retracing notices and the like, unless asked for
 
-LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+# fn(labels, classes, logits, eps) -> per-row losses; eps is used by `clipped` only.
+LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 
 def _shifted_softmax(x: tf.Tensor) -> tf.Tensor:
@@ -26,35 +27,33 @@ def _shifted_softmax(x: tf.Tensor) -> tf.Tensor:
     return e / tf.reduce_sum(e, axis=-1, keepdims=True)
 
 
-def naive(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def naive(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
     e = tf.exp(x)
     return -tf.reduce_sum(y * tf.math.log(e / tf.reduce_sum(e, axis=-1, keepdims=True)), axis=-1)
 
 
-def shifted(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def shifted(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
     return -tf.reduce_sum(y * tf.math.log(_shifted_softmax(x)), axis=-1)
 
 
-def clipped(eps: float) -> LossFn:
-    def loss(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
-        # eps is rounded to the logits' dtype, as Keras does: 1e-30 is 0 in float16.
-        e = tf.constant(eps, dtype=x.dtype)
-        p = tf.clip_by_value(_shifted_softmax(x), e, 1 - e)
-        return -tf.reduce_sum(y * tf.math.log(p), axis=-1)
-
-    return loss
+def clipped(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+    # eps arrives rounded to the logits' dtype, as Keras rounds it: 1e-30 is 0 in float16.
+    p = tf.clip_by_value(_shifted_softmax(x), eps, 1 - eps)
+    return -tf.reduce_sum(y * tf.math.log(p), axis=-1)
 
 
-def log_softmax(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def log_softmax(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
     z = x - tf.reduce_max(x, axis=-1, keepdims=True)
     return -tf.reduce_sum(y * (z - tf.math.log(tf.reduce_sum(tf.exp(z), -1, keepdims=True))), -1)
 
 
-def tf_softmax_xent(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def tf_softmax_xent(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
     return tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=x)
 
 
-def tf_sparse_softmax_xent(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def tf_sparse_softmax_xent(
+    y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor
+) -> tf.Tensor:
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=classes, logits=x)
 
 
@@ -64,23 +63,25 @@ _SCCE_LOGITS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, redu
 _SOFTMAX_LAYER = keras.layers.Softmax()
 
 
-def keras_cce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def keras_cce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
     return _CCE_LOGITS(y, x)
 
 
-def keras_cce_probs(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def keras_cce_probs(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
     return _CCE_PROBS(y, tf.nn.softmax(x))
 
 
-def keras_cce_softmax_layer(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def keras_cce_softmax_layer(
+    y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor
+) -> tf.Tensor:
     return _CCE_PROBS(y, _SOFTMAX_LAYER(x))
 
 
-def keras_scce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def keras_scce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
     return _SCCE_LOGITS(classes, x)
 
 
-def double_softmax(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def double_softmax(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
     return tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=tf.nn.softmax(x))
 
 
@@ -89,9 +90,9 @@ def keras_epsilon() -> float:
     return float(keras.config.epsilon())
 
 
-def loss_fn(name: str, eps: float) -> LossFn:
-    """The loss function registered under ``name`` (``eps`` is used by ``clipped`` only)."""
-    return clipped(eps) if name == "clipped" else globals()[name]
+def loss_fn(name: str) -> LossFn:
+    """The loss function registered under ``name``."""
+    return globals()[name]
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,16 @@ class Outcome:
     output_dtype: str
 
 
-_GRAPH_CACHE: dict[tuple[str, float, str], Callable] = {}
+_GRAPH_CACHE: dict[tuple[str, str], Callable] = {}
 
 
 def _with_gradient(fn: LossFn) -> Callable:
-    def step(x: tf.Tensor, y: tf.Tensor, classes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def step(
+        x: tf.Tensor, y: tf.Tensor, classes: tf.Tensor, eps: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = fn(y, classes, x)
+            loss = fn(y, classes, x, eps)
         # A vector target: TensorFlow seeds it with ones, i.e. the gradient of the summed loss,
         # without ever forming the (possibly overflowing) sum in a narrow dtype.
         return loss, tape.gradient(loss, x)
@@ -133,25 +136,27 @@ def run(
     x = tf.constant(logits)
     y = tf.constant(labels)
     k = tf.constant(classes if classes is not None else np.zeros(logits.shape[0]), dtype=tf.int32)
+    e = tf.constant(eps, dtype=x.dtype)
     if mode == "eager":
-        step = _with_gradient(loss_fn(name, eps))
+        step = _with_gradient(loss_fn(name))
     else:
-        # One trace per implementation and dtype, whatever the batch shape.
-        key = (name, eps, x.dtype.name)
+        # One trace per implementation and dtype, whatever the batch shape or epsilon.
+        key = (name, x.dtype.name)
         if key not in _GRAPH_CACHE:
             signature = [
                 tf.TensorSpec([None, None], x.dtype),
                 tf.TensorSpec([None, None], x.dtype),
                 tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([], x.dtype),
             ]
             _GRAPH_CACHE[key] = tf.function(
                 # No Python control flow in the zoo: autograph would only slow tracing down.
-                _with_gradient(loss_fn(name, eps)),
+                _with_gradient(loss_fn(name)),
                 input_signature=signature,
                 autograph=False,
             )
         step = _GRAPH_CACHE[key]
-    loss, grad = step(x, y, k)
+    loss, grad = step(x, y, k, e)
     return Outcome(
         np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
         np.asarray(grad.numpy(), dtype=np.float64),
