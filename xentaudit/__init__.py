@@ -9,14 +9,27 @@ __version__ = "0.1.0"
 
 from xentaudit.audit import audit
 from xentaudit.errors import XentauditError
-from xentaudit.results import SCHEMA_VERSION, Audit, ImplResult, Skipped
+from xentaudit.results import (
+    SCHEMA_VERSION,
+    Audit,
+    BreakingPoint,
+    ImplResult,
+    Skipped,
+    Sweep,
+    SweepCell,
+)
+from xentaudit.sweep import sweep
 
 __all__ = [
     "SCHEMA_VERSION",
     "Audit",
+    "BreakingPoint",
     "ImplResult",
     "Skipped",
+    "Sweep",
+    "SweepCell",
     "XentauditError",
     "__version__",
     "audit",
+    "sweep",
 ]
