@@ -256,8 +256,8 @@ def audit(
     """
     modes = tuple(modes)
     check_options([eps], rtol, modes)
-    names = zoo.parse_impls(list(impls))
-    formats = [get_format(d) for d in parse_dtypes(list(dtypes))]
+    names = zoo.parse_impls(impls)
+    formats = [get_format(d) for d in parse_dtypes(dtypes)]
     batch = prepare(logits, labels)
 
     results: list[ImplResult] = []

@@ -59,6 +59,40 @@ def parse_flags(value: str) -> tuple[str, ...]:
     return names
 
 
+def shared_options(command: Callable) -> Callable:
+    """--mode, --rtol, --fail-on and --format: the same for every command."""
+    options = [
+        click.option(
+            "--mode",
+            type=click.Choice([*MODES, "both"]),
+            default="both",
+            show_default=True,
+            help="Run TensorFlow eagerly, inside tf.function (graph), or both.",
+        ),
+        click.option(
+            "--rtol",
+            type=float,
+            help="Loss tolerance of `divergent` (default: 8 eps of the dtype, see README).",
+        ),
+        click.option(
+            "--fail-on",
+            default="",
+            metavar="FLAGS",
+            help="Comma-separated flags that make the exit code 1 if they fire (default none).",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["table", "json"]),
+            default="table",
+            show_default=True,
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xentaudit")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log output.")
@@ -103,27 +137,7 @@ def cli(verbose: bool) -> None:
     help="Implementation to audit; repeatable (default: all).",
 )
 @click.option("--eps", type=float, default=1e-7, show_default=True, help="Clip of `clipped`.")
-@click.option(
-    "--mode",
-    type=click.Choice([*MODES, "both"]),
-    default="both",
-    show_default=True,
-    help="Run TensorFlow eagerly, inside tf.function (graph), or both.",
-)
-@click.option(
-    "--rtol",
-    type=float,
-    help="Loss tolerance of `divergent` (default: 8 eps of the dtype, see README).",
-)
-@click.option(
-    "--fail-on",
-    default="",
-    metavar="FLAGS",
-    help="Comma-separated flags that make the exit code 1 (default: none).",
-)
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@shared_options
 def compare(
     logits: str | None,
     labels: str | None,
@@ -210,17 +224,7 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
     "--vocab-rows", type=int, default=1, show_default=True, help="Rows of the vocab pattern."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random patterns.")
-@click.option("--mode", type=click.Choice([*MODES, "both"]), default="both", show_default=True)
-@click.option("--rtol", type=float, help="Loss tolerance of `divergent` (default: 8 eps).")
-@click.option(
-    "--fail-on",
-    default="",
-    metavar="FLAGS",
-    help="Comma-separated flags that make the exit code 1 if they fire anywhere (default none).",
-)
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@shared_options
 def sweep(
     scales_spec: str | None,
     dtypes: tuple[str, ...],

@@ -7,11 +7,13 @@ float32, 8-bit significand). No TensorFlow here: bfloat16 arrays come from ``ml_
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
 
+from xentaudit.choices import expand, unknown
 from xentaudit.errors import ConfigError
 
 
@@ -73,17 +75,9 @@ def get_format(name: str) -> FloatFormat:
     try:
         return FORMATS[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown dtype {name!r}; choose from {', '.join(FORMATS)} or 'all'"
-        ) from None
+        raise ConfigError(unknown("dtype", name, FORMATS)) from None
 
 
-def parse_dtypes(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def parse_dtypes(names: Iterable[str]) -> tuple[str, ...]:
     """Expand dtype names (comma lists allowed; ``all`` is every format), in order, no repeats."""
-    out: list[str] = []
-    for name in names:
-        for part in name.split(","):
-            part = part.strip()
-            chosen = list(FORMATS) if part == "all" else [get_format(part).name]
-            out.extend(n for n in chosen if n not in out)
-    return tuple(out)
+    return expand(names, list(FORMATS), "dtype")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
+from xentaudit.choices import expand, unknown
 from xentaudit.errors import ConfigError
 
 DEFAULT_SCALES = tuple(float(s) for s in np.logspace(-1, 4, 11))  # 0.1 ... 1e4, 2 per decade
@@ -103,20 +104,12 @@ def make_pattern(
             logits,
             labels,
         )
-    raise ConfigError(f"unknown pattern {name!r}; choose from {', '.join(PATTERNS)} or 'all'")
+    raise ConfigError(unknown("pattern", name, PATTERNS))
 
 
-def parse_patterns(names: Sequence[str]) -> tuple[str, ...]:
+def parse_patterns(names: Iterable[str]) -> tuple[str, ...]:
     """Expand pattern names (comma lists allowed; ``all`` is every pattern), in order."""
-    out: list[str] = []
-    for name in names:
-        for part in (p.strip() for p in name.split(",")):
-            if part != "all" and part not in PATTERNS:
-                raise ConfigError(
-                    f"unknown pattern {part!r}; choose from {', '.join(PATTERNS)} or 'all'"
-                )
-            out.extend(p for p in (PATTERNS if part == "all" else (part,)) if p not in out)
-    return tuple(out)
+    return expand(names, PATTERNS, "pattern")
 
 
 Bracket = tuple[float, float]

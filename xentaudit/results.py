@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 
 SCHEMA_VERSION = 1
 
@@ -24,6 +24,18 @@ def json_number(value: float) -> float | str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return float(value)
+
+
+def to_json(value: object) -> object:
+    """A result as JSON-ready data: dataclass fields in declaration order, tuples as lists,
+    non-finite floats spelled out."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    if isinstance(value, float):
+        return json_number(value)
+    return value
 
 
 def exit_code(fail_on: Iterable[str], flag_sets: Iterable[Iterable[str]]) -> int:
@@ -52,25 +64,6 @@ class ImplResult:
     flags: tuple[str, ...]
     row_flags: tuple[tuple[str, ...], ...]
 
-    def to_dict(self) -> dict:
-        return {
-            "impl": self.impl,
-            "dtype": self.dtype,
-            "mode": self.mode,
-            "output_dtype": self.output_dtype,
-            "eps": self.eps,
-            "loss": json_number(self.loss),
-            "reference": json_number(self.reference),
-            "loss_rows": [json_number(v) for v in self.loss_rows],
-            "reference_rows": [json_number(v) for v in self.reference_rows],
-            "max_rel_err": json_number(self.max_rel_err),
-            "max_ulps_err": json_number(self.max_ulps_err),
-            "grad_max_abs_err": json_number(self.grad_max_abs_err),
-            "rtol": self.rtol,
-            "flags": list(self.flags),
-            "row_flags": [list(f) for f in self.row_flags],
-        }
-
 
 @dataclass(frozen=True)
 class Skipped:
@@ -79,9 +72,6 @@ class Skipped:
     impl: str
     dtype: str
     reason: str
-
-    def to_dict(self) -> dict:
-        return {"impl": self.impl, "dtype": self.dtype, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -99,14 +89,7 @@ class Audit:
         return exit_code(fail_on, (r.flags for r in self.results))
 
     def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA_VERSION,
-            "rows": self.rows,
-            "classes": self.classes,
-            "reference_method": self.reference_method,
-            "results": [r.to_dict() for r in self.results],
-            "skipped": [s.to_dict() for s in self.skipped],
-        }
+        return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]
 
 
 @dataclass(frozen=True)
@@ -125,22 +108,6 @@ class SweepCell:
     max_rel_err: float
     grad_max_abs_err: float
     flags: tuple[str, ...]
-
-    def to_dict(self) -> dict:
-        return {
-            "pattern": self.pattern,
-            "impl": self.impl,
-            "eps": self.eps,
-            "dtype": self.dtype,
-            "mode": self.mode,
-            "scale": self.scale,
-            "output_dtype": self.output_dtype,
-            "loss": json_number(self.loss),
-            "reference": json_number(self.reference),
-            "max_rel_err": json_number(self.max_rel_err),
-            "grad_max_abs_err": json_number(self.grad_max_abs_err),
-            "flags": list(self.flags),
-        }
 
 
 @dataclass(frozen=True)
@@ -162,19 +129,6 @@ class BreakingPoint:
     flag: str | None
     at_start: bool
 
-    def to_dict(self) -> dict:
-        return {
-            "pattern": self.pattern,
-            "impl": self.impl,
-            "eps": self.eps,
-            "dtype": self.dtype,
-            "mode": self.mode,
-            "kind": self.kind,
-            "scale": self.scale,
-            "flag": self.flag,
-            "at_start": self.at_start,
-        }
-
 
 @dataclass(frozen=True)
 class PatternInfo:
@@ -182,14 +136,6 @@ class PatternInfo:
     description: str
     rows: int
     classes: int
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "rows": self.rows,
-            "classes": self.classes,
-        }
 
 
 @dataclass(frozen=True)
@@ -207,11 +153,4 @@ class Sweep:
         return exit_code(fail_on, (c.flags for c in self.cells))
 
     def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA_VERSION,
-            "scales": list(self.scales),
-            "patterns": [p.to_dict() for p in self.patterns],
-            "cells": [c.to_dict() for c in self.cells],
-            "breaking_points": [b.to_dict() for b in self.breaking_points],
-            "skipped": [s.to_dict() for s in self.skipped],
-        }
+        return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]

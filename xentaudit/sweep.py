@@ -114,11 +114,11 @@ def sweep(
     check_options(eps, rtol, modes)
     if not scales or not eps:
         raise ValueError("sweep needs at least one scale and one eps")
-    formats = [get_format(d) for d in parse_dtypes(list(dtypes))]
-    chosen = variants(zoo.parse_impls(list(impls)), eps)
+    formats = [get_format(d) for d in parse_dtypes(dtypes)]
+    chosen = variants(zoo.parse_impls(impls), eps)
     built = [
         make_pattern(p, classes=classes, rows=rows, vocab_rows=vocab_rows, seed=seed)
-        for p in parse_patterns(list(patterns))
+        for p in parse_patterns(patterns)
     ]
 
     cells: list[SweepCell] = []

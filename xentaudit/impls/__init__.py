@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
+from xentaudit.choices import expand, unknown
 from xentaudit.errors import UnknownImplementationError
 
 MODES = ("eager", "graph")
@@ -99,20 +100,12 @@ def get_impl(name: str) -> Impl:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise UnknownImplementationError(
-            f"unknown implementation {name!r}; choose from {', '.join(REGISTRY)} or 'all'"
-        ) from None
+        raise UnknownImplementationError(unknown("implementation", name, REGISTRY)) from None
 
 
-def parse_impls(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+def parse_impls(names: Iterable[str]) -> tuple[str, ...]:
     """Expand implementation names (comma lists allowed; ``all`` is every one), in order."""
-    out: list[str] = []
-    for name in names:
-        for part in name.split(","):
-            part = part.strip()
-            chosen = list(REGISTRY) if part == "all" else [get_impl(part).name]
-            out.extend(n for n in chosen if n not in out)
-    return tuple(out)
+    return expand(names, list(REGISTRY), "implementation", UnknownImplementationError)
 
 
 @contextlib.contextmanager

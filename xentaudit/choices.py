@@ -1,0 +1,28 @@
+"""Option values that name things (dtypes, implementations, patterns): one way to expand them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from xentaudit.errors import ConfigError
+
+
+def unknown(what: str, value: str, choices: Iterable[str]) -> str:
+    """The one-line message for a name that is not one of ``choices``."""
+    return f"unknown {what} {value!r}; choose from {', '.join(choices)} or 'all'"
+
+
+def expand(
+    values: Iterable[str],
+    choices: Sequence[str],
+    what: str,
+    error: type[ConfigError] = ConfigError,
+) -> tuple[str, ...]:
+    """Expand option values: comma lists allowed, ``all`` is every choice; in order, no repeats."""
+    out: list[str] = []
+    for value in values:
+        for part in (p.strip() for p in value.split(",")):
+            if part != "all" and part not in choices:
+                raise error(unknown(what, part, choices))
+            out.extend(c for c in (choices if part == "all" else (part,)) if c not in out)
+    return tuple(out)
