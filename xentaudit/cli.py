@@ -10,7 +10,9 @@ import contextlib
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -19,7 +21,7 @@ import numpy as np
 from xentaudit import __version__
 from xentaudit.audit import audit
 from xentaudit.errors import ConfigError, XentauditError
-from xentaudit.flags import FLAGS
+from xentaudit.flags import FAILING, FLAGS
 from xentaudit.impls import MODES
 from xentaudit.io import load_array
 from xentaudit.report import json as json_report
@@ -29,6 +31,7 @@ from xentaudit.results import EXIT_USAGE
 SEED_LOGITS = [[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]
 SEED_LABELS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 SEED_SCALE = 10.0
+CHECK_FAIL_ON = tuple(f for f in FAILING if f != "grad-wrong")
 
 
 class _OneLineErrors(click.Group):
@@ -272,6 +275,88 @@ def sweep(
         text = table_report.render_sweep(result, color=color, width=width)
     click.echo(text, nl=False)
     return result.exit_code(fail_flags)
+
+
+@cli.command()
+@click.argument("path", metavar="FILE")
+@click.option("--labels", "labels_path", metavar="FILE.npy", help="Labels, if not in the .npz.")
+@click.option("--logits-key", default="logits", show_default=True, help="Array name in a .npz.")
+@click.option("--labels-key", default="labels", show_default=True, help="Array name in a .npz.")
+@click.option(
+    "--impl",
+    "impls",
+    multiple=True,
+    metavar="NAME",
+    help="Repeatable (default: every implementation but double_softmax).",
+)
+@click.option(
+    "--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default: the file's)."
+)
+@click.option("--eps", type=float, default=1e-7, show_default=True, help="Clip of `clipped`.")
+@click.option("--chunk-rows", type=int, help="Rows read at a time (default: ~1M logits a chunk).")
+@click.option("--output", metavar="FILE", help="Write the report here (atomically), not stdout.")
+@shared_options
+def check(
+    path: str,
+    labels_path: str | None,
+    logits_key: str,
+    labels_key: str,
+    impls: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    eps: float,
+    chunk_rows: int | None,
+    output: str | None,
+    mode: str,
+    rtol: float | None,
+    fail_on: str,
+    fmt: str,
+) -> int:
+    """Audit saved logits (.npy, or .npz with logits and labels): the CI gate.
+
+    Exit code 1 when a --fail-on flag fires on any row (default: nan, inf, divergent,
+    grad-nan, grad-inf, grad-blowup, grad-vanish), 0 otherwise, 2 for bad input.
+    """
+    from xentaudit.check import check_file
+
+    fail_flags = parse_flags(fail_on) if fail_on else CHECK_FAIL_ON
+    with _progress() as progress:
+        result = check_file(
+            path,
+            labels=labels_path,
+            logits_key=logits_key,
+            labels_key=labels_key,
+            impls=impls or None,
+            dtypes=dtypes or None,
+            modes=MODES if mode == "both" else (mode,),
+            eps=eps,
+            rtol=rtol,
+            chunk_rows=chunk_rows,
+            progress=progress,
+        )
+    if fmt == "json":
+        text = json_report.render(result, command="check", fail_on=list(fail_flags))
+    else:
+        color, width = _color_and_width(sys.stdout if output is None else None)
+        text = table_report.render_check(result, fail_flags, color=color, width=width)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_atomically(Path(output), text)
+    return result.exit_code(fail_flags)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"--output: no such directory: {path.parent}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -31,6 +31,8 @@ def to_json(value: object) -> object:
     non-finite floats spelled out."""
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [to_json(v) for v in value]
     if isinstance(value, float):
@@ -151,6 +153,56 @@ class Sweep:
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired in any cell, 1 otherwise."""
         return exit_code(fail_on, (c.flags for c in self.cells))
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]
+
+
+@dataclass(frozen=True)
+class WorstRow:
+    """One of the rows at most risk: where it is, what it should be, what it was."""
+
+    row: int
+    exact: float
+    loss: float
+    rel_err: float
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One implementation x dtype x mode over a whole file, reduced row by row."""
+
+    labels: str  # "file", or without labels "predicted" / "worst-case"
+    impl: str
+    dtype: str
+    mode: str
+    output_dtype: str
+    eps: float | None
+    rows: int
+    flags: tuple[str, ...]
+    flag_counts: dict[str, int]  # rows on which each flag fired
+    max_rel_err: float
+    grad_max_abs_err: float
+    worst_rows: tuple[WorstRow, ...]
+    error_histogram: dict[str, int]  # rows per bucket of |L - exact| / max(|exact|, 1)
+
+
+@dataclass(frozen=True)
+class Check:
+    """Everything one ``check_file`` call measured."""
+
+    path: str
+    rows: int
+    classes: int
+    file_dtype: str
+    labels: str  # where the labels came from
+    results: tuple[CheckResult, ...]
+    skipped: tuple[Skipped, ...] = field(default=())
+
+    def exit_code(self, fail_on: Iterable[str]) -> int:
+        """0 when none of ``fail_on`` fired on any row, 1 otherwise."""
+        return exit_code(fail_on, (r.flags for r in self.results))
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from xentaudit.results import Audit, Sweep
+from xentaudit.results import Audit, Check, Sweep
 
 
-def render(audit: Audit | Sweep, **context: object) -> str:
+def render(audit: Audit | Sweep | Check, **context: object) -> str:
     """The audit as a JSON document; ``context`` (the command and its inputs) follows ``schema``."""
     body = audit.to_dict()
     document = {"schema": body.pop("schema"), **context, **body}

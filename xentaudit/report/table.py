@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xentaudit.flags import FLAGS
-from xentaudit.results import Audit, BreakingPoint, ImplResult, Sweep, SweepCell
+from xentaudit.results import Audit, BreakingPoint, Check, ImplResult, Sweep, SweepCell
 
 FLAG_STYLES = {
     "nan": "bold red",
@@ -413,4 +413,90 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
     console.print(Text("Summary", style="bold"))
     for line in sweep_summary(sweep):
         console.print(f"- {line}")
+    return buffer.getvalue()
+
+
+# --- check -----------------------------------------------------------------------------------
+
+
+def render_check(
+    check: Check, fail_on: Sequence[str], *, color: bool = False, width: int = 160
+) -> str:
+    """The check as text: verdict, flag counts per implementation, worst rows, what to do."""
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer, force_terminal=color, no_color=not color, width=width, highlight=False
+    )
+    failed = [r for r in check.results if set(fail_on) & set(r.flags)]
+    console.print(
+        Text(
+            f"xentaudit check {check.path}: {check.rows} rows x {check.classes} classes, "
+            f"{check.file_dtype}",
+            style="bold",
+        ),
+        Text(
+            f"labels: {check.labels}; reference: float64 max-separated log-sum-exp; "
+            f"fails on: {', '.join(fail_on) or 'nothing'}",
+            style="dim",
+        ),
+        sep="\n",
+    )
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for column, justify in (
+        ("impl", "left"),
+        ("labels", "left"),
+        ("mode", "left"),
+        ("dtype", "left"),
+        ("rows flagged", "left"),
+        ("max rel err", "right"),
+        ("grad err", "right"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in check.results:
+        counts = (
+            Text(", ").join(
+                Text(f"{f} {n}", style=FLAG_STYLES.get(f, "")) for f, n in r.flag_counts.items()
+            )
+            if r.flag_counts
+            else Text("ok", style="green")
+        )
+        table.add_row(
+            r.impl,
+            r.labels,
+            r.mode,
+            r.dtype if r.output_dtype == r.dtype else f"{r.dtype}->{r.output_dtype}",
+            counts,
+            _num(r.max_rel_err, 2),
+            _num(r.grad_max_abs_err, 2),
+        )
+    console.print(table)
+    if failed:
+        console.print(Text("Rows at risk (worst rows of each failing result):", style="bold"))
+        for r in failed:
+            for w in r.worst_rows:
+                if any(FLAGS[f].failing for f in w.flags):
+                    console.print(
+                        Text(
+                            f"  {r.impl} {r.labels} {r.mode} {r.dtype}: row {w.row} exact "
+                            f"{_num(w.exact)}, got {_num(w.loss)} ("
+                        )
+                        + _flags_text(w.flags)
+                        + ")"
+                    )
+    for s in check.skipped:
+        console.print(Text(f"skipped {s.impl} {s.dtype}: {s.reason}", style="dim"))
+    verdict = (
+        Text(
+            f"FAIL: {len(failed)} of {len(check.results)} results fire a --fail-on flag",
+            style="bold red",
+        )
+        if failed
+        else Text("PASS: no --fail-on flag fired", style="bold green")
+    )
+    console.print(verdict)
+    for name in [f for f in FLAGS if any(f in r.flags for r in check.results)]:
+        console.print(
+            Text(f"  {name}", style=FLAG_STYLES[name]),
+            f"{FLAGS[name].meaning}. Instead: {FLAGS[name].advice}.",
+        )
     return buffer.getvalue()

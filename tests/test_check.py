@@ -1,0 +1,182 @@
+"""`check` on saved files: formats, label kinds, streaming, bad input, reports, exit codes.
+
+Expected numbers are closed forms computed here (Keras' clip in float32), never xentaudit output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from xentaudit.check import check_file
+from xentaudit.cli import cli
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+FAST = ["--impl", "keras_cce_probs", "--impl", "tf_softmax_xent", "--mode", "eager"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["check", *args])
+
+
+def test_fixtures_are_what_their_script_makes(tmp_path) -> None:
+    import runpy
+
+    runpy.run_path(str(FIXTURES / "make_fixtures.py"), run_name="fixtures")["main"](tmp_path)
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.np*"))
+    kept = sorted(p.relative_to(FIXTURES) for p in FIXTURES.rglob("*.np*"))
+    assert made == kept
+    for rel in made:
+        assert (tmp_path / rel).read_bytes() == (FIXTURES / rel).read_bytes(), rel
+
+
+def test_seed_fixture_fails_on_the_keras_clip() -> None:
+    result = run(str(FIXTURES / "seed_scale10.npz"), *FAST)
+    assert result.exit_code == 1
+    # Row 1's exact loss is 30 (to 1e-13); Keras clips p to float32(1e-7): -log(1e-7) in float32.
+    clipped = float(-np.log(np.float32(1e-7)))
+    assert f"row 1 exact 30, got {clipped:.10g} (divergent grad-vanish)" in result.stdout
+    assert "FAIL" in result.stdout
+
+
+def test_clean_fixtures_pass() -> None:
+    for name in ("clean.npz", "clean_bf16.npy", "soft_labels.npz"):
+        result = run(str(FIXTURES / name), "--mode", "eager")
+        assert result.exit_code == 0, (name, result.stdout)
+        assert "PASS" in result.stdout
+
+
+BAD = {
+    "pickled.npy": "never unpickles",
+    "truncated.npy": "is truncated",
+    "not_npy.npy": "not a readable .npy array",
+    "one_d.npy": "has shape (5,)",
+    "int_logits.npy": "has dtype int64",
+    "empty.npy": "has shape (0, 5)",
+    "nan_logits.npz": "NaN in rows 2, 5",
+    "wrong_keys.npz": "has no array 'logits' (it has x, y)",
+    "labels_out_of_range.npz": "out of range in row 2",
+    "labels_negative.npz": "out of range in row 1",
+    "mismatched.npz": "do not fit logits",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_fixtures_exit_2_with_one_line_and_write_nothing(name: str, tmp_path) -> None:
+    report = tmp_path / "report.json"
+    result = run(str(FIXTURES / "bad" / name), "--output", str(report), *FAST)
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and BAD[name] in lines[0] and lines[0].startswith("xentaudit: error:")
+    assert list(tmp_path.iterdir()) == []  # no report, no temporary file left behind
+
+
+def test_missing_file_and_bad_options() -> None:
+    assert "no such file" in run("nope.npz").stderr
+    assert run(str(FIXTURES / "clean.npz"), "--chunk-rows", "0").exit_code == 2
+    assert run(str(FIXTURES / "clean.npz"), "--impl", "nope").exit_code == 2
+
+
+def test_npy_with_separate_labels_and_leading_axes(tmp_path) -> None:
+    x = np.array([[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]] * 3, dtype=np.float64).reshape(3, 2, 3) * 10
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.tile([0, 1], 3).reshape(3, 2))
+    check = check_file(
+        tmp_path / "x.npy", labels=tmp_path / "y.npy", impls=["keras_cce_probs"], modes=["eager"]
+    )
+    (r,) = check.results
+    assert (check.rows, check.classes, check.file_dtype) == (6, 3, "float64")
+    assert r.flag_counts["divergent"] == 3  # every odd row
+    assert sorted(w.row for w in r.worst_rows if "divergent" in w.flags) == [1, 3, 5]
+
+
+def test_one_hot_and_soft_labels_agree_with_class_labels(tmp_path) -> None:
+    x = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32) * 8
+    k = np.array([0, 3, 1, 2, 2, 0])
+    np.savez(tmp_path / "sparse.npz", logits=x, labels=k)
+    np.savez(tmp_path / "onehot.npz", logits=x, labels=np.eye(4, dtype=np.float32)[k])
+    a = check_file(tmp_path / "sparse.npz", impls=["clipped"], modes=["eager"])
+    b = check_file(tmp_path / "onehot.npz", impls=["clipped"], modes=["eager"])
+    assert a.results[0].flag_counts == b.results[0].flag_counts
+    assert a.results[0].worst_rows == b.results[0].worst_rows
+
+
+def test_bfloat16_files_are_detected() -> None:
+    check = check_file(FIXTURES / "clean_bf16.npy", impls=["tf_softmax_xent"], modes=["eager"])
+    assert check.file_dtype == "bfloat16"
+    assert {r.dtype for r in check.results} == {"bfloat16"}
+
+
+def test_without_labels_rows_are_checked_against_predicted_and_worst_case_class(tmp_path) -> None:
+    x = np.array([[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]], dtype=np.float32) * 10
+    np.save(tmp_path / "x.npy", x)
+    check = check_file(tmp_path / "x.npy", impls=["keras_cce_probs"], modes=["eager"])
+    by_source = {r.labels: r for r in check.results}
+    assert set(by_source) == {"predicted", "worst-case"} and "none" in check.labels
+    # The predicted class has p ~ 1 (no clip below); the worst class of row 1 has p = e^-60.
+    assert "divergent" not in by_source["predicted"].flags
+    assert "divergent" in by_source["worst-case"].flags
+
+
+def test_sparse_impls_are_skipped_for_soft_labels() -> None:
+    check = check_file(FIXTURES / "soft_labels.npz", modes=["eager"])
+    assert {s.impl for s in check.skipped} == {"tf_sparse_softmax_xent", "keras_scce_logits"}
+    assert "double_softmax" not in {r.impl for r in check.results}  # not a default
+
+
+def test_chunked_results_equal_unchunked_exactly(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((37, 9)) * rng.choice([1, 10, 40], (37, 1))).astype(np.float32)
+    np.savez(tmp_path / "x.npz", logits=x, labels=rng.integers(0, 9, 37))
+    whole = check_file(tmp_path / "x.npz", modes=["eager"]).to_dict()
+    assert any("nan" in r["flags"] for r in whole["results"])  # ties among NaN rows, too
+    for rows in (1, 5, 36):
+        assert check_file(tmp_path / "x.npz", modes=["eager"], chunk_rows=rows).to_dict() == whole
+
+
+def test_nan_rows_are_reported_with_file_row_numbers_across_chunks() -> None:
+    with pytest.raises(Exception, match="NaN in rows 2, 5"):
+        check_file(FIXTURES / "bad" / "nan_logits.npz", chunk_rows=2, modes=["eager"])
+
+
+def test_json_report_keys_and_output_file(tmp_path) -> None:
+    out = tmp_path / "report.json"
+    result = run(
+        str(FIXTURES / "seed_scale10.npz"), *FAST, "--format", "json", "--output", str(out)
+    )
+    assert result.exit_code == 1 and result.stdout == ""
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == 1 and doc["command"] == "check" and "divergent" in doc["fail_on"]
+    assert (doc["rows"], doc["classes"], doc["file_dtype"]) == (2, 3, "float32")
+    keras = next(r for r in doc["results"] if r["impl"] == "keras_cce_probs")
+    assert set(keras) == {
+        "labels", "impl", "dtype", "mode", "output_dtype", "eps", "rows", "flags", "flag_counts",
+        "max_rel_err", "grad_max_abs_err", "worst_rows", "error_histogram",
+    }  # fmt: skip
+    assert keras["flag_counts"] == {"divergent": 1, "grad-vanish": 1}
+    # exact row 1: log(e^-10 + e^20 + e^50) - 20 = 30 + log1p(e^-30 + e^-60) = 30 + 9.4e-14
+    worst = keras["worst_rows"][0]
+    assert worst["row"] == 1 and worst["exact"] == pytest.approx(30 + np.exp(-30), rel=1e-15)
+    assert sum(keras["error_histogram"].values()) == 2
+
+
+def test_fail_on_overrides_the_default(tmp_path) -> None:
+    assert run(str(FIXTURES / "seed_scale10.npz"), *FAST, "--fail-on", "nan").exit_code == 0
+    assert run(str(FIXTURES / "clean.npz"), *FAST, "--fail-on", "zero-loss").exit_code in (0, 1)
+
+
+def test_bfloat16_roundtrip_value_is_what_ml_dtypes_wrote(tmp_path) -> None:
+    values = np.array([[1.5, -2.25, 1e30]], dtype=np.float32)
+    np.save(tmp_path / "b.npy", values.astype(ml_dtypes.bfloat16))
+    from xentaudit.io import open_arrays
+
+    logits, _ = open_arrays(tmp_path / "b.npy", None, "logits", "labels")
+    (chunk,) = logits.chunks(1, 3)
+    assert np.array_equal(
+        chunk.astype(np.float64), values.astype(ml_dtypes.bfloat16).astype(np.float64)
+    )

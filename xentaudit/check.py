@@ -1,0 +1,252 @@
+"""`check`: audit a saved logits file (``.npy``/``.npz``) chunk by chunk, as a CI gate.
+
+Every chunk of rows goes through the audit engine (same reference, implementations, grading
+and flags); per-row grades are reduced on the fly into counts per flag, the worst rows (a small
+heap) and an error histogram, so memory stays bounded by the chunk whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xentaudit import impls as zoo
+from xentaudit.audit import Grades, check_options, eps_used, round_to, run_graded
+from xentaudit.dtypes import FORMATS, get_format, parse_dtypes
+from xentaudit.errors import ConfigError, InputError
+from xentaudit.flags import FLAGS
+from xentaudit.io import (
+    BAD_LOGITS,
+    ArraySource,
+    bad_logit_rows,
+    describe_rows,
+    open_arrays,
+    prepare,
+)
+from xentaudit.results import Check, CheckResult, Skipped, WorstRow
+
+CHUNK_ENTRIES = 1 << 20  # logits per chunk by default: a few tens of MB of float64 work arrays
+WORST_ROWS = 5
+HISTOGRAM = (  # buckets of the relative loss error, by upper bound (NaN counts as > 1)
+    ("0", 0.0),
+    ("<=1e-12", 1e-12),
+    ("<=1e-9", 1e-9),
+    ("<=1e-6", 1e-6),
+    ("<=1e-3", 1e-3),
+    ("<=1", 1.0),
+    (">1", math.inf),
+)
+Progress = Callable[[int, int], None]
+
+
+def default_impls() -> tuple[str, ...]:
+    """Every registered implementation except the deliberate misuses (``double_softmax``)."""
+    return tuple(name for name, impl in zoo.REGISTRY.items() if impl.family != "misuse")
+
+
+@dataclass
+class _Tally:
+    """Running reduction of one implementation x dtype x mode over the chunks."""
+
+    output_dtype: str = ""
+    rows: int = 0
+    counts: Counter = field(default_factory=Counter)
+    max_rel_err: float = 0.0
+    grad_err: float = 0.0
+    worst: list[tuple[tuple[int, float, int], WorstRow]] = field(default_factory=list)
+    histogram: Counter = field(default_factory=Counter)
+
+    def add(self, offset: int, loss: np.ndarray, exact: np.ndarray, grades: Grades) -> None:
+        n = loss.shape[0]
+        self.rows += n
+        for flag, mask in grades.masks.items():
+            self.counts[flag] += int(mask.sum())
+        rel = np.where(np.isnan(grades.rel_err), np.inf, grades.rel_err)
+        self.max_rel_err = _worse(self.max_rel_err, grades.rel_err)
+        self.grad_err = _worse(self.grad_err, grades.grad_err)
+        if grades.downcast:
+            self.counts["downcast"] += n
+        edges = [bound for _, bound in HISTOGRAM]
+        bucket = np.searchsorted(edges, rel, side="left")
+        for index, count in zip(*np.unique(bucket, return_counts=True), strict=True):
+            self.histogram[HISTOGRAM[min(int(index), len(HISTOGRAM) - 1)][0]] += int(count)
+        failing = np.zeros(n, dtype=bool)
+        for flag, mask in grades.masks.items():
+            if FLAGS[flag].failing:
+                failing |= mask
+        # The worst rows under one total order (failing first, then larger error, then earlier
+        # row), so the K kept over all chunks do not depend on where the chunks split.
+        rows = offset + np.arange(n)
+        order = np.lexsort((-rows, rel, failing))[::-1][:WORST_ROWS]
+        row_flags = grades.row_flags()
+        for i in order:
+            key = (int(failing[i]), float(rel[i]), -int(rows[i]))
+            row = WorstRow(
+                int(rows[i]), float(exact[i]), float(loss[i]), float(grades.rel_err[i]),
+                row_flags[i],
+            )  # fmt: skip
+            if len(self.worst) < WORST_ROWS:
+                heapq.heappush(self.worst, (key, row))
+            else:
+                heapq.heappushpop(self.worst, (key, row))
+
+
+def _worse(current: float, values: np.ndarray) -> float:
+    if math.isnan(current) or np.isnan(values).any():
+        return math.nan
+    return max(current, float(values.max(initial=0.0)))
+
+
+def _label_sources(labels: ArraySource | None) -> tuple[str, ...]:
+    return ("file",) if labels is not None else ("predicted", "worst-case")
+
+
+def _chunks(
+    logits: ArraySource, labels: ArraySource | None, chunk_rows: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    classes = logits.shape[-1]
+    rows = logits.chunks(chunk_rows, classes)
+    if labels is None:
+        for offset, x in zip(range(0, logits.rows, chunk_rows), rows, strict=True):
+            yield offset, x, None
+        return
+    per_row = classes if labels.shape == logits.shape else 1
+    for offset, x, y in zip(
+        range(0, logits.rows, chunk_rows), rows, labels.chunks(chunk_rows, per_row), strict=True
+    ):
+        yield offset, x, y if per_row > 1 else y.reshape(-1)
+
+
+def _validate(logits: ArraySource, labels: ArraySource | None) -> None:
+    if logits.dtype.name not in FORMATS:
+        raise InputError(
+            f"{logits.label} has dtype {logits.dtype}; logits must be float16, bfloat16, "
+            "float32 or float64 (cast them before saving)"
+        )
+    if len(logits.shape) < 2 or logits.shape[-1] < 1 or logits.rows == 0:
+        raise InputError(
+            f"{logits.label} has shape {logits.shape}; logits must be [..., classes] with at "
+            "least one row (a 1-D array is one row: save it as x[None])"
+        )
+    if labels is not None and labels.shape not in (logits.shape, logits.shape[:-1]):
+        raise InputError(
+            f"labels of shape {labels.shape} do not fit logits of shape {logits.shape}: pass "
+            f"class indices of shape {logits.shape[:-1]} or label weights of shape {logits.shape}"
+        )
+
+
+def _scan(logits: ArraySource, labels: ArraySource | None, chunk_rows: int) -> None:
+    """Read the file once, cheaply, and refuse it before any audit if a row is unusable:
+    every NaN/+inf/-inf-only row is named, and labels are validated (range, sign, shape)."""
+    bad: dict[str, list[np.ndarray]] = {problem: [] for problem in BAD_LOGITS}
+    for offset, x, y in _chunks(logits, labels, chunk_rows):
+        x64 = x.astype(np.float64)
+        masks = bad_logit_rows(x64)
+        for problem, mask in masks.items():
+            bad[problem].append(np.flatnonzero(mask) + offset)
+        if y is not None and not any(m.any() for m in masks.values()):
+            prepare(x64, y, offset)
+    for problem, rows in bad.items():
+        found = np.concatenate(rows)
+        if found.size:
+            raise InputError(BAD_LOGITS[problem].format(rows=describe_rows(found)))
+
+
+def check_file(
+    path: str | Path,
+    *,
+    labels: str | Path | None = None,
+    logits_key: str = "logits",
+    labels_key: str = "labels",
+    impls: Iterable[str] | None = None,
+    dtypes: Iterable[str] | None = None,
+    modes: Iterable[str] = zoo.MODES,
+    eps: float = 1e-7,
+    rtol: float | None = None,
+    chunk_rows: int | None = None,
+    progress: Progress | None = None,
+) -> Check:
+    """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
+
+    Labels come from ``labels`` (a ``.npy`` file), else from the ``.npz``'s ``labels_key``;
+    without labels every row is audited against its predicted class and against its worst-case
+    class (the smallest logit, which maximises the loss). ``impls`` default to every registered
+    implementation but the deliberate misuse ``double_softmax``; ``dtypes`` to the file's own.
+    Rows are read ``chunk_rows`` at a time (default: about a million logits per chunk).
+    """
+    modes = tuple(modes)
+    check_options([eps], rtol, modes)
+    names = zoo.parse_impls(impls if impls is not None else default_impls())
+    logits, label_source = open_arrays(
+        Path(path), Path(labels) if labels is not None else None, logits_key, labels_key
+    )
+    _validate(logits, label_source)
+    formats = [get_format(d) for d in parse_dtypes(dtypes or [logits.dtype.name])]
+    classes = logits.shape[-1]
+    if chunk_rows is None:
+        chunk_rows = max(1, CHUNK_ENTRIES // classes)
+    if chunk_rows < 1:
+        raise ConfigError(f"--chunk-rows must be at least 1, got {chunk_rows}")
+
+    _scan(logits, label_source, chunk_rows)
+    tallies: dict[tuple[str, str, str, str], _Tally] = {}
+    skipped: dict[tuple[str, str], Skipped] = {}
+    sources = _label_sources(label_source)
+    for offset, x, y in _chunks(logits, label_source, chunk_rows):
+        for source in sources:
+            if source == "file":
+                batch = prepare(x, y, offset)
+            else:
+                pick = np.argmax if source == "predicted" else np.argmin
+                batch = prepare(x, pick(x.astype(np.float64), axis=1), offset)
+            for fmt in formats:
+                rounded = round_to(batch, fmt, method="float64")
+                for name in names:
+                    if zoo.get_impl(name).needs_classes and batch.classes is None:
+                        skipped[(name, fmt.name)] = Skipped(
+                            name, fmt.name, "needs one-hot or integer labels"
+                        )
+                        continue
+                    for mode in modes:
+                        outcome, grades = run_graded(name, eps, mode, rounded, rtol)
+                        tally = tallies.setdefault((source, name, fmt.name, mode), _Tally())
+                        tally.output_dtype = outcome.output_dtype
+                        tally.add(offset, outcome.loss, rounded.ref.loss, grades)
+        if progress:
+            progress(min(offset + chunk_rows, logits.rows), logits.rows)
+
+    results = tuple(
+        CheckResult(
+            labels=source,
+            impl=name,
+            dtype=dtype,
+            mode=mode,
+            output_dtype=t.output_dtype,
+            eps=eps_used(name, eps),
+            rows=t.rows,
+            flags=tuple(f for f in FLAGS if t.counts.get(f)),
+            flag_counts={f: t.counts[f] for f in FLAGS if t.counts.get(f)},
+            max_rel_err=t.max_rel_err,
+            grad_max_abs_err=t.grad_err,
+            worst_rows=tuple(row for _, row in sorted(t.worst, reverse=True)),
+            error_histogram={label: t.histogram[label] for label, _ in HISTOGRAM},
+        )
+        for (source, name, dtype, mode), t in tallies.items()
+    )
+    return Check(
+        path=str(path),
+        rows=logits.rows,
+        classes=classes,
+        file_dtype=logits.dtype.name,
+        labels=label_source.label
+        if label_source is not None
+        else "none: each row against its predicted and its worst-case class",
+        results=results,
+        skipped=tuple(skipped.values()),
+    )
