@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from xentaudit import __version__
 from xentaudit.audit import audit
@@ -24,7 +25,10 @@ from xentaudit.errors import ConfigError, XentauditError
 from xentaudit.flags import FAILING, FLAGS
 from xentaudit.impls import MODES
 from xentaudit.io import load_array
+from xentaudit.report import github as github_report
 from xentaudit.report import json as json_report
+from xentaudit.report import junit as junit_report
+from xentaudit.report import markdown as markdown_report
 from xentaudit.report import table as table_report
 from xentaudit.results import EXIT_USAGE
 
@@ -63,7 +67,7 @@ def parse_flags(value: str) -> tuple[str, ...]:
 
 
 def shared_options(command: Callable) -> Callable:
-    """--mode, --rtol, --fail-on and --format: the same for every command."""
+    """--mode, --rtol and --fail-on: the same for every command."""
     options = [
         click.option(
             "--mode",
@@ -83,17 +87,17 @@ def shared_options(command: Callable) -> Callable:
             metavar="FLAGS",
             help="Comma-separated flags that make the exit code 1 if they fire (default none).",
         ),
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(["table", "json"]),
-            default="table",
-            show_default=True,
-        ),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def format_option(*formats: str) -> Callable:
+    """--format, with the formats a command can write."""
+    return click.option(
+        "--format", "fmt", type=click.Choice(formats), default=formats[0], show_default=True
+    )
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -141,6 +145,7 @@ def cli(verbose: bool) -> None:
 )
 @click.option("--eps", type=float, default=1e-7, show_default=True, help="Clip of `clipped`.")
 @shared_options
+@format_option("table", "json")
 def compare(
     logits: str | None,
     labels: str | None,
@@ -228,6 +233,7 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random patterns.")
 @shared_options
+@format_option("table", "json")
 def sweep(
     scales_spec: str | None,
     dtypes: tuple[str, ...],
@@ -295,7 +301,14 @@ def sweep(
 @click.option("--eps", type=float, default=1e-7, show_default=True, help="Clip of `clipped`.")
 @click.option("--chunk-rows", type=int, help="Rows read at a time (default: ~1M logits a chunk).")
 @click.option("--output", metavar="FILE", help="Write the report here (atomically), not stdout.")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PYPROJECT",
+    help="Read [tool.xentaudit] from this file (default: nearest pyproject.toml upwards).",
+)
 @shared_options
+@format_option("table", "json", "junit", "github")
 def check(
     path: str,
     labels_path: str | None,
@@ -306,6 +319,7 @@ def check(
     eps: float,
     chunk_rows: int | None,
     output: str | None,
+    config_path: str | None,
     mode: str,
     rtol: float | None,
     fail_on: str,
@@ -316,8 +330,21 @@ def check(
     Exit code 1 when a --fail-on flag fires on any row (default: nan, inf, divergent,
     grad-nan, grad-inf, grad-blowup, grad-vanish), 0 otherwise, 2 for bad input.
     """
+    from xentaudit import config
     from xentaudit.check import check_file
 
+    table, _ = config.load(Path(config_path) if config_path else None)
+    ctx = click.get_current_context()
+
+    def unset(param: str) -> bool:
+        return ctx.get_parameter_source(param) in (None, ParameterSource.DEFAULT)
+
+    impls = impls or tuple(table.get("impls", ()))
+    dtypes = dtypes or tuple(table.get("dtypes", ()))
+    if unset("fail_on") and "fail-on" in table:
+        fail_on = ",".join(table["fail-on"]) or "none"
+    rtol = rtol if rtol is not None else table.get("rtol")
+    eps = float(table["eps"]) if unset("eps") and "eps" in table else eps
     fail_flags = parse_flags(fail_on) if fail_on else CHECK_FAIL_ON
     with _progress() as progress:
         result = check_file(
@@ -335,9 +362,17 @@ def check(
         )
     if fmt == "json":
         text = json_report.render(result, command="check", fail_on=list(fail_flags))
+    elif fmt == "junit":
+        text = junit_report.render(result, fail_flags)
+    elif fmt == "github":
+        text = github_report.render(result, fail_flags)
     else:
         color, width = _color_and_width(sys.stdout if output is None else None)
         text = table_report.render_check(result, fail_flags, color=color, width=width)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as stream:
+            stream.write(markdown_report.render(result, fail_flags))
     if output is None:
         click.echo(text, nl=False)
     else:

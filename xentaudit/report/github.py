@@ -1,0 +1,44 @@
+"""GitHub Actions workflow commands for `check`: ``::error`` for every result on which a
+``--fail-on`` flag fired, ``::warning`` for results with other failing-kind flags (not asked to
+fail the job), ``::notice`` for informational flags only (``zero-loss``, ``downcast``).
+See "Workflow commands for GitHub Actions" for the escaping rules applied here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xentaudit.flags import FLAGS
+from xentaudit.report.junit import case_name
+from xentaudit.results import Check
+
+
+def _data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _property(text: str) -> str:
+    return _data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def render(check: Check, fail_on: Sequence[str]) -> str:
+    lines = []
+    for r in check.results:
+        if not r.flags:
+            continue
+        if any(f in fail_on for f in r.flags):
+            level = "error"
+        elif any(FLAGS[f].failing for f in r.flags):
+            level = "warning"
+        else:
+            level = "notice"
+        counts = ", ".join(f"{f} on {n} of {r.rows} rows" for f, n in r.flag_counts.items())
+        worst = next((w for w in r.worst_rows if w.flags), None)
+        detail = (
+            f"; worst row {worst.row}: exact {worst.exact:.10g}, got {worst.loss:.10g}"
+            if worst
+            else ""
+        )
+        title = _property(f"xentaudit {case_name(r)}")
+        file = _property(check.path)
+        lines.append(f"::{level} file={file},title={title}::{_data(counts + detail)}")
+    return "".join(line + "\n" for line in lines)
