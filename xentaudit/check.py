@@ -18,9 +18,9 @@ import numpy as np
 
 from xentaudit import impls as zoo
 from xentaudit.audit import Grades, check_options, eps_used, round_to, run_graded
-from xentaudit.dtypes import FORMATS, get_format, parse_dtypes
+from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.errors import ConfigError, InputError
-from xentaudit.flags import FLAGS
+from xentaudit.flags import FLAGS, LINT
 from xentaudit.io import (
     BAD_LOGITS,
     ArraySource,
@@ -141,10 +141,36 @@ def _validate(logits: ArraySource, labels: ArraySource | None) -> None:
         )
 
 
-def _scan(logits: ArraySource, labels: ArraySource | None, chunk_rows: int) -> None:
-    """Read the file once, cheaply, and refuse it before any audit if a row is unusable:
-    every NaN/+inf/-inf-only row is named, and labels are validated (range, sign, shape)."""
+def _lint(x: np.ndarray, y: np.ndarray | None, fmt: FloatFormat) -> dict[str, np.ndarray]:
+    """Per lint flag: the rows of this chunk (float64 values of the file) it applies to.
+
+    Sums are compared with 1 to within max(1e-4, 8 eps of the file's dtype): a float16 softmax
+    output sums to 1 only to a few of its own ulps.
+    """
+    tol = max(1e-4, 8 * fmt.eps)
+    with np.errstate(invalid="ignore", over="ignore"):
+        top = np.max(x, axis=1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(x - top).sum(axis=1))
+        finite_max = np.abs(np.where(np.isfinite(x), x, 0.0)).max(axis=1)
+        lint = {
+            "looks-like-probs": ((x >= 0) & (x <= 1)).all(axis=1)
+            & (np.abs(x.sum(axis=1) - 1) <= tol),
+            "looks-like-logprobs": (x <= 0).all(axis=1) & (np.abs(lse) <= tol),
+            "coarse-logits": fmt.ulp(finite_max) >= 1,
+        }
+    if y is not None and y.ndim == 2:
+        weights = y.astype(np.float64)
+        one_hot = ((weights == 0) | (weights == 1)).all(axis=1) & (weights.sum(axis=1) == 1)
+        lint["soft-labels-unnormalized"] = ~one_hot & (np.abs(weights.sum(axis=1) - 1) > tol)
+    return lint
+
+
+def _scan(logits: ArraySource, labels: ArraySource | None, chunk_rows: int) -> dict[str, int]:
+    """Read the file once, cheaply, before any audit: refuse it if a row is unusable (every
+    NaN/+inf/-inf-only row is named; labels are validated), and count the input lint."""
     bad: dict[str, list[np.ndarray]] = {problem: [] for problem in BAD_LOGITS}
+    lint: Counter = Counter()
+    fmt = FORMATS[logits.dtype.name]
     for offset, x, y in _chunks(logits, labels, chunk_rows):
         x64 = x.astype(np.float64)
         masks = bad_logit_rows(x64)
@@ -152,10 +178,13 @@ def _scan(logits: ArraySource, labels: ArraySource | None, chunk_rows: int) -> N
             bad[problem].append(np.flatnonzero(mask) + offset)
         if y is not None and not any(m.any() for m in masks.values()):
             prepare(x64, y, offset)
+        for flag, mask in _lint(x64, y, fmt).items():
+            lint[flag] += int(mask.sum())
     for problem, rows in bad.items():
         found = np.concatenate(rows)
         if found.size:
             raise InputError(BAD_LOGITS[problem].format(rows=describe_rows(found)))
+    return {flag: lint[flag] for flag in LINT if lint[flag]}
 
 
 def check_file(
@@ -194,7 +223,7 @@ def check_file(
     if chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be at least 1, got {chunk_rows}")
 
-    _scan(logits, label_source, chunk_rows)
+    lint = _scan(logits, label_source, chunk_rows)
     tallies: dict[tuple[str, str, str, str], _Tally] = {}
     skipped: dict[tuple[str, str], Skipped] = {}
     sources = _label_sources(label_source)
@@ -247,6 +276,7 @@ def check_file(
         labels=label_source.label
         if label_source is not None
         else "none: each row against its predicted and its worst-case class",
+        lint=lint,
         results=results,
         skipped=tuple(skipped.values()),
     )

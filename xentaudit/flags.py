@@ -84,7 +84,36 @@ FLAGS: dict[str, Flag] = {
             "float64 in float32)",
             "pass dtype='float64' to the Keras loss, or keras.config.set_floatx('float64')",
         ),
+        # Input lint (`check`): warnings about the file itself, usable with --fail-on.
+        Flag(
+            "looks-like-probs",
+            False,
+            "rows look like softmax outputs (in [0, 1], summing to 1): passing them to a "
+            "*_with_logits function applies softmax twice",
+            "save the logits, before the softmax layer",
+        ),
+        Flag(
+            "looks-like-logprobs",
+            False,
+            "rows look like log-probabilities (all <= 0, logsumexp = 0); a softmax loss on them "
+            "is right but redundant",
+            "save the raw logits, or use a negative log-likelihood loss on these",
+        ),
+        Flag(
+            "soft-labels-unnormalized",
+            False,
+            "soft label rows do not sum to 1, so the loss is scaled by their sum",
+            "normalise the label rows (y / y.sum(-1, keepdims=True)) unless the weights are meant",
+        ),
+        Flag(
+            "coarse-logits",
+            False,
+            "logits so large that the file's dtype cannot resolve differences below 1: classes "
+            "within that of each other tie",
+            "save the logits in a wider dtype, or subtract the row max before saving",
+        ),
     )
 }
+LINT = ("looks-like-probs", "looks-like-logprobs", "soft-labels-unnormalized", "coarse-logits")
 
 FAILING = tuple(name for name, flag in FLAGS.items() if flag.failing)

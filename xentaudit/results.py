@@ -197,12 +197,13 @@ class Check:
     classes: int
     file_dtype: str
     labels: str  # where the labels came from
+    lint: dict[str, int]  # input lint flag -> rows it applies to
     results: tuple[CheckResult, ...]
     skipped: tuple[Skipped, ...] = field(default=())
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
-        """0 when none of ``fail_on`` fired on any row, 1 otherwise."""
-        return exit_code(fail_on, (r.flags for r in self.results))
+        """0 when none of ``fail_on`` fired on any row (lint included), 1 otherwise."""
+        return exit_code(fail_on, [tuple(self.lint), *(r.flags for r in self.results)])
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]

@@ -7,11 +7,16 @@ is imported only when an implementation actually runs (``xentaudit --help`` stay
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
+import inspect
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from xentaudit.choices import expand, unknown
 from xentaudit.errors import UnknownImplementationError
@@ -26,7 +31,7 @@ class Impl:
     name: str
     summary: str  # the formula or the API call, in one line
     takes: str  # what the loss function itself consumes: "logits" or "probabilities"
-    family: str  # "hand-written", "tensorflow", "keras" or "misuse"
+    family: str  # "hand-written", "tensorflow", "keras", "misuse" or "user"
     eps: str | None = None  # "option": clips with --eps; "keras": with keras.config.epsilon()
     needs_classes: bool = False  # needs one-hot or integer labels
     backend: str = "tensorflow"
@@ -95,8 +100,59 @@ REGISTRY: dict[str, Impl] = {
 }
 
 
+_USER_LOSSES: dict[str, Callable[[Any, Any], Any]] = {}
+
+
+def user_loss(spec: str) -> Callable[[Any, Any], Any] | None:
+    """The user's ``fn(labels, logits)`` loaded for ``spec``, or None for a built-in name."""
+    return _USER_LOSSES.get(spec)
+
+
+def _load_user_loss(spec: str) -> Impl:
+    """Load ``path/to/file.py:fn`` or ``package.module:fn`` (imports TensorFlow first)."""
+    target, _, fn_name = spec.rpartition(":")
+    if not target or not fn_name.isidentifier():
+        raise UnknownImplementationError(
+            f"--impl {spec!r}: expected path/to/file.py:function or package.module:function"
+        )
+    if spec not in _USER_LOSSES:
+        load_tf()  # a user's module imports TensorFlow: keep its start-up noise quiet too
+        try:
+            if target.endswith(".py") or os.sep in target:
+                path = Path(target)
+                if not path.is_file():
+                    raise UnknownImplementationError(f"--impl {spec!r}: no such file: {path}")
+                module_spec = importlib.util.spec_from_file_location(
+                    f"_xentaudit_{path.stem}", path
+                )
+                assert module_spec is not None and module_spec.loader is not None
+                module = importlib.util.module_from_spec(module_spec)
+                module_spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(target)
+        except UnknownImplementationError:
+            raise
+        except Exception as exc:  # the user's module failed to import: their bug, one line
+            raise UnknownImplementationError(
+                f"--impl {spec!r}: importing {target} failed: {type(exc).__name__}: {exc}"
+            ) from None
+        fn = getattr(module, fn_name, None)
+        if not callable(fn):
+            raise UnknownImplementationError(f"--impl {spec!r}: {target} has no function {fn_name}")
+        try:
+            inspect.signature(fn).bind(None, None)
+        except TypeError:
+            raise UnknownImplementationError(
+                f"--impl {spec!r}: {fn_name} must take (labels, logits) and return per-row losses"
+            ) from None
+        _USER_LOSSES[spec] = fn
+    return Impl(spec, f"your loss {fn_name} from {target}", "logits", "user")
+
+
 def get_impl(name: str) -> Impl:
-    """Look an implementation up by its canonical name."""
+    """Look an implementation up by its canonical name, or load a user's ``file.py:fn``."""
+    if ":" in name:
+        return _load_user_loss(name)
     try:
         return REGISTRY[name]
     except KeyError:
@@ -104,8 +160,20 @@ def get_impl(name: str) -> Impl:
 
 
 def parse_impls(names: Iterable[str]) -> tuple[str, ...]:
-    """Expand implementation names (comma lists allowed; ``all`` is every one), in order."""
-    return expand(names, list(REGISTRY), "implementation", UnknownImplementationError)
+    """Expand implementation names (comma lists allowed; ``all`` is every one), in order.
+
+    A value with a colon is a user's loss (``file.py:fn``, ``module:fn``), loaded and checked
+    here; it is taken whole (a path may contain commas).
+    """
+    names = list(names)
+    users = tuple(get_impl(n).name for n in names if ":" in n)
+    builtin = expand(
+        (n for n in names if ":" not in n),
+        list(REGISTRY),
+        "implementation",
+        UnknownImplementationError,
+    )
+    return builtin + tuple(u for u in users if u not in builtin)
 
 
 @contextlib.contextmanager

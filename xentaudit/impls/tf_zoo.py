@@ -15,6 +15,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from xentaudit.errors import ConfigError
+from xentaudit.impls import user_loss
+
 if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
     tf.get_logger().setLevel("ERROR")  # retracing notices and the like, unless asked for
 
@@ -91,8 +94,11 @@ def keras_epsilon() -> float:
 
 
 def loss_fn(name: str) -> LossFn:
-    """The loss function registered under ``name``."""
-    return globals()[name]
+    """The loss function registered under ``name``, or the user's loss loaded for it."""
+    user = user_loss(name)
+    if user is None:
+        return globals()[name]
+    return lambda y, classes, x, eps: user(y, x)
 
 
 @dataclass(frozen=True)
@@ -113,12 +119,35 @@ def _with_gradient(fn: LossFn) -> Callable:
     ) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = fn(y, classes, x, eps)
+            loss = tf.convert_to_tensor(fn(y, classes, x, eps))
         # A vector target: TensorFlow seeds it with ones, i.e. the gradient of the summed loss,
         # without ever forming the (possibly overflowing) sum in a narrow dtype.
         return loss, tape.gradient(loss, x)
 
     return step
+
+
+def _run_user(name: str, step: Callable, *args: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Run a user's loss; whatever goes wrong in their code is a one-line error, not a bug."""
+    try:
+        loss, grad = step(*args)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(
+            f"--impl {name}: the loss raised {type(exc).__name__}: {message}"
+        ) from None
+    rows = args[0].shape[0]
+    if loss.shape != (rows,):
+        raise ConfigError(
+            f"--impl {name}: the loss returned shape {tuple(loss.shape)}; it must return one "
+            f"loss per row, shape ({rows},) (no reduction)"
+        )
+    if grad is None:
+        raise ConfigError(
+            f"--impl {name}: the loss has no gradient w.r.t. the logits; compute it with "
+            "TensorFlow ops on the logits tensor"
+        )
+    return loss, grad
 
 
 def run(
@@ -156,7 +185,10 @@ def run(
                 autograph=False,
             )
         step = _GRAPH_CACHE[key]
-    loss, grad = step(x, y, k, e)
+    if user_loss(name) is None:
+        loss, grad = step(x, y, k, e)
+    else:
+        loss, grad = _run_user(name, step, x, y, k, e)
     return Outcome(
         np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
         np.asarray(grad.numpy(), dtype=np.float64),

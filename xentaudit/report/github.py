@@ -21,7 +21,13 @@ def _property(text: str) -> str:
 
 
 def render(check: Check, fail_on: Sequence[str]) -> str:
-    lines = []
+    file = _property(check.path)
+    lines = [
+        f"::{'error' if flag in fail_on else 'warning'} file={file},"
+        f"title={_property('xentaudit input: ' + flag)}::"
+        + _data(f"{flag} on {rows} of {check.rows} rows: {FLAGS[flag].meaning}")
+        for flag, rows in check.lint.items()
+    ]
     for r in check.results:
         if not r.flags:
             continue
@@ -39,6 +45,5 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
             else ""
         )
         title = _property(f"xentaudit {case_name(r)}")
-        file = _property(check.path)
         lines.append(f"::{level} file={file},title={title}::{_data(counts + detail)}")
     return "".join(line + "\n" for line in lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
+from xentaudit.flags import FLAGS
 from xentaudit.results import Check, CheckResult
 
 
@@ -27,21 +28,28 @@ def worst_rows_text(r: CheckResult) -> str:
 
 def render(check: Check, fail_on: Sequence[str]) -> str:
     failing = [r for r in check.results if set(fail_on) & set(r.flags)]
-    suites = ET.Element(
-        "testsuites",
-        name="xentaudit",
-        tests=str(len(check.results)),
-        failures=str(len(failing)),
-    )
+    lint_failed = [f for f in check.lint if f in fail_on]
+    tests = str(len(check.results) + 1)  # + the input lint case
+    failures = str(len(failing) + bool(lint_failed))
+    suites = ET.Element("testsuites", name="xentaudit", tests=tests, failures=failures)
     suite = ET.SubElement(
         suites,
         "testsuite",
         name=f"xentaudit check {check.path}",
-        tests=str(len(check.results)),
-        failures=str(len(failing)),
+        tests=tests,
+        failures=failures,
         errors="0",
         skipped=str(len(check.skipped)),
     )
+    lint_case = ET.SubElement(suite, "testcase", classname="xentaudit.input", name="input lint")
+    if lint_failed:
+        failure = ET.SubElement(
+            lint_case,
+            "failure",
+            message=", ".join(f"{f} on {check.lint[f]} of {check.rows} rows" for f in lint_failed),
+            type=lint_failed[0],
+        )
+        failure.text = "\n".join(f"{f}: {FLAGS[f].meaning}" for f in lint_failed)
     for r in check.results:
         case = ET.SubElement(
             suite, "testcase", classname=f"xentaudit.{r.impl}", name=case_name(r), time="0"

@@ -11,17 +11,21 @@ from xentaudit.results import Check
 
 def render(check: Check, fail_on: Sequence[str]) -> str:
     failing = [r for r in check.results if set(fail_on) & set(r.flags)]
-    verdict = (
-        f"**FAIL**: {len(failing)} of {len(check.results)} results fire a `--fail-on` flag"
-        if failing
-        else "**PASS**: no `--fail-on` flag fired"
-    )
+    lint_failed = [f for f in check.lint if f in fail_on]
+    if failing or lint_failed:
+        parts = [f"{len(failing)} of {len(check.results)} results fire a `--fail-on` flag"]
+        parts += [f"the input is flagged `{f}`" for f in lint_failed]
+        verdict = "**FAIL**: " + "; ".join(parts)
+    else:
+        verdict = "**PASS**: no `--fail-on` flag fired"
     lines = [
         f"### xentaudit check `{check.path}`",
         "",
         f"{check.rows} rows x {check.classes} classes, {check.file_dtype}; labels: {check.labels}.",
         "",
         verdict,
+        "",
+        *(f"- input: `{f}` on {n} of {check.rows} rows" for f, n in check.lint.items()),
         "",
         "| result | rows flagged | max rel err | grad err |",
         "|---|---|---|---|",

@@ -428,6 +428,7 @@ def render_check(
         file=buffer, force_terminal=color, no_color=not color, width=width, highlight=False
     )
     failed = [r for r in check.results if set(fail_on) & set(r.flags)]
+    lint_failed = [f for f in check.lint if f in fail_on]
     console.print(
         Text(
             f"xentaudit check {check.path}: {check.rows} rows x {check.classes} classes, "
@@ -441,6 +442,11 @@ def render_check(
         ),
         sep="\n",
     )
+    for flag, rows in check.lint.items():
+        console.print(
+            Text(f"input: {flag} on {rows} of {check.rows} rows: ", style="yellow"),
+            f"{FLAGS[flag].meaning}. Instead: {FLAGS[flag].advice}.",
+        )
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for column, justify in (
         ("impl", "left"),
@@ -485,14 +491,12 @@ def render_check(
                     )
     for s in check.skipped:
         console.print(Text(f"skipped {s.impl} {s.dtype}: {s.reason}", style="dim"))
-    verdict = (
-        Text(
-            f"FAIL: {len(failed)} of {len(check.results)} results fire a --fail-on flag",
-            style="bold red",
-        )
-        if failed
-        else Text("PASS: no --fail-on flag fired", style="bold green")
-    )
+    if failed or lint_failed:
+        parts = [f"{len(failed)} of {len(check.results)} results fire a --fail-on flag"]
+        parts += [f"the input is flagged {f}" for f in lint_failed]
+        verdict = Text("FAIL: " + "; ".join(parts), style="bold red")
+    else:
+        verdict = Text("PASS: no --fail-on flag fired", style="bold green")
     console.print(verdict)
     for name in [f for f in FLAGS if any(f in r.flags for r in check.results)]:
         console.print(
