@@ -166,6 +166,11 @@ def parse_impls(names: Iterable[str]) -> tuple[str, ...]:
     here; it is taken whole (a path may contain commas).
     """
     names = list(names)
+    for name in names:
+        if ":" not in name and (name.endswith(".py") or os.sep in name):
+            raise UnknownImplementationError(
+                f"--impl {name!r}: expected path/to/file.py:function (name the function)"
+            )
     users = tuple(get_impl(n).name for n in names if ":" in n)
     builtin = expand(
         (n for n in names if ":" not in n),
