@@ -120,7 +120,7 @@ def test_help_does_not_import_tensorflow() -> None:
         "    cli(['--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "for command in ('compare', 'sweep'):\n"
+        "for command in ('compare', 'sweep', 'check'):\n"
         "    try:\n"
         "        cli([command, '--help'])\n"
         "    except SystemExit:\n"

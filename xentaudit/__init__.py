@@ -8,15 +8,19 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from xentaudit.audit import audit
+from xentaudit.check import check_file
 from xentaudit.errors import XentauditError
 from xentaudit.results import (
     SCHEMA_VERSION,
     Audit,
     BreakingPoint,
+    Check,
+    CheckResult,
     ImplResult,
     Skipped,
     Sweep,
     SweepCell,
+    WorstRow,
 )
 from xentaudit.sweep import sweep
 
@@ -24,12 +28,16 @@ __all__ = [
     "SCHEMA_VERSION",
     "Audit",
     "BreakingPoint",
+    "Check",
+    "CheckResult",
     "ImplResult",
     "Skipped",
     "Sweep",
     "SweepCell",
+    "WorstRow",
     "XentauditError",
     "__version__",
     "audit",
+    "check_file",
     "sweep",
 ]

@@ -58,9 +58,12 @@ class Grades:
     downcast: bool
     rtol: float
 
+    def flags_of(self, row: int) -> tuple[str, ...]:
+        """The flags of one row."""
+        return tuple(f for f in ROW_FLAGS if self.masks[f][row])
+
     def row_flags(self) -> list[tuple[str, ...]]:
-        n = self.rel_err.shape[0]
-        return [tuple(f for f in ROW_FLAGS if self.masks[f][i]) for i in range(n)]
+        return [self.flags_of(i) for i in range(self.rel_err.shape[0])]
 
     def flags(self) -> tuple[str, ...]:
         fired = [f for f in ROW_FLAGS if self.masks[f].any()]
@@ -153,8 +156,8 @@ def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if values.size else math.nan
 
 
-def _nanmax(values: np.ndarray) -> float:
-    """Max that lets NaN win (a NaN error is the worst error)."""
+def worst(values: np.ndarray) -> float:
+    """The largest of ``values`` (0 if empty), NaN if any is NaN: a NaN error is the worst."""
     return math.nan if np.isnan(values).any() else float(values.max(initial=0.0))
 
 
@@ -290,9 +293,9 @@ def audit(
                         reference=ref_mean,
                         loss_rows=tuple(float(v) for v in outcome.loss),
                         reference_rows=tuple(float(v) for v in ref.loss),
-                        max_rel_err=_nanmax(g.rel_err),
-                        max_ulps_err=_nanmax(g.ulps_err),
-                        grad_max_abs_err=_nanmax(g.grad_err),
+                        max_rel_err=worst(g.rel_err),
+                        max_ulps_err=worst(g.ulps_err),
+                        grad_max_abs_err=worst(g.grad_err),
                         rtol=g.rtol,
                         flags=g.flags(),
                         row_flags=tuple(g.row_flags()),

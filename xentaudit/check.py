@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from xentaudit import impls as zoo
-from xentaudit.audit import Grades, check_options, eps_used, round_to, run_graded
+from xentaudit.audit import Grades, check_options, eps_used, round_to, run_graded, worst
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS, LINT
@@ -68,14 +68,14 @@ class _Tally:
         for flag, mask in grades.masks.items():
             self.counts[flag] += int(mask.sum())
         rel = np.where(np.isnan(grades.rel_err), np.inf, grades.rel_err)
-        self.max_rel_err = _worse(self.max_rel_err, grades.rel_err)
-        self.grad_err = _worse(self.grad_err, grades.grad_err)
+        self.max_rel_err = worst(np.array([self.max_rel_err, worst(grades.rel_err)]))
+        self.grad_err = worst(np.array([self.grad_err, worst(grades.grad_err)]))
         if grades.downcast:
             self.counts["downcast"] += n
         edges = [bound for _, bound in HISTOGRAM]
         bucket = np.searchsorted(edges, rel, side="left")
         for index, count in zip(*np.unique(bucket, return_counts=True), strict=True):
-            self.histogram[HISTOGRAM[min(int(index), len(HISTOGRAM) - 1)][0]] += int(count)
+            self.histogram[HISTOGRAM[int(index)][0]] += int(count)
         failing = np.zeros(n, dtype=bool)
         for flag, mask in grades.masks.items():
             if FLAGS[flag].failing:
@@ -84,23 +84,16 @@ class _Tally:
         # row), so the K kept over all chunks do not depend on where the chunks split.
         rows = offset + np.arange(n)
         order = np.lexsort((-rows, rel, failing))[::-1][:WORST_ROWS]
-        row_flags = grades.row_flags()
         for i in order:
             key = (int(failing[i]), float(rel[i]), -int(rows[i]))
             row = WorstRow(
                 int(rows[i]), float(exact[i]), float(loss[i]), float(grades.rel_err[i]),
-                row_flags[i],
+                grades.flags_of(int(i)),
             )  # fmt: skip
             if len(self.worst) < WORST_ROWS:
                 heapq.heappush(self.worst, (key, row))
             else:
                 heapq.heappushpop(self.worst, (key, row))
-
-
-def _worse(current: float, values: np.ndarray) -> float:
-    if math.isnan(current) or np.isnan(values).any():
-        return math.nan
-    return max(current, float(values.max(initial=0.0)))
 
 
 def _label_sources(labels: ArraySource | None) -> tuple[str, ...]:

@@ -7,7 +7,6 @@ implementation in one call, and each breaking point is refined with one call per
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from xentaudit.audit import (
     eps_used,
     round_to,
     run_graded,
+    worst,
 )
 from xentaudit.dtypes import FloatFormat, get_format, parse_dtypes
 from xentaudit.flags import FLAGS
@@ -199,16 +199,12 @@ def _cells(
                 output_dtype=output_dtype,
                 loss=float(np.mean(loss[rows])),
                 reference=float(np.mean(ref)),
-                max_rel_err=_worst(grades.rel_err[rows]),
-                grad_max_abs_err=_worst(grades.grad_err[rows]),
+                max_rel_err=worst(grades.rel_err[rows]),
+                grad_max_abs_err=worst(grades.grad_err[rows]),
                 flags=ordered,
             )
         )
     return out
-
-
-def _worst(values: np.ndarray) -> float:
-    return math.nan if np.isnan(values).any() else float(values.max(initial=0.0))
 
 
 Refined = dict[str, tuple[Bracket, str]]

@@ -1,0 +1,143 @@
+"""`xentaudit check` on big arrays: memory, speed against TensorFlow itself, reference bandwidth.
+
+Targets (issue "xentaudit check FILE"):
+  1. a 4 GB float32 .npy (temporary, deleted after) is checked with peak RSS under 1 GB;
+  2. on a 4096 x 32000 float32 array, `check --impl tf_softmax_xent` takes at most 2x the time
+     of tf.nn.softmax_cross_entropy_with_logits forward+backward on the same in-memory array;
+  3. the reference pass alone runs at >= 25 % of this machine's memory bandwidth (numpy sum).
+Everything is measured in this run; medians of --runs repetitions after one warm-up.
+
+    python benchmarks/check_speed.py [--runs 3] [--big-gb 4] [--skip-big]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROWS, CLASSES = 4096, 32000
+
+
+def median_time(fn, runs: int) -> float:
+    fn()  # warm-up: traces, caches
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def write_npy(path: Path, rows: int, classes: int, seed: int) -> None:
+    """A float32 .npy of standard-normal logits written block by block (bounded memory)."""
+    rng = np.random.default_rng(seed)
+    header = {"descr": "<f4", "fortran_order": False, "shape": (rows, classes)}
+    with path.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        block = max(1, (64 << 20) // (classes * 4))
+        for start in range(0, rows, block):
+            n = min(block, rows - start)
+            f.write(rng.standard_normal((n, classes), dtype=np.float32).tobytes())
+    np.save(path.with_suffix(".labels.npy"), rng.integers(0, classes, rows))
+
+
+def big_file(gb: float, runs: int) -> None:
+    rows = int(gb * 2**30 / (CLASSES * 4))
+    with tempfile.TemporaryDirectory(dir=".") as folder:
+        path = Path(folder) / "big.npy"
+        write_npy(path, rows, CLASSES, seed=1)
+        size = path.stat().st_size / 2**30
+        cmd = [
+            sys.executable, "-m", "xentaudit", "check", str(path),
+            "--labels", str(path.with_suffix(".labels.npy")),
+            "--impl", "tf_softmax_xent", "--format", "json", "--output", str(Path(folder) / "r"),
+        ]  # fmt: skip
+        start = time.perf_counter()
+        code = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode
+        wall = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB -> MiB
+    print(f"1. {size:.2f} GiB float32 .npy ({rows} x {CLASSES}), check --impl tf_softmax_xent")
+    print(
+        f"   exit {code}, wall {wall:.1f} s, peak RSS {peak:.0f} MiB (target < 1024 MiB): "
+        f"{'met' if peak < 1024 else 'NOT met'}"
+    )
+
+
+def speed(runs: int) -> None:
+    import tensorflow as tf
+
+    from xentaudit.check import check_file
+    from xentaudit.reference import cross_entropy
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((ROWS, CLASSES), dtype=np.float32)
+    k = rng.integers(0, CLASSES, ROWS)
+    with tempfile.TemporaryDirectory(dir=".") as folder:
+        path = Path(folder) / "x.npz"
+        np.savez(path, logits=x, labels=k)
+
+        logits = tf.constant(x)
+        labels = tf.one_hot(k, CLASSES, dtype=tf.float32)
+
+        def tf_fwd_bwd() -> None:
+            with tf.GradientTape() as tape:
+                tape.watch(logits)
+                loss = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            tape.gradient(loss, logits).numpy()
+
+        base = median_time(tf_fwd_bwd, runs)
+        eager = median_time(
+            lambda: check_file(path, impls=["tf_softmax_xent"], modes=["eager"]), runs
+        )
+        both = median_time(lambda: check_file(path, impls=["tf_softmax_xent"]), runs)
+
+    mb = x.nbytes / 1e6
+    print(f"2. {ROWS} x {CLASSES} float32 ({mb:.0f} MB), medians of {runs}:")
+    print(f"   tf.nn.softmax_cross_entropy_with_logits fwd+bwd: {base:.2f} s")
+    print(
+        f"   check --impl tf_softmax_xent --mode eager:      {eager:.2f} s = {eager / base:.2f}x "
+        f"(target <= 2x: {'met' if eager <= 2 * base else 'NOT met'})"
+    )
+    print(f"   check --impl tf_softmax_xent (both modes):      {both:.2f} s = {both / base:.2f}x")
+
+    big = np.ones(2**28, dtype=np.float32)  # 1 GiB
+    bandwidth = big.nbytes / median_time(big.sum, runs)
+    del big
+    y = np.zeros((1024, CLASSES))
+    y[np.arange(1024), k[:1024]] = 1.0
+
+    def reference_pass() -> None:
+        for start in range(0, ROWS, 1024):
+            cross_entropy(x[start : start + 1024].astype(np.float64), y, "float64")
+
+    ref = median_time(reference_pass, runs)
+    rate = x.nbytes / ref
+    print(f"3. memory bandwidth (numpy sum of 1 GiB float32): {bandwidth / 1e9:.2f} GB/s")
+    print(
+        f"   reference pass (float64 method, chunks of 1024 rows): {ref:.2f} s = "
+        f"{rate / 1e9:.2f} GB/s of logits = {100 * rate / bandwidth:.1f} % of bandwidth "
+        f"(target >= 25 %: {'met' if rate >= 0.25 * bandwidth else 'NOT met'})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--big-gb", type=float, default=4.0)
+    parser.add_argument("--skip-big", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_big:
+        big_file(args.big_gb, args.runs)
+    speed(args.runs)
+
+
+if __name__ == "__main__":
+    main()
