@@ -142,13 +142,18 @@ def _lint(x: np.ndarray, y: np.ndarray | None, fmt: FloatFormat) -> dict[str, np
     """
     tol = max(1e-4, 8 * fmt.eps)
     with np.errstate(invalid="ignore", over="ignore"):
-        top = np.max(x, axis=1, keepdims=True)
-        lse = top[:, 0] + np.log(np.exp(x - top).sum(axis=1))
+        nonpositive = (x <= 0).all(axis=1)
+        logprobs = np.zeros_like(nonpositive)
+        if nonpositive.any():  # only those rows can be log-probabilities: exp just for them
+            rows = x[nonpositive]
+            top = rows.max(axis=1, keepdims=True)
+            lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+            logprobs[nonpositive] = np.abs(lse) <= tol
         finite_max = np.abs(np.where(np.isfinite(x), x, 0.0)).max(axis=1)
         lint = {
             "looks-like-probs": ((x >= 0) & (x <= 1)).all(axis=1)
             & (np.abs(x.sum(axis=1) - 1) <= tol),
-            "looks-like-logprobs": (x <= 0).all(axis=1) & (np.abs(lse) <= tol),
+            "looks-like-logprobs": logprobs,
             "coarse-logits": fmt.ulp(finite_max) >= 1,
         }
     if y is not None and y.ndim == 2:
