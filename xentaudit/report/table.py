@@ -37,6 +37,31 @@ REFERENCE_NAMES = {
 }
 
 
+def _console(color: bool, width: int) -> Console:
+    """A console that records into a string (``console.file.getvalue()``)."""
+    return Console(
+        file=io.StringIO(), force_terminal=color, no_color=not color, width=width, highlight=False
+    )
+
+
+def _columns(*columns: tuple[str, str]) -> Table:
+    """A borderless table with these (header, justify) columns, none of them wrapping."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for header, justify in columns:
+        table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    return table
+
+
+def _legend(console: Console, flag_sets: Iterable[Iterable[str]]) -> None:
+    """One line per flag that fired: what it means and what to use instead."""
+    fired = set().union(*flag_sets)
+    for name in (f for f in FLAGS if f in fired):
+        console.print(
+            Text(f"  {name}", style=FLAG_STYLES.get(name, "yellow")),
+            f"{FLAGS[name].meaning}. Instead: {FLAGS[name].advice}.",
+        )
+
+
 def _num(value: float, digits: int = 10) -> str:
     if math.isnan(value) or math.isinf(value):
         return str(value)
@@ -105,17 +130,13 @@ def verdict(audit: Audit) -> str:
 
 def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -> str:
     """The full table report as text (ANSI-coloured when ``color``)."""
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer, force_terminal=color, no_color=not color, width=width, highlight=False
-    )
+    console = _console(color, width)
     console.print(
         Text(title, style="bold"),
         Text(f"reference: {REFERENCE_NAMES[audit.reference_method]}", style="dim"),
         sep="\n",
     )
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    for column, justify in (
+    table = _columns(
         ("impl", "left"),
         ("mode", "left"),
         ("dtype", "left"),
@@ -126,8 +147,7 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
         ("ulps", "right"),
         ("grad err", "right"),
         ("flags", "left"),
-    ):
-        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    )
     folded = fold_modes(audit.results)
     keys = [(r.impl, r.dtype) for _, r in folded]
     differ = sorted({k for k in keys if keys.count(k) > 1}, key=keys.index)
@@ -168,14 +188,8 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
     for s in audit.skipped:
         console.print(Text(f"skipped {s.impl} {s.dtype}: {s.reason}", style="dim"))
     console.print(Text(verdict(audit), style="bold"))
-    fired = [f for f in FLAGS if any(f in r.flags for r in audit.results)]
-    for name in fired:
-        flag = FLAGS[name]
-        console.print(
-            Text(f"  {name}", style=FLAG_STYLES[name]),
-            f"{flag.meaning}. Instead: {flag.advice}.",
-        )
-    return buffer.getvalue()
+    _legend(console, (r.flags for r in audit.results))
+    return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 # --- sweep -----------------------------------------------------------------------------------
@@ -333,10 +347,7 @@ def sweep_summary(sweep: Sweep) -> list[str]:
 
 def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
     """The sweep as text: a grid per dtype, the epsilon grid, breaking points and a summary."""
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer, force_terminal=color, no_color=not color, width=width, highlight=False
-    )
+    console = _console(color, width)
     patterns = ", ".join(f"{p.name} ({p.rows}x{p.classes})" for p in sweep.patterns)
     console.print(
         Text(
@@ -413,7 +424,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
     console.print(Text("Summary", style="bold"))
     for line in sweep_summary(sweep):
         console.print(f"- {line}")
-    return buffer.getvalue()
+    return console.file.getvalue()  # type: ignore[attr-defined]
 
 
 # --- check -----------------------------------------------------------------------------------
@@ -423,10 +434,7 @@ def render_check(
     check: Check, fail_on: Sequence[str], *, color: bool = False, width: int = 160
 ) -> str:
     """The check as text: verdict, flag counts per implementation, worst rows, what to do."""
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer, force_terminal=color, no_color=not color, width=width, highlight=False
-    )
+    console = _console(color, width)
     failed = [r for r in check.results if set(fail_on) & set(r.flags)]
     lint_failed = [f for f in check.lint if f in fail_on]
     console.print(
@@ -447,8 +455,7 @@ def render_check(
             Text(f"input: {flag} on {rows} of {check.rows} rows: ", style="yellow"),
             f"{FLAGS[flag].meaning}. Instead: {FLAGS[flag].advice}.",
         )
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    for column, justify in (
+    table = _columns(
         ("impl", "left"),
         ("labels", "left"),
         ("mode", "left"),
@@ -456,8 +463,7 @@ def render_check(
         ("rows flagged", "left"),
         ("max rel err", "right"),
         ("grad err", "right"),
-    ):
-        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    )
     for r in check.results:
         counts = (
             Text(", ").join(
@@ -498,9 +504,5 @@ def render_check(
     else:
         verdict = Text("PASS: no --fail-on flag fired", style="bold green")
     console.print(verdict)
-    for name in [f for f in FLAGS if any(f in r.flags for r in check.results)]:
-        console.print(
-            Text(f"  {name}", style=FLAG_STYLES[name]),
-            f"{FLAGS[name].meaning}. Instead: {FLAGS[name].advice}.",
-        )
-    return buffer.getvalue()
+    _legend(console, (r.flags for r in check.results))
+    return console.file.getvalue()  # type: ignore[attr-defined]
