@@ -10,11 +10,13 @@ import pytest
 from xentaudit.errors import ConfigError
 from xentaudit.grid import (
     DEFAULT_SCALES,
+    REFINE_MAX_POINTS,
     REFINE_REL,
     make_pattern,
     parse_patterns,
     parse_scales,
     refine,
+    refine_points,
 )
 
 
@@ -74,6 +76,12 @@ def test_bad_pattern_sizes(kwargs: dict, message: str) -> None:
 def test_unknown_pattern() -> None:
     with pytest.raises(ConfigError, match="unknown pattern 'spiral'"):
         parse_patterns(["spiral"])
+
+
+def test_refine_points_fill_one_call_without_going_below_three() -> None:
+    assert refine_points(6) == REFINE_MAX_POINTS  # the seed pattern: one round
+    assert refine_points(40) == 500  # 20,000 logits / 40
+    assert refine_points(50257) == 3
 
 
 @pytest.mark.parametrize("points", [1, 3, 15])
