@@ -76,6 +76,11 @@ def test_bad_fixtures_exit_2_with_one_line_and_write_nothing(name: str, tmp_path
     assert list(tmp_path.iterdir()) == []  # no report, no temporary file left behind
 
 
+def test_output_folder_must_exist_before_any_work(tmp_path) -> None:
+    result = run(str(FIXTURES / "seed_scale10.npz"), "--output", str(tmp_path / "no" / "r.txt"))
+    assert result.exit_code == 2 and "--output: no such directory" in result.stderr
+
+
 def test_missing_file_and_bad_options() -> None:
     assert "no such file" in run("nope.npz").stderr
     assert run(str(FIXTURES / "clean.npz"), "--chunk-rows", "0").exit_code == 2

@@ -333,6 +333,8 @@ def check(
     from xentaudit import config
     from xentaudit.check import check_file
 
+    if output is not None and not Path(output).parent.is_dir():
+        raise ConfigError(f"--output: no such directory: {Path(output).parent}")
     table, _ = config.load(Path(config_path) if config_path else None)
     ctx = click.get_current_context()
 
@@ -371,8 +373,11 @@ def check(
         text = table_report.render_check(result, fail_flags, color=color, width=width)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
-        with open(summary, "a", encoding="utf-8") as stream:
-            stream.write(markdown_report.render(result, fail_flags))
+        try:
+            with open(summary, "a", encoding="utf-8") as stream:
+                stream.write(markdown_report.render(result, fail_flags))
+        except OSError as exc:
+            click.echo(f"xentaudit: warning: cannot append to GITHUB_STEP_SUMMARY: {exc}", err=True)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -382,8 +387,6 @@ def check(
 
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename)."""
-    if not path.parent.is_dir():
-        raise ConfigError(f"--output: no such directory: {path.parent}")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
