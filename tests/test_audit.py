@@ -232,3 +232,16 @@ def test_grade_forgives_differences_below_the_smallest_normal() -> None:
     g = _graded([0.0], [[0.0, 0.0]], x=x, y=((1.0, 0.0),))
     assert ref.loss[0] < FORMATS["float32"].tiny and g.flags() == ()
     assert g.ulps_err[0] == 0.0
+
+
+def test_downcast_allowance_keeps_keras_float64_rounding_from_reading_as_divergent() -> None:
+    # Logits near 1000 a few units apart, in float64 values that float32 cannot hold: Keras
+    # rounds them to float32 (spacing 6e-5 at 1000), which moves a loss of order 1 by up to
+    # ~1e-4, far more than 8 eps32 = 9.5e-7. That shift is the narrowing's doing, reported as
+    # `downcast`, and allowed for by u32 * 2 * max|x| (README); the formula itself is fine.
+    rng = np.random.default_rng(11)
+    x = 1000 + rng.normal(0, 1, size=(16, 8)) + 1e-9
+    a = audit(x, rng.integers(0, 8, 16), impls=["keras_cce_logits"], dtypes=["float64"])
+    for r in a.results:
+        assert "downcast" in r.flags and "divergent" not in r.flags, r.flags
+        assert r.max_rel_err > 8 * np.finfo(np.float32).eps  # the allowance is what saves it
