@@ -81,6 +81,14 @@ def test_output_folder_must_exist_before_any_work(tmp_path) -> None:
     assert result.exit_code == 2 and "--output: no such directory" in result.stderr
 
 
+def test_a_dtype_that_cannot_hold_the_logits_is_an_input_error(tmp_path) -> None:
+    np.savez(tmp_path / "x.npz", logits=np.array([[1e5, 0, 0]], np.float32), labels=np.array([0]))
+    result = run(str(tmp_path / "x.npz"), "--dtype", "float16", "--impl", "tf_softmax_xent")
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "overflow float16 (max 65504); drop --dtype float16" in lines[0]
+
+
 def test_missing_file_and_bad_options() -> None:
     assert "no such file" in run("nope.npz").stderr
     assert run(str(FIXTURES / "clean.npz"), "--chunk-rows", "0").exit_code == 2

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from xentaudit import impls as zoo
-from xentaudit.audit import Grades, check_options, eps_used, round_to, run_graded, worst
+from xentaudit.audit import (
+    Grades,
+    Unrepresentable,
+    check_options,
+    eps_used,
+    round_to,
+    run_graded,
+    worst,
+)
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS, LINT
@@ -233,7 +241,10 @@ def check_file(
                 pick = np.argmax if source == "predicted" else np.argmin
                 batch = prepare(x, pick(x.astype(np.float64), axis=1), offset)
             for fmt in formats:
-                rounded = round_to(batch, fmt, method="float64")
+                try:
+                    rounded = round_to(batch, fmt, method="float64")
+                except Unrepresentable as exc:
+                    raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
                 for name in names:
                     if zoo.get_impl(name).needs_classes and batch.classes is None:
                         skipped[(name, fmt.name)] = Skipped(
