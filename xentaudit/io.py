@@ -181,7 +181,7 @@ class ArraySource:
     @property
     def rows(self) -> int:
         """Rows of logits: every axis but the last (classes) flattened."""
-        return int(np.prod(self.shape[:-1])) if len(self.shape) > 1 else int(self.shape[0])
+        return int(np.prod(self.shape[:-1]))
 
     def chunks(self, rows: int, per_row: int) -> Iterator[np.ndarray]:
         """Yield consecutive blocks of ``rows`` rows, each of ``per_row`` items, flattened."""
