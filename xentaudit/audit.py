@@ -31,8 +31,8 @@ import numpy as np
 from xentaudit import impls as zoo
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.errors import ConfigError
-from xentaudit.io import Batch, prepare
-from xentaudit.reference import Reference, cross_entropy
+from xentaudit.io import Batch, as_float, prepare
+from xentaudit.reference import Reference, cross_entropy, grad_error
 from xentaudit.results import Audit, ImplResult, Skipped
 
 if TYPE_CHECKING:
@@ -84,24 +84,17 @@ def grade(
     loss: np.ndarray,
     grad: np.ndarray,
     output_dtype: str,
-    ref: Reference,
-    logits: np.ndarray,
-    labels: np.ndarray,
-    fmt: FloatFormat,
+    rounded: Rounded,
     rtol: float | None = None,
 ) -> Grades:
-    """Grade per-row ``loss`` and ``grad`` (float64) of an implementation run in ``fmt``.
-
-    ``logits`` and ``labels`` are the dtype-rounded inputs as float64; ``ref`` was computed on them.
-    """
+    """Grade per-row ``loss`` (float64) and ``grad`` of an implementation run on ``rounded``."""
+    fmt, ref = rounded.fmt, rounded.ref
     out = FORMATS.get(output_dtype, fmt)
     eff = min(fmt, out, key=lambda f: f.precision)
     downcast = out.precision < fmt.precision
     tol = RTOL_ULPS * eff.eps if rtol is None else rtol
-    bound = np.maximum(labels.sum(axis=1), 1.0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        quant = out.eps / 2 * 2 * bound * np.abs(np.where(np.isfinite(logits), logits, 0)).max(1)
-    slack = quant if downcast else np.zeros_like(bound)
+    bound = rounded.bound
+    slack = out.eps / 2 * 2 * bound * rounded.max_abs_logit if downcast else np.zeros_like(bound)
 
     with np.errstate(invalid="ignore"):
         abs_err = np.abs((loss - ref.loss) - ref.loss_lo)
@@ -122,11 +115,9 @@ def grade(
         ]
     )
 
-    # Row maxima propagate NaN (and inf), so two reductions tell everything the flags need.
-    with np.errstate(invalid="ignore"):
-        row_gerr = np.abs(grad - ref.grad).max(axis=1, initial=0.0)
+    # Row maxima propagate NaN (and inf), so two of them tell everything the flags need.
+    row_gerr, impl_size = grad_error(grad, ref.grad)
     row_gerr = np.where(row_gerr < eff.tiny, 0.0, row_gerr)
-    impl_size = np.abs(grad).max(axis=1, initial=0.0)
     exact_size = ref.grad_size
     g_nan, g_inf, blowup, vanish, wrong = _first_match(
         [
@@ -171,17 +162,26 @@ class Rounded:
 
     fmt: FloatFormat
     logits: np.ndarray  # in fmt
-    labels: np.ndarray  # in fmt: label weights as the implementations receive them
+    weights: np.ndarray | None  # label weights in fmt, as the implementations receive them
     classes: np.ndarray | None
     ref: Reference
 
     @cached_property
-    def logits64(self) -> np.ndarray:
-        return self.logits.astype(np.float64)
+    def bound(self) -> np.ndarray:
+        """B_i = max(sum_j y_ij, 1), the bound of the exact gradient of each row."""
+        if self.weights is None:
+            return np.ones(self.logits.shape[0])
+        return np.maximum(self.weights.astype(np.float64).sum(axis=1), 1.0)
 
     @cached_property
-    def labels64(self) -> np.ndarray:
-        return self.labels.astype(np.float64)
+    def max_abs_logit(self) -> np.ndarray:
+        """max_j |x_ij| over the finite logits of each row (float64)."""
+        x = as_float(self.logits)
+        with np.errstate(invalid="ignore"):
+            top = np.maximum(x.max(axis=1), -x.min(axis=1)).astype(np.float64)
+        if np.isfinite(top).all():
+            return top
+        return np.abs(np.where(np.isfinite(x), x, 0)).max(axis=1).astype(np.float64)
 
 
 def round_to(batch: Batch, fmt: FloatFormat, method: str = "auto") -> Rounded:
@@ -190,14 +190,21 @@ def round_to(batch: Batch, fmt: FloatFormat, method: str = "auto") -> Rounded:
     ``method`` is the reference method (see ``reference.cross_entropy``). Raises
     ``Unrepresentable`` when a finite input overflows the format.
     """
-    x = fmt.cast(batch.logits)
-    y = fmt.cast(batch.labels)
-    if (np.isinf(x) & np.isfinite(batch.logits)).any():
-        big = float(np.abs(batch.logits[np.isfinite(batch.logits)]).max())
-        raise Unrepresentable(f"logits up to {big:.4g} overflow {fmt.name} (max {fmt.max:.5g})")
-    if not np.isfinite(y).all():
-        raise Unrepresentable(f"label weights overflow {fmt.name} (max {fmt.max:.5g})")
-    ref = cross_entropy(x.astype(np.float64), y.astype(np.float64), method)
+    x = batch.logits
+    if x.dtype != fmt.numpy:
+        x = fmt.cast(x)
+        if FORMATS[batch.logits.dtype.name].max > fmt.max and np.isinf(x).any():
+            source = as_float(batch.logits)
+            big = float(np.abs(source[np.isfinite(source)]).max())
+            raise Unrepresentable(f"logits up to {big:.4g} overflow {fmt.name} (max {fmt.max:.5g})")
+    y = None
+    if batch.weights is not None:
+        y = fmt.cast(batch.weights)
+        if not np.isfinite(y).all():
+            raise Unrepresentable(f"label weights overflow {fmt.name} (max {fmt.max:.5g})")
+    # One-hot weights are exact in every format: their classes are the cheaper reference input.
+    ref_labels = batch.classes if batch.classes is not None else y
+    ref = cross_entropy(x, ref_labels, method)  # type: ignore[arg-type]
     return Rounded(fmt, x, y, batch.classes, ref)
 
 
@@ -205,18 +212,8 @@ def run_graded(
     name: str, eps: float, mode: str, rounded: Rounded, rtol: float | None
 ) -> tuple[Outcome, Grades]:
     """Run implementation ``name`` on ``rounded`` inputs in ``mode`` and grade it."""
-    outcome = zoo.load_tf().run(name, eps, mode, rounded.logits, rounded.labels, rounded.classes)
-    grades = grade(
-        outcome.loss,
-        outcome.grad,
-        outcome.output_dtype,
-        rounded.ref,
-        rounded.logits64,
-        rounded.labels64,
-        rounded.fmt,
-        rtol,
-    )
-    return outcome, grades
+    outcome = zoo.load_tf().run(name, eps, mode, rounded.logits, rounded.weights, rounded.classes)
+    return outcome, grade(outcome.loss, outcome.grad, outcome.output_dtype, rounded, rtol)
 
 
 def eps_used(name: str, eps: float) -> float | None:

@@ -32,6 +32,8 @@ from xentaudit.flags import FLAGS, LINT
 from xentaudit.io import (
     BAD_LOGITS,
     ArraySource,
+    Batch,
+    as_float,
     bad_logit_rows,
     describe_rows,
     open_arrays,
@@ -39,7 +41,7 @@ from xentaudit.io import (
 )
 from xentaudit.results import Check, CheckResult, Skipped, WorstRow
 
-CHUNK_ENTRIES = 1 << 20  # logits per chunk by default: a few tens of MB of float64 work arrays
+CHUNK_ENTRIES = 1 << 22  # logits per chunk by default: ~100 MB of work arrays (float64 gradients)
 WORST_ROWS = 5
 HISTOGRAM = (  # buckets of the relative loss error, by upper bound (NaN counts as > 1)
     ("0", 0.0),
@@ -142,55 +144,72 @@ def _validate(logits: ArraySource, labels: ArraySource | None) -> None:
         )
 
 
-def _lint(x: np.ndarray, y: np.ndarray | None, fmt: FloatFormat) -> dict[str, np.ndarray]:
-    """Per lint flag: the rows of this chunk (float64 values of the file) it applies to.
+def _lint(batch: Batch, fmt: FloatFormat) -> dict[str, np.ndarray]:
+    """Per lint flag: the rows of this chunk (the file's own values) it applies to.
 
     Sums are compared with 1 to within max(1e-4, 8 eps of the file's dtype): a float16 softmax
-    output sums to 1 only to a few of its own ulps.
+    output sums to 1 only to a few of its own ulps. Row minima and maxima pick the few rows that
+    can be probabilities or log-probabilities; only those are summed.
     """
     tol = max(1e-4, 8 * fmt.eps)
-    with np.errstate(invalid="ignore", over="ignore"):
-        nonpositive = (x <= 0).all(axis=1)
-        logprobs = np.zeros_like(nonpositive)
-        if nonpositive.any():  # only those rows can be log-probabilities: exp just for them
-            rows = x[nonpositive]
-            top = rows.max(axis=1, keepdims=True)
-            lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
-            logprobs[nonpositive] = np.abs(lse) <= tol
-        finite_max = np.abs(np.where(np.isfinite(x), x, 0.0)).max(axis=1)
-        lint = {
-            "looks-like-probs": ((x >= 0) & (x <= 1)).all(axis=1)
-            & (np.abs(x.sum(axis=1) - 1) <= tol),
-            "looks-like-logprobs": logprobs,
-            "coarse-logits": fmt.ulp(finite_max) >= 1,
-        }
-    if y is not None and y.ndim == 2:
-        weights = y.astype(np.float64)
-        one_hot = ((weights == 0) | (weights == 1)).all(axis=1) & (weights.sum(axis=1) == 1)
-        lint["soft-labels-unnormalized"] = ~one_hot & (np.abs(weights.sum(axis=1) - 1) > tol)
+    x = as_float(batch.logits)
+    top, low = x.max(axis=1), x.min(axis=1)
+    probs = (low >= 0) & (top <= 1)
+    if probs.any():
+        probs[probs] = np.abs(x[probs].sum(axis=1, dtype=np.float64) - 1) <= tol
+    logprobs = top <= 0
+    if logprobs.any():
+        rows = x[logprobs].astype(np.float64)
+        peak = rows.max(axis=1, keepdims=True)
+        lse = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
+        logprobs[logprobs] = np.abs(lse) <= tol
+    finite_max = np.maximum(np.abs(top), np.abs(low)).astype(np.float64)
+    if not np.isfinite(low).all():  # -inf logits: the largest finite magnitude instead
+        finite_max = np.abs(np.where(np.isfinite(x), x, 0)).max(axis=1).astype(np.float64)
+    lint = {
+        "looks-like-probs": probs,
+        "looks-like-logprobs": logprobs,
+        "coarse-logits": fmt.ulp(finite_max) >= 1,
+    }
+    if batch.weights is not None:  # a one-hot row sums to exactly 1
+        lint["soft-labels-unnormalized"] = np.abs(batch.weights.sum(axis=1) - 1) > tol
     return lint
 
 
-def _scan(logits: ArraySource, labels: ArraySource | None, chunk_rows: int) -> dict[str, int]:
-    """Read the file once, cheaply, before any audit: refuse it if a row is unusable (every
-    NaN/+inf/-inf-only row is named; labels are validated), and count the input lint."""
-    bad: dict[str, list[np.ndarray]] = {problem: [] for problem in BAD_LOGITS}
-    lint: Counter = Counter()
-    fmt = FORMATS[logits.dtype.name]
-    for offset, x, y in _chunks(logits, labels, chunk_rows):
-        x64 = x.astype(np.float64)
-        masks = bad_logit_rows(x64)
-        for problem, mask in masks.items():
-            bad[problem].append(np.flatnonzero(mask) + offset)
-        if y is not None and not any(m.any() for m in masks.values()):
-            prepare(x64, y, offset)
-        for flag, mask in _lint(x64, y, fmt).items():
-            lint[flag] += int(mask.sum())
-    for problem, rows in bad.items():
-        found = np.concatenate(rows)
-        if found.size:
-            raise InputError(BAD_LOGITS[problem].format(rows=describe_rows(found)))
-    return {flag: lint[flag] for flag in LINT if lint[flag]}
+def _audit_chunk(
+    batch: Batch,
+    offset: int,
+    sources: tuple[str, ...],
+    formats: list[FloatFormat],
+    names: tuple[str, ...],
+    modes: tuple[str, ...],
+    eps: float,
+    rtol: float | None,
+    tallies: dict[tuple[str, str, str, str], _Tally],
+    skipped: dict[tuple[str, str], Skipped],
+) -> None:
+    for source in sources:
+        if source == "file":
+            labelled = batch
+        else:
+            pick = np.argmax if source == "predicted" else np.argmin
+            labelled = Batch(batch.logits, None, pick(as_float(batch.logits), axis=1))
+        for fmt in formats:
+            try:
+                rounded = round_to(labelled, fmt, method="float64")
+            except Unrepresentable as exc:
+                raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
+            for name in names:
+                if zoo.get_impl(name).needs_classes and labelled.classes is None:
+                    skipped[(name, fmt.name)] = Skipped(
+                        name, fmt.name, "needs one-hot or integer labels"
+                    )
+                    continue
+                for mode in modes:
+                    outcome, grades = run_graded(name, eps, mode, rounded, rtol)
+                    tally = tallies.setdefault((source, name, fmt.name, mode), _Tally())
+                    tally.output_dtype = outcome.output_dtype
+                    tally.add(offset, outcome.loss, rounded.ref.loss, grades)
 
 
 def check_file(
@@ -229,35 +248,30 @@ def check_file(
     if chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be at least 1, got {chunk_rows}")
 
-    lint = _scan(logits, label_source, chunk_rows)
+    # One pass: every chunk is checked for unusable rows, linted and audited. Once a bad row
+    # turns up, the rest of the file is only scanned, so that the error names every bad row.
+    bad: dict[str, list[np.ndarray]] = {problem: [] for problem in BAD_LOGITS}
+    lint: Counter = Counter()
+    file_fmt = FORMATS[logits.dtype.name]
     tallies: dict[tuple[str, str, str, str], _Tally] = {}
     skipped: dict[tuple[str, str], Skipped] = {}
     sources = _label_sources(label_source)
+    refused = False
     for offset, x, y in _chunks(logits, label_source, chunk_rows):
-        for source in sources:
-            if source == "file":
-                batch = prepare(x, y, offset)
-            else:
-                pick = np.argmax if source == "predicted" else np.argmin
-                batch = prepare(x, pick(x.astype(np.float64), axis=1), offset)
-            for fmt in formats:
-                try:
-                    rounded = round_to(batch, fmt, method="float64")
-                except Unrepresentable as exc:
-                    raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
-                for name in names:
-                    if zoo.get_impl(name).needs_classes and batch.classes is None:
-                        skipped[(name, fmt.name)] = Skipped(
-                            name, fmt.name, "needs one-hot or integer labels"
-                        )
-                        continue
-                    for mode in modes:
-                        outcome, grades = run_graded(name, eps, mode, rounded, rtol)
-                        tally = tallies.setdefault((source, name, fmt.name, mode), _Tally())
-                        tally.output_dtype = outcome.output_dtype
-                        tally.add(offset, outcome.loss, rounded.ref.loss, grades)
+        for problem, mask in bad_logit_rows(x).items():
+            if mask.any():
+                bad[problem].append(np.flatnonzero(mask) + offset)
+                refused = True
+        if not refused:
+            batch = prepare(x, y, offset) if y is not None else Batch(x, None, None)
+            for flag, mask in _lint(batch, file_fmt).items():
+                lint[flag] += int(mask.sum())
+            _audit_chunk(batch, offset, sources, formats, names, modes, eps, rtol, tallies, skipped)
         if progress:
             progress(min(offset + chunk_rows, logits.rows), logits.rows)
+    for problem, rows in bad.items():
+        if rows:
+            raise InputError(BAD_LOGITS[problem].format(rows=describe_rows(np.concatenate(rows))))
 
     results = tuple(
         CheckResult(
@@ -285,7 +299,7 @@ def check_file(
         labels=label_source.label
         if label_source is not None
         else "none: each row against its predicted and its worst-case class",
-        lint=lint,
+        lint={flag: lint[flag] for flag in LINT if lint[flag]},
         results=results,
         skipped=tuple(skipped.values()),
     )

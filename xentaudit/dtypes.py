@@ -42,9 +42,9 @@ class FloatFormat:
         return float(ml_dtypes.finfo(self.numpy).max)
 
     def cast(self, values: np.ndarray) -> np.ndarray:
-        """Round float64 ``values`` to this format (round to nearest even; too large: inf)."""
+        """Round ``values`` to this format (round to nearest even; too large: inf)."""
         with np.errstate(over="ignore"):
-            return np.asarray(values, dtype=np.float64).astype(self.numpy)
+            return np.asarray(values).astype(self.numpy)
 
     def ulp(self, values: np.ndarray) -> np.ndarray:
         """Unit in the last place of this format at each of ``values`` (float64 array).

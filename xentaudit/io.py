@@ -11,12 +11,14 @@ import json
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import IO
 
 import ml_dtypes
 import numpy as np
 
+from xentaudit.dtypes import FORMATS
 from xentaudit.errors import InputError
 
 _SHOWN_ROWS = 5  # how many offending row indices an error message lists
@@ -24,16 +26,40 @@ _SHOWN_ROWS = 5  # how many offending row indices an error message lists
 
 @dataclass(frozen=True)
 class Batch:
-    """Validated inputs: float64 logits (n, C), dense float64 labels (n, C), and the integer class
-    of each row when the labels are one-hot or sparse (``None`` for soft labels)."""
+    """Validated inputs: logits (n, C), and label weights (n, C) or the class of each row.
+
+    Logits keep their dtype when it is one of the audited formats (float16, bfloat16, float32,
+    float64), so a float32 file is never copied to float64; other numbers become float64.
+    ``weights`` are float64 label weights (``None`` for class labels); ``classes`` the integer
+    class of each row when the labels are classes or one-hot (``None`` for soft labels).
+    """
 
     logits: np.ndarray
-    labels: np.ndarray
+    weights: np.ndarray | None
     classes: np.ndarray | None
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.logits.shape  # type: ignore[return-value]
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """Dense float64 label weights (n, C): ``weights``, or the one-hot of ``classes``."""
+        if self.weights is not None:
+            return self.weights
+        return one_hot(self.classes, self.shape[1], np.float64)  # type: ignore[arg-type]
+
+
+def one_hot(classes: np.ndarray, c: int, dtype: np.dtype | type) -> np.ndarray:
+    """Rows of ``c`` zeros with a one at each of ``classes``."""
+    y = np.zeros((classes.shape[0], c), dtype=dtype)
+    y[np.arange(classes.shape[0]), classes] = 1
+    return y
+
+
+def as_float(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32 or float64 for numpy arithmetic: float16 and bfloat16 widen exactly."""
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
 
 
 def load_array(spec: str, option: str) -> np.ndarray:
@@ -93,12 +119,15 @@ BAD_LOGITS = {  # what makes a row of logits unauditable, and the one-line messa
 
 
 def bad_logit_rows(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Per problem of ``BAD_LOGITS``: a mask of the rows of ``x`` (n, C) that have it."""
-    return {
-        "NaN": np.isnan(x).any(axis=1),
-        "+inf": np.isposinf(x).any(axis=1),
-        "-inf only": np.isneginf(x).all(axis=1),
-    }
+    """Per problem of ``BAD_LOGITS``: a mask of the rows of ``x`` (n, C) that have it.
+
+    One row maximum tells all three: it is NaN where the row has a NaN, +inf where the row has
+    +inf (and no NaN: such a row is reported under NaN, which is reported first), and -inf
+    where every logit is -inf.
+    """
+    with np.errstate(invalid="ignore"):
+        top = as_float(x).max(axis=1)
+    return {"NaN": np.isnan(top), "+inf": top == np.inf, "-inf only": top == -np.inf}
 
 
 def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int = 0) -> Batch:
@@ -116,7 +145,9 @@ def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int = 0) -> Batc
         raise InputError(f"logits must be numbers, got dtype {logits.dtype}")
     if logits.ndim == 0 or logits.size == 0:
         raise InputError(f"logits must be a non-empty array [..., classes], got {logits.shape}")
-    x = logits.astype(np.float64).reshape(-1, logits.shape[-1])
+    x = logits.reshape(-1, logits.shape[-1])
+    if x.dtype.name not in FORMATS:  # the audited formats are kept as they are
+        x = x.astype(np.float64)
     n, c = x.shape
     for problem, mask in bad_logit_rows(x).items():
         if mask.any():
@@ -135,8 +166,8 @@ def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int = 0) -> Batc
                 f"labels contain negative weights in {_rows((y < 0).any(axis=1), at)}; "
                 "label weights are probabilities or counts, never negative"
             )
-        one_hot = ((y == 0) | (y == 1)).all(axis=1) & (y.sum(axis=1) == 1)
-        classes = np.argmax(y, axis=1) if one_hot.all() else None
+        hot = ((y == 0) | (y == 1)).all(axis=1) & (y.sum(axis=1) == 1)
+        classes = np.argmax(y, axis=1) if hot.all() else None
         return Batch(x, y, classes)
     if labels.shape == logits.shape[:-1] or (logits.ndim == 1 and labels.ndim == 0):
         flat = labels.reshape(n).astype(np.float64)
@@ -151,10 +182,7 @@ def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int = 0) -> Batc
                 f"class labels out of range in {_rows(bad, at)}: they must lie in [0, {c - 1}] "
                 f"for {c} classes"
             )
-        classes = flat.astype(np.int64)
-        y = np.zeros((n, c))
-        y[np.arange(n), classes] = 1.0
-        return Batch(x, y, classes)
+        return Batch(x, None, flat.astype(np.int64))
     raise InputError(
         f"labels of shape {labels.shape} do not fit logits of shape {logits.shape}: pass class "
         f"indices of shape {logits.shape[:-1]} or label weights of shape {logits.shape}"

@@ -18,9 +18,11 @@ gets L = log1p(t) with full relative accuracy instead of log(1 + t) = 0, and lab
 
 Two methods share that formula:
 
-* ``float64``: vectorised numpy. The exponent x_j - m is made exact with Knuth's TwoSum and the
-  rounding error folded back in as exp(d + e) = exp(d)(1 + e), so the only roundings left are in
-  exp, the sum of t, log1p and the final sum: at most a few units in the last place of float64.
+* ``float64``: the compiled kernel ``xentaudit._kernel`` (C), row by row in float64 arithmetic.
+  The exponent x_j - m is made exact with Knuth's TwoSum and the rounding error folded back in as
+  exp(d + e) = exp(d)(1 + e); exp is the kernel's own (within 1 ulp, tested against mpmath) and
+  the sums are compensated, so the only roundings left are in exp, log1p and the last few
+  operations: at most a few units in the last place of float64. Rows are shared among threads.
 * ``mpmath``: the same formula at 50 significant digits, row by row, for inputs small enough
   (``MPMATH_MAX_ENTRIES``). It returns the loss as an unevaluated pair ``loss + loss_lo`` so that a
   float64 implementation can be graded in float64 ulps against something better than float64.
@@ -28,11 +30,16 @@ Two methods share that formula:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache
 
 import mpmath
 import numpy as np
+
+from xentaudit import _kernel
 
 MPMATH_DIGITS = 50
 # An mpmath exp at 50 digits costs ~10 us here, so 20,000 entries keep the exact reference under
@@ -51,61 +58,89 @@ class Reference:
     loss: np.ndarray  # (n,) float64
     loss_lo: np.ndarray  # (n,) float64
     grad: np.ndarray  # (n, C) float64
+    grad_size: np.ndarray  # (n,) max_j |grad|
     method: str  # "mpmath" or "float64"
-
-    @cached_property
-    def grad_size(self) -> np.ndarray:
-        """max_j |gradient| of each row."""
-        return np.abs(self.grad).max(axis=1, initial=0.0)
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray, method: str = "auto") -> Reference:
-    """Exact cross-entropy of ``logits`` (n, C) against dense ``labels`` (n, C), both float64.
+    """Exact cross-entropy of ``logits`` (n, C) against ``labels``.
 
+    ``labels`` are dense label weights (n, C) or the integer class of each row (n,). Logits may
+    be float16, bfloat16, float32 or float64 (the narrow ones are read exactly, never rounded).
     ``method`` is ``"float64"``, ``"mpmath"`` or ``"auto"`` (mpmath when the batch has at most
     ``MPMATH_MAX_ENTRIES`` entries). Inputs are assumed valid (see ``xentaudit.io``): no NaN, no
-    ``+inf``, at least one finite logit per row, label weights finite and non-negative.
+    ``+inf``, at least one finite logit per row, label weights finite and non-negative, classes
+    in range.
     """
     if method == "auto":
         method = "mpmath" if logits.size <= MPMATH_MAX_ENTRIES else "float64"
     if method == "mpmath":
-        return _cross_entropy_mpmath(logits, labels)
+        return _cross_entropy_mpmath(np.asarray(logits, np.float64), _dense(labels, logits))
     if method == "float64":
         return _cross_entropy_float64(logits, labels)
     raise ValueError(f"unknown reference method {method!r}")
 
 
-def _cross_entropy_float64(x: np.ndarray, y: np.ndarray) -> Reference:
-    n = x.shape[0]
-    rows = np.arange(n)
-    a = np.argmax(x, axis=1)
-    m = x[rows, a][:, None]
-    with np.errstate(invalid="ignore", over="ignore"):
-        # TwoSum (Knuth): d + e == x - m exactly. Where d is infinite (a -inf logit, or an
-        # overflowing difference of huge logits) exp(d) is 0 and the correction is dropped.
-        d = x - m
-        bb = d - x
-        e = (x - (d - bb)) + (-m - bb)
-    e = np.where(np.isfinite(d), e, 0.0)
-    q = np.exp(d) * (1.0 + e)  # exp(x_j - m) for j != a, to within exp's own rounding
-    q[rows, a] = 0.0
-    t = q.sum(axis=1)
-    log1p_t = np.log1p(t)
-    total = y.sum(axis=1)
-    with np.errstate(invalid="ignore"):
-        # y_j (m - x_j) >= 0; zero label mass contributes exactly 0 even where x_j = -inf.
-        gaps = np.where(y > 0, y * -d, 0.0)
-    loss = gaps.sum(axis=1) + total * log1p_t
+def _dense(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    if labels.ndim == 2:
+        return np.asarray(labels, np.float64)
+    y = np.zeros(logits.shape)
+    y[np.arange(logits.shape[0]), labels] = 1.0
+    return y
 
-    q[rows, a] = 1.0
-    denom = 1.0 + t
-    grad = q / denom[:, None] * total[:, None] - y
-    # At the argmax p_a * sum(y) - y_a would cancel when p_a ~ 1; rewrite it as
-    # (sum_{j != a} y_j - y_a * t) / (1 + t), whose two terms are exact-ish and rarely close.
-    y_a = y[rows, a]
-    others = np.where(np.arange(y.shape[1]) == a[:, None], 0.0, y).sum(axis=1)
-    grad[rows, a] = (others - y_a * t) / denom
-    return Reference(loss, np.zeros(n), grad, "float64")
+
+# A block smaller than this is not worth a thread of its own.
+_MIN_BLOCK_ENTRIES = 1 << 16
+_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_WORKERS or 1, thread_name_prefix="xentaudit-kernel")
+
+
+def _in_blocks(n: int, c: int, work: Callable[[int, int], None]) -> None:
+    """Run ``work(lo, hi)`` over blocks of the n rows (of c entries), one block per thread."""
+    blocks = min(_WORKERS or 1, n, max(1, n * c // _MIN_BLOCK_ENTRIES))
+    bounds = [n * i // blocks for i in range(blocks + 1)]
+    if blocks == 1:
+        work(0, n)
+    else:
+        list(_pool().map(work, bounds[:-1], bounds[1:]))
+
+
+def _cross_entropy_float64(x: np.ndarray, labels: np.ndarray) -> Reference:
+    n, c = x.shape
+    x = np.ascontiguousarray(x, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    dtype = np.float64 if labels.ndim == 2 else np.int64
+    labels = np.ascontiguousarray(labels, dtype=dtype)
+    loss, grad, size = np.empty(n), np.empty((n, c)), np.empty(n)
+
+    def work(lo: int, hi: int) -> None:
+        _kernel.cross_entropy(
+            hi - lo, c, x[lo:hi], labels[lo:hi], loss[lo:hi], grad[lo:hi], size[lo:hi]
+        )
+
+    _in_blocks(n, c, work)
+    return Reference(loss, np.zeros(n), grad, size, "float64")
+
+
+def grad_error(grad: np.ndarray, exact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, max_j |grad - exact| and max_j |grad| (NaN where ``grad`` has a NaN).
+
+    ``grad`` (n, C) is an implementation's gradient (float32 or float64), ``exact`` the
+    reference's (float64); the differences are taken in float64.
+    """
+    n, c = grad.shape
+    grad = np.ascontiguousarray(grad, dtype=np.float32 if grad.dtype == np.float32 else np.float64)
+    exact = np.ascontiguousarray(exact, dtype=np.float64)
+    err, size = np.empty(n), np.empty(n)
+
+    def work(lo: int, hi: int) -> None:
+        _kernel.grad_error(hi - lo, c, grad[lo:hi], exact[lo:hi], err[lo:hi], size[lo:hi])
+
+    _in_blocks(n, c, work)
+    return err, size
 
 
 def _cross_entropy_mpmath(x: np.ndarray, y: np.ndarray) -> Reference:
@@ -127,4 +162,4 @@ def _cross_entropy_mpmath(x: np.ndarray, y: np.ndarray) -> Reference:
             loss[i] = float(exact)
             loss_lo[i] = float(exact - loss[i]) if mpmath.isfinite(exact) else 0.0
             grad[i] = [float(q[j] / (1 + t) * total - w[j]) for j in range(c)]
-    return Reference(loss, loss_lo, grad, "mpmath")
+    return Reference(loss, loss_lo, grad, np.abs(grad).max(axis=1), "mpmath")

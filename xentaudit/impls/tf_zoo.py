@@ -103,7 +103,8 @@ def loss_fn(name: str) -> LossFn:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one implementation computed: per-row losses and the gradient, as float64."""
+    """What one implementation computed: per-row losses (float64) and the gradient (float32 or
+    float64, as computed)."""
 
     loss: np.ndarray
     grad: np.ndarray
@@ -155,16 +156,18 @@ def run(
     eps: float,
     mode: str,
     logits: np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     classes: np.ndarray | None,
 ) -> Outcome:
     """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph").
 
-    ``logits`` and ``labels`` are numpy arrays already in the audited dtype.
+    ``logits`` and ``labels`` (dense label weights, or ``None`` for the one-hot of ``classes``)
+    are numpy arrays already in the audited dtype. The gradient comes back in the logits'
+    dtype, float16 and bfloat16 widened (exactly) to float32.
     """
     x = tf.constant(logits)
-    y = tf.constant(labels)
     k = tf.constant(classes if classes is not None else np.zeros(logits.shape[0]), dtype=tf.int32)
+    y = tf.constant(labels) if labels is not None else tf.one_hot(k, logits.shape[1], dtype=x.dtype)
     e = tf.constant(eps, dtype=x.dtype)
     if mode == "eager":
         step = _with_gradient(loss_fn(name))
@@ -189,8 +192,9 @@ def run(
         loss, grad = step(x, y, k, e)
     else:
         loss, grad = _run_user(name, step, x, y, k, e)
+    g = grad.numpy()
     return Outcome(
         np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
-        np.asarray(grad.numpy(), dtype=np.float64),
+        g if g.dtype in (np.float32, np.float64) else g.astype(np.float32),
         loss.dtype.name,
     )
