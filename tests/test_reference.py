@@ -205,6 +205,7 @@ def test_exp_is_within_one_ulp_of_mpmath() -> None:
 FLOAT32_ROWS = {
     # rows whose differences x_j - max(x) are not exact in float64: TwoSum must catch them
     "tiny entry beside 30": ([30.0, 1e-9, -2.5e-12, 0.5], 1),
+    "tiny entry is the runner-up": ([30.0, 1.5e-9], 0),  # x_1 - 30 is off by 7.5 ulps
     "tiny max, far entries": ([1e-12, -500.0, -300.0625], 0),
     "tiny max, label far": ([3e-11, -700.0, -20.0], 1),
     "float32 extremes": ([3.4e38, -3.4e38, 1e-45], 2),

@@ -207,6 +207,46 @@ GRAD_ERROR_DEF(grad_error_f64, double)
 EXTREMES_DEF(extremes_f32, float, v16f, v16i)
 EXTREMES_DEF(extremes_f64, double, v8d, v8l)
 
+/* Whether every x_j - m is exact in float64 for this float32 row (mt its maximum, mn its
+   minimum), so that TwoSum can be skipped. Two float32 numbers whose magnitudes are within a
+   factor 2^27 of each other are integer multiples of 2^-24 times the smaller one, and their
+   difference is below 2^28 times it: 52 bits, exact in float64. Zeros are exact too. */
+static INLINE int float32_differences_exact(const float *x, Py_ssize_t n, float mt, float mn) {
+    double m = fabs((double)mt), hi = fabs((double)mn) > m ? fabs((double)mn) : m;
+    if (m == 0.0) return 1;
+    if (!(hi <= 0x1p27 * m)) return 0; /* -inf, or a logit far larger than the maximum */
+    uint32_t low = 0xffffffffu;        /* smallest nonzero |x_j|, as bits, minus one */
+    for (Py_ssize_t j = 0; j < n; j++) {
+        uint32_t b;
+        memcpy(&b, x + j, sizeof b);
+        b = (b & 0x7fffffffu) - 1u; /* zero wraps to the largest value */
+        low = b < low ? b : low;
+    }
+    uint32_t bits = low + 1u;
+    float smallest;
+    memcpy(&smallest, &bits, sizeof smallest);
+    return (double)smallest >= 0x1p-27 * m;
+}
+
+static INLINE int float64_differences_exact(const double *x, Py_ssize_t n, double mt, double mn) {
+    (void)x, (void)n, (void)mt, (void)mn;
+    return 0; /* float64 logits always take TwoSum */
+}
+
+/* q_j = exp(x_j - m)(1 + e_j) into g, for the x_j - m >= NORMAL_MIN; TWOSUM 0 when e_j = 0. */
+#define EXP_PASS(T, TWOSUM)                                                     \
+    for (Py_ssize_t j = 0; j < n; j++) {                                        \
+        double xj = (double)x[j];                                               \
+        double d = xj - m;                                                      \
+        double p = exp_normal(d);                                               \
+        if (TWOSUM) {                                                           \
+            double bb = d - xj;                                                 \
+            double e = (xj - (d - bb)) + (-m - bb);                             \
+            p = fma(p, e, p);                                                   \
+        }                                                                       \
+        g[j] = p;                                                               \
+    }
+
 /* Compensated sum of y_j * (m - x_j) over the j with y_j > 0 (0 * -inf contributes 0). */
 #define GAPS_DEF(NAME, T)                                                       \
     static INLINE double NAME(const T *x, const double *y, Py_ssize_t n, double m) { \
@@ -217,7 +257,7 @@ EXTREMES_DEF(extremes_f64, double, v8d, v8l)
     }
 
 /* One row: q_j into g (exp pass), then the sums, the loss and the gradient (scale pass). */
-#define ROW_DEF(NAME, GAPS, EXTREMES, T)                                                  \
+#define ROW_DEF(NAME, GAPS, EXTREMES, EXACT, T)                                 \
     GAPS_DEF(GAPS, T)                                                           \
     CLONES static void NAME(const T *x, Py_ssize_t n, const double *y, int64_t k, \
                             double *loss, double *g, double *size) {            \
@@ -225,13 +265,10 @@ EXTREMES_DEF(extremes_f64, double, v8d, v8l)
         EXTREMES(x, n, &mt, &mn);                                               \
         Py_ssize_t a = FIRST_##EXTREMES(x, n, mt); /* numpy's argmax */         \
         double m = (double)mt;                                                  \
-        for (Py_ssize_t j = 0; j < n; j++) {                                    \
-            double xj = (double)x[j];                                           \
-            double d = xj - m;                                                  \
-            double bb = d - xj;                                                 \
-            double e = (xj - (d - bb)) + (-m - bb);                             \
-            double p = exp_normal(d);                                           \
-            g[j] = fma(p, e, p);                                                \
+        if (EXACT(x, n, mt, mn)) {                                              \
+            EXP_PASS(T, 0)                                                      \
+        } else {                                                                \
+            EXP_PASS(T, 1)                                                      \
         }                                                                       \
         if ((double)mn - m < NORMAL_MIN) /* subnormal, zero or -inf terms */    \
             for (Py_ssize_t j = 0; j < n; j++) {                                \
@@ -261,24 +298,32 @@ EXTREMES_DEF(extremes_f64, double, v8d, v8l)
         }                                                                       \
         *loss = gaps + total * log1p(t);                                        \
         double scale = total / denom;                                           \
-        if (y == NULL) {                                                        \
+        uint64_t big = 0; /* max_j |g_j|, as bits */                            \
+        if (y == NULL) { /* g_a = 0 here; g_k is set after the loop */          \
             double q_k = g[k];                                                  \
-            for (Py_ssize_t j = 0; j < n; j++) g[j] *= scale;                   \
+            g[k] = 0.0;                                                         \
+            for (Py_ssize_t j = 0; j < n; j++) {                                \
+                g[j] *= scale;                                                  \
+                uint64_t b = abs_bits(g[j]);                                    \
+                big = b > big ? b : big;                                        \
+            }                                                                   \
             g[k] = fma(q_k, scale, -1.0);                                       \
+            g[a] = fma(-y_a, t, others) / denom;                                \
+            big = abs_bits(g[k]) > big ? abs_bits(g[k]) : big;                  \
+            big = abs_bits(g[a]) > big ? abs_bits(g[a]) : big;                  \
         } else {                                                                \
             for (Py_ssize_t j = 0; j < n; j++) g[j] = fma(g[j], scale, -y[j]);  \
-        }                                                                       \
-        g[a] = fma(-y_a, t, others) / denom;                                    \
-        uint64_t big = 0;                                                       \
-        for (Py_ssize_t j = 0; j < n; j++) {                                    \
-            uint64_t b = abs_bits(g[j]);                                        \
-            big = b > big ? b : big;                                            \
+            g[a] = fma(-y_a, t, others) / denom;                                \
+            for (Py_ssize_t j = 0; j < n; j++) {                                \
+                uint64_t b = abs_bits(g[j]);                                    \
+                big = b > big ? b : big;                                        \
+            }                                                                   \
         }                                                                       \
         *size = from_bits(big);                                                 \
     }
 
-ROW_DEF(row_f32, gaps_f32, extremes_f32, float)
-ROW_DEF(row_f64, gaps_f64, extremes_f64, double)
+ROW_DEF(row_f32, gaps_f32, extremes_f32, float32_differences_exact, float)
+ROW_DEF(row_f64, gaps_f64, extremes_f64, float64_differences_exact, double)
 
 /* Borrow a C-contiguous buffer of `items` items in struct format `format` ("f", "d" or "q"). */
 static int get(PyObject *obj, Py_buffer *b, int writable, const char *format, Py_ssize_t items,

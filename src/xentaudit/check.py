@@ -232,7 +232,7 @@ def check_file(
     without labels every row is audited against its predicted class and against its worst-case
     class (the smallest logit, which maximises the loss). ``impls`` default to every registered
     implementation but the deliberate misuse ``double_softmax``; ``dtypes`` to the file's own.
-    Rows are read ``chunk_rows`` at a time (default: about a million logits per chunk).
+    Rows are read ``chunk_rows`` at a time (default: about 4M logits per chunk).
     """
     modes = tuple(modes)
     check_options([eps], rtol, modes)
