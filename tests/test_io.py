@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -48,12 +49,21 @@ def test_truncated_npy_is_an_input_error(tmp_path) -> None:
 def test_sparse_dense_and_soft_labels() -> None:
     x = np.zeros((2, 3))
     sparse = prepare(x, np.array([2, 0]))
-    assert sparse.classes.tolist() == [2, 0]
-    assert sparse.labels.tolist() == [[0, 0, 1], [1, 0, 0]]
+    assert sparse.classes.tolist() == [2, 0] and sparse.weights is None  # no one-hot matrix
     one_hot = prepare(x, np.array([[0, 1, 0], [0, 0, 1.0]]))
     assert one_hot.classes.tolist() == [1, 2]
+    assert one_hot.weights.tolist() == [[0, 1, 0], [0, 0, 1]]
     soft = prepare(x, np.array([[0.5, 0.5, 0], [0, 0, 1.0]]))
     assert soft.classes is None
+
+
+def test_audited_formats_are_kept_and_other_numbers_become_float64() -> None:
+    labels = np.array([0, 1])
+    for dtype in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):
+        x = np.array([[1.5, -2.0], [0.25, 3.0]], dtype=dtype)
+        kept = prepare(x, labels).logits
+        assert kept.dtype == x.dtype and np.array_equal(kept, x)
+    assert prepare(np.array([[1, 2], [3, 4]]), labels).logits.dtype == np.float64
 
 
 def test_leading_axes_are_flattened_and_one_row_is_allowed() -> None:

@@ -107,24 +107,32 @@ typedef float v16f __attribute__((vector_size(64)));
 typedef int64_t v8l __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 
-/* Compensated sum of v[0..n): TwoSum in 8 lanes, the lanes then summed the same way. */
+/* v8 accumulation s + c += w, error-free per lane (TwoSum) */
+static INLINE void vadd2(v8d *s, v8d *c, v8d w) {
+    v8d t = *s + w;
+    v8d bp = t - *s;
+    *c += (*s - (t - bp)) + (w - bp);
+    *s = t;
+}
+
+/* Compensated sum of v[0..n): TwoSum in 4 x 8 independent lanes (so that the additions
+   pipeline), the lanes then summed the same way. */
 static INLINE double csum(const double *v, Py_ssize_t n) {
-    v8d s = {0}, c = {0};
+    v8d s[4] = {{0}}, c[4] = {{0}};
     Py_ssize_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        v8d w, t, bp;
-        memcpy(&w, v + j, sizeof w);
-        t = s + w;
-        bp = t - s;
-        c += (s - (t - bp)) + (w - bp);
-        s = t;
-    }
+    for (; j + 32 <= n; j += 32)
+        for (int u = 0; u < 4; u++) {
+            v8d w;
+            memcpy(&w, v + j + 8 * u, sizeof w);
+            vadd2(&s[u], &c[u], w);
+        }
     double hi = 0.0, lo = 0.0;
     for (; j < n; j++) add2(&hi, &lo, v[j]);
-    for (int l = 0; l < 8; l++) {
-        add2(&hi, &lo, s[l]);
-        lo += c[l];
-    }
+    for (int u = 0; u < 4; u++)
+        for (int l = 0; l < 8; l++) {
+            add2(&hi, &lo, s[u][l]);
+            lo += c[u][l];
+        }
     return hi + lo;
 }
 
@@ -160,48 +168,36 @@ static INLINE double from_bits(uint64_t b) {
 GRAD_ERROR_DEF(grad_error_f32, float)
 GRAD_ERROR_DEF(grad_error_f64, double)
 
-/* Largest and smallest of x[0..n) (no NaN), V lanes of type VT at a time. */
+/* Largest and smallest of x[0..n) (no NaN), and the first index of the largest (numpy's
+   argmax), W lanes of type VT at a time with the index of each lane's maximum alongside. */
 #define EXTREMES_DEF(NAME, T, VT, VI)                                           \
-    static INLINE void NAME(const T *x, Py_ssize_t n, T *top, T *low) {         \
+    static INLINE Py_ssize_t NAME(const T *x, Py_ssize_t n, T *top, T *low) {   \
         enum { W = sizeof(VT) / sizeof(T) };                                    \
         VT hi, lo;                                                              \
-        for (int l = 0; l < W; l++) hi[l] = lo[l] = x[0];                       \
+        VI at = {0}, lane;                                                      \
+        for (int l = 0; l < W; l++) hi[l] = lo[l] = x[0], lane[l] = l;          \
         Py_ssize_t j = 0;                                                       \
-        for (; j + W <= n; j += W) {                                            \
+        for (; j + W <= n && j + W < (Py_ssize_t)1 << 31; j += W) {             \
             VT v;                                                               \
             memcpy(&v, x + j, sizeof v);                                        \
             VI up = v > hi, down = v < lo;                                      \
             hi = (VT)(((VI)v & up) | ((VI)hi & ~up));                           \
             lo = (VT)(((VI)v & down) | ((VI)lo & ~down));                       \
+            at = ((lane + (VI){0} + (int)j) & up) | (at & ~up);                  \
         }                                                                       \
         T mt = hi[0], mn = lo[0];                                               \
+        Py_ssize_t a = at[0];                                                   \
         for (int l = 1; l < W; l++) {                                           \
-            mt = hi[l] > mt ? hi[l] : mt;                                       \
+            if (hi[l] > mt || (hi[l] == mt && at[l] < a)) mt = hi[l], a = at[l]; \
             mn = lo[l] < mn ? lo[l] : mn;                                       \
         }                                                                       \
         for (; j < n; j++) {                                                    \
-            mt = x[j] > mt ? x[j] : mt;                                         \
+            if (x[j] > mt) mt = x[j], a = j;                                    \
             mn = x[j] < mn ? x[j] : mn;                                         \
         }                                                                       \
         *top = mt;                                                              \
         *low = mn;                                                              \
-    }                                                                           \
-    /* The first j with x[j] == v (v occurs in x). */                           \
-    static INLINE Py_ssize_t FIRST_##NAME(const T *x, Py_ssize_t n, T v) {      \
-        enum { W = sizeof(VT) / sizeof(T) };                                    \
-        VT want;                                                                \
-        for (int l = 0; l < W; l++) want[l] = v;                                \
-        Py_ssize_t j = 0;                                                       \
-        for (; j + W <= n; j += W) {                                            \
-            VT block;                                                           \
-            memcpy(&block, x + j, sizeof block);                                \
-            VI eq = block == want;                                              \
-            VI any = eq;                                                        \
-            for (int l = 1; l < W; l++) any[0] |= eq[l];                        \
-            if (any[0]) break;                                                  \
-        }                                                                       \
-        while (x[j] != v) j++;                                                  \
-        return j;                                                               \
+        return a;                                                               \
     }
 
 EXTREMES_DEF(extremes_f32, float, v16f, v16i)
@@ -262,8 +258,7 @@ static INLINE int float64_differences_exact(const double *x, Py_ssize_t n, doubl
     CLONES static void NAME(const T *x, Py_ssize_t n, const double *y, int64_t k, \
                             double *loss, double *g, double *size) {            \
         T mt, mn;                                                               \
-        EXTREMES(x, n, &mt, &mn);                                               \
-        Py_ssize_t a = FIRST_##EXTREMES(x, n, mt); /* numpy's argmax */         \
+        Py_ssize_t a = EXTREMES(x, n, &mt, &mn);                                \
         double m = (double)mt;                                                  \
         if (EXACT(x, n, mt, mn)) {                                              \
             EXP_PASS(T, 0)                                                      \

@@ -11,7 +11,6 @@ import json
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import IO
 
@@ -41,20 +40,6 @@ class Batch:
     @property
     def shape(self) -> tuple[int, int]:
         return self.logits.shape  # type: ignore[return-value]
-
-    @cached_property
-    def labels(self) -> np.ndarray:
-        """Dense float64 label weights (n, C): ``weights``, or the one-hot of ``classes``."""
-        if self.weights is not None:
-            return self.weights
-        return one_hot(self.classes, self.shape[1], np.float64)  # type: ignore[arg-type]
-
-
-def one_hot(classes: np.ndarray, c: int, dtype: np.dtype | type) -> np.ndarray:
-    """Rows of ``c`` zeros with a one at each of ``classes``."""
-    y = np.zeros((classes.shape[0], c), dtype=dtype)
-    y[np.arange(classes.shape[0]), classes] = 1
-    return y
 
 
 def as_float(x: np.ndarray) -> np.ndarray:
