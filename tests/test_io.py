@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xentaudit.errors import InputError
-from xentaudit.io import load_array, prepare
+from xentaudit.io import bad_logit_rows, load_array, prefetched, prepare
 
 
 def test_inline_json_and_npy_load(tmp_path) -> None:
@@ -100,3 +100,28 @@ def test_many_bad_rows_are_summarised() -> None:
     x = np.full((9, 2), np.nan)
     with pytest.raises(InputError, match="rows 0, 1, 2, 3, 4 and 4 more"):
         prepare(x, np.zeros(9, dtype=int))
+
+
+def test_bad_logit_rows_from_one_row_maximum() -> None:
+    for dtype in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):
+        x = np.array(
+            [[0.0, 1.0], [np.nan, 1.0], [np.inf, 0.0], [-np.inf, -np.inf], [-np.inf, 2.0]],
+            dtype=dtype,
+        )
+        masks = bad_logit_rows(x)
+        assert np.flatnonzero(masks["NaN"]).tolist() == [1]
+        assert np.flatnonzero(masks["+inf"]).tolist() == [2]
+        assert np.flatnonzero(masks["-inf only"]).tolist() == [3]
+
+
+def test_prefetched_keeps_order_and_hands_on_the_producers_error() -> None:
+    def produce():
+        yield from range(5)
+        raise InputError("truncated at item 5")
+
+    got = []
+    with pytest.raises(InputError, match="item 5"):
+        for item in prefetched(produce()):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+    assert list(prefetched(iter([]))) == []

@@ -37,6 +37,7 @@ from xentaudit.io import (
     bad_logit_rows,
     describe_rows,
     open_arrays,
+    prefetched,
     prepare,
 )
 from xentaudit.results import Check, CheckResult, Skipped, WorstRow
@@ -257,7 +258,7 @@ def check_file(
     skipped: dict[tuple[str, str], Skipped] = {}
     sources = _label_sources(label_source)
     refused = False
-    for offset, x, y in _chunks(logits, label_source, chunk_rows):
+    for offset, x, y in prefetched(_chunks(logits, label_source, chunk_rows)):
         for problem, mask in bad_logit_rows(x).items():
             if mask.any():
                 bad[problem].append(np.flatnonzero(mask) + offset)

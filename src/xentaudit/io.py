@@ -10,9 +10,10 @@ import contextlib
 import json
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -21,6 +22,7 @@ from xentaudit.dtypes import FORMATS
 from xentaudit.errors import InputError
 
 _SHOWN_ROWS = 5  # how many offending row indices an error message lists
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,22 @@ class ArraySource:
                     )
                 yield np.frombuffer(data, dtype=self.dtype).reshape(n, per_row)
                 left -= n
+
+
+_END = object()
+
+
+def prefetched(items: Iterator[T]) -> Iterator[T]:
+    """Yield ``items`` while the next one is produced in a background thread.
+
+    For chunked reads: the file read (and a ``.npz`` member's CRC check) of the next chunk
+    overlaps the audit of this one. Exceptions reach the consumer at the item that raised them.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xentaudit-read") as reader:
+        ahead = reader.submit(next, items, _END)
+        while (item := ahead.result()) is not _END:
+            ahead = reader.submit(next, items, _END)
+            yield item
 
 
 @contextlib.contextmanager

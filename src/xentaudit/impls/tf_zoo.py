@@ -192,7 +192,7 @@ def run(
         loss, grad = step(x, y, k, e)
     else:
         loss, grad = _run_user(name, step, x, y, k, e)
-    g = grad.numpy()
+    g = np.asarray(grad)  # a view of the tensor's buffer: .numpy() would copy it
     return Outcome(
         np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
         g if g.dtype in (np.float32, np.float64) else g.astype(np.float32),
