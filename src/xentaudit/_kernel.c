@@ -229,17 +229,19 @@ static INLINE int float64_differences_exact(const double *x, Py_ssize_t n, doubl
     return 0; /* float64 logits always take TwoSum */
 }
 
+/* The error e of d = fl(x - m): d + e == x - m exactly (Knuth's TwoSum). */
+static INLINE double difference_error(double x, double m, double d) {
+    double bb = d - x;
+    return (x - (d - bb)) + (-m - bb);
+}
+
 /* q_j = exp(x_j - m)(1 + e_j) into g, for the x_j - m >= NORMAL_MIN; TWOSUM 0 when e_j = 0. */
 #define EXP_PASS(T, TWOSUM)                                                     \
     for (Py_ssize_t j = 0; j < n; j++) {                                        \
         double xj = (double)x[j];                                               \
         double d = xj - m;                                                      \
         double p = exp_normal(d);                                               \
-        if (TWOSUM) {                                                           \
-            double bb = d - xj;                                                 \
-            double e = (xj - (d - bb)) + (-m - bb);                             \
-            p = fma(p, e, p);                                                   \
-        }                                                                       \
+        if (TWOSUM) p = fma(p, difference_error(xj, m, d), p);                  \
         g[j] = p;                                                               \
     }
 
@@ -270,10 +272,8 @@ static INLINE int float64_differences_exact(const double *x, Py_ssize_t n, doubl
                 double xj = (double)x[j];                                       \
                 double d = xj - m;                                              \
                 if (d < NORMAL_MIN) {                                           \
-                    double bb = d - xj;                                         \
-                    double e = (xj - (d - bb)) + (-m - bb);                     \
                     double p = exp_full(d);                                     \
-                    g[j] = p == 0.0 ? 0.0 : fma(p, e, p);                       \
+                    g[j] = p == 0.0 ? 0.0 : fma(p, difference_error(xj, m, d), p); \
                 }                                                               \
             }                                                                   \
         g[a] = 0.0;                                                             \

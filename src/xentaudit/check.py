@@ -42,7 +42,7 @@ from xentaudit.io import (
 )
 from xentaudit.results import Check, CheckResult, Skipped, WorstRow
 
-CHUNK_ENTRIES = 1 << 22  # logits per chunk by default: ~100 MB of work arrays (float64 gradients)
+CHUNK_ENTRIES = 1 << 21  # logits per chunk by default: ~50 MB of work arrays (float64 gradients)
 WORST_ROWS = 5
 HISTOGRAM = (  # buckets of the relative loss error, by upper bound (NaN counts as > 1)
     ("0", 0.0),
@@ -233,7 +233,7 @@ def check_file(
     without labels every row is audited against its predicted class and against its worst-case
     class (the smallest logit, which maximises the loss). ``impls`` default to every registered
     implementation but the deliberate misuse ``double_softmax``; ``dtypes`` to the file's own.
-    Rows are read ``chunk_rows`` at a time (default: about 4M logits per chunk).
+    Rows are read ``chunk_rows`` at a time (default: about 2M logits per chunk).
     """
     modes = tuple(modes)
     check_options([eps], rtol, modes)

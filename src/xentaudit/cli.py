@@ -299,7 +299,7 @@ def sweep(
     "--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default: the file's)."
 )
 @click.option("--eps", type=float, default=1e-7, show_default=True, help="Clip of `clipped`.")
-@click.option("--chunk-rows", type=int, help="Rows read at a time (default: ~4M logits a chunk).")
+@click.option("--chunk-rows", type=int, help="Rows read at a time (default: ~2M logits a chunk).")
 @click.option("--output", metavar="FILE", help="Write the report here (atomically), not stdout.")
 @click.option(
     "--config",
