@@ -4,16 +4,19 @@
    weights y >= 0), with a the first argmax, m = x_a and d_j + e_j = x_j - m exactly (TwoSum):
 
        q_j  = exp(d_j) (1 + e_j)                  (j != a; q_a = 1)
-       t    = sum_{j != a} q_j                     (compensated: 8 TwoSum lanes)
+       t    = sum_{j != a} q_j                     (compensated: 32 TwoSum lanes)
        L    = sum_j y_j (m - x_j) + sum(y) log1p(t)
        g_j  = q_j sum(y) / (1 + t) - y_j,   g_a = (sum_{j != a} y_j - y_a t) / (1 + t)
 
-   the formula of reference.py, fused into two passes over each row so that a row's work stays
-   in cache. exp is computed here rather than by libm so that the loop vectorises: Cody-Waite
-   reduction d = k ln2 + r, |r| <= ln2/2, and the degree-13 Taylor polynomial of exp(r) (its
-   truncation error is below 2^-57), evaluated with fused multiply-adds; the result is scaled
-   by 2^k in two exact steps so that subnormal results are rounded once. tests/test_reference.py
-   measures it against mpmath (within 1 ulp).
+   the formula of reference.py, in a few passes over each row while it stays in cache: the
+   extremes and argmax, the exponentials, the sums, the gradient and its largest magnitude.
+   On float32 rows whose differences x_j - m are provably exact, e_j = 0 and TwoSum is skipped.
+   exp is computed here rather than by libm so that the loop vectorises: Cody-Waite reduction
+   d = k ln2 + r, |r| <= ln2/2, and the degree-13 Taylor polynomial of exp(r) (its truncation
+   error is below 2^-57), evaluated with fused multiply-adds and scaled by 2^k exactly; the few
+   terms below exp(-708), whose results may be subnormal, are redone with 2^k applied in two
+   exact halves so that they are rounded once. tests/test_reference.py measures exp against
+   mpmath (within 1 ulp) and the whole against mpmath on adversarial rows.
 
    Every operation is an IEEE operation or an explicit fma, compiled with -ffp-contract=off, so
    the results are the same whichever instruction-set clone runs. The GIL is released while a
