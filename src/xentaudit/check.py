@@ -160,9 +160,8 @@ def _lint(batch: Batch, fmt: FloatFormat) -> dict[str, np.ndarray]:
         probs[probs] = np.abs(x[probs].sum(axis=1, dtype=np.float64) - 1) <= tol
     logprobs = top <= 0
     if logprobs.any():
-        rows = x[logprobs].astype(np.float64)
-        peak = rows.max(axis=1, keepdims=True)
-        lse = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
+        peak = top[logprobs].astype(np.float64)
+        lse = peak + np.log(np.exp(x[logprobs] - peak[:, None]).sum(axis=1))
         logprobs[logprobs] = np.abs(lse) <= tol
     finite_max = np.maximum(np.abs(top), np.abs(low)).astype(np.float64)
     if not np.isfinite(low).all():  # -inf logits: the largest finite magnitude instead
