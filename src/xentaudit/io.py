@@ -45,8 +45,11 @@ class Batch:
 
 
 def as_float(x: np.ndarray) -> np.ndarray:
-    """``x`` as float32 or float64 for numpy arithmetic: float16 and bfloat16 widen exactly."""
-    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+    """``x`` as float32 or float64 for numpy arithmetic and the reference kernel: float16 and
+    bfloat16 widen (exactly) to float32, anything else but float32 becomes float64."""
+    if x.dtype in (np.float32, np.float64):
+        return x
+    return x.astype(np.float32 if x.dtype.name in ("float16", "bfloat16") else np.float64)
 
 
 def load_array(spec: str, option: str) -> np.ndarray:

@@ -40,6 +40,7 @@ import mpmath
 import numpy as np
 
 from xentaudit import _kernel
+from xentaudit.io import as_float
 
 MPMATH_DIGITS = 50
 # An mpmath exp at 50 digits costs ~10 us here, so 20,000 entries keep the exact reference under
@@ -109,14 +110,9 @@ def _in_blocks(n: int, c: int, work: Callable[[int, int], None]) -> None:
         list(_pool().map(work, bounds[:-1], bounds[1:]))
 
 
-def _kernel_dtype(values: np.ndarray) -> type:
-    """float32 for the formats that widen to it exactly, float64 for everything else."""
-    return np.float32 if values.dtype.name in ("float16", "bfloat16", "float32") else np.float64
-
-
 def _cross_entropy_float64(x: np.ndarray, labels: np.ndarray) -> Reference:
     n, c = x.shape
-    x = np.ascontiguousarray(x, dtype=_kernel_dtype(x))
+    x = np.ascontiguousarray(as_float(x))
     dtype = np.float64 if labels.ndim == 2 else np.int64
     labels = np.ascontiguousarray(labels, dtype=dtype)
     loss, grad, size = np.empty(n), np.empty((n, c)), np.empty(n)
@@ -137,7 +133,7 @@ def grad_error(grad: np.ndarray, exact: np.ndarray) -> tuple[np.ndarray, np.ndar
     reference's (float64); the differences are taken in float64.
     """
     n, c = grad.shape
-    grad = np.ascontiguousarray(grad, dtype=_kernel_dtype(grad))
+    grad = np.ascontiguousarray(as_float(grad))
     exact = np.ascontiguousarray(exact, dtype=np.float64)
     err, size = np.empty(n), np.empty(n)
 

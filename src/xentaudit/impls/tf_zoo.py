@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from xentaudit.errors import ConfigError
 from xentaudit.impls import user_loss
+from xentaudit.io import as_float
 
 if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
     tf.get_logger().setLevel("ERROR")  # retracing notices and the like, unless asked for
@@ -192,9 +193,8 @@ def run(
         loss, grad = step(x, y, k, e)
     else:
         loss, grad = _run_user(name, step, x, y, k, e)
-    g = np.asarray(grad)  # a view of the tensor's buffer: .numpy() would copy it
     return Outcome(
         np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
-        g if g.dtype in (np.float32, np.float64) else g.astype(np.float32),
+        as_float(np.asarray(grad)),  # np.asarray views the tensor's buffer; .numpy() copies it
         loss.dtype.name,
     )
