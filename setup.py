@@ -6,7 +6,7 @@ setup(
     ext_modules=[
         Extension(
             "xentaudit._kernel",
-            ["src/xentaudit/_kernel.c"],
+            ["xentaudit/_kernel.c"],
             # IEEE operations and explicit fma only: no contraction, no reassociation, so the
             # compensated sums stay error-free and every instruction-set clone agrees.
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno"],
