@@ -14,6 +14,7 @@ import pytest
 from xentaudit import audit
 from xentaudit.audit import grade, round_to
 from xentaudit.dtypes import FORMATS
+from xentaudit.flags import FLAGS
 from xentaudit.io import prepare
 from xentaudit.reference import cross_entropy
 
@@ -245,3 +246,110 @@ def test_downcast_allowance_keeps_keras_float64_rounding_from_reading_as_diverge
     for r in a.results:
         assert "downcast" in r.flags and "divergent" not in r.flags, r.flags
         assert r.max_rel_err > 8 * np.finfo(np.float32).eps  # the allowance is what saves it
+
+
+# --- tolerances that know the vocabulary size ------------------------------------------------
+# Random rows (standard normal x 3, random labels), as a language model's logits look: the
+# rounding of a C-term float32 sum enters every softmax entry, which the (8 + ceil(log2 C)) eps
+# gradient tolerance allows for. Every correct implementation passes at every size, both modes.
+CORRECT = (
+    "naive",
+    "shifted",
+    "log_softmax",
+    "tf_softmax_xent",
+    "tf_sparse_softmax_xent",
+    "keras_cce_logits",
+    "keras_cce_softmax_layer",
+    "keras_scce_logits",
+)
+
+
+@pytest.mark.parametrize(("classes", "rows"), [(3, 512), (1000, 96), (32000, 24), (256000, 4)])
+def test_correct_implementations_pass_on_random_rows_of_any_vocabulary(classes, rows) -> None:
+    rng = np.random.default_rng(classes)
+    x = (rng.standard_normal((rows, classes)) * 3).astype(np.float32)
+    a = audit(x, rng.integers(0, classes, rows), impls=CORRECT, dtypes=["float32", "float64"])
+    for r in a.results:  # informational flags (zero-loss, Keras' float64 downcast) aside
+        assert not [f for f in r.flags if FLAGS[f].failing], (r.impl, r.dtype, r.mode, r.flags)
+
+
+@pytest.mark.parametrize("classes", [4096, 16384])
+def test_a_float16_sum_over_a_large_vocabulary_is_still_flagged(classes) -> None:
+    # The autodiff of x - max(x) sends the rounding error of the float16 sum of C softmax
+    # entries (exactly 0 in exact arithmetic) to the argmax entry. At scale 0.1 every entry is
+    # about 1/C (2.4e-4, 6e-5), at or below half the float16 spacing of partial sums near 1/2
+    # and 1/4, so each addition loses a large part of it or all of it: an error of 0.1 to 1,
+    # far past (8 + k) eps16 = 0.02. The fused op sums in float32 and passes.
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, classes)) * 0.1
+    a = audit(x, rng.integers(0, classes, 4), impls=["shifted", "tf_softmax_xent"],
+              dtypes=["float16"], modes=["eager"])  # fmt: skip
+    shifted, fused = a.results
+    assert shifted.flags == ("grad-wrong",)
+    assert shifted.grad_max_abs_err > 4 * (8 + math.ceil(math.log2(classes))) * 2.0**-10
+    assert not [f for f in fused.flags if f != "zero-loss"], fused.flags
+
+
+# --- masked logits (-inf) ----------------------------------------------------------------------
+# Row 0 masks a class off the label, row 1 puts the label on the masked class (exact loss +inf),
+# row 2 has no mask. What each implementation does follows from its formula:
+# * dense formulas -sum_j y_j log p_j (or y_j * log-softmax_j), fused ops included, multiply the
+#   masked class's y_j = 0 by log p_j = -inf: 0 * -inf = NaN on row 0; on row 1 the label's
+#   y = 1 times -inf gives +inf, which is right;
+# * sparse formulas read only the label's log-probability: right on every row;
+# * clipping formulas (Keras' clip to [eps, 1 - eps]) read -ln(eps) on row 1, a finite loss
+#   where the exact one is infinite (divergent), and the clip's zero derivative kills the
+#   gradient there (grad-vanish); Keras in float32 inside tf.function recovers the logits and
+#   uses the dense fused op instead;
+# * naive and shifted differentiate through log(p) at p = 0: 0 * (1/0) = NaN in the gradient;
+# * double_softmax treats the probabilities as logits: finite and wrong everywhere masked.
+MASKED = np.array([[0.0, -np.inf, 1.0], [0.0, -np.inf, 1.0], [0.5, -0.25, 1.0]])
+MASKED_LABELS = np.array([2, 1, 0])
+DENSE = ("log_softmax", "tf_softmax_xent", "keras_cce_logits", "keras_cce_softmax_layer")
+SPARSE = ("tf_sparse_softmax_xent", "keras_scce_logits")
+
+
+def _expected_masked(impl: str, dtype: str, mode: str) -> list[tuple[str, ...]]:
+    recovered = impl == "keras_cce_probs" and dtype == "float32" and mode == "graph"
+    if impl in SPARSE:
+        return [(), (), ()]
+    if impl in DENSE or recovered:
+        return [("nan",), (), ()]
+    if impl in ("naive", "shifted"):
+        return [("nan", "grad-nan"), ("grad-nan",), ()]
+    if impl in ("clipped", "keras_cce_probs"):
+        return [(), ("divergent", "grad-vanish"), ()]
+    raise AssertionError(impl)
+
+
+@pytest.mark.parametrize("dtype", ALL)
+def test_masked_logits_are_audited_in_every_dtype_with_flags_from_each_formula(dtype) -> None:
+    a = audit(MASKED, MASKED_LABELS, impls=["all"], dtypes=[dtype])
+    assert not a.skipped  # -inf is not an overflow: nothing is skipped
+    assert len(a.results) == 2 * 11
+    for r in a.results:
+        assert math.isinf(r.reference_rows[1]) and r.reference_rows[1] > 0
+        if r.impl == "double_softmax":
+            assert "divergent" in r.row_flags[0] and "divergent" in r.row_flags[1]
+            continue
+        assert list(r.row_flags) == _expected_masked(r.impl, dtype, r.mode), (r.impl, r.mode)
+        if r.impl in SPARSE:
+            assert r.loss_rows[1] == math.inf
+
+
+def test_a_finite_loss_where_the_exact_loss_is_infinite_is_infinitely_wrong() -> None:
+    a = audit(MASKED[1:2], MASKED_LABELS[1:2], impls=["clipped"], modes=["eager"])
+    (r,) = a.results
+    assert r.loss == pytest.approx(-math.log(1e-7), rel=1e-6)  # float32 clip
+    assert r.flags == ("divergent", "grad-vanish") and r.max_rel_err == math.inf
+
+
+def test_clipped_at_several_eps_is_told_apart_in_the_table_and_verdict() -> None:
+    from xentaudit.report import table
+
+    a = audit(SEED * 10, SEED_LABELS, impls=["clipped"], eps=[1e-7, 1e-30], modes=["eager"])
+    assert [r.eps for r in a.results] == [1e-7, 1e-30]
+    v = a.verdict()
+    assert [(f.impl, f.eps) for f in v.failing] == [("clipped", 1e-7)]  # 1e-30 clips nothing
+    text = table.render(a, title="t")
+    assert "clipped eps=1e-07" in text and "clipped eps=1e-30" in text

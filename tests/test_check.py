@@ -193,3 +193,42 @@ def test_bfloat16_roundtrip_value_is_what_ml_dtypes_wrote(tmp_path) -> None:
     assert np.array_equal(
         chunk.astype(np.float64), values.astype(ml_dtypes.bfloat16).astype(np.float64)
     )
+
+
+def test_masked_logits_are_audited_in_a_narrower_dtype(tmp_path) -> None:
+    # -inf is a masked class, not an overflow: a float32 file with -inf checks in float16. The
+    # sparse loss reads only the label's log-probability and is right on every row; the
+    # clipping Keras loss reads -ln(1e-7) where the label sits on the masked class (exact +inf).
+    x = np.array([[0.0, -np.inf, 1.0], [0.0, -np.inf, 1.0]], np.float32)
+    np.savez(tmp_path / "m.npz", logits=x, labels=np.array([2, 1]))
+    c = check_file(
+        tmp_path / "m.npz",
+        impls=["tf_sparse_softmax_xent", "keras_cce_probs"],
+        dtypes=["float16"],
+        modes=["eager"],
+    )
+    sparse, keras = c.results
+    assert sparse.flags == () and sparse.dtype == "float16"
+    assert keras.flag_counts == {"divergent": 1, "grad-vanish": 1}
+    assert keras.worst_rows[0].row == 1 and keras.worst_rows[0].exact == np.inf
+
+
+def test_labels_may_be_an_array_and_eps_may_be_several(tmp_path) -> None:
+    # Labels given inline (the CLI's --labels JSON) override the .npz's; `clipped` runs once per
+    # eps: at 1e-7 it caps row 1's loss of 30 at -ln(1e-7) = 16.1, at 1e-30 it does not.
+    c = check_file(
+        FIXTURES / "seed_scale10.npz",
+        labels=np.array([0, 1]),
+        impls=["clipped"],
+        eps=[1e-7, 1e-30],
+        modes=["eager"],
+    )
+    assert [r.eps for r in c.results] == [1e-7, 1e-30]
+    assert "divergent" in c.results[0].flags and "divergent" not in c.results[1].flags
+    assert c.labels == "--labels"
+    flipped = check_file(FIXTURES / "seed_scale10.npz", labels=np.array([1, 0]),
+                         impls=["tf_sparse_softmax_xent"], modes=["eager"])  # fmt: skip
+    # The labels really came from the array: LSE(10 [3, 1, 1]) - 10 = 20 and LSE(10 [-1, 2, 5])
+    # + 10 = 60 (to 1e-9), where the file's labels give 4e-9 and 30.
+    exact = sorted(w.exact for w in flipped.results[0].worst_rows)
+    assert exact == pytest.approx([20.0, 60.0], rel=1e-9)

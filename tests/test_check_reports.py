@@ -1,8 +1,10 @@
 """`check`'s CI-facing parts: JUnit (parsed as XML), GitHub annotations, the step summary,
-[tool.xentaudit] precedence, users' own losses, and the input lint."""
+[tool.xentaudit] precedence, users' own losses (and through one, that a NaN error is the worst),
+and the input lint."""
 
 from __future__ import annotations
 
+import math
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -46,13 +48,18 @@ def test_github_annotations() -> None:
     lines = run(SEED, *FAST, "--format", "github").stdout.splitlines()
     errors = [line for line in lines if line.startswith("::error ")]
     notices = [line for line in lines if line.startswith("::notice ")]
-    assert len(errors) == 1 and "title=xentaudit keras_cce_probs float32 eager::" in errors[0]
+    # one error for the failing result, and the failing verdict last
+    assert len(errors) == 2 and "title=xentaudit keras_cce_probs float32 eager::" in errors[0]
     assert "divergent on 1 of 2 rows" in errors[0]
+    assert errors[1] == lines[-1] and "title=xentaudit verdict::FAIL: 1 of 2 results" in errors[1]
     # zero-loss is informational: a notice, never an error
     assert notices and all("zero-loss" in line for line in notices)
-    # the colon in a title is escaped as the workflow-command syntax requires
-    lint = run(SEED, *FAST, "--format", "github", "--fail-on", "nan").stdout
-    assert "::error" not in lint
+    passing = run(SEED, *FAST, "--format", "github", "--fail-on", "nan").stdout.splitlines()
+    assert not [line for line in passing if line.startswith("::error")]
+    assert (
+        passing[-1].startswith("::notice file=")
+        and "title=xentaudit verdict::PASS: " in passing[-1]
+    )
 
 
 def test_step_summary_is_appended_when_github_step_summary_is_set(tmp_path) -> None:
@@ -61,7 +68,9 @@ def test_step_summary_is_appended_when_github_step_summary_is_set(tmp_path) -> N
     result = run(SEED, *FAST, env={"GITHUB_STEP_SUMMARY": str(summary)})
     text = summary.read_text()
     assert result.exit_code == 1 and text.startswith("earlier step\n")
-    assert "### xentaudit check" in text and "**FAIL**" in text
+    assert (
+        "### xentaudit check" in text and "**FAIL**: 1 of 2 results fire a --fail-on flag" in text
+    )
     assert "| keras_cce_probs float32 eager | `divergent` 1, `grad-vanish` 1 |" in text
 
 
@@ -147,6 +156,41 @@ def test_a_users_loss_is_audited_with_autodiff_gradients(losses) -> None:
     assert {"divergent", "grad-vanish"} <= set(by_impl["clipped"].flags)
     worst = by_impl["clipped"].worst_rows[0]
     assert worst.row == 1 and worst.loss == pytest.approx(float(-np.log(np.float32(1e-7))))
+
+
+MARKED_LOSS = """
+import tensorflow as tf
+
+def marked(labels, logits):
+    # the fused loss, tripled on rows whose first logit is 5 and NaN on rows whose first is 7
+    loss = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    first = logits[:, 0]
+    one = tf.ones_like(loss)
+    factor = tf.where(first == 7, one * float("nan"), tf.where(first == 5, one * 3, one))
+    return loss * factor
+"""
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1])
+def test_a_nan_error_is_the_worst_row_and_counts_above_1(tmp_path, chunk_rows) -> None:
+    (tmp_path / "marked.py").write_text(MARKED_LOSS)
+    logits = np.array([[5, 8, 0], [1, 0, 0], [7, 0, 0]], dtype=np.float32)
+    np.savez(tmp_path / "x.npz", logits=logits, labels=np.array([0, 0, 0]))
+    check = check_file(
+        tmp_path / "x.npz", impls=[f"{tmp_path / 'marked.py'}:marked"], modes=["eager"],
+        chunk_rows=chunk_rows,
+    )  # fmt: skip
+    (r,) = check.results
+    # row 0: exact L = log(e^5 + e^8 + 1) - 5 > 1, read as 3L: relative error 2L / L = 2, finite
+    # and above 1; row 2 (later, so the earlier-row tie-break cannot put it first) is NaN.
+    exact0 = math.log(math.exp(5) + math.exp(8) + 1) - 5
+    assert [w.row for w in r.worst_rows] == [2, 0, 1]
+    assert math.isnan(r.worst_rows[0].loss) and math.isnan(r.worst_rows[0].rel_err)
+    assert r.worst_rows[1].exact == pytest.approx(exact0, rel=1e-12)
+    assert r.worst_rows[1].rel_err == pytest.approx(2, rel=1e-6)  # float32: a few ulps of 3L
+    assert r.error_histogram[">1"] == 2 and sum(r.error_histogram.values()) == 3
+    assert math.isnan(r.max_rel_err)
+    assert [w.row for w in check.verdict().rows_at_risk] == [2, 0]
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,15 @@
-"""The command line: output shape, exit codes and one-line errors (click's CliRunner), and the
-promise that `xentaudit --help` never imports TensorFlow (a real subprocess)."""
+"""The command line: output shape, exact exit codes and one-line errors (click's CliRunner, with
+exceptions never swallowed), and what it does to the process: `xentaudit --help` never imports
+TensorFlow, the library never touches the environment or file descriptor 2 (real subprocesses)."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,15 +17,32 @@ from click.testing import CliRunner
 
 from xentaudit import SCHEMA_VERSION, __version__
 from xentaudit.cli import cli
+from xentaudit.flags import CHECK_FAIL_ON
 
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+SEED = str(FIXTURES / "seed_scale10.npz")
 RESULT_KEYS = {
     "impl", "dtype", "mode", "output_dtype", "loss", "reference", "loss_rows",
     "reference_rows", "max_rel_err", "grad_max_abs_err", "flags",
 }  # fmt: skip
+FAST = ("--impl", "tf_softmax_xent", "--mode", "eager")
 
 
 def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
+    # The CLI sets TF_CPP_MIN_LOG_LEVEL when it is unset; the runner puts it back afterwards.
+    return CliRunner().invoke(
+        cli, list(args), catch_exceptions=False, env={"TF_CPP_MIN_LOG_LEVEL": None}
+    )
+
+
+def one_line_error(result, code: int = 2) -> str:
+    """The single stderr line of a failed command, after checking the exit code and stdout."""
+    assert result.exit_code == code, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "Traceback" not in result.stderr
+    return lines[0]
 
 
 def test_compare_default_shows_the_keras_clip_case() -> None:
@@ -63,15 +84,74 @@ def test_compare_inline_logits_all_dtypes_json_spells_out_nan() -> None:
     assert all(r["flags"] == [] for r in doc["results"] if r["impl"] == "tf_softmax_xent")
 
 
+@pytest.mark.parametrize("minus_inf", ['"-inf"', '"-Infinity"', '"-INF"', "-Infinity"])
+def test_compare_inline_json_takes_masked_logits(minus_inf: str) -> None:
+    result = run(
+        "compare", "--logits", f"[[0, {minus_inf}, 1]]", "--labels", "[2]",
+        "--impl", "tf_sparse_softmax_xent", "--mode", "eager", "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    (r,) = json.loads(result.stdout)["results"]
+    # exact: log(e^0 + e^-inf + e^1) - 1 = log1p(e^-1); the masked class adds nothing
+    assert r["reference"] == pytest.approx(math.log1p(math.exp(-1)), rel=1e-15)
+    assert r["flags"] == []  # the sparse op never multiplies 0 by the -inf logit
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [('"nan"', "logits contain NaN in row 0"), ('"Infinity"', "logits contain +inf in row 0")],
+)
+def test_inline_nan_and_plus_inf_are_refused_as_in_files(tmp_path, value: str, message: str):
+    inline = one_line_error(run("compare", "--logits", f"[[0, {value}]]", "--labels", "[1]"))
+    np.save(tmp_path / "x.npy", np.array([[0.0, json.loads(value)]]).astype(float))
+    np.save(tmp_path / "y.npy", np.array([1]))
+    from_file = one_line_error(
+        run("compare", "--logits", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"))
+    )
+    assert message in inline and inline == from_file
+
+
 def test_compare_reads_npy_files(tmp_path) -> None:
     np.save(tmp_path / "x.npy", np.array([[2.0, 0.0, -1.0]], dtype=np.float32))
     np.save(tmp_path / "y.npy", np.array([0]))
     result = run(
         "compare", "--logits", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
-        "--impl", "log_softmax", "--format", "json",
+        "--impl", "log_softmax", "--mode", "eager", "--format", "json",
     )  # fmt: skip
     assert result.exit_code == 0
     assert json.loads(result.stdout)["results"][0]["flags"] == []
+
+
+def test_compare_reads_what_check_reads_npz_labels_and_keys_and_bfloat16() -> None:
+    # Labels from the .npz itself: the seed at scale 10, where Keras' eager clip diverges.
+    base = ("--impl", "keras_cce_probs", "--mode", "eager", "--format", "json")
+    seed = run("compare", "--logits", SEED, *base, "--fail-on", "divergent")
+    assert seed.exit_code == 1
+    doc = json.loads(seed.stdout)
+    assert (doc["rows"], doc["scale"]) == (2, 1.0)
+    # row 0: log1p(2 e^-20); row 1: 30 + log1p(e^-30 + e^-60)
+    exact = (math.log1p(2 * math.exp(-20)) + 30 + math.log1p(math.exp(-30))) / 2
+    assert doc["results"][0]["reference"] == pytest.approx(exact, rel=1e-15)
+    keys = run(
+        "compare", "--logits", str(FIXTURES / "bad" / "wrong_keys.npz"), "--logits-key", "x",
+        "--labels-key", "y", *FAST,
+    )  # fmt: skip
+    assert keys.exit_code == 0 and "16 rows x 10 classes" in keys.stdout
+    # bfloat16 saved by ml_dtypes as the anonymous 2-byte dtype, labels inline
+    bf16 = run(
+        "compare", "--logits", str(FIXTURES / "clean_bf16.npy"), "--labels", json.dumps([0] * 16),
+        *FAST, "--dtype", "bfloat16",
+    )  # fmt: skip
+    assert bf16.exit_code == 0 and "16 rows x 10 classes" in bf16.stdout
+
+
+def test_eps_is_repeatable_in_compare() -> None:
+    result = run(
+        "compare", "--impl", "clipped", "--mode", "eager", "--eps", "1e-7", "--eps", "1e-12",
+        "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0
+    assert [r["eps"] for r in json.loads(result.stdout)["results"]] == [1e-7, 1e-12]
 
 
 def test_fail_on_sets_exit_code_one() -> None:
@@ -80,31 +160,112 @@ def test_fail_on_sets_exit_code_one() -> None:
     assert run(*base, "--fail-on", "nan,inf").exit_code == 0
 
 
+def test_empty_fail_on_means_no_flag_in_every_command() -> None:
+    keras = ("--impl", "keras_cce_probs", "--mode", "eager")
+    assert run("check", SEED, *keras).exit_code == 1  # check's default fails on divergent
+    assert run("check", SEED, *keras, "--fail-on", "").exit_code == 0
+    assert run("check", SEED, *keras, "--fail-on", "none").exit_code == 0
+    assert run("compare", *keras, "--fail-on", "").exit_code == 0
+
+
+def test_help_shows_the_real_fail_on_defaults_and_the_exit_codes() -> None:
+    check_help = "".join(run("check", "--help").stdout.split())  # click breaks at hyphens
+    assert f"[default:{','.join(CHECK_FAIL_ON)}]" in check_help
+    assert "[default:none]" in "".join(run("compare", "--help").stdout.split())
+    top = " ".join(run("--help").stdout.split())
+    assert "2 usage or input error, 3 internal error" in top
+
+
+def test_check_takes_inline_json_labels_like_a_labels_file(tmp_path) -> None:
+    np.save(tmp_path / "x.npy", np.array([[3, 1, 1], [-1, 2, 5]], dtype=np.float32) * 10)
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    args = ("check", str(tmp_path / "x.npy"), "--impl", "keras_cce_probs", "--mode", "eager")
+    inline = run(*args, "--labels", "[0, 1]", "--format", "json")
+    from_file = run(*args, "--labels", str(tmp_path / "y.npy"), "--format", "json")
+    assert inline.exit_code == from_file.exit_code == 1
+    got, want = json.loads(inline.stdout), json.loads(from_file.stdout)
+    assert got["labels"] == "--labels" and want["labels"] == str(tmp_path / "y.npy")
+    assert got["results"] == want["results"]
+
+
+def test_check_eps_is_repeatable_from_the_command_line_and_the_config(tmp_path) -> None:
+    clipped = ("--impl", "clipped", "--mode", "eager", "--format", "json")
+    result = run("check", SEED, *clipped, "--eps", "1e-7", "--eps", "1e-12")
+    assert [r["eps"] for r in json.loads(result.stdout)["results"]] == [1e-7, 1e-12]
+    config = tmp_path / "pyproject.toml"
+    config.write_text("[tool.xentaudit]\neps = [1e-3, 1e-7]\n")
+    result = run("check", SEED, *clipped, "--config", str(config))
+    assert [r["eps"] for r in json.loads(result.stdout)["results"]] == [1e-3, 1e-7]
+    config.write_text("[tool.xentaudit]\neps = []\n")
+    line = one_line_error(run("check", SEED, *clipped, "--config", str(config)))
+    assert "eps must be a number or a non-empty list of numbers" in line
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--logits", "[[1, 2]", "--labels", "[0]"], "neither a .npy file nor valid JSON"),
+        (["--logits", '[[1, "big"]]', "--labels", "[0]"], "the JSON has the string 'big'"),
         (["--logits", "[[1, 2]]", "--labels", "[[1, 0, 0]]"], "do not fit logits"),
         (["--impl", "nope"], "unknown implementation 'nope'"),
         (["--dtype", "float8"], "unknown dtype 'float8'"),
         (["--logits", "[[NaN, 1]]", "--labels", "[0]"], "NaN in row 0"),
         (["--logits", "[[1, 2]]", "--labels", "[5]"], "out of range"),
-        (["--logits", "[[1, 2]]"], "--logits and --labels together"),
+        (["--logits", "[[1, 2]]"], "--logits came without labels; pass --labels"),
+        (["--labels", "[0]"], "--labels came without --logits"),
+        (["--logits", "nope.npy", "--labels", "[0]"], "no such file: nope.npy"),
+        (["--logits", SEED, "--labels-key", "y"], "has no array 'y' for the labels"),
+        (
+            ["--logits", str(FIXTURES / "bad" / "wrong_keys.npz")],
+            "has no array 'logits' (it has x, y); pass --logits-key",
+        ),
+        (["--logits", str(FIXTURES / "bad" / "pickled.npy"), "--labels", "[0]"], "unpickles"),
         (["--eps", "-1"], "--eps must lie in"),
         (["--rtol", "0"], "--rtol must be a positive number"),
         (["--fail-on", "oops"], "unknown flag 'oops'"),
         (["--mode", "lazy"], "Invalid value for '--mode'"),
+        (["--zzz"], "No such option '--zzz'; see 'xentaudit compare --help'"),
+        (["--logit", "[[1]]"], "No such option '--logit'. (Did you mean one of: '--logits'"),
         (["--scale", "inf"], "--scale must be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    result = run("compare", *args)
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xentaudit: error:")
-    assert message in lines[0]
-    assert "Traceback" not in result.output
+    line = one_line_error(run("compare", *args))
+    assert line.startswith("xentaudit: error:") and message in line
+
+
+def test_check_output_that_cannot_be_written_is_a_usage_error(tmp_path) -> None:
+    line = one_line_error(run("check", SEED, *FAST, "--output", str(tmp_path)))  # a folder
+    assert f"--output: cannot write {tmp_path} (Is a directory); pick a writable path" in line
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
+
+
+def test_a_bug_is_one_line_and_exit_3_and_verbose_shows_the_traceback(monkeypatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("the reader fell over\nsecond line of detail")
+
+    monkeypatch.setattr("xentaudit.cli.load_inputs", broken)
+    args = ("compare", "--logits", "[[1, 2]]", "--labels", "[0]")
+    line = one_line_error(run(*args), 3)
+    assert line == (
+        "xentaudit: internal error: ValueError: the reader fell over "
+        "(run with -v for the traceback)"
+    )
+    verbose = run("-v", *args)
+    assert verbose.exit_code == 3 and verbose.stdout == ""
+    assert verbose.stderr.startswith("Traceback (most recent call last):")
+    assert 'raise ValueError("the reader fell over' in verbose.stderr
+    last = verbose.stderr.strip().splitlines()[-1]
+    assert last == "xentaudit: internal error: ValueError: the reader fell over"
+
+
+def test_user_errors_stay_exit_2_and_ctrl_c_exit_130(monkeypatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("xentaudit.cli.load_inputs", interrupted)
+    result = run("compare", "--logits", "[[1, 2]]", "--labels", "[0]")
+    assert result.exit_code == 130 and "xentaudit: aborted" in result.stderr
 
 
 def test_version() -> None:
@@ -112,24 +273,21 @@ def test_version() -> None:
     assert result.exit_code == 0 and __version__ in result.stdout
 
 
-def test_help_does_not_import_tensorflow() -> None:
+def test_help_and_list_do_not_import_tensorflow() -> None:
     code = (
         "import sys\n"
         "from xentaudit.cli import cli\n"
-        "try:\n"
-        "    cli(['--help'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "for command in ('compare', 'sweep', 'check'):\n"
+        "for args in (['--help'], ['list'], ['list', '--format', 'json'],\n"
+        "             *([c, '--help'] for c in ('compare', 'sweep', 'check'))):\n"
         "    try:\n"
-        "        cli([command, '--help'])\n"
-        "    except SystemExit:\n"
-        "        pass\n"
+        "        cli(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, (args, exc.code)\n"
         "print('TF' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'clean')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("clean")
-    assert "compare" in out.stdout and "--scales" in out.stdout
+    assert "compare" in out.stdout and "--scales" in out.stdout and "keras_cce_probs" in out.stdout
 
 
 def test_python_dash_m_runs_the_cli_without_tensorflow_noise() -> None:
@@ -137,8 +295,28 @@ def test_python_dash_m_runs_the_cli_without_tensorflow_noise() -> None:
         [sys.executable, "-m", "xentaudit", "compare", "--impl", "log_softmax", "--mode", "eager"],
         capture_output=True,
         text=True,
-        env={k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
     )
     assert out.returncode == 0
     assert "log_softmax" in out.stdout
     assert out.stderr == ""  # TensorFlow's start-up log lines are kept from the user
+
+
+def test_the_python_api_leaves_the_environment_and_stderr_alone() -> None:
+    code = (
+        "import logging, os, sys\n"
+        "before = os.fstat(2)\n"
+        "import xentaudit\n"
+        "xentaudit.audit([[0.0, 1.0]], [1], impls=['log_softmax'], modes=['eager'])\n"
+        "after = os.fstat(2)\n"
+        "os.write(2, b'fd 2 still reaches stderr\\n')\n"
+        "print('tensorflow' in sys.modules, 'TF_CPP_MIN_LOG_LEVEL' in os.environ,\n"
+        "      (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino),\n"
+        "      logging.getLogger('tensorflow').level)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.split() == ["True", "False", "True", str(0)]  # logging.NOTSET
+    assert "fd 2 still reaches stderr" in out.stderr

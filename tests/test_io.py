@@ -2,26 +2,70 @@
 
 from __future__ import annotations
 
+import re
+
 import ml_dtypes
 import numpy as np
 import pytest
 
 from xentaudit.errors import InputError
-from xentaudit.io import bad_logit_rows, load_array, prefetched, prepare
+from xentaudit.io import (
+    ArraySource,
+    bad_logit_rows,
+    load_inputs,
+    open_arrays,
+    parse_json,
+    prefetched,
+    prepare,
+)
+
+
+def logits_of(spec: str) -> np.ndarray:
+    return load_inputs(spec, "[0]")[0]
 
 
 def test_inline_json_and_npy_load(tmp_path) -> None:
     path = tmp_path / "x.npy"
     np.save(path, np.array([[1.0, 2.0]], dtype=np.float32))
-    assert load_array(str(path), "--logits").dtype == np.float32
-    assert load_array("[[1, 2.5]]", "--logits").tolist() == [[1.0, 2.5]]
+    assert logits_of(str(path)).dtype == np.float32
+    assert logits_of("[[1, 2.5]]").tolist() == [[1.0, 2.5]]
+
+
+def test_inline_json_spells_non_finite_numbers_as_strings_or_json_extensions() -> None:
+    got = parse_json(
+        '[[0, "-inf", "inf", "nan", "-Infinity", "INFINITY", "NaN", -Infinity, Infinity, NaN]]',
+        "--logits",
+    )
+    inf = np.inf
+    expected = [[0, -inf, inf, np.nan, -inf, inf, np.nan, -inf, inf, np.nan]]
+    assert got.dtype == np.float64 and np.array_equal(got, expected, equal_nan=True)
+
+
+def test_npz_labels_keys_and_bfloat16_are_read_as_check_reads_them(tmp_path) -> None:
+    x = np.array([[1.5, -2.25, 3.0]], dtype=ml_dtypes.bfloat16)
+    np.save(tmp_path / "b.npy", x)  # ml_dtypes writes the anonymous 2-byte dtype "V2"
+    got, labels = load_inputs(str(tmp_path / "b.npy"), "[2]")
+    assert got.dtype == ml_dtypes.bfloat16 and np.array_equal(got, x) and labels.tolist() == [2]
+    np.savez(tmp_path / "k.npz", a=x.astype(np.float32), b=np.array([1]))
+    got, labels = load_inputs(str(tmp_path / "k.npz"), None, "a", "b")
+    assert got.tolist() == [[1.5, -2.25, 3.0]] and labels.tolist() == [1]
+    # --labels wins over the .npz's own labels
+    assert load_inputs(str(tmp_path / "k.npz"), "[0]", "a", "b")[1].tolist() == [0]
+
+
+def test_arrays_in_memory_are_chunked_like_files(tmp_path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((5, 2), dtype=np.float32))
+    _, from_memory = open_arrays(tmp_path / "x.npy", np.arange(5), "logits", "labels")
+    assert from_memory is not None and from_memory.label == "--labels"
+    assert [c.ravel().tolist() for c in from_memory.chunks(2, 1)] == [[0, 1], [2, 3], [4]]
+    assert ArraySource.of(np.arange(3), "y").read().tolist() == [0, 1, 2]
 
 
 def test_pickled_npy_is_refused_not_unpickled(tmp_path) -> None:
     path = tmp_path / "obj.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="never unpickles"):
-        load_array(str(path), "--logits")
+        logits_of(str(path))
 
 
 @pytest.mark.parametrize(
@@ -29,21 +73,31 @@ def test_pickled_npy_is_refused_not_unpickled(tmp_path) -> None:
     [
         ("[[1, 2]", "neither a .npy file nor valid JSON"),
         ("[[1, 2], [3]]", "ragged"),
-        ('[["a"]]', "list of numbers"),
-        ("missing.npy", "no such file"),
+        ('[["a"]]', "the JSON has the string 'a'"),
+        ("[[1, {}]]", "list of numbers"),
+        ("missing.npy", "no such file: missing.npy"),
+        ("missing.npz", "no such file: missing.npz"),
     ],
 )
 def test_bad_specs(spec: str, message: str) -> None:
-    with pytest.raises(InputError, match=message):
-        load_array(spec, "--logits")
+    with pytest.raises(InputError, match=re.escape(message)):
+        logits_of(spec)
+
+
+def test_labels_are_needed_unless_the_npz_has_them(tmp_path) -> None:
+    np.savez(tmp_path / "x.npz", logits=np.zeros((1, 2)))
+    with pytest.raises(InputError, match="has no array 'labels' for the labels; pass --labels"):
+        load_inputs(str(tmp_path / "x.npz"), None)
+    with pytest.raises(InputError, match="--logits came without labels; pass --labels too"):
+        load_inputs("[[1, 2]]", None)
 
 
 def test_truncated_npy_is_an_input_error(tmp_path) -> None:
     path = tmp_path / "cut.npy"
     np.save(path, np.zeros((100, 10)))
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(InputError, match=r"cut\.npy"):
-        load_array(str(path), "--logits")
+    with pytest.raises(InputError, match=r"cut\.npy is truncated: it ends 98 rows early"):
+        logits_of(str(path))
 
 
 def test_sparse_dense_and_soft_labels() -> None:

@@ -10,30 +10,40 @@ __version__ = "0.1.0"
 from xentaudit.audit import audit
 from xentaudit.check import check_file
 from xentaudit.errors import XentauditError
+from xentaudit.flags import Advice
 from xentaudit.results import (
     SCHEMA_VERSION,
     Audit,
     BreakingPoint,
     Check,
     CheckResult,
+    FailingResult,
     ImplResult,
+    ModeDifference,
+    RowAtRisk,
     Skipped,
     Sweep,
     SweepCell,
+    Verdict,
     WorstRow,
 )
 from xentaudit.sweep import sweep
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Advice",
     "Audit",
     "BreakingPoint",
     "Check",
     "CheckResult",
+    "FailingResult",
     "ImplResult",
+    "ModeDifference",
+    "RowAtRisk",
     "Skipped",
     "Sweep",
     "SweepCell",
+    "Verdict",
     "WorstRow",
     "XentauditError",
     "__version__",

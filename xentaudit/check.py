@@ -20,10 +20,13 @@ from xentaudit import impls as zoo
 from xentaudit.audit import (
     Grades,
     Unrepresentable,
+    Variant,
     check_options,
     eps_used,
+    eps_values,
     round_to,
     run_graded,
+    variants,
     worst,
 )
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
@@ -181,11 +184,10 @@ def _audit_chunk(
     offset: int,
     sources: tuple[str, ...],
     formats: list[FloatFormat],
-    names: tuple[str, ...],
+    chosen: list[Variant],
     modes: tuple[str, ...],
-    eps: float,
     rtol: float | None,
-    tallies: dict[tuple[str, str, str, str], _Tally],
+    tallies: dict[tuple[str, str, float, str, str], _Tally],
     skipped: dict[tuple[str, str], Skipped],
 ) -> None:
     for source in sources:
@@ -199,15 +201,17 @@ def _audit_chunk(
                 rounded = round_to(labelled, fmt, method="float64")
             except Unrepresentable as exc:
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
-            for name in names:
+            for variant in chosen:
+                name = variant.impl
                 if zoo.get_impl(name).needs_classes and labelled.classes is None:
                     skipped[(name, fmt.name)] = Skipped(
                         name, fmt.name, "needs one-hot or integer labels"
                     )
                     continue
                 for mode in modes:
-                    outcome, grades = run_graded(name, eps, mode, rounded, rtol)
-                    tally = tallies.setdefault((source, name, fmt.name, mode), _Tally())
+                    outcome, grades = run_graded(name, variant.eps, mode, rounded, rtol)
+                    key = (source, name, variant.eps, fmt.name, mode)
+                    tally = tallies.setdefault(key, _Tally())
                     tally.output_dtype = outcome.output_dtype
                     tally.add(offset, outcome.loss, rounded.ref.loss, grades)
 
@@ -215,30 +219,36 @@ def _audit_chunk(
 def check_file(
     path: str | Path,
     *,
-    labels: str | Path | None = None,
+    labels: str | Path | np.ndarray | None = None,
     logits_key: str = "logits",
     labels_key: str = "labels",
     impls: Iterable[str] | None = None,
     dtypes: Iterable[str] | None = None,
     modes: Iterable[str] = zoo.MODES,
-    eps: float = 1e-7,
+    eps: float | Iterable[float] = 1e-7,
     rtol: float | None = None,
     chunk_rows: int | None = None,
     progress: Progress | None = None,
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
 
-    Labels come from ``labels`` (a ``.npy`` file), else from the ``.npz``'s ``labels_key``;
+    Labels come from ``labels`` (a ``.npy`` file, or an array such as inline JSON gives), else
+    from the ``.npz``'s ``labels_key``;
     without labels every row is audited against its predicted class and against its worst-case
     class (the smallest logit, which maximises the loss). ``impls`` default to every registered
     implementation but the deliberate misuse ``double_softmax``; ``dtypes`` to the file's own.
-    Rows are read ``chunk_rows`` at a time (default: about 2M logits per chunk).
+    ``eps`` is the clip of ``clipped`` (several values: it runs at each). Rows are read
+    ``chunk_rows`` at a time (default: about 2M logits per chunk).
     """
     modes = tuple(modes)
-    check_options([eps], rtol, modes)
-    names = zoo.parse_impls(impls if impls is not None else default_impls())
+    eps = eps_values(eps)
+    check_options(eps, rtol, modes)
+    chosen = variants(zoo.parse_impls(impls if impls is not None else default_impls()), eps)
     logits, label_source = open_arrays(
-        Path(path), Path(labels) if labels is not None else None, logits_key, labels_key
+        Path(path),
+        labels if labels is None or isinstance(labels, np.ndarray) else Path(labels),
+        logits_key,
+        labels_key,
     )
     _validate(logits, label_source)
     formats = [get_format(d) for d in parse_dtypes(dtypes or [logits.dtype.name])]
@@ -253,7 +263,7 @@ def check_file(
     bad: dict[str, list[np.ndarray]] = {problem: [] for problem in BAD_LOGITS}
     lint: Counter = Counter()
     file_fmt = FORMATS[logits.dtype.name]
-    tallies: dict[tuple[str, str, str, str], _Tally] = {}
+    tallies: dict[tuple[str, str, float, str, str], _Tally] = {}
     skipped: dict[tuple[str, str], Skipped] = {}
     sources = _label_sources(label_source)
     refused = False
@@ -266,7 +276,7 @@ def check_file(
             batch = prepare(x, y, offset) if y is not None else Batch(x, None, None)
             for flag, mask in _lint(batch, file_fmt).items():
                 lint[flag] += int(mask.sum())
-            _audit_chunk(batch, offset, sources, formats, names, modes, eps, rtol, tallies, skipped)
+            _audit_chunk(batch, offset, sources, formats, chosen, modes, rtol, tallies, skipped)
         if progress:
             progress(min(offset + chunk_rows, logits.rows), logits.rows)
     for problem, rows in bad.items():
@@ -280,7 +290,7 @@ def check_file(
             dtype=dtype,
             mode=mode,
             output_dtype=t.output_dtype,
-            eps=eps_used(name, eps),
+            eps=eps_used(name, clip),
             rows=t.rows,
             flags=tuple(f for f in FLAGS if t.counts.get(f)),
             flag_counts={f: t.counts[f] for f in FLAGS if t.counts.get(f)},
@@ -289,7 +299,7 @@ def check_file(
             worst_rows=tuple(row for _, row in sorted(t.worst, reverse=True)),
             error_histogram={label: t.histogram[label] for label, _ in HISTOGRAM},
         )
-        for (source, name, dtype, mode), t in tallies.items()
+        for (source, name, clip, dtype, mode), t in tallies.items()
     )
     return Check(
         path=str(path),

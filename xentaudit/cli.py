@@ -1,17 +1,22 @@
 """The command line: a thin click layer over the library.
 
 Parses options, calls the library, picks a renderer, writes, exits with the result's code.
-Every user error is one line on stderr and exit code 2; reports go to stdout.
+Every user error is one line on stderr and exit code 2; a bug is one line and exit code 3 (the
+traceback with -v); reports go to stdout. Only the command line quiets TensorFlow's logs: the
+library leaves the process's environment, logging and file descriptors alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +26,34 @@ from click.core import ParameterSource
 
 from xentaudit import __version__
 from xentaudit.audit import audit
+from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError, XentauditError
-from xentaudit.flags import FAILING, FLAGS
-from xentaudit.impls import MODES
-from xentaudit.io import load_array
+from xentaudit.flags import CHECK_FAIL_ON, FLAGS
+from xentaudit.grid import DEFAULT_EPS, DEFAULT_SCALES, parse_scales
+from xentaudit.impls import MODES, REGISTRY, load_tf
+from xentaudit.io import file_or_json, load_inputs
 from xentaudit.report import github as github_report
 from xentaudit.report import json as json_report
 from xentaudit.report import junit as junit_report
 from xentaudit.report import markdown as markdown_report
 from xentaudit.report import table as table_report
-from xentaudit.results import EXIT_USAGE
+from xentaudit.results import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, SCHEMA_VERSION
 
 SEED_LOGITS = [[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]
 SEED_LABELS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 SEED_SCALE = 10.0
-CHECK_FAIL_ON = tuple(f for f in FAILING if f != "grad-wrong")
+EXIT_INTERRUPTED = 130
+_PASSED_ON = (  # exceptions click or the handlers of `main` deal with: not bugs
+    click.ClickException,
+    click.exceptions.Exit,
+    click.exceptions.Abort,
+    XentauditError,
+    BrokenPipeError,
+)
 
 
 class _OneLineErrors(click.Group):
-    """Report usage and input errors as one line and exit 2, never a traceback."""
+    """Report usage and input errors as one line and exit 2, bugs as one line and exit 3."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -47,14 +61,35 @@ class _OneLineErrors(click.Group):
             code = super().main(*args, **kwargs)
         except click.exceptions.Abort:
             click.echo("xentaudit: aborted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except click.ClickException as exc:
-            click.echo(f"xentaudit: error: {exc.format_message()}", err=True)
+            message = exc.format_message().rstrip(".")
+            ctx = getattr(exc, "ctx", None)
+            suggested = "Did you mean" in message  # click's own how-to-fix
+            how = f"; see '{ctx.command_path} --help'" if ctx and not suggested else ""
+            click.echo(f"xentaudit: error: {message}{how}", err=True)
             sys.exit(EXIT_USAGE)
         except XentauditError as exc:
             click.echo(f"xentaudit: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         sys.exit(code or 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _PASSED_ON:
+            raise
+        except Exception as exc:
+            lines = str(exc).strip().splitlines()
+            what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+            if ctx.params.get("verbose"):
+                click.echo(traceback.format_exc(), err=True, nl=False)
+                click.echo(f"xentaudit: internal error: {what}", err=True)
+            else:
+                click.echo(
+                    f"xentaudit: internal error: {what} (run with -v for the traceback)", err=True
+                )
+            ctx.exit(EXIT_INTERNAL)
 
 
 def parse_flags(value: str) -> tuple[str, ...]:
@@ -66,8 +101,8 @@ def parse_flags(value: str) -> tuple[str, ...]:
     return names
 
 
-def shared_options(command: Callable) -> Callable:
-    """--mode, --rtol and --fail-on: the same for every command."""
+def shared_options(fail_on: Sequence[str] = ()) -> Callable[[Callable], Callable]:
+    """--mode, --rtol and --fail-on: the same for every command (``fail_on``: its default)."""
     options = [
         click.option(
             "--mode",
@@ -83,14 +118,33 @@ def shared_options(command: Callable) -> Callable:
         ),
         click.option(
             "--fail-on",
-            default="",
+            default=",".join(fail_on) or "none",
+            show_default=True,
             metavar="FLAGS",
-            help="Comma-separated flags that make the exit code 1 if they fire (default none).",
+            help="Comma-separated flags that make the exit code 1 if they fire ('' or none: "
+            "no flag).",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def eps_option(*default: float) -> Callable:
+    """--eps, repeatable: `clipped` runs once at each epsilon."""
+    return click.option(
+        "--eps",
+        "eps",
+        multiple=True,
+        type=float,
+        default=default,
+        show_default=True,
+        help="Clip of `clipped`; repeatable (it runs at each).",
+    )
 
 
 def format_option(*formats: str) -> Callable:
@@ -100,30 +154,65 @@ def format_option(*formats: str) -> Callable:
     )
 
 
-@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    name="xentaudit", cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="xentaudit")
-@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log output.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show TensorFlow's own log output, and the traceback of an internal error.",
+)
 def cli(verbose: bool) -> None:
     """Numerical-stability auditor for cross-entropy: which implementation lies, on your numbers.
 
-    Exit codes: 0 ok, 1 a --fail-on flag fired, 2 usage or input error.
+    Exit codes: 0 ok, 1 a --fail-on flag fired, 2 usage or input error, 3 internal error (a
+    bug: run with -v for the traceback and report it), 130 interrupted.
     """
+    # TensorFlow's C++ logs: shown with -v, as the user set TF_CPP_MIN_LOG_LEVEL, else hidden.
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
+        # Its Python logger (retracing notices and the like): TensorFlow does not reset the level.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def _load_tensorflow() -> None:
+    """Import TensorFlow before a command runs it. At log level 3 its C++ start-up lines, which
+    ignore TF_CPP_MIN_LOG_LEVEL and bypass Python, are sent to /dev/null."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3" or "tensorflow" in sys.modules:
+        load_tf()
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        load_tf()
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
 
 
 @cli.command()
 @click.option(
     "--logits",
-    metavar="FILE.npy|JSON",
-    help="Logits [..., C] as a .npy file or an inline JSON list (default: the seed input "
+    metavar="FILE|JSON",
+    help="Logits [..., C]: a .npy file, a .npz (with --logits-key), or an inline JSON list in "
+    'which "-inf", "inf", "nan" may stand for non-finite numbers (default: the seed input '
     "[[3,1,1],[-1,2,5]]).",
 )
 @click.option(
     "--labels",
-    metavar="FILE.npy|JSON",
-    help="Integer classes [...] or label weights [..., C] (default: the seed's [[1,0,0],[0,1,0]]).",
+    metavar="FILE|JSON",
+    help="Integer classes [...] or label weights [..., C]: a .npy file or inline JSON (default: "
+    "the .npz's --labels-key array; the seed's [[1,0,0],[0,1,0]]).",
 )
+@click.option("--logits-key", default="logits", show_default=True, help="Array name in a .npz.")
+@click.option("--labels-key", default="labels", show_default=True, help="Array name in a .npz.")
 @click.option(
     "--scale",
     type=float,
@@ -143,16 +232,18 @@ def cli(verbose: bool) -> None:
     metavar="NAME",
     help="Implementation to audit; repeatable (default: all).",
 )
-@click.option("--eps", type=float, default=1e-7, show_default=True, help="Clip of `clipped`.")
-@shared_options
+@eps_option(1e-7)
+@shared_options()
 @format_option("table", "json")
 def compare(
     logits: str | None,
     labels: str | None,
+    logits_key: str,
+    labels_key: str,
     scale: float | None,
     dtypes: tuple[str, ...],
     impls: tuple[str, ...],
-    eps: float,
+    eps: tuple[float, ...],
     mode: str,
     rtol: float | None,
     fail_on: str,
@@ -164,18 +255,21 @@ def compare(
     probabilities read 8.06 instead of 15.0.
     """
     fail_flags = parse_flags(fail_on)
-    if (logits is None) != (labels is None):
-        raise ConfigError("pass --logits and --labels together (or neither, for the seed input)")
     if logits is None:
+        if labels is not None:
+            raise ConfigError(
+                "--labels came without --logits; pass both (or neither, for the seed)"
+            )
         x, y = np.array(SEED_LOGITS), np.array(SEED_LABELS)
         scale = SEED_SCALE if scale is None else scale
     else:
-        x, y = load_array(logits, "--logits"), load_array(labels or "", "--labels")
+        x, y = load_inputs(logits, labels, logits_key, labels_key)
         scale = 1.0 if scale is None else scale
     if not np.isfinite(scale):
         raise ConfigError(f"--scale must be a finite number, got {scale}")
-    if x.dtype.kind in "biuf":
+    if x.dtype.kind in "biuf" or x.dtype.name == "bfloat16":  # audit refuses anything else
         x = x.astype(np.float64) * scale
+    _load_tensorflow()
     result = audit(
         x,
         y,
@@ -210,13 +304,7 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
 )
 @click.option("--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default all).")
 @click.option("--impl", "impls", multiple=True, metavar="NAME", help="Repeatable (default all).")
-@click.option(
-    "--eps",
-    "eps",
-    multiple=True,
-    type=float,
-    help="Epsilons to sweep `clipped` at; repeatable (default 1e-7, 1e-12, 1e-30).",
-)
+@eps_option(*DEFAULT_EPS)
 @click.option(
     "--pattern",
     "patterns",
@@ -232,7 +320,7 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
     "--vocab-rows", type=int, default=1, show_default=True, help="Rows of the vocab pattern."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random patterns.")
-@shared_options
+@shared_options()
 @format_option("table", "json")
 def sweep(
     scales_spec: str | None,
@@ -254,18 +342,18 @@ def sweep(
     Prints a grid per dtype, the epsilon grid of `clipped`, the breaking point of every
     implementation (the first scale at which a failing flag fires) and a summary.
     """
-    from xentaudit.grid import DEFAULT_EPS, DEFAULT_SCALES, parse_scales
     from xentaudit.sweep import sweep as run_sweep
 
     fail_flags = parse_flags(fail_on)
     scales = parse_scales(scales_spec) if scales_spec is not None else DEFAULT_SCALES
     color, width = _color_and_width(sys.stdout)
+    _load_tensorflow()
     with _progress() as progress:
         result = run_sweep(
             scales=scales,
             dtypes=dtypes or ("all",),
             impls=impls or ("all",),
-            eps=eps or DEFAULT_EPS,
+            eps=eps,
             patterns=patterns or ("all",),
             classes=classes,
             rows=rows,
@@ -285,7 +373,12 @@ def sweep(
 
 @cli.command()
 @click.argument("path", metavar="FILE")
-@click.option("--labels", "labels_path", metavar="FILE.npy", help="Labels, if not in the .npz.")
+@click.option(
+    "--labels",
+    metavar="FILE|JSON",
+    help="Integer classes [...] or label weights [..., C]: a .npy file or inline JSON (default: "
+    "the .npz's --labels-key array).",
+)
 @click.option("--logits-key", default="logits", show_default=True, help="Array name in a .npz.")
 @click.option("--labels-key", default="labels", show_default=True, help="Array name in a .npz.")
 @click.option(
@@ -298,7 +391,7 @@ def sweep(
 @click.option(
     "--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default: the file's)."
 )
-@click.option("--eps", type=float, default=1e-7, show_default=True, help="Clip of `clipped`.")
+@eps_option(1e-7)
 @click.option("--chunk-rows", type=int, help="Rows read at a time (default: ~2M logits a chunk).")
 @click.option("--output", metavar="FILE", help="Write the report here (atomically), not stdout.")
 @click.option(
@@ -307,16 +400,16 @@ def sweep(
     metavar="PYPROJECT",
     help="Read [tool.xentaudit] from this file (default: nearest pyproject.toml upwards).",
 )
-@shared_options
+@shared_options(CHECK_FAIL_ON)
 @format_option("table", "json", "junit", "github")
 def check(
     path: str,
-    labels_path: str | None,
+    labels: str | None,
     logits_key: str,
     labels_key: str,
     impls: tuple[str, ...],
     dtypes: tuple[str, ...],
-    eps: float,
+    eps: tuple[float, ...],
     chunk_rows: int | None,
     output: str | None,
     config_path: str | None,
@@ -327,14 +420,13 @@ def check(
 ) -> int:
     """Audit saved logits (.npy, or .npz with logits and labels): the CI gate.
 
-    Exit code 1 when a --fail-on flag fires on any row (default: nan, inf, divergent,
-    grad-nan, grad-inf, grad-blowup, grad-vanish), 0 otherwise, 2 for bad input.
+    Exit code 1 when a --fail-on flag fires on any row, 0 otherwise, 2 for bad input.
     """
     from xentaudit import config
     from xentaudit.check import check_file
 
     if output is not None and not Path(output).parent.is_dir():
-        raise ConfigError(f"--output: no such directory: {Path(output).parent}")
+        raise ConfigError(f"--output: no such directory: {Path(output).parent}; create it first")
     table, _ = config.load(Path(config_path) if config_path else None)
     ctx = click.get_current_context()
 
@@ -344,14 +436,17 @@ def check(
     impls = impls or tuple(table.get("impls", ()))
     dtypes = dtypes or tuple(table.get("dtypes", ()))
     if unset("fail_on") and "fail-on" in table:
-        fail_on = ",".join(table["fail-on"]) or "none"
+        fail_on = ",".join(table["fail-on"])
     rtol = rtol if rtol is not None else table.get("rtol")
-    eps = float(table["eps"]) if unset("eps") and "eps" in table else eps
-    fail_flags = parse_flags(fail_on) if fail_on else CHECK_FAIL_ON
+    if unset("eps") and "eps" in table:
+        eps = tuple(table["eps"]) if isinstance(table["eps"], list) else (table["eps"],)
+    fail_flags = parse_flags(fail_on)
+    label_input = None if labels is None else file_or_json(labels, "--labels")
+    _load_tensorflow()
     with _progress() as progress:
         result = check_file(
             path,
-            labels=labels_path,
+            labels=label_input,
             logits_key=logits_key,
             labels_key=labels_key,
             impls=impls or None,
@@ -381,8 +476,58 @@ def check(
     if output is None:
         click.echo(text, nl=False)
     else:
-        write_atomically(Path(output), text)
+        try:
+            write_atomically(Path(output), text)
+        except OSError as exc:
+            raise ConfigError(
+                f"--output: cannot write {output} ({exc.strerror}); pick a writable path"
+            ) from None
     return result.exit_code(fail_flags)
+
+
+@cli.command("list")
+@format_option("table", "json")
+def list_impls(fmt: str) -> int:
+    """List the built-in implementations.
+
+    For each: what it is, its backend and family, what it takes (logits or probabilities), the
+    label kinds and dtypes it accepts, and where its clip comes from. Imports no TensorFlow.
+    """
+    rows = [impl.describe() for impl in REGISTRY.values()]
+    if fmt == "json":
+        document = {"schema": SCHEMA_VERSION, "command": "list", "implementations": rows}
+        text = json.dumps(document, indent=2) + "\n"
+    else:
+        text = _list_table(rows, *_color_and_width(sys.stdout))
+    click.echo(text, nl=False)
+    return EXIT_OK
+
+
+def _list_table(rows: list[dict[str, str | list[str]]], color: bool, width: int) -> str:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    console = table_report._console(color, width)
+    console.print(f"xentaudit list: {len(rows)} built-in implementations")
+    # What each is, then the short facts: one table of all would squeeze the summaries.
+    for columns in (("name", "summary"), [c for c in rows[0] if c != "summary"]):
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+        for column in columns:
+            table.add_column(column, no_wrap=column == "name")
+        for row in rows:
+            table.add_row(*(Text(list_cell(row, column)) for column in columns))
+        console.print(table)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def list_cell(row: dict[str, str | list[str]], column: str) -> str:
+    """A cell of `xentaudit list`'s table (and of the README's): lists joined by commas, and
+    every dtype as ``all``, the word ``--dtype`` uses for them."""
+    value = row[column]
+    if column == "dtypes" and value == list(FORMATS):
+        return "all"
+    return ", ".join(value) if isinstance(value, list) else value
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -5,7 +5,7 @@ impls = ["tf_softmax_xent", "keras_cce_logits"]
 dtypes = ["float32", "bfloat16"]
 fail-on = ["nan", "inf", "divergent"]
 rtol = 1e-5
-eps = 1e-7
+eps = [1e-7, 1e-12]   # or one number
 """
 
 from __future__ import annotations
@@ -25,13 +25,21 @@ KEYS = {  # key -> (type check, what it must be)
     "impls": (lambda v: _strings(v), "a list of implementation names"),
     "dtypes": (lambda v: _strings(v), "a list of dtype names"),
     "fail-on": (lambda v: _strings(v), "a list of flag names"),
-    "rtol": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
-    "eps": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    "rtol": (lambda v: _number(v), "a number"),
+    "eps": (lambda v: _number(v) or _numbers(v), "a number or a non-empty list of numbers"),
 }
 
 
 def _strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_number(v) for v in value)
 
 
 def find(start: Path) -> Path | None:

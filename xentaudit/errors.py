@@ -1,7 +1,9 @@
 """The errors a user can cause. Raised anywhere, caught once in ``cli.py`` and printed as one line.
 
-Every one of them means exit code 2 (usage or input error). Bugs are not wrapped: a traceback
-is a bug report.
+Every one of them means exit code 2 (usage or input error); the message says what is wrong and
+how to fix it (``xentaudit: error: <what is wrong>; <how to fix>``). Bugs are not wrapped: any
+other exception reaches the command line as an internal error, exit code 3, one line (and, with
+``-v``, the traceback for a bug report).
 """
 
 from __future__ import annotations

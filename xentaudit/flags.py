@@ -9,11 +9,28 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Flag:
-    name: str
-    failing: bool  # counted by the default --fail-on of `check`; informational otherwise
+class Advice:
+    """What a fired flag means and what to do instead, as every report words it."""
+
     meaning: str
     advice: str
+
+    @property
+    def text(self) -> str:
+        """One sentence for people: ``"<meaning>. Instead: <advice>."``."""
+        return f"{self.meaning}. Instead: {self.advice}."
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    failing: bool  # a failing kind of flag (see FAILING); informational otherwise
+    meaning: str
+    advice: str
+
+    @property
+    def explained(self) -> Advice:
+        return Advice(self.meaning, self.advice)
 
 
 FLAGS: dict[str, Flag] = {
@@ -22,8 +39,11 @@ FLAGS: dict[str, Flag] = {
         Flag(
             "nan",
             True,
-            "the loss is NaN (e.g. exp overflow, or 0 * log 0 from -sum y*log(p))",
-            "use a fused log-softmax loss such as tf.nn.softmax_cross_entropy_with_logits",
+            "the loss is NaN (e.g. exp overflow, or 0 * log 0 from -sum y*log(p), which every "
+            "dense loss, fused ones included, computes on -inf (masked) logits)",
+            "use a fused log-softmax loss such as tf.nn.softmax_cross_entropy_with_logits; with "
+            "-inf masks, a sparse loss (tf.nn.sparse_softmax_cross_entropy_with_logits) or a "
+            "large finite mask such as -1e9",
         ),
         Flag(
             "inf",
@@ -117,3 +137,5 @@ FLAGS: dict[str, Flag] = {
 LINT = ("looks-like-probs", "looks-like-logprobs", "soft-labels-unnormalized", "coarse-logits")
 
 FAILING = tuple(name for name, flag in FLAGS.items() if flag.failing)
+# `check` fails on these unless told otherwise; grad-wrong fails it only when named.
+CHECK_FAIL_ON = tuple(name for name in FAILING if name != "grad-wrong")

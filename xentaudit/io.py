@@ -1,7 +1,9 @@
-"""Loading and validating logits and labels: from ``.npy`` files or inline JSON.
+"""Loading and validating logits and labels: from ``.npy``/``.npz`` files or inline JSON.
 
-``np.load`` never unpickles (``allow_pickle=False``). Everything a user can get wrong raises
-``InputError`` with one line saying what is wrong and how to fix it.
+Files are read from their ``.npy`` header and raw bytes, one reader for every command: nothing
+is ever unpickled (object arrays are refused), and bfloat16 saved as the anonymous 2-byte dtype
+is recognised. Everything a user can get wrong raises ``InputError`` with one line saying what is
+wrong and how to fix it.
 """
 
 from __future__ import annotations
@@ -52,10 +54,22 @@ def as_float(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32 if x.dtype.name in ("float16", "bfloat16") else np.float64)
 
 
-def load_array(spec: str, option: str) -> np.ndarray:
-    """Read ``spec`` as a ``.npy`` file if it names one, otherwise as an inline JSON list."""
-    if spec.endswith(".npy") or Path(spec).is_file():
-        return _load_npy(Path(spec), option)
+NON_FINITE = {  # the strings inline JSON may use for what JSON numbers cannot spell (lowercase)
+    "inf": np.inf,
+    "infinity": np.inf,
+    "-inf": -np.inf,
+    "-infinity": -np.inf,
+    "nan": np.nan,
+}
+
+
+def parse_json(spec: str, option: str) -> np.ndarray:
+    """The array an inline JSON list spells, e.g. ``[[0, "-inf", 1]]``.
+
+    Besides numbers, entries may be the strings ``"inf"``, ``"-inf"``, ``"nan"`` (any case,
+    ``"Infinity"`` too) or JSON's own extensions ``Infinity``, ``-Infinity``, ``NaN``, so that
+    masked logits can be written inline; NaN and +inf are then refused by ``prepare`` as for files.
+    """
     try:
         value = json.loads(spec)
     except json.JSONDecodeError as exc:
@@ -64,7 +78,7 @@ def load_array(spec: str, option: str) -> np.ndarray:
             f"character {exc.pos}); pass a path or a list such as '[[2.0, -1.0, 0.5]]'"
         ) from None
     try:
-        array = np.asarray(value)
+        array = np.asarray(_numbers(value, option))
     except ValueError:
         raise InputError(
             f"{option}: the JSON list is ragged; every row needs the same number of entries"
@@ -74,20 +88,49 @@ def load_array(spec: str, option: str) -> np.ndarray:
     return array
 
 
-def _load_npy(path: Path, option: str) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(f"{option}: no such file: {path}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc):
+def _numbers(value: object, option: str) -> object:
+    """``value`` with the strings of ``NON_FINITE`` turned into floats; other strings refused."""
+    if isinstance(value, list):
+        return [_numbers(v, option) for v in value]
+    if isinstance(value, str):
+        if value.lower() not in NON_FINITE:
             raise InputError(
-                f"{option}: {path} holds Python objects, which xentaudit never unpickles; "
-                "save a numeric array (e.g. np.save(path, logits.astype(np.float32)))"
-            ) from None
-        raise InputError(f"{option}: {path} is not a readable .npy file ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise InputError(f"{option}: cannot read {path} ({exc})") from None
+                f"{option}: the JSON has the string {value!r}; entries must be numbers or one "
+                'of "inf", "-inf", "nan"'
+            )
+        return NON_FINITE[value.lower()]
+    return value
+
+
+def file_or_json(spec: str, option: str) -> Path | np.ndarray:
+    """The file ``spec`` names (``.npy``, ``.npz``, or any file that exists), or else the array
+    its inline JSON spells."""
+    if spec.endswith((".npy", ".npz")) or Path(spec).is_file():
+        return Path(spec)
+    return parse_json(spec, option)
+
+
+def load_inputs(
+    logits: str, labels: str | None, logits_key: str = "logits", labels_key: str = "labels"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The logits and labels given as ``--logits`` and ``--labels``: each a file or inline JSON.
+
+    ``logits`` may name a ``.npz``: its ``logits_key`` array is read, and its ``labels_key``
+    array gives the labels when ``labels`` is ``None``. Files are read as ``check`` reads them.
+    """
+    x = file_or_json(logits, "--logits")
+    y = None if labels is None else file_or_json(labels, "--labels")
+    if isinstance(x, Path):
+        logits_source, labels_source = open_arrays(x, y, logits_key, labels_key)
+    else:
+        logits_source, labels_source = _source(x, "--logits"), _labels_source(y)
+    if labels_source is None and isinstance(x, Path) and x.suffix == ".npz":
+        raise InputError(
+            f"{x} has no array {labels_key!r} for the labels; pass --labels, or --labels-key"
+        )
+    if labels_source is None:
+        raise InputError("--logits came without labels; pass --labels too (or a .npz of both)")
+    return logits_source.read(), labels_source.read()
 
 
 def describe_rows(rows: np.ndarray) -> str:
@@ -179,22 +222,28 @@ def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int = 0) -> Batc
     )
 
 
-# --- streaming reads for `check` ------------------------------------------------------------
+# --- reading arrays: `check` streams them in chunks, `compare` reads them whole ---------------
 
 
 @dataclass(frozen=True)
 class ArraySource:
-    """An array in a ``.npy`` file or ``.npz`` member, read in chunks of rows.
+    """An array in a ``.npy`` file or ``.npz`` member (or in memory), read in chunks of rows.
 
     Chunks are read sequentially from the file (or the zip member's stream), never through a
     memory map, so the working set is one chunk however large the file is.
     """
 
-    path: Path
+    path: Path | None  # None for an array in memory (``data``)
     member: str | None  # the .npz member, or None for a .npy file
     shape: tuple[int, ...]
     dtype: np.dtype
     label: str  # how to name it in messages, e.g. "logits.npz[logits]"
+    data: np.ndarray | None = None  # the array itself, when it is in memory
+
+    @classmethod
+    def of(cls, array: np.ndarray, label: str) -> ArraySource:
+        """An array already in memory (inline JSON, or an array passed to the Python API)."""
+        return cls(None, None, array.shape, array.dtype, label, array)
 
     @property
     def rows(self) -> int:
@@ -203,7 +252,12 @@ class ArraySource:
 
     def chunks(self, rows: int, per_row: int) -> Iterator[np.ndarray]:
         """Yield consecutive blocks of ``rows`` rows, each of ``per_row`` items, flattened."""
+        if self.data is not None:
+            flat = self.data.reshape(-1, per_row)
+            yield from (flat[start : start + rows] for start in range(0, flat.shape[0], rows))
+            return
         itemsize = self.dtype.itemsize
+        assert self.path is not None
         with _stream(self.path, self.member) as stream:
             _read_header(stream, self.label)
             left = int(np.prod(self.shape)) // per_row
@@ -219,6 +273,16 @@ class ArraySource:
                     )
                 yield np.frombuffer(data, dtype=self.dtype).reshape(n, per_row)
                 left -= n
+
+    def read(self) -> np.ndarray:
+        """The whole array, in one piece."""
+        if self.data is not None:
+            return self.data
+        if 0 in self.shape:
+            return np.empty(self.shape, self.dtype)
+        first = self.shape[0] if self.shape else 1  # "rows early" counts the first axis
+        (block,) = self.chunks(first, int(np.prod(self.shape)) // first)
+        return block.reshape(self.shape)
 
 
 _END = object()
@@ -277,13 +341,27 @@ def _header(path: Path, member: str | None, label: str) -> ArraySource:
     return ArraySource(path, member, tuple(shape), dtype, label)
 
 
+def _source(array: Path | np.ndarray, option: str) -> ArraySource:
+    """A ``.npy`` file, or an array in memory, given as ``option``."""
+    if isinstance(array, np.ndarray):
+        return ArraySource.of(array, option)
+    if not array.is_file():
+        raise InputError(f"{option}: no such file: {array}")
+    return _header(array, None, str(array))
+
+
+def _labels_source(labels: Path | np.ndarray | None) -> ArraySource | None:
+    return None if labels is None else _source(labels, "--labels")
+
+
 def open_arrays(
-    path: Path, labels: Path | None, logits_key: str, labels_key: str
+    path: Path, labels: Path | np.ndarray | None, logits_key: str, labels_key: str
 ) -> tuple[ArraySource, ArraySource | None]:
-    """The logits (and labels, if any) of ``path`` (``.npy`` or ``.npz``), plus ``labels``."""
+    """The logits (and labels, if any) of ``path`` (``.npy`` or ``.npz``), plus ``labels`` (a
+    ``.npy`` file, or an array in memory), which take the place of the ``.npz``'s own."""
     if not path.is_file():
         raise InputError(f"no such file: {path}")
-    label_source = _header(labels, None, str(labels)) if labels is not None else None
+    label_source = _labels_source(labels)
     if path.suffix != ".npz":
         return _header(path, None, str(path)), label_source
     try:

@@ -1,4 +1,7 @@
-"""Frozen result types, their JSON form and the exit-code rule.
+"""Frozen result types, their JSON form, the exit-code rule, and what the results conclude.
+
+The conclusions (a ``Verdict`` for ``compare`` and ``check``, the ``summary`` of a ``Sweep``)
+are computed here, once, so that JSON, the Python API and every renderer say the same thing.
 
 JSON is strict (no NaN literals): non-finite numbers are written as the strings ``"inf"``,
 ``"-inf"`` and ``"nan"``. ``SCHEMA_VERSION`` changes whenever a key changes meaning or goes away.
@@ -7,14 +10,19 @@ JSON is strict (no NaN literals): non-finite numbers are written as the strings 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
+from functools import cached_property
+
+from xentaudit.flags import CHECK_FAIL_ON, FAILING, FLAGS, Advice
 
 SCHEMA_VERSION = 1
+MODE_NOTE = "model.fit runs the tf.function path"  # why an eager/graph difference matters
 
 EXIT_OK = 0
 EXIT_FLAGGED = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 3  # an unexpected exception: a bug, never a verdict
 
 
 def json_number(value: float) -> float | str:
@@ -44,6 +52,57 @@ def exit_code(fail_on: Iterable[str], flag_sets: Iterable[Iterable[str]]) -> int
     """The exit-code rule of every command: 1 if any ``fail_on`` flag fired in any result."""
     wanted = set(fail_on)
     return EXIT_FLAGGED if any(wanted.intersection(flags) for flags in flag_sets) else EXIT_OK
+
+
+@dataclass(frozen=True)
+class FailingResult:
+    """A result that fails the verdict, and the flags that make it fail."""
+
+    impl: str
+    dtype: str
+    mode: str
+    labels: str | None  # the label source of a `check` result; None for `compare`
+    flags: tuple[str, ...]
+    eps: float | None = None  # the clip it used: tells `clipped` at several --eps apart
+
+
+@dataclass(frozen=True)
+class RowAtRisk:
+    """One of the worst rows of a failing result: its exact loss and what the implementation got."""
+
+    impl: str
+    dtype: str
+    mode: str
+    labels: str | None
+    row: int
+    exact: float
+    loss: float
+    flags: tuple[str, ...]
+    eps: float | None = None
+
+
+@dataclass(frozen=True)
+class ModeDifference:
+    """An implementation x dtype (x label source) whose eager and tf.function results differ."""
+
+    impl: str
+    dtype: str
+    labels: str | None
+    eps: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a ``compare`` or ``check`` concludes, for people and for programs alike."""
+
+    status: str  # "pass" or "fail"
+    message: str  # one line in plain language
+    failing: tuple[FailingResult, ...]
+    failing_lint: tuple[str, ...]  # input lint flags that fail it (`check`)
+    trustworthy: tuple[str, ...]  # implementations never flagged with a failing kind of flag
+    rows_at_risk: tuple[RowAtRisk, ...]  # the worst failing rows of each failing result
+    mode_differences: tuple[ModeDifference, ...]  # MODE_NOTE says why they matter
+    advice: dict[str, Advice]  # every flag that fired (lint included), in FLAGS order
 
 
 @dataclass(frozen=True)
@@ -90,8 +149,17 @@ class Audit:
         """0 when none of ``fail_on`` fired anywhere, 1 otherwise (2 is for usage errors)."""
         return exit_code(fail_on, (r.flags for r in self.results))
 
+    def verdict(self) -> Verdict:
+        """The verdict: a result fails when a failing kind of flag fired on it (whatever
+        ``--fail-on`` says; that governs only the exit code)."""
+        return _verdict(self.results, FAILING, {}, "are wrong")
+
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]
+        return {
+            "schema": SCHEMA_VERSION,
+            **to_json(self),  # type: ignore[dict-item]
+            "verdict": to_json(self.verdict()),
+        }
 
 
 @dataclass(frozen=True)
@@ -154,8 +222,17 @@ class Sweep:
         """0 when none of ``fail_on`` fired in any cell, 1 otherwise."""
         return exit_code(fail_on, (c.flags for c in self.cells))
 
+    @cached_property
+    def summary(self) -> tuple[str, ...]:
+        """Plain-language conclusions: who survives, who breaks first and why, what to use."""
+        return _sweep_summary(self)
+
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]
+        return {
+            "schema": SCHEMA_VERSION,
+            **to_json(self),  # type: ignore[dict-item]
+            "summary": list(self.summary),
+        }
 
 
 @dataclass(frozen=True)
@@ -205,5 +282,205 @@ class Check:
         """0 when none of ``fail_on`` fired on any row (lint included), 1 otherwise."""
         return exit_code(fail_on, [tuple(self.lint), *(r.flags for r in self.results)])
 
-    def to_dict(self) -> dict:
-        return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]
+    def verdict(self, fail_on: Iterable[str] = CHECK_FAIL_ON) -> Verdict:
+        """The verdict on ``fail_on`` (the exit code's flags): a result fails when one of them
+        fired on any of its rows, and the input fails when one of them is a lint flag it got."""
+        return _verdict(self.results, fail_on, self.lint, "fire a --fail-on flag")
+
+    def to_dict(self, fail_on: Iterable[str] = CHECK_FAIL_ON) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            **to_json(self),  # type: ignore[dict-item]
+            "verdict": to_json(self.verdict(fail_on)),
+        }
+
+
+# --- verdicts --------------------------------------------------------------------------------
+
+
+def _labels(r: ImplResult | CheckResult) -> str | None:
+    """The label source of a result: `check` audits several, `compare` one (None)."""
+    return r.labels if isinstance(r, CheckResult) else None
+
+
+def _worst_failing_row(r: ImplResult, wanted: set[str]) -> int:
+    """The row with a ``wanted`` flag and the largest relative loss error, as ``check`` orders
+    its worst rows: a NaN error is the largest, and the earlier row wins a tie."""
+
+    def error(i: int) -> float:
+        loss, exact = r.loss_rows[i], r.reference_rows[i]
+        if loss == exact:  # also an infinite exact loss that was met exactly
+            return 0.0
+        rel = abs(loss - exact) / max(abs(exact), 1.0)
+        return math.inf if math.isnan(rel) else rel
+
+    return max((i for i, f in enumerate(r.row_flags) if wanted.intersection(f)), key=error)
+
+
+def _rows_at_risk(r: ImplResult | CheckResult, wanted: set[str]) -> tuple[RowAtRisk, ...]:
+    """The worst row of a failing ``compare`` result; the kept worst rows of a ``check`` result
+    that carry a ``wanted`` flag."""
+    if isinstance(r, CheckResult):
+        rows = [(w.row, w.exact, w.loss, w.flags) for w in r.worst_rows]
+    else:
+        i = _worst_failing_row(r, wanted)
+        rows = [(i, r.reference_rows[i], r.loss_rows[i], r.row_flags[i])]
+    return tuple(
+        RowAtRisk(r.impl, r.dtype, r.mode, _labels(r), row, exact, loss, flags, r.eps)
+        for row, exact, loss, flags in rows
+        if wanted.intersection(flags)
+    )
+
+
+def _same_but_mode(a: ImplResult | CheckResult, b: ImplResult | CheckResult) -> bool:
+    """Whether two results agree in every field but ``mode`` (NaN agreeing with NaN)."""
+    return all(
+        to_json(getattr(a, f.name)) == to_json(getattr(b, f.name))
+        for f in fields(a)
+        if f.name != "mode"
+    )
+
+
+def _mode_differences(results: Sequence[ImplResult | CheckResult]) -> tuple[ModeDifference, ...]:
+    groups: dict[tuple[str, str, str | None, float | None], list[ImplResult | CheckResult]] = {}
+    for r in results:
+        groups.setdefault((r.impl, r.dtype, _labels(r), r.eps), []).append(r)
+    return tuple(
+        ModeDifference(*key)
+        for key, group in groups.items()
+        if len(group) == 2 and not _same_but_mode(*group)
+    )
+
+
+def _verdict(
+    results: Sequence[ImplResult | CheckResult],
+    fail_on: Iterable[str],
+    lint: dict[str, int],
+    fail_phrase: str,
+) -> Verdict:
+    """The verdict of ``results`` (and the input ``lint``) judged on the flags ``fail_on``;
+    ``fail_phrase`` says in the message what the failing results do."""
+    wanted = set(fail_on)
+    failing: list[FailingResult] = []
+    rows: list[RowAtRisk] = []
+    for r in results:
+        fired = tuple(f for f in r.flags if f in wanted)
+        if fired:
+            failing.append(FailingResult(r.impl, r.dtype, r.mode, _labels(r), fired, r.eps))
+            rows.extend(_rows_at_risk(r, wanted))
+    failing_lint = tuple(f for f in lint if f in wanted)
+    impls = list(dict.fromkeys(r.impl for r in results))
+    flagged = {r.impl for r in results if any(FLAGS[f].failing for f in r.flags)}
+    trustworthy = tuple(i for i in impls if i not in flagged)
+
+    if not results:
+        parts = ["nothing ran (every implementation was skipped)"]
+    elif failing:
+        names = ", ".join(dict.fromkeys(f.impl for f in failing))
+        parts = [f"{len(failing)} of {len(results)} results {fail_phrase} ({names})"]
+    else:
+        parts = [f"none of the {len(results)} results {fail_phrase}"]
+    parts += [f"the input is flagged {f}" for f in failing_lint]
+    message = "; ".join(parts) + "."
+    if flagged:
+        message += f" Trustworthy here: {', '.join(trustworthy) or 'none'}."
+    fired = {f for flags in (*(r.flags for r in results), lint) for f in flags}
+    return Verdict(
+        status="fail" if failing or failing_lint else "pass",
+        message=message[0].upper() + message[1:],
+        failing=tuple(failing),
+        failing_lint=failing_lint,
+        trustworthy=trustworthy,
+        rows_at_risk=tuple(rows),
+        mode_differences=_mode_differences(results),
+        advice={name: flag.explained for name, flag in FLAGS.items() if name in fired},
+    )
+
+
+# --- sweep summary ---------------------------------------------------------------------------
+
+
+def scale_label(scale: float) -> str:
+    """A scale to 3 significant digits, exponents short: ``0.316``, ``3.16e3``."""
+    return f"{scale:.3g}".replace("e+0", "e").replace("e+", "e")
+
+
+def variant_label(impl: str, eps: float | None, with_eps: bool) -> str:
+    """``clipped eps=1e-07`` where several epsilons are swept; the bare name otherwise."""
+    return f"{impl} eps={eps:g}" if with_eps and impl == "clipped" and eps is not None else impl
+
+
+def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
+    lines: list[str] = []
+    variants = list(dict.fromkeys((c.impl, c.eps) for c in sweep.cells))
+    multi_eps = len({e for i, e in variants if i == "clipped"}) > 1
+
+    def label(impl: str, eps: float | None) -> str:
+        return variant_label(impl, eps, multi_eps)
+
+    def failing(cells: Iterable[SweepCell]) -> bool:
+        return any(FLAGS[f].failing for c in cells for f in c.flags)
+
+    survivors = [
+        label(*v) for v in variants if not failing(c for c in sweep.cells if (c.impl, c.eps) == v)
+    ]
+    if survivors:
+        lines.append(f"Never flagged on any pattern, dtype or scale: {', '.join(survivors)}.")
+    else:
+        lines.append("Every implementation is flagged somewhere in this sweep.")
+    for pattern in (p.name for p in sweep.patterns):
+        clean = [
+            label(*v)
+            for v in variants
+            if not failing(c for c in sweep.cells if (c.impl, c.eps) == v and c.pattern == pattern)
+        ]
+        lines.append(f"Never flagged on the {pattern} pattern: {', '.join(clean) or 'none'}.")
+    first_pattern = sweep.patterns[0].name
+    at_start = sorted(
+        {
+            f"{label(p.impl, p.eps)} {p.dtype}"
+            for p in sweep.breaking_points
+            if p.at_start and p.pattern == first_pattern
+        }
+    )
+    if at_start:
+        lines.append(
+            f"Already broken at the smallest scale on {first_pattern}: {', '.join(at_start)}."
+        )
+    nonfinite: dict[str, list[str]] = {}
+    first_mode = sweep.breaking_points[0].mode if sweep.breaking_points else ""
+    for p in sweep.breaking_points:
+        if (p.pattern, p.kind, p.mode) == (first_pattern, "loss", first_mode) and p.flag in (
+            "nan",
+            "inf",
+        ):
+            nonfinite.setdefault(label(p.impl, p.eps), []).append(
+                f"{scale_label(p.scale)} ({p.dtype})"
+            )
+    if nonfinite:
+        lines.append(
+            f"On {first_pattern} the loss first turns NaN/inf at scale: "
+            + "; ".join(f"{impl} {', '.join(where)}" for impl, where in nonfinite.items())
+            + "."
+        )
+    for impl, eps in variants:
+        if impl != "clipped" or eps is None:
+            continue
+        where = [
+            f"{p.dtype} {scale_label(p.scale)}"
+            for p in sweep.breaking_points
+            if (p.impl, p.eps, p.kind, p.flag) == (impl, eps, "loss", "divergent")
+            and p.pattern == first_pattern
+            and p.mode == "eager"
+            and p.scale is not None
+        ]
+        if where:
+            lines.append(
+                f"clipped eps={eps:g} diverges on {first_pattern} from scale "
+                f"{', '.join(where)}: the clip caps the loss at -ln(eps) = {-math.log(eps):.3g}, "
+                "so any row whose true loss is larger reads too small and gets no gradient."
+            )
+    for name, flag in FLAGS.items():
+        if flag.failing and any(name in c.flags for c in sweep.cells):
+            lines.append(f"{name}: {flag.explained.text}")
+    return tuple(lines)

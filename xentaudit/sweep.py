@@ -8,7 +8,6 @@ implementation in one call, and each breaking point is refined with one call per
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,10 +17,13 @@ from xentaudit.audit import (
     LOSS_FLAGS,
     Grades,
     Rounded,
+    Variant,
     check_options,
     eps_used,
+    eps_values,
     round_to,
     run_graded,
+    variants,
     worst,
 )
 from xentaudit.dtypes import FloatFormat, get_format, parse_dtypes
@@ -44,22 +46,6 @@ KINDS = {
     "grad": tuple(f for f in GRAD_FLAGS if FLAGS[f].failing),
 }
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """An implementation with the epsilon it is swept at (only ``clipped`` has several)."""
-
-    impl: str
-    eps: float
-
-
-def variants(names: Iterable[str], eps: tuple[float, ...]) -> list[Variant]:
-    out: list[Variant] = []
-    for name in names:
-        chosen = eps if zoo.get_impl(name).eps == "option" else eps[:1]
-        out.extend(Variant(name, e) for e in chosen)
-    return out
 
 
 def _scaled(pattern: Pattern, scales: list[float], fmt: FloatFormat) -> Rounded:
@@ -109,11 +95,11 @@ def sweep(
     ``progress`` is called with (done, total) units of work. Returns a ``Sweep``; prints nothing.
     """
     scales = sorted(scales)
-    eps = tuple(eps)
+    eps = eps_values(eps)
     modes = tuple(modes)
     check_options(eps, rtol, modes)
-    if not scales or not eps:
-        raise ValueError("sweep needs at least one scale and one eps")
+    if not scales:
+        raise ValueError("sweep needs at least one scale")
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen = variants(zoo.parse_impls(impls), eps)
     built = [

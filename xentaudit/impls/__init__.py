@@ -6,22 +6,28 @@ is imported only when an implementation actually runs (``xentaudit --help`` stay
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import inspect
 import os
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from xentaudit.choices import expand, unknown
+from xentaudit.dtypes import FORMATS
 from xentaudit.errors import UnknownImplementationError
 
 MODES = ("eager", "graph")
+LABEL_KINDS = ("class", "one-hot", "soft")  # integer classes, one-hot rows, any label weights
+KERAS_DEFAULT_EPSILON = 1e-7  # keras.config.epsilon() unless set in ~/.keras/keras.json
+CLIPS = {  # Impl.eps -> where the clip of the probabilities comes from, as users read it
+    None: "none",
+    "option": "--eps",
+    "keras": f"keras.config.epsilon() ({KERAS_DEFAULT_EPSILON:g} by default)",
+}
 
 
 @dataclass(frozen=True)
@@ -29,19 +35,43 @@ class Impl:
     """One implementation: its canonical name and what a user needs to know about it."""
 
     name: str
-    summary: str  # the formula or the API call, in one line
+    summary: str  # what it is: the formula or the API call, in one line
     takes: str  # what the loss function itself consumes: "logits" or "probabilities"
     family: str  # "hand-written", "tensorflow", "keras", "misuse" or "user"
     eps: str | None = None  # "option": clips with --eps; "keras": with keras.config.epsilon()
     needs_classes: bool = False  # needs one-hot or integer labels
     backend: str = "tensorflow"
+    dtypes: tuple[str, ...] = tuple(FORMATS)  # the input dtypes it accepts
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The label kinds it accepts (``LABEL_KINDS``): sparse losses take no soft labels."""
+        return LABEL_KINDS[:2] if self.needs_classes else LABEL_KINDS
+
+    @property
+    def clip(self) -> str:
+        """Where its probability clip comes from, read when it runs: ``CLIPS``."""
+        return CLIPS[self.eps]
+
+    def describe(self) -> dict[str, str | list[str]]:
+        """What ``xentaudit list`` says about it: its JSON form, keys in the table's order."""
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "backend": self.backend,
+            "family": self.family,
+            "takes": self.takes,
+            "labels": list(self.labels),
+            "dtypes": list(self.dtypes),
+            "clip": self.clip,
+        }
 
 
 REGISTRY: dict[str, Impl] = {
     impl.name: impl
     for impl in (
         Impl("naive", "-sum y log(exp(x) / sum exp(x)), no shift", "logits", "hand-written"),
-        Impl("shifted", "naive after subtracting the row max", "logits", "hand-written"),
+        Impl("shifted", "naive, after subtracting the row max", "logits", "hand-written"),
         Impl(
             "clipped",
             "shifted softmax clipped to [eps, 1-eps], then -sum y log p (the Keras recipe)",
@@ -49,7 +79,12 @@ REGISTRY: dict[str, Impl] = {
             "hand-written",
             eps="option",
         ),
-        Impl("log_softmax", "-sum y (x - m - log sum exp(x - m)), fused", "logits", "hand-written"),
+        Impl(
+            "log_softmax",
+            "-sum y (x - m - log sum exp(x - m)), hand-written fused form",
+            "logits",
+            "hand-written",
+        ),
         Impl(
             "tf_softmax_xent",
             "tf.nn.softmax_cross_entropy_with_logits",
@@ -78,7 +113,8 @@ REGISTRY: dict[str, Impl] = {
         ),
         Impl(
             "keras_cce_softmax_layer",
-            "keras.losses.CategoricalCrossentropy(from_logits=False) on keras.layers.Softmax()(x)",
+            "keras.losses.CategoricalCrossentropy(from_logits=False) on keras.layers.Softmax()(x):"
+            " Keras recovers the logits from the layer's output in both modes",
             "probabilities",
             "keras",
             eps="keras",
@@ -92,7 +128,7 @@ REGISTRY: dict[str, Impl] = {
         ),
         Impl(
             "double_softmax",
-            "tf.nn.softmax_cross_entropy_with_logits on softmax(x): probabilities as logits",
+            "tf.nn.softmax_cross_entropy_with_logits on softmax(x): probabilities passed as logits",
             "probabilities",
             "misuse",
         ),
@@ -116,7 +152,6 @@ def _load_user_loss(spec: str) -> Impl:
             f"--impl {spec!r}: expected path/to/file.py:function or package.module:function"
         )
     if spec not in _USER_LOSSES:
-        load_tf()  # a user's module imports TensorFlow: keep its start-up noise quiet too
         try:
             if target.endswith(".py") or os.sep in target:
                 path = Path(target)
@@ -181,32 +216,12 @@ def parse_impls(names: Iterable[str]) -> tuple[str, ...]:
     return builtin + tuple(u for u in users if u not in builtin)
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines bypass Python."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
-
-
 def load_tf() -> ModuleType:
-    """Import the TensorFlow implementations, keeping TensorFlow's log noise away from the user.
+    """The TensorFlow implementations, imported on first use (and TensorFlow with them).
 
-    Setting ``TF_CPP_MIN_LOG_LEVEL`` yourself (``xentaudit --verbose`` sets it to 0) shows it.
+    A plain import: the library never touches the process's environment, logging or file
+    descriptors; quieting TensorFlow's start-up is the command line's business.
     """
-    if "xentaudit.impls.tf_zoo" in sys.modules:
-        return sys.modules["xentaudit.impls.tf_zoo"]
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        from xentaudit.impls import tf_zoo as module
-    else:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        with _native_stderr_silenced():
-            from xentaudit.impls import tf_zoo as module
-    return module
+    from xentaudit.impls import tf_zoo
+
+    return tf_zoo

@@ -1,4 +1,4 @@
-"""The TensorFlow/Keras implementations and the autodiff runner. Import through ``impls.tf_zoo()``.
+"""The TensorFlow/Keras implementations and the autodiff runner. Import through ``impls.load_tf()``.
 
 Every implementation is ``fn(labels, classes, logits) -> per-row losses``: ``labels`` are dense
 label weights in the logits' dtype, ``classes`` the int32 class of each row (meaningful only for
@@ -7,7 +7,6 @@ implementations that need them). Gradients are what ``tf.GradientTape`` produces
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,9 +17,6 @@ import tensorflow as tf
 from xentaudit.errors import ConfigError
 from xentaudit.impls import user_loss
 from xentaudit.io import as_float
-
-if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
-    tf.get_logger().setLevel("ERROR")  # retracing notices and the like, unless asked for
 
 # fn(labels, classes, logits, eps) -> per-row losses; eps is used by `clipped` only.
 LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]

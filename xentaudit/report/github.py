@@ -1,6 +1,8 @@
 """GitHub Actions workflow commands for `check`: ``::error`` for every result on which a
 ``--fail-on`` flag fired, ``::warning`` for results with other failing-kind flags (not asked to
-fail the job), ``::notice`` for informational flags only (``zero-loss``, ``downcast``).
+fail the job), ``::notice`` for informational flags only (``zero-loss``, ``downcast``); last, the
+verdict (``::error`` when it fails, ``::notice`` when it passes) with its rows at risk and what
+each fired flag means and what to do instead.
 See "Workflow commands for GitHub Actions" for the escaping rules applied here."""
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from xentaudit.flags import FLAGS
-from xentaudit.report.junit import case_name
+from xentaudit.report.plain import case_name, verdict_text
 from xentaudit.results import Check
 
 
@@ -21,17 +23,19 @@ def _property(text: str) -> str:
 
 
 def render(check: Check, fail_on: Sequence[str]) -> str:
+    verdict = check.verdict(fail_on)
+    failing = {case_name(f) for f in verdict.failing}
     file = _property(check.path)
     lines = [
-        f"::{'error' if flag in fail_on else 'warning'} file={file},"
+        f"::{'error' if flag in verdict.failing_lint else 'warning'} file={file},"
         f"title={_property('xentaudit input: ' + flag)}::"
-        + _data(f"{flag} on {rows} of {check.rows} rows: {FLAGS[flag].meaning}")
+        + _data(f"{flag} on {rows} of {check.rows} rows: {verdict.advice[flag].text}")
         for flag, rows in check.lint.items()
     ]
     for r in check.results:
         if not r.flags:
             continue
-        if any(f in fail_on for f in r.flags):
+        if case_name(r) in failing:
             level = "error"
         elif any(FLAGS[f].failing for f in r.flags):
             level = "warning"
@@ -46,4 +50,7 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
         )
         title = _property(f"xentaudit {case_name(r)}")
         lines.append(f"::{level} file={file},title={title}::{_data(counts + detail)}")
+    level = "error" if verdict.status == "fail" else "notice"
+    title = _property("xentaudit verdict")
+    lines.append(f"::{level} file={file},title={title}::{_data(verdict_text(verdict))}")
     return "".join(line + "\n" for line in lines)

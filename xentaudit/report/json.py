@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 
+from xentaudit.flags import CHECK_FAIL_ON
 from xentaudit.results import Audit, Check, Sweep
 
 
 def render(audit: Audit | Sweep | Check, **context: object) -> str:
-    """The audit as a JSON document; ``context`` (the command and its inputs) follows ``schema``."""
-    body = audit.to_dict()
+    """The result as a JSON document; ``context`` (the command and its inputs) follows ``schema``.
+
+    A check's verdict is judged on ``context["fail_on"]`` (default: `check`'s own default, which
+    is then written as ``fail_on``)."""
+    if isinstance(audit, Check):
+        fail_on = context.setdefault("fail_on", list(CHECK_FAIL_ON))
+        body = audit.to_dict(fail_on)  # type: ignore[arg-type]
+    else:
+        body = audit.to_dict()
     document = {"schema": body.pop("schema"), **context, **body}
     return json.dumps(document, indent=2, allow_nan=False) + "\n"

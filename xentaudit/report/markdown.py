@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from xentaudit.flags import FLAGS
-from xentaudit.report.junit import case_name
+from xentaudit.report.plain import case_name, differences_text, risk_text
 from xentaudit.results import Check
 
 
 def render(check: Check, fail_on: Sequence[str]) -> str:
-    failing = [r for r in check.results if set(fail_on) & set(r.flags)]
-    lint_failed = [f for f in check.lint if f in fail_on]
-    if failing or lint_failed:
-        parts = [f"{len(failing)} of {len(check.results)} results fire a `--fail-on` flag"]
-        parts += [f"the input is flagged `{f}`" for f in lint_failed]
-        verdict = "**FAIL**: " + "; ".join(parts)
-    else:
-        verdict = "**PASS**: no `--fail-on` flag fired"
+    verdict = check.verdict(fail_on)
     lines = [
         f"### xentaudit check `{check.path}`",
         "",
         f"{check.rows} rows x {check.classes} classes, {check.file_dtype}; labels: {check.labels}.",
         "",
-        verdict,
+        f"**{verdict.status.upper()}**: {verdict.message}",
         "",
         *(f"- input: `{f}` on {n} of {check.rows} rows" for f, n in check.lint.items()),
         "",
@@ -35,16 +27,11 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
         lines.append(
             f"| {case_name(r)} | {counts} | {r.max_rel_err:.2g} | {r.grad_max_abs_err:.2g} |"
         )
-    worst = [
-        f"- {case_name(r)}, row {w.row}: exact {w.exact:.10g}, got {w.loss:.10g} "
-        f"({', '.join(w.flags)})"
-        for r in failing
-        for w in r.worst_rows
-        if set(w.flags) & set(fail_on)
-    ]
-    if worst:
-        lines += ["", "Rows at risk:", "", *worst]
-    fired = [f for f in FLAGS if any(f in r.flags for r in check.results)]
-    if fired:
-        lines += ["", *(f"- `{f}`: {FLAGS[f].meaning}. Instead: {FLAGS[f].advice}." for f in fired)]
+    if verdict.rows_at_risk:
+        lines += ["", "Rows at risk:", ""]
+        lines += [f"- {case_name(w)}, {risk_text(w)}" for w in verdict.rows_at_risk]
+    if verdict.mode_differences:
+        lines += ["", differences_text(verdict.mode_differences)]
+    if verdict.advice:
+        lines += ["", *(f"- `{f}`: {advice.text}" for f, advice in verdict.advice.items())]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
-"""Rich table report for `compare`: one row per implementation x dtype (x mode where modes differ),
-the rows at risk, a one-line verdict, and what each flag that fired means and what to use instead.
+"""Rich table reports of `compare`, `sweep` and `check`: the tables, then the results'
+conclusions (verdict, rows at risk, eager/graph differences, what each flag means and what to use
+instead; computed in ``results``, only formatted here).
 
 Renders to a string and never prints: ``cli.py`` decides where the text goes.
 """
@@ -8,16 +9,28 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from xentaudit.flags import FLAGS
-from xentaudit.results import Audit, BreakingPoint, Check, ImplResult, Sweep, SweepCell
+from xentaudit.report.plain import differences_text
+from xentaudit.results import (
+    Audit,
+    BreakingPoint,
+    Check,
+    ImplResult,
+    ModeDifference,
+    RowAtRisk,
+    Sweep,
+    SweepCell,
+    Verdict,
+    scale_label,
+    variant_label,
+)
 
 FLAG_STYLES = {
     "nan": "bold red",
@@ -31,10 +44,12 @@ FLAG_STYLES = {
     "zero-loss": "cyan",
     "downcast": "cyan",
 }
-REFERENCE_NAMES = {
-    "mpmath": "exact (mpmath, 50 digits)",
-    "float64": "float64 max-separated log-sum-exp (within a few float64 ulps)",
+EXACT_METHODS = {  # Audit.reference_method -> how the exact values were computed
+    "mpmath": "mpmath, 50 digits",
+    "float64": "float64 max-separated log-sum-exp (compiled kernel)",
+    "float64-numpy": "float64 max-separated log-sum-exp (numpy)",
 }
+FLOAT64_EXACT = "exact values: float64 max-separated log-sum-exp"  # `sweep` and `check`
 
 
 def _console(color: bool, width: int) -> Console:
@@ -52,16 +67,6 @@ def _columns(*columns: tuple[str, str]) -> Table:
     return table
 
 
-def _legend(console: Console, flag_sets: Iterable[Iterable[str]]) -> None:
-    """One line per flag that fired: what it means and what to use instead."""
-    fired = set().union(*flag_sets)
-    for name in (f for f in FLAGS if f in fired):
-        console.print(
-            Text(f"  {name}", style=FLAG_STYLES.get(name, "yellow")),
-            f"{FLAGS[name].meaning}. Instead: {FLAGS[name].advice}.",
-        )
-
-
 def _num(value: float, digits: int = 10) -> str:
     if math.isnan(value) or math.isinf(value):
         return str(value)
@@ -74,66 +79,42 @@ def _flags_text(flags: Sequence[str]) -> Text:
     return Text(" ").join(Text(f, style=FLAG_STYLES.get(f, "")) for f in flags)
 
 
-def _same(a: ImplResult, b: ImplResult) -> bool:
-    return (
-        a.flags == b.flags
-        and a.output_dtype == b.output_dtype
-        and np.array_equal(a.loss_rows, b.loss_rows, equal_nan=True)
-        and (a.grad_max_abs_err == b.grad_max_abs_err or math.isnan(a.grad_max_abs_err))
-    )
+def _risk_line(where: str, risk: RowAtRisk) -> Text:
+    """``  <where>: row 1 exact 30, got 16.1180954 (divergent grad-vanish)``"""
+    text = Text(f"  {where}: row {risk.row} exact {_num(risk.exact)}, got {_num(risk.loss)} (")
+    return text + _flags_text(risk.flags) + ")"
 
 
-def fold_modes(results: Sequence[ImplResult]) -> list[tuple[str, ImplResult]]:
-    """Pair each result with the mode label to show: "eager=graph" where both modes agree."""
-    by_key: dict[tuple[str, str], list[ImplResult]] = {}
-    for r in results:
-        by_key.setdefault((r.impl, r.dtype), []).append(r)
+def _legend(console: Console, verdict: Verdict) -> None:
+    """One line per flag that fired: what it means and what to use instead."""
+    for name, advice in verdict.advice.items():
+        console.print(Text(f"  {name}", style=FLAG_STYLES.get(name, "yellow")), advice.text)
+
+
+def _fold_modes(
+    results: Sequence[ImplResult], differences: Sequence[ModeDifference]
+) -> list[tuple[str, ImplResult]]:
+    """Pair each result with the mode label to show: "eager=graph" for an implementation x dtype
+    run in both modes that do not differ."""
+    differ = {(d.impl, d.eps, d.dtype) for d in differences}
+    both = [(r.impl, r.eps, r.dtype) for r in results]
     rows: list[tuple[str, ImplResult]] = []
-    for group in by_key.values():
-        if len(group) == 2 and _same(*group):
-            rows.append(("eager=graph", group[0]))
-        else:
-            rows.extend((r.mode, r) for r in group)
+    for r in results:
+        key = (r.impl, r.eps, r.dtype)
+        if both.count(key) == 1 or key in differ:
+            rows.append((r.mode, r))
+        elif r.mode == "eager":
+            rows.append(("eager=graph", r))
     return rows
-
-
-def _worst_row(r: ImplResult) -> int:
-    """The row with a failing flag and the largest loss error (NaN counts as largest)."""
-    failing = [i for i, f in enumerate(r.row_flags) if any(FLAGS[x].failing for x in f)]
-    candidates = failing or range(len(r.row_flags))
-
-    def badness(i: int) -> float:
-        loss, exact = r.loss_rows[i], r.reference_rows[i]
-        err = abs(loss - exact) if not (math.isinf(loss) and loss == exact) else 0.0
-        return math.inf if math.isnan(err) else err
-
-    return max(candidates, key=badness)
-
-
-def verdict(audit: Audit) -> str:
-    """One line: how many results are flagged, which implementations were never flagged."""
-    failing = [r for r in audit.results if any(FLAGS[f].failing for f in r.flags)]
-    clean = sorted(
-        {r.impl for r in audit.results} - {r.impl for r in failing},
-        key=[r.impl for r in audit.results].index,
-    )
-    if not audit.results:
-        return "Verdict: nothing ran (see the skipped implementations above)."
-    if not failing:
-        return f"Verdict: all {len(audit.results)} results agree with the exact reference."
-    broken = sorted({r.impl for r in failing}, key=[r.impl for r in audit.results].index)
-    text = (
-        f"Verdict: {len(failing)} of {len(audit.results)} results are wrong ({', '.join(broken)})."
-    )
-    return text + (f" Trustworthy here: {', '.join(clean)}." if clean else "")
 
 
 def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -> str:
     """The full table report as text (ANSI-coloured when ``color``)."""
+    verdict = audit.verdict()
     console = _console(color, width)
     console.print(
         Text(title, style="bold"),
-        Text(f"reference: {REFERENCE_NAMES[audit.reference_method]}", style="dim"),
+        Text(f"exact values: {EXACT_METHODS[audit.reference_method]}", style="dim"),
         sep="\n",
     )
     table = _columns(
@@ -148,13 +129,13 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
         ("grad err", "right"),
         ("flags", "left"),
     )
-    folded = fold_modes(audit.results)
-    keys = [(r.impl, r.dtype) for _, r in folded]
-    differ = sorted({k for k in keys if keys.count(k) > 1}, key=keys.index)
+    folded = _fold_modes(audit.results, verdict.mode_differences)
+    differ = {(d.impl, d.eps, d.dtype) for d in verdict.mode_differences}
+    several_eps = len({r.eps for r in audit.results if r.impl == "clipped"}) > 1
     for mode, r in folded:
         table.add_row(
-            r.impl,
-            Text(mode, style="yellow" if (r.impl, r.dtype) in differ else ""),
+            variant_label(r.impl, r.eps, several_eps),
+            Text(mode, style="yellow" if (r.impl, r.eps, r.dtype) in differ else ""),
             r.dtype,
             r.output_dtype if r.output_dtype != r.dtype else "",
             _num(r.loss),
@@ -166,29 +147,23 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
         )
     console.print(table)
 
-    at_risk = [(m, r) for m, r in folded if any(FLAGS[f].failing for f in r.flags)]
-    if at_risk:
+    risks = {(w.impl, w.eps, w.dtype, w.mode): w for w in verdict.rows_at_risk}
+    shown = [
+        (mode, risks[r.impl, r.eps, r.dtype, r.mode])
+        for mode, r in folded
+        if (r.impl, r.eps, r.dtype, r.mode) in risks
+    ]
+    if shown:
         console.print(Text("Rows at risk (worst row of each flagged result):", style="bold"))
-        for mode, r in at_risk:
-            i = _worst_row(r)
-            line = Text(
-                f"  {r.impl} {r.dtype} {mode}: row {i} exact {_num(r.reference_rows[i])}, "
-                f"got {_num(r.loss_rows[i])} ("
-            )
-            console.print(line + _flags_text(r.row_flags[i]) + ")")
-    if differ:
-        console.print(
-            Text(
-                "Eager and tf.function differ for: "
-                + ", ".join(f"{i} {d}" for i, d in differ)
-                + " (model.fit runs the tf.function path).",
-                style="yellow",
-            )
-        )
+        for mode, risk in shown:
+            name = variant_label(risk.impl, risk.eps, several_eps)
+            console.print(_risk_line(f"{name} {risk.dtype} {mode}", risk))
+    if verdict.mode_differences:
+        console.print(Text(differences_text(verdict.mode_differences), style="yellow"))
     for s in audit.skipped:
         console.print(Text(f"skipped {s.impl} {s.dtype}: {s.reason}", style="dim"))
-    console.print(Text(verdict(audit), style="bold"))
-    _legend(console, (r.flags for r in audit.results))
+    console.print(Text(f"Verdict: {verdict.message}", style="bold"))
+    _legend(console, verdict)
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
@@ -206,10 +181,6 @@ CELL_CODES = {
 }
 
 
-def _scale_label(scale: float) -> str:
-    return f"{scale:.3g}".replace("e+0", "e").replace("e+", "e")
-
-
 def _status(cells: Sequence[SweepCell]) -> Text:
     """One grid cell: the first failing flag (in FLAGS order) fired by any pattern, or ok."""
     if not cells:
@@ -221,12 +192,6 @@ def _status(cells: Sequence[SweepCell]) -> Text:
     return Text("ok", style="green")
 
 
-def _label(variant: tuple[str, float | None], with_eps: bool) -> str:
-    """``clipped eps=1e-07`` where several epsilons are swept; the bare name otherwise."""
-    impl, eps = variant
-    return f"{impl} eps={eps:g}" if with_eps and impl == "clipped" and eps is not None else impl
-
-
 def _grid_table(
     title: str,
     scales: Sequence[float],
@@ -235,7 +200,7 @@ def _grid_table(
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("", no_wrap=True)
     for s in scales:
-        table.add_column(_scale_label(s), justify="center", no_wrap=True)
+        table.add_column(scale_label(s), justify="center", no_wrap=True)
     for label, by_scale in rows:
         table.add_row(label, *(_status(by_scale.get(s, [])) for s in scales))
     return table
@@ -260,89 +225,8 @@ def _break_text(points: Sequence[BreakingPoint]) -> Text:
     if not hits:
         return Text("-", style="dim")
     first = min(hits, key=lambda p: (p.scale, p.kind))
-    where = f"<={_scale_label(first.scale)}" if first.at_start else _scale_label(first.scale)
+    where = f"<={scale_label(first.scale)}" if first.at_start else scale_label(first.scale)
     return Text(f"{where} ") + Text(first.flag or "", style=FLAG_STYLES.get(first.flag or "", ""))
-
-
-def _first_break(points: Sequence[BreakingPoint]) -> BreakingPoint | None:
-    hits = [p for p in points if p.scale is not None]
-    return min(hits, key=lambda p: (p.scale, p.kind)) if hits else None
-
-
-def sweep_summary(sweep: Sweep) -> list[str]:
-    """Plain-language conclusions: who survives, who breaks first and why, what to use."""
-    lines: list[str] = []
-    variants = list(dict.fromkeys((c.impl, c.eps) for c in sweep.cells))
-    multi_eps = len({e for i, e in variants if i == "clipped"}) > 1
-
-    def failing(cells: Iterable[SweepCell]) -> bool:
-        return any(FLAGS[f].failing for c in cells for f in c.flags)
-
-    survivors = [
-        _label(v, multi_eps)
-        for v in variants
-        if not failing(c for c in sweep.cells if (c.impl, c.eps) == v)
-    ]
-    if survivors:
-        lines.append(f"Never flagged on any pattern, dtype or scale: {', '.join(survivors)}.")
-    else:
-        lines.append("Every implementation is flagged somewhere in this sweep.")
-    for pattern in (p.name for p in sweep.patterns):
-        clean = [
-            _label(v, multi_eps)
-            for v in variants
-            if not failing(c for c in sweep.cells if (c.impl, c.eps) == v and c.pattern == pattern)
-        ]
-        lines.append(f"Never flagged on the {pattern} pattern: {', '.join(clean) or 'none'}.")
-    first_pattern = sweep.patterns[0].name
-    at_start = sorted(
-        {
-            f"{_label((p.impl, p.eps), multi_eps)} {p.dtype}"
-            for p in sweep.breaking_points
-            if p.at_start and p.pattern == first_pattern
-        }
-    )
-    if at_start:
-        lines.append(
-            f"Already broken at the smallest scale on {first_pattern}: {', '.join(at_start)}."
-        )
-    nonfinite: dict[str, list[str]] = {}
-    first_mode = sweep.breaking_points[0].mode if sweep.breaking_points else ""
-    for p in sweep.breaking_points:
-        if (p.pattern, p.kind, p.mode) == (first_pattern, "loss", first_mode) and p.flag in (
-            "nan",
-            "inf",
-        ):
-            nonfinite.setdefault(_label((p.impl, p.eps), multi_eps), []).append(
-                f"{_scale_label(p.scale)} ({p.dtype})"
-            )
-    if nonfinite:
-        lines.append(
-            f"On {first_pattern} the loss first turns NaN/inf at scale: "
-            + "; ".join(f"{impl} {', '.join(where)}" for impl, where in nonfinite.items())
-            + "."
-        )
-    for impl, eps in variants:
-        if impl != "clipped" or eps is None:
-            continue
-        where = [
-            f"{p.dtype} {_scale_label(p.scale)}"
-            for p in sweep.breaking_points
-            if (p.impl, p.eps, p.kind, p.flag) == (impl, eps, "loss", "divergent")
-            and p.pattern == sweep.patterns[0].name
-            and p.mode == "eager"
-            and p.scale is not None
-        ]
-        if where:
-            lines.append(
-                f"clipped eps={eps:g} diverges on {sweep.patterns[0].name} from scale "
-                f"{', '.join(where)}: the clip caps the loss at -ln(eps) = {-math.log(eps):.3g}, "
-                "so any row whose true loss is larger reads too small and gets no gradient."
-            )
-    fired = [f for f in FLAGS if FLAGS[f].failing and any(f in c.flags for c in sweep.cells)]
-    for name in fired:
-        lines.append(f"{name}: {FLAGS[name].meaning}. Instead: {FLAGS[name].advice}.")
-    return lines
 
 
 def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
@@ -351,13 +235,12 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
     patterns = ", ".join(f"{p.name} ({p.rows}x{p.classes})" for p in sweep.patterns)
     console.print(
         Text(
-            f"xentaudit sweep: {len(sweep.scales)} scales from {_scale_label(sweep.scales[0])} "
-            f"to {_scale_label(sweep.scales[-1])}; patterns {patterns}",
+            f"xentaudit sweep: {len(sweep.scales)} scales from {scale_label(sweep.scales[0])} "
+            f"to {scale_label(sweep.scales[-1])}; patterns {patterns}",
             style="bold",
         ),
         Text(
-            "cells: the first failing flag on any pattern (ok: none); reference: float64 "
-            "max-separated log-sum-exp",
+            f"cells: the first failing flag on any pattern (ok: none); {FLOAT64_EXACT}",
             style="dim",
         ),
         sep="\n",
@@ -370,7 +253,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
         rows = []
         for v in main:
             cells = [c for c in sweep.cells if (c.impl, c.eps, c.dtype) == (*v, dtype)]
-            rows += _mode_rows(cells, _label(v, len(clipped_eps) > 1))
+            rows += _mode_rows(cells, variant_label(*v, len(clipped_eps) > 1))
         console.print(_grid_table(dtype, sweep.scales, rows))
     if len(clipped_eps) > 1:
         rows = []
@@ -394,7 +277,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
         table.add_column(p.name, no_wrap=True)
     never = []
     for v in variants:
-        label = _label(v, len(clipped_eps) > 1)
+        label = variant_label(*v, len(clipped_eps) > 1)
         broke = False
         for dtype in dtypes:
             points = [p for p in sweep.breaking_points if (p.impl, p.eps, p.dtype) == (*v, dtype)]
@@ -422,7 +305,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
     for s in sweep.skipped:
         console.print(Text(f"skipped {s.dtype}: {s.reason}", style="dim"))
     console.print(Text("Summary", style="bold"))
-    for line in sweep_summary(sweep):
+    for line in sweep.summary:
         console.print(f"- {line}")
     return console.file.getvalue()  # type: ignore[attr-defined]
 
@@ -433,10 +316,9 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
 def render_check(
     check: Check, fail_on: Sequence[str], *, color: bool = False, width: int = 160
 ) -> str:
-    """The check as text: verdict, flag counts per implementation, worst rows, what to do."""
+    """The check as text: flag counts per implementation, rows at risk, verdict, what to do."""
+    verdict = check.verdict(fail_on)
     console = _console(color, width)
-    failed = [r for r in check.results if set(fail_on) & set(r.flags)]
-    lint_failed = [f for f in check.lint if f in fail_on]
     console.print(
         Text(
             f"xentaudit check {check.path}: {check.rows} rows x {check.classes} classes, "
@@ -444,17 +326,13 @@ def render_check(
             style="bold",
         ),
         Text(
-            f"labels: {check.labels}; reference: float64 max-separated log-sum-exp; "
-            f"fails on: {', '.join(fail_on) or 'nothing'}",
+            f"labels: {check.labels}; {FLOAT64_EXACT}; fails on: {', '.join(fail_on) or 'nothing'}",
             style="dim",
         ),
         sep="\n",
     )
     for flag, rows in check.lint.items():
-        console.print(
-            Text(f"input: {flag} on {rows} of {check.rows} rows: ", style="yellow"),
-            f"{FLAGS[flag].meaning}. Instead: {FLAGS[flag].advice}.",
-        )
+        console.print(Text(f"input: {flag} on {rows} of {check.rows} rows", style="yellow"))
     table = _columns(
         ("impl", "left"),
         ("labels", "left"),
@@ -464,6 +342,7 @@ def render_check(
         ("max rel err", "right"),
         ("grad err", "right"),
     )
+    several_eps = len({r.eps for r in check.results if r.impl == "clipped"}) > 1
     for r in check.results:
         counts = (
             Text(", ").join(
@@ -473,7 +352,7 @@ def render_check(
             else Text("ok", style="green")
         )
         table.add_row(
-            r.impl,
+            variant_label(r.impl, r.eps, several_eps),
             r.labels,
             r.mode,
             r.dtype if r.output_dtype == r.dtype else f"{r.dtype}->{r.output_dtype}",
@@ -482,27 +361,16 @@ def render_check(
             _num(r.grad_max_abs_err, 2),
         )
     console.print(table)
-    if failed:
+    if verdict.rows_at_risk:
         console.print(Text("Rows at risk (worst rows of each failing result):", style="bold"))
-        for r in failed:
-            for w in r.worst_rows:
-                if any(FLAGS[f].failing for f in w.flags):
-                    console.print(
-                        Text(
-                            f"  {r.impl} {r.labels} {r.mode} {r.dtype}: row {w.row} exact "
-                            f"{_num(w.exact)}, got {_num(w.loss)} ("
-                        )
-                        + _flags_text(w.flags)
-                        + ")"
-                    )
+        for risk in verdict.rows_at_risk:
+            where = f"{risk.impl} {risk.labels} {risk.mode} {risk.dtype}"
+            console.print(_risk_line(where, risk))
+    if verdict.mode_differences:
+        console.print(Text(differences_text(verdict.mode_differences), style="yellow"))
     for s in check.skipped:
         console.print(Text(f"skipped {s.impl} {s.dtype}: {s.reason}", style="dim"))
-    if failed or lint_failed:
-        parts = [f"{len(failed)} of {len(check.results)} results fire a --fail-on flag"]
-        parts += [f"the input is flagged {f}" for f in lint_failed]
-        verdict = Text("FAIL: " + "; ".join(parts), style="bold red")
-    else:
-        verdict = Text("PASS: no --fail-on flag fired", style="bold green")
-    console.print(verdict)
-    _legend(console, (r.flags for r in check.results))
+    style = "bold red" if verdict.status == "fail" else "bold green"
+    console.print(Text(f"{verdict.status.upper()}: {verdict.message}", style=style))
+    _legend(console, verdict)
     return console.file.getvalue()  # type: ignore[attr-defined]

@@ -1,0 +1,246 @@
+"""Every renderer formats the one verdict (or sweep summary) computed in ``results``: tables,
+JSON, JUnit, GitHub workflow commands and Markdown, rendered to strings from hand-built results
+(no TensorFlow). Expected lines are written from the constructed inputs."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+from factories import check_case, check_result, compare_case, sweep_case
+
+from xentaudit.flags import CHECK_FAIL_ON, FLAGS
+from xentaudit.report import github, junit, markdown, table
+from xentaudit.report import json as json_report
+from xentaudit.results import Audit, Check, WorstRow
+
+WIDTH = 400  # wide enough that no line wraps
+
+
+def lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines()]
+
+
+def legend(*names: str) -> list[str]:
+    """The table's legend: one line per fired flag, as "  <flag> <meaning>. Instead: <advice>."."""
+    return [f"  {n} {FLAGS[n].meaning}. Instead: {FLAGS[n].advice}." for n in names]
+
+
+def test_compare_table_formats_the_verdict() -> None:
+    out = lines(table.render(compare_case(), title="xentaudit compare: test", width=WIDTH))
+    assert out[:2] == ["xentaudit compare: test", "exact values: mpmath, 50 digits"]
+    risk = out.index("Rows at risk (worst row of each flagged result):")
+    body = [line.split()[:2] for line in out[4:risk]]
+    # eager and graph fold into one row where they agree (NaN rows included), not for clip
+    assert body == [
+        ["fused", "eager=graph"],
+        ["clip", "eager"],
+        ["clip", "graph"],
+        ["naive", "eager=graph"],
+        ["shifted", "eager"],
+        ["quiet", "eager"],
+    ]
+    assert out[risk:] == [
+        "Rows at risk (worst row of each flagged result):",
+        "  clip float32 eager: row 0 exact 30, got 16.25 (divergent grad-vanish)",
+        "  naive float32 eager=graph: row 1 exact 3, got nan (nan grad-nan)",
+        "  shifted float32 eager: row 1 exact 1, got 1 (grad-vanish)",
+        "Eager and tf.function differ for: clip float32 (model.fit runs the tf.function path).",
+        "Verdict: 4 of 8 results are wrong (clip, naive, shifted). Trustworthy here: fused, quiet.",
+        *legend("nan", "divergent", "grad-nan", "grad-vanish", "zero-loss"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "line"),
+    [
+        ("mpmath", "exact values: mpmath, 50 digits"),
+        ("float64", "exact values: float64 max-separated log-sum-exp (compiled kernel)"),
+        ("float64-numpy", "exact values: float64 max-separated log-sum-exp (numpy)"),
+    ],
+)
+def test_compare_table_names_how_the_exact_values_were_computed(method: str, line: str) -> None:
+    audit = Audit(2, 3, method, compare_case().results[:2])
+    out = lines(table.render(audit, title="t", width=WIDTH))
+    assert out[1] == line and "reference" not in "\n".join(out)
+    assert out[-1] == "Verdict: None of the 2 results are wrong."
+
+
+def test_check_table_formats_the_verdict() -> None:
+    check = check_case()
+    out = lines(table.render_check(check, CHECK_FAIL_ON, width=WIDTH))
+    assert out[1:3] == [
+        "labels: logits.npz[labels]; exact values: float64 max-separated log-sum-exp; "
+        f"fails on: {', '.join(CHECK_FAIL_ON)}",
+        "input: looks-like-probs on 3 of 8 rows",
+    ]
+    conclusion = out[out.index("Rows at risk (worst rows of each failing result):") :]
+    assert conclusion == [
+        "Rows at risk (worst rows of each failing result):",
+        "  keras file eager float32: row 5 exact 30, got 16.25 (divergent grad-vanish)",
+        "  naive file eager float32: row 7 exact 3, got nan (nan grad-nan)",
+        "  naive file eager float32: row 1 exact 20, got 40 (divergent)",
+        "Eager and tf.function differ for: keras float32 (model.fit runs the tf.function path).",
+        "FAIL: 2 of 6 results fire a --fail-on flag (keras, naive). Trustworthy here: fused.",
+        *legend(
+            "nan", "divergent", "grad-nan", "grad-vanish", "grad-wrong", "zero-loss",
+            "looks-like-probs",
+        ),
+    ]  # fmt: skip
+    passed = lines(table.render_check(check, ["inf"], width=WIDTH))
+    assert "Rows at risk (worst rows of each failing result):" not in passed
+    assert "PASS: None of the 6 results fire a --fail-on flag. Trustworthy here: fused." in passed
+
+
+def test_sweep_table_ends_with_the_summary() -> None:
+    sweep = sweep_case()
+    out = lines(table.render_sweep(sweep, width=WIDTH))
+    assert "exact values: float64 max-separated log-sum-exp" in out[1]
+    assert out[out.index("Summary") + 1 :] == [f"- {line}" for line in sweep.summary]
+
+
+def test_junit_carries_the_verdict_as_properties_and_system_out() -> None:
+    root = ET.fromstring(junit.render(check_case(), CHECK_FAIL_ON))
+    suite = root.find("testsuite")
+    properties = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    message = "2 of 6 results fire a --fail-on flag (keras, naive). Trustworthy here: fused."
+    assert properties == {"verdict": "fail", "verdict.message": message}
+    advice = [
+        f"{n}: {FLAGS[n].meaning}. Instead: {FLAGS[n].advice}."
+        for n in (
+            "nan", "divergent", "grad-nan", "grad-vanish", "grad-wrong", "zero-loss",
+            "looks-like-probs",
+        )
+    ]  # fmt: skip
+    assert suite.find("system-out").text.splitlines() == [
+        f"FAIL: {message}",
+        "at risk: keras float32 eager, row 5: exact 30, got 16.25 (divergent, grad-vanish)",
+        "at risk: naive float32 eager, row 7: exact 3, got nan (nan, grad-nan)",
+        "at risk: naive float32 eager, row 1: exact 20, got 40 (divergent)",
+        "Eager and tf.function differ for: keras float32 (model.fit runs the tf.function path).",
+        *advice,
+    ]
+    failures = {
+        c.get("name"): c.find("failure")
+        for c in suite.iter("testcase")
+        if c.find("failure") is not None
+    }
+    assert set(failures) == {"keras float32 eager", "naive float32 eager"}
+    naive = failures["naive float32 eager"]
+    assert naive.get("type") == "nan"
+    assert (
+        naive.get("message")
+        == "nan on 1 of 8 rows, divergent on 1 of 8 rows, grad-nan on 1 of 8 rows"
+    )
+    assert naive.text.splitlines() == [
+        "row 7: exact 3, got nan (nan, grad-nan)",
+        "row 1: exact 20, got 40 (divergent)",
+    ]  # the grad-wrong row 4 does not fail this check
+    assert (suite.get("tests"), suite.get("failures")) == ("7", "2")
+    # failing on the lint flag fails the input case, with the flag's advice
+    lint = ET.fromstring(junit.render(check_case(), ["looks-like-probs"])).find("testsuite")
+    case = next(c for c in lint.iter("testcase") if c.get("name") == "input lint")
+    assert case.find("failure").get("message") == "looks-like-probs on 3 of 8 rows"
+    assert case.find("failure").text == advice[-1]
+    assert lint.get("failures") == "1"
+
+
+def test_markdown_formats_the_verdict() -> None:
+    out = markdown.render(check_case(), CHECK_FAIL_ON).splitlines()
+    assert (
+        out[4]
+        == "**FAIL**: 2 of 6 results fire a --fail-on flag (keras, naive). Trustworthy here: fused."
+    )
+    assert out[out.index("Rows at risk:") :] == [
+        "Rows at risk:",
+        "",
+        "- keras float32 eager, row 5: exact 30, got 16.25 (divergent, grad-vanish)",
+        "- naive float32 eager, row 7: exact 3, got nan (nan, grad-nan)",
+        "- naive float32 eager, row 1: exact 20, got 40 (divergent)",
+        "",
+        "Eager and tf.function differ for: keras float32 (model.fit runs the tf.function path).",
+        "",
+        *(
+            f"- `{n}`: {FLAGS[n].meaning}. Instead: {FLAGS[n].advice}."
+            for n in (
+                "nan", "divergent", "grad-nan", "grad-vanish", "grad-wrong", "zero-loss",
+                "looks-like-probs",
+            )
+        ),
+    ]  # fmt: skip
+    passed = markdown.render(check_case(), ["inf"]).splitlines()
+    assert (
+        passed[4]
+        == "**PASS**: None of the 6 results fire a --fail-on flag. Trustworthy here: fused."
+    )
+    assert "Rows at risk:" not in passed
+
+
+@pytest.mark.parametrize("fail_on", [CHECK_FAIL_ON, ("inf",)])
+def test_every_check_format_carries_the_verdict_and_the_advice(fail_on: tuple[str, ...]) -> None:
+    check = check_case()
+    verdict = check.verdict(fail_on)
+    doc = json.loads(json_report.render(check, command="check", fail_on=list(fail_on)))
+    assert (doc["verdict"]["status"], doc["verdict"]["message"]) == (
+        verdict.status,
+        verdict.message,
+    )
+    assert doc["verdict"]["advice"] == {
+        n: {"meaning": FLAGS[n].meaning, "advice": FLAGS[n].advice} for n in verdict.advice
+    }
+    texts = {
+        "table": table.render_check(check, fail_on, width=WIDTH),
+        "junit": junit.render(check, fail_on),
+        "github": github.render(check, fail_on),
+        "markdown": markdown.render(check, fail_on),
+    }
+    for name, text in texts.items():
+        assert f"{verdict.status.upper()}" in text and verdict.message in text, name
+        for flag in verdict.advice:
+            assert FLAGS[flag].advice in text, (name, flag)
+
+
+def test_github_escapes_data_and_properties_as_workflow_commands_require() -> None:
+    # Data escapes %, CR and LF (% first, or "%0A" would turn into "%250A"); properties
+    # (file=, title=) escape ":" and "," as well, which data keeps as they are.
+    impl = "my%loss\r\nv:1,2"
+    result = check_result("x", "eager", (WorstRow(1, 30.0, 16.25, 0.4583, ("divergent",)),))
+    check = Check(
+        "runs/50%\r\nx:y,z.npz", 2, 3, "float32", "f", {},
+        (check_result(impl, "eager", result.worst_rows, rows=2),),
+    )  # fmt: skip
+    file = "runs/50%25%0D%0Ax%3Ay%2Cz.npz"
+    in_data = "my%25loss%0D%0Av:1,2"
+    in_title = "my%25loss%0D%0Av%3A1%2C2"
+    divergent = f"{FLAGS['divergent'].meaning}. Instead: {FLAGS['divergent'].advice}."
+    assert "%" not in divergent and "\n" not in divergent  # so it reads as it is
+    assert github.render(check, ["divergent"]) == (
+        f"::error file={file},title=xentaudit {in_title} float32 eager::"
+        "divergent on 1 of 2 rows; worst row 1: exact 30, got 16.25\n"
+        f"::error file={file},title=xentaudit verdict::"
+        f"FAIL: 1 of 1 results fire a --fail-on flag ({in_data}). Trustworthy here: none."
+        f"%0Aat risk: {in_data} float32 eager, row 1: exact 30, got 16.25 (divergent)"
+        f"%0Adivergent: {divergent}\n"
+    )
+
+
+def test_github_levels_lint_and_the_verdict() -> None:
+    out = github.render(check_case(), ["looks-like-probs"]).splitlines()
+    levels = [line.split(" ", 1)[0] for line in out]
+    # lint (failing here), keras eager, keras graph, fused x2 (zero-loss only), naive, shifted
+    # (failing kinds not asked for), then the verdict
+    assert levels == [
+        "::error", "::warning", "::notice", "::notice", "::notice", "::warning", "::warning",
+        "::error",
+    ]  # fmt: skip
+    probs = FLAGS["looks-like-probs"]
+    assert out[0] == (
+        "::error file=logits.npz,title=xentaudit input%3A looks-like-probs::"
+        f"looks-like-probs on 3 of 8 rows: {probs.meaning}. Instead: {probs.advice}."
+    )
+    assert (
+        github.render(check_case(), ["inf"])
+        .splitlines()[-1]
+        .startswith("::notice file=logits.npz,title=xentaudit verdict::PASS: ")
+    )

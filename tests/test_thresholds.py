@@ -1,0 +1,304 @@
+"""Every threshold the README documents, pinned from both sides.
+
+Each test puts an error just inside a threshold (3 % below, no flag) and just past it (3 % above,
+the flag fires), so that changing any constant by a factor of 2 in either direction fails at
+least one of them. Exact values are closed forms or mpmath values computed here; the outcomes
+graded are constructed (exact value plus a chosen error), so the thresholds are tested apart from
+any implementation's rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from xentaudit import audit
+from xentaudit.audit import grade, round_to, worst
+from xentaudit.check import _lint
+from xentaudit.dtypes import FORMATS
+from xentaudit.grid import refine
+from xentaudit.io import Batch, prepare
+
+EPS32 = 2.0**-23
+TINY32 = 2.0**-126
+INSIDE, PAST = 0.97, 1.03  # factors on a threshold: just inside it, just past it
+
+
+def _uniform(classes: int, weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """A row of C equal logits with label weight ``weight`` on class 0: L = weight * ln C."""
+    x = np.zeros((1, classes))
+    y = np.zeros((1, classes))
+    y[0, 0] = weight
+    return x, y, weight * math.log(classes)
+
+
+def _grade(x, y, loss, grad, dtype="float32", out=None, rtol=None):
+    rounded = round_to(prepare(np.asarray(x), np.asarray(y)), FORMATS[dtype])
+    return grade(np.atleast_1d(np.asarray(loss, float)), np.asarray(grad, float), out or dtype,
+                 rounded, rtol)  # fmt: skip
+
+
+def _exact_grad(classes: int, weight: float = 1.0) -> np.ndarray:
+    g = np.full((1, classes), weight / classes)
+    g[0, 0] -= weight
+    return g
+
+
+# The loss and gradient tolerances, per row of C classes: with k = ceil(log2 C), B = max(sum y, 1)
+#   divergent:  |L - exact| > eps (8 max(|exact|, 1) + k B)
+#   grad-wrong: max_j |G - g| > eps (8 + k) B
+# C = 3, 1,000, 32,000 and 256,000 (k = 2, 10, 15, 18): at C = 3 the 8 dominates, at 256,000
+# the k term is as large as the 8 (x max(L, 1) = 12.5 for the loss), so halving or doubling
+# either constant moves the threshold by more than 3 % in at least one of them.
+CLASSES = [(3, 2), (1000, 10), (32000, 15), (256000, 18)]
+
+
+@pytest.mark.parametrize(("classes", "k"), CLASSES)
+@pytest.mark.parametrize("weight", [1.0, 3.0])
+def test_divergent_threshold_is_8_eps_relative_plus_k_eps_absolute(classes, k, weight) -> None:
+    x, y, exact = _uniform(classes, weight)
+    assert k == math.ceil(math.log2(classes))
+    bound = max(weight, 1.0)
+    threshold = EPS32 * (8 * max(exact, 1.0) + k * bound)
+    g = _exact_grad(classes, weight)
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        graded = _grade(x, y, exact + factor * threshold, g)
+        assert ("divergent" in graded.flags()) is flagged, (factor, graded.flags())
+        graded = _grade(x, y, exact - factor * threshold, g)  # errors count both ways
+        assert ("divergent" in graded.flags()) is flagged, (factor, graded.flags())
+
+
+@pytest.mark.parametrize(("classes", "k"), CLASSES)
+@pytest.mark.parametrize("weight", [1.0, 3.0])
+def test_grad_wrong_threshold_is_8_plus_k_eps_times_the_bound(classes, k, weight) -> None:
+    x, y, exact = _uniform(classes, weight)
+    threshold = EPS32 * (8 + k) * max(weight, 1.0)
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        g = _exact_grad(classes, weight)
+        g[0, classes - 1] += factor * threshold
+        assert (_grade(x, y, exact, g).flags() == ("grad-wrong",)) is flagged, factor
+
+
+def test_rtol_replaces_the_whole_loss_tolerance() -> None:
+    # With --rtol the tolerance is rtol * max(|exact|, 1), without the k eps B term.
+    x, y, exact = _uniform(256000)
+    g = _exact_grad(256000)
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        graded = _grade(x, y, exact + factor * 1e-3 * exact, g, rtol=1e-3)
+        assert ("divergent" in graded.flags()) is flagged
+        assert graded.rtol == 1e-3
+    # The default's k eps B term does not apply: an error of 9 eps is flagged at rtol = 8 eps / L.
+    graded = _grade(x, y, exact + 9 * EPS32 * exact, g, rtol=8 * EPS32)
+    assert "divergent" in graded.flags()
+
+
+def test_grad_blowup_at_10_times_the_bound() -> None:
+    for weight in (1.0, 2.0):
+        x, y, exact = _uniform(2, weight)
+        for factor, flag in ((INSIDE, "grad-wrong"), (PAST, "grad-blowup")):
+            g = np.array([[10 * weight * factor, -10 * weight * factor]])
+            assert _grade(x, y, exact, g).flags() == (flag,), (weight, factor)
+
+
+def test_grad_vanish_fraction_is_a_tenth_of_the_exact_gradient() -> None:
+    x, y, exact = _uniform(2)
+    g = _exact_grad(2)  # [-1/2, 1/2]: far above 32 eps
+    for factor, flag in ((INSIDE, "grad-vanish"), (PAST, "grad-wrong")):
+        assert _grade(x, y, exact, 0.1 * factor * g).flags() == (flag,), factor
+
+
+def test_grad_vanish_needs_an_exact_gradient_above_32_eps() -> None:
+    # Logits [0, -d], label 0: the exact gradient is [-p, p], p = 1 / (1 + e^d). Choose d (in
+    # float32) so that p lands 3 % either side of 32 eps32; the implementation returns zeros.
+    for factor, flag in ((INSIDE, "grad-wrong"), (PAST, "grad-vanish")):
+        target = 32 * EPS32 * factor
+        d = float(np.float32(math.log(1 / target - 1)))
+        with mpmath.workdps(40):
+            p = 1 / (1 + mpmath.exp(d))
+            loss = float(mpmath.log1p(mpmath.exp(-d)))
+        assert abs(float(p) / target - 1) < 1e-3  # float32 rounding of d moves p by < 1e-6
+        graded = _grade([[0.0, -d]], [[1.0, 0.0]], loss, [[0.0, 0.0]])
+        assert graded.flags() == (flag,), (factor, float(p) / EPS32)
+
+
+def test_downcast_allowance_is_u_out_times_2_b_max_abs_logit() -> None:
+    # float64 logits near 1000 graded as a float32 output: the allowance q = 2^-24 * 2 * 1000
+    # (1.2e-4) dominates eps32 (8 max(L, 1) + k) = 1.2e-6.
+    x = np.array([[1000.0, 999.0]])
+    y = np.array([[0.0, 1.0]])
+    with mpmath.workdps(40):
+        exact = float(mpmath.log1p(mpmath.exp(1)))
+    q = 2.0**-24 * 2 * 1.0 * 1000.0
+    threshold = EPS32 * (8 * exact + 1) + q
+    with mpmath.workdps(40):
+        p = 1 / (1 + mpmath.exp(-1))
+    g = np.array([[float(p), float(-p)]])
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        graded = _grade(x, y, exact + factor * threshold, g, dtype="float64", out="float32")
+        assert ("divergent" in graded.flags()) is flagged, factor
+        assert "downcast" in graded.flags()
+    # Without the narrowing (a float64 output) there is no allowance: the same error is flagged.
+    graded = _grade(x, y, exact + 0.5 * q, g, dtype="float64")
+    assert "divergent" in graded.flags() and "downcast" not in graded.flags()
+
+
+@pytest.mark.parametrize(("lead", "forgiven"), [(87.5, True), (87.0, False)])
+def test_subnormal_allowance_and_zero_loss_at_the_smallest_normal(lead, forgiven) -> None:
+    # Logits [lead, 0], label 0: the exact loss log1p(e^-lead) is 1.0e-38 (below float32's
+    # smallest normal number 1.18e-38) for 87.5 and 1.65e-38 (above it) for 87.0. A loss of
+    # exactly 0 is then no error at all (TensorFlow flushes subnormals), or a `zero-loss`.
+    with mpmath.workdps(40):
+        exact = float(mpmath.log1p(mpmath.exp(-lead)))
+    assert (exact < TINY32) is forgiven and 0.8 < exact / TINY32 < 1.5
+    graded = _grade([[lead, 0.0]], [[1.0, 0.0]], 0.0, [[0.0, 0.0]])
+    assert bool(graded.ulps_err[0] == 0.0) is forgiven
+    assert graded.flags() == (() if forgiven else ("zero-loss",))
+
+
+@pytest.mark.parametrize(
+    ("loss", "exact_inf", "flag"),
+    [
+        (math.inf, False, "inf"),
+        (-math.inf, False, "inf"),
+        (math.nan, False, "nan"),
+        (math.inf, True, None),  # label mass on a masked logit: +inf is the right answer
+        (16.1180956509583, True, "divergent"),  # a finite loss there is infinitely wrong
+        (-math.inf, True, "divergent"),
+        (math.nan, True, "nan"),
+    ],
+)
+def test_the_inf_rule_and_infinite_exact_losses(loss, exact_inf, flag) -> None:
+    x = [[0.0, -math.inf, 1.0]]
+    y = [[0.0, 1.0, 0.0]] if exact_inf else [[0.0, 0.0, 1.0]]
+    with mpmath.workdps(40):
+        p2 = 1 / (1 + mpmath.exp(-1))
+    g = np.array([[float(1 - p2), -1.0 if exact_inf else 0.0, float(p2) - (0 if exact_inf else 1)]])
+    graded = _grade(x, y, loss, g)
+    assert graded.flags() == ((flag,) if flag else ()), graded.flags()
+    if flag == "divergent":
+        assert graded.rel_err[0] == math.inf
+    if flag is None:
+        assert graded.rel_err[0] == 0.0
+
+
+def test_nan_counts_as_the_worst_error() -> None:
+    assert math.isnan(worst(np.array([1e300, math.nan, math.inf])))
+    assert worst(np.array([1e-3, 2.0])) == 2.0
+    assert worst(np.array([])) == 0.0
+
+
+def test_clipped_bounds_are_eps_and_one_minus_eps() -> None:
+    # float64, eps = 1e-7: a true-class probability below eps reads -ln(eps); one above 1 - eps
+    # reads -ln(1 - eps), whatever the exact loss (2e-22 here, and 50 for the other row).
+    a = audit(
+        np.array([[50.0, 0.0, 0.0], [0.0, 50.0, 0.0]]),
+        np.array([0, 0]),
+        impls=["clipped"],
+        dtypes=["float64"],
+        modes=["eager"],
+        eps=1e-7,
+    )
+    (r,) = a.results
+    # 2 float64 ulps: one rounding in the clip's 1 - eps, one in log.
+    assert r.loss_rows[0] == pytest.approx(-math.log1p(-1e-7), rel=4.5e-16)
+    assert r.loss_rows[1] == pytest.approx(-math.log(1e-7), rel=4.5e-16)
+    assert r.row_flags[0] == ("divergent",)  # 1e-7 instead of 2e-22: far past 8 eps64
+    assert r.row_flags[1] == ("divergent", "grad-vanish")
+
+
+# --- check's input lint: sums are compared with 1 to within max(1e-4, 8 eps of the dtype) ----
+
+
+def _lint_rows(rows: list[list[float]], dtype: str, weights=None) -> dict[str, list[bool]]:
+    fmt = FORMATS[dtype]
+    x = fmt.cast(np.array(rows))
+    y = np.array(weights, float) if weights is not None else None
+    return {f: m.tolist() for f, m in _lint(Batch(x, y, None), fmt).items()}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tol", "inside", "past"),
+    [
+        ("float32", 1e-4, INSIDE, PAST),
+        # float16: 8 eps = 16 steps of its spacing 2^-11 on [0.5, 1): 15 and 17 steps.
+        ("float16", 8 * 2.0**-10, 15 / 16, 17 / 16),
+    ],
+)
+def test_probability_lint_tolerance(dtype: str, tol: float, inside: float, past: float) -> None:
+    # Two entries 1/4 and 3/4 + d, whose sum is 1 + d (the rounded values' float64 sum is
+    # checked to be on the intended side first).
+    rows = []
+    for factor in (inside, past):
+        rows.append([0.25, 0.75 + factor * tol])
+        rows.append([0.25, 0.75 - factor * tol])
+    x = FORMATS[dtype].cast(np.array(rows)).astype(np.float64)
+    off = np.abs(x.sum(axis=1) - 1) / tol
+    assert (off[:2] < 1).all() and (off[2:] > 1).all(), off
+    assert _lint_rows(rows, dtype)["looks-like-probs"] == [True, True, False, False]
+
+
+def test_logprob_lint_tolerance() -> None:
+    # Rows log([a, 1 - a]) + d: logsumexp = d. Within 1e-4 of 0 they look like log-probabilities.
+    rows = [[math.log(0.25) + d, math.log(0.75) + d] for d in (0.97e-4, -0.97e-4, 1.03e-4)]
+    assert _lint_rows(rows, "float64")["looks-like-logprobs"] == [True, True, False]
+
+
+def test_soft_label_lint_tolerance() -> None:
+    w = [[0.5, 0.5 + d] for d in (0.97e-4, -0.97e-4, 1.03e-4, -1.03e-4)]
+    rows = [[0.0, 1.0]] * 4
+    assert _lint_rows(rows, "float64", w)["soft-labels-unnormalized"] == [False, False, True, True]
+
+
+def test_coarse_logits_fire_where_the_dtype_spacing_reaches_1() -> None:
+    # float16 spacing is 0.5 on [512, 1024) and 1 on [1024, 2048): 1023 is fine, 1024 is coarse.
+    # bfloat16 (8 significant bits) reaches spacing 1 at 128, float32 at 2^23.
+    cases = {"float16": (1023, 1024), "bfloat16": (127, 128), "float32": (2**23 - 1, 2**23)}
+    for dtype, (fine, coarse) in cases.items():
+        assert _lint_rows([[fine, 0.0], [coarse, 0.0]], dtype)["coarse-logits"] == [False, True]
+
+
+# --- breaking points: 3 significant digits ---------------------------------------------------
+
+
+def test_breaking_points_are_refined_to_a_relative_width_of_5e_4() -> None:
+    # A bracket narrower than 5e-4 (relative) pins its upper end to 3 significant digits. With
+    # one point per round (bisection in log space) the number of rounds is exactly
+    # ceil(log2(ln(hi / lo) / ln(1 + 5e-4))): a halved or doubled width changes it.
+    threshold, calls = 2.2181, []
+
+    def fires(candidates: list[float]) -> dict[str, list[str]]:
+        calls.append(candidates)
+        return {"loss": ["nan" if c >= threshold else "" for c in candidates]}
+
+    ((lo, hi), flag) = refine({"loss": (1.0, 3.16, "nan")}, fires, points=1)["loss"]
+    assert flag == "nan" and lo < threshold <= hi and hi / lo - 1 <= 5e-4
+    assert len(calls) == math.ceil(math.log2(math.log(3.16) / math.log1p(5e-4)))
+    assert f"{hi:.3g}" == f"{threshold:.3g}"
+
+
+# --- check's default gate ------------------------------------------------------------------
+
+
+def test_check_default_fail_on_fails_on_divergent_but_not_on_grad_wrong(tmp_path) -> None:
+    # Row [50, 0, 0] with label 1: the Keras-style clip caps the loss (divergent, grad-vanish),
+    # which the default gate fails on. The same row audited by `naive` in float64 past scale
+    # 88.6 has a finite loss and a wrong gradient only (grad-wrong): the default passes it.
+    from xentaudit.cli import cli
+
+    path = tmp_path / "x.npz"
+    np.savez(path, logits=np.array([[50.0, 0.0, 0.0]]), labels=np.array([1]))
+    runner = CliRunner()
+    clipped = runner.invoke(cli, ["check", str(path), "--impl", "clipped", "--mode", "eager"])
+    assert clipped.exit_code == 1, clipped.output
+    wrong = tmp_path / "w.npz"
+    np.savez(wrong, logits=np.array([[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]) * 100, labels=[0, 1])
+    naive = runner.invoke(cli, ["check", str(wrong), "--impl", "naive", "--mode", "eager"])
+    assert "grad-wrong" in naive.output and naive.exit_code == 0, naive.output
+    named = runner.invoke(
+        cli, ["check", str(wrong), "--impl", "naive", "--mode", "eager", "--fail-on", "grad-wrong"]
+    )
+    assert named.exit_code == 1
