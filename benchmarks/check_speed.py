@@ -5,9 +5,13 @@ Targets (issue "xentaudit check FILE"):
   2. on a 4096 x 32000 float32 array, `check --impl tf_softmax_xent` takes at most 2x the time
      of tf.nn.softmax_cross_entropy_with_logits forward+backward on the same in-memory array;
   3. the reference pass alone runs at >= 25 % of this machine's memory bandwidth (numpy sum).
-Everything is measured in this run; medians of --runs repetitions after one warm-up.
+     The same pass with the numpy reference (what an install without a C compiler runs) is
+     measured beside it, for information.
+Everything is measured in this run; medians of --runs repetitions after one warm-up. The first
+line names the CPU and the kernel's instruction-set clone; --isa (or XENTAUDIT_KERNEL_ISA)
+forces one, e.g. x86-64-v3 for the AVX2 clone CI's CPUs run.
 
-    python benchmarks/check_speed.py [--runs 3] [--big-gb 4] [--skip-big]
+    python benchmarks/check_speed.py [--runs 3] [--big-gb 4] [--skip-big] [--isa x86-64-v3]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import apply_isa, describe, isa_option
 
 ROWS, CLASSES = 4096, 32000
 
@@ -113,17 +118,22 @@ def speed(runs: int) -> None:
     del big
     rows = max(1, CHUNK_ENTRIES // CLASSES)  # the chunks `check` itself reads
 
-    def reference_pass() -> None:  # exact loss and float64 gradient of every row, as check does
+    def reference_pass(method: str) -> None:  # exact loss and float64 gradient, as check does
         for start in range(0, ROWS, rows):
-            cross_entropy(x[start : start + rows], k[start : start + rows], "float64")
+            cross_entropy(x[start : start + rows], k[start : start + rows], method)
 
-    ref = median_time(reference_pass, runs)
+    ref = median_time(lambda: reference_pass("float64"), runs)
     rate = x.nbytes / ref
     print(f"3. memory bandwidth (numpy sum of 1 GiB float32): {bandwidth / 1e9:.2f} GB/s")
     print(
         f"   reference pass (float64 method, check's chunks of {rows} rows): {ref:.2f} s = "
         f"{rate / 1e9:.2f} GB/s of logits = {100 * rate / bandwidth:.1f} % of bandwidth "
         f"(target >= 25 %: {'met' if rate >= 0.25 * bandwidth else 'NOT met'})"
+    )
+    slow = median_time(lambda: reference_pass("float64-numpy"), runs)
+    print(
+        f"   reference pass, numpy reference (float64-numpy):     {slow:.2f} s = "
+        f"{x.nbytes / slow / 1e9:.2f} GB/s of logits = {slow / ref:.1f}x the float64 method's time"
     )
 
 
@@ -132,7 +142,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--big-gb", type=float, default=4.0)
     parser.add_argument("--skip-big", action="store_true")
+    isa_option(parser)
     args = parser.parse_args()
+    apply_isa(args)
+    print(describe())
     if not args.skip_big:
         big_file(args.big_gb, args.runs)
     speed(args.runs)

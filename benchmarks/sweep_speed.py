@@ -3,9 +3,10 @@
 Target (issue "xentaudit sweep"): the default sweep finishes within TensorFlow's import time
 + 5 s on the 2-core CPU machine. Both are measured here in the same run, as fresh processes
 (the sweep's figure includes its own TensorFlow import, tracing and every breaking-point
-search), and the medians are compared.
+search), and the medians are compared. The first line names the CPU and the reference kernel's
+instruction-set clone; --isa (or XENTAUDIT_KERNEL_ISA) forces one.
 
-    python benchmarks/sweep_speed.py [--runs 5]
+    python benchmarks/sweep_speed.py [--runs 5] [--isa x86-64-v3]
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from machine import apply_isa, describe, isa_option
 
 BUDGET_S = 5.0
 
@@ -28,7 +31,11 @@ def wall(cmd: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    runs = parser.parse_args().runs
+    isa_option(parser)
+    args = parser.parse_args()
+    apply_isa(args)
+    print(describe())
+    runs = args.runs
     imports, sweeps = [], []
     wall([sys.executable, "-c", "import tensorflow"])  # warm the file cache once, discarded
     for _ in range(runs):  # interleaved, so both see the same machine state

@@ -1,0 +1,47 @@
+"""What a benchmark ran on: the CPU model, and which reference ran (the kernel's clone).
+
+Import it after setting ``XENTAUDIT_KERNEL_ISA`` (see ``isa_option``): the kernel reads the
+variable once, when it loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def describe() -> str:
+    """One line: CPU model and cores, the float64 reference method and the kernel's clone."""
+    from xentaudit import reference
+
+    cpu = f"CPU: {cpu_model()}, {os.cpu_count()} cores"
+    if reference.FLOAT64_METHOD != "float64":
+        return f"{cpu}; reference: {reference.FLOAT64_METHOD} (the kernel is not in use)"
+    kernel = reference._kernel
+    runnable = ", ".join(kernel.supported_isas())
+    return f"{cpu}; reference: float64 kernel, clone {kernel.isa()} (this CPU runs {runnable})"
+
+
+def isa_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--isa",
+        help="run this clone of the kernel (x86-64-v4, x86-64-v3, x86-64): sets "
+        "XENTAUDIT_KERNEL_ISA for this process and its children (default: the variable as set, "
+        "else the best this CPU supports)",
+    )
+
+
+def apply_isa(args: argparse.Namespace) -> None:
+    if args.isa:
+        os.environ["XENTAUDIT_KERNEL_ISA"] = args.isa
