@@ -234,3 +234,22 @@ def test_labels_may_be_an_array_and_eps_may_be_several(tmp_path) -> None:
     # + 10 = 60 (to 1e-9), where the file's labels give 4e-9 and 30.
     exact = sorted(w.exact for w in flipped.results[0].worst_rows)
     assert exact == pytest.approx([20.0, 60.0], rel=1e-9)
+
+
+def test_every_report_names_the_reference_method_actually_used(tmp_path) -> None:
+    # Forced to the numpy fallback (what an install without a C compiler runs), check's JSON and
+    # table say so; the default run names the compiled kernel when it is built.
+    import os
+    import subprocess
+    import sys
+
+    from xentaudit.reference import FLOAT64_METHOD
+
+    args = [sys.executable, "-m", "xentaudit", "check", str(FIXTURES / "clean.npz"), *FAST]
+    env = {**os.environ, "XENTAUDIT_REFERENCE": "numpy"}
+    out = subprocess.run([*args, "--format", "json"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["reference_method"] == "float64-numpy"
+    table = run(str(FIXTURES / "clean.npz"), *FAST)
+    kernel = "compiled kernel" if FLOAT64_METHOD == "float64" else "numpy"
+    assert f"exact values: float64 max-separated log-sum-exp ({kernel})" in table.stdout

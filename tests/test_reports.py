@@ -71,7 +71,8 @@ def test_check_table_formats_the_verdict() -> None:
     check = check_case()
     out = lines(table.render_check(check, CHECK_FAIL_ON, width=WIDTH))
     assert out[1:3] == [
-        "labels: logits.npz[labels]; exact values: float64 max-separated log-sum-exp; "
+        "labels: logits.npz[labels]; exact values: float64 max-separated log-sum-exp (compiled "
+        "kernel); "
         f"fails on: {', '.join(CHECK_FAIL_ON)}",
         "input: looks-like-probs on 3 of 8 rows",
     ]

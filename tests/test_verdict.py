@@ -157,7 +157,7 @@ def test_check_json_judges_the_verdict_on_its_fail_on() -> None:
     doc = json.loads(json_report.render(check, command="check", fail_on=["grad-wrong"]))
     assert list(doc) == [
         "schema", "command", "fail_on", "path", "rows", "classes", "file_dtype", "labels", "lint",
-        "results", "skipped", "verdict",
+        "results", "skipped", "reference_method", "verdict",
     ]  # fmt: skip
     assert doc["fail_on"] == ["grad-wrong"]
     assert [f["impl"] for f in doc["verdict"]["failing"]] == ["naive", "shifted"]
@@ -181,7 +181,8 @@ def test_sweep_summary_is_computed_with_the_results_and_written_to_json() -> Non
     assert sweep.summary == expected
     doc = json.loads(json_report.render(sweep, command="sweep"))
     assert list(doc) == [
-        "schema", "command", "scales", "patterns", "cells", "breaking_points", "skipped", "summary",
+        "schema", "command", "scales", "patterns", "cells", "breaking_points", "skipped",
+        "reference_method", "summary",
     ]  # fmt: skip
     assert doc["summary"] == list(expected)
     assert doc["cells"][3]["loss"] == "nan"

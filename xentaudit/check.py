@@ -43,6 +43,7 @@ from xentaudit.io import (
     prefetched,
     prepare,
 )
+from xentaudit.reference import FLOAT64_METHOD
 from xentaudit.results import Check, CheckResult, Skipped, WorstRow
 
 CHUNK_ENTRIES = 1 << 21  # logits per chunk by default: ~50 MB of work arrays (float64 gradients)
@@ -312,4 +313,5 @@ def check_file(
         lint={flag: lint[flag] for flag in LINT if lint[flag]},
         results=results,
         skipped=tuple(skipped.values()),
+        reference_method=FLOAT64_METHOD,
     )

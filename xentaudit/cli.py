@@ -114,7 +114,8 @@ def shared_options(fail_on: Sequence[str] = ()) -> Callable[[Callable], Callable
         click.option(
             "--rtol",
             type=float,
-            help="Loss tolerance of `divergent` (default: 8 eps of the dtype, see README).",
+            help="Loss tolerance of `divergent`: R max(|exact|, 1) instead of the default "
+            "eps (8 max(|exact|, 1) + ceil(log2 C) B) (see README).",
         ),
         click.option(
             "--fail-on",
@@ -420,7 +421,8 @@ def check(
 ) -> int:
     """Audit saved logits (.npy, or .npz with logits and labels): the CI gate.
 
-    Exit code 1 when a --fail-on flag fires on any row, 0 otherwise, 2 for bad input.
+    Exit code 1 when a --fail-on flag fires on any row, 0 otherwise, 2 for bad input or
+    options, 3 for an internal error (a bug in xentaudit, never a verdict).
     """
     from xentaudit import config
     from xentaudit.check import check_file

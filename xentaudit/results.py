@@ -217,6 +217,7 @@ class Sweep:
     cells: tuple[SweepCell, ...]
     breaking_points: tuple[BreakingPoint, ...]
     skipped: tuple[Skipped, ...] = field(default=())
+    reference_method: str = "float64"  # "float64" (the compiled kernel) or "float64-numpy"
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired in any cell, 1 otherwise."""
@@ -277,6 +278,7 @@ class Check:
     lint: dict[str, int]  # input lint flag -> rows it applies to
     results: tuple[CheckResult, ...]
     skipped: tuple[Skipped, ...] = field(default=())
+    reference_method: str = "float64"  # "float64" (the compiled kernel) or "float64-numpy"
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired on any row (lint included), 1 otherwise."""

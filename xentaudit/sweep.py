@@ -39,6 +39,7 @@ from xentaudit.grid import (
     refine_points,
 )
 from xentaudit.io import prepare
+from xentaudit.reference import FLOAT64_METHOD
 from xentaudit.results import BreakingPoint, PatternInfo, Skipped, Sweep, SweepCell
 
 KINDS = {
@@ -151,7 +152,7 @@ def sweep(
     info = tuple(
         PatternInfo(p.name, p.description, p.logits.shape[0], p.logits.shape[1]) for p in built
     )
-    return Sweep(tuple(scales), info, tuple(cells), tuple(points), tuple(skipped))
+    return Sweep(tuple(scales), info, tuple(cells), tuple(points), tuple(skipped), FLOAT64_METHOD)
 
 
 def _cells(

@@ -44,12 +44,11 @@ FLAG_STYLES = {
     "zero-loss": "cyan",
     "downcast": "cyan",
 }
-EXACT_METHODS = {  # Audit.reference_method -> how the exact values were computed
+EXACT_METHODS = {  # reference_method -> how the exact values were computed
     "mpmath": "mpmath, 50 digits",
     "float64": "float64 max-separated log-sum-exp (compiled kernel)",
     "float64-numpy": "float64 max-separated log-sum-exp (numpy)",
 }
-FLOAT64_EXACT = "exact values: float64 max-separated log-sum-exp"  # `sweep` and `check`
 
 
 def _console(color: bool, width: int) -> Console:
@@ -240,7 +239,8 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
             style="bold",
         ),
         Text(
-            f"cells: the first failing flag on any pattern (ok: none); {FLOAT64_EXACT}",
+            "cells: the first failing flag on any pattern (ok: none); exact values: "
+            + EXACT_METHODS[sweep.reference_method],
             style="dim",
         ),
         sep="\n",
@@ -326,7 +326,8 @@ def render_check(
             style="bold",
         ),
         Text(
-            f"labels: {check.labels}; {FLOAT64_EXACT}; fails on: {', '.join(fail_on) or 'nothing'}",
+            f"labels: {check.labels}; exact values: {EXACT_METHODS[check.reference_method]}; "
+            f"fails on: {', '.join(fail_on) or 'nothing'}",
             style="dim",
         ),
         sep="\n",
