@@ -176,7 +176,7 @@ def test_an_unknown_or_unsupported_clone_is_refused(tmp_path: Path) -> None:
     assert lines[-1] == supported[0]  # empty: the best
 
 
-@needs_kernel
+@pytest.mark.skipif(reference.FLOAT64_METHOD != "float64", reason="the kernel is not in use")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_kernel_and_the_numpy_reference_agree(dtype: type) -> None:
     rng = np.random.default_rng(4)
@@ -192,7 +192,7 @@ def test_the_kernel_and_the_numpy_reference_agree(dtype: type) -> None:
             assert (kernel.method, numpy.method) == ("float64", "float64-numpy")
             # They differ in exp (0.77 and 0.51 ulp), in the order of the compensated sums
             # (0.5 ulp each) and in log1p's rounding of the two t (<1 ulp): 4 ulps (measured:
-            # 2, and 98 % of the losses identical).
+            # 1 here, 2 over 20,000 random losses, 98 % of which were identical).
             finite = np.isfinite(kernel.loss)
             assert np.array_equal(kernel.loss[~finite], numpy.loss[~finite])
             ulps = np.abs(kernel.loss[finite] - numpy.loss[finite]) / np.spacing(
@@ -201,7 +201,7 @@ def test_the_kernel_and_the_numpy_reference_agree(dtype: type) -> None:
             assert np.all(ulps <= 4)
             # |g| <= bound = max(sum(y), 1). The exps differ by <= 1.3 ulps of q_j (scaled to
             # <= bound), numpy rounds q_j * scale before subtracting y_j where the kernel fuses
-            # them (0.5), and each rounds its result (0.5 + 0.5): 4 EPS64 * bound (measured 1).
+            # them (0.5), and each rounds its result (0.5 + 0.5): 4 EPS64 * bound (measured 0.94).
             bound = np.maximum(1.0, labels.sum(axis=1) if labels.ndim == 2 else 1.0)
             assert np.all(np.abs(kernel.grad - numpy.grad).max(axis=1) <= 4 * EPS64 * bound)
 

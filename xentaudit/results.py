@@ -141,7 +141,7 @@ class Audit:
 
     rows: int
     classes: int
-    reference_method: str  # "mpmath" (50 digits) or "float64"
+    reference_method: str  # "mpmath" (50 digits), "float64" (the kernel) or "float64-numpy"
     results: tuple[ImplResult, ...]
     skipped: tuple[Skipped, ...] = field(default=())
 
