@@ -95,9 +95,37 @@ def test_labels_are_needed_unless_the_npz_has_them(tmp_path) -> None:
 def test_truncated_npy_is_an_input_error(tmp_path) -> None:
     path = tmp_path / "cut.npy"
     np.save(path, np.zeros((100, 10)))
-    path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(InputError, match=r"cut\.npy is truncated: it ends 98 rows early"):
+    whole = path.read_bytes()
+    path.write_bytes(whole[:300])
+    message = f"cut.npy is truncated: expected {len(whole)} bytes, found 300; write the file again"
+    with pytest.raises(InputError, match=re.escape(message)):
         logits_of(str(path))
+
+
+def test_every_npy_format_version_is_read(tmp_path) -> None:
+    x = np.arange(12, dtype=">f8").reshape(3, 4)  # big-endian, as another machine may write
+    for version in ((1, 0), (2, 0), (3, 0)):
+        path = tmp_path / f"v{version[0]}.npy"
+        with path.open("wb") as stream:
+            np.lib.format.write_array(stream, x, version=version)
+        assert path.read_bytes()[6:8] == bytes(version)
+        got = logits_of(str(path))
+        assert got.dtype == x.dtype and np.array_equal(got, x)
+
+
+def test_label_errors_name_the_offending_rows() -> None:
+    x = np.zeros((4, 2))
+    with pytest.raises(InputError, match="labels contain NaN or inf in rows 1, 3; label weights"):
+        prepare(x, np.array([[0.5, 0.5], [np.inf, 0], [1, 0], [0, np.nan]]))
+    with pytest.raises(InputError, match="class labels must be whole numbers, not in rows 0, 2;"):
+        prepare(x, np.array([0.5, 1, np.inf, 0]))
+
+
+def test_label_dtypes_are_checked_before_reading_for_arrays_in_memory_too(tmp_path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((3, 2), np.float32))
+    for labels in (np.zeros(3, np.complex64), np.array(["0", "1", "0"]), np.zeros(3, object)):
+        with pytest.raises(InputError, match="labels must be integer classes or weights"):
+            open_arrays(tmp_path / "x.npy", labels, "logits", "labels")
 
 
 def test_sparse_dense_and_soft_labels() -> None:

@@ -72,8 +72,7 @@ def test_check_table_formats_the_verdict() -> None:
     out = lines(table.render_check(check, CHECK_FAIL_ON, width=WIDTH))
     assert out[1:3] == [
         "labels: logits.npz[labels]; exact values: float64 max-separated log-sum-exp (compiled "
-        "kernel); "
-        f"fails on: {', '.join(CHECK_FAIL_ON)}",
+        f"kernel); config: none; fails on: {', '.join(CHECK_FAIL_ON)}",
         "input: looks-like-probs on 3 of 8 rows",
     ]
     conclusion = out[out.index("Rows at risk (worst rows of each failing result):") :]
@@ -106,7 +105,7 @@ def test_junit_carries_the_verdict_as_properties_and_system_out() -> None:
     suite = root.find("testsuite")
     properties = {p.get("name"): p.get("value") for p in suite.find("properties")}
     message = "2 of 6 results fire a --fail-on flag (keras, naive). Trustworthy here: fused."
-    assert properties == {"verdict": "fail", "verdict.message": message}
+    assert properties == {"verdict": "fail", "verdict.message": message, "config": "none"}
     advice = [
         f"{n}: {FLAGS[n].meaning}. Instead: {FLAGS[n].advice}."
         for n in (

@@ -34,6 +34,7 @@ from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS, LINT
 from xentaudit.io import (
     BAD_LOGITS,
+    CHUNK_ENTRIES,
     ArraySource,
     Batch,
     as_float,
@@ -46,7 +47,6 @@ from xentaudit.io import (
 from xentaudit.reference import FLOAT64_METHOD
 from xentaudit.results import Check, CheckResult, Skipped, WorstRow
 
-CHUNK_ENTRIES = 1 << 21  # logits per chunk by default: ~50 MB of work arrays (float64 gradients)
 WORST_ROWS = 5
 HISTOGRAM = (  # buckets of the relative loss error, by upper bound (NaN counts as > 1)
     ("0", 0.0),
@@ -141,6 +141,13 @@ def _validate(logits: ArraySource, labels: ArraySource | None) -> None:
         raise InputError(
             f"{logits.label} has shape {logits.shape}; logits must be [..., classes] with at "
             "least one row (a 1-D array is one row: save it as x[None])"
+        )
+    if logits.shape[-1] > CHUNK_ENTRIES:
+        # The exact reference needs a whole row at once, and no chunk exceeds the budget.
+        raise InputError(
+            f"{logits.label} has rows of {logits.shape[-1]} classes; xentaudit audits rows of "
+            f"at most {CHUNK_ENTRIES} classes (the exact loss needs a whole row in memory): "
+            "audit a model with a smaller output layer"
         )
     if labels is not None and labels.shape not in (logits.shape, logits.shape[:-1]):
         raise InputError(
@@ -239,7 +246,9 @@ def check_file(
     class (the smallest logit, which maximises the loss). ``impls`` default to every registered
     implementation but the deliberate misuse ``double_softmax``; ``dtypes`` to the file's own.
     ``eps`` is the clip of ``clipped`` (several values: it runs at each). Rows are read
-    ``chunk_rows`` at a time (default: about 2M logits per chunk).
+    ``chunk_rows`` at a time (default: about 2M logits per chunk, ``CHUNK_ENTRIES``, which no
+    chunk may exceed; a row of more classes is refused, since the exact reference needs whole
+    rows).
     """
     modes = tuple(modes)
     eps = eps_values(eps)
@@ -258,6 +267,11 @@ def check_file(
         chunk_rows = max(1, CHUNK_ENTRIES // classes)
     if chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be at least 1, got {chunk_rows}")
+    if min(chunk_rows, logits.rows) * classes > CHUNK_ENTRIES:
+        raise ConfigError(
+            f"--chunk-rows {chunk_rows} makes chunks of more than {CHUNK_ENTRIES} logits, the "
+            f"most read at a time; pass --chunk-rows {CHUNK_ENTRIES // classes} or less"
+        )
 
     # One pass: every chunk is checked for unusable rows, linted and audited. Once a bad row
     # turns up, the rest of the file is only scanned, so that the error names every bad row.

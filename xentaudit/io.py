@@ -2,16 +2,26 @@
 
 Files are read from their ``.npy`` header and raw bytes, one reader for every command: nothing
 is ever unpickled (object arrays are refused), and bfloat16 saved as the anonymous 2-byte dtype
-is recognised. Everything a user can get wrong raises ``InputError`` with one line saying what is
-wrong and how to fix it.
+is recognised. Only regular files are opened; a header's shape, dtype and size are checked
+against the file before any data is read, and no read holds more than ``CHUNK_ENTRIES``
+numbers. Everything a user (or a hostile file) can get wrong raises ``InputError`` with one line
+saying what is wrong and how to fix it.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import errno
 import json
+import lzma
+import math
+import os
+import stat
+import struct
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,9 +113,10 @@ def _numbers(value: object, option: str) -> object:
 
 
 def file_or_json(spec: str, option: str) -> Path | np.ndarray:
-    """The file ``spec`` names (``.npy``, ``.npz``, or any file that exists), or else the array
-    its inline JSON spells."""
-    if spec.endswith((".npy", ".npz")) or Path(spec).is_file():
+    """The file ``spec`` names (``.npy``, ``.npz``, or any path that exists, even a directory or
+    a broken symlink, which the reader then names for what it is), or else the array its inline
+    JSON spells."""
+    if spec.endswith((".npy", ".npz")) or os.path.lexists(spec):
         return Path(spec)
     return parse_json(spec, option)
 
@@ -192,7 +203,8 @@ def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int = 0) -> Batc
         y = labels.astype(np.float64).reshape(n, c)
         if not np.isfinite(y).all():
             raise InputError(
-                f"labels contain NaN or inf in {_rows(~np.isfinite(y).any(axis=1), at)}"
+                f"labels contain NaN or inf in {_rows((~np.isfinite(y)).any(axis=1), at)}; "
+                "label weights must be finite"
             )
         if (y < 0).any():
             raise InputError(
@@ -204,10 +216,12 @@ def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int = 0) -> Batc
         return Batch(x, y, classes)
     if labels.shape == logits.shape[:-1] or (logits.ndim == 1 and labels.ndim == 0):
         flat = labels.reshape(n).astype(np.float64)
-        if not (np.isfinite(flat) & (flat == np.round(flat))).all():
+        fractional = ~(np.isfinite(flat) & (flat == np.round(flat)))
+        if fractional.any():
             raise InputError(
-                "class labels must be whole numbers; pass one-hot or soft labels with the "
-                f"logits' shape {logits.shape} for fractional weights"
+                f"class labels must be whole numbers, not in {_rows(fractional, at)}; pass "
+                f"one-hot or soft labels with the logits' shape {logits.shape} for fractional "
+                "weights"
             )
         bad = (flat < 0) | (flat >= c)
         if bad.any():
@@ -224,13 +238,43 @@ def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int = 0) -> Batc
 
 # --- reading arrays: `check` streams them in chunks, `compare` reads them whole ---------------
 
+# Numbers read at a time: a chunk of `check` (~50 MB of work arrays: float64 gradients), a whole
+# array of `compare`, a Fortran-ordered file.
+CHUNK_ENTRIES = 1 << 21
+_MAGIC = b"\x93NUMPY"
+_VERSIONS = {(1, 0): ("<H", "latin1"), (2, 0): ("<I", "latin1"), (3, 0): ("<I", "utf8")}
+_MAX_HEADER = 10_000  # bytes of header text: np.load's own limit (max_header_size)
+_MAX_DIMS = 64  # numpy's NPY_MAXDIMS
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+# What a damaged file or zip member raises while it is opened or read: bz2 raises OSError, zipfile
+# NotImplementedError for a zip version it does not know and UnicodeDecodeError for a member name
+# flagged as UTF-8 that is not.
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    NotImplementedError,
+    UnicodeDecodeError,
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+)
+_NOT_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
 
 @dataclass(frozen=True)
 class ArraySource:
     """An array in a ``.npy`` file or ``.npz`` member (or in memory), read in chunks of rows.
 
     Chunks are read sequentially from the file (or the zip member's stream), never through a
-    memory map, so the working set is one chunk however large the file is.
+    memory map, so the working set is one chunk however large the file is. The header has been
+    checked against the file's size, so a read that comes up short means the file changed or
+    its zip member lied about its size; either is reported as truncation.
     """
 
     path: Path | None  # None for an array in memory (``data``)
@@ -239,6 +283,8 @@ class ArraySource:
     dtype: np.dtype
     label: str  # how to name it in messages, e.g. "logits.npz[logits]"
     data: np.ndarray | None = None  # the array itself, when it is in memory
+    offset: int = 0  # bytes of .npy header before the data
+    fortran: bool = False  # data stored column-major (read whole: at most CHUNK_ENTRIES numbers)
 
     @classmethod
     def of(cls, array: np.ndarray, label: str) -> ArraySource:
@@ -246,43 +292,71 @@ class ArraySource:
         return cls(None, None, array.shape, array.dtype, label, array)
 
     @property
+    def size(self) -> int:
+        """Numbers in the array (a Python int: no overflow, whatever the header claims)."""
+        return math.prod(self.shape)
+
+    @property
     def rows(self) -> int:
         """Rows of logits: every axis but the last (classes) flattened."""
-        return int(np.prod(self.shape[:-1]))
+        return math.prod(self.shape[:-1])
 
     def chunks(self, rows: int, per_row: int) -> Iterator[np.ndarray]:
         """Yield consecutive blocks of ``rows`` rows, each of ``per_row`` items, flattened."""
-        if self.data is not None:
-            flat = self.data.reshape(-1, per_row)
-            yield from (flat[start : start + rows] for start in range(0, flat.shape[0], rows))
+        if self.data is None and not self.fortran:
+            yield from self._stream_rows(rows, per_row)
             return
-        itemsize = self.dtype.itemsize
-        assert self.path is not None
-        with _stream(self.path, self.member) as stream:
-            _read_header(stream, self.label)
-            left = int(np.prod(self.shape)) // per_row
+        flat = (self.data if self.data is not None else self._whole()).reshape(-1, per_row)
+        yield from (flat[start : start + rows] for start in range(0, flat.shape[0], rows))
+
+    def read(self) -> np.ndarray:
+        """The whole array, in one piece: at most ``CHUNK_ENTRIES`` numbers from a file."""
+        if self.data is not None:
+            return self.data
+        if self.size == 0:
+            raise InputError(
+                f"{self.label} has shape {self.shape} and holds no numbers; save a non-empty array"
+            )
+        if self.size > CHUNK_ENTRIES:
+            raise InputError(
+                f"{self.label} holds {self.size} numbers, more than the {CHUNK_ENTRIES} that "
+                "compare reads at once; audit large files with `xentaudit check FILE`, which "
+                "streams them"
+            )
+        return self._whole()
+
+    def _whole(self) -> np.ndarray:
+        with self._data() as read:
+            array = np.frombuffer(read(self.size * self.dtype.itemsize), dtype=self.dtype)
+        # A Fortran-ordered file holds the transpose's bytes in C order.
+        return array.reshape(self.shape[::-1]).T if self.fortran else array.reshape(self.shape)
+
+    def _stream_rows(self, rows: int, per_row: int) -> Iterator[np.ndarray]:
+        with self._data() as read:
+            left = self.size // per_row
             while left:
                 n = min(rows, left)
-                want = n * per_row * itemsize
-                data = stream.read(want)
-                if len(data) < want:
-                    missing = left - len(data) // (per_row * itemsize)
-                    raise InputError(
-                        f"{self.label} is truncated: it ends {missing} rows early; "
-                        "write the file again"
-                    )
+                data = read(n * per_row * self.dtype.itemsize)
                 yield np.frombuffer(data, dtype=self.dtype).reshape(n, per_row)
                 left -= n
 
-    def read(self) -> np.ndarray:
-        """The whole array, in one piece."""
-        if self.data is not None:
-            return self.data
-        if 0 in self.shape:
-            return np.empty(self.shape, self.dtype)
-        first = self.shape[0] if self.shape else 1  # "rows early" counts the first axis
-        (block,) = self.chunks(first, int(np.prod(self.shape)) // first)
-        return block.reshape(self.shape)
+    @contextlib.contextmanager
+    def _data(self) -> Iterator[Callable[[int], bytes]]:
+        """A function reading the next ``n`` bytes of the data (the header skipped), or raising
+        ``InputError`` if the file ends first."""
+        assert self.path is not None
+        expected = self.offset + self.size * self.dtype.itemsize
+        with _stream(self.path, self.member, self.label) as (stream, _):
+            at = 0
+
+            def read(n: int) -> bytes:
+                nonlocal at
+                data = _read_exact(stream, n, self.label, expected, at)
+                at += n
+                return data
+
+            read(self.offset)
+            yield read
 
 
 _END = object()
@@ -301,75 +375,217 @@ def prefetched(items: Iterator[T]) -> Iterator[T]:
             yield item
 
 
+def _regular_file(path: Path, option: str | None) -> None:
+    """Refuse anything but a regular file (or a symlink to one), from its ``stat``: it is never
+    opened, so a FIFO cannot block and a device cannot stream forever."""
+    prefix = f"{option}: " if option else ""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{prefix}no such file: {path}; check the path") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(
+                f"{prefix}{path} is a symlink loop, not a file; point it at a .npy or .npz file"
+            ) from None
+        raise InputError(f"{prefix}cannot read {path} ({exc.strerror}); check the path") from None
+    for test, kind in _NOT_FILES:
+        if test(mode):
+            raise InputError(f"{prefix}{path} is {kind}, not a file; pass a .npy or .npz file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{prefix}{path} is not a regular file; pass a .npy or .npz file")
+
+
 @contextlib.contextmanager
-def _stream(path: Path, member: str | None) -> Iterator[IO[bytes]]:
-    """The bytes of a .npy file, or of one member of a .npz (zip) file, from the start."""
-    if member is None:
-        with path.open("rb") as stream:
-            yield stream
-    else:
-        with zipfile.ZipFile(path) as archive, archive.open(member) as stream:
-            yield stream
-
-
-def _read_header(stream: IO[bytes], label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _stream(path: Path, member: str | None, label: str) -> Iterator[tuple[IO[bytes], int]]:
+    """The bytes of a .npy file, or of one member of a .npz (zip) file, from the start, and
+    their size. A damaged file or member (bad CRC, broken compressed stream), found when it is
+    opened or at any read, raises ``InputError``."""
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(stream)
-        return np.lib.format.read_array_header_2_0(stream)
-    except (ValueError, EOFError, OSError) as exc:
-        raise InputError(f"{label} is not a readable .npy array ({exc})") from None
+        # Non-blocking: a file swapped for a FIFO since its stat reads as empty, never blocks.
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as file:
+            if member is None:
+                yield file, os.fstat(file.fileno()).st_size
+                return
+            with zipfile.ZipFile(file) as archive:
+                info = archive.getinfo(member)
+                if info.flag_bits & 0x1:
+                    raise InputError(
+                        f"{label} is encrypted; save the arrays unencrypted (np.savez)"
+                    )
+                if info.compress_type not in _ZIP_METHODS:
+                    raise InputError(
+                        f"{label} uses zip compression method {info.compress_type}, which "
+                        "cannot be read; save it with np.savez or np.savez_compressed"
+                    )
+                with archive.open(info) as stream:
+                    yield stream, info.file_size
+    except _READ_ERRORS as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(
+            f"{label} is unreadable ({reason or type(exc).__name__}); write the file again"
+        ) from None
 
 
-def _header(path: Path, member: str | None, label: str) -> ArraySource:
+def _read_exact(stream: IO[bytes], n: int, label: str, expected: int, at: int) -> bytes:
+    """``n`` bytes from ``stream`` (at byte ``at`` of the ``expected`` the header promises)."""
+    data = stream.read(n)
+    if len(data) < n:
+        raise InputError(
+            f"{label} is truncated: expected {expected} bytes, found {at + len(data)}; "
+            "write the file again"
+        )
+    return data
+
+
+def _bad_header(label: str, what: str) -> InputError:
+    return InputError(f"{label} has {what}; write the file again with np.save")
+
+
+def _read_header(stream: IO[bytes], size: int, label: str) -> tuple[dict, int]:
+    """The header dictionary of a .npy file of ``size`` bytes, and the header's length.
+
+    Parsed here rather than by numpy, which reads a header length of up to 4 GiB before
+    checking it: the length is checked against the file's size first.
+    """
+    magic = stream.read(8)
+    if len(magic) < 8 or not magic.startswith(_MAGIC):
+        raise InputError(
+            f"{label} is not a readable .npy array (it lacks the .npy magic bytes); save it "
+            "with np.save"
+        )
+    version = (magic[6], magic[7])
+    if version not in _VERSIONS:
+        raise _bad_header(label, f".npy format version {version[0]}.{version[1]}, not 1, 2 or 3")
+    length_format, encoding = _VERSIONS[version]
+    start = 8 + struct.calcsize(length_format)
+    (length,) = struct.unpack(length_format, _read_exact(stream, start - 8, label, start, 8))
+    if length > _MAX_HEADER:
+        raise _bad_header(label, f"a header of {length} bytes, more than np.load's {_MAX_HEADER}")
+    if start + length > size:
+        raise InputError(
+            f"{label} is truncated: expected at least {start + length} bytes, "
+            f"found {size}; write the file again"
+        )
+    text = _read_exact(stream, length, label, start + length, start)
     try:
-        with _stream(path, member) as stream:
-            shape, fortran, dtype = _read_header(stream, label)
-    except (OSError, zipfile.BadZipFile, KeyError) as exc:
-        raise InputError(f"cannot read {label} ({exc})") from None
-    if dtype.hasobject:
+        header = ast.literal_eval(text.decode(encoding))
+    except (UnicodeDecodeError, SyntaxError, ValueError, TypeError, RecursionError):
+        raise _bad_header(label, "a header that is not a Python literal") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise _bad_header(label, "a header without exactly descr, fortran_order and shape")
+    return header, start + length
+
+
+def _header_fields(header: dict, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of a header, each checked before anything is allocated."""
+    shape, fortran, descr = header["shape"], header["fortran_order"], header["descr"]
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > _MAX_DIMS
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise _bad_header(
+            label, f"an invalid shape {shape!r} (up to {_MAX_DIMS} whole numbers >= 0)"
+        )
+    if not isinstance(fortran, bool):
+        raise _bad_header(label, f"fortran_order {fortran!r}, not True or False")
+    try:
+        dtype = np.dtype(descr) if isinstance(descr, str) else None
+    except (TypeError, ValueError):
+        raise _bad_header(label, f"the unknown dtype {descr!r}") from None
+    if dtype is not None and dtype.hasobject:
         raise InputError(
             f"{label} holds Python objects, which xentaudit never unpickles; save a numeric "
             "array (e.g. np.save(path, logits.astype(np.float32)))"
         )
-    if fortran and len(shape) > 1:
-        raise InputError(f"{label} is stored in Fortran order; save np.ascontiguousarray(...)")
-    if dtype.kind == "V" and dtype.itemsize == 2 and dtype.fields is None:
+    if (
+        dtype is not None
+        and dtype.kind == "V"
+        and dtype.itemsize == 2
+        and not dtype.names
+        and dtype.subdtype is None
+    ):
         # ml_dtypes (and so JAX) write bfloat16 arrays with the anonymous 2-byte dtype "V2".
-        dtype = np.dtype(ml_dtypes.bfloat16)
-    return ArraySource(path, member, tuple(shape), dtype, label)
+        return shape, fortran, np.dtype(ml_dtypes.bfloat16)
+    if dtype is None or dtype.kind not in "biuf" or dtype.subdtype is not None:
+        raise InputError(
+            f"{label} has dtype {descr!r}, which xentaudit does not read; save logits as "
+            "float16, bfloat16, float32 or float64, and labels as integers or floats"
+        )
+    return shape, fortran, dtype
+
+
+def _header(path: Path, member: str | None, label: str) -> ArraySource:
+    """The array in ``path`` (or its zip ``member``), its header checked against its size."""
+    with _stream(path, member, label) as (stream, size):
+        header, offset = _read_header(stream, size, label)
+    shape, fortran, dtype = _header_fields(header, label)
+    source = ArraySource(
+        path, member, shape, dtype, label, offset=offset, fortran=fortran and len(shape) > 1
+    )
+    expected = offset + source.size * dtype.itemsize
+    if size < expected:
+        raise InputError(
+            f"{label} is truncated: expected {expected} bytes, found {size}; write the file again"
+        )
+    if size > expected:
+        raise InputError(
+            f"{label} is longer than its header says: expected {expected} bytes, found {size}; "
+            "write the file again"
+        )
+    if source.fortran and source.size > CHUNK_ENTRIES:
+        raise InputError(
+            f"{label} is stored in Fortran order and holds {source.size} numbers; Fortran-"
+            f"ordered files of at most {CHUNK_ENTRIES} are read: save np.ascontiguousarray(x)"
+        )
+    return source
 
 
 def _source(array: Path | np.ndarray, option: str) -> ArraySource:
     """A ``.npy`` file, or an array in memory, given as ``option``."""
     if isinstance(array, np.ndarray):
         return ArraySource.of(array, option)
-    if not array.is_file():
-        raise InputError(f"{option}: no such file: {array}")
+    _regular_file(array, option)
     return _header(array, None, str(array))
 
 
+def _labels(source: ArraySource) -> ArraySource:
+    """``source``, once its dtype is known to hold labels (read nothing before that)."""
+    if source.dtype.kind not in "biuf":
+        raise InputError(
+            f"{source.label} has dtype {source.dtype}; labels must be integer classes or "
+            "weights (bool, integers or floats): save them as np.int64 or np.float32"
+        )
+    return source
+
+
 def _labels_source(labels: Path | np.ndarray | None) -> ArraySource | None:
-    return None if labels is None else _source(labels, "--labels")
+    return None if labels is None else _labels(_source(labels, "--labels"))
 
 
 def open_arrays(
     path: Path, labels: Path | np.ndarray | None, logits_key: str, labels_key: str
 ) -> tuple[ArraySource, ArraySource | None]:
     """The logits (and labels, if any) of ``path`` (``.npy`` or ``.npz``), plus ``labels`` (a
-    ``.npy`` file, or an array in memory), which take the place of the ``.npz``'s own."""
-    if not path.is_file():
-        raise InputError(f"no such file: {path}")
+    ``.npy`` file, or an array in memory), which take the place of the ``.npz``'s own.
+
+    Only headers are read: every shape, dtype and size is checked before any data is."""
+    _regular_file(path, None)
     label_source = _labels_source(labels)
     if path.suffix != ".npz":
         return _header(path, None, str(path)), label_source
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.namelist()
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path} is not a readable .npz file ({exc})") from None
-    keys = sorted(m.removesuffix(".npy") for m in members)
+    except _READ_ERRORS as exc:
+        raise InputError(
+            f"{path} is not a readable .npz file ({exc}); write it again with np.savez"
+        ) from None
+    # Names come from the file: one that is not printable (a newline...) is shown escaped.
+    keys = sorted(
+        k if k.isprintable() else ascii(k) for k in (m.removesuffix(".npy") for m in members)
+    )
     if f"{logits_key}.npy" not in members:
         raise InputError(
             f"{path} has no array {logits_key!r} (it has {', '.join(keys) or 'none'}); "
@@ -377,5 +593,5 @@ def open_arrays(
         )
     logits = _header(path, f"{logits_key}.npy", f"{path}[{logits_key}]")
     if label_source is None and f"{labels_key}.npy" in members:
-        label_source = _header(path, f"{labels_key}.npy", f"{path}[{labels_key}]")
+        label_source = _labels(_header(path, f"{labels_key}.npy", f"{path}[{labels_key}]"))
     return logits, label_source

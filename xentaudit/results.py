@@ -279,6 +279,7 @@ class Check:
     results: tuple[CheckResult, ...]
     skipped: tuple[Skipped, ...] = field(default=())
     reference_method: str = "float64"  # "float64" (the compiled kernel) or "float64-numpy"
+    config: str | None = None  # the [tool.xentaudit] file whose defaults were used, if any
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired on any row (lint included), 1 otherwise."""

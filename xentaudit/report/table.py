@@ -327,6 +327,7 @@ def render_check(
         ),
         Text(
             f"labels: {check.labels}; exact values: {EXACT_METHODS[check.reference_method]}; "
+            f"config: {check.config or 'none'}; "
             f"fails on: {', '.join(fail_on) or 'nothing'}",
             style="dim",
         ),
