@@ -220,24 +220,35 @@ def test_check_eps_is_repeatable_from_the_command_line_and_the_config(tmp_path) 
             "has no array 'logits' (it has x, y); pass --logits-key",
         ),
         (["--logits", str(FIXTURES / "bad" / "pickled.npy"), "--labels", "[0]"], "unpickles"),
-        (["--eps", "-1"], "--eps must lie in"),
-        (["--rtol", "0"], "--rtol must be a positive number"),
+        (["--eps", "-1"], "Invalid value for '--eps': -1.0 is not in the range 0<x<0.5"),
+        (["--eps", "0.5"], "Invalid value for '--eps': 0.5 is not in the range 0<x<0.5"),
+        (["--eps", "nan"], "Invalid value for '--eps': 'nan' is not a finite number"),
+        (["--rtol", "0"], "Invalid value for '--rtol': 0.0 is not in the range x>0"),
+        (["--rtol", "inf"], "Invalid value for '--rtol': 'inf' is not a finite number"),
+        (["--rtol", "nan"], "Invalid value for '--rtol': 'nan' is not a finite number"),
+        (["--timeout", "0"], "Invalid value for '--timeout': 0.0 is not in the range 0<x<=1000000"),
+        (["--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a finite number"),
         (["--fail-on", "oops"], "unknown flag 'oops'"),
         (["--mode", "lazy"], "Invalid value for '--mode'"),
         (["--zzz"], "No such option '--zzz'; see 'xentaudit compare --help'"),
         (["--logit", "[[1]]"], "No such option '--logit'. (Did you mean one of: '--logits'"),
-        (["--scale", "inf"], "--scale must be a finite number"),
+        (["--scale", "inf"], "Invalid value for '--scale': 'inf' is not a finite number"),
+        (["--scale", "0"], "Invalid value for '--scale': 0.0 is not in the range x>0"),
+        (["--scale", "nan"], "Invalid value for '--scale': 'nan' is not a finite number"),
+        (
+            ["--scale", "1e300"],
+            "--scale 1e+300 makes logits up to 5e+300, which overflow float32 (max 3.4028e+38); "
+            "use a smaller --scale",
+        ),
+        (
+            ["--scale", "1e307", "--dtype", "float64", "--logits", "[[100, 1]]", "--labels", "[0]"],
+            "--scale 1e+307 makes logits up to inf, which overflow float64",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     line = one_line_error(run("compare", *args))
     assert line.startswith("xentaudit: error:") and message in line
-
-
-def test_check_output_that_cannot_be_written_is_a_usage_error(tmp_path) -> None:
-    line = one_line_error(run("check", SEED, *FAST, "--output", str(tmp_path)))  # a folder
-    assert f"--output: cannot write {tmp_path} (Is a directory); pick a writable path" in line
-    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
 
 
 def test_a_bug_is_one_line_and_exit_3_and_verbose_shows_the_traceback(monkeypatch) -> None:
@@ -266,6 +277,30 @@ def test_user_errors_stay_exit_2_and_ctrl_c_exit_130(monkeypatch) -> None:
     monkeypatch.setattr("xentaudit.cli.load_inputs", interrupted)
     result = run("compare", "--logits", "[[1, 2]]", "--labels", "[0]")
     assert result.exit_code == 130 and "xentaudit: aborted" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--chunk-rows", "0"], "Invalid value for '--chunk-rows': 0 is not in the range x>=1"),
+        (
+            ["--timeout", "inf"],
+            "Invalid value for '--timeout': inf is not in the range 0<x<=1000000",
+        ),
+        (["--rtol", "-1"], "Invalid value for '--rtol': -1.0 is not in the range x>0"),
+    ],
+)
+def test_bad_check_numbers_are_refused_naming_the_option(args: list[str], message: str) -> None:
+    line = one_line_error(run("check", SEED, *FAST, *args))
+    assert line.startswith(f"xentaudit: error: {message}")
+
+
+def test_a_scale_only_narrow_dtypes_overflow_skips_them_without_numpy_warnings() -> None:
+    # 5 x 1e5 overflows float16 (max 65504) and no other dtype
+    result = run("compare", "--scale", "1e5", "--dtype", "all", *FAST, "--format", "json")
+    assert result.exit_code == 0 and result.stderr == ""
+    skipped = json.loads(result.stdout)["skipped"]
+    assert [s["dtype"] for s in skipped] == ["float16"]
 
 
 def test_version() -> None:

@@ -40,7 +40,9 @@ def test_parse_scales_list_and_range() -> None:
         ("1,-2", "positive"),
         ("0:10:3", "0 < start <= stop"),
         ("10:1:3", "0 < start <= stop"),
-        ("1:10:0", "count >= 1"),
+        ("1:10:0", "1 <= count <= 1000"),
+        ("1:10:1001", "1 <= count <= 1000"),
+        (",".join(str(s) for s in range(1, 1002)), "gives 1001 scales; give at most 1000"),
         ("a,b", "not a list"),
         ("1:2", "not a list"),
         ("1,inf", "positive and finite"),
@@ -66,7 +68,13 @@ def test_patterns() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"classes": 0}, "--classes"), ({"rows": 0}, "--rows"), ({"vocab_rows": -1}, "--rows")],
+    [
+        ({"classes": 1}, r"^--classes must lie in \[2, 16777216\], got 1$"),
+        ({"classes": 2**24 + 1}, r"^--classes must lie in \[2, 16777216\], got 16777217$"),
+        ({"rows": 0}, r"^--rows must lie in \[1, 1048576\], got 0$"),
+        ({"vocab_rows": -1}, r"^--vocab-rows must lie in \[1, 1048576\], got -1$"),
+        ({"seed": 2**32}, r"^--seed must lie in \[0, 4294967295\], got 4294967296$"),
+    ],
 )
 def test_bad_pattern_sizes(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

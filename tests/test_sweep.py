@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import mpmath
 import pytest
 from click.testing import CliRunner
 
-from xentaudit.cli import cli
+from xentaudit.cli import ByteSize, cli
+from xentaudit.dtypes import get_format
+from xentaudit.errors import ConfigError
 from xentaudit.grid import DEFAULT_SCALES
-from xentaudit.sweep import sweep
+from xentaudit.sweep import memory_budget, memory_needed, sweep
 
 # A breaking point is reported to 3 significant digits (half a unit in the third digit is
 # 5e-3 relative at 1.00, less above) and the input is rounded to the dtype first; 5e-3 relative
@@ -162,13 +165,77 @@ def test_sweep_json_and_fail_on() -> None:
         (["--pattern", "spiral"], "unknown pattern"),
         (["--scales", ""], "empty"),
         (["--scales", "-1:10:3"], "0 < start <= stop"),
-        (["--classes", "0"], "--classes must be at least 2"),
-        (["--eps", "0"], "--eps must lie in"),
+        (["--scales", "1:10:100000000"], "1 <= count <= 1000"),
+        (["--scales", "1:inf:3"], "stop < inf"),
+        (["--scales", "1,nan"], "--scales must be positive and finite, got nan"),
+        (["--classes", "1"], "Invalid value for '--classes': 1 is not in the range 2<=x<=16777216"),
+        (["--classes", "16777217"], "'--classes': 16777217 is not in the range 2<=x<=16777216"),
+        (["--rows", "0"], "Invalid value for '--rows': 0 is not in the range 1<=x<=1048576"),
+        (["--vocab-rows", "1048577"], "'--vocab-rows': 1048577 is not in the range 1<=x<="),
+        (["--seed", "-1"], "Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295"),
+        (["--seed", "4294967296"], "'--seed': 4294967296 is not in the range 0<=x<=4294967295"),
+        (["--eps", "0"], "Invalid value for '--eps': 0.0 is not in the range 0<x<0.5"),
+        (["--timeout", "-1"], "Invalid value for '--timeout': -1.0 is not in the range 0<x<="),
+        (["--max-memory", "0"], "Invalid value for '--max-memory': '0' is less than one byte"),
+        (["--max-memory", "lots"], "'--max-memory': 'lots' is not a size such as 512M or 2G"),
         (["--fail-on", "bogus"], "unknown flag"),
     ],
 )
 def test_bad_sweep_options_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = run(*args)
     assert result.exit_code == 2 and result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xentaudit: error: ") and message in lines[0]
+
+
+def test_a_grid_past_the_memory_budget_is_refused_with_its_estimate() -> None:
+    # 1e6 classes x 100 scales x (40 + 10 x 8) bytes of float64 = 1.2e10 bytes = 11.2G
+    args = ("--pattern", "vocab", "--classes", "1000000", "--dtype", "float64")
+    result = run(*args, "--scales", "1:10:100", "--max-memory", "11G")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (
+        "xentaudit: error: this sweep needs about 11.2G of memory, more than --max-memory 11G; "
+        "sweep fewer --scales or a smaller --classes or --vocab-rows, or raise --max-memory\n"
+    )
+    # a tenth of the scales fits (1.12G, its refinement rounds run 10 scales too)
+    assert memory_needed([(1, 1_000_000)], 10, [get_format("float64")]) == 1_200_000_000
+    assert memory_needed([(1, 1_000_000)], 10, [get_format("float16")]) == 600_000_000
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512M", 512 * 2**20), ("2G", 2 * 2**30), ("1.5GiB", 3 * 2**29), ("100", 100), ("2t", 2**41)],
+)
+def test_max_memory_reads_sizes(text: str, size: int) -> None:
+    assert ByteSize().convert(text, None, None) == size
+
+
+def test_the_default_budget_is_half_the_available_memory() -> None:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        pytest.skip("no /proc/meminfo")
+    (available,) = [
+        ln.split()[1] for ln in meminfo.read_text().splitlines() if "MemAvailable" in ln
+    ]
+    # MemAvailable moves while the test runs: within 1% of it
+    assert memory_budget() == pytest.approx(int(available) * 1024 / 2, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seed": -1}, r"^--seed must lie in \[0, 4294967295\], got -1$"),
+        ({"scales": [1.0, -2.0]}, "^--scales must be positive and finite, got -2$"),
+        ({"scales": []}, "^--scales is empty"),
+        (
+            {"max_memory": 1000},
+            "^this sweep needs about 3.75M of memory, more than --max-memory 1000;",
+        ),
+        ({"max_memory": 0}, "^--max-memory must be a positive number of bytes, got 0$"),
+    ],
+)
+def test_bad_sweep_arguments_in_the_api(kwargs: dict, message: str) -> None:
+    # vocab: 16384 logits x 4 scales a refinement round x (40 + 10 x 2) bytes = 3.75M
+    args = {"impls": ["nope"], "patterns": ["vocab"], "dtypes": ["float16"], "scales": [1.0, 2.0]}
+    with pytest.raises(ConfigError, match=message):
+        sweep(**{**args, **kwargs})

@@ -54,6 +54,7 @@ ROW_FLAGS = LOSS_FLAGS + GRAD_FLAGS
 RTOL_ULPS = 8  # default loss and gradient tolerance, in eps of the effective dtype
 REDUCTION_ULPS = 1  # per doubling of the class count: the error bound of a tree-summed reduction
 VANISH_ULPS = 32  # an exact gradient above this many eps (times B) is clearly non-zero
+MAX_TIMEOUT = 1_000_000  # seconds (11.6 days): any longer is no bound
 BLOWUP_FACTOR = 10.0
 VANISH_FRACTION = 0.1
 
@@ -235,10 +236,18 @@ def round_to(batch: Batch, fmt: FloatFormat, method: str = "auto") -> Rounded:
 
 
 def run_graded(
-    name: str, eps: float, mode: str, rounded: Rounded, rtol: float | None
+    name: str,
+    eps: float,
+    mode: str,
+    rounded: Rounded,
+    rtol: float | None,
+    timeout: float | None = None,
 ) -> tuple[Outcome, Grades]:
-    """Run implementation ``name`` on ``rounded`` inputs in ``mode`` and grade it."""
-    outcome = zoo.load_tf().run(name, eps, mode, rounded.logits, rounded.weights, rounded.classes)
+    """Run implementation ``name`` on ``rounded`` inputs in ``mode`` and grade it; the run may
+    take at most ``timeout`` seconds (None: no limit)."""
+    outcome = zoo.load_tf().run(
+        name, eps, mode, rounded.logits, rounded.weights, rounded.classes, timeout
+    )
     return outcome, grade(outcome.loss, outcome.grad, outcome.output_dtype, rounded, rtol)
 
 
@@ -275,7 +284,12 @@ def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
     return values
 
 
-def check_options(eps: Iterable[float], rtol: float | None, modes: Iterable[str]) -> None:
+def check_options(
+    eps: Iterable[float],
+    rtol: float | None,
+    modes: Iterable[str],
+    timeout: float | None = None,
+) -> None:
     """Refuse option values that make no sense, before any work is done."""
     for e in eps:
         if not (0 < e < 0.5):
@@ -285,6 +299,10 @@ def check_options(eps: Iterable[float], rtol: float | None, modes: Iterable[str]
     for mode in modes:
         if mode not in zoo.MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose from eager, graph, both")
+    if timeout is not None and not (0 < timeout <= MAX_TIMEOUT):
+        raise ConfigError(
+            f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}], got {timeout}"
+        )
 
 
 def audit(
@@ -296,6 +314,7 @@ def audit(
     modes: Iterable[str] = zoo.MODES,
     eps: float | Iterable[float] = 1e-7,
     rtol: float | None = None,
+    timeout: float | None = None,
 ) -> Audit:
     """Audit cross-entropy implementations on ``logits`` ``[..., C]`` and ``labels``.
 
@@ -303,12 +322,13 @@ def audit(
     Each implementation runs on the inputs rounded to each of ``dtypes`` (names, or ``all``), in
     each of ``modes`` ("eager", "graph" = inside ``tf.function``), and is graded against the exact
     loss and gradient of those rounded inputs. ``eps`` is the clip of ``clipped`` (one value, or
-    several: ``clipped`` runs at each); ``rtol`` overrides the loss tolerance of ``divergent``.
-    Returns an ``Audit``; prints nothing.
+    several: ``clipped`` runs at each); ``rtol`` overrides the loss tolerance of ``divergent``;
+    ``timeout`` bounds each run of an implementation, in seconds (an ``ImplementationError``
+    past it). Returns an ``Audit``; prints nothing.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
-    check_options(eps, rtol, modes)
+    check_options(eps, rtol, modes, timeout)
     chosen = variants(zoo.parse_impls(impls), eps)
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     batch = prepare(logits, labels)
@@ -333,7 +353,7 @@ def audit(
                 skipped.append(Skipped(name, fmt.name, "needs one-hot or integer labels"))
                 continue
             for mode in modes:
-                outcome, g = run_graded(name, variant.eps, mode, rounded, rtol)
+                outcome, g = run_graded(name, variant.eps, mode, rounded, rtol, timeout)
                 results.append(
                     ImplResult(
                         impl=name,

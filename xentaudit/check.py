@@ -195,6 +195,7 @@ def _audit_chunk(
     chosen: list[Variant],
     modes: tuple[str, ...],
     rtol: float | None,
+    timeout: float | None,
     tallies: dict[tuple[str, str, float, str, str], _Tally],
     skipped: dict[tuple[str, str], Skipped],
 ) -> None:
@@ -217,7 +218,7 @@ def _audit_chunk(
                     )
                     continue
                 for mode in modes:
-                    outcome, grades = run_graded(name, variant.eps, mode, rounded, rtol)
+                    outcome, grades = run_graded(name, variant.eps, mode, rounded, rtol, timeout)
                     key = (source, name, variant.eps, fmt.name, mode)
                     tally = tallies.setdefault(key, _Tally())
                     tally.output_dtype = outcome.output_dtype
@@ -236,6 +237,7 @@ def check_file(
     eps: float | Iterable[float] = 1e-7,
     rtol: float | None = None,
     chunk_rows: int | None = None,
+    timeout: float | None = None,
     progress: Progress | None = None,
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
@@ -245,14 +247,15 @@ def check_file(
     without labels every row is audited against its predicted class and against its worst-case
     class (the smallest logit, which maximises the loss). ``impls`` default to every registered
     implementation but the deliberate misuse ``double_softmax``; ``dtypes`` to the file's own.
-    ``eps`` is the clip of ``clipped`` (several values: it runs at each). Rows are read
+    ``eps`` is the clip of ``clipped`` (several values: it runs at each); ``timeout`` bounds each
+    run of an implementation (one chunk, dtype and mode), in seconds. Rows are read
     ``chunk_rows`` at a time (default: about 2M logits per chunk, ``CHUNK_ENTRIES``, which no
     chunk may exceed; a row of more classes is refused, since the exact reference needs whole
     rows).
     """
     modes = tuple(modes)
     eps = eps_values(eps)
-    check_options(eps, rtol, modes)
+    check_options(eps, rtol, modes, timeout)
     chosen = variants(zoo.parse_impls(impls if impls is not None else default_impls()), eps)
     logits, label_source = open_arrays(
         Path(path),
@@ -291,7 +294,9 @@ def check_file(
             batch = prepare(x, y, offset) if y is not None else Batch(x, None, None)
             for flag, mask in _lint(batch, file_fmt).items():
                 lint[flag] += int(mask.sum())
-            _audit_chunk(batch, offset, sources, formats, chosen, modes, rtol, tallies, skipped)
+            _audit_chunk(
+                batch, offset, sources, formats, chosen, modes, rtol, timeout, tallies, skipped
+            )
         if progress:
             progress(min(offset + chunk_rows, logits.rows), logits.rows)
     for problem, rows in bad.items():

@@ -11,12 +11,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +30,19 @@ import numpy as np
 from click.core import ParameterSource
 
 from xentaudit import __version__
-from xentaudit.audit import audit
-from xentaudit.dtypes import FORMATS
+from xentaudit.audit import MAX_TIMEOUT, audit
+from xentaudit.dtypes import FORMATS, get_format, parse_dtypes
 from xentaudit.errors import ConfigError, XentauditError
 from xentaudit.flags import CHECK_FAIL_ON, FLAGS
-from xentaudit.grid import DEFAULT_EPS, DEFAULT_SCALES, parse_scales
+from xentaudit.grid import (
+    DEFAULT_EPS,
+    DEFAULT_SCALES,
+    MAX_CLASSES,
+    MAX_ROWS,
+    MAX_SCALES,
+    MAX_SEED,
+    parse_scales,
+)
 from xentaudit.impls import MODES, REGISTRY, load_tf
 from xentaudit.io import file_or_json, load_inputs
 from xentaudit.report import github as github_report
@@ -42,7 +55,13 @@ from xentaudit.results import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, SCHEMA_VERSION
 SEED_LOGITS = [[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]
 SEED_LABELS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 SEED_SCALE = 10.0
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+SIGNAL_EXITS = {
+    signal.SIGINT: (EXIT_INTERRUPTED, "aborted"),
+    signal.SIGTERM: (EXIT_TERMINATED, "terminated"),
+}
+BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _PASSED_ON = (  # exceptions click or the handlers of `main` deal with: not bugs
     click.ClickException,
     click.exceptions.Exit,
@@ -52,13 +71,72 @@ _PASSED_ON = (  # exceptions click or the handlers of `main` deal with: not bugs
 )
 
 
+class _Signals:
+    """SIGINT and SIGTERM end a command at once: the temporary files of --output are removed,
+    one line goes to stderr and the process exits 130 or 143 with ``os._exit``.
+
+    No exception unwinds the stack: one raised while Python runs a finalizer or a thread's
+    clean-up is printed as "Exception ignored" and lost, and interpreter shutdown would wait for
+    the chunk-reading thread of `check`. Within ``held()`` a signal waits for the block's end.
+    """
+
+    def __init__(self) -> None:
+        self.temporary: set[str] = set()
+        self.holding = False
+        self.pending: int | None = None
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.holding:
+            self.pending = signum
+            return
+        code, word = SIGNAL_EXITS[signum]
+        for path in self.temporary:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        # On a terminal: clear the line (the ^C echo, a progress bar) and show the cursor again,
+        # which the progress bar hid and would have restored on a normal exit.
+        erase = "\r\x1b[2K\x1b[?25h" if os.isatty(2) else ""
+        with contextlib.suppress(OSError):
+            os.write(2, f"{erase}xentaudit: {word}\n".encode())
+        os._exit(code)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle the signals in this block (only the main thread can set handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handle) for s in SIGNAL_EXITS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Defer a signal to the end of the block: a temporary file is created and registered
+        for removal as one step."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending is not None:
+                self.handle(self.pending, None)
+
+
+_SIGNALS = _Signals()
+
+
 class _OneLineErrors(click.Group):
     """Report usage and input errors as one line and exit 2, bugs as one line and exit 3."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
-            code = super().main(*args, **kwargs)
+            with _SIGNALS.installed():
+                code = super().main(*args, **kwargs)
         except click.exceptions.Abort:
             click.echo("xentaudit: aborted", err=True)
             sys.exit(EXIT_INTERRUPTED)
@@ -92,6 +170,34 @@ class _OneLineErrors(click.Group):
             ctx.exit(EXIT_INTERNAL)
 
 
+class Finite(click.FloatRange):
+    """A finite float within optional bounds: click's FloatRange alone lets NaN through (and
+    inf when a side is unbounded)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+class ByteSize(click.ParamType):
+    """A memory size: bytes, or a number with K, M, G or T (powers of 1024): 512M, 2G, 1.5T."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"(\d+\.?\d*|\.\d+)([KMGT]?)(?:i?B)?", str(value).strip(), re.I)
+        if match is None:
+            self.fail(f"{value!r} is not a size such as 512M or 2G", param, ctx)
+        size = int(float(match[1]) * BYTE_UNITS[match[2].upper()])
+        if size < 1:
+            self.fail(f"{value!r} is less than one byte", param, ctx)
+        return size
+
+
 def parse_flags(value: str) -> tuple[str, ...]:
     """A comma-separated list of flag names (empty or "none" for no flag)."""
     names = tuple(p.strip() for p in value.split(",") if p.strip() and p.strip() != "none")
@@ -101,8 +207,20 @@ def parse_flags(value: str) -> tuple[str, ...]:
     return names
 
 
+def _stacked(options: Sequence[Callable]) -> Callable[[Callable], Callable]:
+    """One decorator applying ``options`` in order (the first is listed first in --help)."""
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 def shared_options(fail_on: Sequence[str] = ()) -> Callable[[Callable], Callable]:
-    """--mode, --rtol and --fail-on: the same for every command (``fail_on``: its default)."""
+    """--mode, --rtol, --timeout and --fail-on: the same for every command (``fail_on``: its
+    default)."""
     options = [
         click.option(
             "--mode",
@@ -113,9 +231,16 @@ def shared_options(fail_on: Sequence[str] = ()) -> Callable[[Callable], Callable
         ),
         click.option(
             "--rtol",
-            type=float,
+            type=Finite(min=0, min_open=True),
             help="Loss tolerance of `divergent`: R max(|exact|, 1) instead of the default "
             "eps (8 max(|exact|, 1) + ceil(log2 C) B) (see README).",
+        ),
+        click.option(
+            "--timeout",
+            type=Finite(min=0, min_open=True, max=MAX_TIMEOUT),
+            metavar="SECONDS",
+            help="Exit 2 when one run of an implementation (one dtype and mode) takes longer "
+            "(default: no limit). A single long TensorFlow op is stopped only once it returns.",
         ),
         click.option(
             "--fail-on",
@@ -126,13 +251,26 @@ def shared_options(fail_on: Sequence[str] = ()) -> Callable[[Callable], Callable
             "no flag).",
         ),
     ]
+    return _stacked(options)
 
-    def decorate(command: Callable) -> Callable:
-        for option in reversed(options):
-            command = option(command)
-        return command
 
-    return decorate
+def label_options(default: str) -> Callable[[Callable], Callable]:
+    """--labels (a file or inline JSON) and the .npz array names: the same for every command."""
+    options = [
+        click.option(
+            "--labels",
+            metavar="FILE|JSON",
+            help="Integer classes [...] or label weights [..., C]: a .npy file or inline JSON "
+            f"(default: {default}).",
+        ),
+        click.option(
+            "--logits-key", default="logits", show_default=True, help="Array name in a .npz."
+        ),
+        click.option(
+            "--labels-key", default="labels", show_default=True, help="Array name in a .npz."
+        ),
+    ]
+    return _stacked(options)
 
 
 def eps_option(*default: float) -> Callable:
@@ -141,10 +279,17 @@ def eps_option(*default: float) -> Callable:
         "--eps",
         "eps",
         multiple=True,
-        type=float,
+        type=Finite(0, 0.5, min_open=True, max_open=True),
         default=default,
         show_default=True,
         help="Clip of `clipped`; repeatable (it runs at each).",
+    )
+
+
+def count_option(name: str, low: int, high: int, default: int, help: str) -> Callable:
+    """An integer option within [low, high]; --help shows the range and the default."""
+    return click.option(
+        name, type=click.IntRange(low, high), default=default, show_default=True, help=help
     )
 
 
@@ -206,17 +351,10 @@ def _load_tensorflow() -> None:
     'which "-inf", "inf", "nan" may stand for non-finite numbers (default: the seed input '
     "[[3,1,1],[-1,2,5]]).",
 )
-@click.option(
-    "--labels",
-    metavar="FILE|JSON",
-    help="Integer classes [...] or label weights [..., C]: a .npy file or inline JSON (default: "
-    "the .npz's --labels-key array; the seed's [[1,0,0],[0,1,0]]).",
-)
-@click.option("--logits-key", default="logits", show_default=True, help="Array name in a .npz.")
-@click.option("--labels-key", default="labels", show_default=True, help="Array name in a .npz.")
+@label_options("the .npz's --labels-key array; the seed's [[1,0,0],[0,1,0]]")
 @click.option(
     "--scale",
-    type=float,
+    type=Finite(min=0, min_open=True),
     help=f"Multiply the logits (default: {SEED_SCALE:g} for the seed input, 1 for --logits).",
 )
 @click.option(
@@ -247,6 +385,7 @@ def compare(
     eps: tuple[float, ...],
     mode: str,
     rtol: float | None,
+    timeout: float | None,
     fail_on: str,
     fmt: str,
 ) -> int:
@@ -266,19 +405,19 @@ def compare(
     else:
         x, y = load_inputs(logits, labels, logits_key, labels_key)
         scale = 1.0 if scale is None else scale
-    if not np.isfinite(scale):
-        raise ConfigError(f"--scale must be a finite number, got {scale}")
+    dtypes = dtypes or ("float32",)
     if x.dtype.kind in "biuf" or x.dtype.name == "bfloat16":  # audit refuses anything else
-        x = x.astype(np.float64) * scale
+        x = _scaled(x, scale, dtypes)
     _load_tensorflow()
     result = audit(
         x,
         y,
         impls=impls or ("all",),
-        dtypes=dtypes or ("float32",),
+        dtypes=dtypes,
         modes=MODES if mode == "both" else (mode,),
         eps=eps,
         rtol=rtol,
+        timeout=timeout,
     )
     if fmt == "json":
         text = json_report.render(result, command="compare", scale=scale)
@@ -286,8 +425,23 @@ def compare(
         title = f"xentaudit compare: {result.rows} rows x {result.classes} classes, scale {scale:g}"
         color, width = _color_and_width(sys.stdout)
         text = table_report.render(result, title=title, color=color, width=width)
-    click.echo(text, nl=False)
+    _print_report(text)
     return result.exit_code(fail_flags)
+
+
+def _scaled(x: np.ndarray, scale: float, dtypes: Sequence[str]) -> np.ndarray:
+    """``x * scale`` in float64, refused when it overflows even the widest of ``dtypes``: that
+    is the scale's doing, not the input's (a narrower dtype it overflows is skipped)."""
+    wide = x.astype(np.float64)
+    finite = np.abs(wide[np.isfinite(wide)])
+    top = float(finite.max(initial=0.0)) * scale  # a Python float: inf, no warning
+    widest = max((get_format(d) for d in parse_dtypes(dtypes)), key=lambda f: f.max)
+    if top > widest.max:
+        raise ConfigError(
+            f"--scale {scale:g} makes logits up to {top:.4g}, which overflow {widest.name} "
+            f"(max {widest.max:.5g}); use a smaller --scale"
+        )
+    return wide * scale
 
 
 def _color_and_width(stream: object) -> tuple[bool, int]:
@@ -301,7 +455,8 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
     "--scales",
     "scales_spec",
     metavar="LIST|START:STOP:COUNT",
-    help="Logit scales: a list (0.1,1,10) or log-spaced START:STOP:COUNT (default 0.1:1e4:11).",
+    help="Logit scales, positive and finite: a list (0.1,1,10) or log-spaced START:STOP:COUNT "
+    f"(default 0.1:1e4:11); at most {MAX_SCALES} scales.",
 )
 @click.option("--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default all).")
 @click.option("--impl", "impls", multiple=True, metavar="NAME", help="Repeatable (default all).")
@@ -313,14 +468,17 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
     metavar="NAME",
     help="seed, random, dominant, vocab or all; repeatable (default all).",
 )
+@count_option("--classes", 2, MAX_CLASSES, 16384, "Classes of the vocab pattern.")
+@count_option("--rows", 1, MAX_ROWS, 4, "Rows of the random pattern.")
+@count_option("--vocab-rows", 1, MAX_ROWS, 1, "Rows of the vocab pattern.")
+@count_option("--seed", 0, MAX_SEED, 0, "Seed of random patterns.")
 @click.option(
-    "--classes", type=int, default=16384, show_default=True, help="Classes of the vocab pattern."
+    "--max-memory",
+    type=ByteSize(),
+    show_default="half the available memory",
+    help="Refuse a grid whose largest batch needs more memory (estimated: logits x scales x "
+    "(40 + 10 x bytes of the dtype)); e.g. 512M, 2G.",
 )
-@click.option("--rows", type=int, default=4, show_default=True, help="Rows of the random pattern.")
-@click.option(
-    "--vocab-rows", type=int, default=1, show_default=True, help="Rows of the vocab pattern."
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random patterns.")
 @shared_options()
 @format_option("table", "json")
 def sweep(
@@ -333,8 +491,10 @@ def sweep(
     rows: int,
     vocab_rows: int,
     seed: int,
+    max_memory: int | None,
     mode: str,
     rtol: float | None,
+    timeout: float | None,
     fail_on: str,
     fmt: str,
 ) -> int:
@@ -362,26 +522,21 @@ def sweep(
             seed=seed,
             modes=MODES if mode == "both" else (mode,),
             rtol=rtol,
+            timeout=timeout,
+            max_memory=max_memory,
             progress=progress,
         )
     if fmt == "json":
         text = json_report.render(result, command="sweep")
     else:
         text = table_report.render_sweep(result, color=color, width=width)
-    click.echo(text, nl=False)
+    _print_report(text)
     return result.exit_code(fail_flags)
 
 
 @cli.command()
 @click.argument("path", metavar="FILE")
-@click.option(
-    "--labels",
-    metavar="FILE|JSON",
-    help="Integer classes [...] or label weights [..., C]: a .npy file or inline JSON (default: "
-    "the .npz's --labels-key array).",
-)
-@click.option("--logits-key", default="logits", show_default=True, help="Array name in a .npz.")
-@click.option("--labels-key", default="labels", show_default=True, help="Array name in a .npz.")
+@label_options("the .npz's --labels-key array")
 @click.option(
     "--impl",
     "impls",
@@ -393,7 +548,11 @@ def sweep(
     "--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default: the file's)."
 )
 @eps_option(1e-7)
-@click.option("--chunk-rows", type=int, help="Rows read at a time (default: ~2M logits a chunk).")
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    help="Rows read at a time (default: ~2M logits a chunk).",
+)
 @click.option("--output", metavar="FILE", help="Write the report here (atomically), not stdout.")
 @click.option(
     "--config",
@@ -416,6 +575,7 @@ def check(
     config_path: str | None,
     mode: str,
     rtol: float | None,
+    timeout: float | None,
     fail_on: str,
     fmt: str,
 ) -> int:
@@ -427,9 +587,11 @@ def check(
     from xentaudit import config
     from xentaudit.check import check_file
 
-    if output is not None and not Path(output).parent.is_dir():
-        raise ConfigError(f"--output: no such directory: {Path(output).parent}; create it first")
-    table, _ = config.load(Path(config_path) if config_path else None)
+    target = None if output is None else _writable(output)
+    used = config.load(Path(config_path) if config_path else None)
+    for warning in used.warnings:
+        click.echo(f"xentaudit: warning: {warning}", err=True)
+    table = used.table
     ctx = click.get_current_context()
 
     def unset(param: str) -> bool:
@@ -457,8 +619,10 @@ def check(
             eps=eps,
             rtol=rtol,
             chunk_rows=chunk_rows,
+            timeout=timeout,
             progress=progress,
         )
+    result = replace(result, config=None if used.path is None else str(used.path))
     if fmt == "json":
         text = json_report.render(result, command="check", fail_on=list(fail_flags))
     elif fmt == "junit":
@@ -475,11 +639,11 @@ def check(
                 stream.write(markdown_report.render(result, fail_flags))
         except OSError as exc:
             click.echo(f"xentaudit: warning: cannot append to GITHUB_STEP_SUMMARY: {exc}", err=True)
-    if output is None:
-        click.echo(text, nl=False)
+    if target is None:
+        _print_report(text)
     else:
         try:
-            write_atomically(Path(output), text)
+            write_atomically(target, text)
         except OSError as exc:
             raise ConfigError(
                 f"--output: cannot write {output} ({exc.strerror}); pick a writable path"
@@ -501,7 +665,7 @@ def list_impls(fmt: str) -> int:
         text = json.dumps(document, indent=2) + "\n"
     else:
         text = _list_table(rows, *_color_and_width(sys.stdout))
-    click.echo(text, nl=False)
+    _print_report(text)
     return EXIT_OK
 
 
@@ -532,16 +696,63 @@ def list_cell(row: dict[str, str | list[str]], column: str) -> str:
     return ", ".join(value) if isinstance(value, list) else value
 
 
+def _print_report(text: str) -> None:
+    """Write a report to stdout: one that cannot take it (a full disk) is a usage error."""
+    try:
+        click.echo(text, nl=False)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the report to stdout ({exc.strerror}); free space or redirect stdout"
+        ) from None
+
+
+def _writable(output: str) -> Path:
+    """The --output path, once a file could be created beside it: refused before any work."""
+    if not output.strip():
+        raise ConfigError("--output is empty; give a file name")
+    path = Path(output)
+    if path.is_dir():
+        raise ConfigError(f"--output {output} is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        raise ConfigError(
+            f"--output {output} is not a regular file; give a file name (or leave --output out: "
+            "the report goes to stdout)"
+        )
+    if not path.parent.is_dir():
+        raise ConfigError(f"--output: no such directory: {path.parent}; create it first")
+    try:
+        with _temporary(path) as (fd, _):
+            os.close(fd)
+    except OSError as exc:
+        raise ConfigError(
+            f"--output: cannot create a file in {path.parent} ({exc.strerror}); pick a "
+            "writable directory"
+        ) from None
+    return path
+
+
+@contextlib.contextmanager
+def _temporary(path: Path) -> Iterator[tuple[int, str]]:
+    """A new temporary file beside ``path``, as (descriptor, name): removed at the end of the
+    block, or on SIGINT or SIGTERM, unless renamed by then."""
+    with _SIGNALS.held():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _SIGNALS.temporary.add(tmp)
+    try:
+        yield fd, tmp
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        _SIGNALS.temporary.discard(tmp)
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+    with _temporary(path) as (fd, tmp):
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
             stream.write(text)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager

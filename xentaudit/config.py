@@ -105,10 +105,6 @@ class Config:
     path: Path | None
     warnings: tuple[str, ...] = ()
 
-    def __iter__(self) -> Iterator[Any]:
-        """Unpack as ``table, path``, as ``load`` returned before ``warnings``."""
-        return iter((self.table, self.path))
-
 
 def load(path: Path | None = None, start: Path | None = None) -> Config:
     """The configuration in ``path`` (``--config``), or the one found from ``start`` upwards

@@ -25,3 +25,8 @@ class ConfigError(XentauditError):
 
 class UnknownImplementationError(ConfigError):
     """An implementation name that is not in the registry."""
+
+
+class ImplementationError(XentauditError):
+    """An implementation misbehaved: a user's loss raised, exited or returned no per-row losses,
+    or an implementation ran past the timeout."""

@@ -15,6 +15,11 @@ DEFAULT_SCALES = tuple(float(s) for s in np.logspace(-1, 4, 11))  # 0.1 ... 1e4,
 DEFAULT_EPS = (1e-7, 1e-12, 1e-30)
 PATTERNS = ("seed", "random", "dominant", "vocab")
 RANDOM_CLASSES = 10
+# Bounds of the sweep's options (the memory budget bounds their product).
+MAX_SCALES = 1000
+MAX_CLASSES = 1 << 24
+MAX_ROWS = 1 << 20  # of the random pattern and of the vocab pattern
+MAX_SEED = 2**32 - 1
 # Refinement: each round evaluates `points` scales inside the bracket in one batched call,
 # shrinking its log-width (points + 1)x; stop once the bracket is narrower than REFINE_REL, so the
 # first breaking scale is right to 3 significant digits. A call costs ~5 ms of TensorFlow
@@ -41,9 +46,10 @@ def parse_scales(spec: str) -> tuple[float, ...]:
         if ":" in spec:
             start_s, stop_s, count_s = spec.split(":")
             start, stop, count = float(start_s), float(stop_s), int(count_s)
-            if count < 1 or start <= 0 or stop < start or not math.isfinite(stop):
+            if not (1 <= count <= MAX_SCALES) or start <= 0 or stop < start or not stop < math.inf:
                 raise ConfigError(
-                    f"--scales {spec!r}: need 0 < start <= stop and count >= 1, e.g. 0.1:1e4:11"
+                    f"--scales {spec!r}: need 0 < start <= stop < inf and 1 <= count <= "
+                    f"{MAX_SCALES}, e.g. 0.1:1e4:11"
                 )
             scales = [float(s) for s in np.geomspace(start, stop, count)]
         else:
@@ -52,12 +58,41 @@ def parse_scales(spec: str) -> tuple[float, ...]:
         raise ConfigError(
             f"--scales {spec!r} is not a list (0.1,1,10) or a range (start:stop:count)"
         ) from None
-    if not scales:
+    return check_scales(scales)
+
+
+def check_scales(scales: Iterable[float]) -> tuple[float, ...]:
+    """The scales sorted without repeats, once each is known positive and finite and there are
+    1 to ``MAX_SCALES`` of them."""
+    values = sorted(set(scales))
+    if not values:
         raise ConfigError("--scales is empty; give at least one positive scale")
-    bad = [s for s in scales if not (0 < s < math.inf)]
+    bad = [s for s in values if not (0 < s < math.inf)]
     if bad:
         raise ConfigError(f"--scales must be positive and finite, got {bad[0]:g}")
-    return tuple(sorted(set(scales)))
+    if len(values) > MAX_SCALES:
+        raise ConfigError(f"--scales gives {len(values)} scales; give at most {MAX_SCALES}")
+    return tuple(values)
+
+
+def pattern_shape(name: str, *, classes: int, rows: int, vocab_rows: int) -> tuple[int, int]:
+    """(rows, classes) of pattern ``name`` at these sizes, without building it."""
+    _check_sizes(classes, rows, vocab_rows)
+    shapes = {
+        "seed": (2, 3),
+        "random": (rows, RANDOM_CLASSES),
+        "dominant": (1, 3),
+        "vocab": (vocab_rows, classes),
+    }
+    return shapes[name]
+
+
+def _check_sizes(classes: int, rows: int, vocab_rows: int) -> None:
+    if not (2 <= classes <= MAX_CLASSES):
+        raise ConfigError(f"--classes must lie in [2, {MAX_CLASSES}], got {classes}")
+    for option, value in (("--rows", rows), ("--vocab-rows", vocab_rows)):
+        if not (1 <= value <= MAX_ROWS):
+            raise ConfigError(f"{option} must lie in [1, {MAX_ROWS}], got {value}")
 
 
 def make_pattern(
@@ -65,12 +100,9 @@ def make_pattern(
 ) -> Pattern:
     """Build one of ``PATTERNS``: ``rows`` sizes ``random``; ``classes`` and ``vocab_rows`` size
     ``vocab`` (random labels; odd rows, when there are several, confident and correct)."""
-    if classes < 2:
-        raise ConfigError(f"--classes must be at least 2, got {classes}")
-    if rows < 1 or vocab_rows < 1:
-        raise ConfigError(
-            f"--rows and --vocab-rows must be at least 1, got {min(rows, vocab_rows)}"
-        )
+    _check_sizes(classes, rows, vocab_rows)
+    if not (0 <= seed <= MAX_SEED):
+        raise ConfigError(f"--seed must lie in [0, {MAX_SEED}], got {seed}")
     rng = np.random.default_rng(seed)
     if name == "seed":
         return Pattern(

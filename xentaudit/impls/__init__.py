@@ -6,11 +6,15 @@ is imported only when an implementation actually runs (``xentaudit --help`` stay
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
 import os
-from collections.abc import Callable, Iterable
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +22,7 @@ from typing import Any
 
 from xentaudit.choices import expand, unknown
 from xentaudit.dtypes import FORMATS
-from xentaudit.errors import UnknownImplementationError
+from xentaudit.errors import ConfigError, UnknownImplementationError, XentauditError
 
 MODES = ("eager", "graph")
 LABEL_KINDS = ("class", "one-hot", "soft")  # integer classes, one-hot rows, any label weights
@@ -152,11 +156,12 @@ def _load_user_loss(spec: str) -> Impl:
             f"--impl {spec!r}: expected path/to/file.py:function or package.module:function"
         )
     if spec not in _USER_LOSSES:
-        try:
+        if target.endswith(".py") or os.sep in target:
+            path = Path(target)
+            if not path.is_file():
+                raise UnknownImplementationError(f"--impl {spec!r}: no such file: {path}")
+        with user_code(f"--impl {spec!r}: importing {target}", UnknownImplementationError):
             if target.endswith(".py") or os.sep in target:
-                path = Path(target)
-                if not path.is_file():
-                    raise UnknownImplementationError(f"--impl {spec!r}: no such file: {path}")
                 module_spec = importlib.util.spec_from_file_location(
                     f"_xentaudit_{path.stem}", path
                 )
@@ -165,12 +170,6 @@ def _load_user_loss(spec: str) -> Impl:
                 module_spec.loader.exec_module(module)
             else:
                 module = importlib.import_module(target)
-        except UnknownImplementationError:
-            raise
-        except Exception as exc:  # the user's module failed to import: their bug, one line
-            raise UnknownImplementationError(
-                f"--impl {spec!r}: importing {target} failed: {type(exc).__name__}: {exc}"
-            ) from None
         fn = getattr(module, fn_name, None)
         if not callable(fn):
             raise UnknownImplementationError(f"--impl {spec!r}: {target} has no function {fn_name}")
@@ -182,6 +181,95 @@ def _load_user_loss(spec: str) -> Impl:
             ) from None
         _USER_LOSSES[spec] = fn
     return Impl(spec, f"your loss {fn_name} from {target}", "logits", "user")
+
+
+RETRY_ALARM = 0.25  # seconds between alarms after the first, should a loss swallow one
+
+
+class _Stop(BaseException):
+    """Raised into running code by a signal (Ctrl-C, the timeout's alarm), never the code's own
+    doing. A BaseException, so that a loss's ``except Exception`` cannot swallow it."""
+
+
+class _Interrupted(_Stop, KeyboardInterrupt):
+    """Ctrl-C while a user's code runs: still a KeyboardInterrupt to whoever called us."""
+
+
+class Expired(_Stop):
+    """The timeout's alarm went off."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise _Interrupted
+
+
+def _expire(signum: int, frame: object) -> None:
+    raise Expired
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def user_code(what: str, error: type[XentauditError]) -> Iterator[None]:
+    """Run a user's code (the import of their module, their loss): whatever it raises, even to
+    end the process (``sys.exit(0)``, ``KeyboardInterrupt``, any BaseException), becomes one
+    ``error`` starting with ``what``. A real Ctrl-C stays an interrupt: while their code runs,
+    Python's default SIGINT handler is swapped for one whose exception tells the two apart.
+    """
+    swap = _in_main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if swap:
+        signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    except _Stop:
+        raise
+    except Exception as exc:
+        raise error(f"{what} {_did(exc)}") from None
+    except BaseException as exc:
+        raise error(f"{what} {_did(exc)}; it must return, not end the run") from None
+    finally:
+        if swap:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _did(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    lines = str(exc).strip().splitlines()
+    return f"raised {type(exc).__name__}: {lines[0]}" if lines else f"raised {type(exc).__name__}"
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ``Expired`` into the code running in this block once ``seconds`` have passed (None:
+    no limit), and again every ``RETRY_ALARM`` seconds until the block ends.
+
+    SIGALRM from ``setitimer``: Python runs the handler in the main thread between bytecodes, so
+    a loop stuck in Python is interrupted; a single long C++ operation (a TensorFlow kernel, a
+    whole ``tf.function`` graph) only when it returns, and ``os._exit`` not at all. An alarm
+    already set (by the caller) is suspended meanwhile and resumed afterwards.
+    """
+    if seconds is None:
+        yield
+        return
+    if not _in_main_thread():
+        raise ConfigError(
+            "--timeout works only in the main thread (it uses SIGALRM); call from the main "
+            "thread or pass no timeout"
+        )
+    previous = signal.signal(signal.SIGALRM, _expire)
+    started = time.monotonic()
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds, RETRY_ALARM)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer:
+            left = outer - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
 
 
 def get_impl(name: str) -> Impl:

@@ -14,8 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from xentaudit.errors import ConfigError
-from xentaudit.impls import user_loss
+from xentaudit.errors import ImplementationError
+from xentaudit.impls import Expired, time_limit, user_code, user_loss
 from xentaudit.io import as_float
 
 # fn(labels, classes, logits, eps) -> per-row losses; eps is used by `clipped` only.
@@ -126,22 +126,20 @@ def _with_gradient(fn: LossFn) -> Callable:
 
 
 def _run_user(name: str, step: Callable, *args: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Run a user's loss; whatever goes wrong in their code is a one-line error, not a bug."""
-    try:
+    """Run a user's loss; whatever goes wrong in their code is a one-line error, not a bug.
+
+    In graph mode their Python runs while ``tf.function`` traces it, inside this call too.
+    """
+    with user_code(f"--impl {name}: the loss", ImplementationError):
         loss, grad = step(*args)
-    except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ConfigError(
-            f"--impl {name}: the loss raised {type(exc).__name__}: {message}"
-        ) from None
     rows = args[0].shape[0]
     if loss.shape != (rows,):
-        raise ConfigError(
+        raise ImplementationError(
             f"--impl {name}: the loss returned shape {tuple(loss.shape)}; it must return one "
             f"loss per row, shape ({rows},) (no reduction)"
         )
     if grad is None:
-        raise ConfigError(
+        raise ImplementationError(
             f"--impl {name}: the loss has no gradient w.r.t. the logits; compute it with "
             "TensorFlow ops on the logits tensor"
         )
@@ -155,22 +153,24 @@ def run(
     logits: np.ndarray,
     labels: np.ndarray | None,
     classes: np.ndarray | None,
+    timeout: float | None = None,
 ) -> Outcome:
     """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph").
 
     ``logits`` and ``labels`` (dense label weights, or ``None`` for the one-hot of ``classes``)
     are numpy arrays already in the audited dtype. The gradient comes back in the logits'
-    dtype, float16 and bfloat16 widened (exactly) to float32.
+    dtype, float16 and bfloat16 widened (exactly) to float32. ``timeout``: seconds the run (its
+    tracing included) may take, or None (see ``impls.time_limit`` for what it can interrupt).
     """
     x = tf.constant(logits)
     k = tf.constant(classes if classes is not None else np.zeros(logits.shape[0]), dtype=tf.int32)
     y = tf.constant(labels) if labels is not None else tf.one_hot(k, logits.shape[1], dtype=x.dtype)
     e = tf.constant(eps, dtype=x.dtype)
+    key = (name, x.dtype.name)
     if mode == "eager":
         step = _with_gradient(loss_fn(name))
     else:
         # One trace per implementation and dtype, whatever the batch shape or epsilon.
-        key = (name, x.dtype.name)
         if key not in _GRAPH_CACHE:
             signature = [
                 tf.TensorSpec([None, None], x.dtype),
@@ -185,12 +185,21 @@ def run(
                 autograph=False,
             )
         step = _GRAPH_CACHE[key]
-    if user_loss(name) is None:
-        loss, grad = step(x, y, k, e)
-    else:
-        loss, grad = _run_user(name, step, x, y, k, e)
-    return Outcome(
-        np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
-        as_float(np.asarray(grad)),  # np.asarray views the tensor's buffer; .numpy() copies it
-        loss.dtype.name,
-    )
+    try:
+        with time_limit(timeout):
+            if user_loss(name) is None:
+                loss, grad = step(x, y, k, e)
+            else:
+                loss, grad = _run_user(name, step, x, y, k, e)
+            outcome = Outcome(
+                np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
+                as_float(np.asarray(grad)),  # np.asarray views the tensor's buffer; .numpy() copies
+                loss.dtype.name,
+            )
+    except Expired:
+        _GRAPH_CACHE.pop(key, None)  # an interrupted trace is not to be reused
+        raise ImplementationError(
+            f"--impl {name} ({x.dtype.name}, {mode}) ran longer than the timeout of {timeout:g} "
+            "s; raise --timeout or fix the implementation"
+        ) from None
+    return outcome

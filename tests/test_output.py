@@ -1,0 +1,145 @@
+"""`check --output`: a target that cannot be written is one line and exit 2, refused before
+the audit when it can be; a write that fails midway leaves the old file (or none) and no
+temporary file."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import xentaudit.check
+from xentaudit.cli import cli
+
+SEED = str(Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz")
+FAST = ("--impl", "tf_sparse_softmax_xent", "--mode", "eager")
+
+
+def check(output: str):
+    return CliRunner().invoke(cli, ["check", SEED, *FAST, "--output", output])
+
+
+def one_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.fixture
+def no_audit(monkeypatch):
+    """The audit must not start: the output is refused first."""
+
+    def audit_started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the audit ran before --output was checked")
+
+    monkeypatch.setattr(xentaudit.check, "check_file", audit_started)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("{tmp}", "--output {tmp} is a directory; give a file name"),
+        ("{tmp}/missing/report.txt", "--output: no such directory: {tmp}/missing; create it first"),
+        ("", "--output is empty; give a file name"),
+        (
+            "/dev/full",
+            "--output /dev/full is not a regular file; give a file name (or leave --output out: "
+            "the report goes to stdout)",
+        ),
+    ],
+)
+def test_a_target_that_cannot_be_a_report_is_refused_before_the_audit(
+    tmp_path, no_audit, target: str, message: str
+) -> None:
+    line = one_line(check(target.format(tmp=tmp_path)))
+    assert line == "xentaudit: error: " + message.format(tmp=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_directory_is_refused_before_the_audit(tmp_path, monkeypatch, no_audit):
+    # root writes into read-only directories: a read-only file system stands in for one
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    line = one_line(check(str(tmp_path / "report.txt")))
+    assert line == (
+        f"xentaudit: error: --output: cannot create a file in {tmp_path} (Read-only file "
+        "system); pick a writable directory"
+    )
+
+
+def test_a_full_disk_keeps_the_old_report_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    target = tmp_path / "report.txt"
+    target.write_text("the previous report\n")
+    real_fdopen = os.fdopen
+
+    def full_disk(fd: int, mode: str = "r", *args: object, **kwargs: object):
+        if mode == "w":  # the report's temporary file stays; its text goes to /dev/full: ENOSPC
+            os.close(fd)
+            fd = os.open("/dev/full", os.O_WRONLY)
+        return real_fdopen(fd, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", full_disk)
+    line = one_line(check(str(target)))
+    assert line == (
+        f"xentaudit: error: --output: cannot write {target} (No space left on device); pick a "
+        "writable path"
+    )
+    assert os.listdir(tmp_path) == ["report.txt"]
+    assert target.read_text() == "the previous report\n"
+
+
+def test_a_file_size_limit_fails_the_write_in_one_line(tmp_path) -> None:
+    def limit_file_size() -> None:  # in the child: writes past 64 bytes fail with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    target = tmp_path / "report.txt"
+    done = subprocess.run(
+        [sys.executable, "-m", "xentaudit", "check", SEED, *FAST, "--output", str(target)],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        f"xentaudit: error: --output: cannot write {target} (File too large); pick a writable "
+        "path\n"
+    )
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_written_report_leaves_no_temporary_file(tmp_path) -> None:
+    target = tmp_path / "report.txt"
+    result = check(str(target))
+    assert result.exit_code == 0, result.output
+    assert os.listdir(tmp_path) == ["report.txt"]
+    assert "tf_sparse_softmax_xent" in target.read_text()
+
+
+def test_a_full_stdout_is_one_line_and_exit_2() -> None:
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "xentaudit", "list"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "xentaudit: error: cannot write the report to stdout (No space left on device); free "
+        "space or redirect stdout\n"
+    )

@@ -1,0 +1,192 @@
+"""A user's loss cannot end the run or pass the gate by itself: exiting, raising any
+BaseException (at import or when called, in graph mode while tf.function traces it) or running
+past --timeout is one line naming the implementation, exit 2. A real Ctrl-C stays an interrupt."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from xentaudit import audit
+from xentaudit.cli import cli
+from xentaudit.errors import ConfigError, ImplementationError
+from xentaudit.impls import time_limit
+
+SEED = str(Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz")
+LOSSES = """
+import os
+import signal
+import sys
+import time
+
+import tensorflow as tf
+
+
+class Custom(BaseException):
+    pass
+
+
+def exit0(labels, logits):
+    sys.exit(0)
+
+
+def exit3(labels, logits):
+    sys.exit(3)
+
+
+def system_exit(labels, logits):
+    raise SystemExit
+
+
+def interrupt(labels, logits):
+    raise KeyboardInterrupt
+
+
+def generator_exit(labels, logits):
+    raise GeneratorExit("closing")
+
+
+def custom(labels, logits):
+    raise Custom("mine")
+
+
+def spin(labels, logits):
+    while True:
+        pass
+
+
+def spin_catching(labels, logits):
+    try:
+        while True:
+            pass
+    except Exception:
+        return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def sleep(labels, logits):
+    time.sleep(60)
+
+
+def ctrl_c(labels, logits):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+"""
+
+
+@pytest.fixture(scope="module")
+def losses(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("losses") / "losses.py"
+    path.write_text(LOSSES)
+    return path
+
+
+def one_line(args: list[str]) -> str:
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+@pytest.mark.parametrize(
+    ("fn", "did"),
+    [
+        ("exit0", "called sys.exit(0)"),
+        ("exit3", "called sys.exit(3)"),
+        ("system_exit", "called sys.exit(None)"),
+        ("interrupt", "raised KeyboardInterrupt"),
+        ("generator_exit", "raised GeneratorExit: closing"),
+        ("custom", "raised Custom: mine"),
+    ],
+)
+def test_a_loss_that_exits_or_raises_a_base_exception_fails_the_gate(
+    losses, fn: str, did: str, mode: str
+) -> None:
+    spec = f"{losses}:{fn}"
+    line = one_line(["check", SEED, "--impl", spec, "--mode", mode])
+    assert line == (
+        f"xentaudit: error: --impl {spec}: the loss {did}; it must return, not end the run"
+    )
+
+
+def test_a_module_that_exits_on_import_fails_the_gate(tmp_path) -> None:
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n\ndef f(y, x):\n    return x\n")
+    spec = f"{tmp_path / 'exits.py'}:f"
+    line = one_line(["check", SEED, "--impl", spec, "--mode", "eager"])
+    assert line == (
+        f"xentaudit: error: --impl {spec!r}: importing {tmp_path / 'exits.py'} called "
+        "sys.exit(0); it must return, not end the run"
+    )
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+@pytest.mark.parametrize("fn", ["spin", "spin_catching", "sleep"])
+def test_timeout_interrupts_a_loss_stuck_in_python(losses, fn: str, mode: str) -> None:
+    spec = f"{losses}:{fn}"
+    line = one_line(["compare", "--impl", spec, "--mode", mode, "--timeout", "0.2"])
+    assert line == (
+        f"xentaudit: error: --impl {spec} (float32, {mode}) ran longer than the timeout of 0.2 "
+        "s; raise --timeout or fix the implementation"
+    )
+
+
+def test_timeout_in_the_api_bounds_built_in_runs_too_and_restores_the_alarm(losses) -> None:
+    x, y = np.array([[3.0, 1.0, 1.0]]), np.array([0])
+    before = signal.getsignal(signal.SIGALRM)
+    result = audit(x, y, impls=["tf_sparse_softmax_xent"], modes=["eager"], timeout=30)
+    assert [r.flags for r in result.results] == [()]
+    with pytest.raises(ImplementationError, match=r"spin \(float64, eager\) ran longer"):
+        audit(x, y, impls=[f"{losses}:spin"], dtypes=["float64"], modes=["eager"], timeout=0.1)
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_an_alarm_set_by_the_caller_is_resumed_after_the_time_limit() -> None:
+    rang = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: rang.append(signum))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        with time_limit(10):
+            pass
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 25 < left <= 30 and rang == []
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_real_ctrl_c_in_a_loss_stays_a_keyboard_interrupt_in_the_api(losses) -> None:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt) as caught:
+        audit([[1.0, 2.0]], [0], impls=[f"{losses}:ctrl_c"], modes=["eager"])
+    assert not isinstance(caught.value, ImplementationError)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_bad_timeouts_are_refused_before_any_work() -> None:
+    for bad in (0, -1, float("nan"), float("inf"), 2e6):
+        # "nope" would be an unknown implementation: the timeout is refused first
+        with pytest.raises(ConfigError, match=r"^--timeout must be a number of seconds in"):
+            audit([[1.0, 2.0]], [0], impls=["nope"], timeout=bad)
+
+
+def test_check_timeout_bounds_each_run_on_each_chunk(losses) -> None:
+    spec = f"{losses}:spin"
+    line = one_line(["check", SEED, "--impl", spec, "--mode", "eager", "--timeout", "0.2"])
+    assert line == (
+        f"xentaudit: error: --impl {spec} (float32, eager) ran longer than the timeout of 0.2 "
+        "s; raise --timeout or fix the implementation"
+    )
+    # A built-in implementation well within the limit is unaffected.
+    fine = CliRunner().invoke(
+        cli,
+        ["check", SEED, "--impl", "tf_sparse_softmax_xent", "--mode", "eager", "--timeout", "60"],
+        catch_exceptions=False,
+    )
+    assert fine.exit_code == 0, fine.output
