@@ -355,3 +355,11 @@ def test_the_python_api_leaves_the_environment_and_stderr_alone() -> None:
     )
     assert out.stdout.split() == ["True", "False", "True", str(0)]  # logging.NOTSET
     assert "fd 2 still reaches stderr" in out.stderr
+
+
+def test_a_path_with_line_breaks_is_still_one_line(tmp_path) -> None:
+    for name, shown in (("a\nb.npz", "a\\nb.npz"), ("c\rd.npy", "c\\rd.npy")):
+        result = CliRunner().invoke(cli, ["check", str(tmp_path / name)], catch_exceptions=False)
+        assert result.exit_code == 2 and result.stdout == ""
+        assert len(result.stderr.splitlines()) == 1 and shown in result.stderr
+        assert result.stderr.startswith("xentaudit: error: no such file: ")

@@ -207,3 +207,18 @@ def test_prefetched_keeps_order_and_hands_on_the_producers_error() -> None:
             got.append(item)
     assert got == [0, 1, 2, 3, 4]
     assert list(prefetched(iter([]))) == []
+
+
+@pytest.mark.parametrize("depth", [70, 900, 50_000])
+def test_json_nested_too_deeply_is_one_line(depth: int) -> None:
+    # 70 passes the parser but not numpy's 64 axes; 900 and 50,000 pass neither the parser's
+    # recursion limit nor ours: each is the same one-line input error, never a RecursionError.
+    with pytest.raises(InputError, match="nested too deeply"):
+        parse_json("[" * depth + "0" + "]" * depth, "--logits")
+
+
+def test_a_long_invalid_json_is_quoted_short() -> None:
+    spec = "[[" + ",".join(["3"] * 5000) + "]"  # one bracket short: invalid, 10 kB long
+    with pytest.raises(InputError) as info:
+        parse_json(spec, "--logits")
+    assert len(str(info.value)) < 250 and "..." in str(info.value)

@@ -71,6 +71,11 @@ _PASSED_ON = (  # exceptions click or the handlers of `main` deal with: not bugs
 )
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: a path or JSON holding a line break is shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class _Signals:
     """SIGINT and SIGTERM end a command at once: the temporary files of --output are removed,
     one line goes to stderr and the process exits 130 or 143 with ``os._exit``.
@@ -145,10 +150,10 @@ class _OneLineErrors(click.Group):
             ctx = getattr(exc, "ctx", None)
             suggested = "Did you mean" in message  # click's own how-to-fix
             how = f"; see '{ctx.command_path} --help'" if ctx and not suggested else ""
-            click.echo(f"xentaudit: error: {message}{how}", err=True)
+            click.echo(f"xentaudit: error: {one_line(message)}{how}", err=True)
             sys.exit(EXIT_USAGE)
         except XentauditError as exc:
-            click.echo(f"xentaudit: error: {exc}", err=True)
+            click.echo(f"xentaudit: error: {one_line(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         sys.exit(code or 0)
 

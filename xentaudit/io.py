@@ -80,16 +80,27 @@ def parse_json(spec: str, option: str) -> np.ndarray:
     ``"Infinity"`` too) or JSON's own extensions ``Infinity``, ``-Infinity``, ``NaN``, so that
     masked logits can be written inline; NaN and +inf are then refused by ``prepare`` as for files.
     """
+    shown = repr(spec) if len(spec) <= 60 else repr(spec[:57] + "...")
+    too_deep = (
+        f"{option}: the JSON is nested too deeply; logits are [..., classes] with a few axes "
+        "(save deeper arrays as .npy)"
+    )
     try:
         value = json.loads(spec)
     except json.JSONDecodeError as exc:
         raise InputError(
-            f"{option}: {spec!r} is neither a .npy file nor valid JSON ({exc.msg} at "
+            f"{option}: {shown} is neither a .npy file nor valid JSON ({exc.msg} at "
             f"character {exc.pos}); pass a path or a list such as '[[2.0, -1.0, 0.5]]'"
         ) from None
+    except RecursionError:
+        raise InputError(too_deep) from None
     try:
         array = np.asarray(_numbers(value, option))
-    except ValueError:
+    except RecursionError:
+        raise InputError(too_deep) from None
+    except ValueError as exc:
+        if "maximum" in str(exc):  # "would exceed the maximum number of dimension of 64"
+            raise InputError(too_deep) from None
         raise InputError(
             f"{option}: the JSON list is ragged; every row needs the same number of entries"
         ) from None
