@@ -36,6 +36,7 @@ from hostile import header as npy_header
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from xentaudit import io as reader
 from xentaudit.check import CHUNK_ENTRIES, check_file
 from xentaudit.cli import cli
 from xentaudit.errors import InputError
@@ -258,15 +259,40 @@ def test_fortran_ordered_files_are_audited_as_the_c_ordered_ones(tmp_path) -> No
     assert audited(tmp_path / "f" / "cube.npy") == audited(tmp_path / "c" / "cube.npy")
 
 
+def test_2d_fortran_files_stream_through_tiles_in_files_and_zip_members(
+    tmp_path, monkeypatch
+) -> None:
+    # Tiles of 4 x 4 numbers over a 13 x 10 array: partial tiles on both edges, several tiles
+    # per row and per column; the result equals the C-ordered file's, for a .npy and a
+    # compressed .npz member (read as a stream and copied before its transpose).
+    monkeypatch.setattr(reader, "TRANSPOSE_TILE", 4)
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((13, 10)) * 20).astype(np.float32)
+    labels = rng.integers(0, 10, 13)
+    np.save(tmp_path / "c.npy", x)
+    np.save(tmp_path / "f.npy", np.asfortranarray(x))
+    np.savez_compressed(tmp_path / "f.npz", logits=np.asfortranarray(x), labels=labels)
+    np.save(tmp_path / "y.npy", labels)
+    assert b"'fortran_order': True" in (tmp_path / "f.npy").read_bytes()
+    c_ordered = audited(tmp_path / "c.npy", labels=tmp_path / "y.npy")
+    for chunk_rows in (None, 3):
+        assert audited(tmp_path / "f.npy", labels=tmp_path / "y.npy", chunk_rows=chunk_rows) == (
+            c_ordered
+        )
+        assert audited(tmp_path / "f.npz", chunk_rows=chunk_rows) == c_ordered
+    source = reader.open_arrays(tmp_path / "f.npy", None, "logits", "labels")[0]
+    assert np.array_equal(np.concatenate(list(source.chunks(5, 10))), x)
+
+
 def test_large_fortran_files_rows_too_long_and_large_compare_inputs_name_the_limit(
     tmp_path,
 ) -> None:
     # Zeros compress well: each file below claims millions of numbers in a few kilobytes.
-    fortran = tmp_path / "fortran.npz"
-    np.savez_compressed(fortran, logits=np.zeros((2, CHUNK_ENTRIES // 2 + 1), np.float16).T)
+    fortran = tmp_path / "fortran.npz"  # 3 axes: only those are limited (2-D ones stream)
+    np.savez_compressed(fortran, logits=np.zeros((2, 2, CHUNK_ENTRIES // 4 + 1), np.float16).T)
     for line in refused_by_both(fortran, "[0]"):
-        assert f"is stored in Fortran order and holds {CHUNK_ENTRIES + 2} numbers" in line
-        assert f"Fortran-ordered files of at most {CHUNK_ENTRIES} are read" in line
+        assert f"is stored in Fortran order with 3 axes and holds {CHUNK_ENTRIES + 4}" in line
+        assert f"such files of at most {CHUNK_ENTRIES} numbers are read" in line
     wide = tmp_path / "wide.npz"
     np.savez_compressed(wide, logits=np.zeros((1, CHUNK_ENTRIES + 1), np.float16))
     check, compare = refused_by_both(wide, "[0]")

@@ -19,6 +19,7 @@ import math
 import os
 import stat
 import struct
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -250,8 +251,10 @@ def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int = 0) -> Batc
 # --- reading arrays: `check` streams them in chunks, `compare` reads them whole ---------------
 
 # Numbers read at a time: a chunk of `check` (~50 MB of work arrays: float64 gradients), a whole
-# array of `compare`, a Fortran-ordered file.
+# array of `compare`, a Fortran-ordered file of more than two axes.
 CHUNK_ENTRIES = 1 << 21
+# Side of the square tiles a 2-D Fortran-ordered file is transposed in: 1448^2 ~ CHUNK_ENTRIES.
+TRANSPOSE_TILE = math.isqrt(CHUNK_ENTRIES)
 _MAGIC = b"\x93NUMPY"
 _VERSIONS = {(1, 0): ("<H", "latin1"), (2, 0): ("<I", "latin1"), (3, 0): ("<I", "utf8")}
 _MAX_HEADER = 10_000  # bytes of header text: np.load's own limit (max_header_size)
@@ -295,7 +298,7 @@ class ArraySource:
     label: str  # how to name it in messages, e.g. "logits.npz[logits]"
     data: np.ndarray | None = None  # the array itself, when it is in memory
     offset: int = 0  # bytes of .npy header before the data
-    fortran: bool = False  # data stored column-major (read whole: at most CHUNK_ENTRIES numbers)
+    fortran: bool = False  # data stored column-major (the C-order bytes of the transpose)
 
     @classmethod
     def of(cls, array: np.ndarray, label: str) -> ArraySource:
@@ -316,6 +319,9 @@ class ArraySource:
         """Yield consecutive blocks of ``rows`` rows, each of ``per_row`` items, flattened."""
         if self.data is None and not self.fortran:
             yield from self._stream_rows(rows, per_row)
+            return
+        if self.data is None and len(self.shape) == 2:
+            yield from self._transposed_rows(rows)
             return
         flat = (self.data if self.data is not None else self._whole()).reshape(-1, per_row)
         yield from (flat[start : start + rows] for start in range(0, flat.shape[0], rows))
@@ -341,6 +347,41 @@ class ArraySource:
             array = np.frombuffer(read(self.size * self.dtype.itemsize), dtype=self.dtype)
         # A Fortran-ordered file holds the transpose's bytes in C order.
         return array.reshape(self.shape[::-1]).T if self.fortran else array.reshape(self.shape)
+
+    def _transposed_rows(self, rows: int) -> Iterator[np.ndarray]:
+        """The rows of a 2-D Fortran-ordered array, through an external transpose.
+
+        The data (the C-order bytes of the (C, n) transpose) is copied to an unnamed temporary
+        file, transposed tile by tile (at most ``TRANSPOSE_TILE`` squared numbers in memory:
+        one read per tile row, one write per tile column) into a second one, which is then
+        read row by row like a C-ordered file. Memory stays bounded by a tile and a chunk
+        whatever the file's size; the disk holds two copies while it runs, and unnamed files
+        vanish however the process ends.
+        """
+        n, c = self.shape
+        item = self.dtype.itemsize
+        with tempfile.TemporaryFile() as columns, tempfile.TemporaryFile() as transposed:
+            with self._data() as read:
+                for start in range(0, n * c, CHUNK_ENTRIES):
+                    columns.write(read(min(CHUNK_ENTRIES, n * c - start) * item))
+            columns.flush()
+            transposed.truncate(n * c * item)
+            tile = TRANSPOSE_TILE
+            for j0 in range(0, c, tile):
+                j1 = min(c, j0 + tile)
+                for i0 in range(0, n, tile):
+                    i1 = min(n, i0 + tile)
+                    block = np.empty((j1 - j0, i1 - i0), self.dtype)
+                    for j in range(j0, j1):  # column j of rows i0..i1: contiguous in the file
+                        data = os.pread(columns.fileno(), (i1 - i0) * item, (j * n + i0) * item)
+                        block[j - j0] = np.frombuffer(data, self.dtype)
+                    for i, row in enumerate(block.T, start=i0):  # row i of columns j0..j1
+                        os.pwrite(transposed.fileno(), row.tobytes(), (i * c + j0) * item)
+            transposed.seek(0)
+            for start in range(0, n, rows):
+                count = min(rows, n - start)
+                data = transposed.read(count * c * item)
+                yield np.frombuffer(data, self.dtype).reshape(count, c)
 
     def _stream_rows(self, rows: int, per_row: int) -> Iterator[np.ndarray]:
         with self._data() as read:
@@ -545,10 +586,11 @@ def _header(path: Path, member: str | None, label: str) -> ArraySource:
             f"{label} is longer than its header says: expected {expected} bytes, found {size}; "
             "write the file again"
         )
-    if source.fortran and source.size > CHUNK_ENTRIES:
+    if source.fortran and len(shape) > 2 and source.size > CHUNK_ENTRIES:
         raise InputError(
-            f"{label} is stored in Fortran order and holds {source.size} numbers; Fortran-"
-            f"ordered files of at most {CHUNK_ENTRIES} are read: save np.ascontiguousarray(x)"
+            f"{label} is stored in Fortran order with {len(shape)} axes and holds "
+            f"{source.size} numbers; such files of at most {CHUNK_ENTRIES} numbers are read "
+            "(2-D ones of any size): save np.ascontiguousarray(x)"
         )
     return source
 
