@@ -177,9 +177,12 @@ def test_a_named_path_must_be_a_regular_file(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)  # reading it would block forever
     for path, message in [
-        (tmp_path / "missing.toml", f"--config: no such file: {tmp_path / 'missing.toml'}"),
-        (tmp_path, f"--config: {tmp_path} is not a regular file"),
-        (fifo, f"--config: {fifo} is not a regular file"),
+        (
+            tmp_path / "missing.toml",
+            f"--config: no such file: {tmp_path / 'missing.toml'}; check the path",
+        ),
+        (tmp_path, f"--config: {tmp_path} is a directory, not a file; pass a regular file"),
+        (fifo, f"--config: {fifo} is a FIFO, not a file; pass a regular file"),
     ]:
         with pytest.raises(ConfigError) as caught:
             config.load(path)
@@ -241,8 +244,9 @@ def test_a_code_file_must_be_a_regular_file_others_cannot_write(tmp_path: Path) 
     writable.chmod(0o666)
     path = tmp_path / "pyproject.toml"
     for entry, problem in [
-        ("missing.py:fn", f": no such file: {tmp_path / 'missing.py'}"),
-        ("folder.py:fn", f": {tmp_path / 'folder.py'} is not a regular file"),
+        ("missing.py:fn", f": no such file: {tmp_path / 'missing.py'}; check the path"),
+        ("folder.py:fn", f": {tmp_path / 'folder.py'} is a directory, not a file; pass a "
+         "regular file"),
         ("writable.py:fn", f": refused, it is writable by group or others (mode 666); run chmod "
          f"go-w {writable}"),
         ("losses.py:not-a-name", ": expected path/to/file.py:function"),

@@ -44,6 +44,7 @@ from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError
 from xentaudit.flags import FLAGS
 from xentaudit.impls import REGISTRY
+from xentaudit.io import regular_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -158,6 +159,7 @@ def _up_to_root(start: Path) -> Iterator[Path]:
 
 def _regular(path: Path, what: str) -> Path:
     """``path`` with symlinks resolved, if it names a regular file; else a ConfigError."""
+    regular_file(path, what, "a regular file", ConfigError)  # names FIFOs, directories, ...
     try:
         real = path.resolve(strict=True)
         mode = real.stat().st_mode

@@ -32,7 +32,7 @@ import ml_dtypes
 import numpy as np
 
 from xentaudit.dtypes import FORMATS
-from xentaudit.errors import InputError
+from xentaudit.errors import InputError, XentauditError
 
 _SHOWN_ROWS = 5  # how many offending row indices an error message lists
 T = TypeVar("T")
@@ -427,25 +427,29 @@ def prefetched(items: Iterator[T]) -> Iterator[T]:
             yield item
 
 
-def _regular_file(path: Path, option: str | None) -> None:
+def regular_file(
+    path: Path,
+    option: str | None,
+    wanted: str = "a .npy or .npz file",
+    error: type[XentauditError] = InputError,
+) -> None:
     """Refuse anything but a regular file (or a symlink to one), from its ``stat``: it is never
-    opened, so a FIFO cannot block and a device cannot stream forever."""
+    opened, so a FIFO cannot block and a device cannot stream forever. ``wanted`` says what to
+    pass instead; ``error`` is the exception raised (exit code 2 either way)."""
     prefix = f"{option}: " if option else ""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise InputError(f"{prefix}no such file: {path}; check the path") from None
+        raise error(f"{prefix}no such file: {path}; check the path") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise InputError(
-                f"{prefix}{path} is a symlink loop, not a file; point it at a .npy or .npz file"
-            ) from None
-        raise InputError(f"{prefix}cannot read {path} ({exc.strerror}); check the path") from None
+            raise error(f"{prefix}{path} is a symlink loop, not a file; pass {wanted}") from None
+        raise error(f"{prefix}cannot read {path} ({exc.strerror}); check the path") from None
     for test, kind in _NOT_FILES:
         if test(mode):
-            raise InputError(f"{prefix}{path} is {kind}, not a file; pass a .npy or .npz file")
+            raise error(f"{prefix}{path} is {kind}, not a file; pass {wanted}")
     if not stat.S_ISREG(mode):
-        raise InputError(f"{prefix}{path} is not a regular file; pass a .npy or .npz file")
+        raise error(f"{prefix}{path} is not a regular file; pass {wanted}")
 
 
 @contextlib.contextmanager
@@ -599,7 +603,7 @@ def _source(array: Path | np.ndarray, option: str) -> ArraySource:
     """A ``.npy`` file, or an array in memory, given as ``option``."""
     if isinstance(array, np.ndarray):
         return ArraySource.of(array, option)
-    _regular_file(array, option)
+    regular_file(array, option)
     return _header(array, None, str(array))
 
 
@@ -624,7 +628,7 @@ def open_arrays(
     ``.npy`` file, or an array in memory), which take the place of the ``.npz``'s own.
 
     Only headers are read: every shape, dtype and size is checked before any data is."""
-    _regular_file(path, None)
+    regular_file(path, None)
     label_source = _labels_source(labels)
     if path.suffix != ".npz":
         return _header(path, None, str(path)), label_source
