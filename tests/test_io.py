@@ -12,6 +12,7 @@ from xentaudit.errors import InputError
 from xentaudit.io import (
     ArraySource,
     bad_logit_rows,
+    file_or_json,
     load_inputs,
     open_arrays,
     parse_json,
@@ -222,3 +223,15 @@ def test_a_long_invalid_json_is_quoted_short() -> None:
     with pytest.raises(InputError) as info:
         parse_json(spec, "--logits")
     assert len(str(info.value)) < 250 and "..." in str(info.value)
+
+
+def test_inline_json_longer_than_a_file_name_is_never_taken_for_a_path(monkeypatch) -> None:
+    # 60 classes of JSON pass 255 bytes, the longest file name: the file system is not asked.
+    spec = "[[" + ", ".join(f"{v:.3f}" for v in np.linspace(-1, 1, 60)) + "]]"
+    assert len(spec) > 255
+
+    def no_stat(path: object) -> bool:
+        raise AssertionError(f"asked the file system about {path!r}")
+
+    monkeypatch.setattr("os.path.lexists", no_stat)
+    assert file_or_json(spec, "--logits").shape == (1, 60)
