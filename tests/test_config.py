@@ -270,7 +270,7 @@ def test_a_code_file_must_be_a_regular_file_others_cannot_write(tmp_path: Path) 
         ("[tool]\nxentaudit = 'on'\n", "{path}: tool.xentaudit must be a table ([tool.xentaudit]),"
          " got 'on'"),
         ("[tool.xentaudit]\nimpl = ['x']\n", "{path}: unknown key 'impl' in [tool.xentaudit]; "
-         "known: impls, dtypes, fail-on, rtol, eps"),
+         "known: impls, dtypes, policies, fail-on, rtol, eps"),
         ("[tool.xentaudit]\nimpls = 'tf_softmax_xent'\n", "{path}: [tool.xentaudit] impls must "
          "be a non-empty list of implementation names, got 'tf_softmax_xent'"),
         ("[tool.xentaudit]\nimpls = []\n", "{path}: [tool.xentaudit] impls must be a non-empty "
@@ -285,6 +285,9 @@ def test_a_code_file_must_be_a_regular_file_others_cannot_write(tmp_path: Path) 
          "'nope'; choose from {impls}, all"),
         ("[tool.xentaudit]\ndtypes = ['float32,float8']\n", "{path}: [tool.xentaudit] dtypes has "
          "unknown name 'float8'; choose from float16, bfloat16, float32, float64, all"),
+        ("[tool.xentaudit]\npolicies = ['mixed_float64']\n", "{path}: [tool.xentaudit] policies "
+         "has unknown name 'mixed_float64'; choose from float32, mixed_float16, mixed_bfloat16, "
+         "all"),
         ("[tool.xentaudit]\nfail-on = ['nans']\n", "{path}: [tool.xentaudit] fail-on has unknown "
          "name 'nans'; choose from {flags}, none"),
         ("[tool.xentaudit]\nrtol = 'small'\n", "{path}: [tool.xentaudit] rtol must be a number, "
@@ -327,6 +330,7 @@ def test_every_key_at_its_edges_is_accepted(tmp_path: Path) -> None:
     body = """[tool.xentaudit]
 impls = ["all"]
 dtypes = ["float32, bfloat16"]
+policies = ["all"]
 fail-on = []
 rtol = 1
 eps = 0.49
@@ -334,6 +338,7 @@ eps = 0.49
     assert loaded(body, tmp_path).table == {
         "impls": ["all"],
         "dtypes": ["float32, bfloat16"],
+        "policies": ["all"],
         "fail-on": [],
         "rtol": 1,
         "eps": 0.49,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 import pytest
 from factories import check_case, check_result, compare_case, sweep_case
@@ -244,3 +245,35 @@ def test_github_levels_lint_and_the_verdict() -> None:
         .splitlines()[-1]
         .startswith("::notice file=logits.npz,title=xentaudit verdict::PASS: ")
     )
+
+
+def test_every_report_names_the_policy_of_a_result() -> None:
+    """A result under a mixed policy reads ``dtype [policy]`` (never parsed as rich markup);
+    under float32, the default, the bare dtype as before."""
+    base = check_case()
+    mixed = replace(base.results[0], dtype="float16", output_dtype="float32")
+    mixed = replace(mixed, policy="mixed_float16")
+    check = replace(base, results=(*base.results, mixed))
+    out = lines(table.render_check(check, CHECK_FAIL_ON, width=WIDTH))
+    assert [line.split()[3] for line in out if line.startswith("keras ")] == [
+        "float32", "float32", "float16->float32",
+    ]  # fmt: skip
+    assert "float16->float32 [mixed_float16]" in next(
+        line for line in out if "[mixed_float16]" in line and line.startswith("keras ")
+    )
+    assert "  keras file eager float16 [mixed_float16]: row 5 exact 30, got 16.25 " in "\n".join(
+        out
+    )
+    suite = ET.fromstring(junit.render(check, CHECK_FAIL_ON))
+    names = [c.get("name") for c in suite.iter("testcase")]
+    assert "keras float16 [mixed_float16] eager" in names and "keras float32 eager" in names
+    assert "title=xentaudit keras float16 [mixed_float16] eager::" in github.render(
+        check, CHECK_FAIL_ON
+    )
+    assert "| keras float16 [mixed_float16] eager |" in markdown.render(check, CHECK_FAIL_ON)
+
+    sweep = sweep_case()
+    mixed_cells = tuple(replace(c, policy="mixed_bfloat16") for c in sweep.cells)
+    grid = lines(table.render_sweep(replace(sweep, cells=sweep.cells + mixed_cells), width=WIDTH))
+    # A title wraps at its table's width: two scales make a narrow table.
+    assert grid.count("float16") == 2 and "float16 [mixed_bfloat16]" in " ".join(grid)

@@ -123,7 +123,7 @@ def test_cells_json_and_exit_code() -> None:
     assert by_scale[100.0]["reference"] == pytest.approx(100.0, rel=1e-15)
     (loss_point,) = [b for b in doc["breaking_points"] if b["kind"] == "loss"]
     assert set(loss_point) == {
-        "pattern", "impl", "eps", "dtype", "mode", "kind", "scale", "flag", "at_start",
+        "pattern", "impl", "eps", "dtype", "mode", "kind", "scale", "flag", "at_start", "policy",
     }  # fmt: skip
     assert result.exit_code(["nan"]) == 1 and result.exit_code(["grad-inf"]) == 0
 

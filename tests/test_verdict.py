@@ -121,7 +121,7 @@ def test_compare_json_keeps_its_keys_and_adds_the_verdict() -> None:
     doc = json.loads(json_report.render(audit, command="compare", scale=10.0))
     assert list(doc) == [
         "schema", "command", "scale", "rows", "classes", "reference_method", "results", "skipped",
-        "verdict",
+        "loss_scale", "verdict",
     ]  # fmt: skip
     assert (doc["schema"], doc["command"], doc["reference_method"]) == (1, "compare", "mpmath")
     naive = doc["results"][4]
@@ -136,14 +136,15 @@ def test_compare_json_keeps_its_keys_and_adds_the_verdict() -> None:
     assert verdict["status"] == "fail" and verdict["trustworthy"] == ["fused", "quiet"]
     assert verdict["failing"][0] == {
         "impl": "clip", "dtype": "float32", "mode": "eager", "labels": None,
-        "flags": ["divergent", "grad-vanish"], "eps": None,
+        "flags": ["divergent", "grad-vanish"], "eps": None, "policy": "float32",
     }  # fmt: skip
     assert verdict["rows_at_risk"][1] == {
         "impl": "naive", "dtype": "float32", "mode": "eager", "labels": None, "row": 1,
         "exact": 3.0, "loss": "nan", "flags": ["nan", "grad-nan"], "eps": None,
+        "policy": "float32",
     }  # fmt: skip
     assert verdict["mode_differences"] == [
-        {"impl": "clip", "dtype": "float32", "labels": None, "eps": None}
+        {"impl": "clip", "dtype": "float32", "labels": None, "eps": None, "policy": "float32"}
     ]
     assert verdict["advice"]["nan"] == {
         "meaning": FLAGS["nan"].meaning,
@@ -157,7 +158,7 @@ def test_check_json_judges_the_verdict_on_its_fail_on() -> None:
     doc = json.loads(json_report.render(check, command="check", fail_on=["grad-wrong"]))
     assert list(doc) == [
         "schema", "command", "fail_on", "path", "rows", "classes", "file_dtype", "labels", "lint",
-        "results", "skipped", "reference_method", "config", "verdict",
+        "results", "skipped", "reference_method", "config", "loss_scale", "verdict",
     ]  # fmt: skip
     assert doc["fail_on"] == ["grad-wrong"]
     assert [f["impl"] for f in doc["verdict"]["failing"]] == ["naive", "shifted"]
@@ -182,7 +183,7 @@ def test_sweep_summary_is_computed_with_the_results_and_written_to_json() -> Non
     doc = json.loads(json_report.render(sweep, command="sweep"))
     assert list(doc) == [
         "schema", "command", "scales", "patterns", "cells", "breaking_points", "skipped",
-        "reference_method", "summary",
+        "reference_method", "loss_scale", "summary",
     ]  # fmt: skip
     assert doc["summary"] == list(expected)
     assert doc["cells"][3]["loss"] == "nan"

@@ -30,6 +30,7 @@ machine epsilon, B_i = max(sum_j y_ij, 1) the bound of the exact gradient and k 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ import numpy as np
 from xentaudit import impls as zoo
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.errors import ConfigError
+from xentaudit.flags import FLAGS
 from xentaudit.io import Batch, as_float, prepare
 from xentaudit.reference import Reference, cross_entropy, grad_error
 from xentaudit.results import Audit, ImplResult, Skipped
@@ -57,6 +59,8 @@ VANISH_ULPS = 32  # an exact gradient above this many eps (times B) is clearly n
 MAX_TIMEOUT = 1_000_000  # seconds (11.6 days): any longer is no bound
 BLOWUP_FACTOR = 10.0
 VANISH_FRACTION = 0.1
+MAX_SCALE_LOG2 = 64  # the largest loss scale max_loss_scale tries: 2^64 (Keras starts at 2^15)
+HALF_PRECISION = 24  # significand bits of float32: a layer computing with fewer is half precision
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,18 @@ class Grades:
     masks: dict[str, np.ndarray]  # flag -> (n,) bool, at most one loss and one gradient flag
     downcast: bool
     rtol: float
+    half_layer: bool = False  # a Keras (Softmax) layer computed in float16 or bfloat16
+
+    @property
+    def half_softmax(self) -> np.ndarray:
+        """(n,) bool: the rows ``half-softmax`` applies to: a failing flag fired on them and a
+        Keras Softmax layer computed in half precision (the mixed-precision guide's pitfall)."""
+        failing = np.zeros(self.rel_err.shape[0], dtype=bool)
+        if self.half_layer:
+            for flag in ROW_FLAGS:
+                if FLAGS[flag].failing:
+                    failing |= self.masks[flag]
+        return failing
 
     def flags_of(self, row: int) -> tuple[str, ...]:
         """The flags of one row."""
@@ -79,7 +95,11 @@ class Grades:
 
     def flags(self) -> tuple[str, ...]:
         fired = [f for f in ROW_FLAGS if self.masks[f].any()]
-        return (*fired, "downcast") if self.downcast else tuple(fired)
+        if self.downcast:
+            fired.append("downcast")
+        if self.half_softmax.any():
+            fired.append("half-softmax")
+        return tuple(fired)
 
 
 def _first_match(conditions: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -98,12 +118,24 @@ def grade(
     output_dtype: str,
     rounded: Rounded,
     rtol: float | None = None,
+    compute_dtype: str | None = None,
 ) -> Grades:
-    """Grade per-row ``loss`` (float64) and ``grad`` of an implementation run on ``rounded``."""
+    """Grade per-row ``loss`` (float64) and ``grad`` of an implementation run on ``rounded``.
+
+    ``compute_dtype``: the dtype its Keras layers computed in under the dtype policy (None: it
+    runs none). A layer narrower than the input narrows the computation as a narrower output
+    does (``downcast``, tolerances of the narrower dtype); one in half precision is
+    ``half-softmax`` where a failing flag fires.
+    """
     fmt, ref = rounded.fmt, rounded.ref
-    out = FORMATS.get(output_dtype, fmt)
+    out = min(
+        FORMATS.get(output_dtype, fmt),
+        FORMATS.get(compute_dtype or output_dtype, fmt),
+        key=lambda f: f.precision,
+    )
     eff = min(fmt, out, key=lambda f: f.precision)
     downcast = out.precision < fmt.precision
+    half_layer = compute_dtype is not None and FORMATS[compute_dtype].precision < HALF_PRECISION
     tol = RTOL_ULPS * eff.eps if rtol is None else rtol
     bound = rounded.bound
     reduction = REDUCTION_ULPS * reduction_depth(rounded.logits.shape[1]) * eff.eps * bound
@@ -158,7 +190,7 @@ def grade(
         "grad-vanish": vanish,
         "grad-wrong": wrong,
     }
-    return Grades(rel_err, ulps_err, row_gerr, masks, downcast, tol)
+    return Grades(rel_err, ulps_err, row_gerr, masks, downcast, tol, half_layer)
 
 
 def reduction_depth(classes: int) -> int:
@@ -235,6 +267,19 @@ def round_to(batch: Batch, fmt: FloatFormat, method: str = "auto") -> Rounded:
     return Rounded(fmt, x, y, batch.classes, ref)
 
 
+def _run(
+    name: str,
+    eps: float,
+    mode: str,
+    rounded: Rounded,
+    timeout: float | None,
+    policy: str,
+    loss_scale: float,
+) -> Outcome:
+    args = (rounded.logits, rounded.weights, rounded.classes, timeout, policy, loss_scale)
+    return zoo.load_tf().run(name, eps, mode, *args)
+
+
 def run_graded(
     name: str,
     eps: float,
@@ -242,13 +287,15 @@ def run_graded(
     rounded: Rounded,
     rtol: float | None,
     timeout: float | None = None,
+    policy: str = "float32",
+    loss_scale: float = 1.0,
 ) -> tuple[Outcome, Grades]:
-    """Run implementation ``name`` on ``rounded`` inputs in ``mode`` and grade it; the run may
-    take at most ``timeout`` seconds (None: no limit)."""
-    outcome = zoo.load_tf().run(
-        name, eps, mode, rounded.logits, rounded.weights, rounded.classes, timeout
-    )
-    return outcome, grade(outcome.loss, outcome.grad, outcome.output_dtype, rounded, rtol)
+    """Run implementation ``name`` on ``rounded`` inputs in ``mode`` under the Keras dtype
+    policy ``policy``, its gradient taken of ``loss_scale`` times the loss, and grade it; the
+    run may take at most ``timeout`` seconds (None: no limit)."""
+    outcome = _run(name, eps, mode, rounded, timeout, policy, loss_scale)
+    compute = zoo.computes_in(name, policy)
+    return outcome, grade(outcome.loss, outcome.grad, outcome.output_dtype, rounded, rtol, compute)
 
 
 def eps_used(name: str, eps: float) -> float | None:
@@ -276,6 +323,64 @@ def variants(names: Iterable[str], eps: tuple[float, ...]) -> list[Variant]:
     return out
 
 
+Runs = dict[tuple[str, float, str, str | None], "tuple[Outcome, Grades, float | None]"]
+
+
+def run_shared(
+    runs: Runs,
+    variant: Variant,
+    mode: str,
+    rounded: Rounded,
+    rtol: float | None,
+    timeout: float | None,
+    policy: str,
+    loss_scale: float | None,
+) -> tuple[Outcome, Grades, float | None]:
+    """``run_graded`` under ``policy`` (gradient of ``loss_scale`` times the loss; None: 1),
+    and with a ``loss_scale``, ``max_loss_scale`` too; once per distinct computation on
+    ``rounded``: an implementation without Keras layers computes the same under every policy,
+    so ``runs`` (a cache for one rounded batch) hands back its first run."""
+    key = (variant.impl, variant.eps, mode, zoo.computes_in(variant.impl, policy))
+    if key not in runs:
+        scale = 1.0 if loss_scale is None else loss_scale
+        outcome, grades = run_graded(
+            variant.impl, variant.eps, mode, rounded, rtol, timeout, policy, scale
+        )
+        largest = None
+        if loss_scale is not None:
+            largest = max_loss_scale(variant, mode, rounded, timeout, policy)
+        runs[key] = (outcome, grades, largest)
+    return runs[key]
+
+
+def max_loss_scale(
+    variant: Variant, mode: str, rounded: Rounded, timeout: float | None, policy: str
+) -> float:
+    """The largest power-of-two loss scale 2^e (0 <= e <= ``MAX_SCALE_LOG2``) at which the
+    gradient of the scaled loss is finite on every row of ``rounded``; 0 when it is not finite
+    even unscaled.
+
+    A binary search over e: it assumes a gradient finite at one scale is finite at every
+    smaller power of two, which holds because scaling by a power of two rounds nothing until a
+    value overflows (or leaves the subnormal range, where TensorFlow flushes it anyway).
+    """
+
+    def finite(log2: int) -> bool:
+        outcome = _run(variant.impl, variant.eps, mode, rounded, timeout, policy, 2.0**log2)
+        return bool(np.isfinite(outcome.grad).all())
+
+    if not finite(0):
+        return 0.0
+    low, high = 0, MAX_SCALE_LOG2 + 1  # finite at 2^low; not finite at 2^high (or past the range)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if finite(middle):
+            low = middle
+        else:
+            high = middle
+    return 2.0**low
+
+
 def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
     """``--eps`` as a tuple: one value or several (``clipped`` runs at each), at least one."""
     values = (float(eps),) if isinstance(eps, int | float) else tuple(float(e) for e in eps)
@@ -289,8 +394,11 @@ def check_options(
     rtol: float | None,
     modes: Iterable[str],
     timeout: float | None = None,
+    loss_scale: float | None = None,
 ) -> None:
     """Refuse option values that make no sense, before any work is done."""
+    if loss_scale is not None and not (0 < loss_scale < math.inf):
+        raise ConfigError(f"--loss-scale must be a positive number, got {loss_scale}")
     for e in eps:
         if not (0 < e < 0.5):
             raise ConfigError(f"--eps must lie in (0, 0.5), got {e}")
@@ -315,22 +423,29 @@ def audit(
     eps: float | Iterable[float] = 1e-7,
     rtol: float | None = None,
     timeout: float | None = None,
+    policies: Iterable[str] = ("float32",),
+    loss_scale: float | None = None,
 ) -> Audit:
     """Audit cross-entropy implementations on ``logits`` ``[..., C]`` and ``labels``.
 
     ``labels`` are integer classes ``[...]`` or label weights ``[..., C]`` (one-hot or soft).
-    Each implementation runs on the inputs rounded to each of ``dtypes`` (names, or ``all``), in
+    Each implementation runs on the inputs rounded to each of ``dtypes`` (names, or ``all``: the
+    dtype the logits reach the loss in), under each Keras dtype policy of ``policies``
+    ("float32", "mixed_float16", "mixed_bfloat16" or ``all``: how its Keras layers compute), in
     each of ``modes`` ("eager", "graph" = inside ``tf.function``), and is graded against the exact
     loss and gradient of those rounded inputs. ``eps`` is the clip of ``clipped`` (one value, or
     several: ``clipped`` runs at each); ``rtol`` overrides the loss tolerance of ``divergent``;
     ``timeout`` bounds each run of an implementation, in seconds (an ``ImplementationError``
-    past it). Returns an ``Audit``; prints nothing.
+    past it). With ``loss_scale`` S, gradients are taken of S times the loss, held in the
+    compute dtype as training holds them (overflows are ``grad-inf``/``grad-nan``), and each
+    result's ``max_loss_scale`` is searched. Returns an ``Audit``; prints nothing.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
-    check_options(eps, rtol, modes, timeout)
+    check_options(eps, rtol, modes, timeout, loss_scale)
     chosen = variants(zoo.parse_impls(impls), eps)
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
+    chosen_policies = zoo.parse_policies(policies)
     batch = prepare(logits, labels)
 
     results: list[ImplResult] = []
@@ -347,13 +462,18 @@ def audit(
         if ref.method != "mpmath":
             method = ref.method
         ref_mean = (math.fsum(ref.loss) + math.fsum(ref.loss_lo)) / ref.loss.size
-        for variant in chosen:
+        runs: Runs = {}
+        for policy, variant in itertools.product(chosen_policies, chosen):
             name = variant.impl
             if zoo.get_impl(name).needs_classes and batch.classes is None:
-                skipped.append(Skipped(name, fmt.name, "needs one-hot or integer labels"))
+                skip = Skipped(name, fmt.name, "needs one-hot or integer labels")
+                if skip not in skipped:  # once, whatever the policies
+                    skipped.append(skip)
                 continue
             for mode in modes:
-                outcome, g = run_graded(name, variant.eps, mode, rounded, rtol, timeout)
+                outcome, g, largest = run_shared(
+                    runs, variant, mode, rounded, rtol, timeout, policy, loss_scale
+                )
                 results.append(
                     ImplResult(
                         impl=name,
@@ -371,6 +491,8 @@ def audit(
                         rtol=g.rtol,
                         flags=g.flags(),
                         row_flags=tuple(g.row_flags()),
+                        policy=policy,
+                        max_loss_scale=largest,
                     )
                 )
-    return Audit(batch.shape[0], batch.shape[1], method, tuple(results), tuple(skipped))
+    return Audit(batch.shape[0], batch.shape[1], method, tuple(results), tuple(skipped), loss_scale)

@@ -8,6 +8,7 @@ heap) and an error histogram, so memory stays bounded by the chunk whatever the 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -19,13 +20,14 @@ import numpy as np
 from xentaudit import impls as zoo
 from xentaudit.audit import (
     Grades,
+    Runs,
     Unrepresentable,
     Variant,
     check_options,
     eps_used,
     eps_values,
     round_to,
-    run_graded,
+    run_shared,
     variants,
     worst,
 )
@@ -65,6 +67,12 @@ def default_impls() -> tuple[str, ...]:
     return tuple(name for name, impl in zoo.REGISTRY.items() if impl.family != "misuse")
 
 
+def default_policies(file_dtype: str) -> tuple[str, ...]:
+    """The Keras dtype policies ``check`` audits a file of ``file_dtype`` under: float32, and
+    for a float16 or bfloat16 file (what a mixed-precision model dumps) its mixed policy too."""
+    return ("float32", zoo.MIXED[file_dtype]) if file_dtype in zoo.MIXED else ("float32",)
+
+
 @dataclass
 class _Tally:
     """Running reduction of one implementation x dtype x mode over the chunks."""
@@ -76,6 +84,13 @@ class _Tally:
     grad_err: float = 0.0
     worst: list[tuple[tuple[int, float, int], WorstRow]] = field(default_factory=list)
     histogram: Counter = field(default_factory=Counter)
+    max_loss_scale: float | None = None  # the smallest over the chunks (None: not searched)
+
+    def add_scale(self, largest: float | None) -> None:
+        """A chunk's largest finite loss scale: the file's is the smallest of its chunks'."""
+        if largest is not None:
+            known = self.max_loss_scale
+            self.max_loss_scale = largest if known is None else min(known, largest)
 
     def add(self, offset: int, loss: np.ndarray, exact: np.ndarray, grades: Grades) -> None:
         n = loss.shape[0]
@@ -87,6 +102,7 @@ class _Tally:
         self.grad_err = worst(np.array([self.grad_err, worst(grades.grad_err)]))
         if grades.downcast:
             self.counts["downcast"] += n
+        self.counts["half-softmax"] += int(grades.half_softmax.sum())
         edges = [bound for _, bound in HISTOGRAM]
         bucket = np.searchsorted(edges, rel, side="left")
         for index, count in zip(*np.unique(bucket, return_counts=True), strict=True):
@@ -192,11 +208,13 @@ def _audit_chunk(
     offset: int,
     sources: tuple[str, ...],
     formats: list[FloatFormat],
+    policies: tuple[str, ...],
     chosen: list[Variant],
     modes: tuple[str, ...],
     rtol: float | None,
     timeout: float | None,
-    tallies: dict[tuple[str, str, float, str, str], _Tally],
+    loss_scale: float | None,
+    tallies: dict[tuple[str, str, float, str, str, str], _Tally],
     skipped: dict[tuple[str, str], Skipped],
 ) -> None:
     for source in sources:
@@ -210,7 +228,8 @@ def _audit_chunk(
                 rounded = round_to(labelled, fmt, method="float64")
             except Unrepresentable as exc:
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
-            for variant in chosen:
+            runs: Runs = {}
+            for policy, variant in itertools.product(policies, chosen):
                 name = variant.impl
                 if zoo.get_impl(name).needs_classes and labelled.classes is None:
                     skipped[(name, fmt.name)] = Skipped(
@@ -218,11 +237,14 @@ def _audit_chunk(
                     )
                     continue
                 for mode in modes:
-                    outcome, grades = run_graded(name, variant.eps, mode, rounded, rtol, timeout)
-                    key = (source, name, variant.eps, fmt.name, mode)
+                    outcome, grades, largest = run_shared(
+                        runs, variant, mode, rounded, rtol, timeout, policy, loss_scale
+                    )
+                    key = (source, name, variant.eps, fmt.name, policy, mode)
                     tally = tallies.setdefault(key, _Tally())
                     tally.output_dtype = outcome.output_dtype
                     tally.add(offset, outcome.loss, rounded.ref.loss, grades)
+                    tally.add_scale(largest)
 
 
 def check_file(
@@ -239,6 +261,8 @@ def check_file(
     chunk_rows: int | None = None,
     timeout: float | None = None,
     progress: Progress | None = None,
+    policies: Iterable[str] | None = None,
+    loss_scale: float | None = None,
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
 
@@ -246,7 +270,9 @@ def check_file(
     from the ``.npz``'s ``labels_key``;
     without labels every row is audited against its predicted class and against its worst-case
     class (the smallest logit, which maximises the loss). ``impls`` default to every registered
-    implementation but the deliberate misuse ``double_softmax``; ``dtypes`` to the file's own.
+    implementation but the deliberate misuse ``double_softmax``; ``dtypes`` to the file's own;
+    ``policies`` (Keras dtype policies) to ``default_policies`` of the file's dtype.
+    ``loss_scale``: as for ``audit`` (a result's ``max_loss_scale`` is its chunks' smallest).
     ``eps`` is the clip of ``clipped`` (several values: it runs at each); ``timeout`` bounds each
     run of an implementation (one chunk, dtype and mode), in seconds. Rows are read
     ``chunk_rows`` at a time (default: about 2M logits per chunk, ``CHUNK_ENTRIES``, which no
@@ -255,7 +281,7 @@ def check_file(
     """
     modes = tuple(modes)
     eps = eps_values(eps)
-    check_options(eps, rtol, modes, timeout)
+    check_options(eps, rtol, modes, timeout, loss_scale)
     chosen = variants(zoo.parse_impls(impls if impls is not None else default_impls()), eps)
     logits, label_source = open_arrays(
         Path(path),
@@ -265,6 +291,7 @@ def check_file(
     )
     _validate(logits, label_source)
     formats = [get_format(d) for d in parse_dtypes(dtypes or [logits.dtype.name])]
+    chosen_policies = zoo.parse_policies(policies or default_policies(logits.dtype.name))
     classes = logits.shape[-1]
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_ENTRIES // classes)
@@ -281,7 +308,7 @@ def check_file(
     bad: dict[str, list[np.ndarray]] = {problem: [] for problem in BAD_LOGITS}
     lint: Counter = Counter()
     file_fmt = FORMATS[logits.dtype.name]
-    tallies: dict[tuple[str, str, float, str, str], _Tally] = {}
+    tallies: dict[tuple[str, str, float, str, str, str], _Tally] = {}
     skipped: dict[tuple[str, str], Skipped] = {}
     sources = _label_sources(label_source)
     refused = False
@@ -295,7 +322,18 @@ def check_file(
             for flag, mask in _lint(batch, file_fmt).items():
                 lint[flag] += int(mask.sum())
             _audit_chunk(
-                batch, offset, sources, formats, chosen, modes, rtol, timeout, tallies, skipped
+                batch,
+                offset,
+                sources,
+                formats,
+                chosen_policies,
+                chosen,
+                modes,
+                rtol,
+                timeout,
+                loss_scale,
+                tallies,
+                skipped,
             )
         if progress:
             progress(min(offset + chunk_rows, logits.rows), logits.rows)
@@ -318,8 +356,10 @@ def check_file(
             grad_max_abs_err=t.grad_err,
             worst_rows=tuple(row for _, row in sorted(t.worst, reverse=True)),
             error_histogram={label: t.histogram[label] for label, _ in HISTOGRAM},
+            policy=policy,
+            max_loss_scale=t.max_loss_scale,
         )
-        for (source, name, clip, dtype, mode), t in tallies.items()
+        for (source, name, clip, dtype, policy, mode), t in tallies.items()
     )
     return Check(
         path=str(path),
@@ -333,4 +373,5 @@ def check_file(
         results=results,
         skipped=tuple(skipped.values()),
         reference_method=FLOAT64_METHOD,
+        loss_scale=loss_scale,
     )

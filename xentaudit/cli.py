@@ -224,8 +224,8 @@ def _stacked(options: Sequence[Callable]) -> Callable[[Callable], Callable]:
 
 
 def shared_options(fail_on: Sequence[str] = ()) -> Callable[[Callable], Callable]:
-    """--mode, --rtol, --timeout and --fail-on: the same for every command (``fail_on``: its
-    default)."""
+    """--mode, --rtol, --timeout, --loss-scale and --fail-on: the same for every command
+    (``fail_on``: its default)."""
     options = [
         click.option(
             "--mode",
@@ -246,6 +246,15 @@ def shared_options(fail_on: Sequence[str] = ()) -> Callable[[Callable], Callable
             metavar="SECONDS",
             help="Exit 2 when one run of an implementation (one dtype and mode) takes longer "
             "(default: no limit). A single long TensorFlow op is stopped only once it returns.",
+        ),
+        click.option(
+            "--loss-scale",
+            type=Finite(min=0, min_open=True),
+            metavar="S",
+            help="Take gradients of S times the loss, held in the compute dtype as training "
+            "holds them (Keras' LossScaleOptimizer starts at 32768, PyTorch's GradScaler at "
+            "65536); overflows are flagged, and compare and check report the largest "
+            "power-of-two scale whose gradients stay finite (default: no scaling).",
         ),
         click.option(
             "--fail-on",
@@ -288,6 +297,18 @@ def eps_option(*default: float) -> Callable:
         default=default,
         show_default=True,
         help="Clip of `clipped`; repeatable (it runs at each).",
+    )
+
+
+def policy_option(default: str) -> Callable:
+    """--policy, repeatable: the Keras dtype policies the implementations run under."""
+    return click.option(
+        "--policy",
+        "policies",
+        multiple=True,
+        metavar="NAME",
+        help="Keras dtype policy: float32, mixed_float16, mixed_bfloat16 or all; Keras layers "
+        f"compute in its compute dtype, as in a model under it; repeatable (default: {default}).",
     )
 
 
@@ -376,6 +397,7 @@ def _load_tensorflow() -> None:
     metavar="NAME",
     help="Implementation to audit; repeatable (default: all).",
 )
+@policy_option("float32")
 @eps_option(1e-7)
 @shared_options()
 @format_option("table", "json")
@@ -387,10 +409,12 @@ def compare(
     scale: float | None,
     dtypes: tuple[str, ...],
     impls: tuple[str, ...],
+    policies: tuple[str, ...],
     eps: tuple[float, ...],
     mode: str,
     rtol: float | None,
     timeout: float | None,
+    loss_scale: float | None,
     fail_on: str,
     fmt: str,
 ) -> int:
@@ -423,6 +447,8 @@ def compare(
         eps=eps,
         rtol=rtol,
         timeout=timeout,
+        policies=policies or ("float32",),
+        loss_scale=loss_scale,
     )
     if fmt == "json":
         text = json_report.render(result, command="compare", scale=scale)
@@ -465,6 +491,7 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
 )
 @click.option("--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default all).")
 @click.option("--impl", "impls", multiple=True, metavar="NAME", help="Repeatable (default all).")
+@policy_option("float32")
 @eps_option(*DEFAULT_EPS)
 @click.option(
     "--pattern",
@@ -490,6 +517,7 @@ def sweep(
     scales_spec: str | None,
     dtypes: tuple[str, ...],
     impls: tuple[str, ...],
+    policies: tuple[str, ...],
     eps: tuple[float, ...],
     patterns: tuple[str, ...],
     classes: int,
@@ -500,6 +528,7 @@ def sweep(
     mode: str,
     rtol: float | None,
     timeout: float | None,
+    loss_scale: float | None,
     fail_on: str,
     fmt: str,
 ) -> int:
@@ -530,6 +559,8 @@ def sweep(
             timeout=timeout,
             max_memory=max_memory,
             progress=progress,
+            policies=policies or ("float32",),
+            loss_scale=loss_scale,
         )
     if fmt == "json":
         text = json_report.render(result, command="sweep")
@@ -552,6 +583,7 @@ def sweep(
 @click.option(
     "--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default: the file's)."
 )
+@policy_option("float32, and mixed_float16 or mixed_bfloat16 for a float16 or bfloat16 file")
 @eps_option(1e-7)
 @click.option(
     "--chunk-rows",
@@ -574,6 +606,7 @@ def check(
     labels_key: str,
     impls: tuple[str, ...],
     dtypes: tuple[str, ...],
+    policies: tuple[str, ...],
     eps: tuple[float, ...],
     chunk_rows: int | None,
     output: str | None,
@@ -581,6 +614,7 @@ def check(
     mode: str,
     rtol: float | None,
     timeout: float | None,
+    loss_scale: float | None,
     fail_on: str,
     fmt: str,
 ) -> int:
@@ -604,6 +638,7 @@ def check(
 
     impls = impls or tuple(table.get("impls", ()))
     dtypes = dtypes or tuple(table.get("dtypes", ()))
+    policies = policies or tuple(table.get("policies", ()))
     if unset("fail_on") and "fail-on" in table:
         fail_on = ",".join(table["fail-on"])
     rtol = rtol if rtol is not None else table.get("rtol")
@@ -626,6 +661,8 @@ def check(
             chunk_rows=chunk_rows,
             timeout=timeout,
             progress=progress,
+            policies=policies or None,
+            loss_scale=loss_scale,
         )
     result = replace(result, config=None if used.path is None else str(used.path))
     if fmt == "json":

@@ -3,6 +3,7 @@
 [tool.xentaudit]
 impls = ["tf_softmax_xent", "keras_cce_logits"]
 dtypes = ["float32", "bfloat16"]
+policies = ["float32", "mixed_bfloat16"]
 fail-on = ["nan", "inf", "divergent"]   # [] for no flag
 rtol = 1e-5
 eps = [1e-7, 1e-12]   # or one number
@@ -43,7 +44,7 @@ from typing import Any
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError
 from xentaudit.flags import FLAGS
-from xentaudit.impls import REGISTRY
+from xentaudit.impls import POLICIES, REGISTRY
 from xentaudit.io import regular_file
 
 if sys.version_info >= (3, 11):
@@ -79,6 +80,7 @@ def _eps(value: Any) -> bool:
 KEYS = {  # key -> (check of the value, what it must be)
     "impls": (_names, "a non-empty list of implementation names"),
     "dtypes": (_names, "a non-empty list of dtype names"),
+    "policies": (_names, "a non-empty list of Keras dtype policy names"),
     "fail-on": (_strings, "a list of flag names ([] for none)"),
     "rtol": (lambda v: _number(v, 0, math.inf), "a number, finite and > 0"),
     "eps": (
@@ -89,6 +91,7 @@ KEYS = {  # key -> (check of the value, what it must be)
 CHOICES = {  # key -> the names its entries may use (comma lists allowed, as on the command line)
     "impls": (*REGISTRY, "all"),
     "dtypes": (*FORMATS, "all"),
+    "policies": (*POLICIES, "all"),
     "fail-on": (*FLAGS, "none"),
 }
 

@@ -100,9 +100,21 @@ FLAGS: dict[str, Flag] = {
         Flag(
             "downcast",
             False,
-            "the implementation returns a narrower dtype than it was given (Keras computes "
-            "float64 in float32)",
-            "pass dtype='float64' to the Keras loss, or keras.config.set_floatx('float64')",
+            "the implementation returns, or its Keras layers compute in, a narrower dtype than "
+            "it was given (Keras losses compute float64 in float32; a Softmax layer under "
+            "mixed_float16 computes float32 logits in float16)",
+            "pass dtype='float64' to the Keras loss, or keras.config.set_floatx('float64'); under "
+            "a mixed policy, give the layers after the logits dtype='float32'",
+        ),
+        Flag(
+            "half-softmax",
+            False,
+            "a Keras Softmax layer computed in float16 or bfloat16 under a mixed-precision "
+            "policy: its probabilities underflow before the float32 loss casts and clips them, "
+            "and Keras cannot recover the logits",
+            'keep the final activation in float32 (keras.layers.Activation("softmax", '
+            'dtype="float32")), or drop it and compile with from_logits=True (Keras\' '
+            "mixed-precision guide)",
         ),
         # Input lint (`check`): warnings about the file itself, usable with --fail-on.
         Flag(

@@ -64,6 +64,7 @@ class FailingResult:
     labels: str | None  # the label source of a `check` result; None for `compare`
     flags: tuple[str, ...]
     eps: float | None = None  # the clip it used: tells `clipped` at several --eps apart
+    policy: str = "float32"  # the Keras dtype policy it ran under
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class RowAtRisk:
     loss: float
     flags: tuple[str, ...]
     eps: float | None = None
+    policy: str = "float32"  # the Keras dtype policy it ran under
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class ModeDifference:
     dtype: str
     labels: str | None
     eps: float | None = None
+    policy: str = "float32"  # the Keras dtype policy it ran under
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,10 @@ class ImplResult:
     rtol: float  # the loss tolerance `divergent` was judged with
     flags: tuple[str, ...]
     row_flags: tuple[tuple[str, ...], ...]
+    policy: str = "float32"  # the Keras dtype policy its Keras layers ran under
+    # the largest power-of-two loss scale whose gradient is finite on every row (0: none);
+    # searched only with a loss scale given, else None
+    max_loss_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,7 @@ class Audit:
     reference_method: str  # "mpmath" (50 digits), "float64" (the kernel) or "float64-numpy"
     results: tuple[ImplResult, ...]
     skipped: tuple[Skipped, ...] = field(default=())
+    loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired anywhere, 1 otherwise (2 is for usage errors)."""
@@ -178,6 +186,7 @@ class SweepCell:
     max_rel_err: float
     grad_max_abs_err: float
     flags: tuple[str, ...]
+    policy: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,7 @@ class BreakingPoint:
     scale: float | None
     flag: str | None
     at_start: bool
+    policy: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -218,6 +228,7 @@ class Sweep:
     breaking_points: tuple[BreakingPoint, ...]
     skipped: tuple[Skipped, ...] = field(default=())
     reference_method: str = "float64"  # "float64" (the compiled kernel) or "float64-numpy"
+    loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired in any cell, 1 otherwise."""
@@ -264,6 +275,8 @@ class CheckResult:
     grad_max_abs_err: float
     worst_rows: tuple[WorstRow, ...]
     error_histogram: dict[str, int]  # rows per bucket of |L - exact| / max(|exact|, 1)
+    policy: str = "float32"  # the Keras dtype policy its Keras layers ran under
+    max_loss_scale: float | None = None  # as ImplResult's, over the whole file
 
 
 @dataclass(frozen=True)
@@ -280,6 +293,7 @@ class Check:
     skipped: tuple[Skipped, ...] = field(default=())
     reference_method: str = "float64"  # "float64" (the compiled kernel) or "float64-numpy"
     config: str | None = None  # the [tool.xentaudit] file whose defaults were used, if any
+    loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired on any row (lint included), 1 otherwise."""
@@ -329,7 +343,7 @@ def _rows_at_risk(r: ImplResult | CheckResult, wanted: set[str]) -> tuple[RowAtR
         i = _worst_failing_row(r, wanted)
         rows = [(i, r.reference_rows[i], r.loss_rows[i], r.row_flags[i])]
     return tuple(
-        RowAtRisk(r.impl, r.dtype, r.mode, _labels(r), row, exact, loss, flags, r.eps)
+        RowAtRisk(r.impl, r.dtype, r.mode, _labels(r), row, exact, loss, flags, r.eps, r.policy)
         for row, exact, loss, flags in rows
         if wanted.intersection(flags)
     )
@@ -345,9 +359,11 @@ def _same_but_mode(a: ImplResult | CheckResult, b: ImplResult | CheckResult) -> 
 
 
 def _mode_differences(results: Sequence[ImplResult | CheckResult]) -> tuple[ModeDifference, ...]:
-    groups: dict[tuple[str, str, str | None, float | None], list[ImplResult | CheckResult]] = {}
+    groups: dict[
+        tuple[str, str, str | None, float | None, str], list[ImplResult | CheckResult]
+    ] = {}
     for r in results:
-        groups.setdefault((r.impl, r.dtype, _labels(r), r.eps), []).append(r)
+        groups.setdefault((r.impl, r.dtype, _labels(r), r.eps, r.policy), []).append(r)
     return tuple(
         ModeDifference(*key)
         for key, group in groups.items()
@@ -369,7 +385,9 @@ def _verdict(
     for r in results:
         fired = tuple(f for f in r.flags if f in wanted)
         if fired:
-            failing.append(FailingResult(r.impl, r.dtype, r.mode, _labels(r), fired, r.eps))
+            failing.append(
+                FailingResult(r.impl, r.dtype, r.mode, _labels(r), fired, r.eps, r.policy)
+            )
             rows.extend(_rows_at_risk(r, wanted))
     failing_lint = tuple(f for f in lint if f in wanted)
     impls = list(dict.fromkeys(r.impl for r in results))
@@ -408,6 +426,12 @@ def scale_label(scale: float) -> str:
     return f"{scale:.3g}".replace("e+0", "e").replace("e+", "e")
 
 
+def dtype_label(dtype: str, policy: str) -> str:
+    """A dtype and the Keras dtype policy it ran under: ``float16 [mixed_float16]``; the bare
+    dtype under the default policy, float32."""
+    return dtype if policy == "float32" else f"{dtype} [{policy}]"
+
+
 def variant_label(impl: str, eps: float | None, with_eps: bool) -> str:
     """``clipped eps=1e-07`` where several epsilons are swept; the bare name otherwise."""
     return f"{impl} eps={eps:g}" if with_eps and impl == "clipped" and eps is not None else impl
@@ -441,7 +465,7 @@ def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
     first_pattern = sweep.patterns[0].name
     at_start = sorted(
         {
-            f"{label(p.impl, p.eps)} {p.dtype}"
+            f"{label(p.impl, p.eps)} {dtype_label(p.dtype, p.policy)}"
             for p in sweep.breaking_points
             if p.at_start and p.pattern == first_pattern
         }
@@ -458,7 +482,7 @@ def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
             "inf",
         ):
             nonfinite.setdefault(label(p.impl, p.eps), []).append(
-                f"{scale_label(p.scale)} ({p.dtype})"
+                f"{scale_label(p.scale)} ({dtype_label(p.dtype, p.policy)})"
             )
     if nonfinite:
         lines.append(
@@ -470,7 +494,7 @@ def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
         if impl != "clipped" or eps is None:
             continue
         where = [
-            f"{p.dtype} {scale_label(p.scale)}"
+            f"{dtype_label(p.dtype, p.policy)} {scale_label(p.scale)}"
             for p in sweep.breaking_points
             if (p.impl, p.eps, p.kind, p.flag) == (impl, eps, "loss", "divergent")
             and p.pattern == first_pattern

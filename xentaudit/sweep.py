@@ -7,6 +7,7 @@ implementation in one call, and each breaking point is refined with one call per
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -133,21 +134,27 @@ def sweep(
     timeout: float | None = None,
     max_memory: int | None = None,
     progress: Progress | None = None,
+    policies: Iterable[str] = ("float32",),
+    loss_scale: float | None = None,
 ) -> Sweep:
-    """Sweep implementations over logit ``scales`` x ``dtypes`` x ``patterns``.
+    """Sweep implementations over logit ``scales`` x ``dtypes`` x ``patterns``, under each
+    Keras dtype policy of ``policies``.
 
     ``eps`` are the epsilons ``clipped`` is swept at; ``rows`` sizes the ``random`` pattern,
     ``classes`` and ``vocab_rows`` the ``vocab`` one, ``seed`` their random numbers.
-    ``timeout`` bounds each run of an implementation, in seconds. ``max_memory`` (bytes;
-    default ``memory_budget()``) refuses a grid whose largest batch needs more
-    (``memory_needed``). ``progress`` is called with (done, total) units of work. Returns a
-    ``Sweep``; prints nothing.
+    ``timeout`` bounds each run of an implementation, in seconds; with ``loss_scale`` S,
+    gradients are taken of S times the loss (as ``audit``; no ``max_loss_scale`` search).
+    ``max_memory`` (bytes; default ``memory_budget()``) refuses a grid whose largest batch
+    needs more (``memory_needed``). ``progress`` is called with (done, total) units of work.
+    Returns a ``Sweep``; prints nothing.
     """
     scales = list(check_scales(scales))
     eps = eps_values(eps)
     modes = tuple(modes)
-    check_options(eps, rtol, modes, timeout)
+    check_options(eps, rtol, modes, timeout, loss_scale)
+    scale = 1.0 if loss_scale is None else loss_scale
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
+    chosen_policies = zoo.parse_policies(policies)
     names = parse_patterns(patterns)
     sizes = {"classes": classes, "rows": rows, "vocab_rows": vocab_rows}
     needed = memory_needed([pattern_shape(p, **sizes) for p in names], len(scales), formats)
@@ -166,7 +173,7 @@ def sweep(
     cells: list[SweepCell] = []
     points: list[BreakingPoint] = []
     skipped: list[Skipped] = []
-    total = len(built) * len(formats) * len(chosen) * len(modes)
+    total = len(built) * len(formats) * len(chosen_policies) * len(chosen) * len(modes)
     done = 0
     for pattern in built:
         for fmt in formats:
@@ -178,20 +185,21 @@ def sweep(
                     if s not in valid
                 )
             rounded = _scaled(pattern, valid, fmt) if valid else None
-            for variant in chosen:
+            for policy, variant in itertools.product(chosen_policies, chosen):
                 known: Refined = {}
                 for mode in modes:
                     done += 1
                     if rounded is None:
                         continue
                     outcome, grades = run_graded(
-                        variant.impl, variant.eps, mode, rounded, rtol, timeout
+                        variant.impl, variant.eps, mode, rounded, rtol, timeout, policy, scale
                     )
                     cells.extend(
                         _cells(
                             pattern,
                             variant,
                             fmt,
+                            policy,
                             mode,
                             valid,
                             outcome.output_dtype,
@@ -201,7 +209,17 @@ def sweep(
                         )
                     )
                     found, known = _breaking_points(
-                        pattern, variant, fmt, mode, valid, grades, rtol, timeout, known
+                        pattern,
+                        variant,
+                        fmt,
+                        policy,
+                        mode,
+                        valid,
+                        grades,
+                        rtol,
+                        timeout,
+                        scale,
+                        known,
                     )
                     points.extend(found)
                     if progress:
@@ -209,13 +227,22 @@ def sweep(
     info = tuple(
         PatternInfo(p.name, p.description, p.logits.shape[0], p.logits.shape[1]) for p in built
     )
-    return Sweep(tuple(scales), info, tuple(cells), tuple(points), tuple(skipped), FLOAT64_METHOD)
+    return Sweep(
+        tuple(scales),
+        info,
+        tuple(cells),
+        tuple(points),
+        tuple(skipped),
+        FLOAT64_METHOD,
+        loss_scale,
+    )
 
 
 def _cells(
     pattern: Pattern,
     variant: Variant,
     fmt: FloatFormat,
+    policy: str,
     mode: str,
     scales: list[float],
     output_dtype: str,
@@ -230,7 +257,11 @@ def _cells(
     for k, scale in enumerate(scales):
         rows = slice(k * r, (k + 1) * r)
         fired = {f for row in flags_by_row[rows] for f in row}
-        ordered = tuple(f for f in FLAGS if f in fired or (f == "downcast" and grades.downcast))
+        if grades.downcast:
+            fired.add("downcast")
+        if grades.half_softmax[rows].any():
+            fired.add("half-softmax")
+        ordered = tuple(f for f in FLAGS if f in fired)
         ref = rounded.ref.loss[rows] + rounded.ref.loss_lo[rows]
         out.append(
             SweepCell(
@@ -246,6 +277,7 @@ def _cells(
                 max_rel_err=worst(grades.rel_err[rows]),
                 grad_max_abs_err=worst(grades.grad_err[rows]),
                 flags=ordered,
+                policy=policy,
             )
         )
     return out
@@ -258,11 +290,13 @@ def _breaking_points(
     pattern: Pattern,
     variant: Variant,
     fmt: FloatFormat,
+    policy: str,
     mode: str,
     scales: list[float],
     grades: Grades,
     rtol: float | None,
     timeout: float | None,
+    loss_scale: float,
     known: Refined,
 ) -> tuple[list[BreakingPoint], Refined]:
     """Breaking points of one mode, per kind; ``known`` are the previous mode's final brackets.
@@ -276,7 +310,9 @@ def _breaking_points(
 
     def fires(candidates: list[float]) -> dict[str, list[str]]:
         rounded = _scaled(pattern, candidates, fmt)
-        _, g = run_graded(variant.impl, variant.eps, mode, rounded, rtol, timeout)
+        _, g = run_graded(
+            variant.impl, variant.eps, mode, rounded, rtol, timeout, policy, loss_scale
+        )
         return {kind: list(_fired(g, flags, r)) for kind, flags in KINDS.items()}
 
     fired = {kind: _fired(grades, flags, r) for kind, flags in KINDS.items()}
@@ -310,7 +346,7 @@ def _breaking_points(
             scale = float(f"{hi:.3g}")
         out.append(
             BreakingPoint(
-                pattern.name, variant.impl, used, fmt.name, mode, kind, scale, flag, k == 0
+                pattern.name, variant.impl, used, fmt.name, mode, kind, scale, flag, k == 0, policy
             )
         )
     return out, done

@@ -23,8 +23,14 @@ from typing import Any
 from xentaudit.choices import expand, unknown
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError, UnknownImplementationError, XentauditError
+from xentaudit.io import regular_file
 
 MODES = ("eager", "graph")
+# Keras dtype policies -> their compute dtype: a layer built under the policy casts its inputs to
+# it and computes in it; a loss computes in its own dtype, keras.config.floatx() (float32), and
+# casts what it is given to that (keras/src/layers/layer.py, keras/src/losses/loss.py).
+POLICIES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+MIXED = {compute: name for name, compute in POLICIES.items() if name != compute}  # dtype -> policy
 LABEL_KINDS = ("class", "one-hot", "soft")  # integer classes, one-hot rows, any label weights
 KERAS_DEFAULT_EPSILON = 1e-7  # keras.config.epsilon() unless set in ~/.keras/keras.json
 CLIPS = {  # Impl.eps -> where the clip of the probabilities comes from, as users read it
@@ -46,6 +52,7 @@ class Impl:
     needs_classes: bool = False  # needs one-hot or integer labels
     backend: str = "tensorflow"
     dtypes: tuple[str, ...] = tuple(FORMATS)  # the input dtypes it accepts
+    keras_layer: bool = False  # runs a Keras layer, which computes in the policy's compute dtype
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -118,10 +125,13 @@ REGISTRY: dict[str, Impl] = {
         Impl(
             "keras_cce_softmax_layer",
             "keras.losses.CategoricalCrossentropy(from_logits=False) on keras.layers.Softmax()(x):"
-            " Keras recovers the logits from the layer's output in both modes",
+            " under the float32 policy Keras recovers the logits from the layer's output in both"
+            " modes; under a mixed policy the layer computes in half precision and nothing is"
+            " recovered",
             "probabilities",
             "keras",
             eps="keras",
+            keras_layer=True,
         ),
         Impl(
             "keras_scce_logits",
@@ -158,8 +168,7 @@ def _load_user_loss(spec: str) -> Impl:
     if spec not in _USER_LOSSES:
         if target.endswith(".py") or os.sep in target:
             path = Path(target)
-            if not path.is_file():
-                raise UnknownImplementationError(f"--impl {spec!r}: no such file: {path}")
+            regular_file(path, f"--impl {spec!r}", "a .py file", UnknownImplementationError)
         with user_code(f"--impl {spec!r}: importing {target}", UnknownImplementationError):
             if target.endswith(".py") or os.sep in target:
                 module_spec = importlib.util.spec_from_file_location(
@@ -302,6 +311,19 @@ def parse_impls(names: Iterable[str]) -> tuple[str, ...]:
         UnknownImplementationError,
     )
     return builtin + tuple(u for u in users if u not in builtin)
+
+
+def parse_policies(names: Iterable[str]) -> tuple[str, ...]:
+    """Expand Keras dtype policy names (comma lists allowed; ``all`` is every one), in order."""
+    return expand(names, list(POLICIES), "policy")
+
+
+def computes_in(name: str, policy: str) -> str | None:
+    """The dtype implementation ``name`` computes its Keras layers in under ``policy`` (the
+    policy's compute dtype), or None when it runs no Keras layer and the policy does not touch
+    it."""
+    impl = REGISTRY.get(name)  # a user's loss takes the logits as given, as the zoo's tf.nn ones
+    return POLICIES[policy] if impl is not None and impl.keras_layer else None
 
 
 def load_tf() -> ModuleType:

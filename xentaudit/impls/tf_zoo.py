@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from xentaudit.errors import ImplementationError
-from xentaudit.impls import Expired, time_limit, user_code, user_loss
+from xentaudit.impls import Expired, get_impl, time_limit, user_code, user_loss
 from xentaudit.io import as_float
 
 # fn(labels, classes, logits, eps) -> per-row losses; eps is used by `clipped` only.
@@ -60,7 +60,16 @@ def tf_sparse_softmax_xent(
 _CCE_LOGITS = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
 _CCE_PROBS = keras.losses.CategoricalCrossentropy(from_logits=False, reduction=None)
 _SCCE_LOGITS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-_SOFTMAX_LAYER = keras.layers.Softmax()
+_SOFTMAX_LAYERS: dict[str, keras.layers.Softmax] = {}
+
+
+def _softmax_layer(policy: str) -> keras.layers.Softmax:
+    """A Softmax layer as a model under ``policy`` builds it: it casts its input to the policy's
+    compute dtype and computes there (float16 under mixed_float16). Built with the policy as its
+    own dtype, so the process's global policy is never touched."""
+    if policy not in _SOFTMAX_LAYERS:
+        _SOFTMAX_LAYERS[policy] = keras.layers.Softmax(dtype=keras.DTypePolicy(policy))
+    return _SOFTMAX_LAYERS[policy]
 
 
 def keras_cce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
@@ -71,10 +80,14 @@ def keras_cce_probs(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tens
     return _CCE_PROBS(y, tf.nn.softmax(x))
 
 
-def keras_cce_softmax_layer(
-    y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor
-) -> tf.Tensor:
-    return _CCE_PROBS(y, _SOFTMAX_LAYER(x))
+def keras_cce_softmax_layer(policy: str) -> LossFn:
+    """The loss of a model under ``policy`` ending in a Softmax layer. The loss computes in
+    float32 (keras.config.floatx()) whatever the policy, and casts the layer's output to it: under
+    a mixed policy the cast drops the logits Keras keeps on a float32 softmax's output (and, in a
+    graph, hides the Softmax op), so the half-precision probabilities are clipped, not recovered.
+    """
+    layer = _softmax_layer(policy)
+    return lambda y, classes, x, eps: _CCE_PROBS(y, layer(x))
 
 
 def keras_scce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
@@ -90,12 +103,15 @@ def keras_epsilon() -> float:
     return float(keras.config.epsilon())
 
 
-def loss_fn(name: str) -> LossFn:
-    """The loss function registered under ``name``, or the user's loss loaded for it."""
+def loss_fn(name: str, policy: str) -> LossFn:
+    """The loss function registered under ``name`` as it runs under the Keras dtype policy
+    ``policy`` (implementations with Keras layers are built per policy), or the user's loss."""
     user = user_loss(name)
-    if user is None:
-        return globals()[name]
-    return lambda y, classes, x, eps: user(y, x)
+    if user is not None:
+        return lambda y, classes, x, eps: user(y, x)
+    if get_impl(name).keras_layer:
+        return globals()[name](policy)
+    return globals()[name]
 
 
 @dataclass(frozen=True)
@@ -108,19 +124,25 @@ class Outcome:
     output_dtype: str
 
 
-_GRAPH_CACHE: dict[tuple[str, str], Callable] = {}
+_GRAPH_CACHE: dict[tuple[str, str, str], Callable] = {}
 
 
 def _with_gradient(fn: LossFn) -> Callable:
     def step(
-        x: tf.Tensor, y: tf.Tensor, classes: tf.Tensor, eps: tf.Tensor
+        x: tf.Tensor, y: tf.Tensor, classes: tf.Tensor, eps: tf.Tensor, scale: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.convert_to_tensor(fn(y, classes, x, eps))
+            # Training scales a float32 loss: Keras' compile casts every loss to float32 and
+            # LossScaleOptimizer multiplies that by the scale, so the scale reaches a narrower
+            # loss's backward pass through the cast, rounded to its dtype (2^16 is inf in
+            # float16). A scale of 1 changes no bit of the gradient.
+            wide = loss if loss.dtype == tf.float64 else tf.cast(loss, tf.float32)
+            scaled = wide * tf.cast(scale, wide.dtype)
         # A vector target: TensorFlow seeds it with ones, i.e. the gradient of the summed loss,
         # without ever forming the (possibly overflowing) sum in a narrow dtype.
-        return loss, tape.gradient(loss, x)
+        return loss, tape.gradient(scaled, x)
 
     return step
 
@@ -154,33 +176,40 @@ def run(
     labels: np.ndarray | None,
     classes: np.ndarray | None,
     timeout: float | None = None,
+    policy: str = "float32",
+    loss_scale: float = 1.0,
 ) -> Outcome:
-    """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph").
+    """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph"), its
+    Keras layers built under the Keras dtype policy ``policy``.
 
     ``logits`` and ``labels`` (dense label weights, or ``None`` for the one-hot of ``classes``)
-    are numpy arrays already in the audited dtype. The gradient comes back in the logits'
-    dtype, float16 and bfloat16 widened (exactly) to float32. ``timeout``: seconds the run (its
-    tracing included) may take, or None (see ``impls.time_limit`` for what it can interrupt).
+    are numpy arrays already in the audited dtype. The gradient is taken of ``loss_scale``
+    times the loss, held in the logits' dtype as training holds it (so it overflows as there),
+    and comes back divided by ``loss_scale``, float16 and bfloat16 widened to float32.
+    ``timeout``: seconds the run (its tracing included) may take, or None (see
+    ``impls.time_limit`` for what it can interrupt).
     """
     x = tf.constant(logits)
     k = tf.constant(classes if classes is not None else np.zeros(logits.shape[0]), dtype=tf.int32)
     y = tf.constant(labels) if labels is not None else tf.one_hot(k, logits.shape[1], dtype=x.dtype)
     e = tf.constant(eps, dtype=x.dtype)
-    key = (name, x.dtype.name)
+    s = tf.constant(loss_scale, dtype=tf.float64)
+    key = (name, x.dtype.name, policy)
     if mode == "eager":
-        step = _with_gradient(loss_fn(name))
+        step = _with_gradient(loss_fn(name, policy))
     else:
-        # One trace per implementation and dtype, whatever the batch shape or epsilon.
+        # One trace per implementation, dtype and policy, whatever the batch shape or epsilon.
         if key not in _GRAPH_CACHE:
             signature = [
                 tf.TensorSpec([None, None], x.dtype),
                 tf.TensorSpec([None, None], x.dtype),
                 tf.TensorSpec([None], tf.int32),
                 tf.TensorSpec([], x.dtype),
+                tf.TensorSpec([], tf.float64),
             ]
             _GRAPH_CACHE[key] = tf.function(
                 # No Python control flow in the zoo: autograph would only slow tracing down.
-                _with_gradient(loss_fn(name)),
+                _with_gradient(loss_fn(name, policy)),
                 input_signature=signature,
                 autograph=False,
             )
@@ -188,12 +217,14 @@ def run(
     try:
         with time_limit(timeout):
             if user_loss(name) is None:
-                loss, grad = step(x, y, k, e)
+                loss, grad = step(x, y, k, e, s)
             else:
-                loss, grad = _run_user(name, step, x, y, k, e)
+                loss, grad = _run_user(name, step, x, y, k, e, s)
+            # np.asarray views the tensor's buffer; .numpy() copies
+            gradient = as_float(np.asarray(grad))
             outcome = Outcome(
                 np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
-                as_float(np.asarray(grad)),  # np.asarray views the tensor's buffer; .numpy() copies
+                gradient if loss_scale == 1 else gradient / gradient.dtype.type(loss_scale),
                 loss.dtype.name,
             )
     except Expired:

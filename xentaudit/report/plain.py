@@ -11,6 +11,7 @@ from xentaudit.results import (
     ModeDifference,
     RowAtRisk,
     Verdict,
+    dtype_label,
     variant_label,
 )
 
@@ -21,9 +22,11 @@ def _labels(labels: str | None) -> str:
 
 
 def case_name(r: CheckResult | FailingResult | RowAtRisk) -> str:
-    """How a result is named in every CI-facing report: ``impl[ eps=E] dtype mode[ labels=...]``
-    (``clipped`` names its clip: it may run at several)."""
-    return f"{variant_label(r.impl, r.eps, True)} {r.dtype} {r.mode}{_labels(r.labels)}"
+    """How a result is named in every CI-facing report:
+    ``impl[ eps=E] dtype[ [policy]] mode[ labels=...]`` (``clipped`` names its clip: it may run
+    at several; a Keras dtype policy other than float32 is named after the dtype)."""
+    dtype = dtype_label(r.dtype, r.policy)
+    return f"{variant_label(r.impl, r.eps, True)} {dtype} {r.mode}{_labels(r.labels)}"
 
 
 def risk_text(risk: RowAtRisk) -> str:
@@ -35,7 +38,8 @@ def risk_text(risk: RowAtRisk) -> str:
 
 def differences_text(differences: Sequence[ModeDifference]) -> str:
     names = ", ".join(
-        f"{variant_label(d.impl, d.eps, True)} {d.dtype}{_labels(d.labels)}" for d in differences
+        f"{variant_label(d.impl, d.eps, True)} {dtype_label(d.dtype, d.policy)}{_labels(d.labels)}"
+        for d in differences
     )
     return f"Eager and tf.function differ for: {names} ({MODE_NOTE})."
 

@@ -28,6 +28,7 @@ from xentaudit.results import (
     Sweep,
     SweepCell,
     Verdict,
+    dtype_label,
     scale_label,
     variant_label,
 )
@@ -43,6 +44,7 @@ FLAG_STYLES = {
     "grad-wrong": "magenta",
     "zero-loss": "cyan",
     "downcast": "cyan",
+    "half-softmax": "cyan",
 }
 EXACT_METHODS = {  # reference_method -> how the exact values were computed
     "mpmath": "mpmath, 50 digits",
@@ -94,17 +96,32 @@ def _fold_modes(
     results: Sequence[ImplResult], differences: Sequence[ModeDifference]
 ) -> list[tuple[str, ImplResult]]:
     """Pair each result with the mode label to show: "eager=graph" for an implementation x dtype
-    run in both modes that do not differ."""
-    differ = {(d.impl, d.eps, d.dtype) for d in differences}
-    both = [(r.impl, r.eps, r.dtype) for r in results]
+    x policy run in both modes that do not differ."""
+    differ = {(d.impl, d.eps, d.dtype, d.policy) for d in differences}
+    both = [(r.impl, r.eps, r.dtype, r.policy) for r in results]
     rows: list[tuple[str, ImplResult]] = []
     for r in results:
-        key = (r.impl, r.eps, r.dtype)
+        key = (r.impl, r.eps, r.dtype, r.policy)
         if both.count(key) == 1 or key in differ:
             rows.append((r.mode, r))
         elif r.mode == "eager":
             rows.append(("eager=graph", r))
     return rows
+
+
+def _power_of_two(scale: float | None) -> str:
+    """A ``max_loss_scale`` as ``2^15``; ``none`` for 0 (not finite even unscaled)."""
+    return f"2^{math.frexp(scale)[1] - 1}" if scale else "none"
+
+
+def _scaling(loss_scale: float | None, column: bool = True) -> str:
+    """The header's note on loss scaling: what the gradients are of (and the ``column``)."""
+    if loss_scale is None:
+        return ""
+    note = f"; gradients of {loss_scale:g} x the loss"
+    if column:
+        note += " (max scale: the largest power of two whose gradients stay finite)"
+    return note
 
 
 def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -> str:
@@ -113,9 +130,13 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
     console = _console(color, width)
     console.print(
         Text(title, style="bold"),
-        Text(f"exact values: {EXACT_METHODS[audit.reference_method]}", style="dim"),
+        Text(
+            f"exact values: {EXACT_METHODS[audit.reference_method]}" + _scaling(audit.loss_scale),
+            style="dim",
+        ),
         sep="\n",
     )
+    scaled = audit.loss_scale is not None
     table = _columns(
         ("impl", "left"),
         ("mode", "left"),
@@ -126,37 +147,39 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
         ("max rel err", "right"),
         ("ulps", "right"),
         ("grad err", "right"),
+        *([("max scale", "right")] if scaled else []),
         ("flags", "left"),
     )
     folded = _fold_modes(audit.results, verdict.mode_differences)
-    differ = {(d.impl, d.eps, d.dtype) for d in verdict.mode_differences}
+    differ = {(d.impl, d.eps, d.dtype, d.policy) for d in verdict.mode_differences}
     several_eps = len({r.eps for r in audit.results if r.impl == "clipped"}) > 1
     for mode, r in folded:
         table.add_row(
             variant_label(r.impl, r.eps, several_eps),
-            Text(mode, style="yellow" if (r.impl, r.eps, r.dtype) in differ else ""),
-            r.dtype,
+            Text(mode, style="yellow" if (r.impl, r.eps, r.dtype, r.policy) in differ else ""),
+            Text(dtype_label(r.dtype, r.policy)),  # Text: "[policy]" is no markup
             r.output_dtype if r.output_dtype != r.dtype else "",
             _num(r.loss),
             _num(r.reference, 15),
             _num(r.max_rel_err, 2),
             _num(r.max_ulps_err, 2),
             _num(r.grad_max_abs_err, 2),
+            *([_power_of_two(r.max_loss_scale)] if scaled else []),
             _flags_text(r.flags),
         )
     console.print(table)
 
-    risks = {(w.impl, w.eps, w.dtype, w.mode): w for w in verdict.rows_at_risk}
+    risks = {(w.impl, w.eps, w.dtype, w.policy, w.mode): w for w in verdict.rows_at_risk}
     shown = [
-        (mode, risks[r.impl, r.eps, r.dtype, r.mode])
+        (mode, risks[r.impl, r.eps, r.dtype, r.policy, r.mode])
         for mode, r in folded
-        if (r.impl, r.eps, r.dtype, r.mode) in risks
+        if (r.impl, r.eps, r.dtype, r.policy, r.mode) in risks
     ]
     if shown:
         console.print(Text("Rows at risk (worst row of each flagged result):", style="bold"))
         for mode, risk in shown:
             name = variant_label(risk.impl, risk.eps, several_eps)
-            console.print(_risk_line(f"{name} {risk.dtype} {mode}", risk))
+            console.print(_risk_line(f"{name} {dtype_label(risk.dtype, risk.policy)} {mode}", risk))
     if verdict.mode_differences:
         console.print(Text(differences_text(verdict.mode_differences), style="yellow"))
     for s in audit.skipped:
@@ -192,7 +215,7 @@ def _status(cells: Sequence[SweepCell]) -> Text:
 
 
 def _grid_table(
-    title: str,
+    title: str | Text,
     scales: Sequence[float],
     rows: list[tuple[str, dict[float, list[SweepCell]]]],
 ) -> Table:
@@ -201,7 +224,7 @@ def _grid_table(
     for s in scales:
         table.add_column(scale_label(s), justify="center", no_wrap=True)
     for label, by_scale in rows:
-        table.add_row(label, *(_status(by_scale.get(s, [])) for s in scales))
+        table.add_row(Text(label), *(_status(by_scale.get(s, [])) for s in scales))
     return table
 
 
@@ -240,29 +263,32 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
         ),
         Text(
             "cells: the first failing flag on any pattern (ok: none); exact values: "
-            + EXACT_METHODS[sweep.reference_method],
+            + EXACT_METHODS[sweep.reference_method]
+            + _scaling(sweep.loss_scale, column=False),
             style="dim",
         ),
         sep="\n",
     )
-    dtypes = list(dict.fromkeys(c.dtype for c in sweep.cells))
+    dtypes = list(dict.fromkeys((c.dtype, c.policy) for c in sweep.cells))
     variants = list(dict.fromkeys((c.impl, c.eps) for c in sweep.cells))
     clipped_eps = [e for i, e in variants if i == "clipped"]
     main = [v for v in variants if v[0] != "clipped" or v[1] == clipped_eps[0]]
     for dtype in dtypes:
         rows = []
         for v in main:
-            cells = [c for c in sweep.cells if (c.impl, c.eps, c.dtype) == (*v, dtype)]
+            cells = [c for c in sweep.cells if (c.impl, c.eps, (c.dtype, c.policy)) == (*v, dtype)]
             rows += _mode_rows(cells, variant_label(*v, len(clipped_eps) > 1))
-        console.print(_grid_table(dtype, sweep.scales, rows))
+        console.print(_grid_table(Text(dtype_label(*dtype)), sweep.scales, rows))
     if len(clipped_eps) > 1:
         rows = []
         for eps in clipped_eps:
             for dtype in dtypes:
                 cells = [
-                    c for c in sweep.cells if (c.impl, c.eps, c.dtype) == ("clipped", eps, dtype)
+                    c
+                    for c in sweep.cells
+                    if (c.impl, c.eps, (c.dtype, c.policy)) == ("clipped", eps, dtype)
                 ]
-                rows += _mode_rows(cells, f"eps={eps:g} {dtype}")
+                rows += _mode_rows(cells, f"eps={eps:g} {dtype_label(*dtype)}")
         console.print(_grid_table("clipped: epsilon x dtype", sweep.scales, rows))
 
     table = Table(
@@ -280,7 +306,11 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
         label = variant_label(*v, len(clipped_eps) > 1)
         broke = False
         for dtype in dtypes:
-            points = [p for p in sweep.breaking_points if (p.impl, p.eps, p.dtype) == (*v, dtype)]
+            points = [
+                p
+                for p in sweep.breaking_points
+                if (p.impl, p.eps, (p.dtype, p.policy)) == (*v, dtype)
+            ]
             modes = list(dict.fromkeys(p.mode for p in points))
             per_mode = {
                 m: [
@@ -296,7 +326,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
                     continue
                 broke = True
                 name = f"{label} ({mode})" if len(shown) > 1 else label
-                table.add_row(name, dtype, *texts)
+                table.add_row(name, Text(dtype_label(*dtype)), *texts)
         if not broke:
             never.append(label)
     console.print(table)
@@ -328,7 +358,7 @@ def render_check(
         Text(
             f"labels: {check.labels}; exact values: {EXACT_METHODS[check.reference_method]}; "
             f"config: {check.config or 'none'}; "
-            f"fails on: {', '.join(fail_on) or 'nothing'}",
+            f"fails on: {', '.join(fail_on) or 'nothing'}" + _scaling(check.loss_scale),
             style="dim",
         ),
         sep="\n",
@@ -343,6 +373,7 @@ def render_check(
         ("rows flagged", "left"),
         ("max rel err", "right"),
         ("grad err", "right"),
+        *([("max scale", "right")] if check.loss_scale is not None else []),
     )
     several_eps = len({r.eps for r in check.results if r.impl == "clipped"}) > 1
     for r in check.results:
@@ -357,16 +388,22 @@ def render_check(
             variant_label(r.impl, r.eps, several_eps),
             r.labels,
             r.mode,
-            r.dtype if r.output_dtype == r.dtype else f"{r.dtype}->{r.output_dtype}",
+            Text(
+                dtype_label(
+                    r.dtype if r.output_dtype == r.dtype else f"{r.dtype}->{r.output_dtype}",
+                    r.policy,
+                )
+            ),
             counts,
             _num(r.max_rel_err, 2),
             _num(r.grad_max_abs_err, 2),
+            *([_power_of_two(r.max_loss_scale)] if check.loss_scale is not None else []),
         )
     console.print(table)
     if verdict.rows_at_risk:
         console.print(Text("Rows at risk (worst rows of each failing result):", style="bold"))
         for risk in verdict.rows_at_risk:
-            where = f"{risk.impl} {risk.labels} {risk.mode} {risk.dtype}"
+            where = f"{risk.impl} {risk.labels} {risk.mode} {dtype_label(risk.dtype, risk.policy)}"
             console.print(_risk_line(where, risk))
     if verdict.mode_differences:
         console.print(Text(differences_text(verdict.mode_differences), style="yellow"))
