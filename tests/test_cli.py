@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -363,3 +364,29 @@ def test_a_path_with_line_breaks_is_still_one_line(tmp_path) -> None:
         assert result.exit_code == 2 and result.stdout == ""
         assert len(result.stderr.splitlines()) == 1 and shown in result.stderr
         assert result.stderr.startswith("xentaudit: error: no such file: ")
+
+
+def test_compare_audits_a_file_in_its_own_dtype_unless_told(tmp_path) -> None:
+    x = np.array([[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]) * 10
+    np.save(tmp_path / "h.npy", x.astype(np.float16))
+    np.save(tmp_path / "b.npy", x.astype(ml_dtypes.bfloat16))
+    fast = [
+        "--labels",
+        "[0, 1]",
+        "--impl",
+        "tf_softmax_xent",
+        "--mode",
+        "eager",
+        "--format",
+        "json",
+    ]
+
+    def dtypes(*args: str) -> list[str]:
+        result = CliRunner().invoke(cli, ["compare", *args, *fast], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return [r["dtype"] for r in json.loads(result.stdout)["results"]]
+
+    assert dtypes("--logits", str(tmp_path / "h.npy")) == ["float16"]
+    assert dtypes("--logits", str(tmp_path / "b.npy")) == ["bfloat16"]
+    assert dtypes("--logits", str(tmp_path / "h.npy"), "--dtype", "float64") == ["float64"]
+    assert dtypes("--logits", "[[30, 10, 10], [-10, 20, 50]]") == ["float32"]  # inline: float32

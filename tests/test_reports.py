@@ -277,3 +277,22 @@ def test_every_report_names_the_policy_of_a_result() -> None:
     grid = lines(table.render_sweep(replace(sweep, cells=sweep.cells + mixed_cells), width=WIDTH))
     # A title wraps at its table's width: two scales make a narrow table.
     assert grid.count("float16") == 2 and "float16 [mixed_bfloat16]" in " ".join(grid)
+
+
+def test_check_table_folds_identical_eager_and_graph_results_into_one_row() -> None:
+    same = (WorstRow(0, 1.0, 1.0, 0.0, ()),)
+    wrong = (WorstRow(1, 30.0, 16.25, 0.4583, ("divergent",)),)
+    check = Check(
+        "x.npz", 8, 3, "float32", "f", {},
+        (
+            check_result("fused", "eager", same),
+            check_result("fused", "graph", same),
+            check_result("keras", "eager", wrong),
+            check_result("keras", "graph", same),
+            check_result("fused", "eager", same, labels="predicted"),  # another label source
+        ),
+    )  # fmt: skip
+    out = table.render_check(check, CHECK_FAIL_ON, width=WIDTH)
+    table_rows = [line.split() for line in out.splitlines() if line.startswith(("fused", "keras"))]
+    modes = [r[2] for r in table_rows]  # the rows at risk below the table are indented
+    assert modes == ["eager=graph", "eager", "graph", "eager"]

@@ -44,7 +44,7 @@ from xentaudit.grid import (
     parse_scales,
 )
 from xentaudit.impls import MODES, REGISTRY, load_tf
-from xentaudit.io import file_or_json, load_inputs
+from xentaudit.io import file_or_json, load_inputs, names_a_file
 from xentaudit.report import github as github_report
 from xentaudit.report import json as json_report
 from xentaudit.report import junit as junit_report
@@ -434,6 +434,8 @@ def compare(
     else:
         x, y = load_inputs(logits, labels, logits_key, labels_key)
         scale = 1.0 if scale is None else scale
+        if not dtypes and names_a_file(logits) and x.dtype.name in FORMATS:
+            dtypes = (x.dtype.name,)  # a file is audited in its own dtype, as `check` does
     dtypes = dtypes or ("float32",)
     if x.dtype.kind in "biuf" or x.dtype.name == "bfloat16":  # audit refuses anything else
         x = _scaled(x, scale, dtypes)

@@ -127,13 +127,17 @@ def _numbers(value: object, option: str) -> object:
 def file_or_json(spec: str, option: str) -> Path | np.ndarray:
     """The file ``spec`` names (``.npy``, ``.npz``, or any path that exists, even a directory or
     a broken symlink, which the reader then names for what it is), or else the array its inline
-    JSON spells. A list (``[...]``) is JSON without asking the file system: inline JSON can be
-    far longer than a file name may be."""
+    JSON spells."""
+    return Path(spec) if names_a_file(spec) else parse_json(spec, option)
+
+
+def names_a_file(spec: str) -> bool:
+    """Whether an option's value names a file (``.npy``, ``.npz``, or any path that exists)
+    rather than inline JSON. A list (``[...]``) is JSON without asking the file system: inline
+    JSON can be far longer than a file name may be."""
     if spec.endswith((".npy", ".npz")):
-        return Path(spec)
-    if not spec.lstrip().startswith("[") and os.path.lexists(spec):
-        return Path(spec)
-    return parse_json(spec, option)
+        return True
+    return not spec.lstrip().startswith("[") and os.path.lexists(spec)
 
 
 def load_inputs(

@@ -22,6 +22,7 @@ from xentaudit.results import (
     Audit,
     BreakingPoint,
     Check,
+    CheckResult,
     ImplResult,
     ModeDifference,
     RowAtRisk,
@@ -93,16 +94,19 @@ def _legend(console: Console, verdict: Verdict) -> None:
 
 
 def _fold_modes(
-    results: Sequence[ImplResult], differences: Sequence[ModeDifference]
-) -> list[tuple[str, ImplResult]]:
+    results: Sequence[ImplResult | CheckResult], differences: Sequence[ModeDifference]
+) -> list[tuple[str, ImplResult | CheckResult]]:
     """Pair each result with the mode label to show: "eager=graph" for an implementation x dtype
-    x policy run in both modes that do not differ."""
-    differ = {(d.impl, d.eps, d.dtype, d.policy) for d in differences}
-    both = [(r.impl, r.eps, r.dtype, r.policy) for r in results]
-    rows: list[tuple[str, ImplResult]] = []
+    x policy (x label source) run in both modes that do not differ."""
+
+    def key(r: ImplResult | CheckResult | ModeDifference) -> tuple:
+        return (getattr(r, "labels", None), r.impl, r.eps, r.dtype, r.policy)
+
+    differ = {key(d) for d in differences}
+    both = [key(r) for r in results]
+    rows: list[tuple[str, ImplResult | CheckResult]] = []
     for r in results:
-        key = (r.impl, r.eps, r.dtype, r.policy)
-        if both.count(key) == 1 or key in differ:
+        if both.count(key(r)) == 1 or key(r) in differ:
             rows.append((r.mode, r))
         elif r.mode == "eager":
             rows.append(("eager=graph", r))
@@ -376,7 +380,7 @@ def render_check(
         *([("max scale", "right")] if check.loss_scale is not None else []),
     )
     several_eps = len({r.eps for r in check.results if r.impl == "clipped"}) > 1
-    for r in check.results:
+    for mode, r in _fold_modes(check.results, verdict.mode_differences):
         counts = (
             Text(", ").join(
                 Text(f"{f} {n}", style=FLAG_STYLES.get(f, "")) for f, n in r.flag_counts.items()
@@ -387,7 +391,7 @@ def render_check(
         table.add_row(
             variant_label(r.impl, r.eps, several_eps),
             r.labels,
-            r.mode,
+            mode,
             Text(
                 dtype_label(
                     r.dtype if r.output_dtype == r.dtype else f"{r.dtype}->{r.output_dtype}",
