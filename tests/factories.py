@@ -134,7 +134,13 @@ def check_case() -> Check:
         check_result("shifted", "eager", (WorstRow(3, 1.0, 1.0, 0.0, ("grad-wrong",)),)),
     )
     return Check(
-        "logits.npz", 8, 3, "float32", "logits.npz[labels]", {"looks-like-probs": 3}, results
+        "logits.npz",
+        8,
+        3,
+        "float32",
+        "logits.npz[labels]",
+        {"soft-labels-unnormalized": 3},
+        results,
     )
 
 

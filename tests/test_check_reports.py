@@ -237,9 +237,13 @@ def test_lint_flags_probabilities_logprobs_soft_labels_and_coarse_logits(tmp_pat
     assert check_file(tmp_path / "soft.npz", **fast).lint == {"soft-labels-unnormalized": 6}
     assert check_file(tmp_path / "big.npz", **fast).lint == {"coarse-logits": 6}
     assert check_file(tmp_path / "fine.npz", **fast).lint == {}
-    result = run(str(tmp_path / "p.npz"), "--impl", "tf_softmax_xent", "--mode", "eager")
-    assert result.exit_code == 0 and "looks-like-probs on 6 of 6 rows" in result.stdout
-    failing = run(
-        str(tmp_path / "p.npz"), "--impl", "tf_softmax_xent", "--fail-on", "looks-like-probs"
-    )
-    assert failing.exit_code == 1 and "the input is flagged looks-like-probs" in failing.stdout
+    # Probabilities and log-probabilities are no logits: the default gate fails on them; a gate
+    # told to fail on other flags only reports them.
+    for name, flag in (("p.npz", "looks-like-probs"), ("lp.npz", "looks-like-logprobs")):
+        failing = run(str(tmp_path / name), "--impl", "tf_softmax_xent", "--mode", "eager")
+        assert failing.exit_code == 1 and f"the input is flagged {flag}" in failing.stdout
+        assert f"{flag} on 6 of 6 rows" in failing.stdout
+    told = run(str(tmp_path / "p.npz"), "--impl", "tf_softmax_xent", "--fail-on", "nan,divergent")
+    assert told.exit_code == 0 and "looks-like-probs on 6 of 6 rows" in told.stdout
+    for name in ("soft.npz", "big.npz"):  # the other lint flags still only warn by default
+        assert run(str(tmp_path / name), "--impl", "tf_softmax_xent").exit_code == 0

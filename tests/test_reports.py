@@ -74,7 +74,7 @@ def test_check_table_formats_the_verdict() -> None:
     assert out[1:3] == [
         "labels: logits.npz[labels]; exact values: float64 max-separated log-sum-exp (compiled "
         f"kernel); config: none; fails on: {', '.join(CHECK_FAIL_ON)}",
-        "input: looks-like-probs on 3 of 8 rows",
+        "input: soft-labels-unnormalized on 3 of 8 rows",
     ]
     conclusion = out[out.index("Rows at risk (worst rows of each failing result):") :]
     assert conclusion == [
@@ -86,7 +86,7 @@ def test_check_table_formats_the_verdict() -> None:
         "FAIL: 2 of 6 results fire a --fail-on flag (keras, naive). Trustworthy here: fused.",
         *legend(
             "nan", "divergent", "grad-nan", "grad-vanish", "grad-wrong", "zero-loss",
-            "looks-like-probs",
+            "soft-labels-unnormalized",
         ),
     ]  # fmt: skip
     passed = lines(table.render_check(check, ["inf"], width=WIDTH))
@@ -111,7 +111,7 @@ def test_junit_carries_the_verdict_as_properties_and_system_out() -> None:
         f"{n}: {FLAGS[n].meaning}. Instead: {FLAGS[n].advice}."
         for n in (
             "nan", "divergent", "grad-nan", "grad-vanish", "grad-wrong", "zero-loss",
-            "looks-like-probs",
+            "soft-labels-unnormalized",
         )
     ]  # fmt: skip
     assert suite.find("system-out").text.splitlines() == [
@@ -140,9 +140,9 @@ def test_junit_carries_the_verdict_as_properties_and_system_out() -> None:
     ]  # the grad-wrong row 4 does not fail this check
     assert (suite.get("tests"), suite.get("failures")) == ("7", "2")
     # failing on the lint flag fails the input case, with the flag's advice
-    lint = ET.fromstring(junit.render(check_case(), ["looks-like-probs"])).find("testsuite")
+    lint = ET.fromstring(junit.render(check_case(), ["soft-labels-unnormalized"])).find("testsuite")
     case = next(c for c in lint.iter("testcase") if c.get("name") == "input lint")
-    assert case.find("failure").get("message") == "looks-like-probs on 3 of 8 rows"
+    assert case.find("failure").get("message") == "soft-labels-unnormalized on 3 of 8 rows"
     assert case.find("failure").text == advice[-1]
     assert lint.get("failures") == "1"
 
@@ -166,7 +166,7 @@ def test_markdown_formats_the_verdict() -> None:
             f"- `{n}`: {FLAGS[n].meaning}. Instead: {FLAGS[n].advice}."
             for n in (
                 "nan", "divergent", "grad-nan", "grad-vanish", "grad-wrong", "zero-loss",
-                "looks-like-probs",
+                "soft-labels-unnormalized",
             )
         ),
     ]  # fmt: skip
@@ -227,7 +227,7 @@ def test_github_escapes_data_and_properties_as_workflow_commands_require() -> No
 
 
 def test_github_levels_lint_and_the_verdict() -> None:
-    out = github.render(check_case(), ["looks-like-probs"]).splitlines()
+    out = github.render(check_case(), ["soft-labels-unnormalized"]).splitlines()
     levels = [line.split(" ", 1)[0] for line in out]
     # lint (failing here), keras eager, keras graph, fused x2 (zero-loss only), naive, shifted
     # (failing kinds not asked for), then the verdict
@@ -235,10 +235,10 @@ def test_github_levels_lint_and_the_verdict() -> None:
         "::error", "::warning", "::notice", "::notice", "::notice", "::warning", "::warning",
         "::error",
     ]  # fmt: skip
-    probs = FLAGS["looks-like-probs"]
+    probs = FLAGS["soft-labels-unnormalized"]
     assert out[0] == (
-        "::error file=logits.npz,title=xentaudit input%3A looks-like-probs::"
-        f"looks-like-probs on 3 of 8 rows: {probs.meaning}. Instead: {probs.advice}."
+        "::error file=logits.npz,title=xentaudit input%3A soft-labels-unnormalized::"
+        f"soft-labels-unnormalized on 3 of 8 rows: {probs.meaning}. Instead: {probs.advice}."
     )
     assert (
         github.render(check_case(), ["inf"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 from factories import check_case, compare_case, sweep_case
 
@@ -80,7 +81,8 @@ def test_check_verdict_on_the_default_fail_on_leaves_grad_wrong_and_lint_out() -
     assert v.trustworthy == ("fused",)  # shifted's grad-wrong does not fail, yet is a failing kind
     assert v.mode_differences == (ModeDifference("keras", "float32", "file"),)
     assert list(v.advice) == [
-        "nan", "divergent", "grad-nan", "grad-vanish", "grad-wrong", "zero-loss", "looks-like-probs"
+        "nan", "divergent", "grad-nan", "grad-vanish", "grad-wrong", "zero-loss",
+        "soft-labels-unnormalized",
     ]  # fmt: skip
     assert (
         v.message == "2 of 6 results fire a --fail-on flag (keras, naive). Trustworthy here: fused."
@@ -88,18 +90,18 @@ def test_check_verdict_on_the_default_fail_on_leaves_grad_wrong_and_lint_out() -
 
 
 def test_check_verdict_follows_fail_on_lint_included() -> None:
-    v = check_case().verdict(["grad-wrong", "looks-like-probs"])
+    v = check_case().verdict(["grad-wrong", "soft-labels-unnormalized"])
     assert [(f.impl, f.flags) for f in v.failing] == [
         ("naive", ("grad-wrong",)),
         ("shifted", ("grad-wrong",)),
     ]
-    assert v.failing_lint == ("looks-like-probs",)
+    assert v.failing_lint == ("soft-labels-unnormalized",)
     assert [(r.impl, r.row) for r in v.rows_at_risk] == [("naive", 4), ("shifted", 3)]
     assert v.message == (
         "2 of 6 results fire a --fail-on flag (naive, shifted); the input is flagged "
-        "looks-like-probs. Trustworthy here: fused."
+        "soft-labels-unnormalized. Trustworthy here: fused."
     )
-    lint_only = check_case().verdict(["looks-like-probs"])
+    lint_only = check_case().verdict(["soft-labels-unnormalized"])
     assert (lint_only.status, lint_only.failing, lint_only.rows_at_risk) == ("fail", (), ())
     passed = check_case().verdict(["inf"])
     assert (passed.status, passed.failing, passed.failing_lint) == ("pass", (), ())
@@ -187,3 +189,18 @@ def test_sweep_summary_is_computed_with_the_results_and_written_to_json() -> Non
     ]  # fmt: skip
     assert doc["summary"] == list(expected)
     assert doc["cells"][3]["loss"] == "nan"
+
+
+def test_the_default_gate_fails_a_file_of_probabilities_or_log_probabilities() -> None:
+    # Softmax outputs or log-softmax outputs saved instead of logits: every audit of them is of
+    # the wrong numbers, so check's default gate fails; the other lint flags only warn.
+    for lint, status in (
+        ({"looks-like-probs": 8}, "fail"),
+        ({"looks-like-logprobs": 8}, "fail"),
+        ({"soft-labels-unnormalized": 8, "coarse-logits": 8}, "pass"),
+    ):
+        check = replace(check_case(), lint=lint, results=())
+        verdict = check.verdict()
+        assert verdict.status == status, lint
+        assert check.exit_code(CHECK_FAIL_ON) == (1 if status == "fail" else 0)
+    assert "grad-wrong" not in CHECK_FAIL_ON

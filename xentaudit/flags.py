@@ -120,16 +120,19 @@ FLAGS: dict[str, Flag] = {
         Flag(
             "looks-like-probs",
             False,
-            "rows look like softmax outputs (in [0, 1], summing to 1): passing them to a "
-            "*_with_logits function applies softmax twice",
-            "save the logits, before the softmax layer",
+            "rows look like softmax outputs (in [0, 1], summing to 1), not logits: every "
+            "implementation here would apply softmax to them a second time, so the audit is of "
+            "the wrong numbers",
+            "save the logits, the input of the final softmax (the pre-activation output of a "
+            "Dense layer with activation='softmax'), and check those",
         ),
         Flag(
             "looks-like-logprobs",
             False,
-            "rows look like log-probabilities (all <= 0, logsumexp = 0); a softmax loss on them "
-            "is right but redundant",
-            "save the raw logits, or use a negative log-likelihood loss on these",
+            "rows look like log-probabilities (all <= 0, logsumexp = 0), not logits: a softmax "
+            "loss on them is right but redundant, and the audit is of a second log-softmax",
+            "save the raw logits, before the log-softmax, and check those (or, if these are "
+            "what your model outputs, pass --fail-on without looks-like-logprobs)",
         ),
         Flag(
             "soft-labels-unnormalized",
@@ -149,5 +152,10 @@ FLAGS: dict[str, Flag] = {
 LINT = ("looks-like-probs", "looks-like-logprobs", "soft-labels-unnormalized", "coarse-logits")
 
 FAILING = tuple(name for name, flag in FLAGS.items() if flag.failing)
-# `check` fails on these unless told otherwise; grad-wrong fails it only when named.
-CHECK_FAIL_ON = tuple(name for name in FAILING if name != "grad-wrong")
+# `check` fails on these unless told otherwise: every failing flag but grad-wrong (which fails it
+# only when named), and the lint flags that say the file holds no logits at all.
+CHECK_FAIL_ON = (
+    *(name for name in FAILING if name != "grad-wrong"),
+    "looks-like-probs",
+    "looks-like-logprobs",
+)
