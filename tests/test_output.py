@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import xentaudit.check
 from xentaudit.cli import cli
 
 SEED = str(Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz")
@@ -33,16 +32,6 @@ def one_line(result) -> str:
     lines = result.stderr.splitlines()
     assert len(lines) == 1, lines
     return lines[0]
-
-
-@pytest.fixture
-def no_audit(monkeypatch):
-    """The audit must not start: the output is refused first."""
-
-    def audit_started(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the audit ran before --output was checked")
-
-    monkeypatch.setattr(xentaudit.check, "check_file", audit_started)
 
 
 @pytest.mark.parametrize(
@@ -79,18 +68,9 @@ def test_an_unwritable_directory_is_refused_before_the_audit(tmp_path, monkeypat
     )
 
 
-def test_a_full_disk_keeps_the_old_report_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+def test_a_full_disk_keeps_the_old_report_and_leaves_no_temporary_file(tmp_path, full_disk):
     target = tmp_path / "report.txt"
     target.write_text("the previous report\n")
-    real_fdopen = os.fdopen
-
-    def full_disk(fd: int, mode: str = "r", *args: object, **kwargs: object):
-        if mode == "w":  # the report's temporary file stays; its text goes to /dev/full: ENOSPC
-            os.close(fd)
-            fd = os.open("/dev/full", os.O_WRONLY)
-        return real_fdopen(fd, mode, *args, **kwargs)
-
-    monkeypatch.setattr(os, "fdopen", full_disk)
     line = one_line(check(str(target)))
     assert line == (
         f"xentaudit: error: --output: cannot write {target} (No space left on device); pick a "

@@ -1,6 +1,6 @@
 """Ctrl-C (SIGINT to the whole process group) and SIGTERM end a command with one line on stderr,
-exit 130 or 143, and no temporary file of --output left behind. Subprocesses, started together:
-each imports TensorFlow (~3 s of CPU)."""
+exit 130 or 143, and no temporary file of --output or --flagged-rows left behind. Subprocesses,
+started together: each imports TensorFlow (~3 s of CPU)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def killed(tmp_path_factory) -> list[tuple[int, subprocess.CompletedProcess, Pat
         out = root / f"out{i}"
         out.mkdir()
         args = ["check", str(logits), "--chunk-rows", "4", *FAST, "--output", str(out / "r.txt")]
+        args += ["--flagged-rows", str(out / "rows.csv")]  # its temporary file is open, too
         process = subprocess.Popen(
             [sys.executable, "-m", "xentaudit", *args],
             stdout=subprocess.PIPE,

@@ -86,6 +86,11 @@ class Grades:
                     failing |= self.masks[flag]
         return failing
 
+    @property
+    def flagged(self) -> np.ndarray:
+        """(n,) bool: the rows on which a loss or gradient flag fired (``flags_of`` not empty)."""
+        return np.logical_or.reduce([self.masks[f] for f in ROW_FLAGS])
+
     def flags_of(self, row: int) -> tuple[str, ...]:
         """The flags of one row."""
         return tuple(f for f in ROW_FLAGS if self.masks[f][row])

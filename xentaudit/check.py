@@ -2,7 +2,8 @@
 
 Every chunk of rows goes through the audit engine (same reference, implementations, grading
 and flags); per-row grades are reduced on the fly into counts per flag, the worst rows (a small
-heap) and an error histogram, so memory stays bounded by the chunk whatever the file's size.
+heap), an error histogram and exact sums for the means, so memory stays bounded by the chunk
+whatever the file's size. Flagged rows go to the caller's ``on_flagged_row`` chunk by chunk.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from xentaudit.io import (
     prepare,
 )
 from xentaudit.reference import FLOAT64_METHOD
-from xentaudit.results import Check, CheckResult, Skipped, WorstRow
+from xentaudit.results import Check, CheckResult, FlaggedRow, Skipped, WorstRow
 
 WORST_ROWS = 5
 HISTOGRAM = (  # buckets of the relative loss error, by upper bound (NaN counts as > 1)
@@ -60,6 +61,11 @@ HISTOGRAM = (  # buckets of the relative loss error, by upper bound (NaN counts 
     (">1", math.inf),
 )
 Progress = Callable[[int, int], None]
+FlaggedRowSink = Callable[[FlaggedRow], None]
+# Every finite float64 is an integer multiple of 2^-1074, and of 2^-1126 once written as
+# m 2^(e - 53) with m an integer of 53 bits and e >= -1073 (np.frexp's exponent).
+_UNIT_EXPONENT = 1126
+_BINCOUNT_ROWS = 1 << 25  # halves of m have at most 27 bits: 2^25 sums stay below 2^53
 
 
 def default_impls() -> tuple[str, ...]:
@@ -74,6 +80,42 @@ def default_policies(file_dtype: str) -> tuple[str, ...]:
 
 
 @dataclass
+class _ExactMean:
+    """The mean of float64 values seen a chunk at a time, correctly rounded and so independent of
+    the chunking: finite values are summed exactly, as an integer count of 2^-1126, and the one
+    rounding is the final division (Python's int / int rounds correctly). A NaN, or both +inf
+    and -inf, make it NaN; otherwise an infinity makes it that infinity."""
+
+    total: int = 0
+    count: int = 0
+    nan: bool = False
+    infinities: set[float] = field(default_factory=set)
+
+    def add(self, values: np.ndarray) -> None:
+        self.count += values.size
+        self.nan |= bool(np.isnan(values).any())
+        self.infinities.update(np.unique(values[np.isinf(values)]).tolist())
+        mantissa, exponent = np.frexp(values[np.isfinite(values)])
+        m = (mantissa * 2.0**53).astype(np.int64)  # exact: mantissa has 53 significant bits
+        shift = exponent + _UNIT_EXPONENT - 53  # value = m 2^shift units, shift >= 0
+        # Per exponent, the halves of m are summed in float64 by bincount, exactly while the
+        # sums stay below 2^53; then shifted into place as Python integers.
+        for start in range(0, m.size, _BINCOUNT_ROWS):
+            part, at = m[start : start + _BINCOUNT_ROWS], shift[start : start + _BINCOUNT_ROWS]
+            high = np.bincount(at, weights=part >> 26)
+            low = np.bincount(at, weights=part & (2**26 - 1))
+            for s in np.flatnonzero(high.astype(bool) | low.astype(bool)):
+                self.total += ((int(high[s]) << 26) + int(low[s])) << int(s)
+
+    def mean(self) -> float:
+        if self.nan or len(self.infinities) == 2:
+            return math.nan
+        if self.infinities:
+            return next(iter(self.infinities))
+        return self.total / (self.count << _UNIT_EXPONENT)
+
+
+@dataclass
 class _Tally:
     """Running reduction of one implementation x dtype x mode over the chunks."""
 
@@ -85,6 +127,9 @@ class _Tally:
     worst: list[tuple[tuple[int, float, int], WorstRow]] = field(default_factory=list)
     histogram: Counter = field(default_factory=Counter)
     max_loss_scale: float | None = None  # the smallest over the chunks (None: not searched)
+    loss_mean: _ExactMean = field(default_factory=_ExactMean)
+    exact_mean: _ExactMean = field(default_factory=_ExactMean)
+    flagged: int = 0  # rows carrying a loss or gradient flag
 
     def add_scale(self, largest: float | None) -> None:
         """A chunk's largest finite loss scale: the file's is the smallest of its chunks'."""
@@ -95,6 +140,9 @@ class _Tally:
     def add(self, offset: int, loss: np.ndarray, exact: np.ndarray, grades: Grades) -> None:
         n = loss.shape[0]
         self.rows += n
+        self.loss_mean.add(loss)
+        self.exact_mean.add(exact)
+        self.flagged += int(grades.flagged.sum())
         for flag, mask in grades.masks.items():
             self.counts[flag] += int(mask.sum())
         rel = np.where(np.isnan(grades.rel_err), np.inf, grades.rel_err)
@@ -203,6 +251,32 @@ def _lint(batch: Batch, fmt: FloatFormat) -> dict[str, np.ndarray]:
     return lint
 
 
+def _flagged_rows(
+    offset: int,
+    key: tuple[str, str, float, str, str, str],
+    exact: np.ndarray,
+    loss: np.ndarray,
+    grades: Grades,
+) -> Iterator[FlaggedRow]:
+    """The rows of a chunk on which a loss or gradient flag fired, for the result ``key``."""
+    source, name, clip, dtype, policy, mode = key
+    for i in np.flatnonzero(grades.flagged).tolist():
+        yield FlaggedRow(
+            row=offset + i,
+            impl=name,
+            eps=eps_used(name, clip),
+            dtype=dtype,
+            policy=policy,
+            mode=mode,
+            labels=source,
+            flags=grades.flags_of(i),
+            exact=float(exact[i]),
+            loss=float(loss[i]),
+            rel_err=float(grades.rel_err[i]),
+            grad_err=float(grades.grad_err[i]),
+        )
+
+
 def _audit_chunk(
     batch: Batch,
     offset: int,
@@ -216,7 +290,10 @@ def _audit_chunk(
     loss_scale: float | None,
     tallies: dict[tuple[str, str, float, str, str, str], _Tally],
     skipped: dict[tuple[str, str], Skipped],
+    flagged: list[FlaggedRow] | None,
 ) -> None:
+    """Audit one chunk into ``tallies``; its flagged rows are appended to ``flagged`` (unless
+    None) in the order of the results."""
     for source in sources:
         if source == "file":
             labelled = batch
@@ -245,6 +322,10 @@ def _audit_chunk(
                     tally.output_dtype = outcome.output_dtype
                     tally.add(offset, outcome.loss, rounded.ref.loss, grades)
                     tally.add_scale(largest)
+                    if flagged is not None:
+                        flagged.extend(
+                            _flagged_rows(offset, key, rounded.ref.loss, outcome.loss, grades)
+                        )
 
 
 def check_file(
@@ -263,6 +344,7 @@ def check_file(
     progress: Progress | None = None,
     policies: Iterable[str] | None = None,
     loss_scale: float | None = None,
+    on_flagged_row: FlaggedRowSink | None = None,
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
 
@@ -278,6 +360,10 @@ def check_file(
     ``chunk_rows`` at a time (default: about 2M logits per chunk, ``CHUNK_ENTRIES``, which no
     chunk may exceed; a row of more classes is refused, since the exact reference needs whole
     rows).
+
+    ``on_flagged_row`` is called with every row of every result on which a loss or gradient flag
+    fired (``FlaggedRow``), a chunk at a time, in the same order whatever ``chunk_rows``: by row,
+    then in the order of ``results``. The count is the ``Check``'s ``flagged_rows`` either way.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
@@ -311,6 +397,7 @@ def check_file(
     tallies: dict[tuple[str, str, float, str, str, str], _Tally] = {}
     skipped: dict[tuple[str, str], Skipped] = {}
     sources = _label_sources(label_source)
+    flagged: list[FlaggedRow] | None = [] if on_flagged_row is not None else None
     refused = False
     for offset, x, y in prefetched(_chunks(logits, label_source, chunk_rows)):
         for problem, mask in bad_logit_rows(x).items():
@@ -334,7 +421,13 @@ def check_file(
                 loss_scale,
                 tallies,
                 skipped,
+                flagged,
             )
+            if flagged and on_flagged_row is not None:
+                flagged.sort(key=lambda f: f.row)  # stable: results keep their order in a row
+                for row in flagged:
+                    on_flagged_row(row)
+                flagged.clear()
         if progress:
             progress(min(offset + chunk_rows, logits.rows), logits.rows)
     for problem, rows in bad.items():
@@ -350,6 +443,8 @@ def check_file(
             output_dtype=t.output_dtype,
             eps=eps_used(name, clip),
             rows=t.rows,
+            loss_mean=t.loss_mean.mean(),
+            exact_mean=t.exact_mean.mean(),
             flags=tuple(f for f in FLAGS if t.counts.get(f)),
             flag_counts={f: t.counts[f] for f in FLAGS if t.counts.get(f)},
             max_rel_err=t.max_rel_err,
@@ -374,4 +469,5 @@ def check_file(
         skipped=tuple(skipped.values()),
         reference_method=FLOAT64_METHOD,
         loss_scale=loss_scale,
+        flagged_rows=sum(t.flagged for t in tallies.values()),
     )

@@ -45,12 +45,13 @@ from xentaudit.grid import (
 )
 from xentaudit.impls import MODES, REGISTRY, load_tf
 from xentaudit.io import file_or_json, load_inputs, names_a_file
+from xentaudit.report import csv as csv_report
 from xentaudit.report import github as github_report
 from xentaudit.report import json as json_report
 from xentaudit.report import junit as junit_report
 from xentaudit.report import markdown as markdown_report
 from xentaudit.report import table as table_report
-from xentaudit.results import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, SCHEMA_VERSION
+from xentaudit.results import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, SCHEMA_VERSION, FlaggedRow
 
 SEED_LOGITS = [[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]
 SEED_LABELS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
@@ -77,8 +78,9 @@ def one_line(message: str) -> str:
 
 
 class _Signals:
-    """SIGINT and SIGTERM end a command at once: the temporary files of --output are removed,
-    one line goes to stderr and the process exits 130 or 143 with ``os._exit``.
+    """SIGINT and SIGTERM end a command at once: the temporary files of --output and
+    --flagged-rows are removed, one line goes to stderr and the process exits 130 or 143 with
+    ``os._exit``.
 
     No exception unwinds the stack: one raised while Python runs a finalizer or a thread's
     clean-up is printed as "Exception ignored" and lost, and interpreter shutdown would wait for
@@ -594,6 +596,12 @@ def sweep(
 )
 @click.option("--output", metavar="FILE", help="Write the report here (atomically), not stdout.")
 @click.option(
+    "--flagged-rows",
+    metavar="FILE.csv",
+    help="Write every row on which a loss or gradient flag fired (zero-loss included), one CSV "
+    "line per row and result, while streaming (atomically).",
+)
+@click.option(
     "--config",
     "config_path",
     metavar="PYPROJECT",
@@ -612,6 +620,7 @@ def check(
     eps: tuple[float, ...],
     chunk_rows: int | None,
     output: str | None,
+    flagged_rows: str | None,
     config_path: str | None,
     mode: str,
     rtol: float | None,
@@ -628,7 +637,10 @@ def check(
     from xentaudit import config
     from xentaudit.check import check_file
 
-    target = None if output is None else _writable(output)
+    target = None if output is None else _writable(output, "--output")
+    csv_target = None if flagged_rows is None else _writable(flagged_rows, "--flagged-rows")
+    if target is not None and csv_target is not None and target.resolve() == csv_target.resolve():
+        raise ConfigError("--output and --flagged-rows name the same file; give two names")
     used = config.load(Path(config_path) if config_path else None)
     for warning in used.warnings:
         click.echo(f"xentaudit: warning: {warning}", err=True)
@@ -649,7 +661,16 @@ def check(
     fail_flags = parse_flags(fail_on)
     label_input = None if labels is None else file_or_json(labels, "--labels")
     _load_tensorflow()
-    with _progress() as progress:
+    with contextlib.ExitStack() as stack:
+        on_flagged_row = None
+        if csv_target is not None:
+            write = stack.enter_context(_written_atomically(csv_target, "--flagged-rows"))
+            write(csv_report.header())
+
+            def on_flagged_row(row: FlaggedRow) -> None:
+                write(csv_report.line(row))
+
+        progress = stack.enter_context(_progress())
         result = check_file(
             path,
             labels=label_input,
@@ -665,8 +686,11 @@ def check(
             progress=progress,
             policies=policies or None,
             loss_scale=loss_scale,
+            on_flagged_row=on_flagged_row,
         )
-    result = replace(result, config=None if used.path is None else str(used.path))
+    result = replace(
+        result, config=None if used.path is None else str(used.path), flagged_rows_path=flagged_rows
+    )
     if fmt == "json":
         text = json_report.render(result, command="check", fail_on=list(fail_flags))
     elif fmt == "junit":
@@ -686,12 +710,8 @@ def check(
     if target is None:
         _print_report(text)
     else:
-        try:
-            write_atomically(target, text)
-        except OSError as exc:
-            raise ConfigError(
-                f"--output: cannot write {output} ({exc.strerror}); pick a writable path"
-            ) from None
+        with _written_atomically(target, "--output") as write:
+            write(text)
     return result.exit_code(fail_flags)
 
 
@@ -752,26 +772,25 @@ def _print_report(text: str) -> None:
         ) from None
 
 
-def _writable(output: str) -> Path:
-    """The --output path, once a file could be created beside it: refused before any work."""
+def _writable(output: str, option: str) -> Path:
+    """The path given to ``option`` (--output, --flagged-rows), once a file could be created
+    beside it: refused before any work."""
     if not output.strip():
-        raise ConfigError("--output is empty; give a file name")
+        raise ConfigError(f"{option} is empty; give a file name")
     path = Path(output)
     if path.is_dir():
-        raise ConfigError(f"--output {output} is a directory; give a file name")
+        raise ConfigError(f"{option} {output} is a directory; give a file name")
     if path.exists() and not path.is_file():
-        raise ConfigError(
-            f"--output {output} is not a regular file; give a file name (or leave --output out: "
-            "the report goes to stdout)"
-        )
+        instead = " (or leave --output out: the report goes to stdout)" * (option == "--output")
+        raise ConfigError(f"{option} {output} is not a regular file; give a file name{instead}")
     if not path.parent.is_dir():
-        raise ConfigError(f"--output: no such directory: {path.parent}; create it first")
+        raise ConfigError(f"{option}: no such directory: {path.parent}; create it first")
     try:
         with _temporary(path) as (fd, _):
             os.close(fd)
     except OSError as exc:
         raise ConfigError(
-            f"--output: cannot create a file in {path.parent} ({exc.strerror}); pick a "
+            f"{option}: cannot create a file in {path.parent} ({exc.strerror}); pick a "
             "writable directory"
         ) from None
     return path
@@ -791,12 +810,35 @@ def _temporary(path: Path) -> Iterator[tuple[int, str]]:
         _SIGNALS.temporary.discard(tmp)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+@contextlib.contextmanager
+def _written_atomically(path: Path, option: str) -> Iterator[Callable[[str], None]]:
+    """A ``write(text)`` into a temporary file beside ``path``, renamed onto it when the block
+    ends without an exception, removed otherwise (and on SIGINT or SIGTERM): ``path`` is written
+    whole or not at all. A write, flush or rename that fails is one line naming ``option``."""
+
+    def failed(exc: OSError) -> ConfigError:
+        return ConfigError(f"{option}: cannot write {path} ({exc.strerror}); pick a writable path")
+
     with _temporary(path) as (fd, tmp):
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
+        stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
+
+        def write(text: str) -> None:
+            try:
+                stream.write(text)
+            except OSError as exc:
+                raise failed(exc) from None
+
+        try:
+            yield write
+        except BaseException:
+            with contextlib.suppress(OSError):  # what the block raised is the error to report
+                stream.close()
+            raise
+        try:
+            stream.close()
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise failed(exc) from None
 
 
 @contextlib.contextmanager

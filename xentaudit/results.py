@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import cached_property
 
 from xentaudit.flags import CHECK_FAIL_ON, FAILING, FLAGS, Advice
@@ -269,6 +269,10 @@ class CheckResult:
     output_dtype: str
     eps: float | None
     rows: int
+    # means over the rows, each sum exact (one rounding, in the division): NaN when a loss is NaN
+    # (or the losses hold both +inf and -inf); the exact mean is +inf where a label is masked
+    loss_mean: float
+    exact_mean: float
     flags: tuple[str, ...]
     flag_counts: dict[str, int]  # rows on which each flag fired
     max_rel_err: float
@@ -277,6 +281,25 @@ class CheckResult:
     error_histogram: dict[str, int]  # rows per bucket of |L - exact| / max(|exact|, 1)
     policy: str = "float32"  # the Keras dtype policy its Keras layers ran under
     max_loss_scale: float | None = None  # as ImplResult's, over the whole file
+
+
+@dataclass(frozen=True)
+class FlaggedRow:
+    """A row of a ``check`` result on which a loss or gradient flag fired (informational
+    ``zero-loss`` included): what ``--flagged-rows`` writes, one CSV line each."""
+
+    row: int
+    impl: str
+    eps: float | None
+    dtype: str
+    policy: str
+    mode: str
+    labels: str
+    flags: tuple[str, ...]  # as WorstRow's: the row's loss and gradient flags
+    exact: float
+    loss: float
+    rel_err: float  # |loss - exact| / max(|exact|, 1)
+    grad_err: float  # max_j |G - g| on this row
 
 
 @dataclass(frozen=True)
@@ -294,6 +317,8 @@ class Check:
     reference_method: str = "float64"  # "float64" (the compiled kernel) or "float64-numpy"
     config: str | None = None  # the [tool.xentaudit] file whose defaults were used, if any
     loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
+    flagged_rows: int = 0  # rows x results carrying a loss or gradient flag (FlaggedRow's)
+    flagged_rows_path: str | None = None  # where they were written as CSV, if anywhere
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired on any row (lint included), 1 otherwise."""
@@ -301,8 +326,15 @@ class Check:
 
     def verdict(self, fail_on: Iterable[str] = CHECK_FAIL_ON) -> Verdict:
         """The verdict on ``fail_on`` (the exit code's flags): a result fails when one of them
-        fired on any of its rows, and the input fails when one of them is a lint flag it got."""
-        return _verdict(self.results, fail_on, self.lint, "fire a --fail-on flag")
+        fired on any of its rows, and the input fails when one of them is a lint flag it got.
+        Its message ends saying where the flagged rows were written, if they were."""
+        verdict = _verdict(self.results, fail_on, self.lint, "fire a --fail-on flag")
+        if self.flagged_rows_path is None:
+            return verdict
+        rows = f"{self.flagged_rows} flagged row{'' if self.flagged_rows == 1 else 's'}"
+        return replace(
+            verdict, message=f"{verdict.message} {rows} written to {self.flagged_rows_path}."
+        )
 
     def to_dict(self, fail_on: Iterable[str] = CHECK_FAIL_ON) -> dict:
         return {

@@ -375,6 +375,8 @@ def render_check(
         ("mode", "left"),
         ("dtype", "left"),
         ("rows flagged", "left"),
+        ("loss mean", "right"),
+        ("exact mean", "right"),
         ("max rel err", "right"),
         ("grad err", "right"),
         *([("max scale", "right")] if check.loss_scale is not None else []),
@@ -399,6 +401,8 @@ def render_check(
                 )
             ),
             counts,
+            _num(r.loss_mean, 8),
+            _num(r.exact_mean, 8),
             _num(r.max_rel_err, 2),
             _num(r.grad_max_abs_err, 2),
             *([_power_of_two(r.max_loss_scale)] if check.loss_scale is not None else []),
