@@ -8,6 +8,7 @@ import errno
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -123,3 +124,21 @@ def test_a_full_stdout_is_one_line_and_exit_2() -> None:
         "xentaudit: error: cannot write the report to stdout (No space left on device); free "
         "space or redirect stdout\n"
     )
+
+
+def test_a_written_report_gets_the_mode_of_any_new_file(tmp_path) -> None:
+    # Written through a temporary file (mkstemp makes it 0600), the report still ends up with the
+    # mode a file written in place would get: 0666 less the umask.
+    target = tmp_path / "report.json"
+    previous = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(
+            cli,
+            ["check", SEED, "--impl", "tf_sparse_softmax_xent", "--mode", "eager", "--format",
+             "json", "--output", str(target)],
+            catch_exceptions=False,
+        )  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644

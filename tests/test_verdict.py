@@ -123,7 +123,7 @@ def test_compare_json_keeps_its_keys_and_adds_the_verdict() -> None:
     doc = json.loads(json_report.render(audit, command="compare", scale=10.0))
     assert list(doc) == [
         "schema", "command", "scale", "rows", "classes", "reference_method", "results", "skipped",
-        "loss_scale", "verdict",
+        "loss_scale", "model", "verdict",
     ]  # fmt: skip
     assert (doc["schema"], doc["command"], doc["reference_method"]) == (1, "compare", "mpmath")
     naive = doc["results"][4]
@@ -133,7 +133,7 @@ def test_compare_json_keeps_its_keys_and_adds_the_verdict() -> None:
     verdict = doc["verdict"]
     assert list(verdict) == [
         "status", "message", "failing", "failing_lint", "trustworthy", "rows_at_risk",
-        "mode_differences", "advice",
+        "mode_differences", "advice", "alternatives",
     ]  # fmt: skip
     assert verdict["status"] == "fail" and verdict["trustworthy"] == ["fused", "quiet"]
     assert verdict["failing"][0] == {
@@ -161,7 +161,7 @@ def test_check_json_judges_the_verdict_on_its_fail_on() -> None:
     assert list(doc) == [
         "schema", "command", "fail_on", "path", "rows", "classes", "file_dtype", "labels", "lint",
         "results", "skipped", "reference_method", "config", "loss_scale", "flagged_rows",
-        "flagged_rows_path", "verdict",
+        "flagged_rows_path", "gate", "model", "verdict",
     ]  # fmt: skip
     assert doc["fail_on"] == ["grad-wrong"]
     assert [f["impl"] for f in doc["verdict"]["failing"]] == ["naive", "shifted"]

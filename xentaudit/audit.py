@@ -35,20 +35,22 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xentaudit import impls as zoo
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
-from xentaudit.errors import ConfigError
+from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS
-from xentaudit.io import Batch, as_float, prepare
+from xentaudit.io import Batch, as_float, describe_rows, prepare
 from xentaudit.reference import Reference, cross_entropy, grad_error
 from xentaudit.results import Audit, ImplResult, Skipped
 
 if TYPE_CHECKING:
     from xentaudit.impls.tf_zoo import Outcome
+    from xentaudit.model import ModelPath
 
 LOSS_FLAGS = ("nan", "inf", "divergent", "zero-loss")  # first that applies, per row
 GRAD_FLAGS = ("grad-nan", "grad-inf", "grad-blowup", "grad-vanish", "grad-wrong")
@@ -328,6 +330,64 @@ def variants(names: Iterable[str], eps: tuple[float, ...]) -> list[Variant]:
     return out
 
 
+def chosen_impls(impls: Iterable[str], model: str | Path | None) -> tuple[str, ...]:
+    """``impls`` expanded (``zoo.parse_impls``), then, with ``model`` (a ``.keras`` file), the
+    implementation ``model``: the loss path ``read_model_config`` maps, exactly as saved.
+
+    A model compiled with label_smoothing > 0 is refused: its loss scores other labels than
+    the ones given, which the reference does not smooth.
+    """
+    if model is None:
+        return zoo.parse_impls(impls)
+    from xentaudit.model import read_model_config
+
+    path = read_model_config(model)
+    if path.label_smoothing:
+        raise InputError(
+            f"--model {model}: its loss has label_smoothing={path.label_smoothing:g}, which "
+            "xentaudit does not grade; audit a copy compiled with label_smoothing=0"
+        )
+    zoo.use_model(path)
+    names = [name for name in impls if name != zoo.MODEL]  # `--impl model` is implied
+    return (*(zoo.parse_impls(names) if names else ()), zoo.MODEL)
+
+
+def _chosen_model(names: Iterable[str]) -> ModelPath | None:
+    """The loss path ``model`` audits, when it is among ``names``."""
+    return zoo.model_path(zoo.MODEL) if zoo.MODEL in tuple(names) else None
+
+
+def model_description(names: Iterable[str]) -> str | None:
+    """The loss path ``model`` audits, spelled (``ModelPath.describe()``), when it is among
+    ``names``; None otherwise."""
+    path = _chosen_model(names)
+    return None if path is None else path.describe()
+
+
+def refuse_ignored(batch: Batch, names: Iterable[str], offset: int = 0) -> None:
+    """Refuse rows of the class ``model``'s loss ignores (``ignore_class``), when ``model`` is
+    among ``names``: Keras returns 0 and no gradient for them, by design, so they have nothing
+    to grade (rows of every other class are graded as usual)."""
+    path = _chosen_model(names)
+    if path is None or path.ignore_class is None or batch.classes is None:
+        return
+    rows = np.flatnonzero(batch.classes == path.ignore_class)
+    if rows.size:
+        raise InputError(
+            f"{describe_rows(rows + offset)} have class {path.ignore_class}, which the model's "
+            f"loss ignores (ignore_class={path.ignore_class}); audit labels without it"
+        )
+
+
+def policy_variants(
+    policies: Iterable[str], chosen: Iterable[Variant]
+) -> list[tuple[str, Variant]]:
+    """Every variant under every policy, in order; ``model`` once, under its own policy
+    (``zoo.runs_under``): ``--policy`` does not rebuild a saved model."""
+    pairs = itertools.product(policies, chosen)
+    return list(dict.fromkeys((zoo.runs_under(v.impl, p), v) for p, v in pairs))
+
+
 Runs = dict[tuple[str, float, str, str | None], "tuple[Outcome, Grades, float | None]"]
 
 
@@ -430,6 +490,7 @@ def audit(
     timeout: float | None = None,
     policies: Iterable[str] = ("float32",),
     loss_scale: float | None = None,
+    model: str | Path | None = None,
 ) -> Audit:
     """Audit cross-entropy implementations on ``logits`` ``[..., C]`` and ``labels``.
 
@@ -443,15 +504,19 @@ def audit(
     ``timeout`` bounds each run of an implementation, in seconds (an ``ImplementationError``
     past it). With ``loss_scale`` S, gradients are taken of S times the loss, held in the
     compute dtype as training holds them (overflows are ``grad-inf``/``grad-nan``), and each
-    result's ``max_loss_scale`` is searched. Returns an ``Audit``; prints nothing.
+    result's ``max_loss_scale`` is searched. ``model`` (a ``.keras`` file) adds its own loss
+    path as the implementation ``model`` (``chosen_impls``), run under its own dtype policy.
+    Returns an ``Audit``; prints nothing.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
     check_options(eps, rtol, modes, timeout, loss_scale)
-    chosen = variants(zoo.parse_impls(impls), eps)
+    names = chosen_impls(impls, model)
+    chosen = variants(names, eps)
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
     batch = prepare(logits, labels)
+    refuse_ignored(batch, names)
 
     results: list[ImplResult] = []
     skipped: list[Skipped] = []
@@ -468,7 +533,7 @@ def audit(
             method = ref.method
         ref_mean = (math.fsum(ref.loss) + math.fsum(ref.loss_lo)) / ref.loss.size
         runs: Runs = {}
-        for policy, variant in itertools.product(chosen_policies, chosen):
+        for policy, variant in policy_variants(chosen_policies, chosen):
             name = variant.impl
             if zoo.get_impl(name).needs_classes and batch.classes is None:
                 skip = Skipped(name, fmt.name, "needs one-hot or integer labels")
@@ -500,4 +565,12 @@ def audit(
                         max_loss_scale=largest,
                     )
                 )
-    return Audit(batch.shape[0], batch.shape[1], method, tuple(results), tuple(skipped), loss_scale)
+    return Audit(
+        batch.shape[0],
+        batch.shape[1],
+        method,
+        tuple(results),
+        tuple(skipped),
+        loss_scale,
+        model_description(names),
+    )

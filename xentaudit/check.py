@@ -9,7 +9,6 @@ whatever the file's size. Flagged rows go to the caller's ``on_flagged_row`` chu
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -25,8 +24,12 @@ from xentaudit.audit import (
     Unrepresentable,
     Variant,
     check_options,
+    chosen_impls,
     eps_used,
     eps_values,
+    model_description,
+    policy_variants,
+    refuse_ignored,
     round_to,
     run_shared,
     variants,
@@ -300,13 +303,14 @@ def _audit_chunk(
         else:
             pick = np.argmax if source == "predicted" else np.argmin
             labelled = Batch(batch.logits, None, pick(as_float(batch.logits), axis=1))
+        refuse_ignored(labelled, (v.impl for v in chosen), offset)
         for fmt in formats:
             try:
                 rounded = round_to(labelled, fmt, method="float64")
             except Unrepresentable as exc:
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
             runs: Runs = {}
-            for policy, variant in itertools.product(policies, chosen):
+            for policy, variant in policy_variants(policies, chosen):
                 name = variant.impl
                 if zoo.get_impl(name).needs_classes and labelled.classes is None:
                     skipped[(name, fmt.name)] = Skipped(
@@ -345,6 +349,7 @@ def check_file(
     policies: Iterable[str] | None = None,
     loss_scale: float | None = None,
     on_flagged_row: FlaggedRowSink | None = None,
+    model: str | Path | None = None,
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
 
@@ -364,11 +369,16 @@ def check_file(
     ``on_flagged_row`` is called with every row of every result on which a loss or gradient flag
     fired (``FlaggedRow``), a chunk at a time, in the same order whatever ``chunk_rows``: by row,
     then in the order of ``results``. The count is the ``Check``'s ``flagged_rows`` either way.
+
+    ``model`` (a ``.keras`` file) audits its own loss path as the implementation ``model``
+    (``audit.chosen_impls``), under its own dtype policy; with ``impls`` None the ``Check``
+    gates on ``model`` alone (``gate``), the zoo beside it as alternatives.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
     check_options(eps, rtol, modes, timeout, loss_scale)
-    chosen = variants(zoo.parse_impls(impls if impls is not None else default_impls()), eps)
+    names = chosen_impls(impls if impls is not None else default_impls(), model)
+    chosen = variants(names, eps)
     logits, label_source = open_arrays(
         Path(path),
         labels if labels is None or isinstance(labels, np.ndarray) else Path(labels),
@@ -470,4 +480,6 @@ def check_file(
         reference_method=FLOAT64_METHOD,
         loss_scale=loss_scale,
         flagged_rows=sum(t.flagged for t in tallies.values()),
+        gate=(zoo.MODEL,) if model is not None and impls is None else None,
+        model=model_description(names),
     )

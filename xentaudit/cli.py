@@ -9,6 +9,7 @@ library leaves the process's environment, logging and file descriptors alone.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import numpy as np
 from click.core import ParameterSource
 
 from xentaudit import __version__
-from xentaudit.audit import MAX_TIMEOUT, audit
+from xentaudit.audit import MAX_TIMEOUT, audit, chosen_impls
 from xentaudit.dtypes import FORMATS, get_format, parse_dtypes
 from xentaudit.errors import ConfigError, XentauditError
 from xentaudit.flags import CHECK_FAIL_ON, FLAGS
@@ -314,6 +315,16 @@ def policy_option(default: str) -> Callable:
     )
 
 
+def model_option() -> Callable:
+    """--model: audit a saved model's own loss path as the implementation `model`."""
+    return click.option(
+        "--model",
+        metavar="FILE.keras",
+        help="Audit this saved model's own loss path (final activation under its dtype policy, "
+        "then its compiled loss, read from config.json alone) as the implementation `model`.",
+    )
+
+
 def count_option(name: str, low: int, high: int, default: int, help: str) -> Callable:
     """An integer option within [low, high]; --help shows the range and the default."""
     return click.option(
@@ -399,6 +410,7 @@ def _load_tensorflow() -> None:
     metavar="NAME",
     help="Implementation to audit; repeatable (default: all).",
 )
+@model_option()
 @policy_option("float32")
 @eps_option(1e-7)
 @shared_options()
@@ -411,6 +423,7 @@ def compare(
     scale: float | None,
     dtypes: tuple[str, ...],
     impls: tuple[str, ...],
+    model: str | None,
     policies: tuple[str, ...],
     eps: tuple[float, ...],
     mode: str,
@@ -453,11 +466,14 @@ def compare(
         timeout=timeout,
         policies=policies or ("float32",),
         loss_scale=loss_scale,
+        model=model,
     )
     if fmt == "json":
         text = json_report.render(result, command="compare", scale=scale)
     else:
         title = f"xentaudit compare: {result.rows} rows x {result.classes} classes, scale {scale:g}"
+        if result.model is not None:
+            title += f"; model: {result.model}"
         color, width = _color_and_width(sys.stdout)
         text = table_report.render(result, title=title, color=color, width=width)
     _print_report(text)
@@ -575,7 +591,7 @@ def sweep(
 
 
 @cli.command()
-@click.argument("path", metavar="FILE")
+@click.argument("path", metavar="[FILE]", required=False)
 @label_options("the .npz's --labels-key array")
 @click.option(
     "--impl",
@@ -589,6 +605,19 @@ def sweep(
 )
 @policy_option("float32, and mixed_float16 or mixed_bfloat16 for a float16 or bfloat16 file")
 @eps_option(1e-7)
+@model_option()
+@click.option(
+    "--inputs",
+    metavar="X.npy",
+    help="With --model and --labels, instead of FILE: compute the logits from these inputs in "
+    "batches (the model loaded in Keras' safe mode) and audit them.",
+)
+@click.option(
+    "--save-logits",
+    metavar="FILE.npz",
+    help="With --inputs: keep the computed logits and the labels in this .npz (atomically), "
+    "for later `check FILE.npz --model ...` runs.",
+)
 @click.option(
     "--chunk-rows",
     type=click.IntRange(min=1),
@@ -610,7 +639,7 @@ def sweep(
 @shared_options(CHECK_FAIL_ON)
 @format_option("table", "json", "junit", "github")
 def check(
-    path: str,
+    path: str | None,
     labels: str | None,
     logits_key: str,
     labels_key: str,
@@ -618,6 +647,9 @@ def check(
     dtypes: tuple[str, ...],
     policies: tuple[str, ...],
     eps: tuple[float, ...],
+    model: str | None,
+    inputs: str | None,
+    save_logits: str | None,
     chunk_rows: int | None,
     output: str | None,
     flagged_rows: str | None,
@@ -631,16 +663,26 @@ def check(
 ) -> int:
     """Audit saved logits (.npy, or .npz with logits and labels): the CI gate.
 
-    Exit code 1 when a --fail-on flag fires on any row, 0 otherwise, 2 for bad input or
-    options, 3 for an internal error (a bug in xentaudit, never a verdict).
+    With --model, the saved model's own loss path is audited as `model` and gates the run (the
+    rest of the zoo is shown beside it). Exit code 1 when a --fail-on flag fires on any row,
+    0 otherwise, 2 for bad input or options, 3 for an internal error (a bug in xentaudit, never
+    a verdict).
     """
     from xentaudit import config
-    from xentaudit.check import check_file
+    from xentaudit.check import check_file, default_impls
 
+    _check_sources(path, model, inputs, labels, save_logits)
     target = None if output is None else _writable(output, "--output")
     csv_target = None if flagged_rows is None else _writable(flagged_rows, "--flagged-rows")
-    if target is not None and csv_target is not None and target.resolve() == csv_target.resolve():
-        raise ConfigError("--output and --flagged-rows name the same file; give two names")
+    saved = None if save_logits is None else _writable(save_logits, "--save-logits")
+    named = [
+        (o, p.resolve())
+        for o, p in (("--output", target), ("--flagged-rows", csv_target), ("--save-logits", saved))
+        if p is not None
+    ]
+    for (first, one), (second, other) in itertools.combinations(named, 2):
+        if one == other:
+            raise ConfigError(f"{first} and {second} name the same file; give two names")
     used = config.load(Path(config_path) if config_path else None)
     for warning in used.warnings:
         click.echo(f"xentaudit: warning: {warning}", err=True)
@@ -662,6 +704,11 @@ def check(
     label_input = None if labels is None else file_or_json(labels, "--labels")
     _load_tensorflow()
     with contextlib.ExitStack() as stack:
+        if inputs is not None:
+            assert model is not None and label_input is not None  # _check_sources
+            chosen_impls(impls or default_impls(), model)  # refused before the model runs
+            path = str(stack.enter_context(_computed_logits(model, inputs, label_input, saved)))
+            label_input, logits_key, labels_key = None, "logits", "labels"
         on_flagged_row = None
         if csv_target is not None:
             write = stack.enter_context(_written_atomically(csv_target, "--flagged-rows"))
@@ -671,6 +718,7 @@ def check(
                 write(csv_report.line(row))
 
         progress = stack.enter_context(_progress())
+        assert path is not None  # _check_sources: FILE, or --inputs computed into one
         result = check_file(
             path,
             labels=label_input,
@@ -687,9 +735,16 @@ def check(
             policies=policies or None,
             loss_scale=loss_scale,
             on_flagged_row=on_flagged_row,
+            model=model,
         )
     result = replace(
-        result, config=None if used.path is None else str(used.path), flagged_rows_path=flagged_rows
+        result,
+        path=path if inputs is None else f"{inputs} through {model}",
+        labels=result.labels if inputs is None else f"--labels {labels}",
+        config=None if used.path is None else str(used.path),
+        flagged_rows_path=flagged_rows,
+        # an explicit --fail-on judges every implementation, as without --model
+        gate=result.gate if unset("fail_on") and "fail-on" not in table else None,
     )
     if fmt == "json":
         text = json_report.render(result, command="check", fail_on=list(fail_flags))
@@ -713,6 +768,52 @@ def check(
         with _written_atomically(target, "--output") as write:
             write(text)
     return result.exit_code(fail_flags)
+
+
+def _check_sources(
+    path: str | None,
+    model: str | None,
+    inputs: str | None,
+    labels: str | None,
+    save_logits: str | None,
+) -> None:
+    """Refuse a `check` without exactly one source of logits: FILE, or --inputs (with --model
+    and --labels); --save-logits only with --inputs, and named .npz."""
+    if path is not None and inputs is not None:
+        raise ConfigError("FILE and --inputs both give logits; pass one of them")
+    if path is None and inputs is None:
+        raise ConfigError("missing FILE: pass saved logits, or --model and --inputs")
+    if inputs is not None and (model is None or labels is None):
+        raise ConfigError("--inputs needs --model (to compute the logits) and --labels")
+    if save_logits is not None and inputs is None:
+        raise ConfigError("--save-logits needs --inputs (it keeps the logits computed from them)")
+    if save_logits is not None and not save_logits.endswith(".npz"):
+        raise ConfigError(f"--save-logits {save_logits}: name a .npz file (FILE.npz)")
+
+
+@contextlib.contextmanager
+def _computed_logits(
+    model: str, inputs: str, labels: Path | np.ndarray, saved: Path | None
+) -> Iterator[Path]:
+    """An ``.npz`` of the logits the model computes on ``inputs``, and ``labels``: written to
+    ``saved`` (--save-logits) atomically, or else to a temporary file removed at the end of
+    the block; either way a temporary file beside the target is removed on failure and on
+    SIGINT or SIGTERM."""
+    from xentaudit.model import save_logits
+
+    target = saved or Path(tempfile.gettempdir()) / "xentaudit-logits"
+    with _temporary(target, ".tmp" if saved else ".npz") as (fd, tmp):
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                save_logits(model, inputs, labels, stream)
+            if saved is not None:
+                os.replace(tmp, saved)
+        except OSError as exc:
+            where = "--save-logits" if saved else "the logits computed from --inputs"
+            raise ConfigError(
+                f"{where}: cannot write {tmp} ({exc.strerror}); free space or pick a writable path"
+            ) from None
+        yield saved or Path(tmp)
 
 
 @cli.command("list")
@@ -797,12 +898,17 @@ def _writable(output: str, option: str) -> Path:
 
 
 @contextlib.contextmanager
-def _temporary(path: Path) -> Iterator[tuple[int, str]]:
-    """A new temporary file beside ``path``, as (descriptor, name): removed at the end of the
-    block, or on SIGINT or SIGTERM, unless renamed by then."""
+def _temporary(path: Path, suffix: str = ".tmp") -> Iterator[tuple[int, str]]:
+    """A new temporary file beside ``path``, as (descriptor, name) ending in ``suffix``: removed
+    at the end of the block, or on SIGINT or SIGTERM, unless renamed by then."""
     with _SIGNALS.held():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
         _SIGNALS.temporary.add(tmp)
+    # mkstemp makes the file private (0600); a report or logits file gets the mode any new file
+    # gets here (0666 less the umask), as if it had been written in place.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     try:
         yield fd, tmp
     finally:

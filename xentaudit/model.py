@@ -10,12 +10,13 @@ Keras and TensorFlow are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -451,22 +452,78 @@ def _batches(
     inputs: str | Path | np.ndarray | Iterable[np.ndarray], batch_size: int
 ) -> Iterator[np.ndarray]:
     if isinstance(inputs, (str, Path)):
-        regular_file(Path(inputs), "--inputs", "a .npy file")
-        try:
-            loaded = np.load(inputs, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            loaded = exc
-        if (
-            not isinstance(loaded, np.ndarray)
-            or loaded.ndim == 0
-            or loaded.dtype.kind not in "biuf"
-        ):
-            raise InputError(
-                f"--inputs {_name(inputs)}: not a .npy file of numbers with a row axis; save the "
-                "model's inputs with np.save"
-            )
-        inputs = loaded
+        inputs = _rows_of(inputs, "--inputs", "the model's inputs")
     if isinstance(inputs, np.ndarray):
         # np.array copies one batch out of the memory map: one batch in memory at a time.
         return (np.array(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size))
     return iter(inputs)
+
+
+def write_npz(
+    stream: BinaryIO, logits: Iterator[np.ndarray], rows: int, labels: np.ndarray
+) -> None:
+    """Write ``logits`` (batches of ``rows`` rows in all) and ``labels`` to ``stream`` as an
+    uncompressed ``.npz`` with members ``logits`` and ``labels``, one batch in memory at a time.
+
+    ``np.savez`` needs whole arrays; here each member is a ``.npy`` header (numpy/lib/format.py,
+    its shape known from the first batch and ``rows``) followed by the batches' bytes, streamed
+    into a zip64 member.
+    """
+    first = next(logits)
+    dtype = first.dtype
+    with zipfile.ZipFile(stream, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("logits.npy", "w", force_zip64=True) as member:
+            shape = (rows, *first.shape[1:])
+            np.lib.format.write_array_header_2_0(
+                member,
+                {
+                    "descr": np.lib.format.dtype_to_descr(dtype),
+                    "fortran_order": False,
+                    "shape": shape,
+                },
+            )
+            for batch in itertools.chain([first], logits):
+                member.write(np.ascontiguousarray(batch, dtype=dtype).tobytes())
+        with archive.open("labels.npy", "w", force_zip64=True) as member:
+            # A memory map is written a buffer at a time (numpy/lib/format.py write_array).
+            np.lib.format.write_array(member, labels, allow_pickle=False)
+
+
+def _rows_of(path: str | Path, option: str, what: str) -> np.ndarray:
+    """The ``.npy`` file ``path`` given as ``option`` (``what`` it should hold), memory-mapped,
+    never unpickled: an array of numbers with a row axis."""
+    regular_file(Path(path), option, "a .npy file")
+    try:
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        loaded = exc
+    if not isinstance(loaded, np.ndarray) or loaded.ndim == 0 or loaded.dtype.kind not in "biuf":
+        raise InputError(
+            f"{option} {_name(path)}: not a .npy file of numbers with a row axis; save {what} "
+            "with np.save"
+        )
+    return loaded
+
+
+def save_logits(
+    keras_path: str | Path,
+    inputs: str | Path,
+    labels: str | Path | np.ndarray,
+    stream: BinaryIO,
+    batch_size: int = 1024,
+) -> None:
+    """Write the logits of the saved model on the ``.npy`` ``inputs`` (``logits_from_inputs``)
+    and ``labels`` (a ``.npy`` file or an array, one per input row) to ``stream`` as an ``.npz``
+    that ``check`` reads (``write_npz``), one batch in memory at a time. Row counts are checked
+    before the model is loaded."""
+    rows = len(_rows_of(inputs, "--inputs", "the model's inputs"))
+    if rows == 0:
+        raise InputError(f"--inputs {_name(inputs)} has no rows; pass at least one input")
+    if not isinstance(labels, np.ndarray):
+        labels = _rows_of(labels, "--labels", "the labels")
+    if labels.ndim == 0 or len(labels) != rows:
+        raise InputError(
+            f"--labels has {len(labels) if labels.ndim else 0} rows but --inputs has {rows}; "
+            "pass one label per input row"
+        )
+    write_npz(stream, logits_from_inputs(keras_path, inputs, batch_size), rows, labels)

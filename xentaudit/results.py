@@ -106,6 +106,9 @@ class Verdict:
     rows_at_risk: tuple[RowAtRisk, ...]  # the worst failing rows of each failing result
     mode_differences: tuple[ModeDifference, ...]  # MODE_NOTE says why they matter
     advice: dict[str, Advice]  # every flag that fired (lint included), in FLAGS order
+    # with a gate (`check --model`): each alternative -> the gated results' failing flags that
+    # switching to it would remove (those it does not fire itself)
+    alternatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ class Audit:
     results: tuple[ImplResult, ...]
     skipped: tuple[Skipped, ...] = field(default=())
     loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
+    model: str | None = None  # the loss path audited as `model` (ModelPath.describe()), if any
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired anywhere, 1 otherwise (2 is for usage errors)."""
@@ -319,16 +323,31 @@ class Check:
     loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
     flagged_rows: int = 0  # rows x results carrying a loss or gradient flag (FlaggedRow's)
     flagged_rows_path: str | None = None  # where they were written as CSV, if anywhere
+    # the implementations the exit code and the verdict judge (None: every one); the others
+    # are alternatives shown beside them (`check --model`: the model's own loss path gates)
+    gate: tuple[str, ...] | None = None
+    model: str | None = None  # the loss path audited as `model` (ModelPath.describe()), if any
+
+    @property
+    def gated(self) -> tuple[CheckResult, ...]:
+        """The results the exit code and the verdict judge: those of the ``gate``."""
+        return tuple(r for r in self.results if self.gate is None or r.impl in self.gate)
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
-        """0 when none of ``fail_on`` fired on any row (lint included), 1 otherwise."""
-        return exit_code(fail_on, [tuple(self.lint), *(r.flags for r in self.results)])
+        """0 when none of ``fail_on`` fired on any row of a gated result (lint included), 1
+        otherwise."""
+        return exit_code(fail_on, [tuple(self.lint), *(r.flags for r in self.gated)])
 
     def verdict(self, fail_on: Iterable[str] = CHECK_FAIL_ON) -> Verdict:
-        """The verdict on ``fail_on`` (the exit code's flags): a result fails when one of them
-        fired on any of its rows, and the input fails when one of them is a lint flag it got.
-        Its message ends saying where the flagged rows were written, if they were."""
-        verdict = _verdict(self.results, fail_on, self.lint, "fire a --fail-on flag")
+        """The verdict on ``fail_on`` (the exit code's flags): a gated result fails when one of
+        them fired on any of its rows, and the input fails when one of them is a lint flag it
+        got. With a ``gate``, it says for each alternative which of the gated results' failing
+        flags switching to it would remove. Its message ends saying where the flagged rows
+        were written, if they were."""
+        fail_on = tuple(fail_on)
+        verdict = _verdict(self.gated, fail_on, self.lint, "fire a --fail-on flag")
+        if self.gate is not None:
+            verdict = _with_alternatives(verdict, self.results, self.gate, fail_on)
         if self.flagged_rows_path is None:
             return verdict
         rows = f"{self.flagged_rows} flagged row{'' if self.flagged_rows == 1 else 's'}"
@@ -448,6 +467,37 @@ def _verdict(
         mode_differences=_mode_differences(results),
         advice={name: flag.explained for name, flag in FLAGS.items() if name in fired},
     )
+
+
+def _with_alternatives(
+    verdict: Verdict, results: Sequence[CheckResult], gate: Sequence[str], fail_on: Sequence[str]
+) -> Verdict:
+    """``verdict`` with what switching to each alternative (a result's implementation outside
+    ``gate``) would remove: the gated failing flags it does not fire itself."""
+    fired = tuple(dict.fromkeys(f for r in verdict.failing for f in r.flags))
+    alternatives: dict[str, set[str]] = {}
+    for r in results:
+        if r.impl not in gate:
+            alternatives.setdefault(r.impl, set()).update(f for f in r.flags if f in fail_on)
+    removed = {impl: tuple(f for f in fired if f not in own) for impl, own in alternatives.items()}
+    gated = ", ".join(gate)
+    if not alternatives:
+        note = ""
+    elif fired:
+        each = "; ".join(
+            f"{impl} would remove {', '.join(flags) or 'none'}" + _adds(alternatives[impl], fired)
+            for impl, flags in removed.items()
+        )
+        note = f" Switching from {gated} to an alternative (not gating): {each}."
+    else:
+        note = f" The {len(alternatives)} alternatives shown beside {gated} do not gate the run."
+    return replace(verdict, message=verdict.message + note, alternatives=removed)
+
+
+def _adds(own: set[str], fired: Sequence[str]) -> str:
+    """`` but fire nan, inf``: the flags an alternative fires that the gated results do not."""
+    added = [f for f in FLAGS if f in own and f not in fired]
+    return f" but fire {', '.join(added)}" if added else ""
 
 
 # --- sweep summary ---------------------------------------------------------------------------

@@ -18,12 +18,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xentaudit.choices import expand, unknown
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError, UnknownImplementationError, XentauditError
 from xentaudit.io import regular_file
+
+if TYPE_CHECKING:
+    from xentaudit.model import ModelPath
 
 MODES = ("eager", "graph")
 # Keras dtype policies -> their compute dtype: a layer built under the policy casts its inputs to
@@ -47,7 +50,7 @@ class Impl:
     name: str
     summary: str  # what it is: the formula or the API call, in one line
     takes: str  # what the loss function itself consumes: "logits" or "probabilities"
-    family: str  # "hand-written", "tensorflow", "keras", "misuse" or "user"
+    family: str  # "hand-written", "tensorflow", "keras", "misuse", "user" or "model"
     eps: str | None = None  # "option": clips with --eps; "keras": with keras.config.epsilon()
     needs_classes: bool = False  # needs one-hot or integer labels
     backend: str = "tensorflow"
@@ -192,6 +195,40 @@ def _load_user_loss(spec: str) -> Impl:
     return Impl(spec, f"your loss {fn_name} from {target}", "logits", "user")
 
 
+MODEL = "model"  # the name a saved model's own loss path is audited under (--model)
+_MODELS: dict[str, ModelPath] = {}
+
+
+def use_model(path: ModelPath) -> None:
+    """Audit ``path`` (a saved model's loss path) as the implementation ``model`` from now on:
+    a dynamic implementation, as a user's ``file.py:fn``, that runs under its own policy."""
+    _MODELS[MODEL] = path
+
+
+def model_path(name: str) -> ModelPath | None:
+    """The loss path implementation ``name`` runs (``model``, once ``use_model`` set it), or
+    None for every other implementation."""
+    return _MODELS.get(name)
+
+
+def model_policy(path: ModelPath) -> str:
+    """The Keras dtype policy ``model`` runs under: its final layer's (the global one, None,
+    is float32 unless the process changed it)."""
+    return path.policy or "float32"
+
+
+def _model_impl(path: ModelPath) -> Impl:
+    return Impl(
+        MODEL,
+        path.describe(),
+        "logits",
+        "model",
+        eps=None if path.from_logits else "keras",
+        needs_classes=path.sparse,
+        keras_layer=path.activation != "none",
+    )
+
+
 RETRY_ALARM = 0.25  # seconds between alarms after the first, should a loss swallow one
 
 
@@ -285,6 +322,9 @@ def get_impl(name: str) -> Impl:
     """Look an implementation up by its canonical name, or load a user's ``file.py:fn``."""
     if ":" in name:
         return _load_user_loss(name)
+    path = model_path(name)
+    if path is not None:
+        return _model_impl(path)
     try:
         return REGISTRY[name]
     except KeyError:
@@ -322,8 +362,19 @@ def computes_in(name: str, policy: str) -> str | None:
     """The dtype implementation ``name`` computes its Keras layers in under ``policy`` (the
     policy's compute dtype), or None when it runs no Keras layer and the policy does not touch
     it."""
+    path = model_path(name)
+    if path is not None:  # its own policy, whatever ``policy`` says
+        own = model_policy(path)
+        return POLICIES.get(own, own) if _model_impl(path).keras_layer else None
     impl = REGISTRY.get(name)  # a user's loss takes the logits as given, as the zoo's tf.nn ones
     return POLICIES[policy] if impl is not None and impl.keras_layer else None
+
+
+def runs_under(name: str, policy: str) -> str:
+    """The policy implementation ``name`` runs under when ``policy`` is asked for: ``model``'s
+    own (``--policy`` does not rebuild it), ``policy`` for every other one."""
+    path = model_path(name)
+    return policy if path is None else model_policy(path)
 
 
 def load_tf() -> ModuleType:

@@ -7,6 +7,7 @@ implementations that need them). Gradients are what ``tf.GradientTape`` produces
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,8 +15,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from xentaudit import model
 from xentaudit.errors import ImplementationError
-from xentaudit.impls import Expired, get_impl, time_limit, user_code, user_loss
+from xentaudit.impls import Expired, get_impl, model_path, time_limit, user_code, user_loss
 from xentaudit.io import as_float
 
 # fn(labels, classes, logits, eps) -> per-row losses; eps is used by `clipped` only.
@@ -103,9 +105,17 @@ def keras_epsilon() -> float:
     return float(keras.config.epsilon())
 
 
+# One rebuild per loss path: ModelPath is frozen, so equal paths share their Keras objects.
+_model_loss = functools.cache(model.model_loss)
+
+
 def loss_fn(name: str, policy: str) -> LossFn:
     """The loss function registered under ``name`` as it runs under the Keras dtype policy
-    ``policy`` (implementations with Keras layers are built per policy), or the user's loss."""
+    ``policy`` (implementations with Keras layers are built per policy), the user's loss, or
+    the saved model's loss path (``model``, under its own policy whatever ``policy`` says)."""
+    path = model_path(name)
+    if path is not None:
+        return _model_loss(path)
     user = user_loss(name)
     if user is not None:
         return lambda y, classes, x, eps: user(y, x)
@@ -124,7 +134,8 @@ class Outcome:
     output_dtype: str
 
 
-_GRAPH_CACHE: dict[tuple[str, str, str], Callable] = {}
+# (name, dtype, policy, model's loss path or None) -> the traced step
+_GRAPH_CACHE: dict[tuple[str, str, str, model.ModelPath | None], Callable] = {}
 
 
 def _with_gradient(fn: LossFn) -> Callable:
@@ -194,7 +205,7 @@ def run(
     y = tf.constant(labels) if labels is not None else tf.one_hot(k, logits.shape[1], dtype=x.dtype)
     e = tf.constant(eps, dtype=x.dtype)
     s = tf.constant(loss_scale, dtype=tf.float64)
-    key = (name, x.dtype.name, policy)
+    key = (name, x.dtype.name, policy, model_path(name))
     if mode == "eager":
         step = _with_gradient(loss_fn(name, policy))
     else:

@@ -367,6 +367,9 @@ def render_check(
         ),
         sep="\n",
     )
+    if check.model is not None:
+        gates = " (gates the run; the rest are alternatives)" if check.gate else ""
+        console.print(Text(f"model: {check.model}{gates}"))
     for flag, rows in check.lint.items():
         console.print(Text(f"input: {flag} on {rows} of {check.rows} rows", style="yellow"))
     table = _columns(
