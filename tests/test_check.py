@@ -257,3 +257,14 @@ def test_every_report_names_the_reference_method_actually_used(tmp_path) -> None
     table = run(str(FIXTURES / "clean.npz"), *FAST)
     kernel = "compiled kernel" if FLOAT64_METHOD == "float64" else "numpy"
     assert f"exact values: float64 max-separated log-sum-exp ({kernel})" in table.stdout
+
+
+def test_only_a_default_zoo_offers_to_pin_its_fused_losses() -> None:
+    seed = FIXTURES / "seed_scale10.npz"
+    default = check_file(seed, modes=["eager"])
+    assert default.pinnable == (
+        "tf_softmax_xent", "tf_sparse_softmax_xent", "keras_cce_logits", "keras_scce_logits"
+    )  # fmt: skip
+    assert default.verdict().message.startswith("Only implementations outside the fused")
+    named = check_file(seed, impls=["clipped", "tf_softmax_xent"], modes=["eager"])
+    assert named.pinnable == () and not named.verdict().message.startswith("Only")

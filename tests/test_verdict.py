@@ -161,7 +161,7 @@ def test_check_json_judges_the_verdict_on_its_fail_on() -> None:
     assert list(doc) == [
         "schema", "command", "fail_on", "path", "rows", "classes", "file_dtype", "labels", "lint",
         "results", "skipped", "reference_method", "config", "loss_scale", "flagged_rows",
-        "flagged_rows_path", "gate", "model", "verdict",
+        "flagged_rows_path", "gate", "model", "pinnable", "verdict",
     ]  # fmt: skip
     assert doc["fail_on"] == ["grad-wrong"]
     assert [f["impl"] for f in doc["verdict"]["failing"]] == ["naive", "shifted"]
@@ -205,3 +205,17 @@ def test_the_default_gate_fails_a_file_of_probabilities_or_log_probabilities() -
         assert verdict.status == status, lint
         assert check.exit_code(CHECK_FAIL_ON) == (1 if status == "fail" else 0)
     assert "grad-wrong" not in CHECK_FAIL_ON
+
+
+def test_the_verdict_offers_to_pin_the_fused_losses_when_only_others_fail() -> None:
+    # check_case: "keras" and "naive" fail, "fused" passes. With "fused" among the fused losses
+    # audited by default, the verdict says so first and prints the lines that pin it.
+    base = check_case()
+    hinted = replace(base, pinnable=("fused",)).verdict().message
+    assert hinted.startswith("Only implementations outside the fused losses on logits fail;")
+    assert '--impl fused, or [tool.xentaudit] impls = ["fused"], or --model model.keras.' in hinted
+    assert hinted.endswith(base.verdict().message)  # the rest of the verdict is unchanged
+    assert replace(base, pinnable=("fused",)).exit_code(CHECK_FAIL_ON) == 1  # the gate stays
+    # A failing fused loss, or implementations the user named (nothing pinnable): no hint.
+    assert not replace(base, pinnable=("naive",)).verdict().message.startswith("Only")
+    assert not base.verdict().message.startswith("Only")

@@ -482,4 +482,9 @@ def check_file(
         flagged_rows=sum(t.flagged for t in tallies.values()),
         gate=(zoo.MODEL,) if model is not None and impls is None else None,
         model=model_description(names),
+        # No implementation named and no model: the user's own loss is unknown. The fused
+        # losses on logits are the ones a model most likely uses (see Check.verdict).
+        pinnable=tuple(n for n in names if zoo.REGISTRY[n].fused)
+        if impls is None and model is None
+        else (),
     )

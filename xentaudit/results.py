@@ -327,6 +327,9 @@ class Check:
     # are alternatives shown beside them (`check --model`: the model's own loss path gates)
     gate: tuple[str, ...] | None = None
     model: str | None = None  # the loss path audited as `model` (ModelPath.describe()), if any
+    # with no implementation named (nor --model): the fused losses on logits audited, which the
+    # verdict offers to pin when only other implementations fail
+    pinnable: tuple[str, ...] = ()
 
     @property
     def gated(self) -> tuple[CheckResult, ...]:
@@ -348,6 +351,9 @@ class Check:
         verdict = _verdict(self.gated, fail_on, self.lint, "fire a --fail-on flag")
         if self.gate is not None:
             verdict = _with_alternatives(verdict, self.results, self.gate, fail_on)
+        failing = {f.impl for f in verdict.failing}
+        if self.pinnable and failing and not failing & set(self.pinnable):
+            verdict = replace(verdict, message=_pin_hint(self.pinnable) + verdict.message)
         if self.flagged_rows_path is None:
             return verdict
         rows = f"{self.flagged_rows} flagged row{'' if self.flagged_rows == 1 else 's'}"
@@ -492,6 +498,16 @@ def _with_alternatives(
     else:
         note = f" The {len(alternatives)} alternatives shown beside {gated} do not gate the run."
     return replace(verdict, message=verdict.message + note, alternatives=removed)
+
+
+def _pin_hint(fused: Sequence[str]) -> str:
+    """What to say first when only implementations outside the fused losses on logits fail."""
+    first = fused[0]
+    return (
+        f"Only implementations outside the fused losses on logits fail; those pass "
+        f"({', '.join(fused)}). If your model uses one of them, gate on it alone: "
+        f'--impl {first}, or [tool.xentaudit] impls = ["{first}"], or --model model.keras. '
+    )
 
 
 def _adds(own: set[str], fired: Sequence[str]) -> str:

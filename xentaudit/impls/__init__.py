@@ -63,6 +63,12 @@ class Impl:
         return LABEL_KINDS[:2] if self.needs_classes else LABEL_KINDS
 
     @property
+    def fused(self) -> bool:
+        """A framework's fused loss on logits (log-softmax and the loss in one op or one Keras
+        loss with from_logits=True): what a model that computes its loss well uses."""
+        return self.takes == "logits" and self.family in ("tensorflow", "keras")
+
+    @property
     def clip(self) -> str:
         """Where its probability clip comes from, read when it runs: ``CLIPS``."""
         return CLIPS[self.eps]
