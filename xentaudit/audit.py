@@ -78,15 +78,15 @@ class Grades:
     half_layer: bool = False  # a Keras (Softmax) layer computed in float16 or bfloat16
 
     @property
+    def failing(self) -> np.ndarray:
+        """(n,) bool: the rows on which a failing kind of flag fired."""
+        return np.logical_or.reduce([self.masks[f] for f in ROW_FLAGS if FLAGS[f].failing])
+
+    @property
     def half_softmax(self) -> np.ndarray:
         """(n,) bool: the rows ``half-softmax`` applies to: a failing flag fired on them and a
         Keras Softmax layer computed in half precision (the mixed-precision guide's pitfall)."""
-        failing = np.zeros(self.rel_err.shape[0], dtype=bool)
-        if self.half_layer:
-            for flag in ROW_FLAGS:
-                if FLAGS[flag].failing:
-                    failing |= self.masks[flag]
-        return failing
+        return self.failing & self.half_layer
 
     @property
     def flagged(self) -> np.ndarray:
@@ -525,7 +525,6 @@ def audit(
         try:
             rounded = round_to(batch, fmt)
         except Unrepresentable as exc:
-            names = dict.fromkeys(v.impl for v in chosen)
             skipped.extend(Skipped(name, fmt.name, str(exc)) for name in names)
             continue
         ref = rounded.ref

@@ -158,10 +158,7 @@ class _Tally:
         bucket = np.searchsorted(edges, rel, side="left")
         for index, count in zip(*np.unique(bucket, return_counts=True), strict=True):
             self.histogram[HISTOGRAM[int(index)][0]] += int(count)
-        failing = np.zeros(n, dtype=bool)
-        for flag, mask in grades.masks.items():
-            if FLAGS[flag].failing:
-                failing |= mask
+        failing = grades.failing
         # The worst rows under one total order (failing first, then larger error, then earlier
         # row), so the K kept over all chunks do not depend on where the chunks split.
         rows = offset + np.arange(n)

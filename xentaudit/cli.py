@@ -353,7 +353,7 @@ def cli(verbose: bool) -> None:
     """Numerical-stability auditor for cross-entropy: which implementation lies, on your numbers.
 
     Exit codes: 0 ok, 1 a --fail-on flag fired, 2 usage or input error, 3 internal error (a
-    bug: run with -v for the traceback and report it), 130 interrupted.
+    bug: run with -v for the traceback and report it), 130 interrupted, 143 terminated.
     """
     # TensorFlow's C++ logs: shown with -v, as the user set TF_CPP_MIN_LOG_LEVEL, else hidden.
     if verbose:
@@ -401,7 +401,8 @@ def _load_tensorflow() -> None:
     "dtypes",
     multiple=True,
     metavar="NAME",
-    help="float16, bfloat16, float32, float64 or all; repeatable (default: float32).",
+    help="float16, bfloat16, float32, float64 or all; repeatable (default: a file's own dtype; "
+    "float32 for inline JSON and the seed).",
 )
 @click.option(
     "--impl",

@@ -415,16 +415,18 @@ def _same_but_mode(a: ImplResult | CheckResult, b: ImplResult | CheckResult) -> 
     )
 
 
+def mode_pair(r: ImplResult | CheckResult) -> ModeDifference:
+    """What the eager and the graph run of one computation share: the key their results are
+    paired on (and reported under when they differ)."""
+    return ModeDifference(r.impl, r.dtype, _labels(r), r.eps, r.policy)
+
+
 def _mode_differences(results: Sequence[ImplResult | CheckResult]) -> tuple[ModeDifference, ...]:
-    groups: dict[
-        tuple[str, str, str | None, float | None, str], list[ImplResult | CheckResult]
-    ] = {}
+    groups: dict[ModeDifference, list[ImplResult | CheckResult]] = {}
     for r in results:
-        groups.setdefault((r.impl, r.dtype, _labels(r), r.eps, r.policy), []).append(r)
+        groups.setdefault(mode_pair(r), []).append(r)
     return tuple(
-        ModeDifference(*key)
-        for key, group in groups.items()
-        if len(group) == 2 and not _same_but_mode(*group)
+        key for key, group in groups.items() if len(group) == 2 and not _same_but_mode(*group)
     )
 
 

@@ -175,11 +175,11 @@ def _load_user_loss(spec: str) -> Impl:
             f"--impl {spec!r}: expected path/to/file.py:function or package.module:function"
         )
     if spec not in _USER_LOSSES:
-        if target.endswith(".py") or os.sep in target:
-            path = Path(target)
+        path = Path(target) if target.endswith(".py") or os.sep in target else None
+        if path is not None:
             regular_file(path, f"--impl {spec!r}", "a .py file", UnknownImplementationError)
         with user_code(f"--impl {spec!r}: importing {target}", UnknownImplementationError):
-            if target.endswith(".py") or os.sep in target:
+            if path is not None:
                 module_spec = importlib.util.spec_from_file_location(
                     f"_xentaudit_{path.stem}", path
                 )

@@ -30,6 +30,7 @@ from xentaudit.results import (
     SweepCell,
     Verdict,
     dtype_label,
+    mode_pair,
     scale_label,
     variant_label,
 )
@@ -98,15 +99,11 @@ def _fold_modes(
 ) -> list[tuple[str, ImplResult | CheckResult]]:
     """Pair each result with the mode label to show: "eager=graph" for an implementation x dtype
     x policy (x label source) run in both modes that do not differ."""
-
-    def key(r: ImplResult | CheckResult | ModeDifference) -> tuple:
-        return (getattr(r, "labels", None), r.impl, r.eps, r.dtype, r.policy)
-
-    differ = {key(d) for d in differences}
-    both = [key(r) for r in results]
+    differ = set(differences)
+    both = [mode_pair(r) for r in results]
     rows: list[tuple[str, ImplResult | CheckResult]] = []
     for r in results:
-        if both.count(key(r)) == 1 or key(r) in differ:
+        if both.count(mode_pair(r)) == 1 or mode_pair(r) in differ:
             rows.append((r.mode, r))
         elif r.mode == "eager":
             rows.append(("eager=graph", r))
@@ -155,12 +152,12 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
         ("flags", "left"),
     )
     folded = _fold_modes(audit.results, verdict.mode_differences)
-    differ = {(d.impl, d.eps, d.dtype, d.policy) for d in verdict.mode_differences}
+    differ = set(verdict.mode_differences)
     several_eps = len({r.eps for r in audit.results if r.impl == "clipped"}) > 1
     for mode, r in folded:
         table.add_row(
             variant_label(r.impl, r.eps, several_eps),
-            Text(mode, style="yellow" if (r.impl, r.eps, r.dtype, r.policy) in differ else ""),
+            Text(mode, style="yellow" if mode_pair(r) in differ else ""),
             Text(dtype_label(r.dtype, r.policy)),  # Text: "[policy]" is no markup
             r.output_dtype if r.output_dtype != r.dtype else "",
             _num(r.loss),
