@@ -1,4 +1,5 @@
-"""Fixtures shared by the tests of what `check` writes (--output, --flagged-rows)."""
+"""Fixtures shared by the tests: the environment subprocesses inherit, and those of what `check`
+writes (--output, --flagged-rows)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,21 @@ import os
 import pytest
 
 import xentaudit.check
+
+
+_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+
+
+@pytest.fixture(autouse=True)
+def _tf_log_level_as_at_start():
+    """Importing TensorFlow in this process imports JAX where it is installed, and JAX sets
+    TF_CPP_MIN_LOG_LEVEL (jax/__init__.py); the CLI in a subprocess would take that for the
+    user's own setting and show TensorFlow's start-up log. Each test starts as the run did."""
+    if _TF_LOG_LEVEL is None:
+        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    else:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = _TF_LOG_LEVEL
+    yield
 
 
 @pytest.fixture

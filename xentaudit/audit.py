@@ -44,12 +44,12 @@ from xentaudit import impls as zoo
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS
+from xentaudit.impls import Outcome
 from xentaudit.io import Batch, as_float, describe_rows, prepare
 from xentaudit.reference import Reference, cross_entropy, grad_error
 from xentaudit.results import Audit, ImplResult, Skipped
 
 if TYPE_CHECKING:
-    from xentaudit.impls.tf_zoo import Outcome
     from xentaudit.model import ModelPath
 
 LOSS_FLAGS = ("nan", "inf", "divergent", "zero-loss")  # first that applies, per row
@@ -284,7 +284,7 @@ def _run(
     loss_scale: float,
 ) -> Outcome:
     args = (rounded.logits, rounded.weights, rounded.classes, timeout, policy, loss_scale)
-    return zoo.load_tf().run(name, eps, mode, *args)
+    return zoo.load_backend(zoo.get_impl(name).backend).run(name, eps, mode, *args)
 
 
 def run_graded(

@@ -1,7 +1,8 @@
 """The implementation zoo: named cross-entropy implementations with their metadata.
 
-The metadata lives here and imports nothing heavy; the TensorFlow/Keras code is in ``tf_zoo`` and
-is imported only when an implementation actually runs (``xentaudit --help`` stays fast).
+The metadata lives here and imports nothing heavy; each backend's code is in its own module
+(``tf_zoo``, ``torch_zoo``, ``jax_zoo``), imported with its framework only when one of its
+implementations actually runs (``xentaudit --help`` and ``xentaudit list`` stay fast).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from xentaudit.errors import ConfigError, UnknownImplementationError, XentauditE
 from xentaudit.io import regular_file
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from xentaudit.model import ModelPath
 
 MODES = ("eager", "graph")
@@ -44,13 +47,42 @@ CLIPS = {  # Impl.eps -> where the clip of the probabilities comes from, as user
 
 
 @dataclass(frozen=True)
+class Backend:
+    """A framework whose cross-entropies the zoo runs: its ``--backend`` name, the module of
+    the zoo that runs them, the packages it needs and the command that installs them."""
+
+    option: str  # its name for --backend and in a user's "torch:file.py:fn"
+    module: str  # xentaudit.impls.<module>
+    packages: tuple[str, ...]
+    install: str
+
+
+BACKENDS = {  # Impl.backend -> Backend; TensorFlow is the core dependency, the others extras
+    "tensorflow": Backend("tf", "tf_zoo", ("tensorflow", "keras"), "pip install xentaudit"),
+    "torch": Backend("torch", "torch_zoo", ("torch",), "pip install 'xentaudit[torch]'"),
+    "jax": Backend("jax", "jax_zoo", ("jax", "optax"), "pip install 'xentaudit[jax]'"),
+}
+BY_OPTION = {backend.option: name for name, backend in BACKENDS.items()}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one implementation computed: per-row losses (float64) and the gradient (float32 or
+    float64, as computed), and the dtype its loss came out in."""
+
+    loss: np.ndarray
+    grad: np.ndarray
+    output_dtype: str
+
+
+@dataclass(frozen=True)
 class Impl:
     """One implementation: its canonical name and what a user needs to know about it."""
 
     name: str
     summary: str  # what it is: the formula or the API call, in one line
     takes: str  # what the loss function itself consumes: "logits" or "probabilities"
-    family: str  # "hand-written", "tensorflow", "keras", "misuse", "user" or "model"
+    family: str  # "hand-written", "tensorflow", "keras", "torch", "jax", "misuse", "user", "model"
     eps: str | None = None  # "option": clips with --eps; "keras": with keras.config.epsilon()
     needs_classes: bool = False  # needs one-hot or integer labels
     backend: str = "tensorflow"
@@ -66,7 +98,7 @@ class Impl:
     def fused(self) -> bool:
         """A framework's fused loss on logits (log-softmax and the loss in one op or one Keras
         loss with from_logits=True): what a model that computes its loss well uses."""
-        return self.takes == "logits" and self.family in ("tensorflow", "keras")
+        return self.takes == "logits" and self.family in ("tensorflow", "keras", "torch", "jax")
 
     @property
     def clip(self) -> str:
@@ -383,12 +415,26 @@ def runs_under(name: str, policy: str) -> str:
     return policy if path is None else model_policy(path)
 
 
-def load_tf() -> ModuleType:
-    """The TensorFlow implementations, imported on first use (and TensorFlow with them).
+def installed(backend: str) -> bool:
+    """Whether ``backend``'s packages are installed (looked up, not imported)."""
+    return all(importlib.util.find_spec(p) is not None for p in BACKENDS[backend].packages)
+
+
+def load_backend(backend: str) -> ModuleType:
+    """The zoo module of ``backend`` ("tensorflow", "torch", "jax"), imported on first use with
+    its framework: ``run(name, eps, mode, logits, labels, classes, timeout, policy,
+    loss_scale) -> Outcome`` in each.
 
     A plain import: the library never touches the process's environment, logging or file
-    descriptors; quieting TensorFlow's start-up is the command line's business.
+    descriptors; quieting a framework's start-up is the command line's business.
     """
-    from xentaudit.impls import tf_zoo
+    if not installed(backend):
+        raise UnknownImplementationError(
+            f"the {backend} backend is not installed; install it with: {BACKENDS[backend].install}"
+        )
+    return importlib.import_module(f"xentaudit.impls.{BACKENDS[backend].module}")
 
-    return tf_zoo
+
+def load_tf() -> ModuleType:
+    """The TensorFlow implementations (and TensorFlow with them), imported on first use."""
+    return load_backend("tensorflow")

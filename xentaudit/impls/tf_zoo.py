@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -17,7 +16,15 @@ import tensorflow as tf
 
 from xentaudit import model
 from xentaudit.errors import ImplementationError
-from xentaudit.impls import Expired, get_impl, model_path, time_limit, user_code, user_loss
+from xentaudit.impls import (
+    Expired,
+    Outcome,
+    get_impl,
+    model_path,
+    time_limit,
+    user_code,
+    user_loss,
+)
 from xentaudit.io import as_float
 
 # fn(labels, classes, logits, eps) -> per-row losses; eps is used by `clipped` only.
@@ -122,16 +129,6 @@ def loss_fn(name: str, policy: str) -> LossFn:
     if get_impl(name).keras_layer:
         return globals()[name](policy)
     return globals()[name]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one implementation computed: per-row losses (float64) and the gradient (float32 or
-    float64, as computed)."""
-
-    loss: np.ndarray
-    grad: np.ndarray
-    output_dtype: str
 
 
 # (name, dtype, policy, model's loss path or None) -> the traced step
