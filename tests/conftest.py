@@ -9,7 +9,6 @@ import pytest
 
 import xentaudit.check
 
-
 _TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 
 

@@ -62,6 +62,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _, probs = _model(keras.layers.Softmax(dtype=MIXED), cce(), folder, "probs")
     _, logits = _model(None, cce(from_logits=True), folder, "logits")
     _, smoothed = _model(keras.layers.Softmax(), cce(label_smoothing=0.1), folder, "smoothed")
+    _, summed = _model(None, cce(from_logits=True, reduction="sum"), folder, "summed")
     scce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
     _, ignoring = _model(None, scce, folder, "ignoring")
     _, lam = _model(keras.layers.Lambda(lambda t: t * 2.0), cce(), folder, "lambda")
@@ -77,6 +78,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "probs": probs,
         "logits": logits,
         "smoothed": smoothed,
+        "summed": summed,
         "lambda": lam,
         "custom": custom,
         "ignoring": ignoring,
@@ -213,13 +215,104 @@ def test_a_failing_alternative_does_not_fail_the_run(files: dict[str, Path]) -> 
     assert _run(*args, "--mode", "eager", "--fail-on", "divergent").exit_code == 1
 
 
+def test_a_smoothed_loss_is_graded_against_the_smoothed_labels(files: dict[str, Path]) -> None:
+    """label_smoothing=0.1 through a float32 Softmax (Keras recovers the logits): the exact
+    loss is -sum y' log softmax(x) with y' = 0.9 y + 0.1/3, here from mpmath at 50 digits, and
+    the model's own loss on the same logits is real Keras with its smoothing."""
+    import mpmath
+
+    args = ("check", "--model", files["smoothed"], "--inputs", files["x"], "--labels", files["y"])
+    result = _run(*args, "--mode", "eager", "--dtype", "float32", "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    x, y = np.load(files["x"]), np.load(files["y"])
+    logits = _hand_logits(x)
+    mpmath.mp.dps = 50
+    # The implementations receive the smoothed labels in the audited dtype, and the exact loss
+    # is that of what they receive: y' rounded to float32, each weight exactly as given.
+    smooth = np.float32(np.eye(CLASSES)[y] * 0.9 + 0.1 / 3).tolist()
+    want = []
+    for row, weights in zip(logits.tolist(), smooth, strict=True):
+        lse = mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in row))
+        want.append(mpmath.fsum(w * (lse - v) for w, v in zip(weights, row, strict=True)))
+    model = next(r for r in doc["results"] if r["impl"] == "model")
+    # The exact mean is the float64 reference's, within a few float64 ulps of the mean (~22):
+    # 2^-48 relative.
+    exact = float(mpmath.fsum(want) / len(want))
+    assert abs(model["exact_mean"] - exact) <= 2**-48 * exact
+    assert model["flags"] == [] and doc["verdict"]["status"] == "pass"
+    keras_model = keras.saving.load_model(files["smoothed"])
+    per_row = keras_model.loss.from_config({**keras_model.loss.get_config(), "reduction": None})
+    real = per_row(tf.one_hot(y, CLASSES), keras_model.layers[-1](tf.constant(logits)))
+    # Keras smooths in float32 (two roundings per label weight) where the audit smooths in
+    # float64: the means differ by at most a few float32 ulps of the loss (8 u, u = 2^-24).
+    assert abs(model["loss_mean"] - float(np.mean(real))) <= 8 * 2**-24 * max(model["loss_mean"], 1)
+    # The sparse zoo losses cannot take smoothed labels: skipped, saying why.
+    reasons = {s["impl"]: s["reason"] for s in doc["skipped"]}
+    assert "label_smoothing=0.1" in reasons["tf_sparse_softmax_xent"]
+
+
+def test_rows_the_model_ignores_are_left_out(files: dict[str, Path]) -> None:
+    """SparseCategoricalCrossentropy(ignore_class=0): rows of class 0 have no loss and no
+    gradient in Keras; check leaves them out, counts them, and reduces over the rest, as the
+    real model's compute_loss does (its mean runs over the rows not ignored)."""
+    args = ("check", "--model", files["ignoring"], "--inputs", files["x"], "--labels", files["y"])
+    result = _run(*args, "--mode", "eager", "--format", "json")
+    x, y = np.load(files["x"]), np.load(files["y"])
+    doc = json.loads(result.output)
+    kept = int(np.sum(y != 0))
+    assert doc["ignored_rows"] == ROWS - kept
+    model = next(r for r in doc["results"] if r["impl"] == "model")
+    assert model["rows"] == kept
+    keras_model = keras.saving.load_model(files["ignoring"])
+    want = float(keras_model.compute_loss(x, y, keras_model(x), training=False))
+    # a float32 mean of the kept losses in any order against our exact mean of the same float32
+    # losses: 48 u relative (u = 2^-24)
+    assert abs(model["loss_reduced"] - want) <= 48 * 2**-24 * want
+    # The rows' numbers stay the file's: no flagged or worst row is one of class 0.
+    assert all(y[w["row"]] != 0 for w in model["worst_rows"])
+    np.save(files["folder"] / "logits.npy", _hand_logits(x))
+    logits = files["folder"] / "logits.npy"
+    compare = _run(
+        "compare", "--model", files["ignoring"], "--logits", logits, "--labels", files["y"]
+    )
+    assert compare.exit_code == 2 and "which the model's loss ignores" in compare.stderr
+
+
+def test_the_loss_is_reduced_as_the_model_reduces_it(files: dict[str, Path]) -> None:
+    """reduction="sum": the scalar is the sum over the rows, the real model's compute_loss on
+    the whole file as one batch; the exact one is the mpmath sum."""
+    import mpmath
+
+    args = ("check", "--model", files["summed"], "--inputs", files["x"], "--labels", files["y"])
+    result = _run(*args, "--mode", "eager", "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["reduction"] == "sum"
+    model = next(r for r in doc["results"] if r["impl"] == "model")
+    x, y = np.load(files["x"]), np.load(files["y"])
+    logits = _hand_logits(x)
+    mpmath.mp.dps = 50
+    exact = mpmath.fsum(
+        mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in row)) - row[label]
+        for row, label in zip(logits.tolist(), y.tolist(), strict=True)
+    )
+    # the exact mean times the row count: two float64 roundings, 2^-51 relative
+    assert abs(model["exact_reduced"] - float(exact)) <= 2**-51 * float(exact)
+    keras_model = keras.saving.load_model(files["summed"])
+    want = float(keras_model.compute_loss(x, np.eye(CLASSES)[y], keras_model(x), training=False))
+    # a float32 sum of 48 non-negative losses in any order against our exact sum of the same
+    # float32 losses: 48 u relative (u = 2^-24)
+    assert abs(model["loss_reduced"] - want) <= 48 * 2**-24 * want
+    text = _run(*args, "--mode", "eager").output
+    assert f"reduction: sum over the {ROWS} rows: model eager float32" in text
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
         ("lambda", "the output layer"),
         ("custom", "the loss function my_loss is not mapped"),
-        ("smoothed", "label_smoothing=0.1"),
-        ("ignoring", "which the model's loss ignores (ignore_class=0)"),
     ],
 )
 def test_unsupported_models_and_ignored_rows_are_one_line_errors(

@@ -106,7 +106,12 @@ def test_junit_carries_the_verdict_as_properties_and_system_out() -> None:
     suite = root.find("testsuite")
     properties = {p.get("name"): p.get("value") for p in suite.find("properties")}
     message = "2 of 6 results fire a --fail-on flag (keras, naive). Trustworthy here: fused."
-    assert properties == {"verdict": "fail", "verdict.message": message, "config": "none"}
+    assert properties == {
+        "verdict": "fail",
+        "verdict.message": message,
+        "config": "none",
+        "input": "logits",
+    }
     advice = [
         f"{n}: {FLAGS[n].meaning}. Instead: {FLAGS[n].advice}."
         for n in (

@@ -227,6 +227,7 @@ class Rounded:
     weights: np.ndarray | None  # label weights in fmt, as the implementations receive them
     classes: np.ndarray | None
     ref: Reference
+    given: str = "logits"  # what ``logits`` hold (``zoo.INPUTS``): probabilities, at `check`
 
     @cached_property
     def bound(self) -> np.ndarray:
@@ -246,11 +247,16 @@ class Rounded:
         return np.abs(np.where(np.isfinite(x), x, 0)).max(axis=1).astype(np.float64)
 
 
-def round_to(batch: Batch, fmt: FloatFormat, method: str = "auto") -> Rounded:
+def round_to(
+    batch: Batch, fmt: FloatFormat, method: str = "auto", given: str = "logits"
+) -> Rounded:
     """Round ``batch`` to ``fmt`` and compute the exact reference of the rounded inputs.
 
-    ``method`` is the reference method (see ``reference.cross_entropy``). Raises
-    ``Unrepresentable`` when a finite input overflows the format.
+    ``method`` is the reference method (see ``reference.cross_entropy``). ``given``
+    "probabilities": ``batch.logits`` hold probabilities p, whose exact loss and logit gradient
+    are those of the logits log p (the cross-entropy of q = p / sum p, Keras' renormalisation;
+    p = 0 is the logit -inf). Raises ``Unrepresentable`` when a finite input overflows the
+    format.
     """
     x = batch.logits
     if x.dtype != fmt.numpy:
@@ -270,8 +276,12 @@ def round_to(batch: Batch, fmt: FloatFormat, method: str = "auto") -> Rounded:
             raise Unrepresentable(f"label weights overflow {fmt.name} (max {fmt.max:.5g})")
     # One-hot weights are exact in every format: their classes are the cheaper reference input.
     ref_labels = batch.classes if batch.classes is not None else y
-    ref = cross_entropy(x, ref_labels, method)  # type: ignore[arg-type]
-    return Rounded(fmt, x, y, batch.classes, ref)
+    ref_logits = x
+    if given == "probabilities":
+        with np.errstate(divide="ignore"):
+            ref_logits = np.log(as_float(x).astype(np.float64))
+    ref = cross_entropy(ref_logits, ref_labels, method)  # type: ignore[arg-type]
+    return Rounded(fmt, x, y, batch.classes, ref, given)
 
 
 def _run(
@@ -284,7 +294,10 @@ def _run(
     loss_scale: float,
 ) -> Outcome:
     args = (rounded.logits, rounded.weights, rounded.classes, timeout, policy, loss_scale)
-    return zoo.load_backend(zoo.get_impl(name).backend).run(name, eps, mode, *args)
+    backend = zoo.load_backend(zoo.get_impl(name).backend)
+    if rounded.given == "probabilities":
+        return backend.run(name, eps, mode, *args, given=rounded.given)
+    return backend.run(name, eps, mode, *args)
 
 
 def run_graded(
@@ -332,22 +345,12 @@ def variants(names: Iterable[str], eps: tuple[float, ...]) -> list[Variant]:
 
 def chosen_impls(impls: Iterable[str], model: str | Path | None) -> tuple[str, ...]:
     """``impls`` expanded (``zoo.parse_impls``), then, with ``model`` (a ``.keras`` file), the
-    implementation ``model``: the loss path ``read_model_config`` maps, exactly as saved.
-
-    A model compiled with label_smoothing > 0 is refused: its loss scores other labels than
-    the ones given, which the reference does not smooth.
-    """
+    implementation ``model``: the loss path ``read_model_config`` maps, exactly as saved."""
     if model is None:
         return zoo.parse_impls(impls)
     from xentaudit.model import read_model_config
 
-    path = read_model_config(model)
-    if path.label_smoothing:
-        raise InputError(
-            f"--model {model}: its loss has label_smoothing={path.label_smoothing:g}, which "
-            "xentaudit does not grade; audit a copy compiled with label_smoothing=0"
-        )
-    zoo.use_model(path)
+    zoo.use_model(read_model_config(model))
     names = [name for name in impls if name != zoo.MODEL]  # `--impl model` is implied
     return (*(zoo.parse_impls(names) if names else ()), zoo.MODEL)
 
@@ -364,19 +367,61 @@ def model_description(names: Iterable[str]) -> str | None:
     return None if path is None else path.describe()
 
 
-def refuse_ignored(batch: Batch, names: Iterable[str], offset: int = 0) -> None:
-    """Refuse rows of the class ``model``'s loss ignores (``ignore_class``), when ``model`` is
-    among ``names``: Keras returns 0 and no gradient for them, by design, so they have nothing
-    to grade (rows of every other class are graded as usual)."""
+def ignored_rows(labels: np.ndarray, names: Iterable[str]) -> np.ndarray | None:
+    """The rows (a mask) whose labels ``model``'s loss ignores (``ignore_class``), when
+    ``model`` is among ``names``: class labels (any integer, -1 included) or one-hot rows of
+    that class. None when nothing is ignored."""
     path = _chosen_model(names)
-    if path is None or path.ignore_class is None or batch.classes is None:
-        return
-    rows = np.flatnonzero(batch.classes == path.ignore_class)
-    if rows.size:
-        raise InputError(
-            f"{describe_rows(rows + offset)} have class {path.ignore_class}, which the model's "
-            f"loss ignores (ignore_class={path.ignore_class}); audit labels without it"
+    if path is None or path.ignore_class is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels == path.ignore_class
+    if not 0 <= path.ignore_class < labels.shape[-1]:
+        return None
+    return (labels[:, path.ignore_class] == 1) & (labels.sum(axis=1) == 1)
+
+
+def scored_labels(batch: Batch, names: Iterable[str]) -> Batch:
+    """``batch`` with the labels every implementation is graded on: as given, or, when
+    ``model`` is among ``names`` and its loss smooths them (label_smoothing s > 0), smoothed as
+    Keras does, ``y (1 - s) + s / C`` in float64 (soft labels from then on: the reference and
+    the alternatives score what the model's loss scores, and the sparse ones are skipped).
+
+    Rows of the class ``model``'s loss ignores (``ignore_class``) are refused: Keras returns 0
+    and no gradient for them, by design, so they have nothing to grade; ``check`` leaves them
+    out before (``ignored_rows``).
+    """
+    path = _chosen_model(names)
+    if path is None:
+        return batch
+    if path.ignore_class is not None and batch.classes is not None:
+        rows = np.flatnonzero(batch.classes == path.ignore_class)
+        if rows.size:
+            raise InputError(
+                f"{describe_rows(rows)} have class {path.ignore_class}, which the model's loss "
+                f"ignores (ignore_class={path.ignore_class}); audit labels without it, or run "
+                "`xentaudit check`, which leaves them out"
+            )
+    if not path.label_smoothing:
+        return batch
+    from xentaudit.model import smoothed_labels
+
+    weights = batch.weights
+    if weights is None:
+        weights = np.eye(batch.shape[1])[batch.classes]
+    return Batch(batch.logits, smoothed_labels(weights, path.label_smoothing), None)
+
+
+def classes_skip(names: Iterable[str]) -> str:
+    """Why an implementation that takes class labels is skipped on these labels."""
+    path = _chosen_model(names)
+    if path is not None and path.label_smoothing:
+        return (
+            "needs one-hot or integer labels, and the model's loss smooths them "
+            f"(label_smoothing={path.label_smoothing:g})"
         )
+    return "needs one-hot or integer labels"
 
 
 def policy_variants(
@@ -515,8 +560,7 @@ def audit(
     chosen = variants(names, eps)
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
-    batch = prepare(logits, labels)
-    refuse_ignored(batch, names)
+    batch = scored_labels(prepare(logits, labels), names)
 
     results: list[ImplResult] = []
     skipped: list[Skipped] = []
@@ -535,7 +579,7 @@ def audit(
         for policy, variant in policy_variants(chosen_policies, chosen):
             name = variant.impl
             if zoo.get_impl(name).needs_classes and batch.classes is None:
-                skip = Skipped(name, fmt.name, "needs one-hot or integer labels")
+                skip = Skipped(name, fmt.name, classes_skip(names))
                 if skip not in skipped:  # once, whatever the policies
                     skipped.append(skip)
                 continue

@@ -25,13 +25,15 @@ from xentaudit.audit import (
     Variant,
     check_options,
     chosen_impls,
+    classes_skip,
     eps_used,
     eps_values,
+    ignored_rows,
     model_description,
     policy_variants,
-    refuse_ignored,
     round_to,
     run_shared,
+    scored_labels,
     variants,
     worst,
 )
@@ -40,18 +42,20 @@ from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS, LINT
 from xentaudit.io import (
     BAD_LOGITS,
+    BAD_PROBABILITIES,
     CHUNK_ENTRIES,
     ArraySource,
     Batch,
     as_float,
     bad_logit_rows,
+    bad_probability_rows,
     describe_rows,
     open_arrays,
     prefetched,
     prepare,
 )
 from xentaudit.reference import FLOAT64_METHOD
-from xentaudit.results import Check, CheckResult, FlaggedRow, Skipped, WorstRow
+from xentaudit.results import Check, CheckResult, FlaggedRow, Skipped, WorstRow, reduced
 
 WORST_ROWS = 5
 HISTOGRAM = (  # buckets of the relative loss error, by upper bound (NaN counts as > 1)
@@ -71,9 +75,35 @@ _UNIT_EXPONENT = 1126
 _BINCOUNT_ROWS = 1 << 25  # halves of m have at most 27 bits: 2^25 sums stay below 2^53
 
 
-def default_impls() -> tuple[str, ...]:
-    """Every registered implementation except the deliberate misuses (``double_softmax``)."""
-    return tuple(name for name, impl in zoo.REGISTRY.items() if impl.family != "misuse")
+def default_impls(input_kind: str = "logits") -> tuple[str, ...]:
+    """Every registered implementation except the deliberate misuses (``double_softmax``); for
+    a file of probabilities, those of them that take probabilities."""
+    return tuple(
+        name
+        for name, impl in zoo.REGISTRY.items()
+        if impl.family != "misuse"
+        and (input_kind != "probabilities" or impl.on_probabilities is not None)
+    )
+
+
+def refuse_input_kind(input_kind: str, impls: Iterable[str], model: str | Path | None) -> None:
+    """Refuse what cannot run on a file holding ``input_kind``: before ``model`` is read."""
+    if input_kind not in zoo.INPUTS:
+        raise ConfigError(f"--input {input_kind!r}: expected one of {', '.join(zoo.INPUTS)}")
+    if input_kind != "probabilities":
+        return
+    if model is not None:
+        raise ConfigError(
+            "--input probabilities cannot go with --model: the model's loss path starts from "
+            "logits; check the logits (--inputs computes them) instead"
+        )
+    takes_logits = [n for n in zoo.parse_impls(impls) if zoo.get_impl(n).on_probabilities is None]
+    if takes_logits:
+        raise ConfigError(
+            f"--impl {takes_logits[0]} takes logits, not probabilities; with --input "
+            f"probabilities pick from {', '.join(default_impls('probabilities'))}, "
+            "double_softmax"
+        )
 
 
 def default_policies(file_dtype: str) -> tuple[str, ...]:
@@ -140,7 +170,8 @@ class _Tally:
             known = self.max_loss_scale
             self.max_loss_scale = largest if known is None else min(known, largest)
 
-    def add(self, offset: int, loss: np.ndarray, exact: np.ndarray, grades: Grades) -> None:
+    def add(self, rows: np.ndarray, loss: np.ndarray, exact: np.ndarray, grades: Grades) -> None:
+        """Add a chunk's per-row results; ``rows``: their rows in the file."""
         n = loss.shape[0]
         self.rows += n
         self.loss_mean.add(loss)
@@ -161,7 +192,6 @@ class _Tally:
         failing = grades.failing
         # The worst rows under one total order (failing first, then larger error, then earlier
         # row), so the K kept over all chunks do not depend on where the chunks split.
-        rows = offset + np.arange(n)
         order = np.lexsort((-rows, rel, failing))[::-1][:WORST_ROWS]
         for i in order:
             key = (int(failing[i]), float(rel[i]), -int(rows[i]))
@@ -220,16 +250,37 @@ def _validate(logits: ArraySource, labels: ArraySource | None) -> None:
         )
 
 
-def _lint(batch: Batch, fmt: FloatFormat) -> dict[str, np.ndarray]:
+def _zero_label_prob(batch: Batch, input_kind: str) -> np.ndarray:
+    """Rows of probabilities (or log-probabilities) that give their label 0 (or -inf): every
+    class of positive weight, or, without labels, the worst-case class (the smallest)."""
+    x = as_float(batch.logits)
+    zero = x == (0 if input_kind == "probabilities" else -np.inf)
+    if batch.weights is not None:
+        return (zero & (batch.weights > 0)).any(axis=1)
+    if batch.classes is not None:
+        return zero[np.arange(x.shape[0]), batch.classes]
+    return zero.any(axis=1)
+
+
+def _lint(batch: Batch, fmt: FloatFormat, input_kind: str = "logits") -> dict[str, np.ndarray]:
     """Per lint flag: the rows of this chunk (the file's own values) it applies to.
 
     Sums are compared with 1 to within max(1e-4, 8 eps of the file's dtype): a float16 softmax
     output sums to 1 only to a few of its own ulps. Row minima and maxima pick the few rows that
-    can be probabilities or log-probabilities; only those are summed.
+    can be probabilities or log-probabilities; only those are summed. A file declared to hold
+    probabilities (``input_kind``) is not told it looks like them, nor one of log-probabilities;
+    both are told of the rows whose label they give no probability.
     """
     tol = max(1e-4, 8 * fmt.eps)
     x = as_float(batch.logits)
     top, low = x.max(axis=1), x.min(axis=1)
+    if input_kind != "logits":
+        lint = {"zero-label-prob": _zero_label_prob(batch, input_kind)}
+        if batch.weights is not None:
+            lint["soft-labels-unnormalized"] = np.abs(batch.weights.sum(axis=1) - 1) > tol
+        if input_kind == "log-probabilities":
+            lint["coarse-logits"] = fmt.ulp(np.abs(np.where(np.isfinite(x), x, 0)).max(axis=1)) >= 1
+        return lint
     probs = (low >= 0) & (top <= 1)
     if probs.any():
         probs[probs] = np.abs(x[probs].sum(axis=1, dtype=np.float64) - 1) <= tol
@@ -252,7 +303,7 @@ def _lint(batch: Batch, fmt: FloatFormat) -> dict[str, np.ndarray]:
 
 
 def _flagged_rows(
-    offset: int,
+    rows: np.ndarray,
     key: tuple[str, str, float, str, str, str],
     exact: np.ndarray,
     loss: np.ndarray,
@@ -262,7 +313,7 @@ def _flagged_rows(
     source, name, clip, dtype, policy, mode = key
     for i in np.flatnonzero(grades.flagged).tolist():
         yield FlaggedRow(
-            row=offset + i,
+            row=int(rows[i]),
             impl=name,
             eps=eps_used(name, clip),
             dtype=dtype,
@@ -279,7 +330,7 @@ def _flagged_rows(
 
 def _audit_chunk(
     batch: Batch,
-    offset: int,
+    rows: np.ndarray,
     sources: tuple[str, ...],
     formats: list[FloatFormat],
     policies: tuple[str, ...],
@@ -291,6 +342,7 @@ def _audit_chunk(
     tallies: dict[tuple[str, str, float, str, str, str], _Tally],
     skipped: dict[tuple[str, str], Skipped],
     flagged: list[FlaggedRow] | None,
+    input_kind: str = "logits",
 ) -> None:
     """Audit one chunk into ``tallies``; its flagged rows are appended to ``flagged`` (unless
     None) in the order of the results."""
@@ -298,21 +350,21 @@ def _audit_chunk(
         if source == "file":
             labelled = batch
         else:
+            # Argmax and argmin of log-probabilities and probabilities are those of logits too.
             pick = np.argmax if source == "predicted" else np.argmin
             labelled = Batch(batch.logits, None, pick(as_float(batch.logits), axis=1))
-        refuse_ignored(labelled, (v.impl for v in chosen), offset)
+        names = [v.impl for v in chosen]
+        labelled = scored_labels(labelled, names)
         for fmt in formats:
             try:
-                rounded = round_to(labelled, fmt, method="float64")
+                rounded = round_to(labelled, fmt, method="float64", given=input_kind)
             except Unrepresentable as exc:
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
             runs: Runs = {}
             for policy, variant in policy_variants(policies, chosen):
                 name = variant.impl
                 if zoo.get_impl(name).needs_classes and labelled.classes is None:
-                    skipped[(name, fmt.name)] = Skipped(
-                        name, fmt.name, "needs one-hot or integer labels"
-                    )
+                    skipped[(name, fmt.name)] = Skipped(name, fmt.name, classes_skip(names))
                     continue
                 for mode in modes:
                     outcome, grades, largest = run_shared(
@@ -321,11 +373,11 @@ def _audit_chunk(
                     key = (source, name, variant.eps, fmt.name, policy, mode)
                     tally = tallies.setdefault(key, _Tally())
                     tally.output_dtype = outcome.output_dtype
-                    tally.add(offset, outcome.loss, rounded.ref.loss, grades)
+                    tally.add(rows, outcome.loss, rounded.ref.loss, grades)
                     tally.add_scale(largest)
                     if flagged is not None:
                         flagged.extend(
-                            _flagged_rows(offset, key, rounded.ref.loss, outcome.loss, grades)
+                            _flagged_rows(rows, key, rounded.ref.loss, outcome.loss, grades)
                         )
 
 
@@ -347,6 +399,7 @@ def check_file(
     loss_scale: float | None = None,
     on_flagged_row: FlaggedRowSink | None = None,
     model: str | Path | None = None,
+    input_kind: str = "logits",
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
 
@@ -370,11 +423,20 @@ def check_file(
     ``model`` (a ``.keras`` file) audits its own loss path as the implementation ``model``
     (``audit.chosen_impls``), under its own dtype policy; with ``impls`` None the ``Check``
     gates on ``model`` alone (``gate``), the zoo beside it as alternatives.
+
+    ``input_kind`` says what the file holds (``zoo.INPUTS``): "logits"; "log-probabilities",
+    audited as logits (their softmax is the probabilities); or "probabilities", which the
+    implementations that take probabilities are handed (by default every one but
+    ``double_softmax``), graded against the exact loss of the given p, renormalised as Keras
+    does (``audit.round_to``), with the gradient carried to the logits behind them.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
     check_options(eps, rtol, modes, timeout, loss_scale)
-    names = chosen_impls(impls if impls is not None else default_impls(), model)
+    pin = impls is None  # no implementation named: the verdict may offer to pin one
+    impls = impls if impls is not None else default_impls(input_kind)
+    refuse_input_kind(input_kind, impls, model)
+    names = chosen_impls(impls, model)
     chosen = variants(names, eps)
     logits, label_source = open_arrays(
         Path(path),
@@ -384,7 +446,11 @@ def check_file(
     )
     _validate(logits, label_source)
     formats = [get_format(d) for d in parse_dtypes(dtypes or [logits.dtype.name])]
-    chosen_policies = zoo.parse_policies(policies or default_policies(logits.dtype.name))
+    # Probabilities reach the losses as saved: no Keras layer of ours computes them.
+    chosen_policies = zoo.parse_policies(
+        policies
+        or (default_policies(logits.dtype.name) if input_kind != "probabilities" else ("float32",))
+    )
     classes = logits.shape[-1]
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_ENTRIES // classes)
@@ -398,7 +464,6 @@ def check_file(
 
     # One pass: every chunk is checked for unusable rows, linted and audited. Once a bad row
     # turns up, the rest of the file is only scanned, so that the error names every bad row.
-    bad: dict[str, list[np.ndarray]] = {problem: [] for problem in BAD_LOGITS}
     lint: Counter = Counter()
     file_fmt = FORMATS[logits.dtype.name]
     tallies: dict[tuple[str, str, float, str, str, str], _Tally] = {}
@@ -406,18 +471,30 @@ def check_file(
     sources = _label_sources(label_source)
     flagged: list[FlaggedRow] | None = [] if on_flagged_row is not None else None
     refused = False
+    ignored = 0  # rows of the class the model's loss ignores, left out
+    bad_rows, messages = (
+        (bad_probability_rows, BAD_PROBABILITIES)
+        if input_kind == "probabilities"
+        else (bad_logit_rows, BAD_LOGITS)
+    )
+    bad: dict[str, list[np.ndarray]] = {problem: [] for problem in messages}
     for offset, x, y in prefetched(_chunks(logits, label_source, chunk_rows)):
-        for problem, mask in bad_logit_rows(x).items():
+        for problem, mask in bad_rows(x).items():
             if mask.any():
                 bad[problem].append(np.flatnonzero(mask) + offset)
                 refused = True
-        if not refused:
-            batch = prepare(x, y, offset) if y is not None else Batch(x, None, None)
-            for flag, mask in _lint(batch, file_fmt).items():
+        rows = np.arange(offset, offset + x.shape[0])
+        drop = None if y is None else ignored_rows(y, names)
+        if drop is not None and drop.any():  # as Keras' loss does: no loss, no gradient
+            ignored += int(drop.sum())
+            x, y, rows = x[~drop], y[~drop], rows[~drop]
+        if not refused and rows.size:
+            batch = prepare(x, y, rows) if y is not None else Batch(x, None, None)
+            for flag, mask in _lint(batch, file_fmt, input_kind).items():
                 lint[flag] += int(mask.sum())
             _audit_chunk(
                 batch,
-                offset,
+                rows,
                 sources,
                 formats,
                 chosen_policies,
@@ -429,6 +506,7 @@ def check_file(
                 tallies,
                 skipped,
                 flagged,
+                input_kind,
             )
             if flagged and on_flagged_row is not None:
                 flagged.sort(key=lambda f: f.row)  # stable: results keep their order in a row
@@ -439,8 +517,9 @@ def check_file(
             progress(min(offset + chunk_rows, logits.rows), logits.rows)
     for problem, rows in bad.items():
         if rows:
-            raise InputError(BAD_LOGITS[problem].format(rows=describe_rows(np.concatenate(rows))))
+            raise InputError(messages[problem].format(rows=describe_rows(np.concatenate(rows))))
 
+    reduction = None if model is None else zoo.model_path(zoo.MODEL).reduction
     results = tuple(
         CheckResult(
             labels=source,
@@ -460,6 +539,8 @@ def check_file(
             error_histogram={label: t.histogram[label] for label, _ in HISTOGRAM},
             policy=policy,
             max_loss_scale=t.max_loss_scale,
+            loss_reduced=reduced(reduction, t.loss_mean.mean(), t.rows),
+            exact_reduced=reduced(reduction, t.exact_mean.mean(), t.rows),
         )
         for (source, name, clip, dtype, policy, mode), t in tallies.items()
     )
@@ -477,11 +558,12 @@ def check_file(
         reference_method=FLOAT64_METHOD,
         loss_scale=loss_scale,
         flagged_rows=sum(t.flagged for t in tallies.values()),
-        gate=(zoo.MODEL,) if model is not None and impls is None else None,
+        gate=(zoo.MODEL,) if model is not None and pin else None,
         model=model_description(names),
         # No implementation named and no model: the user's own loss is unknown. The fused
         # losses on logits are the ones a model most likely uses (see Check.verdict).
-        pinnable=tuple(n for n in names if zoo.REGISTRY[n].fused)
-        if impls is None and model is None
-        else (),
+        pinnable=tuple(n for n in names if zoo.REGISTRY[n].fused) if pin and model is None else (),
+        input=input_kind,
+        reduction=reduction,
+        ignored_rows=ignored,
     )

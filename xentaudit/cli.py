@@ -44,7 +44,7 @@ from xentaudit.grid import (
     MAX_SEED,
     parse_scales,
 )
-from xentaudit.impls import MODES, REGISTRY, load_tf
+from xentaudit.impls import INPUTS, MODES, REGISTRY, load_tf
 from xentaudit.io import file_or_json, load_inputs, names_a_file
 from xentaudit.report import csv as csv_report
 from xentaudit.report import github as github_report
@@ -606,6 +606,16 @@ def sweep(
 )
 @policy_option("float32, and mixed_float16 or mixed_bfloat16 for a float16 or bfloat16 file")
 @eps_option(1e-7)
+@click.option(
+    "--input",
+    "input_kind",
+    type=click.Choice(INPUTS),
+    default="logits",
+    show_default=True,
+    help="What FILE holds. probabilities: graded through the implementations that take them, "
+    "against the exact loss of the given p (renormalised, as Keras does); log-probabilities: "
+    "audited as logits.",
+)
 @model_option()
 @click.option(
     "--inputs",
@@ -648,6 +658,7 @@ def check(
     dtypes: tuple[str, ...],
     policies: tuple[str, ...],
     eps: tuple[float, ...],
+    input_kind: str,
     model: str | None,
     inputs: str | None,
     save_logits: str | None,
@@ -670,7 +681,7 @@ def check(
     a verdict).
     """
     from xentaudit import config
-    from xentaudit.check import check_file, default_impls
+    from xentaudit.check import check_file, default_impls, refuse_input_kind
 
     _check_sources(path, model, inputs, labels, save_logits)
     target = None if output is None else _writable(output, "--output")
@@ -707,7 +718,9 @@ def check(
     with contextlib.ExitStack() as stack:
         if inputs is not None:
             assert model is not None and label_input is not None  # _check_sources
-            chosen_impls(impls or default_impls(), model)  # refused before the model runs
+            # refused before the model runs
+            refuse_input_kind(input_kind, impls or default_impls(input_kind), model)
+            chosen_impls(impls or default_impls(input_kind), model)
             path = str(stack.enter_context(_computed_logits(model, inputs, label_input, saved)))
             label_input, logits_key, labels_key = None, "logits", "labels"
         on_flagged_row = None
@@ -737,6 +750,7 @@ def check(
             loss_scale=loss_scale,
             on_flagged_row=on_flagged_row,
             model=model,
+            input_kind=input_kind,
         )
     result = replace(
         result,

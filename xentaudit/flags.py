@@ -135,6 +135,14 @@ FLAGS: dict[str, Flag] = {
             "what your model outputs, pass --fail-on without looks-like-logprobs)",
         ),
         Flag(
+            "zero-label-prob",
+            False,
+            "rows give their label a probability of exactly 0 (a log-probability of -inf): the "
+            "probabilities underflowed before they were saved, and their true loss and gradient "
+            "cannot be recovered from the file",
+            "save the logits, the input of the final softmax, and check those",
+        ),
+        Flag(
             "soft-labels-unnormalized",
             False,
             "soft label rows do not sum to 1, so the loss is scaled by their sum",
@@ -149,13 +157,21 @@ FLAGS: dict[str, Flag] = {
         ),
     )
 }
-LINT = ("looks-like-probs", "looks-like-logprobs", "soft-labels-unnormalized", "coarse-logits")
+LINT = (
+    "looks-like-probs",
+    "looks-like-logprobs",
+    "zero-label-prob",
+    "soft-labels-unnormalized",
+    "coarse-logits",
+)
 
 FAILING = tuple(name for name, flag in FLAGS.items() if flag.failing)
 # `check` fails on these unless told otherwise: every failing flag but grad-wrong (which fails it
-# only when named), and the lint flags that say the file holds no logits at all.
+# only when named), the lint flags that say the file holds no logits at all, and rows whose
+# true loss the file cannot give.
 CHECK_FAIL_ON = (
     *(name for name in FAILING if name != "grad-wrong"),
     "looks-like-probs",
     "looks-like-logprobs",
+    "zero-label-prob",
 )

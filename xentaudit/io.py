@@ -170,7 +170,10 @@ def describe_rows(rows: np.ndarray) -> str:
     return f"row{'s' if rows.size > 1 else ''} {shown}{more}"
 
 
-def _rows(mask: np.ndarray, offset: int = 0) -> str:
+def _rows(mask: np.ndarray, offset: int | np.ndarray = 0) -> str:
+    """The rows of ``mask`` in the file: from ``offset`` on, or the file rows given."""
+    if isinstance(offset, np.ndarray):
+        return describe_rows(offset[mask])
     return describe_rows(np.flatnonzero(mask) + offset)
 
 
@@ -193,13 +196,31 @@ def bad_logit_rows(x: np.ndarray) -> dict[str, np.ndarray]:
     return {"NaN": np.isnan(top), "+inf": top == np.inf, "-inf only": top == -np.inf}
 
 
-def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int = 0) -> Batch:
+BAD_PROBABILITIES = {  # the same for a file of probabilities (`check --input probabilities`)
+    "NaN": "probabilities contain NaN in {rows}; find where the model first produces them",
+    "outside [0, 1]": "values outside [0, 1] in {rows} are not probabilities; drop --input "
+    "probabilities if the file holds logits",
+    "all 0": "every probability is 0 in {rows}; no distribution to score",
+}
+
+
+def bad_probability_rows(p: np.ndarray) -> dict[str, np.ndarray]:
+    """Per problem of ``BAD_PROBABILITIES``: a mask of the rows of ``p`` (n, C) that have it (a
+    row with a NaN is reported under NaN only)."""
+    p = as_float(p)
+    with np.errstate(invalid="ignore"):
+        top, low = p.max(axis=1), p.min(axis=1)
+    nan = np.isnan(top)
+    return {"NaN": nan, "outside [0, 1]": ~nan & ((low < 0) | (top > 1)), "all 0": top == 0}
+
+
+def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int | np.ndarray = 0) -> Batch:
     """Validate logits ``[..., C]`` and labels (integer classes ``[...]`` or weights ``[..., C]``).
 
     Leading axes are flattened into rows. Raises ``InputError`` for anything that cannot be
     audited: NaN or ``+inf`` logits, rows with no finite logit, negative or non-finite label
     weights, classes out of range, mismatched shapes. Row numbers in messages start at
-    ``row_offset`` (the position of this batch in a file).
+    ``row_offset`` (the position of this batch in a file), or are the file rows it gives.
     """
     at = row_offset
     logits = np.asarray(logits)

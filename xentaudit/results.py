@@ -285,6 +285,25 @@ class CheckResult:
     error_histogram: dict[str, int]  # rows per bucket of |L - exact| / max(|exact|, 1)
     policy: str = "float32"  # the Keras dtype policy its Keras layers ran under
     max_loss_scale: float | None = None  # as ImplResult's, over the whole file
+    # the scalar the model's reduction makes of the file's per-row losses (Check.reduction),
+    # and of the exact ones; None without a model or for reduction None
+    loss_reduced: float | None = None
+    exact_reduced: float | None = None
+
+
+# Keras' reductions (keras/src/losses/loss.py ``reduce_values``) of per-row losses without
+# sample weights: a sum, or that sum over the number of rows.
+REDUCTIONS = {"sum": "sum", "sum_over_batch_size": "mean", "mean": "mean"}
+REDUCTIONS["mean_with_sample_weight"] = "mean"  # no sample weights: the number of rows
+
+
+def reduced(reduction: str | None, mean: float, rows: int) -> float | None:
+    """The scalar Keras' ``reduction`` makes of ``rows`` per-row losses of mean ``mean``: their
+    sum for "sum", ``mean`` for the mean reductions, None for None ("none": no scalar)."""
+    kind = REDUCTIONS.get(reduction or "none")
+    if kind is None:
+        return None
+    return mean * rows if kind == "sum" else mean
 
 
 @dataclass(frozen=True)
@@ -330,6 +349,9 @@ class Check:
     # with no implementation named (nor --model): the fused losses on logits audited, which the
     # verdict offers to pin when only other implementations fail
     pinnable: tuple[str, ...] = ()
+    input: str = "logits"  # what the file holds (--input): logits, probabilities, log-probabilities
+    reduction: str | None = None  # --model: its loss's reduction, which CheckResult's *_reduced use
+    ignored_rows: int = 0  # --model: rows of its loss's ignore_class, left out as Keras does
 
     @property
     def gated(self) -> tuple[CheckResult, ...]:

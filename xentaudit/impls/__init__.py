@@ -37,6 +37,9 @@ MODES = ("eager", "graph")
 # casts what it is given to that (keras/src/layers/layer.py, keras/src/losses/loss.py).
 POLICIES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 MIXED = {compute: name for name, compute in POLICIES.items() if name != compute}  # dtype -> policy
+# What a `check` file holds (--input): log-probabilities are logits (their softmax is the
+# probabilities); probabilities are graded through the implementations that take them.
+INPUTS = ("logits", "probabilities", "log-probabilities")
 LABEL_KINDS = ("class", "one-hot", "soft")  # integer classes, one-hot rows, any label weights
 KERAS_DEFAULT_EPSILON = 1e-7  # keras.config.epsilon() unless set in ~/.keras/keras.json
 CLIPS = {  # Impl.eps -> where the clip of the probabilities comes from, as users read it
@@ -88,6 +91,9 @@ class Impl:
     backend: str = "tensorflow"
     dtypes: tuple[str, ...] = tuple(FORMATS)  # the input dtypes it accepts
     keras_layer: bool = False  # runs a Keras layer, which computes in the policy's compute dtype
+    # what it computes when handed probabilities (`check --input probabilities`), or None: the
+    # part of it after the softmax
+    on_probabilities: str | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -122,7 +128,13 @@ class Impl:
 REGISTRY: dict[str, Impl] = {
     impl.name: impl
     for impl in (
-        Impl("naive", "-sum y log(exp(x) / sum exp(x)), no shift", "logits", "hand-written"),
+        Impl(
+            "naive",
+            "-sum y log(exp(x) / sum exp(x)), no shift",
+            "logits",
+            "hand-written",
+            on_probabilities="-sum y log p",
+        ),
         Impl("shifted", "naive, after subtracting the row max", "logits", "hand-written"),
         Impl(
             "clipped",
@@ -130,6 +142,7 @@ REGISTRY: dict[str, Impl] = {
             "probabilities",
             "hand-written",
             eps="option",
+            on_probabilities="p clipped to [eps, 1-eps], then -sum y log p",
         ),
         Impl(
             "log_softmax",
@@ -162,6 +175,8 @@ REGISTRY: dict[str, Impl] = {
             "probabilities",
             "keras",
             eps="keras",
+            on_probabilities="keras.losses.CategoricalCrossentropy(from_logits=False) on p: "
+            "renormalised, clipped to [eps, 1-eps]",
         ),
         Impl(
             "keras_cce_softmax_layer",
@@ -186,6 +201,8 @@ REGISTRY: dict[str, Impl] = {
             "tf.nn.softmax_cross_entropy_with_logits on softmax(x): probabilities passed as logits",
             "probabilities",
             "misuse",
+            on_probabilities="tf.nn.softmax_cross_entropy_with_logits on p: a softmax applied to "
+            "probabilities",
         ),
     )
 }

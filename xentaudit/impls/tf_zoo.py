@@ -7,6 +7,7 @@ implementations that need them). Gradients are what ``tf.GradientTape`` produces
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -107,19 +108,53 @@ def double_softmax(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tenso
     return tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=tf.nn.softmax(x))
 
 
+# What the implementations that take probabilities compute on them (`check --input
+# probabilities`): fn(labels, classes, p, eps), the part of each after its softmax.
+ON_PROBABILITIES: dict[str, LossFn] = {
+    "naive": lambda y, classes, p, eps: -tf.reduce_sum(y * tf.math.log(p), axis=-1),
+    "clipped": lambda y, classes, p, eps: (
+        -tf.reduce_sum(y * tf.math.log(tf.clip_by_value(p, eps, 1 - eps)), axis=-1)
+    ),
+    "keras_cce_probs": lambda y, classes, p, eps: _CCE_PROBS(y, p),
+    "double_softmax": lambda y, classes, p, eps: tf.nn.softmax_cross_entropy_with_logits(
+        labels=y, logits=p
+    ),
+}
+
+
+def to_logits_gradient(p: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """The gradient w.r.t. the logits z behind probabilities ``p`` of a loss whose autodiff
+    gradient w.r.t. ``p`` is ``grad``, in float64: the chain rule through p = s softmax(z)
+    (s = sum p, 1 for a softmax output; z = log p), whose Jacobian is s (diag(q) - q q^T) with
+    q = p / s, so ``J^T g = p * g - p (q . g)``. The reference is the cross-entropy of z
+    (``audit.round_to``), so a loss on p is graded on the gradient training would see. A NaN or
+    infinite ``g`` stays so (training's gradient would be as bad)."""
+    p = p.astype(np.float64)
+    g = grad.astype(np.float64)
+    q = p / p.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        return p * g - p * (q * g).sum(axis=1, keepdims=True)
+
+
 def keras_epsilon() -> float:
     """The epsilon Keras clips probabilities with (``keras.config.epsilon()``)."""
     return float(keras.config.epsilon())
 
 
-# One rebuild per loss path: ModelPath is frozen, so equal paths share their Keras objects.
-_model_loss = functools.cache(model.model_loss)
+@functools.cache  # ModelPath is frozen: equal paths share their Keras objects
+def _model_loss(path: model.ModelPath) -> LossFn:
+    """The loss path as audited: the labels arrive smoothed already (``audit.scored_labels``
+    applies the model's label_smoothing, as Keras writes it), so the loss does not smooth again."""
+    return model.model_loss(dataclasses.replace(path, label_smoothing=0.0))
 
 
-def loss_fn(name: str, policy: str) -> LossFn:
+def loss_fn(name: str, policy: str, given: str = "logits") -> LossFn:
     """The loss function registered under ``name`` as it runs under the Keras dtype policy
     ``policy`` (implementations with Keras layers are built per policy), the user's loss, or
-    the saved model's loss path (``model``, under its own policy whatever ``policy`` says)."""
+    the saved model's loss path (``model``, under its own policy whatever ``policy`` says).
+    ``given`` "probabilities": what it computes on probabilities (``ON_PROBABILITIES``)."""
+    if given == "probabilities":
+        return ON_PROBABILITIES[name]
     path = model_path(name)
     if path is not None:
         return _model_loss(path)
@@ -131,8 +166,8 @@ def loss_fn(name: str, policy: str) -> LossFn:
     return globals()[name]
 
 
-# (name, dtype, policy, model's loss path or None) -> the traced step
-_GRAPH_CACHE: dict[tuple[str, str, str, model.ModelPath | None], Callable] = {}
+# (name, dtype, policy, model's loss path or None, what the input holds) -> the traced step
+_GRAPH_CACHE: dict[tuple[str, str, str, model.ModelPath | None, str], Callable] = {}
 
 
 def _with_gradient(fn: LossFn) -> Callable:
@@ -186,9 +221,14 @@ def run(
     timeout: float | None = None,
     policy: str = "float32",
     loss_scale: float = 1.0,
+    given: str = "logits",
 ) -> Outcome:
     """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph"), its
     Keras layers built under the Keras dtype policy ``policy``.
+
+    ``given`` "probabilities": ``logits`` hold probabilities, which the implementation's part
+    after its softmax (``ON_PROBABILITIES``) takes; its autodiff gradient w.r.t. them is carried
+    to the logits behind them by ``to_logits_gradient``.
 
     ``logits`` and ``labels`` (dense label weights, or ``None`` for the one-hot of ``classes``)
     are numpy arrays already in the audited dtype. The gradient is taken of ``loss_scale``
@@ -202,9 +242,9 @@ def run(
     y = tf.constant(labels) if labels is not None else tf.one_hot(k, logits.shape[1], dtype=x.dtype)
     e = tf.constant(eps, dtype=x.dtype)
     s = tf.constant(loss_scale, dtype=tf.float64)
-    key = (name, x.dtype.name, policy, model_path(name))
+    key = (name, x.dtype.name, policy, model_path(name), given)
     if mode == "eager":
-        step = _with_gradient(loss_fn(name, policy))
+        step = _with_gradient(loss_fn(name, policy, given))
     else:
         # One trace per implementation, dtype and policy, whatever the batch shape or epsilon.
         if key not in _GRAPH_CACHE:
@@ -217,7 +257,7 @@ def run(
             ]
             _GRAPH_CACHE[key] = tf.function(
                 # No Python control flow in the zoo: autograph would only slow tracing down.
-                _with_gradient(loss_fn(name, policy)),
+                _with_gradient(loss_fn(name, policy, given)),
                 input_signature=signature,
                 autograph=False,
             )
@@ -230,6 +270,8 @@ def run(
                 loss, grad = _run_user(name, step, x, y, k, e, s)
             # np.asarray views the tensor's buffer; .numpy() copies
             gradient = as_float(np.asarray(grad))
+            if given == "probabilities":
+                gradient = to_logits_gradient(as_float(logits), gradient)
             outcome = Outcome(
                 np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
                 gradient if loss_scale == 1 else gradient / gradient.dtype.type(loss_scale),

@@ -34,6 +34,7 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
     ET.SubElement(properties, "property", name="verdict", value=verdict.status)
     ET.SubElement(properties, "property", name="verdict.message", value=verdict.message)
     ET.SubElement(properties, "property", name="config", value=check.config or "none")
+    ET.SubElement(properties, "property", name="input", value=check.input)
     lint_case = ET.SubElement(suite, "testcase", classname="xentaudit.input", name="input lint")
     if verdict.failing_lint:
         failure = ET.SubElement(

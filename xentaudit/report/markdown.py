@@ -13,7 +13,8 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
     lines = [
         f"### xentaudit check `{check.path}`",
         "",
-        f"{check.rows} rows x {check.classes} classes, {check.file_dtype}; labels: {check.labels}; "
+        f"{check.rows} rows x {check.classes} classes, {check.file_dtype} {check.input}; "
+        f"labels: {check.labels}; "
         f"configuration: {check.config or 'none'}.",
         "",
         f"**{verdict.status.upper()}**: {verdict.message}",

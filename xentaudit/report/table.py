@@ -344,6 +344,21 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
 # --- check -----------------------------------------------------------------------------------
 
 
+def _reduction_line(check: Check) -> str:
+    """What the model's reduction makes of the losses: the mean columns, or their sums."""
+    if check.reduction is None or check.reduction == "none":
+        return "reduction: none (the model's loss is per row)"
+    sums = [r for r in check.gated if r.loss_reduced is not None and r.loss_reduced != r.loss_mean]
+    if not sums:
+        return f"reduction: {check.reduction} (the loss it reports is the mean columns')"
+    totals = "; ".join(
+        f"{r.impl} {r.mode} {dtype_label(r.dtype, r.policy)} {_num(r.loss_reduced, 8)} "
+        f"(exact {_num(r.exact_reduced, 8)})"
+        for r in sums
+    )
+    return f"reduction: {check.reduction} over the {check.rows} rows: {totals}"
+
+
 def render_check(
     check: Check, fail_on: Sequence[str], *, color: bool = False, width: int = 160
 ) -> str:
@@ -353,7 +368,7 @@ def render_check(
     console.print(
         Text(
             f"xentaudit check {check.path}: {check.rows} rows x {check.classes} classes, "
-            f"{check.file_dtype}",
+            f"{check.file_dtype}" + ("" if check.input == "logits" else f" {check.input}"),
             style="bold",
         ),
         Text(
@@ -367,6 +382,15 @@ def render_check(
     if check.model is not None:
         gates = " (gates the run; the rest are alternatives)" if check.gate else ""
         console.print(Text(f"model: {check.model}{gates}"))
+        console.print(Text(_reduction_line(check), style="dim"))
+        if check.ignored_rows:
+            console.print(
+                Text(
+                    f"ignored: {check.ignored_rows} rows of the class the model's loss ignores "
+                    "(ignore_class), left out as Keras leaves them out",
+                    style="dim",
+                )
+            )
     for flag, rows in check.lint.items():
         console.print(Text(f"input: {flag} on {rows} of {check.rows} rows", style="yellow"))
     table = _columns(
