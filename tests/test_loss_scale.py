@@ -132,6 +132,22 @@ def test_cli_json_and_table_carry_the_scale(tmp_path) -> None:
     table = runner.invoke(cli, args)
     assert table.exit_code == 1  # grad-inf fails the gate
     assert "max scale" in table.stdout and "2^15" in table.stdout
+    junit = runner.invoke(cli, [*args, "--format", "junit"]).stdout
+    assert '<property name="max_loss_scale" value="2^15" />' in junit
+
+
+def test_the_markdown_summary_carries_the_scale(tmp_path) -> None:
+    from xentaudit.report import markdown
+
+    path = tmp_path / "x.npz"
+    np.savez(path, logits=LOGITS.astype(np.float16), labels=CLASSES)
+    scaled = check_file(
+        path, impls=["keras_cce_logits"], modes=["eager"], policies=["float32"], loss_scale=2.0**16
+    )
+    text = markdown.render(scaled, ["grad-inf"])
+    assert "| max scale |" in text and "| 2^15 |" in text
+    plain = check_file(path, impls=["keras_cce_logits"], modes=["eager"], policies=["float32"])
+    assert "max scale" not in markdown.render(plain, ["grad-inf"])
 
 
 def test_sweep_takes_gradients_of_the_scaled_loss() -> None:

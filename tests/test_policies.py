@@ -112,6 +112,41 @@ def test_the_runs_gradient_is_real_keras_bit_for_bit() -> None:
             np.testing.assert_array_equal(ours.grad, real)  # NaN matches NaN
 
 
+@pytest.mark.parametrize("final", ["activation", "dense"])
+def test_the_softmax_layer_stands_for_activation_and_dense_softmax(final: str) -> None:
+    """``keras_cce_softmax_layer`` is also what a model ending in ``Activation("softmax")`` or
+    in ``Dense(..., activation="softmax")`` computes, bit for bit: both apply
+    ``keras.activations.softmax`` in the policy's compute dtype. The Dense here has an identity
+    kernel and no bias, so its pre-activation is its input (x @ I is exact in every dtype); its
+    input's gradient also passes the matmul's backward (an inf times the kernel's zeros is NaN
+    across the row), so for it the losses are compared, and the gradient for Activation."""
+    from xentaudit.impls.tf_zoo import run
+
+    logits, classes = confident_rows()
+    for policy in POLICIES:
+        x = FORMATS[POLICIES[policy]].cast(logits)
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            if final == "activation":
+                layer = keras.layers.Activation("softmax")
+            else:
+                layer = keras.layers.Dense(
+                    CLASSES, activation="softmax", use_bias=False, kernel_initializer="identity"
+                )
+            loss = keras.losses.CategoricalCrossentropy(reduction=None)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        tx = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(tx)
+            losses = loss(tf.one_hot(classes, CLASSES), layer(tx))
+        real = np.asarray(tape.gradient(losses, tx), dtype=np.float64)
+        ours = run("keras_cce_softmax_layer", 1e-7, "eager", x, None, classes, policy=policy)
+        np.testing.assert_array_equal(ours.loss, np.asarray(losses, np.float64))
+        if final == "activation":
+            np.testing.assert_array_equal(ours.grad, real)  # NaN matches NaN
+
+
 def test_float32_policy_recovers_the_logits_on_the_same_half_precision_input() -> None:
     logits, classes = confident_rows()
     for dtype in ("float16", "bfloat16"):

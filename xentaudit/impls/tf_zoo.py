@@ -280,7 +280,8 @@ def run(
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted trace is not to be reused
         raise ImplementationError(
-            f"--impl {name} ({x.dtype.name}, {mode}) ran longer than the timeout of {timeout:g} "
-            "s; raise --timeout or fix the implementation"
+            f"--impl {name} ({x.dtype.name}{'' if policy == 'float32' else f' [{policy}]'}, "
+            f"{mode}) ran longer than the timeout of {timeout:g} s; raise --timeout or fix the "
+            "implementation"
         ) from None
     return outcome

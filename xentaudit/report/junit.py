@@ -11,7 +11,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from xentaudit.report.plain import case_name, risk_text, verdict_text
+from xentaudit.report.plain import case_name, power_of_two, risk_text, verdict_text
 from xentaudit.results import Check
 
 
@@ -51,6 +51,10 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
         case = ET.SubElement(
             suite, "testcase", classname=f"xentaudit.{r.impl}", name=name, time="0"
         )
+        if check.loss_scale is not None:
+            scale = ET.SubElement(ET.SubElement(case, "properties"), "property")
+            scale.set("name", "max_loss_scale")
+            scale.set("value", power_of_two(r.max_loss_scale))
         if name in failing:
             fired = failing[name].flags
             counts = ", ".join(f"{f} on {r.flag_counts[f]} of {r.rows} rows" for f in fired)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from xentaudit.report.plain import case_name, differences_text, risk_text
+from xentaudit.report.plain import case_name, differences_text, power_of_two, risk_text
 from xentaudit.results import Check
 
 
 def render(check: Check, fail_on: Sequence[str]) -> str:
     verdict = check.verdict(fail_on)
+    scaled = check.loss_scale is not None
     lines = [
         f"### xentaudit check `{check.path}`",
         "",
@@ -21,13 +22,14 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
         "",
         *(f"- input: `{f}` on {n} of {check.rows} rows" for f, n in check.lint.items()),
         "",
-        "| result | rows flagged | max rel err | grad err |",
-        "|---|---|---|---|",
+        "| result | rows flagged | max rel err | grad err |" + (" max scale |" if scaled else ""),
+        "|---|---|---|---|" + ("---|" if scaled else ""),
     ]
     for r in check.results:
         counts = ", ".join(f"`{f}` {n}" for f, n in r.flag_counts.items()) or "ok"
         lines.append(
             f"| {case_name(r)} | {counts} | {r.max_rel_err:.2g} | {r.grad_max_abs_err:.2g} |"
+            + (f" {power_of_two(r.max_loss_scale)} |" if scaled else "")
         )
     if verdict.rows_at_risk:
         lines += ["", "Rows at risk:", ""]

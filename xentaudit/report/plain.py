@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from xentaudit.results import (
@@ -19,6 +20,11 @@ from xentaudit.results import (
 def _labels(labels: str | None) -> str:
     """`` labels=predicted`` for a label source other than the file's own labels."""
     return "" if labels in (None, "file") else f" labels={labels}"
+
+
+def power_of_two(scale: float | None) -> str:
+    """A ``max_loss_scale`` as ``2^15``; ``none`` for 0 (not finite even unscaled)."""
+    return f"2^{math.frexp(scale)[1] - 1}" if scale else "none"
 
 
 def case_name(r: CheckResult | FailingResult | RowAtRisk) -> str:

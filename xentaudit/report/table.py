@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xentaudit.flags import FLAGS
-from xentaudit.report.plain import differences_text
+from xentaudit.report.plain import differences_text, power_of_two
 from xentaudit.results import (
     Audit,
     BreakingPoint,
@@ -110,11 +110,6 @@ def _fold_modes(
     return rows
 
 
-def _power_of_two(scale: float | None) -> str:
-    """A ``max_loss_scale`` as ``2^15``; ``none`` for 0 (not finite even unscaled)."""
-    return f"2^{math.frexp(scale)[1] - 1}" if scale else "none"
-
-
 def _scaling(loss_scale: float | None, column: bool = True) -> str:
     """The header's note on loss scaling: what the gradients are of (and the ``column``)."""
     if loss_scale is None:
@@ -165,7 +160,7 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
             _num(r.max_rel_err, 2),
             _num(r.max_ulps_err, 2),
             _num(r.grad_max_abs_err, 2),
-            *([_power_of_two(r.max_loss_scale)] if scaled else []),
+            *([power_of_two(r.max_loss_scale)] if scaled else []),
             _flags_text(r.flags),
         )
     console.print(table)
@@ -429,7 +424,7 @@ def render_check(
             _num(r.exact_mean, 8),
             _num(r.max_rel_err, 2),
             _num(r.grad_max_abs_err, 2),
-            *([_power_of_two(r.max_loss_scale)] if check.loss_scale is not None else []),
+            *([power_of_two(r.max_loss_scale)] if check.loss_scale is not None else []),
         )
     console.print(table)
     if verdict.rows_at_risk:
