@@ -139,7 +139,11 @@ def test_without_labels_rows_are_checked_against_predicted_and_worst_case_class(
 
 def test_sparse_impls_are_skipped_for_soft_labels() -> None:
     check = check_file(FIXTURES / "soft_labels.npz", modes=["eager"])
-    assert {s.impl for s in check.skipped} == {"tf_sparse_softmax_xent", "keras_scce_logits"}
+    sparse = {
+        "tf_sparse_softmax_xent", "keras_scce_logits", "torch_log_softmax_nll",
+        "optax_softmax_xent_int",
+    }  # fmt: skip
+    assert {s.impl for s in check.skipped} == sparse
     assert "double_softmax" not in {r.impl for r in check.results}  # not a default
 
 
@@ -263,7 +267,9 @@ def test_only_a_default_zoo_offers_to_pin_its_fused_losses() -> None:
     seed = FIXTURES / "seed_scale10.npz"
     default = check_file(seed, modes=["eager"])
     assert default.pinnable == (
-        "tf_softmax_xent", "tf_sparse_softmax_xent", "keras_cce_logits", "keras_scce_logits"
+        "tf_softmax_xent", "tf_sparse_softmax_xent", "keras_cce_logits", "keras_scce_logits",
+        "torch_cross_entropy", "torch_log_softmax_nll", "torch_autocast_bf16",
+        "optax_softmax_xent", "optax_softmax_xent_int", "optax_safe_softmax_xent",
     )  # fmt: skip
     assert default.verdict().message.startswith("Only implementations outside the fused")
     named = check_file(seed, impls=["clipped", "tf_softmax_xent"], modes=["eager"])

@@ -201,7 +201,7 @@ def test_a_nan_error_is_the_worst_row_and_counts_above_1(tmp_path, chunk_rows) -
         (":numpy_only", "no gradient w.r.t. the logits"),
         (":one_argument", "must take (labels, logits)"),
         (":missing", "has no function missing"),
-        ("", "expected path/to/file.py:function"),
+        ("", "path/to/file.py:function (name the function)"),
     ],
 )
 def test_a_broken_users_loss_is_a_one_line_error(losses, target: str, message: str) -> None:

@@ -249,7 +249,7 @@ def test_a_code_file_must_be_a_regular_file_others_cannot_write(tmp_path: Path) 
          "regular file"),
         ("writable.py:fn", f": refused, it is writable by group or others (mode 666); run chmod "
          f"go-w {writable}"),
-        ("losses.py:not-a-name", ": expected path/to/file.py:function"),
+        ("losses.py:not-a-name", ": expected [tf:|torch:|jax:]path/to/file.py:function"),
     ]:  # fmt: skip
         assert error(f'[tool.xentaudit]\nimpls = ["{entry}"]\n', tmp_path) == (
             f"{path}: [tool.xentaudit] impls entry {entry!r}{problem}"
@@ -270,7 +270,7 @@ def test_a_code_file_must_be_a_regular_file_others_cannot_write(tmp_path: Path) 
         ("[tool]\nxentaudit = 'on'\n", "{path}: tool.xentaudit must be a table ([tool.xentaudit]),"
          " got 'on'"),
         ("[tool.xentaudit]\nimpl = ['x']\n", "{path}: unknown key 'impl' in [tool.xentaudit]; "
-         "known: impls, dtypes, policies, fail-on, rtol, eps"),
+         "known: impls, dtypes, policies, backends, fail-on, rtol, eps"),
         ("[tool.xentaudit]\nimpls = 'tf_softmax_xent'\n", "{path}: [tool.xentaudit] impls must "
          "be a non-empty list of implementation names, got 'tf_softmax_xent'"),
         ("[tool.xentaudit]\nimpls = []\n", "{path}: [tool.xentaudit] impls must be a non-empty "

@@ -45,7 +45,10 @@ def test_list_describes_every_builtin_implementation() -> None:
     by_name = {i["name"]: i for i in items}
     # the sparse losses gather the label's log-probability: no soft labels
     sparse = {n for n, i in by_name.items() if "soft" not in i["labels"]}
-    assert sparse == {"tf_sparse_softmax_xent", "keras_scce_logits"}
+    assert sparse == {
+        "tf_sparse_softmax_xent", "keras_scce_logits", "torch_log_softmax_nll",
+        "optax_softmax_xent_int",
+    }  # fmt: skip
     assert all(i["labels"][:2] == ["class", "one-hot"] for i in items)
     assert all(i["dtypes"] == ["float16", "bfloat16", "float32", "float64"] for i in items)
     assert by_name["clipped"]["clip"] == "--eps"

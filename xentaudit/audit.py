@@ -126,13 +126,15 @@ def grade(
     rounded: Rounded,
     rtol: float | None = None,
     compute_dtype: str | None = None,
+    keras_layer: bool = True,
 ) -> Grades:
     """Grade per-row ``loss`` (float64) and ``grad`` of an implementation run on ``rounded``.
 
-    ``compute_dtype``: the dtype its Keras layers computed in under the dtype policy (None: it
-    runs none). A layer narrower than the input narrows the computation as a narrower output
-    does (``downcast``, tolerances of the narrower dtype); one in half precision is
-    ``half-softmax`` where a failing flag fires.
+    ``compute_dtype``: the dtype its Keras layers computed in under the dtype policy, or the one
+    it rounds the logits to (None: neither). A compute dtype narrower than the input narrows the
+    computation as a narrower output does (``downcast``, tolerances of the narrower dtype); a
+    Keras layer (``keras_layer``) in half precision is ``half-softmax`` where a failing flag
+    fires.
     """
     fmt, ref = rounded.fmt, rounded.ref
     out = min(
@@ -142,7 +144,11 @@ def grade(
     )
     eff = min(fmt, out, key=lambda f: f.precision)
     downcast = out.precision < fmt.precision
-    half_layer = compute_dtype is not None and FORMATS[compute_dtype].precision < HALF_PRECISION
+    half_layer = (
+        keras_layer
+        and compute_dtype is not None
+        and FORMATS[compute_dtype].precision < HALF_PRECISION
+    )
     tol = RTOL_ULPS * eff.eps if rtol is None else rtol
     bound = rounded.bound
     reduction = REDUCTION_ULPS * reduction_depth(rounded.logits.shape[1]) * eff.eps * bound
@@ -315,7 +321,9 @@ def run_graded(
     run may take at most ``timeout`` seconds (None: no limit)."""
     outcome = _run(name, eps, mode, rounded, timeout, policy, loss_scale)
     compute = zoo.computes_in(name, policy)
-    return outcome, grade(outcome.loss, outcome.grad, outcome.output_dtype, rounded, rtol, compute)
+    layer = zoo.get_impl(name).keras_layer
+    grades = grade(outcome.loss, outcome.grad, outcome.output_dtype, rounded, rtol, compute, layer)
+    return outcome, grades
 
 
 def eps_used(name: str, eps: float) -> float | None:
@@ -343,16 +351,46 @@ def variants(names: Iterable[str], eps: tuple[float, ...]) -> list[Variant]:
     return out
 
 
-def chosen_impls(impls: Iterable[str], model: str | Path | None) -> tuple[str, ...]:
-    """``impls`` expanded (``zoo.parse_impls``), then, with ``model`` (a ``.keras`` file), the
-    implementation ``model``: the loss path ``read_model_config`` maps, exactly as saved."""
+def chosen_impls(
+    impls: Iterable[str], model: str | Path | None, backends: Iterable[str] | None = None
+) -> tuple[str, ...]:
+    """``impls`` expanded (``zoo.parse_impls``, ``all`` over the installed ``backends``), then,
+    with ``model`` (a ``.keras`` file), the implementation ``model``: the loss path
+    ``read_model_config`` maps, exactly as saved."""
     if model is None:
-        return zoo.parse_impls(impls)
+        return zoo.parse_impls(impls, backends)
     from xentaudit.model import read_model_config
 
     zoo.use_model(read_model_config(model))
     names = [name for name in impls if name != zoo.MODEL]  # `--impl model` is implied
-    return (*(zoo.parse_impls(names) if names else ()), zoo.MODEL)
+    return (*(zoo.parse_impls(names, backends) if names else ()), zoo.MODEL)
+
+
+def runnable_modes(name: str, modes: Iterable[str]) -> tuple[tuple[str, ...], Skipped | None]:
+    """The ``modes`` implementation ``name`` can run in here, and the ``Skipped`` that says
+    why the others cannot (``zoo.mode_unavailable``: torch.compile without a compiler), if
+    any."""
+    runnable, skip = [], None
+    for mode in modes:
+        reason = zoo.mode_unavailable(name, mode)
+        if reason is None:
+            runnable.append(mode)
+        else:
+            skip = Skipped(name, "all", f"{mode} mode: {reason}")
+    return tuple(runnable), skip
+
+
+def backend_skips(backends: Iterable[str] | None) -> list[Skipped]:
+    """One ``Skipped`` per backend of ``backends`` (``--backend`` names; None: every one) that
+    is not installed, giving the command that installs it."""
+    return [
+        Skipped(
+            zoo.BACKENDS[b].option,
+            "all",
+            f"the {b} backend is not installed; install it with: {zoo.BACKENDS[b].install}",
+        )
+        for b in zoo.missing_backends(zoo.parse_backends(backends))
+    ]
 
 
 def _chosen_model(names: Iterable[str]) -> ModelPath | None:
@@ -536,6 +574,7 @@ def audit(
     policies: Iterable[str] = ("float32",),
     loss_scale: float | None = None,
     model: str | Path | None = None,
+    backends: Iterable[str] | None = None,
 ) -> Audit:
     """Audit cross-entropy implementations on ``logits`` ``[..., C]`` and ``labels``.
 
@@ -551,19 +590,22 @@ def audit(
     compute dtype as training holds them (overflows are ``grad-inf``/``grad-nan``), and each
     result's ``max_loss_scale`` is searched. ``model`` (a ``.keras`` file) adds its own loss
     path as the implementation ``model`` (``chosen_impls``), run under its own dtype policy.
-    Returns an ``Audit``; prints nothing.
+    ``backends`` ("tf", "torch", "jax"; None: all) limit what ``all`` means to their installed
+    implementations; those not installed are listed under ``skipped``. ``logits`` and
+    ``labels`` may be numpy arrays, torch tensors or jax arrays. Returns an ``Audit``; prints
+    nothing.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
     check_options(eps, rtol, modes, timeout, loss_scale)
-    names = chosen_impls(impls, model)
+    names = chosen_impls(impls, model, backends)
     chosen = variants(names, eps)
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
     batch = scored_labels(prepare(logits, labels), names)
 
     results: list[ImplResult] = []
-    skipped: list[Skipped] = []
+    skipped = backend_skips(backends)
     method = "mpmath"
     for fmt in formats:
         try:
@@ -583,7 +625,10 @@ def audit(
                 if skip not in skipped:  # once, whatever the policies
                     skipped.append(skip)
                 continue
-            for mode in modes:
+            runnable, skip = runnable_modes(name, modes)
+            if skip is not None and skip not in skipped:
+                skipped.append(skip)
+            for mode in runnable:
                 outcome, g, largest = run_shared(
                     runs, variant, mode, rounded, rtol, timeout, policy, loss_scale
                 )

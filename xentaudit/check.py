@@ -23,6 +23,7 @@ from xentaudit.audit import (
     Runs,
     Unrepresentable,
     Variant,
+    backend_skips,
     check_options,
     chosen_impls,
     classes_skip,
@@ -33,6 +34,7 @@ from xentaudit.audit import (
     policy_variants,
     round_to,
     run_shared,
+    runnable_modes,
     scored_labels,
     variants,
     worst,
@@ -75,14 +77,17 @@ _UNIT_EXPONENT = 1126
 _BINCOUNT_ROWS = 1 << 25  # halves of m have at most 27 bits: 2^25 sums stay below 2^53
 
 
-def default_impls(input_kind: str = "logits") -> tuple[str, ...]:
-    """Every registered implementation except the deliberate misuses (``double_softmax``); for
-    a file of probabilities, those of them that take probabilities."""
+def default_impls(
+    input_kind: str = "logits", backends: Iterable[str] | None = None
+) -> tuple[str, ...]:
+    """Every implementation of the installed ``backends`` (``--backend`` names; None: all)
+    except the deliberate misuses (``double_softmax``); for a file of probabilities, those of
+    them that take probabilities."""
     return tuple(
         name
-        for name, impl in zoo.REGISTRY.items()
-        if impl.family != "misuse"
-        and (input_kind != "probabilities" or impl.on_probabilities is not None)
+        for name in zoo.parse_impls(["all"], backends)
+        if zoo.REGISTRY[name].family != "misuse"
+        and (input_kind != "probabilities" or zoo.REGISTRY[name].on_probabilities is not None)
     )
 
 
@@ -366,7 +371,10 @@ def _audit_chunk(
                 if zoo.get_impl(name).needs_classes and labelled.classes is None:
                     skipped[(name, fmt.name)] = Skipped(name, fmt.name, classes_skip(names))
                     continue
-                for mode in modes:
+                runnable, skip = runnable_modes(name, modes)
+                if skip is not None:
+                    skipped[(name, skip.dtype)] = skip
+                for mode in runnable:
                     outcome, grades, largest = run_shared(
                         runs, variant, mode, rounded, rtol, timeout, policy, loss_scale
                     )
@@ -400,6 +408,7 @@ def check_file(
     on_flagged_row: FlaggedRowSink | None = None,
     model: str | Path | None = None,
     input_kind: str = "logits",
+    backends: Iterable[str] | None = None,
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
 
@@ -429,14 +438,16 @@ def check_file(
     implementations that take probabilities are handed (by default every one but
     ``double_softmax``), graded against the exact loss of the given p, renormalised as Keras
     does (``audit.round_to``), with the gradient carried to the logits behind them.
+
+    ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
     check_options(eps, rtol, modes, timeout, loss_scale)
     pin = impls is None  # no implementation named: the verdict may offer to pin one
-    impls = impls if impls is not None else default_impls(input_kind)
+    impls = impls if impls is not None else default_impls(input_kind, backends)
     refuse_input_kind(input_kind, impls, model)
-    names = chosen_impls(impls, model)
+    names = chosen_impls(impls, model, backends)
     chosen = variants(names, eps)
     logits, label_source = open_arrays(
         Path(path),
@@ -467,7 +478,7 @@ def check_file(
     lint: Counter = Counter()
     file_fmt = FORMATS[logits.dtype.name]
     tallies: dict[tuple[str, str, float, str, str, str], _Tally] = {}
-    skipped: dict[tuple[str, str], Skipped] = {}
+    skipped = {(s.impl, s.dtype): s for s in backend_skips(backends)}
     sources = _label_sources(label_source)
     flagged: list[FlaggedRow] | None = [] if on_flagged_row is not None else None
     refused = False

@@ -315,6 +315,19 @@ def policy_option(default: str) -> Callable:
     )
 
 
+def backend_option() -> Callable:
+    """--backend: the frameworks whose implementations `all` and the defaults cover."""
+    return click.option(
+        "--backend",
+        "backends",
+        multiple=True,
+        metavar="NAME",
+        help="tf, torch, jax or all (comma lists; repeatable): the frameworks whose installed "
+        "implementations run (default: every installed one; one not installed is listed as "
+        "skipped, with its install command).",
+    )
+
+
 def model_option() -> Callable:
     """--model: audit a saved model's own loss path as the implementation `model`."""
     return click.option(
@@ -413,6 +426,7 @@ def _load_tensorflow() -> None:
 )
 @model_option()
 @policy_option("float32")
+@backend_option()
 @eps_option(1e-7)
 @shared_options()
 @format_option("table", "json")
@@ -426,6 +440,7 @@ def compare(
     impls: tuple[str, ...],
     model: str | None,
     policies: tuple[str, ...],
+    backends: tuple[str, ...],
     eps: tuple[float, ...],
     mode: str,
     rtol: float | None,
@@ -466,6 +481,7 @@ def compare(
         rtol=rtol,
         timeout=timeout,
         policies=policies or ("float32",),
+        backends=backends or None,
         loss_scale=loss_scale,
         model=model,
     )
@@ -513,6 +529,7 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
 @click.option("--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default all).")
 @click.option("--impl", "impls", multiple=True, metavar="NAME", help="Repeatable (default all).")
 @policy_option("float32")
+@backend_option()
 @eps_option(*DEFAULT_EPS)
 @click.option(
     "--pattern",
@@ -539,6 +556,7 @@ def sweep(
     dtypes: tuple[str, ...],
     impls: tuple[str, ...],
     policies: tuple[str, ...],
+    backends: tuple[str, ...],
     eps: tuple[float, ...],
     patterns: tuple[str, ...],
     classes: int,
@@ -581,6 +599,7 @@ def sweep(
             max_memory=max_memory,
             progress=progress,
             policies=policies or ("float32",),
+            backends=backends or None,
             loss_scale=loss_scale,
         )
     if fmt == "json":
@@ -605,6 +624,7 @@ def sweep(
     "--dtype", "dtypes", multiple=True, metavar="NAME", help="Repeatable (default: the file's)."
 )
 @policy_option("float32, and mixed_float16 or mixed_bfloat16 for a float16 or bfloat16 file")
+@backend_option()
 @eps_option(1e-7)
 @click.option(
     "--input",
@@ -657,6 +677,7 @@ def check(
     impls: tuple[str, ...],
     dtypes: tuple[str, ...],
     policies: tuple[str, ...],
+    backends: tuple[str, ...],
     eps: tuple[float, ...],
     input_kind: str,
     model: str | None,
@@ -707,6 +728,7 @@ def check(
     impls = impls or tuple(table.get("impls", ()))
     dtypes = dtypes or tuple(table.get("dtypes", ()))
     policies = policies or tuple(table.get("policies", ()))
+    backends = backends or tuple(table.get("backends", ()))
     if unset("fail_on") and "fail-on" in table:
         fail_on = ",".join(table["fail-on"])
     rtol = rtol if rtol is not None else table.get("rtol")
@@ -719,8 +741,9 @@ def check(
         if inputs is not None:
             assert model is not None and label_input is not None  # _check_sources
             # refused before the model runs
-            refuse_input_kind(input_kind, impls or default_impls(input_kind), model)
-            chosen_impls(impls or default_impls(input_kind), model)
+            wanted = impls or default_impls(input_kind, backends or None)
+            refuse_input_kind(input_kind, wanted, model)
+            chosen_impls(wanted, model, backends or None)
             path = str(stack.enter_context(_computed_logits(model, inputs, label_input, saved)))
             label_input, logits_key, labels_key = None, "logits", "labels"
         on_flagged_row = None
@@ -747,6 +770,7 @@ def check(
             timeout=timeout,
             progress=progress,
             policies=policies or None,
+            backends=backends or None,
             loss_scale=loss_scale,
             on_flagged_row=on_flagged_row,
             model=model,

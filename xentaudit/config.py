@@ -44,7 +44,7 @@ from typing import Any
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError
 from xentaudit.flags import FLAGS
-from xentaudit.impls import POLICIES, REGISTRY
+from xentaudit.impls import BACKENDS, BY_OPTION, POLICIES, REGISTRY, user_backend
 from xentaudit.io import regular_file
 
 if sys.version_info >= (3, 11):
@@ -81,6 +81,7 @@ KEYS = {  # key -> (check of the value, what it must be)
     "impls": (_names, "a non-empty list of implementation names"),
     "dtypes": (_names, "a non-empty list of dtype names"),
     "policies": (_names, "a non-empty list of Keras dtype policy names"),
+    "backends": (_names, "a non-empty list of backend names (tf, torch, jax)"),
     "fail-on": (_strings, "a list of flag names ([] for none)"),
     "rtol": (lambda v: _number(v, 0, math.inf), "a number, finite and > 0"),
     "eps": (
@@ -92,6 +93,7 @@ CHOICES = {  # key -> the names its entries may use (comma lists allowed, as on 
     "impls": (*REGISTRY, "all"),
     "dtypes": (*FORMATS, "all"),
     "policies": (*POLICIES, "all"),
+    "backends": (*BY_OPTION, "all"),
     "fail-on": (*FLAGS, "none"),
 }
 
@@ -251,9 +253,11 @@ def _validate(table: dict[str, Any], source: Path, trusted: bool) -> dict[str, A
 def _code(entry: str, source: Path, trusted: bool) -> str:
     """An ``impls`` entry that loads code, checked, with its file's path made absolute."""
     where = f"{source}: [tool.xentaudit] impls entry {entry!r}"
-    target, _, function = entry.rpartition(":")
+    backend, located = user_backend(entry)
+    prefix = "" if located == entry else f"{BACKENDS[backend].option}:"
+    target, _, function = located.rpartition(":")
     if not function.isidentifier():
-        raise ConfigError(f"{where}: expected path/to/file.py:function")
+        raise ConfigError(f"{where}: expected [tf:|torch:|jax:]path/to/file.py:function")
     if not (target.endswith(".py") or os.sep in target):
         raise ConfigError(
             f"{where} imports a module, which a configuration may not (what it imports depends "
@@ -271,4 +275,4 @@ def _code(entry: str, source: Path, trusted: bool) -> str:
     problem = _distrust(code)
     if problem is not None:
         raise ConfigError(f"{where}: refused, {problem}")
-    return f"{code}:{function}"
+    return f"{prefix}{code}:{function}"

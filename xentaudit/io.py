@@ -19,6 +19,7 @@ import math
 import os
 import stat
 import struct
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import ml_dtypes
 import numpy as np
@@ -214,6 +215,18 @@ def bad_probability_rows(p: np.ndarray) -> dict[str, np.ndarray]:
     return {"NaN": nan, "outside [0, 1]": ~nan & ((low < 0) | (top > 1)), "all 0": top == 0}
 
 
+def as_array(x: Any) -> np.ndarray:
+    """``x`` as a numpy array: a torch tensor (detached, on the CPU; bfloat16 kept as
+    ml_dtypes' bfloat16, which numpy lacks), a jax array or anything ``np.asarray`` takes.
+    Torch is recognised by its type's module, never imported here."""
+    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
+        t = x.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":  # exact: the same 16 bits
+            return t.view(sys.modules["torch"].int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
+    return np.asarray(x)
+
+
 def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int | np.ndarray = 0) -> Batch:
     """Validate logits ``[..., C]`` and labels (integer classes ``[...]`` or weights ``[..., C]``).
 
@@ -223,8 +236,8 @@ def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int | np.ndarray
     ``row_offset`` (the position of this batch in a file), or are the file rows it gives.
     """
     at = row_offset
-    logits = np.asarray(logits)
-    labels = np.asarray(labels)
+    logits = as_array(logits)
+    labels = as_array(labels)
     if logits.dtype.kind not in "biuf" and str(logits.dtype) != "bfloat16":
         raise InputError(f"logits must be numbers, got dtype {logits.dtype}")
     if logits.ndim == 0 or logits.size == 0:

@@ -21,11 +21,13 @@ from xentaudit.audit import (
     Grades,
     Rounded,
     Variant,
+    backend_skips,
     check_options,
     eps_used,
     eps_values,
     round_to,
     run_graded,
+    runnable_modes,
     variants,
     worst,
 )
@@ -136,6 +138,7 @@ def sweep(
     progress: Progress | None = None,
     policies: Iterable[str] = ("float32",),
     loss_scale: float | None = None,
+    backends: Iterable[str] | None = None,
 ) -> Sweep:
     """Sweep implementations over logit ``scales`` x ``dtypes`` x ``patterns``, under each
     Keras dtype policy of ``policies``.
@@ -146,7 +149,8 @@ def sweep(
     gradients are taken of S times the loss (as ``audit``; no ``max_loss_scale`` search).
     ``max_memory`` (bytes; default ``memory_budget()``) refuses a grid whose largest batch
     needs more (``memory_needed``). ``progress`` is called with (done, total) units of work.
-    Returns a ``Sweep``; prints nothing.
+    ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``. Returns a ``Sweep``;
+    prints nothing.
     """
     scales = list(check_scales(scales))
     eps = eps_values(eps)
@@ -168,11 +172,11 @@ def sweep(
             "or raise --max-memory"
         )
     built = [make_pattern(p, seed=seed, **sizes) for p in names]
-    chosen = variants(zoo.parse_impls(impls), eps)
+    chosen = variants(zoo.parse_impls(impls, backends), eps)
 
     cells: list[SweepCell] = []
     points: list[BreakingPoint] = []
-    skipped: list[Skipped] = []
+    skipped = backend_skips(backends)
     total = len(built) * len(formats) * len(chosen_policies) * len(chosen) * len(modes)
     done = 0
     for pattern in built:
@@ -187,7 +191,11 @@ def sweep(
             rounded = _scaled(pattern, valid, fmt) if valid else None
             for policy, variant in itertools.product(chosen_policies, chosen):
                 known: Refined = {}
-                for mode in modes:
+                runnable, skip = runnable_modes(variant.impl, modes)
+                if skip is not None and skip not in skipped:
+                    skipped.append(skip)
+                done += len(modes) - len(runnable)
+                for mode in runnable:
                     done += 1
                     if rounded is None:
                         continue

@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -94,6 +95,7 @@ class Impl:
     # what it computes when handed probabilities (`check --input probabilities`), or None: the
     # part of it after the softmax
     on_probabilities: str | None = None
+    computes: str | None = None  # the dtype it rounds the logits to whatever they come in
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -204,6 +206,76 @@ REGISTRY: dict[str, Impl] = {
             on_probabilities="tf.nn.softmax_cross_entropy_with_logits on p: a softmax applied to "
             "probabilities",
         ),
+        Impl(
+            "torch_cross_entropy",
+            "torch.nn.functional.cross_entropy (class indices for hard labels, probability"
+            " targets for soft ones)",
+            "logits",
+            "torch",
+            backend="torch",
+        ),
+        Impl(
+            "torch_log_softmax_nll",
+            "F.nll_loss(F.log_softmax(x)) (torch)",
+            "logits",
+            "torch",
+            needs_classes=True,
+            backend="torch",
+        ),
+        Impl(
+            "torch_softmax_log",
+            "-(y * torch.log(torch.softmax(x))).sum(-1), hand-written in torch",
+            "logits",
+            "hand-written",
+            backend="torch",
+        ),
+        Impl(
+            "torch_autocast_bf16",
+            'F.cross_entropy under torch.autocast("cpu", dtype=torch.bfloat16) on the logits'
+            " in bfloat16, as an autocast Linear emits them: what mixed-precision training"
+            " computes (the loss in float32, autocast's fp32 list)",
+            "logits",
+            "torch",
+            backend="torch",
+            computes="bfloat16",
+        ),
+        Impl(
+            "optax_softmax_xent",
+            "optax.softmax_cross_entropy",
+            "logits",
+            "jax",
+            backend="jax",
+        ),
+        Impl(
+            "optax_softmax_xent_int",
+            "optax.softmax_cross_entropy_with_integer_labels",
+            "logits",
+            "jax",
+            needs_classes=True,
+            backend="jax",
+        ),
+        Impl(
+            "optax_safe_softmax_xent",
+            "optax.safe_softmax_cross_entropy: -sum y log_softmax(x) with 0 log 0 = 0 where a"
+            " weight is 0 (-inf logits allowed)",
+            "logits",
+            "jax",
+            backend="jax",
+        ),
+        Impl(
+            "jax_log_softmax",
+            "-(y * jax.nn.log_softmax(x)).sum(-1)",
+            "logits",
+            "hand-written",
+            backend="jax",
+        ),
+        Impl(
+            "jax_softmax_log",
+            "-(y * jnp.log(jax.nn.softmax(x))).sum(-1), hand-written in jax",
+            "logits",
+            "hand-written",
+            backend="jax",
+        ),
     )
 }
 
@@ -216,12 +288,29 @@ def user_loss(spec: str) -> Callable[[Any, Any], Any] | None:
     return _USER_LOSSES.get(spec)
 
 
+def user_backend(spec: str) -> tuple[str, str]:
+    """A user's loss ``[tf:|torch:|jax:]target:fn`` split into its backend (``Impl.backend``;
+    TensorFlow without a prefix) and ``target:fn``."""
+    prefix, _, rest = spec.partition(":")
+    if prefix in BY_OPTION and ":" in rest:
+        return BY_OPTION[prefix], rest
+    return "tensorflow", spec
+
+
 def _load_user_loss(spec: str) -> Impl:
-    """Load ``path/to/file.py:fn`` or ``package.module:fn`` (imports TensorFlow first)."""
-    target, _, fn_name = spec.rpartition(":")
+    """Load ``path/to/file.py:fn`` or ``package.module:fn``, optionally prefixed by its
+    backend (``torch:``, ``jax:``, ``tf:``): a function of the backend's own tensors."""
+    backend, located = user_backend(spec)
+    target, _, fn_name = located.rpartition(":")
     if not target or not fn_name.isidentifier():
         raise UnknownImplementationError(
-            f"--impl {spec!r}: expected path/to/file.py:function or package.module:function"
+            f"--impl {spec!r}: expected [tf:|torch:|jax:]path/to/file.py:function or "
+            "package.module:function"
+        )
+    if not installed(backend):
+        raise UnknownImplementationError(
+            f"--impl {spec!r} needs the {backend} backend, which is not installed; install it "
+            f"with: {BACKENDS[backend].install}"
         )
     if spec not in _USER_LOSSES:
         path = Path(target) if target.endswith(".py") or os.sep in target else None
@@ -234,6 +323,8 @@ def _load_user_loss(spec: str) -> Impl:
                 )
                 assert module_spec is not None and module_spec.loader is not None
                 module = importlib.util.module_from_spec(module_spec)
+                # torch.compile imports the module of a function it traces
+                sys.modules[module_spec.name] = module
                 module_spec.loader.exec_module(module)
             else:
                 module = importlib.import_module(target)
@@ -247,7 +338,7 @@ def _load_user_loss(spec: str) -> Impl:
                 f"--impl {spec!r}: {fn_name} must take (labels, logits) and return per-row losses"
             ) from None
         _USER_LOSSES[spec] = fn
-    return Impl(spec, f"your loss {fn_name} from {target}", "logits", "user")
+    return Impl(spec, f"your loss {fn_name} from {target}", "logits", "user", backend=backend)
 
 
 MODEL = "model"  # the name a saved model's own loss path is audited under (--model)
@@ -386,11 +477,36 @@ def get_impl(name: str) -> Impl:
         raise UnknownImplementationError(unknown("implementation", name, REGISTRY)) from None
 
 
-def parse_impls(names: Iterable[str]) -> tuple[str, ...]:
-    """Expand implementation names (comma lists allowed; ``all`` is every one), in order.
+def parse_backends(names: Iterable[str] | None) -> tuple[str, ...]:
+    """Expand ``--backend`` values (``tf``, ``torch``, ``jax``; comma lists; ``all``) into
+    ``Impl.backend`` names, in order; None is every backend."""
+    if names is None:
+        return tuple(BACKENDS)
+    return tuple(BY_OPTION[o] for o in expand(names, list(BY_OPTION), "backend"))
 
-    A value with a colon is a user's loss (``file.py:fn``, ``module:fn``), loaded and checked
-    here; it is taken whole (a path may contain commas).
+
+def missing_backends(backends: Iterable[str]) -> tuple[str, ...]:
+    """Those of ``backends`` that are not installed."""
+    return tuple(b for b in backends if not installed(b))
+
+
+def _not_installed(name: str) -> str:
+    backend = REGISTRY[name].backend
+    return (
+        f"--impl {name} needs the {backend} backend, which is not installed; install it with: "
+        f"{BACKENDS[backend].install}"
+    )
+
+
+def parse_impls(names: Iterable[str], backends: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Expand implementation names (comma lists allowed; ``all`` is every one of the
+    ``backends`` (``--backend`` names, ``parse_backends``; None: every one) that are
+    installed), in order.
+
+    Naming an implementation of a backend that is not installed is an error that gives the
+    install command. A value with a colon is a user's loss (``file.py:fn``, ``module:fn``,
+    ``torch:file.py:fn``), loaded and checked here; it is taken whole (a path may contain
+    commas).
     """
     names = list(names)
     for name in names:
@@ -398,10 +514,17 @@ def parse_impls(names: Iterable[str]) -> tuple[str, ...]:
             raise UnknownImplementationError(
                 f"--impl {name!r}: expected path/to/file.py:function (name the function)"
             )
+        for part in () if ":" in name else (p.strip() for p in name.split(",")):
+            if part in REGISTRY and not installed(REGISTRY[part].backend):
+                raise UnknownImplementationError(_not_installed(part))
+    chosen = parse_backends(backends)
+    runnable = [n for n, i in REGISTRY.items() if i.backend in chosen and installed(i.backend)]
+    named = {p.strip() for n in names if ":" not in n for p in n.split(",")} - {"all"}
     users = tuple(get_impl(n).name for n in names if ":" in n)
     builtin = expand(
         (n for n in names if ":" not in n),
-        list(REGISTRY),
+        # an implementation named outright runs whatever --backend says
+        [n for n in REGISTRY if n in runnable or n in named],
         "implementation",
         UnknownImplementationError,
     )
@@ -415,13 +538,15 @@ def parse_policies(names: Iterable[str]) -> tuple[str, ...]:
 
 def computes_in(name: str, policy: str) -> str | None:
     """The dtype implementation ``name`` computes its Keras layers in under ``policy`` (the
-    policy's compute dtype), or None when it runs no Keras layer and the policy does not touch
-    it."""
+    policy's compute dtype), or the one it rounds the logits to (``Impl.computes``), or None
+    when neither applies."""
     path = model_path(name)
     if path is not None:  # its own policy, whatever ``policy`` says
         own = model_policy(path)
         return POLICIES.get(own, own) if _model_impl(path).keras_layer else None
     impl = REGISTRY.get(name)  # a user's loss takes the logits as given, as the zoo's tf.nn ones
+    if impl is not None and impl.computes is not None:
+        return impl.computes
     return POLICIES[policy] if impl is not None and impl.keras_layer else None
 
 
@@ -450,6 +575,15 @@ def load_backend(backend: str) -> ModuleType:
             f"the {backend} backend is not installed; install it with: {BACKENDS[backend].install}"
         )
     return importlib.import_module(f"xentaudit.impls.{BACKENDS[backend].module}")
+
+
+def mode_unavailable(name: str, mode: str) -> str | None:
+    """Why implementation ``name`` cannot run in ``mode`` on this machine (its backend's
+    ``graph_unavailable``: torch.compile without a C++ compiler), or None when it can."""
+    if mode != "graph":
+        return None
+    check = getattr(load_backend(get_impl(name).backend), "graph_unavailable", None)
+    return None if check is None else check()
 
 
 def load_tf() -> ModuleType:
