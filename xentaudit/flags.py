@@ -100,11 +100,12 @@ FLAGS: dict[str, Flag] = {
         Flag(
             "downcast",
             False,
-            "the implementation returns, or its Keras layers compute in, a narrower dtype than "
-            "it was given (Keras losses compute float64 in float32; a Softmax layer under "
-            "mixed_float16 computes float32 logits in float16)",
+            "the implementation returns, or computes in, a narrower dtype than it was given "
+            "(Keras losses compute float64 in float32; a Softmax layer under mixed_float16 "
+            "computes float32 logits in float16; torch autocast hands the loss bfloat16 logits)",
             "pass dtype='float64' to the Keras loss, or keras.config.set_floatx('float64'); under "
-            "a mixed policy, give the layers after the logits dtype='float32'",
+            "a mixed policy, give the layers after the logits dtype='float32'; under torch "
+            "autocast, compute the last layer in float32 if its logits' precision matters",
         ),
         Flag(
             "half-softmax",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import cached_property
 
 from xentaudit.flags import CHECK_FAIL_ON, FAILING, FLAGS, Advice
+from xentaudit.impls import FORMULAS, REGISTRY
 
 SCHEMA_VERSION = 1
 MODE_NOTE = "model.fit runs the tf.function path"  # why an eager/graph difference matters
@@ -95,6 +96,19 @@ class ModeDifference:
 
 
 @dataclass(frozen=True)
+class FrameworkDifference:
+    """One formula (``impls.FORMULAS``) in one dtype, mode and policy on which the backends
+    that implement it disagree: different failing flags, or loss errors more than
+    ``DISAGREE_FACTOR`` apart with the larger past ``DISAGREE_ULPS``."""
+
+    formula: str
+    dtype: str
+    mode: str
+    policy: str
+    backends: dict[str, str]  # backend -> its implementation and how it fares ("0.53 ulps")
+
+
+@dataclass(frozen=True)
 class Verdict:
     """What a ``compare`` or ``check`` concludes, for people and for programs alike."""
 
@@ -109,6 +123,8 @@ class Verdict:
     # with a gate (`check --model`): each alternative -> the gated results' failing flags that
     # switching to it would remove (those it does not fire itself)
     alternatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # `compare`: where the frameworks disagree on one formula (the same math in each backend)
+    framework_differences: tuple[FrameworkDifference, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,8 +179,10 @@ class Audit:
 
     def verdict(self) -> Verdict:
         """The verdict: a result fails when a failing kind of flag fired on it (whatever
-        ``--fail-on`` says; that governs only the exit code)."""
-        return _verdict(self.results, FAILING, {}, "are wrong")
+        ``--fail-on`` says; that governs only the exit code). It names where the backends
+        disagree on one formula (``FrameworkDifference``)."""
+        verdict = _verdict(self.results, FAILING, {}, "are wrong")
+        return replace(verdict, framework_differences=_framework_differences(self.results))
 
     def to_dict(self) -> dict:
         return {
@@ -497,6 +515,39 @@ def _verdict(
         mode_differences=_mode_differences(results),
         advice={name: flag.explained for name, flag in FLAGS.items() if name in fired},
     )
+
+
+DISAGREE_ULPS = 8  # the default loss tolerance, in ulps: a smaller error is no disagreement
+DISAGREE_FACTOR = 4  # errors closer than this (relatively) are the same quality of rounding
+
+
+def _fares(r: ImplResult) -> tuple[tuple[str, ...], float]:
+    """A result's failing flags and its largest loss error in ulps of its dtype."""
+    return tuple(f for f in r.flags if FLAGS[f].failing), r.max_ulps_err
+
+
+def _framework_differences(results: Sequence[ImplResult]) -> tuple[FrameworkDifference, ...]:
+    """The formulas on which two backends' results disagree, per dtype, mode and policy."""
+    groups: dict[tuple[str, str, str, str], dict[str, ImplResult]] = {}
+    for r in results:
+        impl = REGISTRY.get(r.impl)
+        if impl is not None and impl.formula is not None and r.eps is None:
+            key = (impl.formula, r.dtype, r.mode, r.policy)
+            groups.setdefault(key, {}).setdefault(impl.backend, r)
+    out = []
+    for (formula, dtype, mode, policy), by_backend in groups.items():
+        if len(by_backend) < 2:
+            continue
+        fared = {b: _fares(r) for b, r in by_backend.items()}
+        errors = [e for _, e in fared.values() if math.isfinite(e)]
+        apart = bool(errors) and max(errors) > max(DISAGREE_ULPS, DISAGREE_FACTOR * min(errors))
+        if len({flags for flags, _ in fared.values()}) > 1 or apart:
+            text = {
+                b: f"{by_backend[b].impl} {', '.join(flags) if flags else f'{e:.2g} ulps'}"
+                for b, (flags, e) in fared.items()
+            }
+            out.append(FrameworkDifference(FORMULAS[formula], dtype, mode, policy, text))
+    return tuple(out)
 
 
 def _with_alternatives(

@@ -33,6 +33,13 @@ if TYPE_CHECKING:
     from xentaudit.model import ModelPath
 
 MODES = ("eager", "graph")
+# Formulas that several backends implement: `compare` names where they disagree on one.
+FORMULAS = {
+    "fused": "fused cross-entropy",
+    "sparse": "sparse cross-entropy",
+    "log-softmax": "-sum y log_softmax(x)",
+    "softmax-log": "-sum y log(softmax(x))",
+}
 # Keras dtype policies -> their compute dtype: a layer built under the policy casts its inputs to
 # it and computes in it; a loss computes in its own dtype, keras.config.floatx() (float32), and
 # casts what it is given to that (keras/src/layers/layer.py, keras/src/losses/loss.py).
@@ -96,6 +103,7 @@ class Impl:
     # part of it after the softmax
     on_probabilities: str | None = None
     computes: str | None = None  # the dtype it rounds the logits to whatever they come in
+    formula: str | None = None  # FORMULAS: the math it shares with other backends' ones
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -137,7 +145,13 @@ REGISTRY: dict[str, Impl] = {
             "hand-written",
             on_probabilities="-sum y log p",
         ),
-        Impl("shifted", "naive, after subtracting the row max", "logits", "hand-written"),
+        Impl(
+            "shifted",
+            "naive, after subtracting the row max",
+            "logits",
+            "hand-written",
+            formula="softmax-log",
+        ),
         Impl(
             "clipped",
             "shifted softmax clipped to [eps, 1-eps], then -sum y log p (the Keras recipe)",
@@ -151,12 +165,14 @@ REGISTRY: dict[str, Impl] = {
             "-sum y (x - m - log sum exp(x - m)), hand-written fused form",
             "logits",
             "hand-written",
+            formula="log-softmax",
         ),
         Impl(
             "tf_softmax_xent",
             "tf.nn.softmax_cross_entropy_with_logits",
             "logits",
             "tensorflow",
+            formula="fused",
         ),
         Impl(
             "tf_sparse_softmax_xent",
@@ -164,6 +180,7 @@ REGISTRY: dict[str, Impl] = {
             "logits",
             "tensorflow",
             needs_classes=True,
+            formula="sparse",
         ),
         Impl(
             "keras_cce_logits",
@@ -213,6 +230,7 @@ REGISTRY: dict[str, Impl] = {
             "logits",
             "torch",
             backend="torch",
+            formula="fused",
         ),
         Impl(
             "torch_log_softmax_nll",
@@ -221,6 +239,7 @@ REGISTRY: dict[str, Impl] = {
             "torch",
             needs_classes=True,
             backend="torch",
+            formula="sparse",
         ),
         Impl(
             "torch_softmax_log",
@@ -228,6 +247,7 @@ REGISTRY: dict[str, Impl] = {
             "logits",
             "hand-written",
             backend="torch",
+            formula="softmax-log",
         ),
         Impl(
             "torch_autocast_bf16",
@@ -245,6 +265,7 @@ REGISTRY: dict[str, Impl] = {
             "logits",
             "jax",
             backend="jax",
+            formula="fused",
         ),
         Impl(
             "optax_softmax_xent_int",
@@ -253,6 +274,7 @@ REGISTRY: dict[str, Impl] = {
             "jax",
             needs_classes=True,
             backend="jax",
+            formula="sparse",
         ),
         Impl(
             "optax_safe_softmax_xent",
@@ -268,6 +290,7 @@ REGISTRY: dict[str, Impl] = {
             "logits",
             "hand-written",
             backend="jax",
+            formula="log-softmax",
         ),
         Impl(
             "jax_softmax_log",
@@ -275,6 +298,7 @@ REGISTRY: dict[str, Impl] = {
             "logits",
             "hand-written",
             backend="jax",
+            formula="softmax-log",
         ),
     )
 }
@@ -555,6 +579,14 @@ def runs_under(name: str, policy: str) -> str:
     own (``--policy`` does not rebuild it), ``policy`` for every other one."""
     path = model_path(name)
     return policy if path is None else model_policy(path)
+
+
+def backend_of(name: str) -> str:
+    """The backend implementation ``name`` runs in: a registered one's, a user's loss's by its
+    prefix, TensorFlow for ``model``. Loads nothing."""
+    if name in REGISTRY:
+        return REGISTRY[name].backend
+    return user_backend(name)[0]
 
 
 def installed(backend: str) -> bool:

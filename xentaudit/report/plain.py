@@ -9,6 +9,7 @@ from xentaudit.results import (
     MODE_NOTE,
     CheckResult,
     FailingResult,
+    FrameworkDifference,
     ModeDifference,
     RowAtRisk,
     Verdict,
@@ -50,6 +51,16 @@ def differences_text(differences: Sequence[ModeDifference]) -> str:
     return f"Eager and tf.function differ for: {names} ({MODE_NOTE})."
 
 
+def frameworks_text(differences: Sequence[FrameworkDifference]) -> str:
+    """Where the backends disagree on one formula, one clause each."""
+    clauses = "; ".join(
+        f"{d.formula} in {dtype_label(d.dtype, d.policy)} ({d.mode}): "
+        + ", ".join(f"{backend} {fared}" for backend, fared in d.backends.items())
+        for d in differences
+    )
+    return f"Frameworks disagree on the same formula: {clauses}."
+
+
 def verdict_text(verdict: Verdict) -> str:
     """The whole verdict as lines: status and message, rows at risk, eager/graph differences,
     and what each flag that fired means and what to do instead."""
@@ -57,5 +68,7 @@ def verdict_text(verdict: Verdict) -> str:
     lines += [f"at risk: {case_name(risk)}, {risk_text(risk)}" for risk in verdict.rows_at_risk]
     if verdict.mode_differences:
         lines.append(differences_text(verdict.mode_differences))
+    if verdict.framework_differences:
+        lines.append(frameworks_text(verdict.framework_differences))
     lines += [f"{name}: {advice.text}" for name, advice in verdict.advice.items()]
     return "\n".join(lines)

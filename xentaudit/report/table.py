@@ -17,7 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from xentaudit.flags import FLAGS
-from xentaudit.report.plain import differences_text, power_of_two
+from xentaudit.impls import backend_of
+from xentaudit.report.plain import differences_text, frameworks_text, power_of_two
 from xentaudit.results import (
     Audit,
     BreakingPoint,
@@ -133,7 +134,10 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
         sep="\n",
     )
     scaled = audit.loss_scale is not None
+    # several backends: a column says whose each row is (the zoo lists them backend by backend)
+    backends = len({backend_of(r.impl) for r in audit.results}) > 1
     table = _columns(
+        *([("backend", "left")] if backends else []),
         ("impl", "left"),
         ("mode", "left"),
         ("dtype", "left"),
@@ -151,6 +155,7 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
     several_eps = len({r.eps for r in audit.results if r.impl == "clipped"}) > 1
     for mode, r in folded:
         table.add_row(
+            *([backend_of(r.impl)] if backends else []),
             variant_label(r.impl, r.eps, several_eps),
             Text(mode, style="yellow" if mode_pair(r) in differ else ""),
             Text(dtype_label(r.dtype, r.policy)),  # Text: "[policy]" is no markup
@@ -178,6 +183,8 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
             console.print(_risk_line(f"{name} {dtype_label(risk.dtype, risk.policy)} {mode}", risk))
     if verdict.mode_differences:
         console.print(Text(differences_text(verdict.mode_differences), style="yellow"))
+    if verdict.framework_differences:
+        console.print(Text(frameworks_text(verdict.framework_differences), style="yellow"))
     for s in audit.skipped:
         console.print(Text(f"skipped {s.impl} {s.dtype}: {s.reason}", style="dim"))
     console.print(Text(f"Verdict: {verdict.message}", style="bold"))
@@ -293,6 +300,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
         box=box.SIMPLE_HEAD,
         show_edge=False,
     )
+    table.add_column("backend", no_wrap=True)
     table.add_column("implementation", no_wrap=True)
     table.add_column("dtype", no_wrap=True)
     for p in sweep.patterns:
@@ -322,7 +330,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
                     continue
                 broke = True
                 name = f"{label} ({mode})" if len(shown) > 1 else label
-                table.add_row(name, Text(dtype_label(*dtype)), *texts)
+                table.add_row(backend_of(v[0]), name, Text(dtype_label(*dtype)), *texts)
         if not broke:
             never.append(label)
     console.print(table)
