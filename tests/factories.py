@@ -1,5 +1,6 @@
 """Result objects built by hand, so that verdicts and renderers are tested without TensorFlow:
-builders, and the scenarios that tests/test_verdict.py and tests/test_reports.py share.
+builders, and the scenarios that tests/test_verdict.py and tests/test_reports.py share; and the
+inputs and mpmath truth the backends' zoo tests share.
 
 Flags are given per row; a result's flags are their union in ``FLAGS`` order, as the engine
 reports them."""
@@ -9,6 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import ml_dtypes
+import mpmath
+import numpy as np
 import pytest
 
 from xentaudit.flags import FLAGS
@@ -191,3 +195,31 @@ def sweep_case() -> Sweep:
             point("naive", "grad", 100.0, "grad-nan"),
         ),
     )
+
+
+# --- the backends' zoo tests (test_torch_zoo.py, test_jax_zoo.py) ------------------------------
+ZOO_DTYPES = {
+    "float64": np.float64,
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+}
+ZOO_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+ZOO_X = np.array([[1.0, -0.5, 2.0, 0.25], [0.25, 0.0, -1.0, 3.0], [-2.0, 1.5, 0.5, 0.0]])
+ZOO_CLASSES = np.array([2, 0, 1])
+ZOO_SOFT = np.array([[0.25, 0.25, 0.5, 0.0], [0.5, 0.0, 0.0, 0.5], [0.125, 0.625, 0.25, 0.0]])
+
+
+def mpmath_exact(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """mpmath at 40 digits: loss_i = sum_j y_ij (LSE(x_i) - x_ij), gradient softmax(x_i) sum_j
+    y_ij - y_i."""
+    losses, grads = [], []
+    with mpmath.workdps(40):
+        for row, w in zip(x.tolist(), y.tolist(), strict=True):
+            lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in row))
+            losses.append(float(mpmath.fsum(wj * (lse - v) for v, wj in zip(row, w, strict=True))))
+            total = mpmath.fsum(w)
+            grads.append(
+                [float(mpmath.exp(v - lse) * total - wj) for v, wj in zip(row, w, strict=True)]
+            )
+    return np.array(losses), np.array(grads)

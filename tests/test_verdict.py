@@ -133,7 +133,7 @@ def test_compare_json_keeps_its_keys_and_adds_the_verdict() -> None:
     verdict = doc["verdict"]
     assert list(verdict) == [
         "status", "message", "failing", "failing_lint", "trustworthy", "rows_at_risk",
-        "mode_differences", "advice", "alternatives",
+        "mode_differences", "advice", "alternatives", "framework_differences",
     ]  # fmt: skip
     assert verdict["status"] == "fail" and verdict["trustworthy"] == ["fused", "quiet"]
     assert verdict["failing"][0] == {

@@ -22,14 +22,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from xentaudit.choices import expand, unknown
 from xentaudit.dtypes import FORMATS
-from xentaudit.errors import ConfigError, UnknownImplementationError, XentauditError
+from xentaudit.errors import (
+    ConfigError,
+    ImplementationError,
+    UnknownImplementationError,
+    XentauditError,
+)
 from xentaudit.io import regular_file
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from xentaudit.model import ModelPath
 
 MODES = ("eager", "graph")
@@ -84,6 +89,39 @@ class Outcome:
     loss: np.ndarray
     grad: np.ndarray
     output_dtype: str
+
+
+def outcome(loss: np.ndarray, grad: np.ndarray, output_dtype: str, loss_scale: float) -> Outcome:
+    """A run's ``Outcome``: per-row ``loss`` as float64, and the gradient of ``loss_scale``
+    times the loss widened (float16, bfloat16 to float32) and divided back by the scale."""
+    from xentaudit.io import as_float
+
+    gradient = as_float(grad)
+    return Outcome(
+        np.asarray(loss, dtype=np.float64).reshape(-1),
+        gradient if loss_scale == 1 else gradient / gradient.dtype.type(loss_scale),
+        output_dtype,
+    )
+
+
+def per_row(name: str, shape: tuple[int, ...], rows: int) -> None:
+    """Refuse a user's loss ``name`` that returned ``shape`` for a batch of ``rows`` rows."""
+    if tuple(shape) != (rows,):
+        raise ImplementationError(
+            f"--impl {name}: the loss returned shape {tuple(shape)}; it must return one "
+            f"loss per row, shape ({rows},) (no reduction)"
+        )
+
+
+def timed_out(
+    name: str, dtype: str, mode: str, timeout: float | None, policy: str = "float32"
+) -> ImplementationError:
+    """The error for a run of ``name`` that outlived ``timeout`` seconds."""
+    where = dtype if policy == "float32" else f"{dtype} [{policy}]"
+    return ImplementationError(
+        f"--impl {name} ({where}, {mode}) ran longer than the timeout of {timeout:g} s; raise "
+        "--timeout or fix the implementation"
+    )
 
 
 @dataclass(frozen=True)

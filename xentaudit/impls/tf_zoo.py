@@ -22,7 +22,10 @@ from xentaudit.impls import (
     Outcome,
     get_impl,
     model_path,
+    outcome,
+    per_row,
     time_limit,
+    timed_out,
     user_code,
     user_loss,
 )
@@ -197,12 +200,7 @@ def _run_user(name: str, step: Callable, *args: tf.Tensor) -> tuple[tf.Tensor, t
     """
     with user_code(f"--impl {name}: the loss", ImplementationError):
         loss, grad = step(*args)
-    rows = args[0].shape[0]
-    if loss.shape != (rows,):
-        raise ImplementationError(
-            f"--impl {name}: the loss returned shape {tuple(loss.shape)}; it must return one "
-            f"loss per row, shape ({rows},) (no reduction)"
-        )
+    per_row(name, tuple(loss.shape), args[0].shape[0])
     if grad is None:
         raise ImplementationError(
             f"--impl {name}: the loss has no gradient w.r.t. the logits; compute it with "
@@ -269,19 +267,11 @@ def run(
             else:
                 loss, grad = _run_user(name, step, x, y, k, e, s)
             # np.asarray views the tensor's buffer; .numpy() copies
-            gradient = as_float(np.asarray(grad))
+            gradient = np.asarray(grad)
             if given == "probabilities":
-                gradient = to_logits_gradient(as_float(logits), gradient)
-            outcome = Outcome(
-                np.asarray(loss.numpy(), dtype=np.float64).reshape(-1),
-                gradient if loss_scale == 1 else gradient / gradient.dtype.type(loss_scale),
-                loss.dtype.name,
-            )
+                gradient = to_logits_gradient(as_float(logits), as_float(gradient))
+            result = outcome(loss.numpy(), gradient, loss.dtype.name, loss_scale)
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted trace is not to be reused
-        raise ImplementationError(
-            f"--impl {name} ({x.dtype.name}{'' if policy == 'float32' else f' [{policy}]'}, "
-            f"{mode}) ran longer than the timeout of {timeout:g} s; raise --timeout or fix the "
-            "implementation"
-        ) from None
-    return outcome
+        raise timed_out(name, x.dtype.name, mode, timeout, policy) from None
+    return result
