@@ -176,3 +176,23 @@ def test_sweep_breaking_points_name_the_backend() -> None:
     rows = [line.split() for line in points.splitlines()]
     assert ["torch", "torch_softmax_log", "float32"] in [r[:3] for r in rows]
     assert ["tensorflow", "shifted", "float32"] in [r[:3] for r in rows]
+
+
+def test_a_run_of_other_backends_alone_never_imports_tensorflow() -> None:
+    """TensorFlow's import is most of a small run's time; a torch or JAX audit skips it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from xentaudit.cli import cli\n"
+        "for args in (['compare', '--impl', 'torch_cross_entropy', '--mode', 'eager'],\n"
+        "             ['compare', '--backend', 'jax', '--mode', 'eager']):\n"
+        "    try:\n"
+        "        cli(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, (args, exc.code)\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["False", "False"]

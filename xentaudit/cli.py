@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from xentaudit.grid import (
     MAX_SEED,
     parse_scales,
 )
-from xentaudit.impls import INPUTS, MODES, REGISTRY, load_tf
+from xentaudit.impls import INPUTS, MODES, REGISTRY, backend_of, load_tf, parse_impls
 from xentaudit.io import file_or_json, load_inputs, names_a_file
 from xentaudit.report import csv as csv_report
 from xentaudit.report import github as github_report
@@ -377,9 +377,18 @@ def cli(verbose: bool) -> None:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def _load_tensorflow() -> None:
-    """Import TensorFlow before a command runs it. At log level 3 its C++ start-up lines, which
-    ignore TF_CPP_MIN_LOG_LEVEL and bypass Python, are sent to /dev/null."""
+def _load_tensorflow(
+    impls: Iterable[str], backends: Iterable[str] | None, model: str | None = None
+) -> None:
+    """Import TensorFlow before a command runs it, when it will: a TensorFlow implementation
+    among ``impls`` (``all`` expanded over ``backends``; a user's loss by its prefix, its code
+    not loaded yet) or a saved ``model``. At log level 3 its C++ start-up lines, which ignore
+    TF_CPP_MIN_LOG_LEVEL and bypass Python, are sent to /dev/null."""
+    impls = tuple(impls)
+    users = [n for n in impls if ":" in n]
+    builtin = parse_impls([n for n in impls if ":" not in n], backends)
+    if model is None and all(backend_of(n) != "tensorflow" for n in (*users, *builtin)):
+        return
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3" or "tensorflow" in sys.modules:
         load_tf()
         return
@@ -470,7 +479,7 @@ def compare(
     dtypes = dtypes or ("float32",)
     if x.dtype.kind in "biuf" or x.dtype.name == "bfloat16":  # audit refuses anything else
         x = _scaled(x, scale, dtypes)
-    _load_tensorflow()
+    _load_tensorflow(impls or ("all",), backends or None, model)
     result = audit(
         x,
         y,
@@ -581,7 +590,7 @@ def sweep(
     fail_flags = parse_flags(fail_on)
     scales = parse_scales(scales_spec) if scales_spec is not None else DEFAULT_SCALES
     color, width = _color_and_width(sys.stdout)
-    _load_tensorflow()
+    _load_tensorflow(impls or ("all",), backends or None)
     with _progress() as progress:
         result = run_sweep(
             scales=scales,
@@ -736,7 +745,7 @@ def check(
         eps = tuple(table["eps"]) if isinstance(table["eps"], list) else (table["eps"],)
     fail_flags = parse_flags(fail_on)
     label_input = None if labels is None else file_or_json(labels, "--labels")
-    _load_tensorflow()
+    _load_tensorflow(impls or default_impls(input_kind, backends or None), backends or None, model)
     with contextlib.ExitStack() as stack:
         if inputs is not None:
             assert model is not None and label_input is not None  # _check_sources
