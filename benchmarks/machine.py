@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-from pathlib import Path
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def describe() -> str:
     """One line: CPU model and cores, the float64 reference method and the kernel's clone."""
     from xentaudit import reference
+    from xentaudit.environment import cpu_model
 
     cpu = f"CPU: {cpu_model()}, {os.cpu_count()} cores"
     if reference.FLOAT64_METHOD != "float64":

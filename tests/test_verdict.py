@@ -123,7 +123,7 @@ def test_compare_json_keeps_its_keys_and_adds_the_verdict() -> None:
     doc = json.loads(json_report.render(audit, command="compare", scale=10.0))
     assert list(doc) == [
         "schema", "command", "scale", "rows", "classes", "reference_method", "results", "skipped",
-        "loss_scale", "model", "verdict",
+        "loss_scale", "model", "environment", "verdict",
     ]  # fmt: skip
     assert (doc["schema"], doc["command"], doc["reference_method"]) == (1, "compare", "mpmath")
     naive = doc["results"][4]
@@ -162,7 +162,7 @@ def test_check_json_judges_the_verdict_on_its_fail_on() -> None:
         "schema", "command", "fail_on", "path", "rows", "classes", "file_dtype", "labels", "lint",
         "results", "skipped", "reference_method", "config", "loss_scale", "flagged_rows",
         "flagged_rows_path", "gate", "model", "pinnable", "input", "reduction", "ignored_rows",
-        "verdict",
+        "environment", "verdict",
     ]  # fmt: skip
     assert doc["fail_on"] == ["grad-wrong"]
     assert [f["impl"] for f in doc["verdict"]["failing"]] == ["naive", "shifted"]
@@ -187,7 +187,7 @@ def test_sweep_summary_is_computed_with_the_results_and_written_to_json() -> Non
     doc = json.loads(json_report.render(sweep, command="sweep"))
     assert list(doc) == [
         "schema", "command", "scales", "patterns", "cells", "breaking_points", "skipped",
-        "reference_method", "loss_scale", "summary",
+        "reference_method", "loss_scale", "environment", "summary",
     ]  # fmt: skip
     assert doc["summary"] == list(expected)
     assert doc["cells"][3]["loss"] == "nan"

@@ -42,6 +42,7 @@ import numpy as np
 
 from xentaudit import impls as zoo
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
+from xentaudit.environment import environment
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS
 from xentaudit.impls import Outcome
@@ -661,4 +662,5 @@ def audit(
         tuple(skipped),
         loss_scale,
         model_description(names),
+        environment({zoo.backend_of(r.impl) for r in results}),
     )

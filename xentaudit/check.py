@@ -40,6 +40,7 @@ from xentaudit.audit import (
     worst,
 )
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
+from xentaudit.environment import environment
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS, LINT
 from xentaudit.io import (
@@ -577,4 +578,5 @@ def check_file(
         input=input_kind,
         reduction=reduction,
         ignored_rows=ignored,
+        environment=environment({zoo.backend_of(r.impl) for r in results}),
     )

@@ -384,11 +384,12 @@ def _load_tensorflow(
     among ``impls`` (``all`` expanded over ``backends``; a user's loss by its prefix, its code
     not loaded yet) or a saved ``model``. At log level 3 its C++ start-up lines, which ignore
     TF_CPP_MIN_LOG_LEVEL and bypass Python, are sent to /dev/null."""
-    impls = tuple(impls)
-    users = [n for n in impls if ":" in n]
-    builtin = parse_impls([n for n in impls if ":" not in n], backends)
-    if model is None and all(backend_of(n) != "tensorflow" for n in (*users, *builtin)):
-        return
+    if model is None:
+        impls = tuple(impls)
+        users = [n for n in impls if ":" in n]
+        builtin = parse_impls([n for n in impls if ":" not in n], backends)
+        if all(backend_of(n) != "tensorflow" for n in (*users, *builtin)):
+            return
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3" or "tensorflow" in sys.modules:
         load_tf()
         return

@@ -172,6 +172,7 @@ class Audit:
     skipped: tuple[Skipped, ...] = field(default=())
     loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
     model: str | None = None  # the loss path audited as `model` (ModelPath.describe()), if any
+    environment: dict[str, str] = field(default_factory=dict)  # environment.environment()
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired anywhere, 1 otherwise (2 is for usage errors)."""
@@ -251,6 +252,7 @@ class Sweep:
     skipped: tuple[Skipped, ...] = field(default=())
     reference_method: str = "float64"  # "float64" (the compiled kernel) or "float64-numpy"
     loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
+    environment: dict[str, str] = field(default_factory=dict)  # environment.environment()
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired in any cell, 1 otherwise."""
@@ -370,6 +372,7 @@ class Check:
     input: str = "logits"  # what the file holds (--input): logits, probabilities, log-probabilities
     reduction: str | None = None  # --model: its loss's reduction, which CheckResult's *_reduced use
     ignored_rows: int = 0  # --model: rows of its loss's ignore_class, left out as Keras does
+    environment: dict[str, str] = field(default_factory=dict)  # environment.environment()
 
     @property
     def gated(self) -> tuple[CheckResult, ...]:

@@ -32,6 +32,7 @@ from xentaudit.audit import (
     worst,
 )
 from xentaudit.dtypes import FloatFormat, get_format, parse_dtypes
+from xentaudit.environment import environment
 from xentaudit.errors import ConfigError
 from xentaudit.flags import FLAGS
 from xentaudit.grid import (
@@ -243,6 +244,7 @@ def sweep(
         tuple(skipped),
         FLOAT64_METHOD,
         loss_scale,
+        environment({zoo.backend_of(c.impl) for c in cells}),
     )
 
 

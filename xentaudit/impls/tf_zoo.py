@@ -139,6 +139,13 @@ def to_logits_gradient(p: np.ndarray, grad: np.ndarray) -> np.ndarray:
         return p * g - p * (q * g).sum(axis=1, keepdims=True)
 
 
+@functools.cache
+def flushes_subnormals() -> bool:
+    """Whether TensorFlow flushes subnormal float32 results to zero on this CPU: exp(-100) is
+    3.8e-44, a subnormal, or 0."""
+    return float(tf.exp(tf.constant(-100.0, tf.float32))) == 0.0
+
+
 def keras_epsilon() -> float:
     """The epsilon Keras clips probabilities with (``keras.config.epsilon()``)."""
     return float(keras.config.epsilon())

@@ -212,6 +212,13 @@ def _array(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+@functools.cache
+def flushes_subnormals() -> bool:
+    """Whether torch flushes subnormal float32 results to zero on this CPU: exp(-100) is
+    3.8e-44, a subnormal, or 0 (the CPU keeps them unless ``torch.set_flush_denormal``)."""
+    return torch.exp(torch.tensor(-100.0, dtype=torch.float32)).item() == 0.0
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """Torch's dtype as numpy and the rest of xentaudit name it ("torch.float32" -> "float32")."""
     return str(dtype).removeprefix("torch.")

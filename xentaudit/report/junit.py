@@ -35,6 +35,8 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
     ET.SubElement(properties, "property", name="verdict.message", value=verdict.message)
     ET.SubElement(properties, "property", name="config", value=check.config or "none")
     ET.SubElement(properties, "property", name="input", value=check.input)
+    for key, value in check.environment.items():
+        ET.SubElement(properties, "property", name=f"environment.{key}", value=value)
     lint_case = ET.SubElement(suite, "testcase", classname="xentaudit.input", name="input lint")
     if verdict.failing_lint:
         failure = ET.SubElement(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from xentaudit.environment import describe
 from xentaudit.report.plain import case_name, differences_text, power_of_two, risk_text
 from xentaudit.results import Check
 
@@ -38,4 +39,6 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
         lines += ["", differences_text(verdict.mode_differences)]
     if verdict.advice:
         lines += ["", *(f"- `{f}`: {advice.text}" for f, advice in verdict.advice.items())]
+    if check.environment:
+        lines += ["", f"Audited with: {describe(check.environment)}."]
     return "\n".join(lines) + "\n"

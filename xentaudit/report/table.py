@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from xentaudit.environment import describe
 from xentaudit.flags import FLAGS
 from xentaudit.impls import backend_of
 from xentaudit.report.plain import differences_text, frameworks_text, power_of_two
@@ -69,6 +70,12 @@ def _columns(*columns: tuple[str, str]) -> Table:
     for header, justify in columns:
         table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     return table
+
+
+def _audited_with(console: Console, record: dict[str, str]) -> None:
+    """The run's environment (``environment.environment``) as the report's last line."""
+    if record:
+        console.print(Text(f"audited with: {describe(record)}", style="dim"))
 
 
 def _num(value: float, digits: int = 10) -> str:
@@ -189,6 +196,7 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
         console.print(Text(f"skipped {s.impl} {s.dtype}: {s.reason}", style="dim"))
     console.print(Text(f"Verdict: {verdict.message}", style="bold"))
     _legend(console, verdict)
+    _audited_with(console, audit.environment)
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
@@ -337,10 +345,12 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
     if never:
         console.print(Text(f"Never break in this sweep: {', '.join(never)}.", style="green"))
     for s in sweep.skipped:
-        console.print(Text(f"skipped {s.dtype}: {s.reason}", style="dim"))
+        what = s.dtype if s.impl == "all" else f"{s.impl} {s.dtype}"
+        console.print(Text(f"skipped {what}: {s.reason}", style="dim"))
     console.print(Text("Summary", style="bold"))
     for line in sweep.summary:
         console.print(f"- {line}")
+    _audited_with(console, sweep.environment)
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
@@ -447,4 +457,5 @@ def render_check(
     style = "bold red" if verdict.status == "fail" else "bold green"
     console.print(Text(f"{verdict.status.upper()}: {verdict.message}", style=style))
     _legend(console, verdict)
+    _audited_with(console, check.environment)
     return console.file.getvalue()  # type: ignore[attr-defined]

@@ -1,0 +1,58 @@
+"""What a run audited with: versions, the CPU and the reference kernel's clone, and whether each
+framework used flushes subnormal numbers. Every report records it, so results compared across
+machines or upgrades say what changed."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+
+from xentaudit import impls as zoo
+
+# the packages whose versions a report names: always, and per backend used
+CORE = ("xentaudit", "numpy")
+PACKAGES = {"tensorflow": ("tensorflow", "keras"), "torch": ("torch",), "jax": ("jax", "optax")}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment(backends: Iterable[str]) -> dict[str, str]:
+    """The record of a run whose implementations ran in ``backends`` (``Impl.backend`` names):
+    package versions, Python, the CPU and the reference method's kernel clone, and, per
+    backend, whether it flushes subnormals on this CPU (measured: exp(-100) in float32, a
+    subnormal 3.8e-44, comes back as 0 or not)."""
+    from xentaudit import reference
+
+    used = [b for b in zoo.BACKENDS if b in set(backends)]
+    record = {"python": platform.python_version()}
+    for package in (*CORE, *(p for b in used for p in PACKAGES[b])):
+        record[package] = _version(package)
+    record["cpu"] = f"{cpu_model()} ({platform.machine()})"
+    kernel = reference._kernel
+    record["kernel"] = kernel.isa() if kernel is not None else "none (numpy reference)"
+    record["subnormals"] = ", ".join(
+        f"{b} {'flushed' if zoo.load_backend(b).flushes_subnormals() else 'kept'}" for b in used
+    )
+    return record
+
+
+def describe(record: dict[str, str]) -> str:
+    """The record in one line, for the text reports."""
+    return "; ".join(f"{key} {value}" for key, value in record.items() if value)
