@@ -666,6 +666,18 @@ def sweep(
 )
 @click.option("--output", metavar="FILE", help="Write the report here (atomically), not stdout.")
 @click.option(
+    "--baseline",
+    "baseline_path",
+    metavar="FILE.json",
+    help="Compare with this earlier report (check --write-baseline): exit 1 only on a "
+    "regression (a new --fail-on flag, more rows flagged, an error grown past 2x).",
+)
+@click.option(
+    "--write-baseline",
+    metavar="FILE.json",
+    help="Also write this run's JSON report here (atomically), as the next --baseline.",
+)
+@click.option(
     "--flagged-rows",
     metavar="FILE.csv",
     help="Write every row on which a loss or gradient flag fired (zero-loss included), one CSV "
@@ -695,6 +707,8 @@ def check(
     save_logits: str | None,
     chunk_rows: int | None,
     output: str | None,
+    baseline_path: str | None,
+    write_baseline: str | None,
     flagged_rows: str | None,
     config_path: str | None,
     mode: str,
@@ -712,15 +726,25 @@ def check(
     a verdict).
     """
     from xentaudit import config
+    from xentaudit.baseline import compare as compare_baseline
+    from xentaudit.baseline import read_baseline
     from xentaudit.check import check_file, default_impls, refuse_input_kind
 
     _check_sources(path, model, inputs, labels, save_logits)
     target = None if output is None else _writable(output, "--output")
     csv_target = None if flagged_rows is None else _writable(flagged_rows, "--flagged-rows")
     saved = None if save_logits is None else _writable(save_logits, "--save-logits")
+    new_baseline = None if write_baseline is None else _writable(write_baseline, "--write-baseline")
+    # read before anything runs (and before --write-baseline may replace the same file)
+    old_baseline = None if baseline_path is None else read_baseline(baseline_path)
     named = [
         (o, p.resolve())
-        for o, p in (("--output", target), ("--flagged-rows", csv_target), ("--save-logits", saved))
+        for o, p in (
+            ("--output", target),
+            ("--flagged-rows", csv_target),
+            ("--save-logits", saved),
+            ("--write-baseline", new_baseline),
+        )
         if p is not None
     ]
     for (first, one), (second, other) in itertools.combinations(named, 2):
@@ -795,6 +819,13 @@ def check(
         # an explicit --fail-on judges every implementation, as without --model
         gate=result.gate if unset("fail_on") and "fail-on" not in table else None,
     )
+    if old_baseline is not None:
+        assert baseline_path is not None
+        comparison = compare_baseline(result, old_baseline, fail_flags, baseline_path)
+        result = replace(result, baseline=comparison)
+    if new_baseline is not None:
+        with _written_atomically(new_baseline, "--write-baseline") as write:
+            write(json_report.render(result, command="check", fail_on=list(fail_flags)))
     if fmt == "json":
         text = json_report.render(result, command="check", fail_on=list(fail_flags))
     elif fmt == "junit":

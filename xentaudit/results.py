@@ -346,6 +346,35 @@ class FlaggedRow:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """A check against its baseline (``baseline.compare``): what got worse fails, what got
+    better passes."""
+
+    path: str
+    regressions: tuple[str, ...]
+    improvements: tuple[str, ...]
+    environment_changes: dict[str, str] = field(default_factory=dict)  # key -> "old -> new"
+    unmatched: tuple[str, ...] = ()  # baseline results this run did not audit
+
+    def message(self) -> str:
+        """One paragraph: the regressions (or none), the improvements, what changed around."""
+        n = len(self.regressions)
+        text = f"Against the baseline {self.path}: " + (
+            f"{n} regression{'s' * (n != 1)}: {'; '.join(self.regressions)}."
+            if n
+            else "no regression."
+        )
+        if self.improvements:
+            text += f" Improved: {'; '.join(self.improvements)}."
+        if self.environment_changes:
+            changed = ", ".join(f"{k} {v}" for k, v in self.environment_changes.items())
+            text += f" Changed since: {changed}."
+        if self.unmatched:
+            text += f" Not audited this time: {', '.join(self.unmatched)}."
+        return text
+
+
+@dataclass(frozen=True)
 class Check:
     """Everything one ``check_file`` call measured."""
 
@@ -373,6 +402,7 @@ class Check:
     reduction: str | None = None  # --model: its loss's reduction, which CheckResult's *_reduced use
     ignored_rows: int = 0  # --model: rows of its loss's ignore_class, left out as Keras does
     environment: dict[str, str] = field(default_factory=dict)  # environment.environment()
+    baseline: Comparison | None = None  # --baseline: the run against an earlier report
 
     @property
     def gated(self) -> tuple[CheckResult, ...]:
@@ -381,7 +411,9 @@ class Check:
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired on any row of a gated result (lint included), 1
-        otherwise."""
+        otherwise; against a ``baseline``, 1 only for a regression."""
+        if self.baseline is not None:
+            return EXIT_FLAGGED if self.baseline.regressions else EXIT_OK
         return exit_code(fail_on, [tuple(self.lint), *(r.flags for r in self.gated)])
 
     def verdict(self, fail_on: Iterable[str] = CHECK_FAIL_ON) -> Verdict:
@@ -397,11 +429,18 @@ class Check:
         failing = {f.impl for f in verdict.failing}
         if self.pinnable and failing and not failing & set(self.pinnable):
             verdict = replace(verdict, message=_pin_hint(self.pinnable) + verdict.message)
-        if self.flagged_rows_path is None:
+        if self.flagged_rows_path is not None:
+            rows = f"{self.flagged_rows} flagged row{'' if self.flagged_rows == 1 else 's'}"
+            verdict = replace(
+                verdict, message=f"{verdict.message} {rows} written to {self.flagged_rows_path}."
+            )
+        if self.baseline is None:
             return verdict
-        rows = f"{self.flagged_rows} flagged row{'' if self.flagged_rows == 1 else 's'}"
+        # Against a baseline only a regression fails; what fired already is reported as such.
         return replace(
-            verdict, message=f"{verdict.message} {rows} written to {self.flagged_rows_path}."
+            verdict,
+            status="fail" if self.baseline.regressions else "pass",
+            message=f"{self.baseline.message()} This run: {verdict.message}",
         )
 
     def to_dict(self, fail_on: Iterable[str] = CHECK_FAIL_ON) -> dict:

@@ -1,0 +1,126 @@
+"""`check --baseline`: a CI gate that fails only on regressions against an earlier report
+(`check --write-baseline`). The thresholds (FACTOR, FLOOR_ULPS) are tested from both sides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from xentaudit.baseline import FACTOR, FLOOR_ULPS
+from xentaudit.cli import cli
+
+FAST = ["--impl", "keras_cce_probs", "--impl", "tf_softmax_xent", "--mode", "eager"]
+
+
+def _file(tmp_path: Path, name: str, confident_rows: int) -> Path:
+    """Rows [0, 20, 50] with label 1 (exact loss 30: Keras' clip caps it at 16.1, divergent),
+    ``confident_rows`` of them, after one harmless row."""
+    x = np.array([[0.0, 1.0, 2.0]] + [[0.0, 20.0, 50.0]] * confident_rows, np.float32)
+    y = np.array([2] + [1] * confident_rows)
+    np.savez(tmp_path / name, logits=x, labels=y)
+    return tmp_path / name
+
+
+def _check(*args: object):
+    return CliRunner().invoke(cli, ["check", *(str(a) for a in args)])
+
+
+def test_what_fired_already_passes_and_what_is_new_fails(tmp_path: Path) -> None:
+    one = _file(tmp_path, "one.npz", 1)
+    base = tmp_path / "base.json"
+    first = _check(one, *FAST, "--write-baseline", base)
+    assert first.exit_code == 1  # divergent fires: the plain gate fails
+    again = _check(one, *FAST, "--baseline", base)
+    assert again.exit_code == 0, again.output
+    assert "Against the baseline" in again.output and "no regression" in again.output
+    # more rows flagged is a regression, named with both counts
+    two = _check(_file(tmp_path, "two.npz", 2), *FAST, "--baseline", base, "--format", "json")
+    assert two.exit_code == 1
+    regressions = json.loads(two.output)["baseline"]["regressions"]
+    assert "keras_cce_probs float32 eager (file labels): divergent on 2 rows, was 1" in regressions
+    # a new result that fires a flag is a regression; the reverse an improvement
+    more = _check(one, *FAST, "--impl", "clipped", "--baseline", base, "--format", "json")
+    assert more.exit_code == 1
+    assert json.loads(more.output)["baseline"]["regressions"] == [
+        "clipped float32 eager (file labels): new result, fires divergent, grad-vanish"
+    ]
+    better = _check(_file(tmp_path, "zero.npz", 0), *FAST, "--baseline", base, "--format", "json")
+    assert better.exit_code == 0
+    improved = json.loads(better.output)["baseline"]["improvements"]
+    assert "keras_cce_probs float32 eager (file labels): divergent gone (was on 1 rows)" in improved
+
+
+def _with_error(base: Path, impl: str, error: float) -> None:
+    doc = json.loads(base.read_text())
+    for r in doc["results"]:
+        if r["impl"] == impl:
+            r["max_rel_err"] = error
+    base.write_text(json.dumps(doc))
+
+
+def test_an_error_counts_as_grown_past_the_factor_and_the_floor(tmp_path: Path) -> None:
+    one = _file(tmp_path, "one.npz", 1)
+    base = tmp_path / "base.json"
+    doc = json.loads(_check(one, *FAST, "--format", "json", "--write-baseline", base).output)
+    now = next(r["max_rel_err"] for r in doc["results"] if r["impl"] == "keras_cce_probs")
+    # keras_cce_probs' error is 0.46 (16.1 for 30): far above the floor of 8 eps of float32
+    assert now > 100 * FLOOR_ULPS * 2.0**-23
+    _with_error(base, "keras_cce_probs", now / (FACTOR * 0.99))  # grew by less than FACTOR
+    assert _check(one, *FAST, "--baseline", base).exit_code == 0
+    _with_error(base, "keras_cce_probs", now / (FACTOR * 1.01))  # grew by more
+    grown = _check(one, *FAST, "--baseline", base, "--format", "json")
+    assert grown.exit_code == 1
+    (regression,) = json.loads(grown.output)["baseline"]["regressions"]
+    assert regression.startswith("keras_cce_probs float32 eager (file labels): loss error")
+    # below the floor errors are rounding: from 0 to FLOOR_ULPS eps is no regression
+    fused = next(r["max_rel_err"] for r in doc["results"] if r["impl"] == "tf_softmax_xent")
+    assert fused <= FLOOR_ULPS * 2.0**-23
+    _with_error(base, "keras_cce_probs", now)
+    _with_error(base, "tf_softmax_xent", 0.0)
+    assert _check(one, *FAST, "--baseline", base).exit_code == 0
+
+
+def test_changed_versions_are_named(tmp_path: Path) -> None:
+    one = _file(tmp_path, "one.npz", 1)
+    base = tmp_path / "base.json"
+    _check(one, *FAST, "--write-baseline", base)
+    doc = json.loads(base.read_text())
+    current = doc["environment"]["tensorflow"]
+    doc["environment"]["tensorflow"] = "2.0.0"
+    base.write_text(json.dumps(doc))
+    result = _check(one, *FAST, "--baseline", base, "--format", "json")
+    assert json.loads(result.output)["baseline"]["environment_changes"] == {
+        "tensorflow": f"2.0.0 -> {current}"
+    }
+
+
+def test_the_baseline_may_be_rewritten_in_place(tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    one = _file(tmp_path, "one.npz", 1)
+    _check(one, *FAST, "--write-baseline", base)
+    _check(_file(tmp_path, "zero.npz", 0), *FAST, "--baseline", base, "--write-baseline", base)
+    # the ratchet moved: the old failure is now a regression
+    assert _check(one, *FAST, "--baseline", base).exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "is not JSON"),
+        ('{"schema": 1, "command": "compare"}', "is not a check report"),
+        ('{"schema": 9, "command": "check"}', "has schema 9, not 1"),
+        ('{"schema": 1, "command": "check", "results": 3, "lint": {}}', "has no results"),
+    ],
+)
+def test_a_bad_baseline_is_one_line_before_any_work(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(text)
+    result = _check(_file(tmp_path, "one.npz", 1), *FAST, "--baseline", base)
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.splitlines()) == 1
