@@ -124,3 +124,52 @@ def test_a_bad_baseline_is_one_line_before_any_work(
     result = _check(_file(tmp_path, "one.npz", 1), *FAST, "--baseline", base)
     assert result.exit_code == 2
     assert message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+SWEEP = ["--impl", "naive", "--impl", "log_softmax", "--dtype", "float32", "--mode", "eager"]
+SWEEP += ["--pattern", "seed", "--scales", "1:100:7"]
+
+
+def _edit_point(base: Path, impl: str, kind: str, scale: float | None) -> float | None:
+    """Set the baseline's seed breaking point of ``impl`` (``kind``) to ``scale``; return the
+    one written by the run."""
+    doc = json.loads(base.read_text())
+    (point,) = [p for p in doc["breaking_points"] if (p["impl"], p["kind"]) == (impl, kind)]
+    written, point["scale"] = point["scale"], scale
+    base.write_text(json.dumps(doc))
+    return written
+
+
+def _sweep(*args: object):
+    return CliRunner().invoke(cli, ["sweep", *SWEEP, *(str(a) for a in args)])
+
+
+def test_a_sweep_regresses_where_a_breaking_point_moves_down(tmp_path: Path) -> None:
+    from xentaudit.baseline import SCALE_SLACK
+
+    base = tmp_path / "sweep.json"
+    assert _sweep("--write-baseline", base).exit_code == 0
+    assert _sweep("--baseline", base).exit_code == 0
+    # naive's unshifted exp overflows on the seed pattern: its loss breaks within the grid
+    now = _edit_point(base, "naive", "loss", None)
+    assert now is not None
+    _edit_point(base, "naive", "loss", now * (1 + SCALE_SLACK * 0.9))  # within the slack
+    assert _sweep("--baseline", base).exit_code == 0
+    _edit_point(base, "naive", "loss", now * (1 + SCALE_SLACK * 1.1) / (1 - SCALE_SLACK))
+    moved = _sweep("--baseline", base, "--format", "json")
+    assert moved.exit_code == 1
+    (regression,) = json.loads(moved.output)["baseline"]["regressions"]
+    assert regression.startswith(f"naive float32 eager on seed (loss): breaks at scale {now:g}")
+    _edit_point(base, "naive", "loss", None)  # never broke before
+    appeared = json.loads(_sweep("--baseline", base, "--format", "json").output)["baseline"]
+    assert appeared["regressions"][0].endswith("did not before")
+    # log_softmax never breaks: a baseline where it did is an improvement now
+    _edit_point(base, "naive", "loss", now)
+    assert _edit_point(base, "log_softmax", "loss", 50.0) is None
+    better = _sweep("--baseline", base, "--format", "json")
+    assert better.exit_code == 0
+    assert json.loads(better.output)["baseline"]["improvements"] == [
+        "log_softmax float32 eager on seed (loss): no longer breaks, was 50"
+    ]
+    refused = _sweep("--baseline", tmp_path / "nothing.json")
+    assert refused.exit_code == 2 and len(refused.stderr.splitlines()) == 1

@@ -1,11 +1,14 @@
-"""A CI baseline that only fails on regressions: a `check` compared with the JSON report of an
-earlier one (`check --write-baseline`), result by result.
+"""A CI baseline that only fails on regressions: a `check` (or `sweep`) compared with the JSON
+report of an earlier one (`--write-baseline`), result by result (breaking point by breaking
+point).
 
 A regression is a ``--fail-on`` flag that a result (or the input) did not fire before, more
 rows carrying one, a loss or gradient error that grew more than ``FACTOR`` times past the
 default tolerance, or a new result that fires one. Improvements are the reverse, and pass.
 Results are matched on (labels, impl, eps, dtype, policy, mode); the environment records say
 which versions changed between the two runs, so a regression after an upgrade is attributed.
+A sweep regresses where a breaking point moved to a scale smaller by more than
+``SCALE_SLACK``, or appeared where the baseline's sweep of the same cells found none.
 """
 
 from __future__ import annotations
@@ -19,15 +22,20 @@ from typing import Any
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import InputError
 from xentaudit.io import regular_file
-from xentaudit.results import SCHEMA_VERSION, Check, Comparison
+from xentaudit.results import SCHEMA_VERSION, Check, Comparison, Sweep
 
 FACTOR = 2.0  # an error counts as grown (or shrunk) when it more than doubles (halves)
 FLOOR_ULPS = 8  # errors within the default tolerance, 8 eps of the dtype, are rounding
 MAX_BASELINE_BYTES = 64 * 2**20  # a baseline larger than this is refused unread
+# Breaking points are searched to 3 significant digits (0.5 % of rounding), and in float16 and
+# bfloat16 a threshold can flicker by a grid step as the rounded input moves: a point must move
+# by more than 2 % to count.
+SCALE_SLACK = 0.02
 
 
-def read_baseline(path: str | Path) -> dict[str, Any]:
-    """The JSON report of an earlier `check`, validated: one line and exit 2 otherwise."""
+def read_baseline(path: str | Path, command: str = "check") -> dict[str, Any]:
+    """The JSON report of an earlier ``command`` (check, sweep), validated: one line and exit
+    2 otherwise."""
     path = Path(path)
     regular_file(path, "--baseline", "a JSON report written by check --write-baseline")
     if path.stat().st_size > MAX_BASELINE_BYTES:
@@ -36,16 +44,20 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"--baseline {path} is not JSON ({exc}); write it again") from None
-    if not isinstance(doc, dict) or doc.get("command") != "check":
+    if not isinstance(doc, dict) or doc.get("command") != command:
         raise InputError(
-            f"--baseline {path} is not a check report; write one with check --write-baseline"
+            f"--baseline {path} is not a {command} report; write one with {command} "
+            "--write-baseline"
         )
     if doc.get("schema") != SCHEMA_VERSION:
         raise InputError(
             f"--baseline {path} has schema {doc.get('schema')!r}, not {SCHEMA_VERSION}; write it "
             "again with this version"
         )
-    if not isinstance(doc.get("results"), list) or not isinstance(doc.get("lint"), dict):
+    lists = ("results",) if command == "check" else ("breaking_points",)
+    if not all(isinstance(doc.get(k), list) for k in lists) or (
+        command == "check" and not isinstance(doc.get("lint"), dict)
+    ):
         raise InputError(f"--baseline {path} has no results; write it again")
     return doc
 
@@ -116,16 +128,58 @@ def compare(
                 worse.append(f"{name}: {what} {a:.3g}, was {b_:.3g}")
             elif _grew(b_, a, floor):
                 better.append(f"{name}: {what} {a:.3g}, was {b_:.3g}")
-    environment = {
-        key: f"{baseline['environment'].get(key, 'none')} -> {value}"
-        for key, value in now["environment"].items()
-        if isinstance(baseline.get("environment"), dict)
-        and baseline["environment"].get(key) != value
-    }
     return Comparison(
         path,
         tuple(worse),
         tuple(better),
-        environment,
+        _environment_changes(now, baseline),
         tuple(_name(r) for r in before.values()),
+    )
+
+
+def _environment_changes(now: dict[str, Any], baseline: dict[str, Any]) -> dict[str, str]:
+    """The environment keys whose values differ between the baseline and this run."""
+    before = baseline.get("environment")
+    if not isinstance(before, dict):
+        return {}
+    return {
+        key: f"{before.get(key, 'none')} -> {value}"
+        for key, value in now["environment"].items()
+        if before.get(key) != value
+    }
+
+
+def _point(p: dict[str, Any]) -> tuple:
+    return (p["pattern"], p["impl"], p["eps"], p["dtype"], p["policy"], p["mode"], p["kind"])
+
+
+def _point_name(p: dict[str, Any]) -> str:
+    policy = "" if p["policy"] == "float32" else f" [{p['policy']}]"
+    return f"{p['impl']} {p['dtype']}{policy} {p['mode']} on {p['pattern']} ({p['kind']})"
+
+
+def compare_sweep(sweep: Sweep, baseline: dict[str, Any], path: str) -> Comparison:
+    """``sweep`` against an earlier sweep's report, breaking point by breaking point (a scale
+    of None: it never broke in the swept range): one that moved to a smaller scale, or appeared,
+    regresses; one that moved up, or went away, improves."""
+    now = sweep.to_dict()
+    before = {_point(p): p for p in baseline["breaking_points"]}
+    worse, better = [], []
+    for p in now["breaking_points"]:
+        old = before.pop(_point(p), None)
+        if old is None:
+            continue  # not swept before: nothing to compare with
+        name, a, b = _point_name(p), p["scale"], old["scale"]
+        if a is not None and (b is None or a < b * (1 - SCALE_SLACK)):
+            was = "did not before" if b is None else f"was {b:g}"
+            worse.append(f"{name}: breaks at scale {a:g}, {was}")
+        elif b is not None and (a is None or a > b * (1 + SCALE_SLACK)):
+            now_at = "no longer breaks" if a is None else f"breaks at scale {a:g}"
+            better.append(f"{name}: {now_at}, was {b:g}")
+    return Comparison(
+        path,
+        tuple(worse),
+        tuple(better),
+        _environment_changes(now, baseline),
+        tuple(_point_name(p) for p in before.values()),
     )

@@ -328,6 +328,26 @@ def backend_option() -> Callable:
     )
 
 
+def baseline_options(regression: str) -> Callable:
+    """--baseline and --write-baseline: the CI ratchet against an earlier JSON report."""
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option(
+            "--write-baseline",
+            metavar="FILE.json",
+            help="Also write this run's JSON report here (atomically), as the next --baseline.",
+        )(command)
+        return click.option(
+            "--baseline",
+            "baseline_path",
+            metavar="FILE.json",
+            help="Compare with this earlier report (--write-baseline): exit 1 only on a "
+            f"regression ({regression}), 0 otherwise.",
+        )(command)
+
+    return decorate
+
+
 def model_option() -> Callable:
     """--model: audit a saved model's own loss path as the implementation `model`."""
     return click.option(
@@ -559,6 +579,7 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
     help="Refuse a grid whose largest batch needs more memory (estimated: logits x scales x "
     "(40 + 10 x bytes of the dtype)); e.g. 512M, 2G.",
 )
+@baseline_options("a breaking point at a smaller scale, or one that appeared")
 @shared_options()
 @format_option("table", "json")
 def sweep(
@@ -574,6 +595,8 @@ def sweep(
     vocab_rows: int,
     seed: int,
     max_memory: int | None,
+    baseline_path: str | None,
+    write_baseline: str | None,
     mode: str,
     rtol: float | None,
     timeout: float | None,
@@ -586,9 +609,12 @@ def sweep(
     Prints a grid per dtype, the epsilon grid of `clipped`, the breaking point of every
     implementation (the first scale at which a failing flag fires) and a summary.
     """
+    from xentaudit.baseline import compare_sweep, read_baseline
     from xentaudit.sweep import sweep as run_sweep
 
     fail_flags = parse_flags(fail_on)
+    new_baseline = None if write_baseline is None else _writable(write_baseline, "--write-baseline")
+    old_baseline = None if baseline_path is None else read_baseline(baseline_path, "sweep")
     scales = parse_scales(scales_spec) if scales_spec is not None else DEFAULT_SCALES
     color, width = _color_and_width(sys.stdout)
     _load_tensorflow(impls or ("all",), backends or None)
@@ -612,6 +638,12 @@ def sweep(
             backends=backends or None,
             loss_scale=loss_scale,
         )
+    if old_baseline is not None:
+        assert baseline_path is not None
+        result = replace(result, baseline=compare_sweep(result, old_baseline, baseline_path))
+    if new_baseline is not None:
+        with _written_atomically(new_baseline, "--write-baseline") as write:
+            write(json_report.render(result, command="sweep"))
     if fmt == "json":
         text = json_report.render(result, command="sweep")
     else:
@@ -665,17 +697,8 @@ def sweep(
     help="Rows read at a time (default: ~2M logits a chunk).",
 )
 @click.option("--output", metavar="FILE", help="Write the report here (atomically), not stdout.")
-@click.option(
-    "--baseline",
-    "baseline_path",
-    metavar="FILE.json",
-    help="Compare with this earlier report (check --write-baseline): exit 1 only on a "
-    "regression (a new --fail-on flag, more rows flagged, an error grown past 2x).",
-)
-@click.option(
-    "--write-baseline",
-    metavar="FILE.json",
-    help="Also write this run's JSON report here (atomically), as the next --baseline.",
+@baseline_options(
+    "a new --fail-on flag, more rows flagged, an error grown past 2x, a new result that fires"
 )
 @click.option(
     "--flagged-rows",

@@ -253,9 +253,13 @@ class Sweep:
     reference_method: str = "float64"  # "float64" (the compiled kernel) or "float64-numpy"
     loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
     environment: dict[str, str] = field(default_factory=dict)  # environment.environment()
+    baseline: Comparison | None = None  # --baseline: the breaking points against an earlier sweep
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
-        """0 when none of ``fail_on`` fired in any cell, 1 otherwise."""
+        """0 when none of ``fail_on`` fired in any cell, 1 otherwise; against a ``baseline``,
+        1 only for a regression."""
+        if self.baseline is not None:
+            return EXIT_FLAGGED if self.baseline.regressions else EXIT_OK
         return exit_code(fail_on, (c.flags for c in self.cells))
 
     @cached_property

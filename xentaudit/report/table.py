@@ -350,6 +350,9 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
     console.print(Text("Summary", style="bold"))
     for line in sweep.summary:
         console.print(f"- {line}")
+    if sweep.baseline is not None:
+        style = "bold red" if sweep.baseline.regressions else "bold green"
+        console.print(Text(sweep.baseline.message(), style=style))
     _audited_with(console, sweep.environment)
     return console.file.getvalue()  # type: ignore[attr-defined]
 
