@@ -919,6 +919,50 @@ def _computed_logits(
         yield saved or Path(tmp)
 
 
+@cli.command()
+@click.argument("trajectory", metavar="TRAJECTORY")
+@click.option(
+    "--decay",
+    "decays",
+    multiple=True,
+    type=Finite(0, 1, min_open=True, max_open=True),
+    default=(0.9, 0.99, 0.999),
+    show_default=True,
+    help="EMA decay d in (0, 1): e_t = d e_(t-1) + (1 - d) z_t; repeatable.",
+)
+@click.option(
+    "--impl",
+    "impls",
+    multiple=True,
+    metavar="NAME",
+    default=("tf_softmax_xent", "keras_cce_probs"),
+    show_default=True,
+    help="Implementations run on the raw and the EMA logits of every step, to list the "
+    "failing flags the EMA hides or shows; repeatable (none: --impl '').",
+)
+@format_option("table", "json")
+def ema(trajectory: str, decays: tuple[float, ...], impls: tuple[str, ...], fmt: str) -> int:
+    """Measure the cross-entropy of an EMA of the logits on a training trajectory.
+
+    TRAJECTORY: a .npz of logits (steps, rows, classes) and labels, or a folder of per-step
+    .npz files. Per decay and step: the exact loss of the raw and the EMA logits, the gradient
+    reaching the current logits (attenuated by 1 - d), the cosine between the two gradients;
+    per decay, the lag in steps and the flags the EMA hides or shows. Exit 0 (it measures).
+    """
+    from xentaudit.ema import ema as run_ema
+
+    impls = tuple(i for i in impls if i)
+    if impls:
+        _load_tensorflow(impls, None)
+    result = run_ema(trajectory, decays, impls)
+    if fmt == "json":
+        text = json.dumps({**result.to_dict(), "command": "ema"}, indent=2, allow_nan=False)
+        _print_report(text + "\n")
+    else:
+        _print_report(table_report.render_ema(result, *_color_and_width(sys.stdout)))
+    return 0
+
+
 @cli.command("list")
 @format_option("table", "json")
 def list_impls(fmt: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
@@ -36,6 +37,9 @@ from xentaudit.results import (
     scale_label,
     variant_label,
 )
+
+if TYPE_CHECKING:
+    from xentaudit.ema import Ema
 
 FLAG_STYLES = {
     "nan": "bold red",
@@ -461,4 +465,52 @@ def render_check(
     console.print(Text(f"{verdict.status.upper()}: {verdict.message}", style=style))
     _legend(console, verdict)
     _audited_with(console, check.environment)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+# --- ema -------------------------------------------------------------------------------------
+
+
+def render_ema(result: Ema, color: bool = False, width: int = 160) -> str:
+    """The EMA audit: a summary line per decay, then its steps (at most 20, evenly spaced)."""
+    console = _console(color, width)
+    console.print(
+        Text(
+            f"xentaudit ema {result.path}: {result.steps} steps x {result.rows} rows x "
+            f"{result.classes} classes; flags of: {', '.join(result.impls) or 'none'}",
+            style="bold",
+        )
+    )
+    for d in result.decays:
+        hidden = [s.step for s in d.steps if s.hidden]
+        shown = [s.step for s in d.steps if s.shown]
+        console.print(
+            Text(
+                f"decay {d.decay:g}: lags {d.lag} steps; gradient x {d.mean_attenuation:.3g} on "
+                f"average (1 - d = {1 - d.decay:.3g}); direction cosine {d.mean_cosine:.3g}; "
+                f"hides flags at {len(hidden)} steps, shows flags at {len(shown)} steps",
+                style="bold",
+            )
+        )
+        table = _columns(
+            ("step", "right"),
+            ("raw loss", "right"),
+            ("EMA loss", "right"),
+            ("gradient x", "right"),
+            ("cosine", "right"),
+            ("EMA hides", "left"),
+            ("EMA shows", "left"),
+        )
+        every = max(1, math.ceil(len(d.steps) / 20))
+        for s in d.steps[::every]:
+            table.add_row(
+                str(s.step),
+                _num(s.raw_loss, 8),
+                _num(s.ema_loss, 8),
+                _num(s.attenuation, 3),
+                _num(s.cosine, 3),
+                " ".join(s.hidden),
+                " ".join(s.shown),
+            )
+        console.print(table)
     return console.file.getvalue()  # type: ignore[attr-defined]
