@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from xentaudit.audit import audit
 from xentaudit.check import check_file
+from xentaudit.ema import Ema, ema
 from xentaudit.errors import XentauditError
 from xentaudit.flags import Advice
 from xentaudit.results import (
@@ -17,8 +18,10 @@ from xentaudit.results import (
     BreakingPoint,
     Check,
     CheckResult,
+    Comparison,
     FailingResult,
     FlaggedRow,
+    FrameworkDifference,
     ImplResult,
     ModeDifference,
     RowAtRisk,
@@ -37,8 +40,11 @@ __all__ = [
     "BreakingPoint",
     "Check",
     "CheckResult",
+    "Comparison",
+    "Ema",
     "FailingResult",
     "FlaggedRow",
+    "FrameworkDifference",
     "ImplResult",
     "ModeDifference",
     "RowAtRisk",
@@ -51,5 +57,6 @@ __all__ = [
     "__version__",
     "audit",
     "check_file",
+    "ema",
     "sweep",
 ]
