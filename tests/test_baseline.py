@@ -114,6 +114,12 @@ def test_the_baseline_may_be_rewritten_in_place(tmp_path: Path) -> None:
         ('{"schema": 1, "command": "compare"}', "is not a check report"),
         ('{"schema": 9, "command": "check"}', "has schema 9, not 1"),
         ('{"schema": 1, "command": "check", "results": 3, "lint": {}}', "has no results"),
+        ('{"schema": 1, "command": "check", "results": [{}], "lint": {}}', "malformed entry"),
+        (
+            '{"schema": 1, "command": "check", "lint": {}, "input": "probabilities", '
+            '"results": []}',
+            "it was written for input 'probabilities', this run has 'logits'",
+        ),
     ],
 )
 def test_a_bad_baseline_is_one_line_before_any_work(

@@ -353,16 +353,24 @@ def variants(names: Iterable[str], eps: tuple[float, ...]) -> list[Variant]:
 
 
 def chosen_impls(
-    impls: Iterable[str], model: str | Path | None, backends: Iterable[str] | None = None
+    impls: Iterable[str],
+    model: str | Path | ModelPath | None,
+    backends: Iterable[str] | None = None,
 ) -> tuple[str, ...]:
     """``impls`` expanded (``zoo.parse_impls``, ``all`` over the installed ``backends``), then,
-    with ``model`` (a ``.keras`` file), the implementation ``model``: the loss path
-    ``read_model_config`` maps, exactly as saved."""
+    with ``model`` (a ``.keras`` file, or a ``ModelPath`` already read, e.g. of a model in
+    memory), the implementation ``model``: the loss path ``read_model_config`` maps, exactly as
+    saved."""
     if model is None:
-        return zoo.parse_impls(impls, backends)
-    from xentaudit.model import read_model_config
+        names = zoo.parse_impls(impls, backends)
+        if not names:
+            raise ConfigError(
+                "no implementation to run: --impl, --backend (and --input) leave none; name one"
+            )
+        return names
+    from xentaudit.model import ModelPath, read_model_config
 
-    zoo.use_model(read_model_config(model))
+    zoo.use_model(model if isinstance(model, ModelPath) else read_model_config(model))
     names = [name for name in impls if name != zoo.MODEL]  # `--impl model` is implied
     return (*(zoo.parse_impls(names, backends) if names else ()), zoo.MODEL)
 
@@ -574,7 +582,7 @@ def audit(
     timeout: float | None = None,
     policies: Iterable[str] = ("float32",),
     loss_scale: float | None = None,
-    model: str | Path | None = None,
+    model: str | Path | ModelPath | None = None,
     backends: Iterable[str] | None = None,
 ) -> Audit:
     """Audit cross-entropy implementations on ``logits`` ``[..., C]`` and ``labels``.
@@ -589,8 +597,9 @@ def audit(
     ``timeout`` bounds each run of an implementation, in seconds (an ``ImplementationError``
     past it). With ``loss_scale`` S, gradients are taken of S times the loss, held in the
     compute dtype as training holds them (overflows are ``grad-inf``/``grad-nan``), and each
-    result's ``max_loss_scale`` is searched. ``model`` (a ``.keras`` file) adds its own loss
-    path as the implementation ``model`` (``chosen_impls``), run under its own dtype policy.
+    result's ``max_loss_scale`` is searched. ``model`` (a ``.keras`` file, or a ``ModelPath``)
+    adds its own loss path as the implementation ``model`` (``chosen_impls``), run under its
+    own dtype policy.
     ``backends`` ("tf", "torch", "jax"; None: all) limit what ``all`` means to their installed
     implementations; those not installed are listed under ``skipped``. ``logits`` and
     ``labels`` may be numpy arrays, torch tensors or jax arrays. Returns an ``Audit``; prints

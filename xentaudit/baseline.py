@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from xentaudit import impls as zoo
+from xentaudit.audit import reduction_depth
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import InputError
 from xentaudit.io import regular_file
 from xentaudit.results import SCHEMA_VERSION, Check, Comparison, Sweep
 
 FACTOR = 2.0  # an error counts as grown (or shrunk) when it more than doubles (halves)
-FLOOR_ULPS = 8  # errors within the default tolerance, 8 eps of the dtype, are rounding
+# Errors within the grading tolerance are rounding: (8 + k) eps of the narrowest dtype the
+# result computed in, k = ceil(log2 C) (audit.grade's bound for B = 1, relative to max(|L|, 1)).
+FLOOR_ULPS = 8
 MAX_BASELINE_BYTES = 64 * 2**20  # a baseline larger than this is refused unread
 # Breaking points are searched to 3 significant digits (0.5 % of rounding), and in float16 and
 # bfloat16 a threshold can flicker by a grid step as the rounded input moves: a point must move
@@ -59,7 +63,59 @@ def read_baseline(path: str | Path, command: str = "check") -> dict[str, Any]:
         command == "check" and not isinstance(doc.get("lint"), dict)
     ):
         raise InputError(f"--baseline {path} has no results; write it again")
+    entries = doc["results"] if command == "check" else doc["breaking_points"]
+    fields = _RESULT_FIELDS if command == "check" else _POINT_FIELDS
+    for entry in entries:
+        if not isinstance(entry, dict) or not all(
+            valid(entry.get(key)) for key, valid in fields.items()
+        ):
+            raise InputError(f"--baseline {path} has a malformed entry; write it again")
     return doc
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _counts(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool)
+        for k, n in value.items()
+    )
+
+
+def _real(value: Any) -> bool:
+    """A JSON number, or a non-finite one as JSON spells it ("nan", "inf", "-inf")."""
+    if isinstance(value, str):
+        return value in ("nan", "inf", "-inf")
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _eps(value: Any) -> bool:
+    return value is None or _real(value)
+
+
+_KEY = {"impl": _text, "eps": _eps, "dtype": _text, "policy": _text, "mode": _text}
+_RESULT_FIELDS = {
+    **_KEY,
+    "labels": _text,
+    "output_dtype": _text,
+    "flags": lambda v: isinstance(v, list),
+    "flag_counts": _counts,
+    "max_rel_err": _real,
+    "grad_max_abs_err": _real,
+}
+_POINT_FIELDS = {**_KEY, "pattern": _text, "kind": _text, "scale": _eps}
+
+
+def refuse_other_input(now: dict[str, Any], baseline: dict[str, Any], keys: Sequence[str]) -> None:
+    """Refuse a baseline of another kind of input: ``keys`` must agree."""
+    for key in keys:
+        if baseline.get(key) != now.get(key):
+            raise InputError(
+                f"--baseline: it was written for {key} {baseline.get(key)!r}, this run has "
+                f"{now.get(key)!r}; compare like with like, or write a new baseline"
+            )
 
 
 def _number(value: Any) -> float:
@@ -108,10 +164,16 @@ def compare(
     """``check`` against ``baseline`` (``read_baseline``), judged on the flags ``fail_on``."""
     wanted = set(fail_on)
     now = check.to_dict(tuple(fail_on))
+    refuse_other_input(now, baseline, ("input", "classes", "file_dtype"))
     worse, better = _flag_changes("input", now["lint"], baseline["lint"], wanted)
     before = {_key(r): r for r in baseline["results"]}
+    gated = {(r.labels, r.impl, r.eps, r.dtype, r.policy, r.mode) for r in check.gated}
+    k = reduction_depth(check.classes)
     for r in now["results"]:
         name = _name(r)
+        if _key(r) not in gated:  # an alternative to the gate (--model): shown, never judged
+            before.pop(_key(r), None)
+            continue
         old = before.pop(_key(r), None)
         if old is None:
             fired = [f for f in r["flags"] if f in wanted]
@@ -121,7 +183,9 @@ def compare(
         w, b = _flag_changes(name, r["flag_counts"], old["flag_counts"], wanted)
         worse += w
         better += b
-        floor = FLOOR_ULPS * FORMATS[r["dtype"]].eps
+        computed = (r["dtype"], r["output_dtype"], zoo.computes_in(r["impl"], r["policy"]))
+        narrowest = min((FORMATS[d] for d in computed if d in FORMATS), key=lambda f: f.precision)
+        floor = (FLOOR_ULPS + k) * narrowest.eps
         for column, what in (("max_rel_err", "loss error"), ("grad_max_abs_err", "grad error")):
             a, b_ = _number(r[column]), _number(old[column])
             if _grew(a, b_, floor):
@@ -163,6 +227,7 @@ def compare_sweep(sweep: Sweep, baseline: dict[str, Any], path: str) -> Comparis
     of None: it never broke in the swept range): one that moved to a smaller scale, or appeared,
     regresses; one that moved up, or went away, improves."""
     now = sweep.to_dict()
+    refuse_other_input(now, baseline, ("scales", "patterns"))
     before = {_point(p): p for p in baseline["breaking_points"]}
     worse, better = [], []
     for p in now["breaking_points"]:

@@ -44,12 +44,14 @@ from xentaudit.environment import environment
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS, LINT
 from xentaudit.io import (
+    BAD_LOG_PROBABILITIES,
     BAD_LOGITS,
     BAD_PROBABILITIES,
     CHUNK_ENTRIES,
     ArraySource,
     Batch,
     as_float,
+    bad_log_probability_rows,
     bad_logit_rows,
     bad_probability_rows,
     describe_rows,
@@ -92,12 +94,22 @@ def default_impls(
     )
 
 
-def refuse_input_kind(input_kind: str, impls: Iterable[str], model: str | Path | None) -> None:
+def refuse_input_kind(
+    input_kind: str,
+    impls: Iterable[str],
+    model: str | Path | None,
+    policies: Iterable[str] | None = None,
+) -> None:
     """Refuse what cannot run on a file holding ``input_kind``: before ``model`` is read."""
     if input_kind not in zoo.INPUTS:
         raise ConfigError(f"--input {input_kind!r}: expected one of {', '.join(zoo.INPUTS)}")
     if input_kind != "probabilities":
         return
+    if tuple(policies or ()) not in ((), ("float32",)):
+        raise ConfigError(
+            "--policy: probabilities reach the losses as saved, no Keras layer computes them; "
+            "leave --policy out with --input probabilities"
+        )
     if model is not None:
         raise ConfigError(
             "--input probabilities cannot go with --model: the model's loss path starts from "
@@ -447,7 +459,7 @@ def check_file(
     check_options(eps, rtol, modes, timeout, loss_scale)
     pin = impls is None  # no implementation named: the verdict may offer to pin one
     impls = impls if impls is not None else default_impls(input_kind, backends)
-    refuse_input_kind(input_kind, impls, model)
+    refuse_input_kind(input_kind, impls, model, policies)
     names = chosen_impls(impls, model, backends)
     chosen = variants(names, eps)
     logits, label_source = open_arrays(
@@ -457,6 +469,13 @@ def check_file(
         labels_key,
     )
     _validate(logits, label_source)
+    model_loss_path = zoo.model_path(zoo.MODEL) if model is not None else None
+    ignores = None if model_loss_path is None else model_loss_path.ignore_class
+    if label_source is None and ignores is not None:
+        raise ConfigError(
+            f"--model's loss ignores class {ignores} (ignore_class): pass --labels, so that "
+            "the rows it ignores can be left out"
+        )
     formats = [get_format(d) for d in parse_dtypes(dtypes or [logits.dtype.name])]
     # Probabilities reach the losses as saved: no Keras layer of ours computes them.
     chosen_policies = zoo.parse_policies(
@@ -484,11 +503,10 @@ def check_file(
     flagged: list[FlaggedRow] | None = [] if on_flagged_row is not None else None
     refused = False
     ignored = 0  # rows of the class the model's loss ignores, left out
-    bad_rows, messages = (
-        (bad_probability_rows, BAD_PROBABILITIES)
-        if input_kind == "probabilities"
-        else (bad_logit_rows, BAD_LOGITS)
-    )
+    bad_rows, messages = {
+        "probabilities": (bad_probability_rows, BAD_PROBABILITIES),
+        "log-probabilities": (bad_log_probability_rows, BAD_LOG_PROBABILITIES),
+    }.get(input_kind, (bad_logit_rows, BAD_LOGITS))
     bad: dict[str, list[np.ndarray]] = {problem: [] for problem in messages}
     for offset, x, y in prefetched(_chunks(logits, label_source, chunk_rows)):
         for problem, mask in bad_rows(x).items():
@@ -530,6 +548,11 @@ def check_file(
     for problem, rows in bad.items():
         if rows:
             raise InputError(messages[problem].format(rows=describe_rows(np.concatenate(rows))))
+    if ignored == logits.rows:
+        raise InputError(
+            f"every row has the class the model's loss ignores (ignore_class={ignores}); "
+            "nothing to audit"
+        )
 
     reduction = None if model is None else zoo.model_path(zoo.MODEL).reduction
     results = tuple(

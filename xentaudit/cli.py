@@ -799,7 +799,7 @@ def check(
             assert model is not None and label_input is not None  # _check_sources
             # refused before the model runs
             wanted = impls or default_impls(input_kind, backends or None)
-            refuse_input_kind(input_kind, wanted, model)
+            refuse_input_kind(input_kind, wanted, model, policies or None)
             chosen_impls(wanted, model, backends or None)
             path = str(stack.enter_context(_computed_logits(model, inputs, label_input, saved)))
             label_input, logits_key, labels_key = None, "logits", "labels"

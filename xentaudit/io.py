@@ -227,6 +227,21 @@ def as_array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+BAD_LOG_PROBABILITIES = {  # `check --input log-probabilities`: log p <= 0, with the logits' checks
+    **BAD_LOGITS,
+    "above 0": "values above 0 in {rows} are not log-probabilities; drop --input "
+    "log-probabilities if the file holds logits",
+}
+
+
+def bad_log_probability_rows(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per problem of ``BAD_LOG_PROBABILITIES``: a mask of the rows of ``x`` that have it."""
+    rows = bad_logit_rows(x)
+    with np.errstate(invalid="ignore"):
+        top = as_float(x).max(axis=1)
+    return {**rows, "above 0": (top > 0) & np.isfinite(top)}
+
+
 def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int | np.ndarray = 0) -> Batch:
     """Validate logits ``[..., C]`` and labels (integer classes ``[...]`` or weights ``[..., C]``).
 
