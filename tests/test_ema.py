@@ -83,6 +83,21 @@ def test_the_steps_where_the_ema_hides_keras_clip(tmp_path: Path) -> None:
     assert not any(s.shown for s in decay.steps)
 
 
+def test_a_lag_at_the_search_limit_is_a_bound_and_integer_logits_are_not_truncated(
+    tmp_path: Path,
+) -> None:
+    # d = 0.99 trails by 99 steps, more than half of 60 steps: the lag found is the limit
+    (d,) = ema(_save(tmp_path / "t.npz", _linear(60, 0.2), np.array([0])), decays=(0.99,)).decays
+    assert (d.lag, d.lag_limit) == (30, 30)
+    # integer logits [0, 0] then [1, 0]: the EMA (1 - 0.5^t) is no integer and is not truncated
+    z = np.zeros((4, 1, 2), np.int64)
+    z[1:, 0, 0] = 1
+    (half,) = ema(_save(tmp_path / "i.npz", z, np.array([1])), decays=(0.5,)).decays
+    for s in half.steps:
+        e0 = 1 - 0.5**s.step
+        assert s.ema_loss == pytest.approx(math.log1p(math.exp(e0)), rel=1e-12)
+
+
 def test_a_folder_of_steps_is_the_same_trajectory(tmp_path: Path) -> None:
     z = _linear(20, 0.3)
     whole = ema(_save(tmp_path / "t.npz", z, np.array([0])), decays=(0.75,))

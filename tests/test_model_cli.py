@@ -271,7 +271,16 @@ def test_rows_the_model_ignores_are_left_out(files: dict[str, Path]) -> None:
     assert abs(model["loss_reduced"] - want) <= 48 * 2**-24 * want
     # The rows' numbers stay the file's: no flagged or worst row is one of class 0.
     assert all(y[w["row"]] != 0 for w in model["worst_rows"])
+    # every row ignored, or no labels to tell which: refused, not a silent PASS
+    np.save(files["folder"] / "zeros.npy", np.zeros(ROWS, np.int64))
+    zeros = ("--labels", files["folder"] / "zeros.npy")
+    every = _run("check", "--model", files["ignoring"], "--inputs", files["x"], *zeros)
+    assert every.exit_code == 2 and "every row has the class the model's loss ignores" in (
+        every.stderr
+    )
     np.save(files["folder"] / "logits.npy", _hand_logits(x))
+    unlabelled = _run("check", files["folder"] / "logits.npy", "--model", files["ignoring"])
+    assert unlabelled.exit_code == 2 and "pass --labels" in unlabelled.stderr
     logits = files["folder"] / "logits.npy"
     compare = _run(
         "compare", "--model", files["ignoring"], "--logits", logits, "--labels", files["y"]

@@ -154,6 +154,9 @@ def test_a_zero_probability_beside_the_label_is_nan_for_minus_y_log_p(tmp_path: 
         (("--input", "probabilities", "--model", "m.keras"), "cannot go with --model"),
         (("--input", "probabilities"), "values outside [0, 1] in row 1"),
         (("--input", "odds"), "Invalid value for '--input'"),
+        (("--input", "log-probabilities"), "values above 0 in rows 0, 1 are not log-probabilities"),
+        (("--input", "probabilities", "--policy", "mixed_float16"), "leave --policy out"),
+        (("--input", "probabilities", "--backend", "torch"), "no implementation to run"),
     ],
 )
 def test_what_cannot_be_probabilities_is_a_one_line_error(

@@ -956,7 +956,9 @@ def ema(trajectory: str, decays: tuple[float, ...], impls: tuple[str, ...], fmt:
         _load_tensorflow(impls, None)
     result = run_ema(trajectory, decays, impls)
     if fmt == "json":
-        text = json.dumps({**result.to_dict(), "command": "ema"}, indent=2, allow_nan=False)
+        body = result.to_dict()
+        document = {"schema": body.pop("schema"), "command": "ema", **body}
+        text = json.dumps(document, indent=2, allow_nan=False)
         _print_report(text + "\n")
     else:
         _print_report(table_report.render_ema(result, *_color_and_width(sys.stdout)))

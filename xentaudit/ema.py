@@ -49,7 +49,9 @@ class EmaDecay:
     """One decay over the whole trajectory, and its summary."""
 
     decay: float
-    lag: int  # steps by which the EMA loss trails the raw loss (best match)
+    lag: int | None  # steps by which the EMA loss trails the raw loss (best match); None: the
+    # losses are not finite
+    lag_limit: int  # the largest lag searched: a lag equal to it may be larger
     mean_attenuation: float
     mean_cosine: float
     steps: tuple[EmaStep, ...]
@@ -81,6 +83,11 @@ def read_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             raise InputError(f"{path} holds no .npz files; save one per step (logits, labels)")
         steps, labels = [], None
         for f in files:
+            if sum(s.size for s in steps) > MAX_TRAJECTORY_ENTRIES:
+                raise InputError(
+                    f"{path} holds more than {MAX_TRAJECTORY_ENTRIES} logits; sample fewer rows "
+                    "or steps"
+                )
             x, y = _read(f)
             if x.ndim != 2:
                 raise InputError(f"{f} has logits of shape {x.shape}; one step is (rows, classes)")
@@ -118,13 +125,26 @@ def _gradients(x: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
     return float(np.mean(ref.loss + ref.loss_lo)), ref.grad
 
 
-def _lag(raw: np.ndarray, ema: np.ndarray) -> int:
-    """The k in [0, min(MAX_LAG, steps / 2)] minimising mean |ema[t] - raw[t - k]| over t >= k
-    (the later half of the trajectory at least is compared, so a long lag cannot win on a few
-    steps)."""
-    most = min(MAX_LAG, len(raw) // 2)
+def _lag_limit(steps: int) -> int:
+    """The largest lag searched: half the trajectory (so that a long lag cannot win on a few
+    steps), at most ``MAX_LAG``."""
+    return min(MAX_LAG, steps // 2)
+
+
+def _lag(raw: np.ndarray, ema: np.ndarray) -> int | None:
+    """The k in [0, ``_lag_limit``] minimising mean |ema[t] - raw[t - k]| over t >= k; None
+    when a loss is not finite (no distance means anything then)."""
+    if not (np.isfinite(raw).all() and np.isfinite(ema).all()):
+        return None
+    most = _lag_limit(len(raw))
     errors = [np.mean(np.abs(ema[k:] - raw[: len(raw) - k])) for k in range(most + 1)]
     return int(np.argmin(errors))
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of the finite ones; NaN when none is (no warning)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def _failing(impls: Sequence[str], x: np.ndarray, labels: np.ndarray) -> set[str]:
@@ -148,21 +168,28 @@ def ema(
     decays = tuple(float(d) for d in decays)
     for d in decays:
         if not 0 < d < 1:
-            raise ConfigError(f"--decay must lie in (0, 1), got {d:g}")
+            raise ConfigError(f"a decay must lie in (0, 1), got {d:g}")
     impls = tuple(impls)
     z, labels = read_trajectory(path)
     steps, rows, classes = z.shape
+    if labels.shape not in ((rows,), (rows, classes)):
+        raise InputError(
+            f"labels of shape {labels.shape} do not fit {rows} rows of {classes} classes: pass "
+            f"({rows},) classes or ({rows}, {classes}) label weights"
+        )
     prepare(z.reshape(steps * rows, classes), np.tile(labels, (steps,) + (1,) * (labels.ndim - 1)))
+    z = as_float(z)  # integer logits would truncate the EMA: it is rounded to this dtype
     dtype = z.dtype
     raw = [_gradients(z[t], labels) for t in range(steps)]
     raw_flags = [_failing(impls, z[t], labels) for t in range(steps)]
     out = []
     for d in decays:
-        e = as_float(z[0]).astype(np.float64)
+        e = z[0].astype(np.float64)
         records, ema_losses = [], []
         for t in range(steps):
             if t:
-                e = d * e + (1 - d) * as_float(z[t]).astype(np.float64)
+                with np.errstate(invalid="ignore"):  # -inf (masked) logits stay -inf
+                    e = d * e + (1 - d) * z[t].astype(np.float64)
             rounded = e.astype(dtype)
             loss, g_ema = _gradients(rounded, labels)
             raw_loss, g_raw = raw[t]
@@ -187,8 +214,9 @@ def ema(
             EmaDecay(
                 d,
                 _lag(raw_losses, np.array(ema_losses)),
-                float(np.nanmean([r.attenuation for r in records])),
-                float(np.nanmean([r.cosine for r in records])),
+                _lag_limit(steps),
+                _mean([r.attenuation for r in records]),
+                _mean([r.cosine for r in records]),
                 tuple(records),
             )
         )

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import cached_property
 
+from xentaudit.dtypes import FORMATS
 from xentaudit.flags import CHECK_FAIL_ON, FAILING, FLAGS, Advice
 from xentaudit.impls import FORMULAS, REGISTRY
 
@@ -98,8 +99,8 @@ class ModeDifference:
 @dataclass(frozen=True)
 class FrameworkDifference:
     """One formula (``impls.FORMULAS``) in one dtype, mode and policy on which the backends
-    that implement it disagree: different failing flags, or loss errors more than
-    ``DISAGREE_FACTOR`` apart with the larger past ``DISAGREE_ULPS``."""
+    that implement it disagree: different failing flags, or loss errors (relative, in eps of
+    the dtype) more than ``DISAGREE_FACTOR`` apart with the larger past ``DISAGREE_ULPS``."""
 
     formula: str
     dtype: str
@@ -317,8 +318,12 @@ class CheckResult:
 
 # Keras' reductions (keras/src/losses/loss.py ``reduce_values``) of per-row losses without
 # sample weights: a sum, or that sum over the number of rows.
-REDUCTIONS = {"sum": "sum", "sum_over_batch_size": "mean", "mean": "mean"}
-REDUCTIONS["mean_with_sample_weight"] = "mean"  # no sample weights: the number of rows
+REDUCTIONS = {
+    "sum": "sum",
+    "sum_over_batch_size": "mean",
+    "mean": "mean",
+    "mean_with_sample_weight": "mean",  # no sample weights: over the number of rows
+}
 
 
 def reduced(reduction: str | None, mean: float, rows: int) -> float | None:
@@ -563,13 +568,14 @@ def _verdict(
     )
 
 
-DISAGREE_ULPS = 8  # the default loss tolerance, in ulps: a smaller error is no disagreement
+DISAGREE_ULPS = 8  # the default loss tolerance, in eps: a smaller error is no disagreement
 DISAGREE_FACTOR = 4  # errors closer than this (relatively) are the same quality of rounding
 
 
 def _fares(r: ImplResult) -> tuple[tuple[str, ...], float]:
-    """A result's failing flags and its largest loss error in ulps of its dtype."""
-    return tuple(f for f in r.flags if FLAGS[f].failing), r.max_ulps_err
+    """A result's failing flags and its largest loss error as graded, |L - exact| /
+    max(|exact|, 1), in eps of its dtype (ulps of L would count millions on losses near 0)."""
+    return tuple(f for f in r.flags if FLAGS[f].failing), r.max_rel_err / FORMATS[r.dtype].eps
 
 
 def _framework_differences(results: Sequence[ImplResult]) -> tuple[FrameworkDifference, ...]:
@@ -589,7 +595,7 @@ def _framework_differences(results: Sequence[ImplResult]) -> tuple[FrameworkDiff
         apart = bool(errors) and max(errors) > max(DISAGREE_ULPS, DISAGREE_FACTOR * min(errors))
         if len({flags for flags, _ in fared.values()}) > 1 or apart:
             text = {
-                b: f"{by_backend[b].impl} {', '.join(flags) if flags else f'{e:.2g} ulps'}"
+                b: f"{by_backend[b].impl} {', '.join(flags) if flags else f'{e:.2g} eps'}"
                 for b, (flags, e) in fared.items()
             }
             out.append(FrameworkDifference(FORMULAS[formula], dtype, mode, policy, text))

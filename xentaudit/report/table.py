@@ -370,7 +370,7 @@ def _reduction_line(check: Check) -> str:
         return "reduction: none (the model's loss is per row)"
     sums = [r for r in check.gated if r.loss_reduced is not None and r.loss_reduced != r.loss_mean]
     if not sums:
-        return f"reduction: {check.reduction} (the loss it reports is the mean columns')"
+        return f"reduction: {check.reduction} (the model reports the mean loss)"
     totals = "; ".join(
         f"{r.impl} {r.mode} {dtype_label(r.dtype, r.policy)} {_num(r.loss_reduced, 8)} "
         f"(exact {_num(r.exact_reduced, 8)})"
@@ -484,9 +484,14 @@ def render_ema(result: Ema, color: bool = False, width: int = 160) -> str:
     for d in result.decays:
         hidden = [s.step for s in d.steps if s.hidden]
         shown = [s.step for s in d.steps if s.shown]
+        if d.lag is None:
+            lag = "lag unknown (a loss is not finite)"
+        else:
+            bound = " or more (the search limit)" if d.lag == d.lag_limit and d.lag else ""
+            lag = f"lags {d.lag}{bound} steps"
         console.print(
             Text(
-                f"decay {d.decay:g}: lags {d.lag} steps; gradient x {d.mean_attenuation:.3g} on "
+                f"decay {d.decay:g}: {lag}; gradient x {d.mean_attenuation:.3g} on "
                 f"average (1 - d = {1 - d.decay:.3g}); direction cosine {d.mean_cosine:.3g}; "
                 f"hides flags at {len(hidden)} steps, shows flags at {len(shown)} steps",
                 style="bold",
