@@ -28,7 +28,8 @@ keras = pytest.importorskip("keras")
 
 import xentaudit  # noqa: E402
 from xentaudit.errors import ConfigError  # noqa: E402
-from xentaudit.keras_callback import HEADROOM_STEPS, MAX_ROWS, AuditCallback  # noqa: E402
+from xentaudit.keras_callback import MAX_ROWS, AuditCallback  # noqa: E402
+from xentaudit.training import HEADROOM_STEPS  # noqa: E402
 
 EPOCHS = 10
 SAMPLE = 64
