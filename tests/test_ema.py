@@ -117,8 +117,13 @@ def test_the_command_writes_json_and_refuses_bad_input(tmp_path: Path) -> None:
     assert (doc["command"], doc["steps"], doc["decays"][0]["lag"]) == ("ema", 30, 1)
     table = runner.invoke(cli, ["ema", str(path), "--decay", "0.5", "--impl", ""])
     assert "decay 0.5: lags 1 steps" in table.output
-    bad = runner.invoke(cli, ["ema", str(path), "--decay", "1"])
-    assert bad.exit_code == 2 and "--decay" in bad.stderr
+    both = runner.invoke(
+        cli, ["ema", str(path), "--decay", "0.5,0.75", "--impl", "", "--format", "json"]
+    )
+    assert [d["lag"] for d in json.loads(both.output)["decays"]] == [1, 3]
+    for value in ("1", "nan", "x"):
+        bad = runner.invoke(cli, ["ema", str(path), "--decay", value])
+        assert bad.exit_code == 2 and "--decay" in bad.stderr, value
     flat = _save(tmp_path / "flat.npz", np.zeros((4, 3)), np.array([0, 1, 2, 0]))
     refused = runner.invoke(cli, ["ema", str(flat), "--impl", ""])
     assert refused.exit_code == 2 and "a trajectory is (steps, rows, classes)" in refused.stderr

@@ -49,6 +49,8 @@ def test_every_format_carries_the_record() -> None:
     assert doc["environment"]["numpy"] == np.__version__
     table = runner.invoke(cli, args).stdout
     assert "\naudited with: python " in table  # the last lines (the record wraps)
+    github = runner.invoke(cli, [*args, "--format", "github"]).stdout
+    assert f"Audited with: python {platform.python_version()}" in github.replace("%0A", "\n")
     junit = runner.invoke(cli, [*args, "--format", "junit"]).stdout
     assert f'<property name="environment.numpy" value="{np.__version__}" />' in junit
     compare = runner.invoke(cli, ["compare", "--impl", "log_softmax", "--mode", "eager"]).stdout

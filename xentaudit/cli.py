@@ -925,10 +925,10 @@ def _computed_logits(
     "--decay",
     "decays",
     multiple=True,
-    type=Finite(0, 1, min_open=True, max_open=True),
-    default=(0.9, 0.99, 0.999),
+    metavar="D[,D...]",
+    default=("0.9,0.99,0.999",),
     show_default=True,
-    help="EMA decay d in (0, 1): e_t = d e_(t-1) + (1 - d) z_t; repeatable.",
+    help="EMA decays d in (0, 1): e_t = d e_(t-1) + (1 - d) z_t; a comma list, repeatable.",
 )
 @click.option(
     "--impl",
@@ -941,7 +941,7 @@ def _computed_logits(
     "failing flags the EMA hides or shows; repeatable (none: --impl '').",
 )
 @format_option("table", "json")
-def ema(trajectory: str, decays: tuple[float, ...], impls: tuple[str, ...], fmt: str) -> int:
+def ema(trajectory: str, decays: tuple[str, ...], impls: tuple[str, ...], fmt: str) -> int:
     """Measure the cross-entropy of an EMA of the logits on a training trajectory.
 
     TRAJECTORY: a .npz of logits (steps, rows, classes) and labels, or a folder of per-step
@@ -952,9 +952,15 @@ def ema(trajectory: str, decays: tuple[float, ...], impls: tuple[str, ...], fmt:
     from xentaudit.ema import ema as run_ema
 
     impls = tuple(i for i in impls if i)
+    parsed = []
+    for part in (p.strip() for d in decays for p in d.split(",")):
+        try:
+            parsed.append(float(part))
+        except ValueError:
+            raise ConfigError(f"--decay {part!r} is not a number; pass decays in (0, 1)") from None
     if impls:
         _load_tensorflow(impls, None)
-    result = run_ema(trajectory, decays, impls)
+    result = run_ema(trajectory, parsed, impls)
     if fmt == "json":
         body = result.to_dict()
         document = {"schema": body.pop("schema"), "command": "ema", **body}

@@ -167,8 +167,8 @@ def ema(
     EMA hides or shows. The EMA is computed in float64 and rounded to the logits' dtype."""
     decays = tuple(float(d) for d in decays)
     for d in decays:
-        if not 0 < d < 1:
-            raise ConfigError(f"a decay must lie in (0, 1), got {d:g}")
+        if not 0 < d < 1:  # NaN fails too
+            raise ConfigError(f"--decay must lie in (0, 1), got {d:g}")
     impls = tuple(impls)
     z, labels = read_trajectory(path)
     steps, rows, classes = z.shape

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from xentaudit.environment import describe
 from xentaudit.flags import FLAGS
 from xentaudit.report.plain import case_name, verdict_text
 from xentaudit.results import Check
@@ -52,5 +53,8 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
         lines.append(f"::{level} file={file},title={title}::{_data(counts + detail)}")
     level = "error" if verdict.status == "fail" else "notice"
     title = _property("xentaudit verdict")
-    lines.append(f"::{level} file={file},title={title}::{_data(verdict_text(verdict))}")
+    text = verdict_text(verdict)
+    if check.environment:
+        text += f"\nAudited with: {describe(check.environment)}."
+    lines.append(f"::{level} file={file},title={title}::{_data(text)}")
     return "".join(line + "\n" for line in lines)
