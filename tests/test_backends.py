@@ -196,3 +196,27 @@ def test_a_run_of_other_backends_alone_never_imports_tensorflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-2:] == ["False", "False"]
+
+
+def test_framework_errors_disagree_past_the_factor_and_the_tolerance() -> None:
+    """Two backends' fused losses, both clean: below DISAGREE_ULPS (8 eps) no ratio counts
+    (1 and 7.9 agree, 1 and 8.1 do not); above it DISAGREE_FACTOR (4) decides (9 and 9 x 3.9
+    agree, 9 and 9 x 4.1 do not). Doubling or halving either constant fails one of these."""
+    from dataclasses import replace
+
+    from factories import impl_result
+
+    from xentaudit.results import Audit
+
+    eps = 2.0**-23
+
+    def differ(tf_err: float, torch_err: float) -> bool:
+        tf = impl_result("tf_softmax_xent", "eager", [1.0], [1.0], [()])
+        torch_ = impl_result("torch_cross_entropy", "eager", [1.0], [1.0], [()])
+        a = replace(tf, max_rel_err=tf_err * eps)
+        b = replace(torch_, max_rel_err=torch_err * eps)
+        return bool(Audit(1, 3, "mpmath", (a, b)).verdict().framework_differences)
+
+    assert not differ(1.0, 7.9)  # under the tolerance: no ratio counts
+    assert differ(1.0, 8.1)
+    assert not differ(9.0, 9.0 * 3.9) and differ(9.0, 9.0 * 4.1)

@@ -1,5 +1,6 @@
 """`check --baseline`: a CI gate that fails only on regressions against an earlier report
-(`check --write-baseline`). The thresholds (FACTOR, FLOOR_ULPS) are tested from both sides."""
+(`check --write-baseline`). The thresholds (FACTOR, the error floor, SCALE_SLACK) are tested
+from both sides."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from xentaudit.baseline import FACTOR, FLOOR_ULPS
+from xentaudit.baseline import FACTOR
 from xentaudit.cli import cli
 
 FAST = ["--impl", "keras_cce_probs", "--impl", "tf_softmax_xent", "--mode", "eager"]
@@ -67,8 +68,8 @@ def test_an_error_counts_as_grown_past_the_factor_and_the_floor(tmp_path: Path) 
     base = tmp_path / "base.json"
     doc = json.loads(_check(one, *FAST, "--format", "json", "--write-baseline", base).output)
     now = next(r["max_rel_err"] for r in doc["results"] if r["impl"] == "keras_cce_probs")
-    # keras_cce_probs' error is 0.46 (16.1 for 30): far above the floor of 8 eps of float32
-    assert now > 100 * FLOOR_ULPS * 2.0**-23
+    # keras_cce_probs' error is 0.46 (16.1 for 30): far above the floor, (8 + 2) eps of float32
+    assert now > 100 * 10 * 2.0**-23
     _with_error(base, "keras_cce_probs", now / (FACTOR * 0.99))  # grew by less than FACTOR
     assert _check(one, *FAST, "--baseline", base).exit_code == 0
     _with_error(base, "keras_cce_probs", now / (FACTOR * 1.01))  # grew by more
@@ -76,9 +77,9 @@ def test_an_error_counts_as_grown_past_the_factor_and_the_floor(tmp_path: Path) 
     assert grown.exit_code == 1
     (regression,) = json.loads(grown.output)["baseline"]["regressions"]
     assert regression.startswith("keras_cce_probs float32 eager (file labels): loss error")
-    # below the floor errors are rounding: from 0 to FLOOR_ULPS eps is no regression
+    # below the floor errors are rounding: from 0 to a fused loss's error is no regression
     fused = next(r["max_rel_err"] for r in doc["results"] if r["impl"] == "tf_softmax_xent")
-    assert fused <= FLOOR_ULPS * 2.0**-23
+    assert fused <= 10 * 2.0**-23
     _with_error(base, "keras_cce_probs", now)
     _with_error(base, "tf_softmax_xent", 0.0)
     assert _check(one, *FAST, "--baseline", base).exit_code == 0
@@ -179,3 +180,25 @@ def test_a_sweep_regresses_where_a_breaking_point_moves_down(tmp_path: Path) -> 
     ]
     refused = _sweep("--baseline", tmp_path / "nothing.json")
     assert refused.exit_code == 2 and len(refused.stderr.splitlines()) == 1
+
+
+def test_the_error_floor_is_the_grading_tolerance_of_the_computed_dtype() -> None:
+    """From an error of 0 to e is a regression only past FACTOR times the floor, the grading
+    tolerance of a one-hot row the README states, (8 + ceil(log2 C)) eps of float32: 0.95 x
+    FACTOR floors passes, 1.05 x fails (doubling or halving the floor moves it across one)."""
+    from dataclasses import replace
+
+    from factories import check_result
+
+    from xentaudit.audit import reduction_depth
+    from xentaudit.baseline import compare
+    from xentaudit.results import Check
+
+    classes = 3
+    floor = (8 + reduction_depth(classes)) * 2.0**-23  # float32 eps
+    base = check_result("log_softmax", "eager", ())
+    before = Check("x.npz", 8, classes, "float32", "file", {}, (base,)).to_dict()
+    for factor, regressed in ((FACTOR * 0.95, False), (FACTOR * 1.05, True)):
+        now = replace(base, max_rel_err=factor * floor)
+        check = Check("x.npz", 8, classes, "float32", "file", {}, (now,))
+        assert bool(compare(check, before, ["divergent"], "b.json").regressions) is regressed

@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from xentaudit import impls as zoo
-from xentaudit.audit import reduction_depth
+from xentaudit.audit import RTOL_ULPS, reduction_depth
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import InputError
 from xentaudit.io import regular_file
 from xentaudit.results import SCHEMA_VERSION, Check, Comparison, Sweep
 
 FACTOR = 2.0  # an error counts as grown (or shrunk) when it more than doubles (halves)
-# Errors within the grading tolerance are rounding: (8 + k) eps of the narrowest dtype the
-# result computed in, k = ceil(log2 C) (audit.grade's bound for B = 1, relative to max(|L|, 1)).
-FLOOR_ULPS = 8
+# Errors within the grading tolerance are rounding: (RTOL_ULPS + k) eps of the narrowest dtype
+# the result computed in, k = ceil(log2 C) (audit.grade's bound for B = 1, relative to
+# max(|L|, 1)).
 MAX_BASELINE_BYTES = 64 * 2**20  # a baseline larger than this is refused unread
 # Breaking points are searched to 3 significant digits (0.5 % of rounding), and in float16 and
 # bfloat16 a threshold can flicker by a grid step as the rounded input moves: a point must move
@@ -185,7 +185,7 @@ def compare(
         better += b
         computed = (r["dtype"], r["output_dtype"], zoo.computes_in(r["impl"], r["policy"]))
         narrowest = min((FORMATS[d] for d in computed if d in FORMATS), key=lambda f: f.precision)
-        floor = (FLOOR_ULPS + k) * narrowest.eps
+        floor = (RTOL_ULPS + k) * narrowest.eps
         for column, what in (("max_rel_err", "loss error"), ("grad_max_abs_err", "grad error")):
             a, b_ = _number(r[column]), _number(old[column])
             if _grew(a, b_, floor):
