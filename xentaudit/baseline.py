@@ -21,7 +21,7 @@ from typing import Any
 
 from xentaudit import impls as zoo
 from xentaudit.audit import RTOL_ULPS, reduction_depth
-from xentaudit.dtypes import FORMATS
+from xentaudit.dtypes import FORMATS, dtype_label
 from xentaudit.errors import InputError
 from xentaudit.io import regular_file
 from xentaudit.results import SCHEMA_VERSION, Check, Comparison, Sweep
@@ -128,8 +128,7 @@ def _key(r: dict[str, Any]) -> tuple:
 
 
 def _name(r: dict[str, Any]) -> str:
-    policy = "" if r["policy"] == "float32" else f" [{r['policy']}]"
-    return f"{r['impl']} {r['dtype']}{policy} {r['mode']} ({r['labels']} labels)"
+    return f"{r['impl']} {dtype_label(r['dtype'], r['policy'])} {r['mode']} ({r['labels']} labels)"
 
 
 def _grew(now: float, before: float, floor: float) -> bool:
@@ -218,8 +217,8 @@ def _point(p: dict[str, Any]) -> tuple:
 
 
 def _point_name(p: dict[str, Any]) -> str:
-    policy = "" if p["policy"] == "float32" else f" [{p['policy']}]"
-    return f"{p['impl']} {p['dtype']}{policy} {p['mode']} on {p['pattern']} ({p['kind']})"
+    where = dtype_label(p["dtype"], p["policy"])
+    return f"{p['impl']} {where} {p['mode']} on {p['pattern']} ({p['kind']})"
 
 
 def compare_sweep(sweep: Sweep, baseline: dict[str, Any], path: str) -> Comparison:

@@ -81,3 +81,9 @@ def get_format(name: str) -> FloatFormat:
 def parse_dtypes(names: Iterable[str]) -> tuple[str, ...]:
     """Expand dtype names (comma lists allowed; ``all`` is every format), in order, no repeats."""
     return expand(names, list(FORMATS), "dtype")
+
+
+def dtype_label(dtype: str, policy: str) -> str:
+    """A dtype and the Keras dtype policy it ran under: ``float16 [mixed_float16]``; the bare
+    dtype under the default policy, float32."""
+    return dtype if policy == "float32" else f"{dtype} [{policy}]"

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import cached_property
 
-from xentaudit.dtypes import FORMATS
+from xentaudit.dtypes import FORMATS, dtype_label
 from xentaudit.flags import CHECK_FAIL_ON, FAILING, FLAGS, Advice
 from xentaudit.impls import FORMULAS, REGISTRY
 
@@ -649,12 +649,6 @@ def _adds(own: set[str], fired: Sequence[str]) -> str:
 def scale_label(scale: float) -> str:
     """A scale to 3 significant digits, exponents short: ``0.316``, ``3.16e3``."""
     return f"{scale:.3g}".replace("e+0", "e").replace("e+", "e")
-
-
-def dtype_label(dtype: str, policy: str) -> str:
-    """A dtype and the Keras dtype policy it ran under: ``float16 [mixed_float16]``; the bare
-    dtype under the default policy, float32."""
-    return dtype if policy == "float32" else f"{dtype} [{policy}]"
 
 
 def variant_label(impl: str, eps: float | None, with_eps: bool) -> str:

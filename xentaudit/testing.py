@@ -21,7 +21,7 @@ from typing import Any
 
 from xentaudit import impls as zoo
 from xentaudit.choices import expand
-from xentaudit.dtypes import FORMATS
+from xentaudit.dtypes import FORMATS, dtype_label
 from xentaudit.errors import ConfigError
 from xentaudit.flags import FAILING, FLAGS
 from xentaudit.grid import PATTERNS, parse_scales
@@ -116,10 +116,6 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
 
 
-def _where(cell: SweepCell | BreakingPoint) -> str:
-    return cell.dtype if cell.policy == "float32" else f"{cell.dtype} [{cell.policy}]"
-
-
 def failure_message(result: Sweep, fail_on: Iterable[str], label: str) -> str | None:
     """What ``assert_stable`` says when any of ``fail_on`` fired in ``result`` (None: nothing
     did): per pattern, dtype and mode, the smallest scale at which a flag fired (eager and
@@ -162,7 +158,7 @@ def _first_cells(
         first = min(cells, key=lambda c: c.scale)
         rows[(pattern, dtype, policy, mode)] = (
             pattern,
-            _where(first),
+            dtype_label(first.dtype, first.policy),
             mode,
             f"{first.scale:.3g}",
             ",".join(f for f in first.flags if f in fail_on),
@@ -192,7 +188,7 @@ def _breaking_lines(
     for p in points:
         if p.scale is None or p.flag not in fail_on:
             continue
-        key = (_where(p), p.kind)
+        key = (dtype_label(p.dtype, p.policy), p.kind)
         if key not in first or p.scale < first[key].scale:  # type: ignore[operator]
             first[key] = p
     lines = []

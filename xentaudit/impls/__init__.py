@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xentaudit.choices import expand, unknown
-from xentaudit.dtypes import FORMATS
+from xentaudit.dtypes import FORMATS, dtype_label
 from xentaudit.errors import (
     ConfigError,
     ImplementationError,
@@ -117,10 +117,9 @@ def timed_out(
     name: str, dtype: str, mode: str, timeout: float | None, policy: str = "float32"
 ) -> ImplementationError:
     """The error for a run of ``name`` that outlived ``timeout`` seconds."""
-    where = dtype if policy == "float32" else f"{dtype} [{policy}]"
     return ImplementationError(
-        f"--impl {name} ({where}, {mode}) ran longer than the timeout of {timeout:g} s; raise "
-        "--timeout or fix the implementation"
+        f"--impl {name} ({dtype_label(dtype, policy)}, {mode}) ran longer than the timeout of "
+        f"{timeout:g} s; raise --timeout or fix the implementation"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from xentaudit.dtypes import dtype_label
 from xentaudit.results import (
     MODE_NOTE,
     CheckResult,
@@ -13,7 +14,6 @@ from xentaudit.results import (
     ModeDifference,
     RowAtRisk,
     Verdict,
-    dtype_label,
     variant_label,
 )
 

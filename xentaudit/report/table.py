@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from xentaudit.dtypes import dtype_label
 from xentaudit.environment import describe
 from xentaudit.flags import FLAGS
 from xentaudit.impls import backend_of
@@ -32,7 +33,6 @@ from xentaudit.results import (
     Sweep,
     SweepCell,
     Verdict,
-    dtype_label,
     mode_pair,
     scale_label,
     variant_label,
