@@ -302,9 +302,7 @@ def _run(
 ) -> Outcome:
     args = (rounded.logits, rounded.weights, rounded.classes, timeout, policy, loss_scale)
     backend = zoo.load_backend(zoo.get_impl(name).backend)
-    if rounded.given == "probabilities":
-        return backend.run(name, eps, mode, *args, given=rounded.given)
-    return backend.run(name, eps, mode, *args)
+    return backend.run(name, eps, mode, *args, given=rounded.given)
 
 
 def run_graded(

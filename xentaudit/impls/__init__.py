@@ -634,7 +634,7 @@ def installed(backend: str) -> bool:
 def load_backend(backend: str) -> ModuleType:
     """The zoo module of ``backend`` ("tensorflow", "torch", "jax"), imported on first use with
     its framework: ``run(name, eps, mode, logits, labels, classes, timeout, policy,
-    loss_scale) -> Outcome`` in each.
+    loss_scale, given) -> Outcome`` in each.
 
     A plain import: the library never touches the process's environment, logging or file
     descriptors; quieting a framework's start-up is the command line's business.

@@ -210,6 +210,7 @@ def run(
     timeout: float | None = None,
     policy: str = "float32",
     loss_scale: float = 1.0,
+    given: str = "logits",
 ) -> Outcome:
     """Run implementation ``name`` op by op or jitted (``mode`` "graph").
 
@@ -222,6 +223,9 @@ def run(
     may take, or None. The zoo's losses run in chunks of ``chunk_rows`` rows, the last one
     padded; a user's loss runs on the whole batch.
     """
+    # No implementation of this backend takes probabilities (Impl.on_probabilities): `check`
+    # refuses them with --input probabilities before anything runs.
+    assert given == "logits", given
     dtype = logits.dtype.name
     key = (name, dtype)
     x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()

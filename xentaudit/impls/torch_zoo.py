@@ -234,6 +234,7 @@ def run(
     timeout: float | None = None,
     policy: str = "float32",
     loss_scale: float = 1.0,
+    given: str = "logits",
 ) -> Outcome:
     """Run implementation ``name`` eagerly or compiled by ``torch.compile`` (``mode`` "graph").
 
@@ -245,6 +246,9 @@ def run(
     (its compilation included) may take, or None. Raises ``ImplementationError`` in graph mode
     when ``torch.compile`` cannot run here (``graph_unavailable``).
     """
+    # No implementation of this backend takes probabilities (Impl.on_probabilities): `check`
+    # refuses them with --input probabilities before anything runs.
+    assert given == "logits", given
     x = _tensor(logits).requires_grad_(True)
     k = torch.from_numpy(np.asarray(classes, dtype=np.int64)) if classes is not None else None
     y = _tensor(labels) if labels is not None else None
