@@ -12,13 +12,13 @@ import os
 
 def describe() -> str:
     """One line: CPU model and cores, the float64 reference method and the kernel's clone."""
-    from xentaudit import reference
+    from xentaudit.reference import base
     from xentaudit.environment import cpu_model
 
     cpu = f"CPU: {cpu_model()}, {os.cpu_count()} cores"
-    if reference.FLOAT64_METHOD != "float64":
-        return f"{cpu}; reference: {reference.FLOAT64_METHOD} (the kernel is not in use)"
-    kernel = reference._kernel
+    if base.FLOAT64_METHOD != "float64":
+        return f"{cpu}; reference: {base.FLOAT64_METHOD} (the kernel is not in use)"
+    kernel = base.kernel
     runnable = ", ".join(kernel.supported_isas())
     return f"{cpu}; reference: float64 kernel, clone {kernel.isa()} (this CPU runs {runnable})"
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from xentaudit import audit, reference
+from xentaudit import audit
+from xentaudit.reference import base
 from xentaudit.cli import cli
 from xentaudit.environment import environment
 
@@ -27,7 +28,7 @@ def test_the_record_names_the_versions_of_what_ran() -> None:
     assert record["python"] == platform.python_version()
     for package in ("xentaudit", "numpy", "tensorflow", "keras"):
         assert record[package] == importlib.metadata.version(package)
-    kernel = reference._kernel
+    kernel = base.kernel
     assert record["kernel"] == (kernel.isa() if kernel is not None else "none (numpy reference)")
     # TensorFlow's CPU kernels run with flush-to-zero set: exp(-100) = 3.8e-44 comes back 0
     assert record["subnormals"] == "tensorflow flushed"

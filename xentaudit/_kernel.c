@@ -8,7 +8,7 @@
        L    = sum_j y_j (m - x_j) + sum(y) log1p(t)
        g_j  = q_j sum(y) / (1 + t) - y_j,   g_a = (sum_{j != a} y_j - y_a t) / (1 + t)
 
-   the formula of reference.py, in a few passes over each row while it stays in cache: the
+   the formula of reference/softmax.py, in a few passes over each row while it stays in cache: the
    extremes and argmax, the exponentials, the sums, the gradient and its largest magnitude.
    On float32 rows whose differences x_j - m are provably exact, e_j = 0 and TwoSum is skipped.
    exp is computed here rather than by libm so that the loop vectorises: Cody-Waite reduction

@@ -38,14 +38,14 @@ def environment(backends: Iterable[str]) -> dict[str, str]:
     package versions, Python, the CPU and the reference method's kernel clone, and, per
     backend, whether it flushes subnormals on this CPU (measured: exp(-100) in float32, a
     subnormal 3.8e-44, comes back as 0 or not)."""
-    from xentaudit import reference
+    from xentaudit.reference import base
 
     used = [b for b in zoo.BACKENDS if b in set(backends)]
     record = {"python": platform.python_version()}
     for package in (*CORE, *(p for b in used for p in PACKAGES[b])):
         record[package] = _version(package)
     record["cpu"] = f"{cpu_model()} ({platform.machine()})"
-    kernel = reference._kernel
+    kernel = base.kernel
     record["kernel"] = kernel.isa() if kernel is not None else "none (numpy reference)"
     record["subnormals"] = ", ".join(
         f"{b} {'flushed' if zoo.load_backend(b).flushes_subnormals() else 'kept'}" for b in used
