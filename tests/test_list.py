@@ -13,7 +13,7 @@ from xentaudit.cli import cli, list_cell
 from xentaudit.impls import CLIPS, KERAS_DEFAULT_EPSILON, REGISTRY
 
 README = Path(__file__).parent.parent / "README.md"
-COLUMNS = ("name", "summary", "backend", "family", "takes", "labels", "dtypes", "clip")
+COLUMNS = ("name", "summary", "loss", "backend", "family", "takes", "labels", "dtypes", "clip")
 
 
 def listed(*args: str) -> list[dict]:
@@ -44,12 +44,22 @@ def test_list_describes_every_builtin_implementation() -> None:
     assert all(list(i) == list(COLUMNS) for i in items)
     by_name = {i["name"]: i for i in items}
     # the sparse losses gather the label's log-probability: no soft labels
-    sparse = {n for n, i in by_name.items() if "soft" not in i["labels"]}
+    sparse = {n for n, i in by_name.items() if i["loss"] == "softmax" and "soft" not in i["labels"]}
     assert sparse == {
         "tf_sparse_softmax_xent", "keras_scce_logits", "torch_log_softmax_nll",
         "optax_softmax_xent_int",
     }  # fmt: skip
-    assert all(i["labels"][:2] == ["class", "one-hot"] for i in items)
+    softmax = [i for i in items if i["loss"] == "softmax"]
+    assert all(i["labels"][:2] == ["class", "one-hot"] for i in softmax)
+    # the sigmoid losses take one label in [0, 1] per logit
+    sigmoid = {i["name"]: i["labels"] for i in items if i["loss"] == "sigmoid"}
+    assert sigmoid == {
+        n: ["multi-label"]
+        for n in (
+            "naive_sigmoid", "clipped_sigmoid", "tf_sigmoid_xent", "keras_bce_logits",
+            "keras_bce_probs",
+        )
+    }  # fmt: skip
     assert all(i["dtypes"] == ["float16", "bfloat16", "float32", "float64"] for i in items)
     assert by_name["clipped"]["clip"] == "--eps"
     assert by_name["keras_cce_probs"]["clip"] == "keras.config.epsilon() (1e-07 by default)"

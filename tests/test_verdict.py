@@ -123,9 +123,10 @@ def test_compare_json_keeps_its_keys_and_adds_the_verdict() -> None:
     doc = json.loads(json_report.render(audit, command="compare", scale=10.0))
     assert list(doc) == [
         "schema", "command", "scale", "rows", "classes", "reference_method", "results", "skipped",
-        "loss_scale", "model", "environment", "verdict",
+        "loss_scale", "model", "environment", "loss", "verdict",
     ]  # fmt: skip
     assert (doc["schema"], doc["command"], doc["reference_method"]) == (1, "compare", "mpmath")
+    assert doc["loss"] == "softmax"
     naive = doc["results"][4]
     assert (naive["impl"], naive["mode"], naive["loss_rows"], naive["flags"]) == (
         "naive", "eager", [40.0, "nan"], ["nan", "divergent", "grad-nan"]

@@ -47,7 +47,8 @@ from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS
 from xentaudit.impls import Outcome
 from xentaudit.io import Batch, as_float, describe_rows, prepare
-from xentaudit.reference import Reference, cross_entropy, grad_error
+from xentaudit.losses import LOSSES, get_loss
+from xentaudit.reference import Reference, grad_error
 from xentaudit.results import Audit, ImplResult, Skipped
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ LOSS_FLAGS = ("nan", "inf", "divergent", "zero-loss")  # first that applies, per
 GRAD_FLAGS = ("grad-nan", "grad-inf", "grad-blowup", "grad-vanish", "grad-wrong")
 ROW_FLAGS = LOSS_FLAGS + GRAD_FLAGS
 RTOL_ULPS = 8  # default loss and gradient tolerance, in eps of the effective dtype
-REDUCTION_ULPS = 1  # per doubling of the class count: the error bound of a tree-summed reduction
 VANISH_ULPS = 32  # an exact gradient above this many eps (times B) is clearly non-zero
 MAX_TIMEOUT = 1_000_000  # seconds (11.6 days): any longer is no bound
 BLOWUP_FACTOR = 10.0
@@ -152,8 +152,10 @@ def grade(
     )
     tol = RTOL_ULPS * eff.eps if rtol is None else rtol
     bound = rounded.bound
-    reduction = REDUCTION_ULPS * reduction_depth(rounded.logits.shape[1]) * eff.eps * bound
-    slack = out.eps / 2 * 2 * bound * rounded.max_abs_logit if downcast else np.zeros_like(bound)
+    loss_fn = LOSSES[rounded.loss]
+    # q_i: rounding the input to the output's unit roundoff moves the loss by |dL/dx|_1 max|x|
+    l1 = loss_fn.l1_bound(bound)
+    slack = out.eps / 2 * l1 * rounded.max_abs_logit if downcast else np.zeros_like(bound)
 
     exact_inf = np.isinf(ref.loss)
     with np.errstate(invalid="ignore"):
@@ -167,6 +169,7 @@ def grade(
     with np.errstate(invalid="ignore", over="ignore"):
         rel_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / scale)
         ulps_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / fmt.ulp(ref.loss))
+    reduction = eff.eps * loss_fn.loss_terms(rounded.logits, bound, ref.loss)
     allowed = tol * scale + (reduction if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
 
@@ -190,7 +193,10 @@ def grade(
             impl_size > BLOWUP_FACTOR * bound,
             (exact_size > VANISH_ULPS * eff.eps * bound)
             & (impl_size <= VANISH_FRACTION * exact_size),
-            row_gerr > RTOL_ULPS * eff.eps * bound + reduction + slack,
+            row_gerr
+            > RTOL_ULPS * eff.eps * bound
+            + eff.eps * loss_fn.grad_terms(rounded.logits, bound)
+            + slack,
         ]
     )
     masks = {
@@ -205,11 +211,6 @@ def grade(
         "grad-wrong": wrong,
     }
     return Grades(rel_err, ulps_err, row_gerr, masks, downcast, tol, half_layer)
-
-
-def reduction_depth(classes: int) -> int:
-    """k = ceil(log2 C): the depth of a tree-summed reduction over C terms (0 for one class)."""
-    return (classes - 1).bit_length()
 
 
 def _mean(values: np.ndarray) -> float:
@@ -235,13 +236,13 @@ class Rounded:
     classes: np.ndarray | None
     ref: Reference
     given: str = "logits"  # what ``logits`` hold (``zoo.INPUTS``): probabilities, at `check`
+    loss: str = "softmax"  # LOSSES: what ``ref`` is the exact value of
 
     @cached_property
     def bound(self) -> np.ndarray:
-        """B_i = max(sum_j y_ij, 1), the bound of the exact gradient of each row."""
-        if self.weights is None:
-            return np.ones(self.logits.shape[0])
-        return np.maximum(self.weights.astype(np.float64).sum(axis=1), 1.0)
+        """B_i, the bound of the exact gradient's entries of each row (softmax: max(sum_j y_ij,
+        1); ``losses`` for the others)."""
+        return LOSSES[self.loss].bound(self.logits, self.weights)
 
     @cached_property
     def max_abs_logit(self) -> np.ndarray:
@@ -255,9 +256,14 @@ class Rounded:
 
 
 def round_to(
-    batch: Batch, fmt: FloatFormat, method: str = "auto", given: str = "logits"
+    batch: Batch,
+    fmt: FloatFormat,
+    method: str = "auto",
+    given: str = "logits",
+    loss: str = "softmax",
 ) -> Rounded:
-    """Round ``batch`` to ``fmt`` and compute the exact reference of the rounded inputs.
+    """Round ``batch`` to ``fmt`` and compute the exact reference of the rounded inputs, of the
+    loss ``loss`` (``LOSSES``).
 
     ``method`` is the reference method (see ``reference.cross_entropy``). ``given``
     "probabilities": ``batch.logits`` hold probabilities p, whose exact loss and logit gradient
@@ -287,8 +293,8 @@ def round_to(
     if given == "probabilities":
         with np.errstate(divide="ignore"):
             ref_logits = np.log(as_float(x).astype(np.float64))
-    ref = cross_entropy(ref_logits, ref_labels, method)  # type: ignore[arg-type]
-    return Rounded(fmt, x, y, batch.classes, ref, given)
+    ref = LOSSES[loss].reference(ref_logits, ref_labels, method)  # type: ignore[arg-type]
+    return Rounded(fmt, x, y, batch.classes, ref, given, loss)
 
 
 def _run(
@@ -354,13 +360,18 @@ def chosen_impls(
     impls: Iterable[str],
     model: str | Path | ModelPath | None,
     backends: Iterable[str] | None = None,
+    loss: str = "softmax",
 ) -> tuple[str, ...]:
-    """``impls`` expanded (``zoo.parse_impls``, ``all`` over the installed ``backends``), then,
-    with ``model`` (a ``.keras`` file, or a ``ModelPath`` already read, e.g. of a model in
-    memory), the implementation ``model``: the loss path ``read_model_config`` maps, exactly as
-    saved."""
+    """``impls`` expanded (``zoo.parse_impls``, ``all`` over the installed ``backends``' ones
+    of ``loss``), then, with ``model`` (a ``.keras`` file, or a ``ModelPath`` already read, e.g.
+    of a model in memory), the implementation ``model``: the loss path ``read_model_config``
+    maps, exactly as saved."""
+    if model is not None and loss != "softmax":
+        raise ConfigError(
+            f"--model audits a model's softmax cross-entropy; --loss {loss} takes --impl only"
+        )
     if model is None:
-        names = zoo.parse_impls(impls, backends)
+        names = zoo.parse_impls(impls, backends, loss)
         if not names:
             raise ConfigError(
                 "no implementation to run: --impl, --backend (and --input) leave none; name one"
@@ -582,10 +593,15 @@ def audit(
     loss_scale: float | None = None,
     model: str | Path | ModelPath | None = None,
     backends: Iterable[str] | None = None,
+    loss: str = "softmax",
 ) -> Audit:
     """Audit cross-entropy implementations on ``logits`` ``[..., C]`` and ``labels``.
 
-    ``labels`` are integer classes ``[...]`` or label weights ``[..., C]`` (one-hot or soft).
+    ``loss`` (``xentaudit.losses.LOSSES``) is the member of the family audited, against its
+    exact reference, by its implementations: "softmax" (the default), or "sigmoid", whose
+    ``labels`` are one weight in [0, 1] per logit.
+    For "softmax", ``labels`` are integer classes ``[...]`` or label weights ``[..., C]``
+    (one-hot or soft).
     Each implementation runs on the inputs rounded to each of ``dtypes`` (names, or ``all``: the
     dtype the logits reach the loss in), under each Keras dtype policy of ``policies``
     ("float32", "mixed_float16", "mixed_bfloat16" or ``all``: how its Keras layers compute), in
@@ -606,18 +622,19 @@ def audit(
     modes = tuple(modes)
     eps = eps_values(eps)
     check_options(eps, rtol, modes, timeout, loss_scale)
-    names = chosen_impls(impls, model, backends)
+    multi_label = get_loss(loss).labels == "multi-label"
+    names = chosen_impls(impls, model, backends, loss)
     chosen = variants(names, eps)
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
-    batch = scored_labels(prepare(logits, labels), names)
+    batch = scored_labels(prepare(logits, labels, multi_label=multi_label), names)
 
     results: list[ImplResult] = []
     skipped = backend_skips(backends)
     method = "mpmath"
     for fmt in formats:
         try:
-            rounded = round_to(batch, fmt)
+            rounded = round_to(batch, fmt, loss=loss)
         except Unrepresentable as exc:
             skipped.extend(Skipped(name, fmt.name, str(exc)) for name in names)
             continue
@@ -670,4 +687,5 @@ def audit(
         loss_scale,
         model_description(names),
         environment({zoo.backend_of(r.impl) for r in results}),
+        loss,
     )

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from xentaudit import impls as zoo
-from xentaudit.audit import RTOL_ULPS, reduction_depth
+from xentaudit.audit import RTOL_ULPS
 from xentaudit.dtypes import FORMATS, dtype_label
 from xentaudit.errors import InputError
 from xentaudit.io import regular_file
+from xentaudit.losses import reduction_depth
 from xentaudit.results import SCHEMA_VERSION, Check, Comparison, Sweep
 
 FACTOR = 2.0  # an error counts as grown (or shrunk) when it more than doubles (halves)

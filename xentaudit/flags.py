@@ -176,3 +176,38 @@ CHECK_FAIL_ON = (
     "looks-like-logprobs",
     "zero-label-prob",
 )
+
+
+# What a flag means and what to do about it on the other losses, where the softmax wording
+# (FLAGS) would send a user to the wrong function.
+_FUSED_SIGMOID = (
+    "use a fused loss on logits (tf.nn.sigmoid_cross_entropy_with_logits, "
+    "BinaryCrossentropy(from_logits=True), F.binary_cross_entropy_with_logits, "
+    "optax.sigmoid_binary_cross_entropy)"
+)
+LOSS_ADVICE: dict[str, dict[str, Advice]] = {
+    "sigmoid": {
+        "nan": Advice(
+            "the loss is NaN (0 * log 0 where sigmoid(x) rounded to 0 or 1)", _FUSED_SIGMOID
+        ),
+        "inf": Advice(
+            "the loss is infinite where the exact loss is finite (log of a sigmoid that "
+            "rounded to 0 or 1)",
+            f"{_FUSED_SIGMOID}, never log(sigmoid(x))",
+        ),
+        "divergent": Advice(
+            "the loss is finite but wrong beyond the tolerance (sigmoid clipped to "
+            "[eps, 1-eps], low-precision arithmetic)",
+            f"{_FUSED_SIGMOID}; never clip probabilities",
+        ),
+        "grad-nan": Advice(
+            "the gradient contains NaN",
+            "use a fused loss on logits, whose gradient is sigmoid(x) - y",
+        ),
+    },
+}
+
+
+def explained(name: str, loss: str = "softmax") -> Advice:
+    """What flag ``name`` means and what to do about it, worded for ``loss``."""
+    return LOSS_ADVICE.get(loss, {}).get(name, FLAGS[name].explained)

@@ -215,6 +215,31 @@ def bad_probability_rows(p: np.ndarray) -> dict[str, np.ndarray]:
     return {"NaN": nan, "outside [0, 1]": ~nan & ((low < 0) | (top > 1)), "all 0": top == 0}
 
 
+def _multi_label(
+    x: np.ndarray, labels: np.ndarray, shape: tuple[int, ...], at: int | np.ndarray
+) -> Batch:
+    """The batch of a multi-label loss: a label in [0, 1] for every logit, finite logits."""
+    if labels.shape != shape:
+        raise InputError(
+            f"labels of shape {labels.shape} do not fit logits of shape {shape}: a multi-label "
+            f"loss takes one label in [0, 1] per logit, of the logits' shape {shape}"
+        )
+    y = labels.astype(np.float64).reshape(x.shape)
+    bad = ~((y >= 0) & (y <= 1))  # NaN too
+    if bad.any():
+        raise InputError(
+            f"labels outside [0, 1] in {_rows(bad.any(axis=1), at)}; a multi-label loss takes "
+            "the probability that each label is on"
+        )
+    infinite = np.isinf(as_float(x)).any(axis=1)
+    if infinite.any():
+        raise InputError(
+            f"infinite logits in {_rows(infinite, at)}; a sigmoid's logit must be finite "
+            "(mask a label by leaving it out, not with -inf)"
+        )
+    return Batch(x, y, None)
+
+
 def as_array(x: Any) -> np.ndarray:
     """``x`` as a numpy array: a torch tensor (detached, on the CPU; bfloat16 kept as
     ml_dtypes' bfloat16, which numpy lacks), a jax array or anything ``np.asarray`` takes.
@@ -242,13 +267,20 @@ def bad_log_probability_rows(x: np.ndarray) -> dict[str, np.ndarray]:
     return {**rows, "above 0": (top > 0) & np.isfinite(top)}
 
 
-def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int | np.ndarray = 0) -> Batch:
+def prepare(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    row_offset: int | np.ndarray = 0,
+    multi_label: bool = False,
+) -> Batch:
     """Validate logits ``[..., C]`` and labels (integer classes ``[...]`` or weights ``[..., C]``).
 
     Leading axes are flattened into rows. Raises ``InputError`` for anything that cannot be
     audited: NaN or ``+inf`` logits, rows with no finite logit, negative or non-finite label
     weights, classes out of range, mismatched shapes. Row numbers in messages start at
     ``row_offset`` (the position of this batch in a file), or are the file rows it gives.
+    ``multi_label`` (the sigmoid losses): one label in [0, 1] per logit, the logits' shape,
+    and no infinite logit; the batch has no classes.
     """
     at = row_offset
     logits = as_array(logits)
@@ -267,6 +299,8 @@ def prepare(logits: np.ndarray, labels: np.ndarray, row_offset: int | np.ndarray
 
     if labels.dtype.kind not in "biuf":
         raise InputError(f"labels must be numbers, got dtype {labels.dtype}")
+    if multi_label:
+        return _multi_label(x, labels, logits.shape, at)
     if labels.shape == logits.shape:
         y = labels.astype(np.float64).reshape(n, c)
         if not np.isfinite(y).all():

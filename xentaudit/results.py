@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import cached_property
 
 from xentaudit.dtypes import FORMATS, dtype_label
-from xentaudit.flags import CHECK_FAIL_ON, FAILING, FLAGS, Advice
+from xentaudit.flags import CHECK_FAIL_ON, FAILING, FLAGS, Advice, explained
 from xentaudit.impls import FORMULAS, REGISTRY
 
 SCHEMA_VERSION = 1
@@ -174,6 +174,7 @@ class Audit:
     loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
     model: str | None = None  # the loss path audited as `model` (ModelPath.describe()), if any
     environment: dict[str, str] = field(default_factory=dict)  # environment.environment()
+    loss: str = "softmax"  # losses.LOSSES: the loss audited (--loss)
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired anywhere, 1 otherwise (2 is for usage errors)."""
@@ -184,7 +185,10 @@ class Audit:
         ``--fail-on`` says; that governs only the exit code). It names where the backends
         disagree on one formula (``FrameworkDifference``)."""
         verdict = _verdict(self.results, FAILING, {}, "are wrong")
-        return replace(verdict, framework_differences=_framework_differences(self.results))
+        advice = {name: explained(name, self.loss) for name in verdict.advice}
+        return replace(
+            verdict, framework_differences=_framework_differences(self.results), advice=advice
+        )
 
     def to_dict(self) -> dict:
         return {

@@ -141,10 +141,14 @@ class Impl:
     on_probabilities: str | None = None
     computes: str | None = None  # the dtype it rounds the logits to whatever they come in
     formula: str | None = None  # FORMULAS: the math it shares with other backends' ones
+    loss: str = "softmax"  # losses.LOSSES: the loss it computes (--loss)
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """The label kinds it accepts (``LABEL_KINDS``): sparse losses take no soft labels."""
+        """The label kinds it accepts (``LABEL_KINDS``): sparse losses take no soft labels, a
+        multi-label loss a weight in [0, 1] per logit."""
+        if self.loss != "softmax":
+            return ("multi-label",)
         return LABEL_KINDS[:2] if self.needs_classes else LABEL_KINDS
 
     @property
@@ -163,6 +167,7 @@ class Impl:
         return {
             "name": self.name,
             "summary": self.summary,
+            "loss": self.loss,
             "backend": self.backend,
             "family": self.family,
             "takes": self.takes,
@@ -336,6 +341,45 @@ REGISTRY: dict[str, Impl] = {
             "hand-written",
             backend="jax",
             formula="softmax-log",
+        ),
+        Impl(
+            "naive_sigmoid",
+            "-(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))), averaged over the labels",
+            "probabilities",
+            "hand-written",
+            loss="sigmoid",
+        ),
+        Impl(
+            "clipped_sigmoid",
+            "naive_sigmoid with sigmoid(x) clipped to [eps, 1-eps]",
+            "probabilities",
+            "hand-written",
+            eps="option",
+            loss="sigmoid",
+        ),
+        Impl(
+            "tf_sigmoid_xent",
+            "tf.nn.sigmoid_cross_entropy_with_logits, averaged over the labels",
+            "logits",
+            "tensorflow",
+            loss="sigmoid",
+        ),
+        Impl(
+            "keras_bce_logits",
+            "keras.losses.BinaryCrossentropy(from_logits=True)",
+            "logits",
+            "keras",
+            loss="sigmoid",
+        ),
+        Impl(
+            "keras_bce_probs",
+            "keras.losses.BinaryCrossentropy(from_logits=False) on tf.sigmoid(x): clipped to "
+            "[eps, 1-eps] eagerly; inside tf.function Keras finds the Sigmoid op and recovers "
+            "the logits",
+            "probabilities",
+            "keras",
+            eps="keras",
+            loss="sigmoid",
         ),
     )
 }
@@ -559,10 +603,12 @@ def _not_installed(name: str) -> str:
     )
 
 
-def parse_impls(names: Iterable[str], backends: Iterable[str] | None = None) -> tuple[str, ...]:
-    """Expand implementation names (comma lists allowed; ``all`` is every one of the
-    ``backends`` (``--backend`` names, ``parse_backends``; None: every one) that are
-    installed), in order.
+def parse_impls(
+    names: Iterable[str], backends: Iterable[str] | None = None, loss: str = "softmax"
+) -> tuple[str, ...]:
+    """Expand implementation names (comma lists allowed; ``all`` is every one of ``loss`` of
+    the ``backends`` (``--backend`` names, ``parse_backends``; None: every one) that are
+    installed), in order. Naming one of another loss is an error that names its ``--loss``.
 
     Naming an implementation of a backend that is not installed is an error that gives the
     install command. A value with a colon is a user's loss (``file.py:fn``, ``module:fn``,
@@ -578,8 +624,17 @@ def parse_impls(names: Iterable[str], backends: Iterable[str] | None = None) -> 
         for part in () if ":" in name else (p.strip() for p in name.split(",")):
             if part in REGISTRY and not installed(REGISTRY[part].backend):
                 raise UnknownImplementationError(_not_installed(part))
+            if part in REGISTRY and REGISTRY[part].loss != loss:
+                raise UnknownImplementationError(
+                    f"--impl {part} computes the {REGISTRY[part].loss} loss, not the {loss} "
+                    f"loss; pass --loss {REGISTRY[part].loss}"
+                )
     chosen = parse_backends(backends)
-    runnable = [n for n, i in REGISTRY.items() if i.backend in chosen and installed(i.backend)]
+    runnable = [
+        n
+        for n, i in REGISTRY.items()
+        if i.backend in chosen and installed(i.backend) and i.loss == loss
+    ]
     named = {p.strip() for n in names if ":" not in n for p in n.split(",")} - {"all"}
     users = tuple(get_impl(n).name for n in names if ":" in n)
     builtin = expand(

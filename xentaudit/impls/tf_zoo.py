@@ -111,6 +111,40 @@ def double_softmax(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tenso
     return tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=tf.nn.softmax(x))
 
 
+# The sigmoid (binary, multi-label) losses: one logit per label, the row's loss the mean over
+# its labels (as Keras' binary_crossentropy reduces the last axis).
+
+
+def _bce(y: tf.Tensor, p: tf.Tensor) -> tf.Tensor:
+    return -tf.reduce_mean(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p), axis=-1)
+
+
+def naive_sigmoid(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+    return _bce(y, tf.sigmoid(x))
+
+
+def clipped_sigmoid(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+    return _bce(y, tf.clip_by_value(tf.sigmoid(x), eps, 1 - eps))
+
+
+def tf_sigmoid_xent(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x), axis=-1)
+
+
+_BCE_LOGITS = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+_BCE_PROBS = keras.losses.BinaryCrossentropy(from_logits=False, reduction=None)
+
+
+def keras_bce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+    return _BCE_LOGITS(y, x)
+
+
+def keras_bce_probs(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+    # keras/src/backend/tensorflow/nn.py binary_crossentropy: inside a tf.function the output's
+    # op is a Sigmoid, whose input it takes as the logits (_get_logits); eagerly it clips.
+    return _BCE_PROBS(y, tf.sigmoid(x))
+
+
 # What the implementations that take probabilities compute on them (`check --input
 # probabilities`): fn(labels, classes, p, eps), the part of each after its softmax.
 ON_PROBABILITIES: dict[str, LossFn] = {

@@ -1,0 +1,180 @@
+"""The sigmoid (binary, multi-label) loss: its implementations, their grading and the issue's
+case, against values derived here from float32 rounding and from mpmath."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+
+from xentaudit import audit
+from xentaudit.audit import grade, round_to, run_graded
+from xentaudit.dtypes import get_format
+from xentaudit.errors import InputError, UnknownImplementationError
+from xentaudit.impls import REGISTRY, parse_impls
+from xentaudit.io import prepare
+from xentaudit.losses import PRODUCT_ULPS
+
+F32 = get_format("float32")
+U32 = 2.0**-24  # float32 unit roundoff
+SIGMOID_TF = ("naive_sigmoid", "clipped_sigmoid", "tf_sigmoid_xent", "keras_bce_logits",
+              "keras_bce_probs")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def issue_case():
+    """The issue's input: logits [[20], [-20]], labels [[0], [1]], in float32, both modes."""
+    return audit(
+        np.array([[20.0], [-20.0]]),
+        np.array([[0.0], [1.0]]),
+        loss="sigmoid",
+        dtypes=["float32"],
+    )
+
+
+def by(result_set, impl: str, mode: str):
+    return next(r for r in result_set.results if (r.impl, r.mode) == (impl, mode))
+
+
+def test_the_issue_case_keras_clips_eagerly(issue_case) -> None:
+    # Both exact losses are softplus(20) = 20 + log1p(e^-20).
+    exact = 20 + math.log1p(math.exp(-20))
+    # Eagerly Keras clips sigmoid(x) to [eps, 1 - eps] in float32: sigmoid(20) rounds to 1 and
+    # is clipped to float32(1 - 1e-7) (Python computes 1 - eps, the tensor rounds it), so
+    # the label-0 row reads -log(1 - float32(1 - 1e-7)); sigmoid(-20) = 2e-9 is clipped up to
+    # float32(1e-7), so the label-1 row reads -log(float32(1e-7)). Each log rounds once more in
+    # float32: 2 ulps at 16 is 2^-18 relative at most.
+    top = np.float32(1 - 1e-7)
+    expected = [-math.log(float(np.float32(1) - top)), -math.log(float(np.float32(1e-7)))]
+    r = by(issue_case, "keras_bce_probs", "eager")
+    assert r.reference_rows == pytest.approx([exact, exact], rel=1e-15)
+    assert r.loss_rows == pytest.approx(expected, rel=2.0**-18)
+    assert f"{r.loss_rows[0]:.2f}, {r.loss_rows[1]:.2f}" == "15.94, 16.12"
+    assert r.flags == ("divergent", "grad-vanish")
+
+
+def test_the_issue_case_keras_recovers_the_logits_in_a_graph(issue_case) -> None:
+    exact = 20 + math.log1p(math.exp(-20))
+    graph = by(issue_case, "keras_bce_probs", "graph")
+    # float32(20.000000002) = 20: the fused loss is exact to its output's rounding
+    assert graph.loss_rows == pytest.approx([exact, exact], rel=U32)
+    assert graph.flags == ()
+    verdict = issue_case.verdict()
+    assert [d.impl for d in verdict.mode_differences] == ["keras_bce_probs"]
+    for mode in ("eager", "graph"):
+        assert by(issue_case, "tf_sigmoid_xent", mode).flags == ()
+        assert by(issue_case, "keras_bce_logits", mode).flags == ()
+    assert set(verdict.trustworthy) == {"tf_sigmoid_xent", "keras_bce_logits"}
+
+
+def test_the_hand_written_loss_is_infinite_where_sigmoid_rounds_to_1(issue_case) -> None:
+    # float32 sigmoid(20) = 1: log(1 - 1) = -inf on the label-0 row
+    naive = by(issue_case, "naive_sigmoid", "eager")
+    assert naive.loss_rows[0] == math.inf and "inf" in naive.flags
+    assert "grad-nan" in naive.flags
+
+
+def test_sigmoid_advice_names_the_sigmoid_functions(issue_case) -> None:
+    advice = issue_case.verdict().advice
+    assert "tf.nn.sigmoid_cross_entropy_with_logits" in advice["divergent"].advice
+    assert "softmax" not in advice["divergent"].advice
+    assert "log(sigmoid(x))" in advice["inf"].advice
+
+
+def rounded_product_case(n: int = 4000):
+    """Rows where TensorFlow's max(x, 0) - x y + log1p(e^-|x|) rounds x y by up to u |x y|:
+    x in [2^20, 2^21), y within 2^-18 of 1 (the subtraction is then exact, Sterbenz)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(2**20, 2**21, (n, 1)).astype(np.float32)
+    y = (1 - rng.uniform(0, 2**-18, (n, 1))).astype(np.float32)
+    return round_to(prepare(x, y, multi_label=True), F32, method="float64", loss="sigmoid")
+
+
+def test_tensorflow_rounding_the_product_is_not_flagged_and_needs_the_whole_bound() -> None:
+    rounded = rounded_product_case()
+    x = np.abs(rounded.logits[:, 0].astype(np.float64))
+    outcome, grades = run_graded("tf_sigmoid_xent", 1e-7, "eager", rounded, None)
+    assert grades.flags() == ()
+    err = np.abs(outcome.loss - rounded.ref.loss)
+    # The product's rounding reaches u|x| (0.999 u|x| measured): with PRODUCT_ULPS halved to
+    # u|x|/2 the fused loss would be flagged here; the other terms (8 eps max(L, 1) with L < 8)
+    # are 2^-16 at most, 4000 times below u|x| >= 2^-4.
+    assert PRODUCT_ULPS == 0.5
+    assert (err / (U32 * x)).max() > 0.75
+
+
+def test_an_error_of_one_and_a_half_product_roundings_is_flagged() -> None:
+    rounded = rounded_product_case(64)
+    x = np.abs(rounded.logits[:, 0].astype(np.float64))
+    exact = rounded.ref.loss
+    # an error of 1.5 u|x| is beyond the bound u|x| + 8 eps max(L, 1) (with the bound doubled
+    # it would pass); one of 0.9 u|x| is within it
+    over = grade(exact + 1.5 * U32 * x, rounded.ref.grad, "float32", rounded)
+    under = grade(exact + 0.9 * U32 * x, rounded.ref.grad, "float32", rounded)
+    assert over.masks["divergent"].all()
+    assert not under.masks["divergent"].any()
+
+
+def test_sigmoid_gradient_tolerance_is_eight_eps_over_c() -> None:
+    # B_i = 1/C bounds (sigmoid(x) - y)/C; the gradient is wrong beyond 8 eps B_i
+    x = np.array([[0.5, -1.0, 2.0, 3.0]], np.float32)
+    y = np.array([[1.0, 0.0, 0.25, 1.0]], np.float32)
+    rounded = round_to(prepare(x, y, multi_label=True), F32, loss="sigmoid")
+    eps = 2.0**-23
+    assert rounded.bound.tolist() == [0.25]
+    g = rounded.ref.grad.copy()
+    g[0, 2] += 9 * eps * 0.25
+    assert grade(rounded.ref.loss, g, "float32", rounded).masks["grad-wrong"].all()
+    g[0, 2] = rounded.ref.grad[0, 2] + 7 * eps * 0.25
+    assert not grade(rounded.ref.loss, g, "float32", rounded).masks["grad-wrong"].any()
+
+
+def test_multi_label_rows_against_mpmath() -> None:
+    x = np.array([[3.5, -0.25, 12.0, -40.0], [0.0, 1.0, -1.0, 30.0]])
+    y = np.array([[1.0, 0.3, 0.0, 0.0], [0.5, 1.0, 0.0, 1.0]])
+    result = audit(x, y, loss="sigmoid", impls=["tf_sigmoid_xent"], dtypes=["float64"],
+                   modes=["eager"])  # fmt: skip
+    with mpmath.workdps(60):
+        truth = [
+            mpmath.fsum(
+                -w * mpmath.log(1 / (1 + mpmath.exp(-v)))
+                - (1 - w) * mpmath.log(1 / (1 + mpmath.exp(v)))
+                for v, w in zip(row, labels, strict=True)
+            )
+            / len(row)
+            for row, labels in zip(x.tolist(), y.tolist(), strict=True)
+        ]
+    (r,) = result.results
+    # float64 reference: a few ulps (tests/test_reference_losses.py)
+    assert r.reference_rows == pytest.approx([float(t) for t in truth], rel=1e-15)
+    assert r.flags == ()
+
+
+def test_all_means_the_implementations_of_the_loss() -> None:
+    assert parse_impls(["all"], ["tf"], loss="sigmoid") == SIGMOID_TF
+    assert not set(parse_impls(["all"], ["tf"])) & set(SIGMOID_TF)
+    assert {REGISTRY[n].loss for n in SIGMOID_TF} == {"sigmoid"}
+    with pytest.raises(UnknownImplementationError, match="pass --loss sigmoid"):
+        parse_impls(["naive_sigmoid"])
+    with pytest.raises(UnknownImplementationError, match="pass --loss softmax"):
+        parse_impls(["naive"], loss="sigmoid")
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ([[1.5], [0.0]], r"labels outside \[0, 1\] in row 0"),
+        ([[np.nan], [0.0]], r"labels outside \[0, 1\] in row 0"),
+        ([1, 0], "do not fit logits of shape"),
+    ],
+)
+def test_multi_label_inputs_are_checked(labels, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        prepare(np.array([[1.0], [2.0]]), np.array(labels), multi_label=True)
+
+
+def test_an_infinite_logit_is_refused_for_a_sigmoid() -> None:
+    with pytest.raises(InputError, match="infinite logits in row 1"):
+        prepare(np.array([[1.0, 2.0], [3.0, -np.inf]]), np.ones((2, 2)), multi_label=True)
