@@ -57,7 +57,7 @@ def test_list_describes_every_builtin_implementation() -> None:
         n: ["multi-label"]
         for n in (
             "naive_sigmoid", "clipped_sigmoid", "tf_sigmoid_xent", "keras_bce_logits",
-            "keras_bce_probs",
+            "keras_bce_probs", "torch_bce_logits", "torch_bce_sigmoid", "optax_sigmoid_xent",
         )
     }  # fmt: skip
     assert all(i["dtypes"] == ["float16", "bfloat16", "float32", "float64"] for i in items)

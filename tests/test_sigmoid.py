@@ -31,6 +31,7 @@ def issue_case():
         np.array([[0.0], [1.0]]),
         loss="sigmoid",
         dtypes=["float32"],
+        backends=["tf"],
     )
 
 
@@ -74,6 +75,27 @@ def test_the_hand_written_loss_is_infinite_where_sigmoid_rounds_to_1(issue_case)
     naive = by(issue_case, "naive_sigmoid", "eager")
     assert naive.loss_rows[0] == math.inf and "inf" in naive.flags
     assert "grad-nan" in naive.flags
+
+
+def test_torch_clamps_the_log_and_the_fused_backends_are_exact() -> None:
+    result = audit(
+        np.array([[20.0], [-20.0]]),
+        np.array([[0.0], [1.0]]),
+        loss="sigmoid",
+        dtypes=["float32"],
+        impls=["torch_bce_logits", "torch_bce_sigmoid", "optax_sigmoid_xent"],
+    )
+    exact = 20 + math.log1p(math.exp(-20))
+    for mode in ("eager", "graph"):
+        # float32 sigmoid(20) = 1: log(1 - 1) = -inf, which binary_cross_entropy clamps to
+        # -100; sigmoid(-20) = 2.06e-9 is a normal float32, its log -20 to float32 rounding
+        clamped = by(result, "torch_bce_sigmoid", mode)
+        assert clamped.loss_rows[0] == 100.0
+        assert clamped.loss_rows[1] == pytest.approx(exact, rel=U32)
+        assert clamped.flags == ("divergent", "grad-vanish")
+        for fused in ("torch_bce_logits", "optax_sigmoid_xent"):
+            assert by(result, fused, mode).loss_rows == pytest.approx([exact, exact], rel=U32)
+            assert by(result, fused, mode).flags == ()
 
 
 def test_sigmoid_advice_names_the_sigmoid_functions(issue_case) -> None:

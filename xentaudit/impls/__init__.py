@@ -381,6 +381,31 @@ REGISTRY: dict[str, Impl] = {
             eps="keras",
             loss="sigmoid",
         ),
+        Impl(
+            "torch_bce_logits",
+            "F.binary_cross_entropy_with_logits, averaged over the labels",
+            "logits",
+            "torch",
+            backend="torch",
+            loss="sigmoid",
+        ),
+        Impl(
+            "torch_bce_sigmoid",
+            "F.binary_cross_entropy on torch.sigmoid(x), averaged over the labels: each log "
+            "clamped to >= -100",
+            "probabilities",
+            "torch",
+            backend="torch",
+            loss="sigmoid",
+        ),
+        Impl(
+            "optax_sigmoid_xent",
+            "optax.sigmoid_binary_cross_entropy, averaged over the labels",
+            "logits",
+            "jax",
+            backend="jax",
+            loss="sigmoid",
+        ),
     )
 }
 

@@ -81,6 +81,12 @@ def jax_softmax_log(y: jax.Array | None, k: jax.Array | None, x: jax.Array) -> j
     return -(_dense(y, k, x) * jnp.log(jax.nn.softmax(x))).sum(-1)
 
 
+def optax_sigmoid_xent(y: jax.Array | None, k: jax.Array | None, x: jax.Array) -> jax.Array:
+    # optax/losses/_classification.py: -y log_sigmoid(x) - (1 - y) log_sigmoid(-x), per label;
+    # the row's loss is the mean over its labels
+    return optax.sigmoid_binary_cross_entropy(x, y).mean(-1)
+
+
 IMPLS: dict[str, LossFn] = {
     fn.__name__: fn
     for fn in (
@@ -89,6 +95,7 @@ IMPLS: dict[str, LossFn] = {
         optax_safe_softmax_xent,
         jax_log_softmax,
         jax_softmax_log,
+        optax_sigmoid_xent,
     )
 }
 

@@ -84,9 +84,34 @@ def torch_autocast_bf16(
         return F.cross_entropy(x, target, reduction="none")
 
 
+# The sigmoid (binary, multi-label) losses: the row's loss is the mean over its labels, as a
+# user's .mean(-1) of the elementwise losses (reduction="none") computes it.
+
+
+def torch_bce_logits(
+    y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor
+) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(x, y, reduction="none").mean(-1)
+
+
+def torch_bce_sigmoid(
+    y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor
+) -> torch.Tensor:
+    # binary_cross_entropy (aten/src/ATen/native/Loss.cpp) clamps each log to >= -100: a
+    # sigmoid that rounded to 0 or 1 costs 100, not inf
+    return F.binary_cross_entropy(torch.sigmoid(x), y, reduction="none").mean(-1)
+
+
 IMPLS: dict[str, LossFn] = {
     fn.__name__: fn
-    for fn in (torch_cross_entropy, torch_log_softmax_nll, torch_softmax_log, torch_autocast_bf16)
+    for fn in (
+        torch_cross_entropy,
+        torch_log_softmax_nll,
+        torch_softmax_log,
+        torch_autocast_bf16,
+        torch_bce_logits,
+        torch_bce_sigmoid,
+    )
 }
 # The dtype the logits reach an implementation's loss in, when it is not theirs: the output
 # dtype of the layer before it. Rounded eagerly, outside torch.compile's graph, as the Linear's
