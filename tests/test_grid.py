@@ -55,12 +55,12 @@ def test_bad_scales(spec: str, message: str) -> None:
 
 def test_patterns() -> None:
     seed = make_pattern("seed")
-    assert seed.logits.tolist() == [[3, 1, 1], [-1, 2, 5]] and seed.classes.tolist() == [0, 1]
+    assert seed.logits.tolist() == [[3, 1, 1], [-1, 2, 5]] and seed.labels.tolist() == [0, 1]
     vocab = make_pattern("vocab", classes=1000, vocab_rows=3, seed=5)
     assert vocab.logits.shape == (3, 1000)
-    assert vocab.classes[1] == np.argmax(vocab.logits[1])  # odd rows confident and correct
+    assert vocab.labels[1] == np.argmax(vocab.logits[1])  # odd rows confident and correct
     dominant = make_pattern("dominant")
-    assert np.argmax(dominant.logits[0]) != dominant.classes[0]
+    assert np.argmax(dominant.logits[0]) != dominant.labels[0]
     again = make_pattern("random", rows=6, seed=3)
     assert np.array_equal(again.logits, make_pattern("random", rows=6, seed=3).logits)
     assert parse_patterns(["seed,vocab", "all"]) == ("seed", "vocab", "random", "dominant")

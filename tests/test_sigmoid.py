@@ -200,3 +200,31 @@ def test_multi_label_inputs_are_checked(labels, message: str) -> None:
 def test_an_infinite_logit_is_refused_for_a_sigmoid() -> None:
     with pytest.raises(InputError, match="infinite logits in row 1"):
         prepare(np.array([[1.0, 2.0], [3.0, -np.inf]]), np.ones((2, 2)), multi_label=True)
+
+
+def test_sweep_finds_where_a_float16_mean_over_the_labels_overflows() -> None:
+    from xentaudit.sweep import sweep
+
+    result = sweep(
+        loss="sigmoid",
+        impls=["tf_sigmoid_xent"],
+        dtypes=["float16"],
+        patterns=["multilabel"],
+        modes=("eager",),
+    )
+    assert result.loss == "sigmoid" and result.reference_method == "float64-numpy"
+    (point,) = [p for p in result.breaking_points if p.kind == "loss"]
+    # The wrong row [0,1,0,1] on s [3,-2,1,-1] costs s (3 + 2 + 1 + 1) = 7 s summed over its
+    # labels (the log1p terms are below float16's resolution there); the float16 sum becomes
+    # inf once it rounds past the largest float16, i.e. reaches 65504 + 16 = 65520.
+    assert (point.flag, point.scale) == ("inf", float(f"{65520 / 7:.3g}"))
+
+
+def test_a_pattern_of_another_loss_is_refused() -> None:
+    from xentaudit.errors import ConfigError
+    from xentaudit.sweep import sweep
+
+    with pytest.raises(ConfigError, match="pass --loss sigmoid"):
+        sweep(patterns=["multilabel"])
+    with pytest.raises(ConfigError, match="pass --loss softmax"):
+        sweep(patterns=["seed"], loss="sigmoid")

@@ -13,7 +13,9 @@ from xentaudit.errors import ConfigError
 
 DEFAULT_SCALES = tuple(float(s) for s in np.logspace(-1, 4, 11))  # 0.1 ... 1e4, 2 per decade
 DEFAULT_EPS = (1e-7, 1e-12, 1e-30)
-PATTERNS = ("seed", "random", "dominant", "vocab")
+PATTERNS = ("seed", "random", "dominant", "vocab")  # of the softmax loss
+LOSS_PATTERNS = {"softmax": PATTERNS, "sigmoid": ("multilabel", "soft-multilabel")}
+MULTILABEL_LOGITS = [3.0, -2.0, 1.0, -1.0]
 RANDOM_CLASSES = 10
 # Bounds of the sweep's options (the memory budget bounds their product).
 MAX_SCALES = 1000
@@ -32,12 +34,12 @@ REFINE_MAX_POINTS = 2500  # one round covers a bracket of ratio e^(2500 * 5e-4) 
 
 @dataclass(frozen=True)
 class Pattern:
-    """An input pattern: base logits (multiplied by each scale) and the class of each row."""
+    """An input pattern: base logits (multiplied by each scale) and their labels."""
 
     name: str
     description: str
     logits: np.ndarray  # (rows, classes) float64
-    classes: np.ndarray  # (rows,) int64
+    labels: np.ndarray  # (rows,) int64 classes; (rows, classes) weights in [0, 1] for a sigmoid
 
 
 def parse_scales(spec: str) -> tuple[float, ...]:
@@ -83,6 +85,8 @@ def pattern_shape(name: str, *, classes: int, rows: int, vocab_rows: int) -> tup
         "random": (rows, RANDOM_CLASSES),
         "dominant": (1, 3),
         "vocab": (vocab_rows, classes),
+        "multilabel": (2, len(MULTILABEL_LOGITS)),
+        "soft-multilabel": (1, len(MULTILABEL_LOGITS)),
     }
     return shapes[name]
 
@@ -136,12 +140,35 @@ def make_pattern(
             logits,
             labels,
         )
-    raise ConfigError(unknown("pattern", name, PATTERNS))
+    if name == "multilabel":
+        return Pattern(
+            "multilabel",
+            f"{MULTILABEL_LOGITS} twice: row 0 labelled [1,0,1,0] (right), row 1 [0,1,0,1] (wrong)",
+            np.array([MULTILABEL_LOGITS] * 2),
+            np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]),
+        )
+    if name == "soft-multilabel":
+        return Pattern(
+            "soft-multilabel",
+            f"{MULTILABEL_LOGITS} with soft labels [0.9,0.2,0.7,0.4]",
+            np.array([MULTILABEL_LOGITS]),
+            np.array([[0.9, 0.2, 0.7, 0.4]]),
+        )
+    raise ConfigError(unknown("pattern", name, [p for ps in LOSS_PATTERNS.values() for p in ps]))
 
 
-def parse_patterns(names: Iterable[str]) -> tuple[str, ...]:
-    """Expand pattern names (comma lists allowed; ``all`` is every pattern), in order."""
-    return expand(names, PATTERNS, "pattern")
+def parse_patterns(names: Iterable[str], loss: str = "softmax") -> tuple[str, ...]:
+    """Expand pattern names (comma lists allowed; ``all`` is every pattern of ``loss``), in
+    order; a pattern of another loss is an error naming its ``--loss``."""
+    names = list(names)
+    for part in (p.strip() for n in names for p in n.split(",")):
+        other = next((k for k, ps in LOSS_PATTERNS.items() if part in ps and k != loss), None)
+        if other is not None:
+            raise ConfigError(
+                f"--pattern {part} is an input of the {other} loss, not the {loss} loss; pass "
+                f"--loss {other}"
+            )
+    return expand(names, LOSS_PATTERNS[loss], "pattern")
 
 
 Bracket = tuple[float, float]

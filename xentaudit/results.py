@@ -259,6 +259,7 @@ class Sweep:
     loss_scale: float | None = None  # gradients were taken of this times the loss (None: 1)
     environment: dict[str, str] = field(default_factory=dict)  # environment.environment()
     baseline: Comparison | None = None  # --baseline: the breaking points against an earlier sweep
+    loss: str = "softmax"  # losses.LOSSES: the loss swept (--loss)
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired in any cell, 1 otherwise; against a ``baseline``,

@@ -48,6 +48,7 @@ from xentaudit.grid import (
     refine_points,
 )
 from xentaudit.io import prepare
+from xentaudit.losses import get_loss
 from xentaudit.reference import FLOAT64_METHOD
 from xentaudit.results import BreakingPoint, PatternInfo, Skipped, Sweep, SweepCell
 
@@ -96,15 +97,18 @@ def size_text(size: float) -> str:
     return f"{size:.0f}"
 
 
-def _scaled(pattern: Pattern, scales: list[float], fmt: FloatFormat) -> Rounded:
-    """All the given scales of a pattern stacked into one batch, rounded to ``fmt``.
+def _scaled(pattern: Pattern, scales: list[float], fmt: FloatFormat, loss: str) -> Rounded:
+    """All the given scales of a pattern stacked into one batch, rounded to ``fmt``, with the
+    reference of ``loss``.
 
-    Graded against the float64 reference (within 2 float64 ulps of exact): the sweep reports
-    flags and relative errors, whose tolerances are 8 eps of the dtype or more, not ulps.
+    Graded against the float64 reference (within a few float64 ulps of exact): the sweep
+    reports flags and relative errors, whose tolerances are 8 eps of the dtype or more.
     """
     logits = np.concatenate([pattern.logits * s for s in scales])
-    classes = np.tile(pattern.classes, len(scales))
-    return round_to(prepare(logits, classes), fmt, method="float64")
+    labels = np.concatenate([pattern.labels] * len(scales))
+    multi_label = get_loss(loss).labels == "multi-label"
+    batch = prepare(logits, labels, multi_label=multi_label)
+    return round_to(batch, fmt, method="float64", loss=loss)
 
 
 def _representable(pattern: Pattern, scales: Iterable[float], fmt: FloatFormat) -> list[float]:
@@ -140,6 +144,7 @@ def sweep(
     policies: Iterable[str] = ("float32",),
     loss_scale: float | None = None,
     backends: Iterable[str] | None = None,
+    loss: str = "softmax",
 ) -> Sweep:
     """Sweep implementations over logit ``scales`` x ``dtypes`` x ``patterns``, under each
     Keras dtype policy of ``policies``.
@@ -150,8 +155,9 @@ def sweep(
     gradients are taken of S times the loss (as ``audit``; no ``max_loss_scale`` search).
     ``max_memory`` (bytes; default ``memory_budget()``) refuses a grid whose largest batch
     needs more (``memory_needed``). ``progress`` is called with (done, total) units of work.
-    ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``. Returns a ``Sweep``;
-    prints nothing.
+    ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``. ``loss``
+    (``xentaudit.losses.LOSSES``): the loss swept, its implementations and its patterns
+    (``grid.LOSS_PATTERNS``). Returns a ``Sweep``; prints nothing.
     """
     scales = list(check_scales(scales))
     eps = eps_values(eps)
@@ -160,7 +166,8 @@ def sweep(
     scale = 1.0 if loss_scale is None else loss_scale
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
-    names = parse_patterns(patterns)
+    get_loss(loss)
+    names = parse_patterns(patterns, loss)
     sizes = {"classes": classes, "rows": rows, "vocab_rows": vocab_rows}
     needed = memory_needed([pattern_shape(p, **sizes) for p in names], len(scales), formats)
     budget = memory_budget() if max_memory is None else max_memory
@@ -173,11 +180,12 @@ def sweep(
             "or raise --max-memory"
         )
     built = [make_pattern(p, seed=seed, **sizes) for p in names]
-    chosen = variants(zoo.parse_impls(impls, backends), eps)
+    chosen = variants(zoo.parse_impls(impls, backends, loss), eps)
 
     cells: list[SweepCell] = []
     points: list[BreakingPoint] = []
     skipped = backend_skips(backends)
+    method = FLOAT64_METHOD
     total = len(built) * len(formats) * len(chosen_policies) * len(chosen) * len(modes)
     done = 0
     for pattern in built:
@@ -189,7 +197,9 @@ def sweep(
                     for s in scales
                     if s not in valid
                 )
-            rounded = _scaled(pattern, valid, fmt) if valid else None
+            rounded = _scaled(pattern, valid, fmt, loss) if valid else None
+            if rounded is not None:
+                method = rounded.ref.method
             for policy, variant in itertools.product(chosen_policies, chosen):
                 known: Refined = {}
                 runnable, skip = runnable_modes(variant.impl, modes)
@@ -229,6 +239,7 @@ def sweep(
                         timeout,
                         scale,
                         known,
+                        loss,
                     )
                     points.extend(found)
                     if progress:
@@ -242,9 +253,10 @@ def sweep(
         tuple(cells),
         tuple(points),
         tuple(skipped),
-        FLOAT64_METHOD,
+        method,
         loss_scale,
         environment({zoo.backend_of(c.impl) for c in cells}),
+        loss=loss,
     )
 
 
@@ -308,6 +320,7 @@ def _breaking_points(
     timeout: float | None,
     loss_scale: float,
     known: Refined,
+    loss: str,
 ) -> tuple[list[BreakingPoint], Refined]:
     """Breaking points of one mode, per kind; ``known`` are the previous mode's final brackets.
 
@@ -319,7 +332,7 @@ def _breaking_points(
     used = eps_used(variant.impl, variant.eps)
 
     def fires(candidates: list[float]) -> dict[str, list[str]]:
-        rounded = _scaled(pattern, candidates, fmt)
+        rounded = _scaled(pattern, candidates, fmt, loss)
         _, g = run_graded(
             variant.impl, variant.eps, mode, rounded, rtol, timeout, policy, loss_scale
         )
