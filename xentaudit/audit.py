@@ -438,44 +438,55 @@ def ignored_rows(labels: np.ndarray, names: Iterable[str]) -> np.ndarray | None:
     return (labels[:, path.ignore_class] == 1) & (labels.sum(axis=1) == 1)
 
 
-def scored_labels(batch: Batch, names: Iterable[str]) -> Batch:
-    """``batch`` with the labels every implementation is graded on: as given, or, when
-    ``model`` is among ``names`` and its loss smooths them (label_smoothing s > 0), smoothed as
-    Keras does, ``y (1 - s) + s / C`` in float64 (soft labels from then on: the reference and
-    the alternatives score what the model's loss scores, and the sparse ones are skipped).
+def scored_labels(
+    batch: Batch, names: Iterable[str], label_smoothing: float = 0.0, loss: str = "softmax"
+) -> Batch:
+    """``batch`` with the labels every implementation is graded on: as given, or smoothed as
+    Keras does (``Loss.smooth``: ``y (1 - a) + a / C`` for softmax, ``+ a / 2`` for sigmoid) in
+    float64, by ``label_smoothing`` a, or, when ``model`` is among ``names``, by its loss's own
+    label_smoothing (soft labels from then on: the reference and every implementation score
+    them, and the sparse ones are skipped).
 
     Rows of the class ``model``'s loss ignores (``ignore_class``) are refused: Keras returns 0
     and no gradient for them, by design, so they have nothing to grade; ``check`` leaves them
     out before (``ignored_rows``).
     """
     path = _chosen_model(names)
-    if path is None:
-        return batch
-    if path.ignore_class is not None and batch.classes is not None:
-        rows = np.flatnonzero(batch.classes == path.ignore_class)
-        if rows.size:
-            raise InputError(
-                f"{describe_rows(rows)} have class {path.ignore_class}, which the model's loss "
-                f"ignores (ignore_class={path.ignore_class}); audit labels without it, or run "
-                "`xentaudit check`, which leaves them out"
+    if path is not None:
+        if label_smoothing:
+            raise ConfigError(
+                "--label-smoothing applies to --impl; the model's loss smooths as it was saved "
+                f"(label_smoothing={path.label_smoothing:g})"
             )
-    if not path.label_smoothing:
+        if path.ignore_class is not None and batch.classes is not None:
+            rows = np.flatnonzero(batch.classes == path.ignore_class)
+            if rows.size:
+                raise InputError(
+                    f"{describe_rows(rows)} have class {path.ignore_class}, which the model's "
+                    f"loss ignores (ignore_class={path.ignore_class}); audit labels without it, "
+                    "or run `xentaudit check`, which leaves them out"
+                )
+        label_smoothing = path.label_smoothing
+    if not label_smoothing:
         return batch
-    from xentaudit.model import smoothed_labels
-
     weights = batch.weights
     if weights is None:
         weights = np.eye(batch.shape[1])[batch.classes]
-    return Batch(batch.logits, smoothed_labels(weights, path.label_smoothing), None)
+    return Batch(batch.logits, LOSSES[loss].smooth(weights, label_smoothing), None)
 
 
-def classes_skip(names: Iterable[str]) -> str:
+def classes_skip(names: Iterable[str], label_smoothing: float = 0.0) -> str:
     """Why an implementation that takes class labels is skipped on these labels."""
     path = _chosen_model(names)
     if path is not None and path.label_smoothing:
         return (
             "needs one-hot or integer labels, and the model's loss smooths them "
             f"(label_smoothing={path.label_smoothing:g})"
+        )
+    if label_smoothing:
+        return (
+            f"needs one-hot or integer labels, and --label-smoothing {label_smoothing:g} "
+            "makes them soft"
         )
     return "needs one-hot or integer labels"
 
@@ -561,8 +572,11 @@ def check_options(
     modes: Iterable[str],
     timeout: float | None = None,
     loss_scale: float | None = None,
+    label_smoothing: float = 0.0,
 ) -> None:
     """Refuse option values that make no sense, before any work is done."""
+    if not (0 <= label_smoothing < 1):
+        raise ConfigError(f"--label-smoothing must lie in [0, 1), got {label_smoothing}")
     if loss_scale is not None and not (0 < loss_scale < math.inf):
         raise ConfigError(f"--loss-scale must be a positive number, got {loss_scale}")
     for e in eps:
@@ -594,6 +608,7 @@ def audit(
     model: str | Path | ModelPath | None = None,
     backends: Iterable[str] | None = None,
     loss: str = "softmax",
+    label_smoothing: float = 0.0,
 ) -> Audit:
     """Audit cross-entropy implementations on ``logits`` ``[..., C]`` and ``labels``.
 
@@ -615,19 +630,21 @@ def audit(
     adds its own loss path as the implementation ``model`` (``chosen_impls``), run under its
     own dtype policy.
     ``backends`` ("tf", "torch", "jax"; None: all) limit what ``all`` means to their installed
-    implementations; those not installed are listed under ``skipped``. ``logits`` and
-    ``labels`` may be numpy arrays, torch tensors or jax arrays. Returns an ``Audit``; prints
-    nothing.
+    implementations; those not installed are listed under ``skipped``. ``label_smoothing`` a
+    in [0, 1): the labels are smoothed as Keras smooths them (``scored_labels``) before
+    anything runs. ``logits`` and ``labels`` may be numpy arrays, torch tensors or jax arrays.
+    Returns an ``Audit``; prints nothing.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
-    check_options(eps, rtol, modes, timeout, loss_scale)
+    check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
     multi_label = get_loss(loss).labels == "multi-label"
     names = chosen_impls(impls, model, backends, loss)
     chosen = variants(names, eps)
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
-    batch = scored_labels(prepare(logits, labels, multi_label=multi_label), names)
+    batch = prepare(logits, labels, multi_label=multi_label)
+    batch = scored_labels(batch, names, label_smoothing, loss)
 
     results: list[ImplResult] = []
     skipped = backend_skips(backends)
@@ -646,7 +663,7 @@ def audit(
         for policy, variant in policy_variants(chosen_policies, chosen):
             name = variant.impl
             if zoo.get_impl(name).needs_classes and batch.classes is None:
-                skip = Skipped(name, fmt.name, classes_skip(names))
+                skip = Skipped(name, fmt.name, classes_skip(names, label_smoothing))
                 if skip not in skipped:  # once, whatever the policies
                     skipped.append(skip)
                 continue

@@ -51,6 +51,15 @@ class Loss:
     loss_terms: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
     grad_terms: Callable[[np.ndarray, np.ndarray], np.ndarray]
     l1_bound: Callable[[np.ndarray], np.ndarray]
+    smoothing_classes: Callable[[int], int]  # K of label smoothing y (1 - a) + a / K, for C labels
+
+    def smooth(self, y: np.ndarray, label_smoothing: float) -> np.ndarray:
+        """Label weights ``y`` (n, C) smoothed as Keras smooths them, in float64: ``y (1 - a)
+        + a / K``, K = C for softmax (keras/src/losses/losses.py ``categorical_crossentropy``),
+        2 for sigmoid (``binary_crossentropy``: each label is a two-class distribution)."""
+        y = np.asarray(y, dtype=np.float64)
+        k = self.smoothing_classes(y.shape[-1])
+        return y * (1.0 - label_smoothing) + label_smoothing / k
 
 
 def reduction_depth(classes: int) -> int:
@@ -81,6 +90,7 @@ LOSSES: dict[str, Loss] = {
             lambda x, bound, exact: REDUCTION_ULPS * reduction_depth(x.shape[1]) * bound,
             lambda x, bound: REDUCTION_ULPS * reduction_depth(x.shape[1]) * bound,
             lambda bound: 2 * bound,
+            lambda c: c,
         ),
         Loss(
             "sigmoid",
@@ -96,6 +106,7 @@ LOSSES: dict[str, Loss] = {
             ),
             lambda x, bound: np.zeros(x.shape[0]),
             lambda bound: np.ones_like(bound),
+            lambda c: 2,
         ),
     )
 }

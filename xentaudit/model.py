@@ -335,13 +335,6 @@ def _check_loss(fields: dict[str, Any], where: str) -> None:
         raise InputError(f"{where}: {label} has a malformed reduction; save the model again")
 
 
-def smoothed_labels(y: np.ndarray, label_smoothing: float) -> np.ndarray:
-    """The labels a smoothed CategoricalCrossentropy scores against, in float64:
-    ``y (1 - s) + s / C`` (keras/src/losses/losses.py ``categorical_crossentropy``)."""
-    y = np.asarray(y, dtype=np.float64)
-    return y * (1.0 - label_smoothing) + label_smoothing / y.shape[-1]
-
-
 def model_loss(path: ModelPath) -> Callable[[Any, Any, Any, Any], Any]:
     """The model's loss path as ``fn(labels, classes, logits, eps) -> per-row losses``.
 

@@ -23,11 +23,13 @@ from xentaudit.audit import (
     Variant,
     backend_skips,
     check_options,
+    classes_skip,
     eps_used,
     eps_values,
     round_to,
     run_graded,
     runnable_modes,
+    scored_labels,
     variants,
     worst,
 )
@@ -97,9 +99,12 @@ def size_text(size: float) -> str:
     return f"{size:.0f}"
 
 
-def _scaled(pattern: Pattern, scales: list[float], fmt: FloatFormat, loss: str) -> Rounded:
-    """All the given scales of a pattern stacked into one batch, rounded to ``fmt``, with the
-    reference of ``loss``.
+def _scaled(
+    pattern: Pattern, scales: list[float], fmt: FloatFormat, loss: str, label_smoothing: float
+) -> Rounded:
+    """All the given scales of a pattern stacked into one batch, its labels smoothed by
+    ``label_smoothing`` (``audit.scored_labels``), rounded to ``fmt``, with the reference of
+    ``loss``.
 
     Graded against the float64 reference (within a few float64 ulps of exact): the sweep
     reports flags and relative errors, whose tolerances are 8 eps of the dtype or more.
@@ -108,7 +113,9 @@ def _scaled(pattern: Pattern, scales: list[float], fmt: FloatFormat, loss: str) 
     labels = np.concatenate([pattern.labels] * len(scales))
     multi_label = get_loss(loss).labels == "multi-label"
     batch = prepare(logits, labels, multi_label=multi_label)
-    return round_to(batch, fmt, method="float64", loss=loss)
+    return round_to(
+        scored_labels(batch, (), label_smoothing, loss), fmt, method="float64", loss=loss
+    )
 
 
 def _representable(pattern: Pattern, scales: Iterable[float], fmt: FloatFormat) -> list[float]:
@@ -145,6 +152,7 @@ def sweep(
     loss_scale: float | None = None,
     backends: Iterable[str] | None = None,
     loss: str = "softmax",
+    label_smoothing: float = 0.0,
 ) -> Sweep:
     """Sweep implementations over logit ``scales`` x ``dtypes`` x ``patterns``, under each
     Keras dtype policy of ``policies``.
@@ -157,12 +165,13 @@ def sweep(
     needs more (``memory_needed``). ``progress`` is called with (done, total) units of work.
     ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``. ``loss``
     (``xentaudit.losses.LOSSES``): the loss swept, its implementations and its patterns
-    (``grid.LOSS_PATTERNS``). Returns a ``Sweep``; prints nothing.
+    (``grid.LOSS_PATTERNS``); ``label_smoothing`` smooths every pattern's labels as Keras
+    does. Returns a ``Sweep``; prints nothing.
     """
     scales = list(check_scales(scales))
     eps = eps_values(eps)
     modes = tuple(modes)
-    check_options(eps, rtol, modes, timeout, loss_scale)
+    check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
     scale = 1.0 if loss_scale is None else loss_scale
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
@@ -197,11 +206,17 @@ def sweep(
                     for s in scales
                     if s not in valid
                 )
-            rounded = _scaled(pattern, valid, fmt, loss) if valid else None
+            rounded = _scaled(pattern, valid, fmt, loss, label_smoothing) if valid else None
             if rounded is not None:
                 method = rounded.ref.method
             for policy, variant in itertools.product(chosen_policies, chosen):
                 known: Refined = {}
+                if label_smoothing and zoo.get_impl(variant.impl).needs_classes:
+                    skip = Skipped(variant.impl, "all", classes_skip((), label_smoothing))
+                    if skip not in skipped:
+                        skipped.append(skip)
+                    done += len(modes)
+                    continue
                 runnable, skip = runnable_modes(variant.impl, modes)
                 if skip is not None and skip not in skipped:
                     skipped.append(skip)
@@ -240,6 +255,7 @@ def sweep(
                         scale,
                         known,
                         loss,
+                        label_smoothing,
                     )
                     points.extend(found)
                     if progress:
@@ -321,6 +337,7 @@ def _breaking_points(
     loss_scale: float,
     known: Refined,
     loss: str,
+    label_smoothing: float,
 ) -> tuple[list[BreakingPoint], Refined]:
     """Breaking points of one mode, per kind; ``known`` are the previous mode's final brackets.
 
@@ -332,7 +349,7 @@ def _breaking_points(
     used = eps_used(variant.impl, variant.eps)
 
     def fires(candidates: list[float]) -> dict[str, list[str]]:
-        rounded = _scaled(pattern, candidates, fmt, loss)
+        rounded = _scaled(pattern, candidates, fmt, loss, label_smoothing)
         _, g = run_graded(
             variant.impl, variant.eps, mode, rounded, rtol, timeout, policy, loss_scale
         )
