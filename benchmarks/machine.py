@@ -12,8 +12,8 @@ import os
 
 def describe() -> str:
     """One line: CPU model and cores, the float64 reference method and the kernel's clone."""
-    from xentaudit.reference import base
     from xentaudit.environment import cpu_model
+    from xentaudit.reference import base
 
     cpu = f"CPU: {cpu_model()}, {os.cpu_count()} cores"
     if base.FLOAT64_METHOD != "float64":

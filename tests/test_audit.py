@@ -285,9 +285,10 @@ def test_a_float16_sum_over_a_large_vocabulary_is_still_flagged(classes) -> None
     a = audit(x, rng.integers(0, classes, 4), impls=["shifted", "tf_softmax_xent"],
               dtypes=["float16"], modes=["eager"])  # fmt: skip
     shifted, fused = a.results
-    assert shifted.flags == ("grad-wrong",)
+    # coarse-mean (informational) may join: a float16 mean is coarser than float32's tolerance
+    assert [f for f in shifted.flags if f != "coarse-mean"] == ["grad-wrong"]
     assert shifted.grad_max_abs_err > 4 * (8 + math.ceil(math.log2(classes))) * 2.0**-10
-    assert not [f for f in fused.flags if f != "zero-loss"], fused.flags
+    assert not [f for f in fused.flags if f not in ("zero-loss", "coarse-mean")], fused.flags
 
 
 # --- masked logits (-inf) ----------------------------------------------------------------------

@@ -190,8 +190,8 @@ def test_the_error_floor_is_the_grading_tolerance_of_the_computed_dtype() -> Non
 
     from factories import check_result
 
-    from xentaudit.losses import reduction_depth
     from xentaudit.baseline import compare
+    from xentaudit.losses import reduction_depth
     from xentaudit.results import Check
 
     classes = 3

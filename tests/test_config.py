@@ -270,7 +270,7 @@ def test_a_code_file_must_be_a_regular_file_others_cannot_write(tmp_path: Path) 
         ("[tool]\nxentaudit = 'on'\n", "{path}: tool.xentaudit must be a table ([tool.xentaudit]),"
          " got 'on'"),
         ("[tool.xentaudit]\nimpl = ['x']\n", "{path}: unknown key 'impl' in [tool.xentaudit]; "
-         "known: impls, dtypes, policies, backends, fail-on, rtol, eps"),
+         "known: impls, dtypes, policies, backends, fail-on, rtol, eps, lint"),
         ("[tool.xentaudit]\nimpls = 'tf_softmax_xent'\n", "{path}: [tool.xentaudit] impls must "
          "be a non-empty list of implementation names, got 'tf_softmax_xent'"),
         ("[tool.xentaudit]\nimpls = []\n", "{path}: [tool.xentaudit] impls must be a non-empty "

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from xentaudit import audit
-from xentaudit.reference import base
 from xentaudit.cli import cli
 from xentaudit.environment import environment
+from xentaudit.reference import base
 
 SEED = Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz"
 

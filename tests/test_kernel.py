@@ -18,8 +18,7 @@ import pytest
 from test_reference import ADVERSARIAL, EPS64, FLOAT32_ROWS, ulps_off
 
 from xentaudit import reference
-from xentaudit.reference import base
-from xentaudit.reference import cross_entropy
+from xentaudit.reference import base, cross_entropy
 
 try:
     from xentaudit import _kernel
@@ -64,9 +63,9 @@ def test_exp_is_within_0_77_ulp_of_mpmath() -> None:
             ulps_off(float(got), mpmath.exp(mpmath.mpf(float(v))) if v > -math.inf else 0)
             for v, got in zip(d, out, strict=True)
         )
-    # The figure of _kernel.c and reference/softmax.py, measured over [-746, 0]: normal results round
-    # once (1/2 ulp) after a polynomial and reduction error of up to 0.17 ulp; subnormal ones
-    # round that again to fewer bits (bound 0.5 + 0.33). The lower end pins the stated figure.
+    # The figure of _kernel.c and reference/softmax.py, measured over [-746, 0]: normal results
+    # round once (1/2 ulp) after a polynomial and reduction error of up to 0.17 ulp; subnormal
+    # ones round that again to fewer bits (bound 0.5 + 0.33). The lower end pins the stated figure.
     assert 0.76 <= worst <= 0.77
 
 

@@ -23,8 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xentaudit import reference
-from xentaudit.reference import base
-from xentaudit.reference import cross_entropy, grad_error
+from xentaudit.reference import base, cross_entropy, grad_error
 
 EPS64 = np.finfo(np.float64).eps
 DIGITS = 1200

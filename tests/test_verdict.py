@@ -188,7 +188,7 @@ def test_sweep_summary_is_computed_with_the_results_and_written_to_json() -> Non
     doc = json.loads(json_report.render(sweep, command="sweep"))
     assert list(doc) == [
         "schema", "command", "scales", "patterns", "cells", "breaking_points", "skipped",
-        "reference_method", "loss_scale", "environment", "baseline", "summary",
+        "reference_method", "loss_scale", "environment", "baseline", "loss", "summary",
     ]  # fmt: skip
     assert doc["summary"] == list(expected)
     assert doc["cells"][3]["loss"] == "nan"

@@ -558,6 +558,21 @@ def max_loss_scale(
     return 2.0**low
 
 
+def coarse_mean(outcome: Outcome, exact_mean: float) -> tuple[float, bool]:
+    """The spacing of the implementation's output dtype at the exact mean, and whether
+    ``coarse-mean`` fires: the mean it returns is off by more than float32's loss tolerance,
+    ``RTOL_ULPS`` eps_32 max(|mean|, 1), where its output dtype spaces its values wider than
+    that tolerance (so the dtype, not the per-row arithmetic, is to blame: a float32 or float64
+    mean never fires)."""
+    out = FORMATS.get(outcome.output_dtype)
+    if out is None or not math.isfinite(exact_mean):
+        return math.nan, False
+    spacing = float(out.ulp(np.array([exact_mean]))[0])
+    tolerance = RTOL_ULPS * FORMATS["float32"].eps * max(abs(exact_mean), 1.0)
+    off = abs(outcome.mean - exact_mean)  # NaN compares False: a NaN mean is flagged per row
+    return spacing, spacing > tolerance and off > tolerance
+
+
 def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
     """``--eps`` as a tuple: one value or several (``clipped`` runs at each), at least one."""
     values = (float(eps),) if isinstance(eps, int | float) else tuple(float(e) for e in eps)
@@ -674,6 +689,7 @@ def audit(
                 outcome, g, largest = run_shared(
                     runs, variant, mode, rounded, rtol, timeout, policy, loss_scale
                 )
+                spacing, coarse = coarse_mean(outcome, ref_mean)
                 results.append(
                     ImplResult(
                         impl=name,
@@ -689,10 +705,12 @@ def audit(
                         max_ulps_err=worst(g.ulps_err),
                         grad_max_abs_err=worst(g.grad_err),
                         rtol=g.rtol,
-                        flags=g.flags(),
+                        flags=g.flags() + (("coarse-mean",) if coarse else ()),
                         row_flags=tuple(g.row_flags()),
                         policy=policy,
                         max_loss_scale=largest,
+                        returned_mean=outcome.mean,
+                        mean_spacing=spacing,
                     )
                 )
     return Audit(

@@ -46,6 +46,7 @@ from xentaudit.grid import (
 )
 from xentaudit.impls import INPUTS, MODES, REGISTRY, backend_of, load_tf, parse_impls
 from xentaudit.io import file_or_json, load_inputs, names_a_file
+from xentaudit.lint.command import lint
 from xentaudit.report import csv as csv_report
 from xentaudit.report import github as github_report
 from xentaudit.report import json as json_report
@@ -63,6 +64,7 @@ SIGNAL_EXITS = {
     signal.SIGINT: (EXIT_INTERRUPTED, "aborted"),
     signal.SIGTERM: (EXIT_TERMINATED, "terminated"),
 }
+HTML_SUFFIXES = (".html", ".htm")
 BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _PASSED_ON = (  # exceptions click or the handlers of `main` deal with: not bugs
     click.ClickException,
@@ -204,6 +206,25 @@ class ByteSize(click.ParamType):
         if size < 1:
             self.fail(f"{value!r} is less than one byte", param, ctx)
         return size
+
+
+class ReportFile(click.ParamType):
+    """The file of --plot or --html, whose suffix names its format: refused when parsed, and
+    matplotlib (which draws the figures of both) is imported then, so that a broken install
+    is one line before any work."""
+
+    name = "file"
+
+    def __init__(self, html: bool) -> None:
+        self.html = html
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from xentaudit.report import plot
+
+        suffixes = HTML_SUFFIXES if self.html else plot.SUFFIXES
+        if Path(str(value)).suffix.lower() not in suffixes:
+            self.fail(f"{value!r} does not end in {', '.join(suffixes)}", param, ctx)
+        return str(value)
 
 
 def parse_flags(value: str) -> tuple[str, ...]:
@@ -358,6 +379,18 @@ def model_option() -> Callable:
     )
 
 
+def html_option(command: str) -> Callable:
+    """--html: a self-contained HTML report of the run (verdict, tables, figures)."""
+    return click.option(
+        "--html",
+        "html_path",
+        type=ReportFile(html=True),
+        metavar="FILE.html",
+        help=f"Also write a self-contained HTML report here (atomically): {command}'s verdict "
+        "and advice, its tables and its figures, with no external references.",
+    )
+
+
 def count_option(name: str, low: int, high: int, default: int, help: str) -> Callable:
     """An integer option within [low, high]; --help shows the range and the default."""
     return click.option(
@@ -458,6 +491,7 @@ def _load_tensorflow(
 @policy_option("float32")
 @backend_option()
 @eps_option(1e-7)
+@html_option("compare")
 @shared_options()
 @format_option("table", "json")
 def compare(
@@ -472,6 +506,7 @@ def compare(
     policies: tuple[str, ...],
     backends: tuple[str, ...],
     eps: tuple[float, ...],
+    html_path: str | None,
     mode: str,
     rtol: float | None,
     timeout: float | None,
@@ -485,6 +520,7 @@ def compare(
     probabilities read 8.06 instead of 15.0.
     """
     fail_flags = parse_flags(fail_on)
+    html_target = None if html_path is None else _writable(html_path, "--html")
     if logits is None:
         if labels is not None:
             raise ConfigError(
@@ -515,12 +551,17 @@ def compare(
         loss_scale=loss_scale,
         model=model,
     )
+    title = f"xentaudit compare: {result.rows} rows x {result.classes} classes, scale {scale:g}"
+    if result.model is not None:
+        title += f"; model: {result.model}"
+    if html_target is not None:
+        from xentaudit.report import html as html_report
+
+        with _written_atomically(html_target, "--html") as write:
+            write(html_report.render(result, title=title))
     if fmt == "json":
         text = json_report.render(result, command="compare", scale=scale)
     else:
-        title = f"xentaudit compare: {result.rows} rows x {result.classes} classes, scale {scale:g}"
-        if result.model is not None:
-            title += f"; model: {result.model}"
         color, width = _color_and_width(sys.stdout)
         text = table_report.render(result, title=title, color=color, width=width)
     _print_report(text)
@@ -580,6 +621,15 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
     "(40 + 10 x bytes of the dtype)); e.g. 512M, 2G.",
 )
 @baseline_options("a breaking point at a smaller scale, or one that appeared")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=ReportFile(html=False),
+    metavar="FILE.png|svg|pdf",
+    help="Also draw the sweep here (atomically; the format from the suffix): per dtype, the "
+    "loss and gradient errors against the logit scale, one line per implementation.",
+)
+@html_option("sweep")
 @shared_options()
 @format_option("table", "json")
 def sweep(
@@ -597,6 +647,8 @@ def sweep(
     max_memory: int | None,
     baseline_path: str | None,
     write_baseline: str | None,
+    plot_path: str | None,
+    html_path: str | None,
     mode: str,
     rtol: float | None,
     timeout: float | None,
@@ -614,6 +666,9 @@ def sweep(
 
     fail_flags = parse_flags(fail_on)
     new_baseline = None if write_baseline is None else _writable(write_baseline, "--write-baseline")
+    plot_target = None if plot_path is None else _writable(plot_path, "--plot")
+    html_target = None if html_path is None else _writable(html_path, "--html")
+    _distinct(("--write-baseline", new_baseline), ("--plot", plot_target), ("--html", html_target))
     old_baseline = None if baseline_path is None else read_baseline(baseline_path, "sweep")
     scales = parse_scales(scales_spec) if scales_spec is not None else DEFAULT_SCALES
     color, width = _color_and_width(sys.stdout)
@@ -644,6 +699,16 @@ def sweep(
     if new_baseline is not None:
         with _written_atomically(new_baseline, "--write-baseline") as write:
             write(json_report.render(result, command="sweep"))
+    if plot_target is not None:
+        from xentaudit.report import plot
+
+        with _written_atomically(plot_target, "--plot") as write:
+            write(plot.render_sweep(result, plot_target.suffix))
+    if html_target is not None:
+        from xentaudit.report import html as html_report
+
+        with _written_atomically(html_target, "--html") as write:
+            write(html_report.render_sweep(result, fail_flags))
     if fmt == "json":
         text = json_report.render(result, command="sweep")
     else:
@@ -697,6 +762,7 @@ def sweep(
     help="Rows read at a time (default: ~2M logits a chunk).",
 )
 @click.option("--output", metavar="FILE", help="Write the report here (atomically), not stdout.")
+@html_option("check")
 @baseline_options(
     "a new --fail-on flag, more rows flagged, an error grown past 2x, a new result that fires"
 )
@@ -730,6 +796,7 @@ def check(
     save_logits: str | None,
     chunk_rows: int | None,
     output: str | None,
+    html_path: str | None,
     baseline_path: str | None,
     write_baseline: str | None,
     flagged_rows: str | None,
@@ -755,24 +822,19 @@ def check(
 
     _check_sources(path, model, inputs, labels, save_logits)
     target = None if output is None else _writable(output, "--output")
+    html_target = None if html_path is None else _writable(html_path, "--html")
     csv_target = None if flagged_rows is None else _writable(flagged_rows, "--flagged-rows")
     saved = None if save_logits is None else _writable(save_logits, "--save-logits")
     new_baseline = None if write_baseline is None else _writable(write_baseline, "--write-baseline")
     # read before anything runs (and before --write-baseline may replace the same file)
     old_baseline = None if baseline_path is None else read_baseline(baseline_path)
-    named = [
-        (o, p.resolve())
-        for o, p in (
-            ("--output", target),
-            ("--flagged-rows", csv_target),
-            ("--save-logits", saved),
-            ("--write-baseline", new_baseline),
-        )
-        if p is not None
-    ]
-    for (first, one), (second, other) in itertools.combinations(named, 2):
-        if one == other:
-            raise ConfigError(f"{first} and {second} name the same file; give two names")
+    _distinct(
+        ("--output", target),
+        ("--html", html_target),
+        ("--flagged-rows", csv_target),
+        ("--save-logits", saved),
+        ("--write-baseline", new_baseline),
+    )
     used = config.load(Path(config_path) if config_path else None)
     for warning in used.warnings:
         click.echo(f"xentaudit: warning: {warning}", err=True)
@@ -858,11 +920,22 @@ def check(
     else:
         color, width = _color_and_width(sys.stdout if output is None else None)
         text = table_report.render_check(result, fail_flags, color=color, width=width)
+    if html_target is not None:
+        from xentaudit.report import html as html_report
+
+        with _written_atomically(html_target, "--html") as write:
+            write(html_report.render_check(result, fail_flags))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
+        pointer = (
+            ""
+            if html_target is None
+            else f"\nFull report: `{html_path}` (HTML, self-contained; upload it as an artifact "
+            "to open it from the run).\n"
+        )
         try:
             with open(summary, "a", encoding="utf-8") as stream:
-                stream.write(markdown_report.render(result, fail_flags))
+                stream.write(markdown_report.render(result, fail_flags) + pointer)
         except OSError as exc:
             click.echo(f"xentaudit: warning: cannot append to GITHUB_STEP_SUMMARY: {exc}", err=True)
     if target is None:
@@ -1028,6 +1101,14 @@ def _print_report(text: str) -> None:
         ) from None
 
 
+def _distinct(*named: tuple[str, Path | None]) -> None:
+    """Refuse two options (given as (option, path); None: not given) naming the same file."""
+    given = [(option, path.resolve()) for option, path in named if path is not None]
+    for (first, one), (second, other) in itertools.combinations(given, 2):
+        if one == other:
+            raise ConfigError(f"{first} and {second} name the same file; give two names")
+
+
 def _writable(output: str, option: str) -> Path:
     """The path given to ``option`` (--output, --flagged-rows), once a file could be created
     beside it: refused before any work."""
@@ -1072,10 +1153,11 @@ def _temporary(path: Path, suffix: str = ".tmp") -> Iterator[tuple[int, str]]:
 
 
 @contextlib.contextmanager
-def _written_atomically(path: Path, option: str) -> Iterator[Callable[[str], None]]:
-    """A ``write(text)`` into a temporary file beside ``path``, renamed onto it when the block
-    ends without an exception, removed otherwise (and on SIGINT or SIGTERM): ``path`` is written
-    whole or not at all. A write, flush or rename that fails is one line naming ``option``."""
+def _written_atomically(path: Path, option: str) -> Iterator[Callable[[str | bytes], None]]:
+    """A ``write(text)`` (text in UTF-8, or bytes as they are: a figure) into a temporary file
+    beside ``path``, renamed onto it when the block ends without an exception, removed
+    otherwise (and on SIGINT or SIGTERM): ``path`` is written whole or not at all. A write,
+    flush or rename that fails is one line naming ``option``."""
 
     def failed(exc: OSError) -> ConfigError:
         return ConfigError(f"{option}: cannot write {path} ({exc.strerror}); pick a writable path")
@@ -1083,9 +1165,12 @@ def _written_atomically(path: Path, option: str) -> Iterator[Callable[[str], Non
     with _temporary(path) as (fd, tmp):
         stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
 
-        def write(text: str) -> None:
+        def write(text: str | bytes) -> None:
             try:
-                stream.write(text)
+                if isinstance(text, bytes):
+                    stream.buffer.write(text)
+                else:
+                    stream.write(text)
             except OSError as exc:
                 raise failed(exc) from None
 
@@ -1118,6 +1203,9 @@ def _progress() -> Iterator[Callable[[int, int], None] | None]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+cli.add_command(lint)
 
 
 def main() -> None:

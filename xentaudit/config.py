@@ -88,6 +88,9 @@ KEYS = {  # key -> (check of the value, what it must be)
         lambda v: _eps(v) or (isinstance(v, list) and bool(v) and all(_eps(e) for e in v)),
         "a number or a non-empty list of numbers, each in (0, 0.5)",
     ),
+    # `xentaudit lint`'s own table, [tool.xentaudit.lint]: its select and ignore lists are
+    # checked by xentaudit.lint.settings; the other commands do not read it
+    "lint": (lambda v: isinstance(v, dict), "a table ([tool.xentaudit.lint]) of select and ignore"),
 }
 CHOICES = {  # key -> the names its entries may use (comma lists allowed, as on the command line)
     "impls": (*REGISTRY, "all"),

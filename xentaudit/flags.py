@@ -117,6 +117,16 @@ FLAGS: dict[str, Flag] = {
             'dtype="float32")), or drop it and compile with from_logits=True (Keras\' '
             "mixed-precision guide)",
         ),
+        Flag(
+            "coarse-mean",
+            False,
+            "the mean loss the implementation returns (its own reduction, in its output dtype) "
+            "is off by more than float32's tolerance because that dtype is coarser there "
+            "(bfloat16 spaces its values 0.25 apart at a loss of 36): the scalar the "
+            "optimizer and the logs see is rounded",
+            "reduce the loss in float32: cast the per-row losses to float32 before the mean, "
+            "or keep the loss in float32 (Keras does; torch autocast's fp32 list does)",
+        ),
         # Input lint (`check`): warnings about the file itself, usable with --fail-on.
         Flag(
             "looks-like-probs",

@@ -151,6 +151,10 @@ class ImplResult:
     # the largest power-of-two loss scale whose gradient is finite on every row (0: none);
     # searched only with a loss scale given, else None
     max_loss_scale: float | None = None
+    # the framework's own mean of the per-row losses, in the output dtype (the scalar the
+    # optimizer sees), and that dtype's spacing at the exact mean ``reference``
+    returned_mean: float | None = None
+    mean_spacing: float | None = None
 
 
 @dataclass(frozen=True)

@@ -89,11 +89,17 @@ class Outcome:
     loss: np.ndarray
     grad: np.ndarray
     output_dtype: str
+    # the framework's own mean of its per-row losses, in their dtype (what reduction="mean",
+    # Keras' sum_over_batch_size, returns): the scalar the optimizer sees
+    mean: float
 
 
-def outcome(loss: np.ndarray, grad: np.ndarray, output_dtype: str, loss_scale: float) -> Outcome:
+def outcome(
+    loss: np.ndarray, grad: np.ndarray, output_dtype: str, loss_scale: float, mean: float
+) -> Outcome:
     """A run's ``Outcome``: per-row ``loss`` as float64, and the gradient of ``loss_scale``
-    times the loss widened (float16, bfloat16 to float32) and divided back by the scale."""
+    times the loss widened (float16, bfloat16 to float32) and divided back by the scale;
+    ``mean`` the framework's own mean of the losses, in their dtype."""
     from xentaudit.io import as_float
 
     gradient = as_float(grad)
@@ -101,6 +107,7 @@ def outcome(loss: np.ndarray, grad: np.ndarray, output_dtype: str, loss_scale: f
         np.asarray(loss, dtype=np.float64).reshape(-1),
         gradient if loss_scale == 1 else gradient / gradient.dtype.type(loss_scale),
         output_dtype,
+        float(mean),
     )
 
 

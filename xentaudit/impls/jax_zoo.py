@@ -259,7 +259,8 @@ def run(
                     loss_scale,
                 )
             loss = np.asarray(loss)
-            result = outcome(loss, np.asarray(grad), loss.dtype.name, loss_scale)
+            mean = jnp.mean(jnp.asarray(loss))
+            result = outcome(loss, np.asarray(grad), loss.dtype.name, loss_scale, mean)
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted trace is not to be reused
         raise timed_out(name, dtype, mode, timeout) from None

@@ -311,7 +311,8 @@ def run(
             gradient = np.asarray(grad)
             if given == "probabilities":
                 gradient = to_logits_gradient(as_float(logits), as_float(gradient))
-            result = outcome(loss.numpy(), gradient, loss.dtype.name, loss_scale)
+            mean = tf.reduce_mean(loss)
+            result = outcome(loss.numpy(), gradient, loss.dtype.name, loss_scale, mean)
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted trace is not to be reused
         raise timed_out(name, x.dtype.name, mode, timeout, policy) from None

@@ -286,7 +286,10 @@ def run(
                 loss, grad = _step(fn, y, k, x, loss_scale, LOGITS_AS.get(name))
             else:
                 loss, grad = _run_user(name, fn, y, k, x, loss_scale)
-            result = outcome(_array(loss), _array(grad), dtype_name(loss.dtype), loss_scale)
+            mean = loss.detach().mean()
+            result = outcome(
+                _array(loss), _array(grad), dtype_name(loss.dtype), loss_scale, mean.item()
+            )
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted compilation is not to be reused
         raise timed_out(name, dtype, mode, timeout) from None

@@ -1,0 +1,136 @@
+"""The `xentaudit lint` click command: a thin layer over ``xentaudit.lint``.
+
+Importing it imports no framework and not LibCST (``--fix`` and ``--diff`` import it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from xentaudit.config import load
+from xentaudit.errors import ConfigError, InputError
+from xentaudit.lint import LintResult, lint_paths, settings
+from xentaudit.lint.formats import FORMATS, RENDERERS
+
+
+def _codes(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+
+
+def _configured() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """``select``, ``ignore`` from ``[tool.xentaudit.lint]`` (found as for every command),
+    and the warnings of the search."""
+    found = load()  # checks that a "lint" entry is a table
+    return (*settings(found.table.get("lint", {}), found.path), found.warnings)
+
+
+def _fix(result: LintResult, write: bool) -> tuple[str, LintResult]:
+    """Apply (``write``) or show the fixes of ``result``: the diff, and the findings left."""
+    from xentaudit.cli import _written_atomically  # cli imports this module: imported late
+    from xentaudit.lint.fix import fix_result
+
+    fixes = fix_result(result)
+    for fix in fixes if write else ():
+        path = Path(fix.path).resolve()  # a symlink stays a link to the fixed file
+        mode = path.stat().st_mode
+        with _written_atomically(path, "--fix") as out:
+            out(fix.after)
+        os.chmod(path, mode)  # a script stays executable
+    fixed = {f for fix in fixes for f in fix.fixed}
+    left = tuple(f for f in result.findings if f not in fixed)
+    return "".join(fix.diff for fix in fixes), replace(result, findings=left)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, metavar="PATH...", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=FORMATS[0],
+    show_default=True,
+    help="text: path:line:col: CODE message, as ruff; sarif: SARIF 2.1.0 for GitHub code "
+    "scanning; github: workflow annotations.",
+)
+@click.option(
+    "--select",
+    multiple=True,
+    metavar="CODES",
+    help="Only these rules (codes or prefixes, comma-separated, repeatable; default: "
+    "[tool.xentaudit.lint] select, else all).",
+)
+@click.option(
+    "--ignore",
+    multiple=True,
+    metavar="CODES",
+    help="Not these rules (added to [tool.xentaudit.lint] ignore).",
+)
+@click.option(
+    "--fix",
+    is_flag=True,
+    help="Apply the rewrites marked [*] (equal wherever the code was finite).",
+)
+@click.option(
+    "--diff", "show_diff", is_flag=True, help="Print the --fix rewrites as a diff; write nothing."
+)
+@click.option(
+    "--explain",
+    metavar="CODE",
+    help="Say what rule CODE flags, run the engine for its breaking points per dtype, and exit.",
+)
+def lint(
+    paths: tuple[Path, ...],
+    fmt: str,
+    select: tuple[str, ...],
+    ignore: tuple[str, ...],
+    fix: bool,
+    show_diff: bool,
+    explain: str | None,
+) -> int:
+    """Find unstable cross-entropy code in PATH... (.py files, .ipynb notebooks, folders).
+
+    Parses the code (never runs it): log(softmax(x)), probabilities given to a loss on logits,
+    clipped or epsilon-shifted probabilities under a log, a softmax's output given to a
+    from_logits=False Keras loss, log(sum(exp(x))). Suppress a line with '# noqa: XA101'.
+    Exit codes: 0 nothing found, 1 a finding, 2 usage or input error (a file that does not
+    parse: XA000, reported with the rest).
+    """
+    if explain is not None:
+        from xentaudit.cli import _load_tensorflow
+        from xentaudit.lint.explain import explain as run
+        from xentaudit.lint.explain import stand_ins
+
+        if paths or fix or show_diff:
+            raise ConfigError("--explain takes a rule code alone; drop the paths and options")
+        code = explain.strip().upper()
+        _load_tensorflow(stand_ins(code), None)  # as the other commands: its start-up log hidden
+        click.echo(run(code), nl=False)
+        return 0
+    if not paths:
+        raise ConfigError("lint needs a PATH (a .py file, a notebook or a folder)")
+    if fix and show_diff:
+        raise ConfigError("--fix writes the rewrites and --diff shows them; choose one")
+    chosen, skipped, warnings = _configured()
+    for warning in warnings:
+        click.echo(f"xentaudit: warning: {warning}", err=True)
+    result = lint_paths(paths, _codes(select) or chosen, (*skipped, *_codes(ignore)))
+    if show_diff:
+        patch, _ = _fix(result, write=False)
+        click.echo(patch, nl=False)
+        return 1 if patch else 0
+    if fix:
+        before = len(result.findings)
+        _, result = _fix(result, write=True)
+        click.echo(f"xentaudit: fixed {before - len(result.findings)} finding(s)", err=True)
+    click.echo(RENDERERS[fmt](result), nl=False)
+    if result.errors:
+        first = result.errors[0]
+        raise InputError(
+            f"{len(result.errors)} file(s) could not be parsed, first {first.path}: "
+            f"{first.message}; fix the syntax or exclude the file"
+        )
+    return result.exit_code
