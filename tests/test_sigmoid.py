@@ -228,3 +228,68 @@ def test_a_pattern_of_another_loss_is_refused() -> None:
         sweep(patterns=["multilabel"])
     with pytest.raises(ConfigError, match="pass --loss softmax"):
         sweep(patterns=["seed"], loss="sigmoid")
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def run_cli(*args: str):
+    import json
+
+    from click.testing import CliRunner
+
+    from xentaudit.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result, (json.loads(result.stdout) if "--format" in args and result.stdout else None)
+
+
+def test_compare_loss_sigmoid_defaults_to_the_issue_case() -> None:
+    result, doc = run_cli("compare", "--loss", "sigmoid", "--backend", "tf", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert doc["loss"] == "sigmoid" and (doc["rows"], doc["classes"]) == (2, 1)
+    eager = next(
+        r for r in doc["results"] if (r["impl"], r["mode"]) == ("keras_bce_probs", "eager")
+    )
+    top = np.float32(1 - 1e-7)
+    expected = [-math.log(float(np.float32(1) - top)), -math.log(float(np.float32(1e-7)))]
+    assert eager["loss_rows"] == pytest.approx(expected, rel=2.0**-18)
+    assert eager["flags"] == ["divergent", "grad-vanish"]
+    assert doc["verdict"]["mode_differences"][0]["impl"] == "keras_bce_probs"
+
+
+def test_compare_table_names_the_loss_and_label_smoothing() -> None:
+    result, _ = run_cli(
+        "compare", "--loss", "sigmoid", "--label-smoothing", "0.1", "--impl", "tf_sigmoid_xent"
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].endswith("; loss sigmoid, label smoothing 0.1")
+
+
+def test_sweep_and_list_take_the_loss() -> None:
+    result, doc = run_cli(
+        "sweep", "--loss", "sigmoid", "--impl", "tf_sigmoid_xent", "--dtype", "float32",
+        "--mode", "eager", "--scales", "1,10", "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert doc["loss"] == "sigmoid"
+    assert [p["name"] for p in doc["patterns"]] == ["multilabel", "soft-multilabel"]
+    result, doc = run_cli("list", "--loss", "sigmoid", "--format", "json")
+    assert [i["name"] for i in doc["implementations"]] == [
+        n for n, i in REGISTRY.items() if i.loss == "sigmoid"
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("compare", "--loss", "focal"), "Invalid value for '--loss'"),
+        (("compare", "--label-smoothing", "1"), "Invalid value for '--label-smoothing'"),
+        (("compare", "--impl", "naive_sigmoid"), "pass --loss sigmoid"),
+        (("sweep", "--pattern", "multilabel", "--impl", "naive"), "pass --loss sigmoid"),
+    ],
+)
+def test_loss_usage_errors_are_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:
+    result, _ = run_cli(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -47,6 +47,7 @@ from xentaudit.grid import (
 from xentaudit.impls import INPUTS, MODES, REGISTRY, backend_of, load_tf, parse_impls
 from xentaudit.io import file_or_json, load_inputs, names_a_file
 from xentaudit.lint.command import lint
+from xentaudit.losses import LOSSES
 from xentaudit.report import csv as csv_report
 from xentaudit.report import github as github_report
 from xentaudit.report import json as json_report
@@ -58,6 +59,9 @@ from xentaudit.results import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, SCHEMA_VERSION
 SEED_LOGITS = [[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]
 SEED_LABELS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
 SEED_SCALE = 10.0
+# --loss sigmoid's seed: at scale 10, the issue's rows [[20], [-20]] labelled [[0], [1]]
+SIGMOID_SEED_LOGITS = [[2.0], [-2.0]]
+SIGMOID_SEED_LABELS = [[0.0], [1.0]]
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 SIGNAL_EXITS = {
@@ -379,6 +383,32 @@ def model_option() -> Callable:
     )
 
 
+def loss_options() -> Callable[[Callable], Callable]:
+    """--loss and --label-smoothing: the member of the cross-entropy family audited."""
+    return _stacked(
+        [
+            click.option(
+                "--loss",
+                type=click.Choice(tuple(LOSSES)),
+                default="softmax",
+                show_default=True,
+                help="The loss audited, against its own exact reference, by its implementations "
+                "(see `xentaudit list`): softmax cross-entropy, or sigmoid (binary, multi-label:"
+                " a label in [0, 1] per logit, the row's loss the mean over its labels).",
+            ),
+            click.option(
+                "--label-smoothing",
+                type=click.FloatRange(0, 1, max_open=True),
+                default=0.0,
+                show_default=True,
+                metavar="A",
+                help="Smooth the labels as Keras does before anything runs: y (1 - A) + A / C "
+                "(softmax), y (1 - A) + A / 2 (sigmoid); the sparse losses are skipped.",
+            ),
+        ]
+    )
+
+
 def html_option(command: str) -> Callable:
     """--html: a self-contained HTML report of the run (verdict, tables, figures)."""
     return click.option(
@@ -431,7 +461,10 @@ def cli(verbose: bool) -> None:
 
 
 def _load_tensorflow(
-    impls: Iterable[str], backends: Iterable[str] | None, model: str | None = None
+    impls: Iterable[str],
+    backends: Iterable[str] | None,
+    model: str | None = None,
+    loss: str = "softmax",
 ) -> None:
     """Import TensorFlow before a command runs it, when it will: a TensorFlow implementation
     among ``impls`` (``all`` expanded over ``backends``; a user's loss by its prefix, its code
@@ -440,7 +473,7 @@ def _load_tensorflow(
     if model is None:
         impls = tuple(impls)
         users = [n for n in impls if ":" in n]
-        builtin = parse_impls([n for n in impls if ":" not in n], backends)
+        builtin = parse_impls([n for n in impls if ":" not in n], backends, loss)
         if all(backend_of(n) != "tensorflow" for n in (*users, *builtin)):
             return
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3" or "tensorflow" in sys.modules:
@@ -491,6 +524,7 @@ def _load_tensorflow(
 @policy_option("float32")
 @backend_option()
 @eps_option(1e-7)
+@loss_options()
 @html_option("compare")
 @shared_options()
 @format_option("table", "json")
@@ -506,6 +540,8 @@ def compare(
     policies: tuple[str, ...],
     backends: tuple[str, ...],
     eps: tuple[float, ...],
+    loss: str,
+    label_smoothing: float,
     html_path: str | None,
     mode: str,
     rtol: float | None,
@@ -517,7 +553,8 @@ def compare(
     """Compare every implementation side by side on one input.
 
     With no options: the seed input at scale 10 in float32, where Keras' clipped
-    probabilities read 8.06 instead of 15.0.
+    probabilities read 8.06 instead of 15.0. With --loss sigmoid: the logits [[20], [-20]]
+    labelled [[0], [1]], where Keras' clipped sigmoid reads 15.94 and 16.12 instead of 20.
     """
     fail_flags = parse_flags(fail_on)
     html_target = None if html_path is None else _writable(html_path, "--html")
@@ -526,7 +563,9 @@ def compare(
             raise ConfigError(
                 "--labels came without --logits; pass both (or neither, for the seed)"
             )
-        x, y = np.array(SEED_LOGITS), np.array(SEED_LABELS)
+        seed = {"softmax": (SEED_LOGITS, SEED_LABELS)}
+        seed["sigmoid"] = (SIGMOID_SEED_LOGITS, SIGMOID_SEED_LABELS)
+        x, y = (np.array(v) for v in seed[loss])
         scale = SEED_SCALE if scale is None else scale
     else:
         x, y = load_inputs(logits, labels, logits_key, labels_key)
@@ -536,10 +575,12 @@ def compare(
     dtypes = dtypes or ("float32",)
     if x.dtype.kind in "biuf" or x.dtype.name == "bfloat16":  # audit refuses anything else
         x = _scaled(x, scale, dtypes)
-    _load_tensorflow(impls or ("all",), backends or None, model)
+    _load_tensorflow(impls or ("all",), backends or None, model, loss)
     result = audit(
         x,
         y,
+        loss=loss,
+        label_smoothing=label_smoothing,
         impls=impls or ("all",),
         dtypes=dtypes,
         modes=MODES if mode == "both" else (mode,),
@@ -552,6 +593,10 @@ def compare(
         model=model,
     )
     title = f"xentaudit compare: {result.rows} rows x {result.classes} classes, scale {scale:g}"
+    if loss != "softmax" or label_smoothing:
+        title += f"; loss {loss}" + (
+            f", label smoothing {label_smoothing:g}" * bool(label_smoothing)
+        )
     if result.model is not None:
         title += f"; model: {result.model}"
     if html_target is not None:
@@ -607,7 +652,8 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
     "patterns",
     multiple=True,
     metavar="NAME",
-    help="seed, random, dominant, vocab or all; repeatable (default all).",
+    help="seed, random, dominant, vocab (softmax); multilabel, soft-multilabel (sigmoid); or "
+    "all, the --loss's patterns; repeatable (default all).",
 )
 @count_option("--classes", 2, MAX_CLASSES, 16384, "Classes of the vocab pattern.")
 @count_option("--rows", 1, MAX_ROWS, 4, "Rows of the random pattern.")
@@ -629,6 +675,7 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
     help="Also draw the sweep here (atomically; the format from the suffix): per dtype, the "
     "loss and gradient errors against the logit scale, one line per implementation.",
 )
+@loss_options()
 @html_option("sweep")
 @shared_options()
 @format_option("table", "json")
@@ -648,6 +695,8 @@ def sweep(
     baseline_path: str | None,
     write_baseline: str | None,
     plot_path: str | None,
+    loss: str,
+    label_smoothing: float,
     html_path: str | None,
     mode: str,
     rtol: float | None,
@@ -672,9 +721,11 @@ def sweep(
     old_baseline = None if baseline_path is None else read_baseline(baseline_path, "sweep")
     scales = parse_scales(scales_spec) if scales_spec is not None else DEFAULT_SCALES
     color, width = _color_and_width(sys.stdout)
-    _load_tensorflow(impls or ("all",), backends or None)
+    _load_tensorflow(impls or ("all",), backends or None, loss=loss)
     with _progress() as progress:
         result = run_sweep(
+            loss=loss,
+            label_smoothing=label_smoothing,
             scales=scales,
             dtypes=dtypes or ("all",),
             impls=impls or ("all",),
@@ -1045,14 +1096,19 @@ def ema(trajectory: str, decays: tuple[str, ...], impls: tuple[str, ...], fmt: s
 
 
 @cli.command("list")
+@click.option(
+    "--loss",
+    type=click.Choice(tuple(LOSSES)),
+    help="Only the implementations of this loss (default: every one).",
+)
 @format_option("table", "json")
-def list_impls(fmt: str) -> int:
+def list_impls(loss: str | None, fmt: str) -> int:
     """List the built-in implementations.
 
     For each: what it is, its backend and family, what it takes (logits or probabilities), the
     label kinds and dtypes it accepts, and where its clip comes from. Imports no TensorFlow.
     """
-    rows = [impl.describe() for impl in REGISTRY.values()]
+    rows = [impl.describe() for impl in REGISTRY.values() if loss in (None, impl.loss)]
     if fmt == "json":
         document = {"schema": SCHEMA_VERSION, "command": "list", "implementations": rows}
         text = json.dumps(document, indent=2) + "\n"

@@ -206,8 +206,8 @@ LOSS_ADVICE: dict[str, dict[str, Advice]] = {
             f"{_FUSED_SIGMOID}, never log(sigmoid(x))",
         ),
         "divergent": Advice(
-            "the loss is finite but wrong beyond the tolerance (sigmoid clipped to "
-            "[eps, 1-eps], low-precision arithmetic)",
+            "the loss is finite but wrong beyond the tolerance (sigmoid clipped to eps and "
+            "1 - eps, low-precision arithmetic)",
             f"{_FUSED_SIGMOID}; never clip probabilities",
         ),
         "grad-nan": Advice(

@@ -69,10 +69,12 @@ def _console(color: bool, width: int) -> Console:
 
 
 def _columns(*columns: tuple[str, str]) -> Table:
-    """A borderless table with these (header, justify) columns, none of them wrapping."""
+    """A borderless table with these (header, justify) columns, none of them wrapping but the
+    flags (a list of words: on a narrow terminal a row's flags go on to a second line rather
+    than every number being cut)."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for header, justify in columns:
-        table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        table.add_column(header, justify=justify, no_wrap=header != "flags")  # type: ignore[arg-type]
     return table
 
 
@@ -147,14 +149,18 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
     scaled = audit.loss_scale is not None
     # several backends: a column says whose each row is (the zoo lists them backend by backend)
     backends = len({backend_of(r.impl) for r in audit.results}) > 1
+    # a result in half precision: the loss column shows the mean it returns (the scalar the
+    # optimizer sees, coarse-mean) and a column its dtype's spacing at the exact mean
+    half = any(r.output_dtype in ("float16", "bfloat16") for r in audit.results)
     table = _columns(
         *([("backend", "left")] if backends else []),
         ("impl", "left"),
         ("mode", "left"),
         ("dtype", "left"),
         ("out", "left"),
-        ("loss (mean)", "right"),
+        ("loss (returned)" if half else "loss (mean)", "right"),
         ("exact (mean)", "right"),
+        *([("spacing", "right")] if half else []),
         ("max rel err", "right"),
         ("ulps", "right"),
         ("grad err", "right"),
@@ -171,8 +177,9 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
             Text(mode, style="yellow" if mode_pair(r) in differ else ""),
             Text(dtype_label(r.dtype, r.policy)),  # Text: "[policy]" is no markup
             r.output_dtype if r.output_dtype != r.dtype else "",
-            _num(r.loss),
+            _num(r.returned_mean if half and r.returned_mean is not None else r.loss),
             _num(r.reference, 15),
+            *([_num(r.mean_spacing or math.nan, 2)] if half else []),
             _num(r.max_rel_err, 2),
             _num(r.max_ulps_err, 2),
             _num(r.grad_max_abs_err, 2),
