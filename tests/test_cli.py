@@ -315,12 +315,12 @@ def test_help_and_list_do_not_import_a_framework() -> None:
         "import xentaudit\n"
         "from xentaudit.cli import cli\n"
         "for args in (['--help'], ['list'], ['list', '--format', 'json'],\n"
-        "             *([c, '--help'] for c in ('compare', 'sweep', 'check'))):\n"
+        "             *([c, '--help'] for c in ('compare', 'sweep', 'check', 'lint'))):\n"
         "    try:\n"
         "        cli(args)\n"
         "    except SystemExit as exc:\n"
         "        assert exc.code == 0, (args, exc.code)\n"
-        "heavy = ('tensorflow', 'keras', 'torch', 'jax', 'optax')\n"
+        "heavy = ('tensorflow', 'keras', 'torch', 'jax', 'optax', 'matplotlib', 'libcst')\n"
         "print(' '.join(m for m in heavy if m in sys.modules) or 'clean')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -57,7 +57,7 @@ from xentaudit.reference.sigmoid import (
     sigmoids,
     terms,
 )
-from xentaudit.reference.softmax import separated
+from xentaudit.reference.softmax import mp_separated, separated
 
 
 def focal_cross_entropy(
@@ -153,12 +153,7 @@ def _focal_mpmath(x: np.ndarray, y: np.ndarray, gamma: float, alpha: float) -> R
     with mpmath.workdps(MPMATH_DIGITS):
         g_, a_ = mpmath.mpf(gamma), mpmath.mpf(alpha)
         for i in range(n):
-            row = [mpmath.mpf(float(v)) for v in x[i]]
-            w = [mpmath.mpf(float(v)) for v in y[i]]
-            a = int(np.argmax(x[i]))
-            m = row[a]
-            q = [mpmath.exp(v - m) if j != a else mpmath.mpf(1) for j, v in enumerate(row)]
-            t = mpmath.fsum(q[j] for j in range(c) if j != a)
+            row, w, a, m, q, t = mp_separated(x[i], y[i])
             p = [qj / (1 + t) for qj in q]
             om = [(1 + t - q[j]) / (1 + t) if j != a else t / (1 + t) for j in range(c)]
             nl = [(m - row[j]) + mpmath.log1p(t) for j in range(c)]

@@ -173,6 +173,21 @@ def _numpy_block(
     np.abs(g).max(axis=0, out=size)
 
 
+def mp_separated(
+    x: np.ndarray, y: np.ndarray
+) -> tuple[list, list, int, mpmath.mpf, list, mpmath.mpf]:
+    """``separated`` for one row at mpmath's working precision: the row and its weights as
+    mpf, the (first) largest logit's class ``a``, ``m = x_a``, ``q_j = exp(x_j - m)`` (``q_a =
+    1``) and ``t = sum_(j != a) q_j``."""
+    row = [mpmath.mpf(float(v)) for v in x]
+    w = [mpmath.mpf(float(v)) for v in y]
+    a = int(np.argmax(x))
+    m = row[a]
+    q = [mpmath.exp(v - m) if j != a else mpmath.mpf(1) for j, v in enumerate(row)]
+    t = mpmath.fsum(q[j] for j in range(len(row)) if j != a)
+    return row, w, a, m, q, t
+
+
 def _cross_entropy_mpmath(x: np.ndarray, y: np.ndarray) -> Reference:
     n, c = x.shape
     loss = np.empty(n)
@@ -180,12 +195,7 @@ def _cross_entropy_mpmath(x: np.ndarray, y: np.ndarray) -> Reference:
     grad = np.empty((n, c))
     with mpmath.workdps(MPMATH_DIGITS):
         for i in range(n):
-            row = [mpmath.mpf(float(v)) for v in x[i]]
-            w = [mpmath.mpf(float(v)) for v in y[i]]
-            a = int(np.argmax(x[i]))
-            m = row[a]
-            q = [mpmath.exp(v - m) if j != a else mpmath.mpf(1) for j, v in enumerate(row)]
-            t = mpmath.fsum(q[j] for j in range(c) if j != a)
+            row, w, _, m, q, t = mp_separated(x[i], y[i])
             total = mpmath.fsum(w)
             gaps = mpmath.fsum(w[j] * (m - row[j]) for j in range(c) if w[j] > 0)
             exact = gaps + total * mpmath.log1p(t)
