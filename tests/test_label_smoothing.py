@@ -88,3 +88,23 @@ def test_sweep_skips_the_sparse_losses_when_smoothing() -> None:
 def test_label_smoothing_outside_0_1_is_refused(value: float) -> None:
     with pytest.raises(ConfigError, match=r"--label-smoothing must lie in \[0, 1\)"):
         audit(SEED, SEED_CLASSES, label_smoothing=value, impls=["naive"])
+
+
+def test_sigmoid_smoothing_is_keras_own() -> None:
+    import keras
+
+    from xentaudit.losses import LOSSES
+    from xentaudit.reference import sigmoid_cross_entropy
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 3)) * 6
+    y = (rng.random((8, 3)) > 0.5).astype(np.float64)
+    bce = keras.losses.BinaryCrossentropy(
+        from_logits=True, label_smoothing=0.2, reduction=None, dtype="float64"
+    )
+    smooth = LOSSES["sigmoid"].smooth(y, 0.2)
+    np.testing.assert_allclose(smooth[y == 1], 0.9, rtol=2.0**-52)
+    # Keras' smoothed loss in float64 is the exact loss of these labels to a few float64 ulps
+    # (its max(x, 0) - x y + log1p(exp(-|x|)) rounds the product x y, |x| < 40: 2^-45 covers it)
+    exact = sigmoid_cross_entropy(x, smooth, "float64").loss
+    np.testing.assert_allclose(np.asarray(bce(y, x)), exact, rtol=2.0**-45)
