@@ -291,3 +291,24 @@ def test_loss_usage_errors_are_one_line_and_exit_2(args: tuple[str, ...], messag
     result, _ = run_cli(*args)
     assert result.exit_code == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_clipped_sigmoid_at_several_epsilons_is_one_variant_each() -> None:
+    from xentaudit.report import table as table_report
+    from xentaudit.sweep import sweep
+
+    result = sweep(
+        loss="sigmoid",
+        impls=["clipped_sigmoid"],
+        eps=[1e-7, 1e-12],
+        dtypes=["float32"],
+        patterns=["multilabel"],
+        modes=("eager",),
+        scales=[1.0, 10.0, 100.0],
+    )
+    text = table_report.render_sweep(result, width=200)
+    assert "clipped_sigmoid eps=1e-07" in text and "clipped_sigmoid eps=1e-12" in text
+    assert "clipped_sigmoid: epsilon x dtype" in text
+    # 1 - sigmoid(x) cancels in float32 before either clip binds: no claim about the cap
+    assert not any("caps the loss" in line for line in result.summary)
+    assert any(line.startswith("clipped_sigmoid eps=1e-07 diverges") for line in result.summary)

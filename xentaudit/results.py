@@ -660,15 +660,27 @@ def scale_label(scale: float) -> str:
     return f"{scale:.3g}".replace("e+0", "e").replace("e+", "e")
 
 
+def clips_with_eps(impl: str) -> bool:
+    """Whether ``impl`` clips with ``--eps`` (``clipped``, ``clipped_sigmoid``): it runs once
+    per epsilon, each run a variant of its own."""
+    return impl in REGISTRY and REGISTRY[impl].eps == "option"
+
+
+def several_eps(variants: Iterable[tuple[str, float | None]]) -> bool:
+    """Whether an implementation that clips with ``--eps`` appears at several epsilons among
+    these (impl, eps) variants."""
+    return len({eps for impl, eps in variants if clips_with_eps(impl)}) > 1
+
+
 def variant_label(impl: str, eps: float | None, with_eps: bool) -> str:
     """``clipped eps=1e-07`` where several epsilons are swept; the bare name otherwise."""
-    return f"{impl} eps={eps:g}" if with_eps and impl == "clipped" and eps is not None else impl
+    return f"{impl} eps={eps:g}" if with_eps and clips_with_eps(impl) and eps is not None else impl
 
 
 def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
     lines: list[str] = []
     variants = list(dict.fromkeys((c.impl, c.eps) for c in sweep.cells))
-    multi_eps = len({e for i, e in variants if i == "clipped"}) > 1
+    multi_eps = several_eps(variants)
 
     def label(impl: str, eps: float | None) -> str:
         return variant_label(impl, eps, multi_eps)
@@ -719,7 +731,7 @@ def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
             + "."
         )
     for impl, eps in variants:
-        if impl != "clipped" or eps is None:
+        if not clips_with_eps(impl) or eps is None:
             continue
         where = [
             f"{dtype_label(p.dtype, p.policy)} {scale_label(p.scale)}"
@@ -729,13 +741,17 @@ def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
             and p.mode == "eager"
             and p.scale is not None
         ]
-        if where:
+        if where and sweep.loss == "softmax":
             lines.append(
-                f"clipped eps={eps:g} diverges on {first_pattern} from scale "
+                f"{impl} eps={eps:g} diverges on {first_pattern} from scale "
                 f"{', '.join(where)}: the clip caps the loss at -ln(eps) = {-math.log(eps):.3g}, "
                 "so any row whose true loss is larger reads too small and gets no gradient."
             )
+        elif where:  # a sigmoid: 1 - sigmoid(x) cancels before any clip binds
+            lines.append(
+                f"{impl} eps={eps:g} diverges on {first_pattern} from scale {', '.join(where)}."
+            )
     for name, flag in FLAGS.items():
         if flag.failing and any(name in c.flags for c in sweep.cells):
-            lines.append(f"{name}: {flag.explained.text}")
+            lines.append(f"{name}: {explained(name, sweep.loss).text}")
     return tuple(lines)

@@ -32,6 +32,8 @@ from xentaudit.results import (
     CheckResult,
     Sweep,
     SweepCell,
+    clips_with_eps,
+    several_eps,
     variant_label,
 )
 
@@ -137,7 +139,7 @@ def _curves(sweep: Sweep, panel: tuple[str, str], kind: str) -> list[_Curve]:
     apart only where it differs from its eager run."""
     field = QUANTITIES[kind][0]
     variants = list(dict.fromkeys((c.impl, c.eps) for c in sweep.cells))
-    several_eps = len({e for i, e in variants if i == "clipped"}) > 1
+    with_eps = several_eps(variants)
     curves = []
     for impl, eps in variants:
         cells = [
@@ -151,7 +153,7 @@ def _curves(sweep: Sweep, panel: tuple[str, str], kind: str) -> list[_Curve]:
             )
             for m in modes
         }
-        label = variant_label(impl, eps, several_eps)
+        label = variant_label(impl, eps, with_eps)
         if len(modes) == 2 and _apart(*by_mode.values(), get_format(panel[0]).eps):
             curves += [_Curve(impl, eps, (m,), f"{label} ({m})", v) for m, v in by_mode.items()]
         elif modes:
@@ -338,7 +340,7 @@ def _legend_handles(sweep: Sweep, graph_apart: bool) -> list[Line2D]:
     """One entry per variant (its style is the same in every panel and both modes), then what
     the marks mean (hollow markers: where a graph run is drawn apart, ``graph_apart``)."""
     variants = list(dict.fromkeys((c.impl, c.eps) for c in sweep.cells))
-    several_eps = len({e for i, e in variants if i == "clipped"}) > 1
+    with_eps = several_eps(variants)
     handles = []
     for impl, eps in variants:
         look = style(impl)
@@ -350,7 +352,7 @@ def _legend_handles(sweep: Sweep, graph_apart: bool) -> list[Line2D]:
                 marker=look.marker,
                 markersize=5,
                 linestyle=_linestyle(sweep, impl, eps),
-                label=variant_label(impl, eps, several_eps),
+                label=variant_label(impl, eps, with_eps),
             )
         )
     if graph_apart:
@@ -391,9 +393,10 @@ def _legend_handles(sweep: Sweep, graph_apart: bool) -> list[Line2D]:
 
 
 def _linestyle(sweep: Sweep, impl: str, eps: float | None) -> str:
-    """Solid, but for `clipped` swept at several epsilons: one line style per epsilon."""
-    clip_eps = list(dict.fromkeys(c.eps for c in sweep.cells if c.impl == "clipped"))
-    if impl != "clipped" or len(clip_eps) < 2:
+    """Solid, but for an implementation that clips with --eps swept at several epsilons
+    (``clipped``, ``clipped_sigmoid``): one line style per epsilon."""
+    clip_eps = list(dict.fromkeys(c.eps for c in sweep.cells if c.impl == impl))
+    if not clips_with_eps(impl) or len(clip_eps) < 2:
         return "-"
     return EPS_LINESTYLES[clip_eps.index(eps) % len(EPS_LINESTYLES)]
 
@@ -416,7 +419,7 @@ def check_histogram(check: Check) -> Figure:
             shown[key] = (shown[key][0] + "=" + r.mode, shown[key][1])
         else:
             shown[key] = (r.mode, r)
-    several_eps = len({r.eps for r in check.results if r.impl == "clipped"}) > 1
+    with_eps = several_eps((r.impl, r.eps) for r in check.results)
     ncols = min(4, max(len(shown), 1))
     nrows = max(math.ceil(len(shown) / ncols), 1)
     figure = Figure(figsize=(3.3 * ncols, 2.3 * nrows + 0.6), dpi=DPI, layout="constrained")
@@ -435,7 +438,7 @@ def check_histogram(check: Check) -> Figure:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # rows: whole numbers
         ax.tick_params(axis="y", labelsize=7)
         labels = "" if r.labels == "file" else f" {r.labels}"
-        name = variant_label(r.impl, r.eps, several_eps)
+        name = variant_label(r.impl, r.eps, with_eps)
         ax.set_title(
             f"{name} {dtype_label(r.dtype, r.policy)} {mode}{labels}", fontsize=8, loc="left"
         )

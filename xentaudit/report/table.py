@@ -33,8 +33,10 @@ from xentaudit.results import (
     Sweep,
     SweepCell,
     Verdict,
+    clips_with_eps,
     mode_pair,
     scale_label,
+    several_eps,
     variant_label,
 )
 
@@ -169,11 +171,11 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
     )
     folded = _fold_modes(audit.results, verdict.mode_differences)
     differ = set(verdict.mode_differences)
-    several_eps = len({r.eps for r in audit.results if r.impl == "clipped"}) > 1
+    with_eps = several_eps((r.impl, r.eps) for r in audit.results)
     for mode, r in folded:
         table.add_row(
             *([backend_of(r.impl)] if backends else []),
-            variant_label(r.impl, r.eps, several_eps),
+            variant_label(r.impl, r.eps, with_eps),
             Text(mode, style="yellow" if mode_pair(r) in differ else ""),
             Text(dtype_label(r.dtype, r.policy)),  # Text: "[policy]" is no markup
             r.output_dtype if r.output_dtype != r.dtype else "",
@@ -197,7 +199,7 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
     if shown:
         console.print(Text("Rows at risk (worst row of each flagged result):", style="bold"))
         for mode, risk in shown:
-            name = variant_label(risk.impl, risk.eps, several_eps)
+            name = variant_label(risk.impl, risk.eps, with_eps)
             console.print(_risk_line(f"{name} {dtype_label(risk.dtype, risk.policy)} {mode}", risk))
     if verdict.mode_differences:
         console.print(Text(differences_text(verdict.mode_differences), style="yellow"))
@@ -293,25 +295,30 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
     )
     dtypes = list(dict.fromkeys((c.dtype, c.policy) for c in sweep.cells))
     variants = list(dict.fromkeys((c.impl, c.eps) for c in sweep.cells))
-    clipped_eps = [e for i, e in variants if i == "clipped"]
-    main = [v for v in variants if v[0] != "clipped" or v[1] == clipped_eps[0]]
+    with_eps = several_eps(variants)
+    # an implementation that clips with --eps: its first epsilon in the dtype grids, all of
+    # them in a grid of its own
+    clipping = {i: [e for j, e in variants if j == i] for i, _ in variants if clips_with_eps(i)}
+    main = [v for v in variants if v[0] not in clipping or v[1] == clipping[v[0]][0]]
     for dtype in dtypes:
         rows = []
         for v in main:
             cells = [c for c in sweep.cells if (c.impl, c.eps, (c.dtype, c.policy)) == (*v, dtype)]
-            rows += _mode_rows(cells, variant_label(*v, len(clipped_eps) > 1))
+            rows += _mode_rows(cells, variant_label(*v, with_eps))
         console.print(_grid_table(Text(dtype_label(*dtype)), sweep.scales, rows))
-    if len(clipped_eps) > 1:
+    for impl, epsilons in clipping.items():
+        if len(epsilons) < 2:
+            continue
         rows = []
-        for eps in clipped_eps:
+        for eps in epsilons:
             for dtype in dtypes:
                 cells = [
                     c
                     for c in sweep.cells
-                    if (c.impl, c.eps, (c.dtype, c.policy)) == ("clipped", eps, dtype)
+                    if (c.impl, c.eps, (c.dtype, c.policy)) == (impl, eps, dtype)
                 ]
                 rows += _mode_rows(cells, f"eps={eps:g} {dtype_label(*dtype)}")
-        console.print(_grid_table("clipped: epsilon x dtype", sweep.scales, rows))
+        console.print(_grid_table(f"{impl}: epsilon x dtype", sweep.scales, rows))
 
     table = Table(
         title="Breaking points: first scale at which a failing flag fires (3 digits)",
@@ -326,7 +333,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
         table.add_column(p.name, no_wrap=True)
     never = []
     for v in variants:
-        label = variant_label(*v, len(clipped_eps) > 1)
+        label = variant_label(*v, with_eps)
         broke = False
         for dtype in dtypes:
             points = [
@@ -432,7 +439,7 @@ def render_check(
         ("grad err", "right"),
         *([("max scale", "right")] if check.loss_scale is not None else []),
     )
-    several_eps = len({r.eps for r in check.results if r.impl == "clipped"}) > 1
+    with_eps = several_eps((r.impl, r.eps) for r in check.results)
     for mode, r in _fold_modes(check.results, verdict.mode_differences):
         counts = (
             Text(", ").join(
@@ -442,7 +449,7 @@ def render_check(
             else Text("ok", style="green")
         )
         table.add_row(
-            variant_label(r.impl, r.eps, several_eps),
+            variant_label(r.impl, r.eps, with_eps),
             r.labels,
             mode,
             Text(
