@@ -287,3 +287,25 @@ def test_focal_takes_classes_as_one_hot_rows() -> None:
     dense = focal_cross_entropy(x, np.array([hot(1, 3), hot(2, 3)]), 2.0, 0.25, "float64")
     np.testing.assert_array_equal(by_class.loss, dense.loss)
     np.testing.assert_array_equal(by_class.grad, dense.grad)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_narrow_logits_are_read_exactly_and_computed_in_float64(dtype: str) -> None:
+    # The same numbers given in a narrow dtype and in float64 have the same exact losses: a
+    # float64 reference must not compute in the input's precision.
+    from xentaudit.dtypes import get_format
+
+    rng = np.random.default_rng(6)
+    wide = get_format(dtype).cast(rng.standard_normal((50, 4)) * 12)
+    x64 = wide.astype(np.float64)
+    y = (rng.random((50, 4)) > 0.5).astype(np.float64)
+    k = rng.integers(0, 4, 50)
+    for fn, labels in (
+        (sigmoid_cross_entropy, y),
+        (lambda a, b, m: binary_focal_cross_entropy(a, b, 2.0, 0.25, m), y),
+        (lambda a, b, m: focal_cross_entropy(a, b, 2.0, 0.25, m), k),
+    ):
+        narrow, exact = fn(wide, labels, "float64"), fn(x64, labels, "mpmath")
+        # within the float64 methods' few ulps (tested above), not float32's 2^-24
+        np.testing.assert_allclose(narrow.loss, exact.loss, rtol=64 * EPS64, atol=0)
+        np.testing.assert_allclose(narrow.grad, exact.grad, rtol=0, atol=64 * EPS64)

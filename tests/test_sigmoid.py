@@ -312,3 +312,51 @@ def test_clipped_sigmoid_at_several_epsilons_is_one_variant_each() -> None:
     # 1 - sigmoid(x) cancels in float32 before either clip binds: no claim about the cap
     assert not any("caps the loss" in line for line in result.summary)
     assert any(line.startswith("clipped_sigmoid eps=1e-07 diverges") for line in result.summary)
+
+
+# --- check on a multi-label file ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multi_label_file(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((300, 6)) * 12).astype(np.float32)
+    y = (rng.random((300, 6)) > 0.5).astype(np.float32)
+    y[::7] = 0.25  # some soft rows
+    path = tmp_path_factory.mktemp("ml") / "ml.npz"
+    np.savez(path, logits=x, labels=y)
+    return path, x, y
+
+
+def test_check_audits_a_multi_label_file(multi_label_file) -> None:
+    from xentaudit.check import check_file
+
+    path, x, y = multi_label_file
+    result = check_file(path, loss="sigmoid", backends=["tf"], modes=("eager",))
+    assert (result.loss, result.reference_method) == ("sigmoid", "float64-numpy")
+    by_impl = {r.impl: r for r in result.results}
+    # an independent float64 formula: numpy's logaddexp(0, -x) = softplus(-x), within ~2 ulps
+    xs, ys = x.astype(np.float64), y.astype(np.float64)
+    exact = (ys * np.logaddexp(0, -xs) + (1 - ys) * np.logaddexp(0, xs)).mean(axis=1).mean()
+    assert by_impl["tf_sigmoid_xent"].exact_mean == pytest.approx(exact, rel=1e-13)
+    assert by_impl["tf_sigmoid_xent"].flags == ()
+    assert "divergent" in by_impl["keras_bce_probs"].flags  # clipped eagerly at |x| up to ~50
+    assert "nan" in by_impl["naive_sigmoid"].flags or "inf" in by_impl["naive_sigmoid"].flags
+    again = check_file(path, loss="sigmoid", backends=["tf"], modes=("eager",), chunk_rows=7)
+    assert [(r.impl, r.flag_counts, r.loss_mean) for r in again.results] == [
+        (r.impl, r.flag_counts, r.loss_mean) for r in result.results
+    ]
+
+
+def test_check_sigmoid_needs_labels_of_the_logits_shape(multi_label_file, tmp_path) -> None:
+    path, x, _ = multi_label_file
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "k.npy", np.zeros(len(x), np.int64))
+    for extra in ((), ("--labels", str(tmp_path / "k.npy"))):
+        result, _ = run_cli("check", str(tmp_path / "x.npy"), "--loss", "sigmoid", *extra)
+        assert result.exit_code == 2
+        assert "a multi-label loss takes one label in [0, 1] per logit" in result.stderr
+    result, doc = run_cli(
+        "check", str(path), "--loss", "sigmoid", "--impl", "tf_sigmoid_xent", "--format", "json"
+    )
+    assert result.exit_code == 0 and doc["loss"] == "sigmoid"

@@ -163,7 +163,7 @@ def test_check_json_judges_the_verdict_on_its_fail_on() -> None:
         "schema", "command", "fail_on", "path", "rows", "classes", "file_dtype", "labels", "lint",
         "results", "skipped", "reference_method", "config", "loss_scale", "flagged_rows",
         "flagged_rows_path", "gate", "model", "pinnable", "input", "reduction", "ignored_rows",
-        "environment", "baseline", "verdict",
+        "environment", "baseline", "loss", "verdict",
     ]  # fmt: skip
     assert doc["fail_on"] == ["grad-wrong"]
     assert [f["impl"] for f in doc["verdict"]["failing"]] == ["naive", "shifted"]

@@ -59,7 +59,7 @@ from xentaudit.io import (
     prefetched,
     prepare,
 )
-from xentaudit.reference import FLOAT64_METHOD
+from xentaudit.losses import get_loss
 from xentaudit.results import Check, CheckResult, FlaggedRow, Skipped, WorstRow, reduced
 
 WORST_ROWS = 5
@@ -81,14 +81,14 @@ _BINCOUNT_ROWS = 1 << 25  # halves of m have at most 27 bits: 2^25 sums stay bel
 
 
 def default_impls(
-    input_kind: str = "logits", backends: Iterable[str] | None = None
+    input_kind: str = "logits", backends: Iterable[str] | None = None, loss: str = "softmax"
 ) -> tuple[str, ...]:
-    """Every implementation of the installed ``backends`` (``--backend`` names; None: all)
-    except the deliberate misuses (``double_softmax``); for a file of probabilities, those of
-    them that take probabilities."""
+    """Every implementation of ``loss`` of the installed ``backends`` (``--backend`` names;
+    None: all) except the deliberate misuses (``double_softmax``); for a file of
+    probabilities, those of them that take probabilities."""
     return tuple(
         name
-        for name in zoo.parse_impls(["all"], backends)
+        for name in zoo.parse_impls(["all"], backends, loss)
         if zoo.REGISTRY[name].family != "misuse"
         and (input_kind != "probabilities" or zoo.REGISTRY[name].on_probabilities is not None)
     )
@@ -243,7 +243,7 @@ def _chunks(
         yield offset, x, y if per_row > 1 else y.reshape(-1)
 
 
-def _validate(logits: ArraySource, labels: ArraySource | None) -> None:
+def _validate(logits: ArraySource, labels: ArraySource | None, multi_label: bool) -> None:
     if logits.dtype.name not in FORMATS:
         raise InputError(
             f"{logits.label} has dtype {logits.dtype}; logits must be float16, bfloat16, "
@@ -260,6 +260,12 @@ def _validate(logits: ArraySource, labels: ArraySource | None) -> None:
             f"{logits.label} has rows of {logits.shape[-1]} classes; xentaudit audits rows of "
             f"at most {CHUNK_ENTRIES} classes (the exact loss needs a whole row in memory): "
             "audit a model with a smaller output layer"
+        )
+    if multi_label and (labels is None or labels.shape != logits.shape):
+        got = "no labels" if labels is None else f"labels of shape {labels.shape}"
+        raise InputError(
+            f"{got} for logits of shape {logits.shape}: a multi-label loss takes one label in "
+            f"[0, 1] per logit; pass --labels of the logits' shape {logits.shape}"
         )
     if labels is not None and labels.shape not in (logits.shape, logits.shape[:-1]):
         raise InputError(
@@ -280,7 +286,9 @@ def _zero_label_prob(batch: Batch, input_kind: str) -> np.ndarray:
     return zero.any(axis=1)
 
 
-def _lint(batch: Batch, fmt: FloatFormat, input_kind: str = "logits") -> dict[str, np.ndarray]:
+def _lint(
+    batch: Batch, fmt: FloatFormat, input_kind: str = "logits", loss: str = "softmax"
+) -> dict[str, np.ndarray]:
     """Per lint flag: the rows of this chunk (the file's own values) it applies to.
 
     Sums are compared with 1 to within max(1e-4, 8 eps of the file's dtype): a float16 softmax
@@ -292,6 +300,8 @@ def _lint(batch: Batch, fmt: FloatFormat, input_kind: str = "logits") -> dict[st
     tol = max(1e-4, 8 * fmt.eps)
     x = as_float(batch.logits)
     top, low = x.max(axis=1), x.min(axis=1)
+    if loss != "softmax":  # one logit per label: rows are not distributions, only coarse
+        return {"coarse-logits": fmt.ulp(np.maximum(np.abs(top), np.abs(low))) >= 1}
     if input_kind != "logits":
         lint = {"zero-label-prob": _zero_label_prob(batch, input_kind)}
         if batch.weights is not None:
@@ -361,6 +371,8 @@ def _audit_chunk(
     skipped: dict[tuple[str, str], Skipped],
     flagged: list[FlaggedRow] | None,
     input_kind: str = "logits",
+    loss: str = "softmax",
+    label_smoothing: float = 0.0,
 ) -> None:
     """Audit one chunk into ``tallies``; its flagged rows are appended to ``flagged`` (unless
     None) in the order of the results."""
@@ -372,17 +384,18 @@ def _audit_chunk(
             pick = np.argmax if source == "predicted" else np.argmin
             labelled = Batch(batch.logits, None, pick(as_float(batch.logits), axis=1))
         names = [v.impl for v in chosen]
-        labelled = scored_labels(labelled, names)
+        labelled = scored_labels(labelled, names, label_smoothing, loss)
         for fmt in formats:
             try:
-                rounded = round_to(labelled, fmt, method="float64", given=input_kind)
+                rounded = round_to(labelled, fmt, method="float64", given=input_kind, loss=loss)
             except Unrepresentable as exc:
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
             runs: Runs = {}
             for policy, variant in policy_variants(policies, chosen):
                 name = variant.impl
                 if zoo.get_impl(name).needs_classes and labelled.classes is None:
-                    skipped[(name, fmt.name)] = Skipped(name, fmt.name, classes_skip(names))
+                    reason = classes_skip(names, label_smoothing)
+                    skipped[(name, fmt.name)] = Skipped(name, fmt.name, reason)
                     continue
                 runnable, skip = runnable_modes(name, modes)
                 if skip is not None:
@@ -422,6 +435,8 @@ def check_file(
     model: str | Path | None = None,
     input_kind: str = "logits",
     backends: Iterable[str] | None = None,
+    loss: str = "softmax",
+    label_smoothing: float = 0.0,
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
 
@@ -452,15 +467,22 @@ def check_file(
     ``double_softmax``), graded against the exact loss of the given p, renormalised as Keras
     does (``audit.round_to``), with the gradient carried to the logits behind them.
 
-    ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``.
+    ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``. ``loss`` and
+    ``label_smoothing``: as for ``audit``; a multi-label loss (sigmoid) needs labels of the
+    logits' shape, and takes logits only.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
-    check_options(eps, rtol, modes, timeout, loss_scale)
+    check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
+    multi_label = get_loss(loss).labels == "multi-label"
+    if multi_label and input_kind != "logits":
+        raise ConfigError(
+            f"--input {input_kind} goes with the softmax loss; a --loss {loss} file holds logits"
+        )
     pin = impls is None  # no implementation named: the verdict may offer to pin one
-    impls = impls if impls is not None else default_impls(input_kind, backends)
+    impls = impls if impls is not None else default_impls(input_kind, backends, loss)
     refuse_input_kind(input_kind, impls, model, policies)
-    names = chosen_impls(impls, model, backends)
+    names = chosen_impls(impls, model, backends, loss)
     chosen = variants(names, eps)
     logits, label_source = open_arrays(
         Path(path),
@@ -468,7 +490,7 @@ def check_file(
         logits_key,
         labels_key,
     )
-    _validate(logits, label_source)
+    _validate(logits, label_source, multi_label)
     model_loss_path = zoo.model_path(zoo.MODEL) if model is not None else None
     ignores = None if model_loss_path is None else model_loss_path.ignore_class
     if label_source is None and ignores is not None:
@@ -519,8 +541,12 @@ def check_file(
             ignored += int(drop.sum())
             x, y, rows = x[~drop], y[~drop], rows[~drop]
         if not refused and rows.size:
-            batch = prepare(x, y, rows) if y is not None else Batch(x, None, None)
-            for flag, mask in _lint(batch, file_fmt, input_kind).items():
+            batch = (
+                prepare(x, y, rows, multi_label=multi_label)
+                if y is not None
+                else Batch(x, None, None)
+            )
+            for flag, mask in _lint(batch, file_fmt, input_kind, loss).items():
                 lint[flag] += int(mask.sum())
             _audit_chunk(
                 batch,
@@ -537,6 +563,8 @@ def check_file(
                 skipped,
                 flagged,
                 input_kind,
+                loss,
+                label_smoothing,
             )
             if flagged and on_flagged_row is not None:
                 flagged.sort(key=lambda f: f.row)  # stable: results keep their order in a row
@@ -590,7 +618,7 @@ def check_file(
         lint={flag: lint[flag] for flag in LINT if lint[flag]},
         results=results,
         skipped=tuple(skipped.values()),
-        reference_method=FLOAT64_METHOD,
+        reference_method=get_loss(loss).float64_method,
         loss_scale=loss_scale,
         flagged_rows=sum(t.flagged for t in tallies.values()),
         gate=(zoo.MODEL,) if model is not None and pin else None,
@@ -602,4 +630,5 @@ def check_file(
         reduction=reduction,
         ignored_rows=ignored,
         environment=environment({zoo.backend_of(r.impl) for r in results}),
+        loss=loss,
     )

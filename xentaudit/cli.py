@@ -794,6 +794,7 @@ def sweep(
     "against the exact loss of the given p (renormalised, as Keras does); log-probabilities: "
     "audited as logits.",
 )
+@loss_options()
 @model_option()
 @click.option(
     "--inputs",
@@ -842,6 +843,8 @@ def check(
     backends: tuple[str, ...],
     eps: tuple[float, ...],
     input_kind: str,
+    loss: str,
+    label_smoothing: float,
     model: str | None,
     inputs: str | None,
     save_logits: str | None,
@@ -906,12 +909,13 @@ def check(
         eps = tuple(table["eps"]) if isinstance(table["eps"], list) else (table["eps"],)
     fail_flags = parse_flags(fail_on)
     label_input = None if labels is None else file_or_json(labels, "--labels")
-    _load_tensorflow(impls or default_impls(input_kind, backends or None), backends or None, model)
+    defaults = default_impls(input_kind, backends or None, loss)
+    _load_tensorflow(impls or defaults, backends or None, model, loss)
     with contextlib.ExitStack() as stack:
         if inputs is not None:
             assert model is not None and label_input is not None  # _check_sources
             # refused before the model runs
-            wanted = impls or default_impls(input_kind, backends or None)
+            wanted = impls or defaults
             refuse_input_kind(input_kind, wanted, model, policies or None)
             chosen_impls(wanted, model, backends or None)
             path = str(stack.enter_context(_computed_logits(model, inputs, label_input, saved)))
@@ -945,6 +949,8 @@ def check(
             on_flagged_row=on_flagged_row,
             model=model,
             input_kind=input_kind,
+            loss=loss,
+            label_smoothing=label_smoothing,
         )
     result = replace(
         result,

@@ -26,7 +26,7 @@ import numpy as np
 
 from xentaudit.errors import ConfigError
 from xentaudit.io import as_float
-from xentaudit.reference import Reference, cross_entropy, sigmoid_cross_entropy
+from xentaudit.reference import FLOAT64_METHOD, Reference, cross_entropy, sigmoid_cross_entropy
 
 REDUCTION_ULPS = 1  # per doubling of the class count: the error bound of a tree-summed reduction
 # the rounding of the product x y, at most u |x| = eps |x| / 2 per label (sigmoid): measured at
@@ -52,6 +52,12 @@ class Loss:
     grad_terms: Callable[[np.ndarray, np.ndarray], np.ndarray]
     l1_bound: Callable[[np.ndarray], np.ndarray]
     smoothing_classes: Callable[[int], int]  # K of label smoothing y (1 - a) + a / K, for C labels
+    kernel: bool = False  # its float64 method is the compiled kernel where it is built
+
+    @property
+    def float64_method(self) -> str:
+        """The method its reference's ``"float64"`` runs in this process."""
+        return FLOAT64_METHOD if self.kernel else "float64-numpy"
 
     def smooth(self, y: np.ndarray, label_smoothing: float) -> np.ndarray:
         """Label weights ``y`` (n, C) smoothed as Keras smooths them, in float64: ``y (1 - a)
@@ -91,6 +97,7 @@ LOSSES: dict[str, Loss] = {
             lambda x, bound: REDUCTION_ULPS * reduction_depth(x.shape[1]) * bound,
             lambda bound: 2 * bound,
             lambda c: c,
+            kernel=True,
         ),
         Loss(
             "sigmoid",

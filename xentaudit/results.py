@@ -421,6 +421,7 @@ class Check:
     ignored_rows: int = 0  # --model: rows of its loss's ignore_class, left out as Keras does
     environment: dict[str, str] = field(default_factory=dict)  # environment.environment()
     baseline: Comparison | None = None  # --baseline: the run against an earlier report
+    loss: str = "softmax"  # losses.LOSSES: the loss audited (--loss)
 
     @property
     def gated(self) -> tuple[CheckResult, ...]:

@@ -74,7 +74,7 @@ def focal_cross_entropy(
     formula). Inputs as for ``cross_entropy``: no NaN or +inf, label weights non-negative.
     """
     method = auto_method(method, logits.size)
-    x = as_float(logits)
+    x = as_float(logits).astype(np.float64)  # float64 arithmetic, the logits read exactly
     y = _dense(labels, x)
     if method == "mpmath":
         return _focal_mpmath(x, y, gamma, alpha)
@@ -92,7 +92,7 @@ def binary_focal_cross_entropy(
     [0, 1], per row the mean over its labels; ``alpha`` given: Keras' class balancing
     (``apply_class_balancing=True``) and optax's ``alpha``, None: no weight."""
     method = auto_method(method, logits.size)
-    x, y = as_float(logits), np.asarray(labels, dtype=np.float64)
+    x, y = as_float(logits).astype(np.float64), np.asarray(labels, dtype=np.float64)
     if method == "mpmath":
         return mpmath_rows(x, y, lambda v, w: _binary_focal_element(v, w, gamma, alpha))
     up, down = sigmoids(x)

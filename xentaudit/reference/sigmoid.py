@@ -45,7 +45,8 @@ def sigmoid_cross_entropy(
     valid: no NaN, labels in [0, 1].
     """
     method = auto_method(method, logits.size)
-    x, y = as_float(logits), np.asarray(labels, dtype=np.float64)
+    # float64 arithmetic whatever the logits came in (read exactly: every format widens exactly)
+    x, y = as_float(logits).astype(np.float64), np.asarray(labels, dtype=np.float64)
     if method == "mpmath":
         return mpmath_rows(x, y, _mp_element)
     return float64_rows(terms(x, y), sigmoid_minus(x, y))

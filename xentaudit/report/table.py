@@ -61,6 +61,21 @@ EXACT_METHODS = {  # reference_method -> how the exact values were computed
     "float64": "float64 max-separated log-sum-exp (compiled kernel)",
     "float64-numpy": "float64 max-separated log-sum-exp (numpy)",
 }
+FLOAT64_FORMS = {"sigmoid": "float64 softplus in non-negative parts (numpy)"}  # other losses'
+
+
+def exact_method(method: str, loss: str) -> str:
+    """How the exact values of ``loss`` were computed by reference ``method``."""
+    return (
+        FLOAT64_FORMS.get(loss, EXACT_METHODS[method])
+        if method != "mpmath"
+        else EXACT_METHODS[method]
+    )
+
+
+def _loss_note(loss: str) -> str:
+    """The header's note on the loss audited: nothing for the default softmax."""
+    return "" if loss == "softmax" else f"; loss {loss}"
 
 
 def _console(color: bool, width: int) -> Console:
@@ -143,7 +158,8 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
     console.print(
         Text(title, style="bold"),
         Text(
-            f"exact values: {EXACT_METHODS[audit.reference_method]}" + _scaling(audit.loss_scale),
+            f"exact values: {exact_method(audit.reference_method, audit.loss)}"
+            + _scaling(audit.loss_scale),
             style="dim",
         ),
         sep="\n",
@@ -282,12 +298,12 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
     console.print(
         Text(
             f"xentaudit sweep: {len(sweep.scales)} scales from {scale_label(sweep.scales[0])} "
-            f"to {scale_label(sweep.scales[-1])}; patterns {patterns}",
+            f"to {scale_label(sweep.scales[-1])}; patterns {patterns}" + _loss_note(sweep.loss),
             style="bold",
         ),
         Text(
             "cells: the first failing flag on any pattern (ok: none); exact values: "
-            + EXACT_METHODS[sweep.reference_method]
+            + exact_method(sweep.reference_method, sweep.loss)
             + _scaling(sweep.loss_scale, column=False),
             style="dim",
         ),
@@ -402,11 +418,14 @@ def render_check(
     console.print(
         Text(
             f"xentaudit check {check.path}: {check.rows} rows x {check.classes} classes, "
-            f"{check.file_dtype}" + ("" if check.input == "logits" else f" {check.input}"),
+            f"{check.file_dtype}"
+            + ("" if check.input == "logits" else f" {check.input}")
+            + _loss_note(check.loss),
             style="bold",
         ),
         Text(
-            f"labels: {check.labels}; exact values: {EXACT_METHODS[check.reference_method]}; "
+            f"labels: {check.labels}; exact values: "
+            f"{exact_method(check.reference_method, check.loss)}; "
             f"config: {check.config or 'none'}; "
             f"fails on: {', '.join(fail_on) or 'nothing'}" + _scaling(check.loss_scale),
             style="dim",
