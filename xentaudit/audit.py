@@ -47,7 +47,7 @@ from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS
 from xentaudit.impls import Outcome
 from xentaudit.io import Batch, as_float, describe_rows, prepare
-from xentaudit.losses import LOSSES, get_loss
+from xentaudit.losses import LOSSES, NO_FOCUS, Focus, focus_of, get_loss
 from xentaudit.reference import Reference, grad_error
 from xentaudit.results import Audit, ImplResult, Skipped
 
@@ -154,7 +154,7 @@ def grade(
     bound = rounded.bound
     loss_fn = LOSSES[rounded.loss]
     # q_i: rounding the input to the output's unit roundoff moves the loss by |dL/dx|_1 max|x|
-    l1 = loss_fn.l1_bound(bound)
+    l1 = loss_fn.l1_bound(rounded.logits, bound)
     slack = out.eps / 2 * l1 * rounded.max_abs_logit if downcast else np.zeros_like(bound)
 
     exact_inf = np.isinf(ref.loss)
@@ -169,7 +169,7 @@ def grade(
     with np.errstate(invalid="ignore", over="ignore"):
         rel_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / scale)
         ulps_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / fmt.ulp(ref.loss))
-    reduction = eff.eps * loss_fn.loss_terms(rounded.logits, bound, ref.loss)
+    reduction = eff.eps * loss_fn.loss_terms(rounded.logits, bound, ref.loss, rounded.focus)
     allowed = tol * scale + (reduction if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
 
@@ -195,7 +195,7 @@ def grade(
             & (impl_size <= VANISH_FRACTION * exact_size),
             row_gerr
             > RTOL_ULPS * eff.eps * bound
-            + eff.eps * loss_fn.grad_terms(rounded.logits, bound)
+            + eff.eps * loss_fn.grad_terms(rounded.logits, bound, rounded.focus)
             + slack,
         ]
     )
@@ -237,12 +237,13 @@ class Rounded:
     ref: Reference
     given: str = "logits"  # what ``logits`` hold (``zoo.INPUTS``): probabilities, at `check`
     loss: str = "softmax"  # LOSSES: what ``ref`` is the exact value of
+    focus: Focus = NO_FOCUS  # the focal losses' gamma and alpha
 
     @cached_property
     def bound(self) -> np.ndarray:
         """B_i, the bound of the exact gradient's entries of each row (softmax: max(sum_j y_ij,
         1); ``losses`` for the others)."""
-        return LOSSES[self.loss].bound(self.logits, self.weights)
+        return LOSSES[self.loss].bound(self.logits, self.weights, self.focus)
 
     @cached_property
     def max_abs_logit(self) -> np.ndarray:
@@ -261,6 +262,7 @@ def round_to(
     method: str = "auto",
     given: str = "logits",
     loss: str = "softmax",
+    focus: Focus = NO_FOCUS,
 ) -> Rounded:
     """Round ``batch`` to ``fmt`` and compute the exact reference of the rounded inputs, of the
     loss ``loss`` (``LOSSES``).
@@ -293,8 +295,8 @@ def round_to(
     if given == "probabilities":
         with np.errstate(divide="ignore"):
             ref_logits = np.log(as_float(x).astype(np.float64))
-    ref = LOSSES[loss].reference(ref_logits, ref_labels, method)  # type: ignore[arg-type]
-    return Rounded(fmt, x, y, batch.classes, ref, given, loss)
+    ref = LOSSES[loss].reference(ref_logits, ref_labels, method, focus)  # type: ignore[arg-type]
+    return Rounded(fmt, x, y, batch.classes, ref, given, loss, focus)
 
 
 def _run(
@@ -308,7 +310,7 @@ def _run(
 ) -> Outcome:
     args = (rounded.logits, rounded.weights, rounded.classes, timeout, policy, loss_scale)
     backend = zoo.load_backend(zoo.get_impl(name).backend)
-    return backend.run(name, eps, mode, *args, given=rounded.given)
+    return backend.run(name, eps, mode, *args, given=rounded.given, focus=rounded.focus)
 
 
 def run_graded(
@@ -624,12 +626,16 @@ def audit(
     backends: Iterable[str] | None = None,
     loss: str = "softmax",
     label_smoothing: float = 0.0,
+    gamma: float = 2.0,
+    alpha: float | None = None,
 ) -> Audit:
     """Audit cross-entropy implementations on ``logits`` ``[..., C]`` and ``labels``.
 
     ``loss`` (``xentaudit.losses.LOSSES``) is the member of the family audited, against its
-    exact reference, by its implementations: "softmax" (the default), or "sigmoid", whose
-    ``labels`` are one weight in [0, 1] per logit.
+    exact reference, by its implementations: "softmax" (the default), "sigmoid" (``labels``
+    one weight in [0, 1] per logit), "focal" or "binary-focal" (labels as for softmax or
+    sigmoid), whose focusing ``gamma`` and weight ``alpha`` (None: Keras' 0.25 for focal, no
+    class balancing for binary-focal) ``losses.focus_of`` takes.
     For "softmax", ``labels`` are integer classes ``[...]`` or label weights ``[..., C]``
     (one-hot or soft).
     Each implementation runs on the inputs rounded to each of ``dtypes`` (names, or ``all``: the
@@ -654,6 +660,7 @@ def audit(
     eps = eps_values(eps)
     check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
     multi_label = get_loss(loss).labels == "multi-label"
+    focus = focus_of(loss, gamma, alpha)
     names = chosen_impls(impls, model, backends, loss)
     chosen = variants(names, eps)
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
@@ -666,7 +673,7 @@ def audit(
     method = "mpmath"
     for fmt in formats:
         try:
-            rounded = round_to(batch, fmt, loss=loss)
+            rounded = round_to(batch, fmt, loss=loss, focus=focus)
         except Unrepresentable as exc:
             skipped.extend(Skipped(name, fmt.name, str(exc)) for name in names)
             continue

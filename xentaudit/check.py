@@ -59,7 +59,7 @@ from xentaudit.io import (
     prefetched,
     prepare,
 )
-from xentaudit.losses import get_loss
+from xentaudit.losses import NO_FOCUS, Focus, focus_of, get_loss
 from xentaudit.results import Check, CheckResult, FlaggedRow, Skipped, WorstRow, reduced
 
 WORST_ROWS = 5
@@ -373,6 +373,7 @@ def _audit_chunk(
     input_kind: str = "logits",
     loss: str = "softmax",
     label_smoothing: float = 0.0,
+    focus: Focus = NO_FOCUS,
 ) -> None:
     """Audit one chunk into ``tallies``; its flagged rows are appended to ``flagged`` (unless
     None) in the order of the results."""
@@ -387,7 +388,9 @@ def _audit_chunk(
         labelled = scored_labels(labelled, names, label_smoothing, loss)
         for fmt in formats:
             try:
-                rounded = round_to(labelled, fmt, method="float64", given=input_kind, loss=loss)
+                rounded = round_to(
+                    labelled, fmt, method="float64", given=input_kind, loss=loss, focus=focus
+                )
             except Unrepresentable as exc:
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
             runs: Runs = {}
@@ -437,6 +440,8 @@ def check_file(
     backends: Iterable[str] | None = None,
     loss: str = "softmax",
     label_smoothing: float = 0.0,
+    gamma: float = 2.0,
+    alpha: float | None = None,
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
 
@@ -468,14 +473,15 @@ def check_file(
     does (``audit.round_to``), with the gradient carried to the logits behind them.
 
     ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``. ``loss`` and
-    ``label_smoothing``: as for ``audit``; a multi-label loss (sigmoid) needs labels of the
-    logits' shape, and takes logits only.
+    ``label_smoothing``, ``gamma``, ``alpha``: as for ``audit``; a multi-label loss (sigmoid,
+    binary-focal) needs labels of the logits' shape; a loss other than softmax takes logits.
     """
     modes = tuple(modes)
     eps = eps_values(eps)
     check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
     multi_label = get_loss(loss).labels == "multi-label"
-    if multi_label and input_kind != "logits":
+    focus = focus_of(loss, gamma, alpha)
+    if loss != "softmax" and input_kind != "logits":
         raise ConfigError(
             f"--input {input_kind} goes with the softmax loss; a --loss {loss} file holds logits"
         )
@@ -565,6 +571,7 @@ def check_file(
                 input_kind,
                 loss,
                 label_smoothing,
+                focus,
             )
             if flagged and on_flagged_row is not None:
                 flagged.sort(key=lambda f: f.row)  # stable: results keep their order in a row

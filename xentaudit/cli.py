@@ -47,7 +47,7 @@ from xentaudit.grid import (
 from xentaudit.impls import INPUTS, MODES, REGISTRY, backend_of, load_tf, parse_impls
 from xentaudit.io import file_or_json, load_inputs, names_a_file
 from xentaudit.lint.command import lint
-from xentaudit.losses import LOSSES
+from xentaudit.losses import LOSSES, NO_FOCUS, focus_of
 from xentaudit.report import csv as csv_report
 from xentaudit.report import github as github_report
 from xentaudit.report import json as json_report
@@ -393,8 +393,22 @@ def loss_options() -> Callable[[Callable], Callable]:
                 default="softmax",
                 show_default=True,
                 help="The loss audited, against its own exact reference, by its implementations "
-                "(see `xentaudit list`): softmax cross-entropy, or sigmoid (binary, multi-label:"
-                " a label in [0, 1] per logit, the row's loss the mean over its labels).",
+                "(see `xentaudit list`): softmax cross-entropy; sigmoid (binary, multi-label: a "
+                "label in [0, 1] per logit, the row's loss the mean over its labels); focal and "
+                "binary-focal (--gamma, --alpha).",
+            ),
+            click.option(
+                "--gamma",
+                type=Finite(min=0),
+                default=2.0,
+                show_default=True,
+                help="The focal losses' focusing parameter: (1 - p)^gamma.",
+            ),
+            click.option(
+                "--alpha",
+                type=click.FloatRange(0, 1),
+                help="The focal losses' weight: focal's factor (default 0.25, Keras'); "
+                "binary-focal's class balancing alpha y + (1 - alpha)(1 - y) (default none).",
             ),
             click.option(
                 "--label-smoothing",
@@ -541,6 +555,8 @@ def compare(
     backends: tuple[str, ...],
     eps: tuple[float, ...],
     loss: str,
+    gamma: float,
+    alpha: float | None,
     label_smoothing: float,
     html_path: str | None,
     mode: str,
@@ -563,9 +579,9 @@ def compare(
             raise ConfigError(
                 "--labels came without --logits; pass both (or neither, for the seed)"
             )
-        seed = {"softmax": (SEED_LOGITS, SEED_LABELS)}
-        seed["sigmoid"] = (SIGMOID_SEED_LOGITS, SIGMOID_SEED_LABELS)
-        x, y = (np.array(v) for v in seed[loss])
+        seed = {"classes": (SEED_LOGITS, SEED_LABELS)}
+        seed["multi-label"] = (SIGMOID_SEED_LOGITS, SIGMOID_SEED_LABELS)
+        x, y = (np.array(v) for v in seed[LOSSES[loss].labels])
         scale = SEED_SCALE if scale is None else scale
     else:
         x, y = load_inputs(logits, labels, logits_key, labels_key)
@@ -581,6 +597,8 @@ def compare(
         y,
         loss=loss,
         label_smoothing=label_smoothing,
+        gamma=gamma,
+        alpha=alpha,
         impls=impls or ("all",),
         dtypes=dtypes,
         modes=MODES if mode == "both" else (mode,),
@@ -594,9 +612,10 @@ def compare(
     )
     title = f"xentaudit compare: {result.rows} rows x {result.classes} classes, scale {scale:g}"
     if loss != "softmax" or label_smoothing:
-        title += f"; loss {loss}" + (
-            f", label smoothing {label_smoothing:g}" * bool(label_smoothing)
-        )
+        focus = focus_of(loss, gamma, alpha)
+        title += f"; loss {loss}"
+        title += f", gamma {focus.gamma:g}, alpha {focus.alpha}" * (focus != NO_FOCUS)
+        title += f", label smoothing {label_smoothing:g}" * bool(label_smoothing)
     if result.model is not None:
         title += f"; model: {result.model}"
     if html_target is not None:
@@ -696,6 +715,8 @@ def sweep(
     write_baseline: str | None,
     plot_path: str | None,
     loss: str,
+    gamma: float,
+    alpha: float | None,
     label_smoothing: float,
     html_path: str | None,
     mode: str,
@@ -726,6 +747,8 @@ def sweep(
         result = run_sweep(
             loss=loss,
             label_smoothing=label_smoothing,
+            gamma=gamma,
+            alpha=alpha,
             scales=scales,
             dtypes=dtypes or ("all",),
             impls=impls or ("all",),
@@ -844,6 +867,8 @@ def check(
     eps: tuple[float, ...],
     input_kind: str,
     loss: str,
+    gamma: float,
+    alpha: float | None,
     label_smoothing: float,
     model: str | None,
     inputs: str | None,
@@ -951,6 +976,8 @@ def check(
             input_kind=input_kind,
             loss=loss,
             label_smoothing=label_smoothing,
+            gamma=gamma,
+            alpha=alpha,
         )
     result = replace(
         result,

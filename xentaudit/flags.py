@@ -218,6 +218,40 @@ LOSS_ADVICE: dict[str, dict[str, Advice]] = {
 }
 
 
+_STABLE_FOCAL = (
+    "compute the focal loss from log-probabilities: log p = log_softmax(x), 1 - p = "
+    "-expm1(log p), loss = -alpha sum y (1 - p)^gamma log p (Keras' "
+    "CategoricalFocalCrossentropy clips p to [eps, 1-eps] even with from_logits=True)"
+)
+_STABLE_BINARY_FOCAL = (
+    "use a focal loss on logits: optax.sigmoid_focal_loss, or "
+    "BinaryFocalCrossentropy(from_logits=True); never clip the sigmoid"
+)
+LOSS_ADVICE["focal"] = {
+    "nan": Advice("the loss is NaN (0 * log 0 where p rounded to 0)", _STABLE_FOCAL),
+    "inf": Advice(
+        "the loss is infinite where the exact loss is finite (log of an underflowed p)",
+        _STABLE_FOCAL,
+    ),
+    "divergent": Advice(
+        "the loss is finite but wrong beyond the tolerance (probabilities clipped to "
+        "eps and 1 - eps, low-precision arithmetic)",
+        _STABLE_FOCAL,
+    ),
+    "grad-vanish": Advice(
+        "the gradient is (nearly) zero on a row whose exact gradient is clearly not: training "
+        "never learns from that row",
+        _STABLE_FOCAL,
+    ),
+}
+LOSS_ADVICE["binary-focal"] = {
+    **LOSS_ADVICE["sigmoid"],
+    "divergent": Advice(LOSS_ADVICE["sigmoid"]["divergent"].meaning, _STABLE_BINARY_FOCAL),
+    "inf": Advice(LOSS_ADVICE["sigmoid"]["inf"].meaning, _STABLE_BINARY_FOCAL),
+    "nan": Advice(LOSS_ADVICE["sigmoid"]["nan"].meaning, _STABLE_BINARY_FOCAL),
+}
+
+
 def explained(name: str, loss: str = "softmax") -> Advice:
     """What flag ``name`` means and what to do about it, worded for ``loss``."""
     return LOSS_ADVICE.get(loss, {}).get(name, FLAGS[name].explained)

@@ -14,7 +14,13 @@ from xentaudit.errors import ConfigError
 DEFAULT_SCALES = tuple(float(s) for s in np.logspace(-1, 4, 11))  # 0.1 ... 1e4, 2 per decade
 DEFAULT_EPS = (1e-7, 1e-12, 1e-30)
 PATTERNS = ("seed", "random", "dominant", "vocab")  # of the softmax loss
-LOSS_PATTERNS = {"softmax": PATTERNS, "sigmoid": ("multilabel", "soft-multilabel")}
+MULTILABEL_PATTERNS = ("multilabel", "soft-multilabel")
+LOSS_PATTERNS = {
+    "softmax": PATTERNS,
+    "sigmoid": MULTILABEL_PATTERNS,
+    "focal": PATTERNS,
+    "binary-focal": MULTILABEL_PATTERNS,
+}
 MULTILABEL_LOGITS = [3.0, -2.0, 1.0, -1.0]
 RANDOM_CLASSES = 10
 # Bounds of the sweep's options (the memory budget bounds their product).
@@ -162,7 +168,9 @@ def parse_patterns(names: Iterable[str], loss: str = "softmax") -> tuple[str, ..
     order; a pattern of another loss is an error naming its ``--loss``."""
     names = list(names)
     for part in (p.strip() for n in names for p in n.split(",")):
-        other = next((k for k, ps in LOSS_PATTERNS.items() if part in ps and k != loss), None)
+        if part in LOSS_PATTERNS[loss]:
+            continue
+        other = next((k for k, ps in LOSS_PATTERNS.items() if part in ps), None)
         if other is not None:
             raise ConfigError(
                 f"--pattern {part} is an input of the {other} loss, not the {loss} loss; pass "

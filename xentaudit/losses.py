@@ -14,11 +14,20 @@ With eps the machine epsilon of the effective dtype, k = ceil(log2 C) and L_i th
   and u mean_j |x_ij| (u = eps / 2) for the rounding of the product x y in
   max(x, 0) - x y + log1p(e^-|x|) (TensorFlow's and optax's form; the subtraction after it is
   exact where it cancels, by Sterbenz' lemma), which perturbs the loss as a relative change of
-  u in y would; |dL/dx|_1 <= 1.
+  u in y would; the gradient adds u max_j |x_ij| B_i for a derivative taken as
+  exp(x - softplus(x)) (JAX's), whose exponent rounds to u |x|; |dL/dx|_1 <= 1.
+* focal: B_i = alpha (1 + gamma) max(sum_j y_ij, 1) (each g_j = -alpha y_j (1 - p_j)^gamma
+  (1 + gamma p_j r_j) with p r <= 1) and the softmax's k B_i. The factor (1 - p)^gamma from a
+  rounded p moves a term by gamma u relatively where 1 - p is not small (within 8 eps for
+  gamma <= 16) and where it is small the term is too: no term of its own (measured: the stable
+  forms stay within the softmax's tolerance at gamma 2 and 5, tests/test_focal.py).
+* binary-focal: B_i = (1 + gamma) w_max / C (w_max = max(alpha, 1 - alpha), or 1), with the
+  sigmoid's terms at the largest weight; |dL/dx|_1 <= C B_i.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,13 +35,34 @@ import numpy as np
 
 from xentaudit.errors import ConfigError
 from xentaudit.io import as_float
-from xentaudit.reference import FLOAT64_METHOD, Reference, cross_entropy, sigmoid_cross_entropy
+from xentaudit.reference import (
+    FLOAT64_METHOD,
+    Reference,
+    binary_focal_cross_entropy,
+    cross_entropy,
+    focal_cross_entropy,
+    sigmoid_cross_entropy,
+)
 
 REDUCTION_ULPS = 1  # per doubling of the class count: the error bound of a tree-summed reduction
 # the rounding of the product x y, at most u |x| = eps |x| / 2 per label (sigmoid): measured at
 # 0.999 u |x| for TensorFlow's own fused loss (tests/test_sigmoid.py)
 PRODUCT_ULPS = 0.5
 LABELS = ("classes", "multi-label")  # Loss.labels: classes or weights per class; one per logit
+
+
+@dataclass(frozen=True)
+class Focus:
+    """The focal losses' parameters: focusing ``gamma`` >= 0 and the weight ``alpha`` (the
+    categorical focal loss's factor, Keras' 0.25 by default; the binary focal loss's class
+    balancing alpha y + (1 - alpha)(1 - y), none by default). Other losses ignore them."""
+
+    gamma: float = 2.0
+    alpha: float | None = None
+
+
+NO_FOCUS = Focus()  # the default: what the losses other than the focal ones are run with
+FOCAL_LOSSES = ("focal", "binary-focal")  # the losses whose implementations take a Focus
 
 
 @dataclass(frozen=True)
@@ -44,15 +74,16 @@ class Loss:
     formula: str  # the exact loss of one row, as the README writes it
     labels: str  # LABELS: "classes" (integer classes or weights over the classes, softmax);
     # "multi-label" (a weight in [0, 1] per logit, the logits' shape)
-    reference: Callable[[np.ndarray, np.ndarray, str], Reference]
+    reference: Callable[[np.ndarray, np.ndarray, str, Focus], Reference]
     # per row, from the rounded inputs: the gradient entries' bound B_i, the tolerance the loss
     # adds for its reductions and products (in eps), the gradient's (in eps), |dL/dx|_1's bound
-    bound: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
-    loss_terms: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-    grad_terms: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    l1_bound: Callable[[np.ndarray], np.ndarray]
+    bound: Callable[[np.ndarray, np.ndarray | None, Focus], np.ndarray]
+    loss_terms: Callable[[np.ndarray, np.ndarray, np.ndarray, Focus], np.ndarray]
+    grad_terms: Callable[[np.ndarray, np.ndarray, Focus], np.ndarray]
+    l1_bound: Callable[[np.ndarray, np.ndarray], np.ndarray]
     smoothing_classes: Callable[[int], int]  # K of label smoothing y (1 - a) + a / K, for C labels
     kernel: bool = False  # its float64 method is the compiled kernel where it is built
+    default_alpha: float | None = None  # Focus.alpha when --alpha is not given
 
     @property
     def float64_method(self) -> str:
@@ -83,6 +114,38 @@ def _mean_abs_logit(x: np.ndarray) -> np.ndarray:
     return np.abs(as_float(x).astype(np.float64)).mean(axis=1)
 
 
+def _sum_terms(x: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """A C-term sum inside a log-sum-exp: k B_i (softmax, focal)."""
+    return REDUCTION_ULPS * reduction_depth(x.shape[1]) * bound
+
+
+def _mean_terms(x: np.ndarray, exact: np.ndarray, weight: float) -> np.ndarray:
+    """The mean of C non-negative per-label terms, k max(|L_i|, 1), and the rounding of the
+    product x y in each, u |x| times the largest label weight (sigmoid, binary focal)."""
+    scale = np.maximum(np.abs(exact), 1.0)
+    return REDUCTION_ULPS * reduction_depth(x.shape[1]) * scale + PRODUCT_ULPS * weight * (
+        _mean_abs_logit(x)
+    )
+
+
+def _exp_terms(x: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """A sigmoid's derivative taken as exp(x - softplus(x)) (JAX's log_sigmoid, optax): the
+    exponent is a difference of two numbers of size |x| rounded to u |x|, which exp turns into
+    a relative error of u |x| (measured at 1.06 u |x| B for optax in float64,
+    tests/test_sigmoid.py): u max_j |x_ij| B_i."""
+    return PRODUCT_ULPS * np.abs(as_float(x).astype(np.float64)).max(axis=1) * bound
+
+
+def _alpha(focus: Focus) -> float:
+    """The categorical focal loss's weight (1 where none is given)."""
+    return 1.0 if focus.alpha is None else focus.alpha
+
+
+def _largest_weight(focus: Focus) -> float:
+    """The largest class-balancing weight of the binary focal loss: max(alpha, 1 - alpha)."""
+    return 1.0 if focus.alpha is None else max(focus.alpha, 1.0 - focus.alpha)
+
+
 LOSSES: dict[str, Loss] = {
     loss.name: loss
     for loss in (
@@ -91,11 +154,11 @@ LOSSES: dict[str, Loss] = {
             "softmax cross-entropy: one class (or a distribution over classes) per row",
             "L = sum_j y_j (log sum_k exp(x_k) - x_j)",
             "classes",
-            cross_entropy,
-            _softmax_bound,
-            lambda x, bound, exact: REDUCTION_ULPS * reduction_depth(x.shape[1]) * bound,
-            lambda x, bound: REDUCTION_ULPS * reduction_depth(x.shape[1]) * bound,
-            lambda bound: 2 * bound,
+            lambda x, labels, method, focus: cross_entropy(x, labels, method),
+            lambda x, weights, focus: _softmax_bound(x, weights),
+            lambda x, bound, exact, focus: _sum_terms(x, bound),
+            lambda x, bound, focus: _sum_terms(x, bound),
+            lambda x, bound: 2 * bound,
             lambda c: c,
             kernel=True,
         ),
@@ -105,18 +168,65 @@ LOSSES: dict[str, Loss] = {
             "per class, the row's loss the mean over its labels",
             "L = (1/C) sum_j [y_j log(1 + exp(-x_j)) + (1 - y_j) log(1 + exp(x_j))]",
             "multi-label",
-            sigmoid_cross_entropy,
-            lambda x, weights: np.full(x.shape[0], 1.0 / x.shape[1]),
-            lambda x, bound, exact: (
-                REDUCTION_ULPS * reduction_depth(x.shape[1]) * np.maximum(np.abs(exact), 1.0)
-                + PRODUCT_ULPS * _mean_abs_logit(x)
+            lambda x, labels, method, focus: sigmoid_cross_entropy(x, labels, method),
+            lambda x, weights, focus: np.full(x.shape[0], 1.0 / x.shape[1]),
+            lambda x, bound, exact, focus: _mean_terms(x, exact, 1.0),
+            lambda x, bound, focus: _exp_terms(x, bound),
+            lambda x, bound: np.ones_like(bound),
+            lambda c: 2,
+        ),
+        Loss(
+            "focal",
+            "categorical focal loss (Lin et al. 2017), as Keras' CategoricalFocalCrossentropy: "
+            "the cross-entropy of each class weighted by alpha (1 - p)^gamma",
+            "L = alpha sum_j y_j (1 - p_j)^gamma (-log p_j), p = softmax(x)",
+            "classes",
+            lambda x, labels, method, focus: focal_cross_entropy(
+                x, labels, focus.gamma, _alpha(focus), method
             ),
-            lambda x, bound: np.zeros(x.shape[0]),
-            lambda bound: np.ones_like(bound),
+            lambda x, weights, focus: (
+                _alpha(focus) * (1 + focus.gamma) * _softmax_bound(x, weights)
+            ),
+            lambda x, bound, exact, focus: _sum_terms(x, bound),
+            lambda x, bound, focus: _sum_terms(x, bound),
+            lambda x, bound: 2 * bound,
+            lambda c: c,
+            default_alpha=0.25,
+        ),
+        Loss(
+            "binary-focal",
+            "binary focal loss, as Keras' BinaryFocalCrossentropy and optax's "
+            "sigmoid_focal_loss: each label's binary cross-entropy weighted by (1 - p_t)^gamma "
+            "(and by alpha y + (1 - alpha)(1 - y) with --alpha), the row's loss their mean",
+            "L = (1/C) sum_j w_j (1 - p_t,j)^gamma BCE_j, "
+            "1 - p_t = y sigmoid(-x) + (1 - y) sigmoid(x)",
+            "multi-label",
+            lambda x, labels, method, focus: binary_focal_cross_entropy(
+                x, labels, focus.gamma, focus.alpha, method
+            ),
+            lambda x, weights, focus: np.full(
+                x.shape[0], (1 + focus.gamma) * _largest_weight(focus) / x.shape[1]
+            ),
+            lambda x, bound, exact, focus: _mean_terms(x, exact, _largest_weight(focus)),
+            lambda x, bound, focus: _exp_terms(x, bound),
+            lambda x, bound: x.shape[1] * bound,
             lambda c: 2,
         ),
     )
 }
+
+
+def focus_of(loss: str, gamma: float = 2.0, alpha: float | None = None) -> Focus:
+    """The ``Focus`` a run of ``loss`` uses: ``gamma`` and ``alpha`` (None: the loss's default,
+    Keras' 0.25 for the categorical focal loss, no class balancing for the binary one) for a
+    focal loss, checked; ``NO_FOCUS`` for the others."""
+    if not (0 <= gamma < math.inf):
+        raise ConfigError(f"--gamma must be a finite number >= 0, got {gamma}")
+    if alpha is not None and not (0 <= alpha <= 1):
+        raise ConfigError(f"--alpha must lie in [0, 1], got {alpha}")
+    if loss not in FOCAL_LOSSES:
+        return NO_FOCUS
+    return Focus(gamma, LOSSES[loss].default_alpha if alpha is None else alpha)
 
 
 def get_loss(name: str) -> Loss:

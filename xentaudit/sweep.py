@@ -50,7 +50,7 @@ from xentaudit.grid import (
     refine_points,
 )
 from xentaudit.io import prepare
-from xentaudit.losses import get_loss
+from xentaudit.losses import Focus, focus_of, get_loss
 from xentaudit.reference import FLOAT64_METHOD
 from xentaudit.results import BreakingPoint, PatternInfo, Skipped, Sweep, SweepCell
 
@@ -100,7 +100,12 @@ def size_text(size: float) -> str:
 
 
 def _scaled(
-    pattern: Pattern, scales: list[float], fmt: FloatFormat, loss: str, label_smoothing: float
+    pattern: Pattern,
+    scales: list[float],
+    fmt: FloatFormat,
+    loss: str,
+    label_smoothing: float,
+    focus: Focus,
 ) -> Rounded:
     """All the given scales of a pattern stacked into one batch, its labels smoothed by
     ``label_smoothing`` (``audit.scored_labels``), rounded to ``fmt``, with the reference of
@@ -113,9 +118,8 @@ def _scaled(
     labels = np.concatenate([pattern.labels] * len(scales))
     multi_label = get_loss(loss).labels == "multi-label"
     batch = prepare(logits, labels, multi_label=multi_label)
-    return round_to(
-        scored_labels(batch, (), label_smoothing, loss), fmt, method="float64", loss=loss
-    )
+    labelled = scored_labels(batch, (), label_smoothing, loss)
+    return round_to(labelled, fmt, method="float64", loss=loss, focus=focus)
 
 
 def _representable(pattern: Pattern, scales: Iterable[float], fmt: FloatFormat) -> list[float]:
@@ -153,6 +157,8 @@ def sweep(
     backends: Iterable[str] | None = None,
     loss: str = "softmax",
     label_smoothing: float = 0.0,
+    gamma: float = 2.0,
+    alpha: float | None = None,
 ) -> Sweep:
     """Sweep implementations over logit ``scales`` x ``dtypes`` x ``patterns``, under each
     Keras dtype policy of ``policies``.
@@ -166,7 +172,7 @@ def sweep(
     ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``. ``loss``
     (``xentaudit.losses.LOSSES``): the loss swept, its implementations and its patterns
     (``grid.LOSS_PATTERNS``); ``label_smoothing`` smooths every pattern's labels as Keras
-    does. Returns a ``Sweep``; prints nothing.
+    does; ``gamma`` and ``alpha``: as for ``audit``. Returns a ``Sweep``; prints nothing.
     """
     scales = list(check_scales(scales))
     eps = eps_values(eps)
@@ -176,6 +182,7 @@ def sweep(
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
     get_loss(loss)
+    focus = focus_of(loss, gamma, alpha)
     names = parse_patterns(patterns, loss)
     sizes = {"classes": classes, "rows": rows, "vocab_rows": vocab_rows}
     needed = memory_needed([pattern_shape(p, **sizes) for p in names], len(scales), formats)
@@ -206,7 +213,7 @@ def sweep(
                     for s in scales
                     if s not in valid
                 )
-            rounded = _scaled(pattern, valid, fmt, loss, label_smoothing) if valid else None
+            rounded = _scaled(pattern, valid, fmt, loss, label_smoothing, focus) if valid else None
             if rounded is not None:
                 method = rounded.ref.method
             for policy, variant in itertools.product(chosen_policies, chosen):
@@ -256,6 +263,7 @@ def sweep(
                         known,
                         loss,
                         label_smoothing,
+                        focus,
                     )
                     points.extend(found)
                     if progress:
@@ -338,6 +346,7 @@ def _breaking_points(
     known: Refined,
     loss: str,
     label_smoothing: float,
+    focus: Focus,
 ) -> tuple[list[BreakingPoint], Refined]:
     """Breaking points of one mode, per kind; ``known`` are the previous mode's final brackets.
 
@@ -349,7 +358,7 @@ def _breaking_points(
     used = eps_used(variant.impl, variant.eps)
 
     def fires(candidates: list[float]) -> dict[str, list[str]]:
-        rounded = _scaled(pattern, candidates, fmt, loss, label_smoothing)
+        rounded = _scaled(pattern, candidates, fmt, loss, label_smoothing, focus)
         _, g = run_graded(
             variant.impl, variant.eps, mode, rounded, rtol, timeout, policy, loss_scale
         )

@@ -33,6 +33,7 @@ from xentaudit.errors import (
     XentauditError,
 )
 from xentaudit.io import regular_file
+from xentaudit.losses import LOSSES
 
 if TYPE_CHECKING:
     from xentaudit.model import ModelPath
@@ -154,7 +155,7 @@ class Impl:
     def labels(self) -> tuple[str, ...]:
         """The label kinds it accepts (``LABEL_KINDS``): sparse losses take no soft labels, a
         multi-label loss a weight in [0, 1] per logit."""
-        if self.loss != "softmax":
+        if LOSSES[self.loss].labels == "multi-label":
             return ("multi-label",)
         return LABEL_KINDS[:2] if self.needs_classes else LABEL_KINDS
 
@@ -412,6 +413,73 @@ REGISTRY: dict[str, Impl] = {
             "jax",
             backend="jax",
             loss="sigmoid",
+        ),
+        Impl(
+            "naive_focal",
+            "-alpha sum y (1 - p)^gamma log p on p = softmax(x), the paper's formula typed in",
+            "probabilities",
+            "hand-written",
+            loss="focal",
+        ),
+        Impl(
+            "focal_log_softmax",
+            "-alpha sum y (-expm1(log p))^gamma log p on log p = tf.nn.log_softmax(x): the "
+            "stable hand-written form",
+            "logits",
+            "hand-written",
+            loss="focal",
+        ),
+        Impl(
+            "keras_focal_logits",
+            "keras.losses.CategoricalFocalCrossentropy(from_logits=True): softmax, then "
+            "renormalised and clipped to [eps, 1-eps] in both modes (the logits are not "
+            "recovered: its log is its own)",
+            "logits",
+            "keras",
+            eps="keras",
+            loss="focal",
+        ),
+        Impl(
+            "keras_focal_probs",
+            "keras.losses.CategoricalFocalCrossentropy(from_logits=False) on tf.nn.softmax(x)",
+            "probabilities",
+            "keras",
+            eps="keras",
+            loss="focal",
+        ),
+        Impl(
+            "naive_binary_focal",
+            "w (1 - p_t)^gamma BCE on p = sigmoid(x), p_t = y p + (1 - y)(1 - p), averaged over "
+            "the labels",
+            "probabilities",
+            "hand-written",
+            loss="binary-focal",
+        ),
+        Impl(
+            "keras_binary_focal_logits",
+            "keras.losses.BinaryFocalCrossentropy(from_logits=True): keras.ops.sigmoid keeps "
+            "its input on its output (_keras_logits), from which binary_crossentropy takes "
+            "the logits back in both modes",
+            "logits",
+            "keras",
+            loss="binary-focal",
+        ),
+        Impl(
+            "keras_binary_focal_probs",
+            "keras.losses.BinaryFocalCrossentropy(from_logits=False) on tf.sigmoid(x)",
+            "probabilities",
+            "keras",
+            eps="keras",
+            loss="binary-focal",
+        ),
+        Impl(
+            "optax_sigmoid_focal",
+            "optax.sigmoid_focal_loss, averaged over the labels: (1 - p_t)^gamma as "
+            "exp(gamma log(1 - p_t)) from log-sigmoids",
+            "logits",
+            "jax",
+            backend="jax",
+            loss="binary-focal",
         ),
     )
 }

@@ -45,6 +45,7 @@ from xentaudit.impls import (
     user_code,
     user_loss,
 )
+from xentaudit.losses import NO_FOCUS, Focus
 
 LossFn = Callable[[jax.Array | None, jax.Array | None, jax.Array], jax.Array]
 Step = Callable[..., tuple[jax.Array, jax.Array]]
@@ -87,6 +88,16 @@ def optax_sigmoid_xent(y: jax.Array | None, k: jax.Array | None, x: jax.Array) -
     return optax.sigmoid_binary_cross_entropy(x, y).mean(-1)
 
 
+def optax_sigmoid_focal(focus: Focus) -> LossFn:
+    # optax/losses/_classification.py sigmoid_focal_loss: the factor (1 - p_t)^gamma as
+    # exp(gamma log(1 - p_t)), log(1 - p_t) a logsumexp of log-sigmoids; the mean over labels
+    def loss(y: jax.Array | None, k: jax.Array | None, x: jax.Array) -> jax.Array:
+        return optax.sigmoid_focal_loss(x, y, alpha=focus.alpha, gamma=focus.gamma).mean(-1)
+
+    return loss
+
+
+FOCAL: dict[str, Callable[[Focus], LossFn]] = {"optax_sigmoid_focal": optax_sigmoid_focal}
 IMPLS: dict[str, LossFn] = {
     fn.__name__: fn
     for fn in (
@@ -100,11 +111,12 @@ IMPLS: dict[str, LossFn] = {
 }
 
 
-def loss_fn(name: str) -> LossFn:
-    """The loss function registered under ``name``, or the user's loss."""
+def loss_fn(name: str, focus: Focus = NO_FOCUS) -> LossFn:
+    """The loss function registered under ``name`` (a focal one built for ``focus``), or the
+    user's loss."""
     user = user_loss(name)
     if user is None:
-        return IMPLS[name]
+        return FOCAL[name](focus) if name in FOCAL else IMPLS[name]
     return lambda y, k, x: user(_dense(y, k, x), x)
 
 
@@ -128,9 +140,9 @@ def _with_gradient(fn: LossFn) -> Step:
     return step
 
 
-# (name, dtype) -> the jitted step; jax.jit traces it again for each new shape (chunk_rows
-# keeps them few).
-_GRAPH_CACHE: dict[tuple[str, str], Step] = {}
+# (name, dtype, focus) -> the jitted step; jax.jit traces it again for each new shape
+# (chunk_rows keeps them few).
+_GRAPH_CACHE: dict[tuple[str, str, Focus], Step] = {}
 
 # Logits per chunk: 1 MiB of float32, a few milliseconds per op by op on a padded chunk.
 CHUNK_ENTRIES = 2**18
@@ -218,8 +230,10 @@ def run(
     policy: str = "float32",
     loss_scale: float = 1.0,
     given: str = "logits",
+    focus: Focus = NO_FOCUS,
 ) -> Outcome:
-    """Run implementation ``name`` op by op or jitted (``mode`` "graph").
+    """Run implementation ``name`` op by op or jitted (``mode`` "graph"); a focal loss with
+    ``focus``.
 
     ``logits`` and ``labels`` (dense label weights, or ``None`` for the hard labels
     ``classes``) are numpy arrays already in the audited dtype; float64 runs with x64 enabled
@@ -234,16 +248,16 @@ def run(
     # refuses them with --input probabilities before anything runs.
     assert given == "logits", given
     dtype = logits.dtype.name
-    key = (name, dtype)
+    key = (name, dtype, focus)
     x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
     k = np.asarray(classes, dtype=np.int32) if classes is not None else None
     try:
         with x64, time_limit(timeout):
             if mode == "eager":
-                step = _with_gradient(loss_fn(name))
+                step = _with_gradient(loss_fn(name, focus))
             else:
                 if key not in _GRAPH_CACHE:
-                    _GRAPH_CACHE[key] = jax.jit(_with_gradient(loss_fn(name)))
+                    _GRAPH_CACHE[key] = jax.jit(_with_gradient(loss_fn(name, focus)))
                 step = _GRAPH_CACHE[key]
             if user_loss(name) is None:
                 loss, grad = _chunked(step, labels, k, logits, loss_scale)

@@ -30,6 +30,7 @@ from xentaudit.impls import (
     user_loss,
 )
 from xentaudit.io import as_float
+from xentaudit.losses import FOCAL_LOSSES, NO_FOCUS, Focus
 
 # fn(labels, classes, logits, eps) -> per-row losses; eps is used by `clipped` only.
 LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
@@ -145,6 +146,84 @@ def keras_bce_probs(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tens
     return _BCE_PROBS(y, tf.sigmoid(x))
 
 
+# The focal losses (Lin et al. 2017), built per Focus (gamma, alpha): the categorical one sums
+# over the classes, the binary one averages over the labels as Keras reduces the last axis.
+
+
+def naive_focal(focus: Focus) -> LossFn:
+    """-alpha sum y (1 - p)^gamma log p on p = softmax(x), as the paper's formula is typed."""
+    alpha = 1.0 if focus.alpha is None else focus.alpha
+
+    def loss(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        p = _shifted_softmax(x)
+        return -alpha * tf.reduce_sum(y * (1 - p) ** focus.gamma * tf.math.log(p), axis=-1)
+
+    return loss
+
+
+def focal_log_softmax(focus: Focus) -> LossFn:
+    """The stable form: log p = log_softmax(x), 1 - p = -expm1(log p) (no cancellation)."""
+    alpha = 1.0 if focus.alpha is None else focus.alpha
+
+    def loss(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        log_p = tf.nn.log_softmax(x)
+        return -alpha * tf.reduce_sum(y * (-tf.math.expm1(log_p)) ** focus.gamma * log_p, -1)
+
+    return loss
+
+
+def _categorical_focal(focus: Focus, from_logits: bool) -> keras.losses.Loss:
+    alpha = 1.0 if focus.alpha is None else focus.alpha
+    return keras.losses.CategoricalFocalCrossentropy(
+        alpha=alpha, gamma=focus.gamma, from_logits=from_logits, reduction=None
+    )
+
+
+def keras_focal_logits(focus: Focus) -> LossFn:
+    fn = _categorical_focal(focus, True)
+    return lambda y, classes, x, eps: fn(y, x)
+
+
+def keras_focal_probs(focus: Focus) -> LossFn:
+    fn = _categorical_focal(focus, False)
+    return lambda y, classes, x, eps: fn(y, tf.nn.softmax(x))
+
+
+def naive_binary_focal(focus: Focus) -> LossFn:
+    """w (1 - p_t)^gamma BCE on p = sigmoid(x), p_t = y p + (1 - y)(1 - p), as typed."""
+
+    def loss(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        p = tf.sigmoid(x)
+        p_t = y * p + (1 - y) * (1 - p)
+        bce = -(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))
+        focal = (1 - p_t) ** focus.gamma * bce
+        if focus.alpha is not None:
+            focal *= focus.alpha * y + (1 - focus.alpha) * (1 - y)
+        return tf.reduce_mean(focal, axis=-1)
+
+    return loss
+
+
+def _binary_focal(focus: Focus, from_logits: bool) -> keras.losses.Loss:
+    return keras.losses.BinaryFocalCrossentropy(
+        apply_class_balancing=focus.alpha is not None,
+        alpha=0.25 if focus.alpha is None else focus.alpha,
+        gamma=focus.gamma,
+        from_logits=from_logits,
+        reduction=None,
+    )
+
+
+def keras_binary_focal_logits(focus: Focus) -> LossFn:
+    fn = _binary_focal(focus, True)
+    return lambda y, classes, x, eps: fn(y, x)
+
+
+def keras_binary_focal_probs(focus: Focus) -> LossFn:
+    fn = _binary_focal(focus, False)
+    return lambda y, classes, x, eps: fn(y, tf.sigmoid(x))
+
+
 # What the implementations that take probabilities compute on them (`check --input
 # probabilities`): fn(labels, classes, p, eps), the part of each after its softmax.
 ON_PROBABILITIES: dict[str, LossFn] = {
@@ -192,11 +271,12 @@ def _model_loss(path: model.ModelPath) -> LossFn:
     return model.model_loss(dataclasses.replace(path, label_smoothing=0.0))
 
 
-def loss_fn(name: str, policy: str, given: str = "logits") -> LossFn:
+def loss_fn(name: str, policy: str, given: str = "logits", focus: Focus = NO_FOCUS) -> LossFn:
     """The loss function registered under ``name`` as it runs under the Keras dtype policy
-    ``policy`` (implementations with Keras layers are built per policy), the user's loss, or
-    the saved model's loss path (``model``, under its own policy whatever ``policy`` says).
-    ``given`` "probabilities": what it computes on probabilities (``ON_PROBABILITIES``)."""
+    ``policy`` (implementations with Keras layers are built per policy; the focal ones per
+    ``focus``), the user's loss, or the saved model's loss path (``model``, under its own
+    policy whatever ``policy`` says). ``given`` "probabilities": what it computes on
+    probabilities (``ON_PROBABILITIES``)."""
     if given == "probabilities":
         return ON_PROBABILITIES[name]
     path = model_path(name)
@@ -207,11 +287,14 @@ def loss_fn(name: str, policy: str, given: str = "logits") -> LossFn:
         return lambda y, classes, x, eps: user(y, x)
     if get_impl(name).keras_layer:
         return globals()[name](policy)
+    if get_impl(name).loss in FOCAL_LOSSES:
+        return globals()[name](focus)
     return globals()[name]
 
 
-# (name, dtype, policy, model's loss path or None, what the input holds) -> the traced step
-_GRAPH_CACHE: dict[tuple[str, str, str, model.ModelPath | None, str], Callable] = {}
+# (name, dtype, policy, model's loss path or None, what the input holds, focus) -> the traced
+# step
+_GRAPH_CACHE: dict[tuple[str, str, str, model.ModelPath | None, str, Focus], Callable] = {}
 
 
 def _with_gradient(fn: LossFn) -> Callable:
@@ -261,9 +344,10 @@ def run(
     policy: str = "float32",
     loss_scale: float = 1.0,
     given: str = "logits",
+    focus: Focus = NO_FOCUS,
 ) -> Outcome:
     """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph"), its
-    Keras layers built under the Keras dtype policy ``policy``.
+    Keras layers built under the Keras dtype policy ``policy``; a focal loss with ``focus``.
 
     ``given`` "probabilities": ``logits`` hold probabilities, which the implementation's part
     after its softmax (``ON_PROBABILITIES``) takes; its autodiff gradient w.r.t. them is carried
@@ -281,9 +365,9 @@ def run(
     y = tf.constant(labels) if labels is not None else tf.one_hot(k, logits.shape[1], dtype=x.dtype)
     e = tf.constant(eps, dtype=x.dtype)
     s = tf.constant(loss_scale, dtype=tf.float64)
-    key = (name, x.dtype.name, policy, model_path(name), given)
+    key = (name, x.dtype.name, policy, model_path(name), given, focus)
     if mode == "eager":
-        step = _with_gradient(loss_fn(name, policy, given))
+        step = _with_gradient(loss_fn(name, policy, given, focus))
     else:
         # One trace per implementation, dtype and policy, whatever the batch shape or epsilon.
         if key not in _GRAPH_CACHE:
@@ -296,7 +380,7 @@ def run(
             ]
             _GRAPH_CACHE[key] = tf.function(
                 # No Python control flow in the zoo: autograph would only slow tracing down.
-                _with_gradient(loss_fn(name, policy, given)),
+                _with_gradient(loss_fn(name, policy, given, focus)),
                 input_signature=signature,
                 autograph=False,
             )

@@ -32,6 +32,7 @@ from xentaudit.impls import (
     user_code,
     user_loss,
 )
+from xentaudit.losses import NO_FOCUS, Focus
 
 LossFn = Callable[[torch.Tensor | None, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
@@ -260,6 +261,7 @@ def run(
     policy: str = "float32",
     loss_scale: float = 1.0,
     given: str = "logits",
+    focus: Focus = NO_FOCUS,
 ) -> Outcome:
     """Run implementation ``name`` eagerly or compiled by ``torch.compile`` (``mode`` "graph").
 
@@ -272,7 +274,8 @@ def run(
     when ``torch.compile`` cannot run here (``graph_unavailable``).
     """
     # No implementation of this backend takes probabilities (Impl.on_probabilities): `check`
-    # refuses them with --input probabilities before anything runs.
+    # refuses them with --input probabilities before anything runs. None is a focal loss
+    # (torch has none; a user's focal loss computes its own factor): ``focus`` is unused.
     assert given == "logits", given
     x = _tensor(logits).requires_grad_(True)
     k = torch.from_numpy(np.asarray(classes, dtype=np.int64)) if classes is not None else None
