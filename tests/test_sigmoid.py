@@ -379,3 +379,47 @@ def test_check_sigmoid_needs_labels_of_the_logits_shape(multi_label_file, tmp_pa
         "check", str(path), "--loss", "sigmoid", "--impl", "tf_sigmoid_xent", "--format", "json"
     )
     assert result.exit_code == 0 and doc["loss"] == "sigmoid"
+
+
+def test_a_small_label_on_a_large_negative_logit_is_graded_on_its_product() -> None:
+    # x = -1e8, y = 5e-8 and 3e-8 in float32: the exact losses are y |x| = 5 and 3 (plus
+    # e^-1e8). TensorFlow's max(x, 0) - x y keeps the product (5.0, 3.0: not flagged); torch's
+    # (1 - y) x + |x| rounds 1 - y to float32 (spacing 6e-8 below 1) and loses the label in the
+    # cancellation: 8 and 8, flagged; the tolerance u mean max(x, 0) y is 0 here
+    x = np.array([[-1e8], [-1e8]], np.float32)
+    y = np.array([[5e-8], [3e-8]], np.float32)
+    result = audit(x, y, loss="sigmoid", dtypes=["float32"], modes=["eager"],
+                   impls=["tf_sigmoid_xent", "torch_bce_logits"])  # fmt: skip
+    exact = [float(np.float32(5e-8)) * 1e8, float(np.float32(3e-8)) * 1e8]
+    tf_result, torch_result = (
+        by(result, i, "eager") for i in ("tf_sigmoid_xent", "torch_bce_logits")
+    )
+    assert tf_result.reference_rows == pytest.approx(exact, rel=1e-12)
+    assert tf_result.loss_rows == pytest.approx(exact, rel=U32 * 4) and tf_result.flags == ()
+    assert "divergent" in torch_result.flags
+
+
+def test_a_float16_mean_that_overflows_is_inf() -> None:
+    # 5000 rows of loss 20: their float16 sum (100000) overflows float16's 65504 in
+    # tf.reduce_mean, every row being finite: the scalar the optimizer sees is inf
+    x = np.full((5000, 1), 20.0)
+    y = np.zeros((5000, 1))
+    result = audit(x, y, loss="sigmoid", dtypes=["float16"], modes=["eager"],
+                   impls=["tf_sigmoid_xent", "keras_bce_logits"])  # fmt: skip
+    fused, keras_result = result.results
+    assert fused.returned_mean == math.inf and "inf" in fused.flags
+    assert keras_result.output_dtype == "float32" and "inf" not in keras_result.flags
+    assert result.exit_code(["inf"]) == 1
+
+
+def test_a_baseline_of_another_loss_is_refused(multi_label_file, tmp_path) -> None:
+    path, _, _ = multi_label_file
+    base = tmp_path / "base.json"
+    common = ("--impl", "tf_sigmoid_xent", "--mode", "eager")
+    written, _ = run_cli(
+        "check", str(path), "--loss", "sigmoid", *common, "--write-baseline", str(base)
+    )
+    assert written.exit_code == 0, written.output
+    result, _ = run_cli("check", str(path), "--impl", "tf_softmax_xent", "--baseline", str(base))
+    assert result.exit_code == 2
+    assert "it was written for loss 'sigmoid', this run has 'softmax'" in result.stderr

@@ -169,7 +169,10 @@ def grade(
     with np.errstate(invalid="ignore", over="ignore"):
         rel_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / scale)
         ulps_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / fmt.ulp(ref.loss))
-    reduction = eff.eps * loss_fn.loss_terms(rounded.logits, bound, ref.loss, rounded.focus)
+    weights = rounded.weights if rounded.weights is None else as_float(rounded.weights)
+    reduction = eff.eps * loss_fn.loss_terms(
+        rounded.logits, weights, bound, ref.loss, rounded.focus
+    )
     allowed = tol * scale + (reduction if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
 
@@ -178,7 +181,7 @@ def grade(
             np.isnan(loss),
             np.isinf(loss) & ~exact_inf,
             abs_err > allowed,
-            (loss == 0) & (ref.loss >= fmt.tiny),
+            (loss == 0) & (ref.loss >= eff.tiny),
         ]
     )
 
@@ -560,19 +563,23 @@ def max_loss_scale(
     return 2.0**low
 
 
-def coarse_mean(outcome: Outcome, exact_mean: float) -> tuple[float, bool]:
-    """The spacing of the implementation's output dtype at the exact mean, and whether
-    ``coarse-mean`` fires: the mean it returns is off by more than float32's loss tolerance,
-    ``RTOL_ULPS`` eps_32 max(|mean|, 1), where its output dtype spaces its values wider than
-    that tolerance (so the dtype, not the per-row arithmetic, is to blame: a float32 or float64
-    mean never fires)."""
+def coarse_mean(outcome: Outcome, exact_mean: float) -> tuple[float, tuple[str, ...]]:
+    """The spacing of the implementation's output dtype at the exact mean, and the flags its
+    returned mean fires: ``nan`` or ``inf`` where it is not finite and the exact mean is (the
+    scalar the optimizer sees: a float16 mean overflows where every row is finite), and
+    ``coarse-mean`` where it is off by more than float32's loss tolerance, ``RTOL_ULPS``
+    eps_32 max(|mean|, 1), and its output dtype spaces its values wider than that tolerance (so
+    the dtype, not the per-row arithmetic, is to blame: a float32 or float64 mean never
+    fires)."""
     out = FORMATS.get(outcome.output_dtype)
     if out is None or not math.isfinite(exact_mean):
-        return math.nan, False
+        return math.nan, ()
     spacing = float(out.ulp(np.array([exact_mean]))[0])
+    if not math.isfinite(outcome.mean):
+        return spacing, ("nan",) if math.isnan(outcome.mean) else ("inf",)
     tolerance = RTOL_ULPS * FORMATS["float32"].eps * max(abs(exact_mean), 1.0)
-    off = abs(outcome.mean - exact_mean)  # NaN compares False: a NaN mean is flagged per row
-    return spacing, spacing > tolerance and off > tolerance
+    off = abs(outcome.mean - exact_mean)
+    return spacing, ("coarse-mean",) if spacing > tolerance and off > tolerance else ()
 
 
 def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
@@ -696,7 +703,7 @@ def audit(
                 outcome, g, largest = run_shared(
                     runs, variant, mode, rounded, rtol, timeout, policy, loss_scale
                 )
-                spacing, coarse = coarse_mean(outcome, ref_mean)
+                spacing, mean_flags = coarse_mean(outcome, ref_mean)
                 results.append(
                     ImplResult(
                         impl=name,
@@ -712,7 +719,7 @@ def audit(
                         max_ulps_err=worst(g.ulps_err),
                         grad_max_abs_err=worst(g.grad_err),
                         rtol=g.rtol,
-                        flags=g.flags() + (("coarse-mean",) if coarse else ()),
+                        flags=tuple(f for f in FLAGS if f in {*g.flags(), *mean_flags}),
                         row_flags=tuple(g.row_flags()),
                         policy=policy,
                         max_loss_scale=largest,

@@ -109,10 +109,14 @@ _RESULT_FIELDS = {
 _POINT_FIELDS = {**_KEY, "pattern": _text, "kind": _text, "scale": _eps}
 
 
+# what a baseline written before a key existed had: the loss was always the softmax's
+_BEFORE = {"loss": "softmax"}
+
+
 def refuse_other_input(now: dict[str, Any], baseline: dict[str, Any], keys: Sequence[str]) -> None:
     """Refuse a baseline of another kind of input: ``keys`` must agree."""
     for key in keys:
-        if baseline.get(key) != now.get(key):
+        if baseline.get(key, _BEFORE.get(key)) != now.get(key):
             raise InputError(
                 f"--baseline: it was written for {key} {baseline.get(key)!r}, this run has "
                 f"{now.get(key)!r}; compare like with like, or write a new baseline"
@@ -164,7 +168,7 @@ def compare(
     """``check`` against ``baseline`` (``read_baseline``), judged on the flags ``fail_on``."""
     wanted = set(fail_on)
     now = check.to_dict(tuple(fail_on))
-    refuse_other_input(now, baseline, ("input", "classes", "file_dtype"))
+    refuse_other_input(now, baseline, ("input", "classes", "file_dtype", "loss"))
     worse, better = _flag_changes("input", now["lint"], baseline["lint"], wanted)
     before = {_key(r): r for r in baseline["results"]}
     gated = {(r.labels, r.impl, r.eps, r.dtype, r.policy, r.mode) for r in check.gated}
@@ -227,7 +231,7 @@ def compare_sweep(sweep: Sweep, baseline: dict[str, Any], path: str) -> Comparis
     of None: it never broke in the swept range): one that moved to a smaller scale, or appeared,
     regresses; one that moved up, or went away, improves."""
     now = sweep.to_dict()
-    refuse_other_input(now, baseline, ("scales", "patterns"))
+    refuse_other_input(now, baseline, ("scales", "patterns", "loss"))
     before = {_point(p): p for p in baseline["breaking_points"]}
     worse, better = [], []
     for p in now["breaking_points"]:

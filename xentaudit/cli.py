@@ -265,8 +265,9 @@ def shared_options(fail_on: Sequence[str] = ()) -> Callable[[Callable], Callable
         click.option(
             "--rtol",
             type=Finite(min=0, min_open=True),
-            help="Loss tolerance of `divergent`: R max(|exact|, 1) instead of the default "
-            "eps (8 max(|exact|, 1) + ceil(log2 C) B) (see README).",
+            help="Loss tolerance of `divergent`: R max(|exact|, 1) instead of the default, "
+            "for softmax eps (8 max(|exact|, 1) + ceil(log2 C) B) (the other losses' in the "
+            "README).",
         ),
         click.option(
             "--timeout",
@@ -316,7 +317,7 @@ def label_options(default: str) -> Callable[[Callable], Callable]:
 
 
 def eps_option(*default: float) -> Callable:
-    """--eps, repeatable: `clipped` runs once at each epsilon."""
+    """--eps, repeatable: `clipped` and `clipped_sigmoid` run once at each epsilon."""
     return click.option(
         "--eps",
         "eps",
@@ -324,7 +325,7 @@ def eps_option(*default: float) -> Callable:
         type=Finite(0, 0.5, min_open=True, max_open=True),
         default=default,
         show_default=True,
-        help="Clip of `clipped`; repeatable (it runs at each).",
+        help="Clip of `clipped` and `clipped_sigmoid`; repeatable (they run at each).",
     )
 
 

@@ -11,11 +11,12 @@ With eps the machine epsilon of the effective dtype, k = ceil(log2 C) and L_i th
   gradient entry (sigmoid(x_j) - y_j) / C is at most B_i = 1/C and rounds a few times in
   sigmoid, the subtraction and the division (within 8 eps B_i: no C-term sum reaches it); the
   loss adds k eps max(|L_i|, 1) for the mean of C non-negative terms (Higham 2002, section 4.2)
-  and u mean_j |x_ij| (u = eps / 2) for the rounding of the product x y in
-  max(x, 0) - x y + log1p(e^-|x|) (TensorFlow's and optax's form; the subtraction after it is
-  exact where it cancels, by Sterbenz' lemma), which perturbs the loss as a relative change of
-  u in y would; the gradient adds u max_j |x_ij| B_i for a derivative taken as
-  exp(x - softplus(x)) (JAX's), whose exponent rounds to u |x|; |dL/dx|_1 <= 1.
+  and u mean_j max(x_ij, 0) y_ij (u = eps / 2) for the rounding of the product x y in
+  max(x, 0) - x y + log1p(e^-|x|) where x > 0 (TensorFlow's and optax's form; the subtraction
+  after it is exact where it cancels, by Sterbenz' lemma; where x < 0 the product is the term
+  itself, within its relative tolerance); the gradient adds u max_j |x_ij| B_i for a
+  derivative taken as exp(x - softplus(x)) (JAX's), whose exponent rounds to u |x|;
+  |dL/dx|_1 <= 1.
 * focal: B_i = alpha (1 + gamma) max(sum_j y_ij, 1) (each g_j = -alpha y_j (1 - p_j)^gamma
   (1 + gamma p_j r_j) with p r <= 1) and the softmax's k B_i. The factor (1 - p)^gamma from a
   rounded p moves a term by gamma u relatively where 1 - p is not small (within 8 eps for
@@ -78,7 +79,7 @@ class Loss:
     # per row, from the rounded inputs: the gradient entries' bound B_i, the tolerance the loss
     # adds for its reductions and products (in eps), the gradient's (in eps), |dL/dx|_1's bound
     bound: Callable[[np.ndarray, np.ndarray | None, Focus], np.ndarray]
-    loss_terms: Callable[[np.ndarray, np.ndarray, np.ndarray, Focus], np.ndarray]
+    loss_terms: Callable[[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, Focus], np.ndarray]
     grad_terms: Callable[[np.ndarray, np.ndarray, Focus], np.ndarray]
     l1_bound: Callable[[np.ndarray, np.ndarray], np.ndarray]
     smoothing_classes: Callable[[int], int]  # K of label smoothing y (1 - a) + a / K, for C labels
@@ -110,21 +111,22 @@ def _softmax_bound(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     return np.maximum(weights.astype(np.float64).sum(axis=1), 1.0)
 
 
-def _mean_abs_logit(x: np.ndarray) -> np.ndarray:
-    return np.abs(as_float(x).astype(np.float64)).mean(axis=1)
-
-
 def _sum_terms(x: np.ndarray, bound: np.ndarray) -> np.ndarray:
     """A C-term sum inside a log-sum-exp: k B_i (softmax, focal)."""
     return REDUCTION_ULPS * reduction_depth(x.shape[1]) * bound
 
 
-def _mean_terms(x: np.ndarray, exact: np.ndarray, weight: float) -> np.ndarray:
+def _mean_terms(
+    x: np.ndarray, y: np.ndarray | None, exact: np.ndarray, weight: float
+) -> np.ndarray:
     """The mean of C non-negative per-label terms, k max(|L_i|, 1), and the rounding of the
-    product x y in each, u |x| times the largest label weight (sigmoid, binary focal)."""
+    product x y in x - x y where x > 0, u x y per label times the largest label weight (sigmoid,
+    binary focal; where x < 0 the product -x y is the term itself, within its relative
+    tolerance)."""
     scale = np.maximum(np.abs(exact), 1.0)
+    products = np.maximum(as_float(x).astype(np.float64), 0.0) * (1.0 if y is None else y)
     return REDUCTION_ULPS * reduction_depth(x.shape[1]) * scale + PRODUCT_ULPS * weight * (
-        _mean_abs_logit(x)
+        products.mean(axis=1)
     )
 
 
@@ -156,7 +158,7 @@ LOSSES: dict[str, Loss] = {
             "classes",
             lambda x, labels, method, focus: cross_entropy(x, labels, method),
             lambda x, weights, focus: _softmax_bound(x, weights),
-            lambda x, bound, exact, focus: _sum_terms(x, bound),
+            lambda x, y, bound, exact, focus: _sum_terms(x, bound),
             lambda x, bound, focus: _sum_terms(x, bound),
             lambda x, bound: 2 * bound,
             lambda c: c,
@@ -170,7 +172,7 @@ LOSSES: dict[str, Loss] = {
             "multi-label",
             lambda x, labels, method, focus: sigmoid_cross_entropy(x, labels, method),
             lambda x, weights, focus: np.full(x.shape[0], 1.0 / x.shape[1]),
-            lambda x, bound, exact, focus: _mean_terms(x, exact, 1.0),
+            lambda x, y, bound, exact, focus: _mean_terms(x, y, exact, 1.0),
             lambda x, bound, focus: _exp_terms(x, bound),
             lambda x, bound: np.ones_like(bound),
             lambda c: 2,
@@ -187,7 +189,7 @@ LOSSES: dict[str, Loss] = {
             lambda x, weights, focus: (
                 _alpha(focus) * (1 + focus.gamma) * _softmax_bound(x, weights)
             ),
-            lambda x, bound, exact, focus: _sum_terms(x, bound),
+            lambda x, y, bound, exact, focus: _sum_terms(x, bound),
             lambda x, bound, focus: _sum_terms(x, bound),
             lambda x, bound: 2 * bound,
             lambda c: c,
@@ -207,7 +209,7 @@ LOSSES: dict[str, Loss] = {
             lambda x, weights, focus: np.full(
                 x.shape[0], (1 + focus.gamma) * _largest_weight(focus) / x.shape[1]
             ),
-            lambda x, bound, exact, focus: _mean_terms(x, exact, _largest_weight(focus)),
+            lambda x, y, bound, exact, focus: _mean_terms(x, y, exact, _largest_weight(focus)),
             lambda x, bound, focus: _exp_terms(x, bound),
             lambda x, bound: x.shape[1] * bound,
             lambda c: 2,

@@ -135,8 +135,8 @@ class FileFix:
             difflib.unified_diff(
                 self.before.splitlines(keepends=True),
                 self.after.splitlines(keepends=True),
-                f"a/{self.path}",
-                f"b/{self.path}",
+                f"a/{str(self.path).lstrip('/')}",  # as git shows an absolute path: a/tmp/x.py
+                f"b/{str(self.path).lstrip('/')}",
             )
         )
 

@@ -161,8 +161,7 @@ def _numpy_grad_error(
     np.abs(g).max(axis=1, out=size)
 
 
-# method -> (rows into loss, grad and size; grad_error into err and size)
-
+# method -> grad_error's per-row work, into err and size
 _GRAD_ERROR = {"float64": _kernel_grad_error, "float64-numpy": _numpy_grad_error}
 
 
