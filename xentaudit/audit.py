@@ -310,10 +310,11 @@ def _run(
     timeout: float | None,
     policy: str,
     loss_scale: float,
+    mean: bool = False,
 ) -> Outcome:
     args = (rounded.logits, rounded.weights, rounded.classes, timeout, policy, loss_scale)
     backend = zoo.load_backend(zoo.get_impl(name).backend)
-    return backend.run(name, eps, mode, *args, given=rounded.given, focus=rounded.focus)
+    return backend.run(name, eps, mode, *args, given=rounded.given, focus=rounded.focus, mean=mean)
 
 
 def run_graded(
@@ -325,11 +326,13 @@ def run_graded(
     timeout: float | None = None,
     policy: str = "float32",
     loss_scale: float = 1.0,
+    mean: bool = False,
 ) -> tuple[Outcome, Grades]:
     """Run implementation ``name`` on ``rounded`` inputs in ``mode`` under the Keras dtype
     policy ``policy``, its gradient taken of ``loss_scale`` times the loss, and grade it; the
-    run may take at most ``timeout`` seconds (None: no limit)."""
-    outcome = _run(name, eps, mode, rounded, timeout, policy, loss_scale)
+    run may take at most ``timeout`` seconds (None: no limit). ``mean``: also take the
+    framework's own mean of its losses (``Outcome.mean``)."""
+    outcome = _run(name, eps, mode, rounded, timeout, policy, loss_scale, mean)
     compute = zoo.computes_in(name, policy)
     layer = zoo.get_impl(name).keras_layer
     grades = grade(outcome.loss, outcome.grad, outcome.output_dtype, rounded, rtol, compute, layer)
@@ -517,16 +520,18 @@ def run_shared(
     timeout: float | None,
     policy: str,
     loss_scale: float | None,
+    mean: bool = False,
 ) -> tuple[Outcome, Grades, float | None]:
     """``run_graded`` under ``policy`` (gradient of ``loss_scale`` times the loss; None: 1),
     and with a ``loss_scale``, ``max_loss_scale`` too; once per distinct computation on
     ``rounded``: an implementation without Keras layers computes the same under every policy,
-    so ``runs`` (a cache for one rounded batch) hands back its first run."""
+    so ``runs`` (a cache for one rounded batch) hands back its first run. ``mean``: as for
+    ``run_graded``."""
     key = (variant.impl, variant.eps, mode, zoo.computes_in(variant.impl, policy))
     if key not in runs:
         scale = 1.0 if loss_scale is None else loss_scale
         outcome, grades = run_graded(
-            variant.impl, variant.eps, mode, rounded, rtol, timeout, policy, scale
+            variant.impl, variant.eps, mode, rounded, rtol, timeout, policy, scale, mean
         )
         largest = None
         if loss_scale is not None:
@@ -571,6 +576,7 @@ def coarse_mean(outcome: Outcome, exact_mean: float) -> tuple[float, tuple[str, 
     eps_32 max(|mean|, 1), and its output dtype spaces its values wider than that tolerance (so
     the dtype, not the per-row arithmetic, is to blame: a float32 or float64 mean never
     fires)."""
+    assert outcome.mean is not None, "run with mean=True"
     out = FORMATS.get(outcome.output_dtype)
     if out is None or not math.isfinite(exact_mean):
         return math.nan, ()
@@ -701,7 +707,7 @@ def audit(
                 skipped.append(skip)
             for mode in runnable:
                 outcome, g, largest = run_shared(
-                    runs, variant, mode, rounded, rtol, timeout, policy, loss_scale
+                    runs, variant, mode, rounded, rtol, timeout, policy, loss_scale, mean=True
                 )
                 spacing, mean_flags = coarse_mean(outcome, ref_mean)
                 results.append(

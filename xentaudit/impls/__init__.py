@@ -91,16 +91,17 @@ class Outcome:
     grad: np.ndarray
     output_dtype: str
     # the framework's own mean of its per-row losses, in their dtype (what reduction="mean",
-    # Keras' sum_over_batch_size, returns): the scalar the optimizer sees
-    mean: float
+    # Keras' sum_over_batch_size, returns): the scalar the optimizer sees; None where the run
+    # was not asked for it (a sweep, a check: JAX compiles a mean for every new row count)
+    mean: float | None
 
 
 def outcome(
-    loss: np.ndarray, grad: np.ndarray, output_dtype: str, loss_scale: float, mean: float
+    loss: np.ndarray, grad: np.ndarray, output_dtype: str, loss_scale: float, mean: Any
 ) -> Outcome:
     """A run's ``Outcome``: per-row ``loss`` as float64, and the gradient of ``loss_scale``
     times the loss widened (float16, bfloat16 to float32) and divided back by the scale;
-    ``mean`` the framework's own mean of the losses, in their dtype."""
+    ``mean`` the framework's own mean of the losses, in their dtype (a scalar), or None."""
     from xentaudit.io import as_float
 
     gradient = as_float(grad)
@@ -108,7 +109,7 @@ def outcome(
         np.asarray(loss, dtype=np.float64).reshape(-1),
         gradient if loss_scale == 1 else gradient / gradient.dtype.type(loss_scale),
         output_dtype,
-        float(mean),
+        None if mean is None else float(mean),
     )
 
 

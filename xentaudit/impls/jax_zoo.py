@@ -231,6 +231,7 @@ def run(
     loss_scale: float = 1.0,
     given: str = "logits",
     focus: Focus = NO_FOCUS,
+    mean: bool = False,
 ) -> Outcome:
     """Run implementation ``name`` op by op or jitted (``mode`` "graph"); a focal loss with
     ``focus``.
@@ -273,8 +274,8 @@ def run(
                     loss_scale,
                 )
             loss = np.asarray(loss)
-            mean = jnp.mean(jnp.asarray(loss))
-            result = outcome(loss, np.asarray(grad), loss.dtype.name, loss_scale, mean)
+            own = jnp.mean(jnp.asarray(loss)) if mean else None
+            result = outcome(loss, np.asarray(grad), loss.dtype.name, loss_scale, own)
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted trace is not to be reused
         raise timed_out(name, dtype, mode, timeout) from None

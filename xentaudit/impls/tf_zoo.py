@@ -345,6 +345,7 @@ def run(
     loss_scale: float = 1.0,
     given: str = "logits",
     focus: Focus = NO_FOCUS,
+    mean: bool = False,
 ) -> Outcome:
     """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph"), its
     Keras layers built under the Keras dtype policy ``policy``; a focal loss with ``focus``.
@@ -395,8 +396,8 @@ def run(
             gradient = np.asarray(grad)
             if given == "probabilities":
                 gradient = to_logits_gradient(as_float(logits), as_float(gradient))
-            mean = tf.reduce_mean(loss)
-            result = outcome(loss.numpy(), gradient, loss.dtype.name, loss_scale, mean)
+            own = tf.reduce_mean(loss) if mean else None
+            result = outcome(loss.numpy(), gradient, loss.dtype.name, loss_scale, own)
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted trace is not to be reused
         raise timed_out(name, x.dtype.name, mode, timeout, policy) from None

@@ -262,6 +262,7 @@ def run(
     loss_scale: float = 1.0,
     given: str = "logits",
     focus: Focus = NO_FOCUS,
+    mean: bool = False,
 ) -> Outcome:
     """Run implementation ``name`` eagerly or compiled by ``torch.compile`` (``mode`` "graph").
 
@@ -289,10 +290,8 @@ def run(
                 loss, grad = _step(fn, y, k, x, loss_scale, LOGITS_AS.get(name))
             else:
                 loss, grad = _run_user(name, fn, y, k, x, loss_scale)
-            mean = loss.detach().mean()
-            result = outcome(
-                _array(loss), _array(grad), dtype_name(loss.dtype), loss_scale, mean.item()
-            )
+            own = loss.detach().mean() if mean else None
+            result = outcome(_array(loss), _array(grad), dtype_name(loss.dtype), loss_scale, own)
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted compilation is not to be reused
         raise timed_out(name, dtype, mode, timeout) from None
