@@ -150,3 +150,32 @@ def test_bad_focus_is_refused(kwargs: dict, message: str) -> None:
 def test_focal_advice_does_not_send_users_to_from_logits(seed_focal) -> None:
     advice = seed_focal.verdict().advice["divergent"].advice
     assert "log_softmax" in advice and "even with from_logits=True" in advice
+
+
+@pytest.mark.parametrize(
+    "loss, labels, bound",
+    [
+        # alpha (1 + gamma) max(sum y, 1) with alpha 0.5, gamma 2, one class per row
+        ("focal", np.array([1]), 0.5 * 3 * 1.0),
+        # (1 + gamma) max(alpha, 1 - alpha) / C with alpha 0.5 (w_max 0.5), gamma 2, C = 3
+        ("binary-focal", np.array([[1.0, 0.0, 1.0]]), 3 * 0.5 / 3),
+    ],
+)
+def test_focal_gradient_tolerance_is_pinned_by_its_bound(loss, labels, bound) -> None:
+    from xentaudit.audit import grade
+    from xentaudit.losses import reduction_depth
+
+    x = np.array([[0.5, -1.0, 2.0]], np.float32)
+    focus = focus_of(loss, 2.0, 0.5)
+    batch = prepare(x, labels, multi_label=loss == "binary-focal")
+    rounded = round_to(batch, get_format("float32"), "float64", "logits", loss, focus)
+    assert rounded.bound.tolist() == pytest.approx([bound], rel=1e-15)
+    eps = 2.0**-23
+    # focal: (8 + k) eps B; binary-focal: (8 eps + u max|x|) B, max|x| = 2
+    extra = reduction_depth(3) * eps if loss == "focal" else eps / 2 * 2.0
+    allowed = (8 * eps + extra) * bound
+    g = rounded.ref.grad.copy()
+    g[0, 0] += 1.05 * allowed
+    assert grade(rounded.ref.loss, g, "float32", rounded).masks["grad-wrong"].all()
+    g[0, 0] = rounded.ref.grad[0, 0] + 0.95 * allowed
+    assert not grade(rounded.ref.loss, g, "float32", rounded).masks["grad-wrong"].any()

@@ -169,7 +169,7 @@ def grade(
     with np.errstate(invalid="ignore", over="ignore"):
         rel_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / scale)
         ulps_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / fmt.ulp(ref.loss))
-    weights = rounded.weights if rounded.weights is None else as_float(rounded.weights)
+    weights = None if rounded.weights is None else as_float(rounded.weights)
     reduction = eff.eps * loss_fn.loss_terms(
         rounded.logits, weights, bound, ref.loss, rounded.focus
     )

@@ -62,6 +62,10 @@ SEED_SCALE = 10.0
 # --loss sigmoid's seed: at scale 10, the rows [[20], [-20]] labelled [[0], [1]]
 SIGMOID_SEED_LOGITS = [[2.0], [-2.0]]
 SIGMOID_SEED_LABELS = [[0.0], [1.0]]
+SEEDS = {  # Loss.labels -> compare's default input
+    "classes": (SEED_LOGITS, SEED_LABELS),
+    "multi-label": (SIGMOID_SEED_LOGITS, SIGMOID_SEED_LABELS),
+}
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 SIGNAL_EXITS = {
@@ -580,9 +584,7 @@ def compare(
             raise ConfigError(
                 "--labels came without --logits; pass both (or neither, for the seed)"
             )
-        seed = {"classes": (SEED_LOGITS, SEED_LABELS)}
-        seed["multi-label"] = (SIGMOID_SEED_LOGITS, SIGMOID_SEED_LABELS)
-        x, y = (np.array(v) for v in seed[LOSSES[loss].labels])
+        x, y = (np.array(v) for v in SEEDS[LOSSES[loss].labels])
         scale = SEED_SCALE if scale is None else scale
     else:
         x, y = load_inputs(logits, labels, logits_key, labels_key)

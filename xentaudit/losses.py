@@ -70,11 +70,9 @@ FOCAL_LOSSES = ("focal", "binary-focal")  # the losses whose implementations tak
 class Loss:
     """One member of the cross-entropy family."""
 
-    name: str  # --loss
-    summary: str
-    formula: str  # the exact loss of one row, as the README writes it
-    labels: str  # LABELS: "classes" (integer classes or weights over the classes, softmax);
-    # "multi-label" (a weight in [0, 1] per logit, the logits' shape)
+    name: str  # --loss; its formula is its reference module's (xentaudit/reference/)
+    labels: str  # "classes" (integer classes or weights over the classes: softmax, focal);
+    # "multi-label" (a weight in [0, 1] per logit, the logits' shape: sigmoid, binary-focal)
     reference: Callable[[np.ndarray, np.ndarray, str, Focus], Reference]
     # per row, from the rounded inputs: the gradient entries' bound B_i, the tolerance the loss
     # adds for its reductions and products (in eps), the gradient's (in eps), |dL/dx|_1's bound
@@ -138,7 +136,7 @@ def _exp_terms(x: np.ndarray, bound: np.ndarray) -> np.ndarray:
     return PRODUCT_ULPS * np.abs(as_float(x).astype(np.float64)).max(axis=1) * bound
 
 
-def _alpha(focus: Focus) -> float:
+def focal_alpha(focus: Focus) -> float:
     """The categorical focal loss's weight (1 where none is given)."""
     return 1.0 if focus.alpha is None else focus.alpha
 
@@ -153,8 +151,6 @@ LOSSES: dict[str, Loss] = {
     for loss in (
         Loss(
             "softmax",
-            "softmax cross-entropy: one class (or a distribution over classes) per row",
-            "L = sum_j y_j (log sum_k exp(x_k) - x_j)",
             "classes",
             lambda x, labels, method, focus: cross_entropy(x, labels, method),
             lambda x, weights, focus: _softmax_bound(x, weights),
@@ -166,9 +162,6 @@ LOSSES: dict[str, Loss] = {
         ),
         Loss(
             "sigmoid",
-            "sigmoid (binary, multi-label) cross-entropy: one logit and one label in [0, 1] "
-            "per class, the row's loss the mean over its labels",
-            "L = (1/C) sum_j [y_j log(1 + exp(-x_j)) + (1 - y_j) log(1 + exp(x_j))]",
             "multi-label",
             lambda x, labels, method, focus: sigmoid_cross_entropy(x, labels, method),
             lambda x, weights, focus: np.full(x.shape[0], 1.0 / x.shape[1]),
@@ -179,15 +172,12 @@ LOSSES: dict[str, Loss] = {
         ),
         Loss(
             "focal",
-            "categorical focal loss (Lin et al. 2017), as Keras' CategoricalFocalCrossentropy: "
-            "the cross-entropy of each class weighted by alpha (1 - p)^gamma",
-            "L = alpha sum_j y_j (1 - p_j)^gamma (-log p_j), p = softmax(x)",
             "classes",
             lambda x, labels, method, focus: focal_cross_entropy(
-                x, labels, focus.gamma, _alpha(focus), method
+                x, labels, focus.gamma, focal_alpha(focus), method
             ),
             lambda x, weights, focus: (
-                _alpha(focus) * (1 + focus.gamma) * _softmax_bound(x, weights)
+                focal_alpha(focus) * (1 + focus.gamma) * _softmax_bound(x, weights)
             ),
             lambda x, y, bound, exact, focus: _sum_terms(x, bound),
             lambda x, bound, focus: _sum_terms(x, bound),
@@ -197,11 +187,6 @@ LOSSES: dict[str, Loss] = {
         ),
         Loss(
             "binary-focal",
-            "binary focal loss, as Keras' BinaryFocalCrossentropy and optax's "
-            "sigmoid_focal_loss: each label's binary cross-entropy weighted by (1 - p_t)^gamma "
-            "(and by alpha y + (1 - alpha)(1 - y) with --alpha), the row's loss their mean",
-            "L = (1/C) sum_j w_j (1 - p_t,j)^gamma BCE_j, "
-            "1 - p_t = y sigmoid(-x) + (1 - y) sigmoid(x)",
             "multi-label",
             lambda x, labels, method, focus: binary_focal_cross_entropy(
                 x, labels, focus.gamma, focus.alpha, method

@@ -30,7 +30,7 @@ from xentaudit.impls import (
     user_loss,
 )
 from xentaudit.io import as_float
-from xentaudit.losses import FOCAL_LOSSES, NO_FOCUS, Focus
+from xentaudit.losses import FOCAL_LOSSES, NO_FOCUS, Focus, focal_alpha
 
 # fn(labels, classes, logits, eps) -> per-row losses; eps is used by `clipped` only.
 LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
@@ -152,7 +152,7 @@ def keras_bce_probs(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tens
 
 def naive_focal(focus: Focus) -> LossFn:
     """-alpha sum y (1 - p)^gamma log p on p = softmax(x), as the paper's formula is typed."""
-    alpha = 1.0 if focus.alpha is None else focus.alpha
+    alpha = focal_alpha(focus)
 
     def loss(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
         p = _shifted_softmax(x)
@@ -163,7 +163,7 @@ def naive_focal(focus: Focus) -> LossFn:
 
 def focal_log_softmax(focus: Focus) -> LossFn:
     """The stable form: log p = log_softmax(x), 1 - p = -expm1(log p) (no cancellation)."""
-    alpha = 1.0 if focus.alpha is None else focus.alpha
+    alpha = focal_alpha(focus)
 
     def loss(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
         log_p = tf.nn.log_softmax(x)
@@ -173,7 +173,7 @@ def focal_log_softmax(focus: Focus) -> LossFn:
 
 
 def _categorical_focal(focus: Focus, from_logits: bool) -> keras.losses.Loss:
-    alpha = 1.0 if focus.alpha is None else focus.alpha
+    alpha = focal_alpha(focus)
     return keras.losses.CategoricalFocalCrossentropy(
         alpha=alpha, gamma=focus.gamma, from_logits=from_logits, reduction=None
     )
