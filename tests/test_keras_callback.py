@@ -249,7 +249,8 @@ def test_loss_replaces_the_compiled_one():
     _, labels = _sample()
     logits = callback._logits(_sample()[0]).astype(np.float64)
     # two classes: -sum_j y'_j log softmax_j = y'_0 log(1 + e^(x1-x0)) + y'_1 log(1 + e^(x0-x1))
-    smoothed = labels * (1 - smoothing) + smoothing / 2
+    # smoothed exactly (float64; the float32 labels times 0.9 would round them to float32)
+    smoothed = labels.astype(np.float64) * (1 - smoothing) + smoothing / 2
     d = logits[:, 1] - logits[:, 0]
     exact = smoothed[:, 0] * np.logaddexp(0, d) + smoothed[:, 1] * np.logaddexp(0, -d)
     assert record.exact_loss == pytest.approx(exact.mean(), rel=1e-12)  # as above: 64 terms

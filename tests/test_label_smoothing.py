@@ -1,7 +1,11 @@
-"""--label-smoothing: the labels are smoothed as Keras smooths them, and everything is graded
-on them; the exact values are derived here from the smoothed labels with mpmath."""
+"""--label-smoothing: the labels are smoothed as Keras smooths them, by the implementations that
+take a smoothing argument of their own (Keras' losses, torch's F.cross_entropy) on the labels as
+given, for the others before they run; everything is graded against the exact loss of the labels
+smoothed exactly. Exact values are derived here from the smoothed labels with mpmath."""
 
 from __future__ import annotations
+
+import math
 
 import mpmath
 import numpy as np
@@ -30,14 +34,17 @@ def smoothed():
     return audit(SEED, SEED_CLASSES, label_smoothing=0.1, backends=["tf"], dtypes=["float32"])
 
 
-def test_the_reference_scores_the_smoothed_labels(smoothed) -> None:
-    # Keras: y (1 - 0.1) + 0.1 / 3, rounded to float32 as the implementations receive them
-    y = (np.eye(3)[SEED_CLASSES] * 0.9 + 0.1 / 3).astype(np.float32).astype(np.float64)
-    truth = softmax_truth(SEED, y)
+def test_the_reference_scores_the_labels_smoothed_exactly(smoothed) -> None:
+    # Keras' y (1 - a) + a / C with a = 1/10 and C = 3, in exact rationals: 9/10 + 1/30 on the
+    # label, 1/30 elsewhere (not rounded to float32, whatever the implementations are handed)
+    with mpmath.workdps(60):
+        y = np.array([[mpmath.mpf(9) / 10 * (j == c) + mpmath.mpf(1) / 30 for j in range(3)]
+                      for c in SEED_CLASSES], dtype=object)  # fmt: skip
+        truth = softmax_truth(SEED, y)
     for r in smoothed.results:
-        # the float32 logits are exact (integers); mpmath at 60 digits vs the reference's
-        # 50-digit method, rounded to float64: a float64 ulp
-        assert r.reference_rows == pytest.approx(truth, rel=2.0**-52)
+        # the float32 logits are exact (integers); the reference smooths in float64 (labels
+        # within 2 float64 ulps), then computes at 50 digits: within a few float64 ulps
+        assert r.reference_rows == pytest.approx(truth, rel=2.0**-50)
 
 
 def test_flags_are_those_of_the_same_soft_labels_given_outright(smoothed) -> None:
@@ -46,10 +53,66 @@ def test_flags_are_those_of_the_same_soft_labels_given_outright(smoothed) -> Non
     assert [(r.impl, r.mode, r.flags) for r in smoothed.results] == [
         (r.impl, r.mode, r.flags) for r in soft.results
     ]
+    reason = (
+        "takes class labels and no label smoothing of its own, and --label-smoothing 0.1 makes "
+        "them soft"
+    )
     assert [(s.impl, s.reason) for s in smoothed.skipped] == [
-        (name, "needs one-hot or integer labels, and --label-smoothing 0.1 makes them soft")
-        for name in ("tf_sparse_softmax_xent", "keras_scce_logits")
+        (name, reason) for name in ("tf_sparse_softmax_xent", "keras_scce_logits")
     ]
+
+
+def test_keras_and_torch_smooth_the_labels_themselves() -> None:
+    # The losses with a label_smoothing argument run with it, on the one-hot labels: their
+    # per-row losses are, bit for bit, what the user's own call computes.
+    import keras
+    import torch
+    import torch.nn.functional as F
+
+    x = np.array([[2.5, -1.25, 0.75, 3.0], [-4.0, 1.5, 0.5, 2.0]], np.float32)
+    classes = np.array([3, 0])
+    result = audit(x, classes, label_smoothing=0.15, dtypes=["float32"], modes=["eager"],
+                   impls=["keras_cce_logits", "torch_cross_entropy"])  # fmt: skip
+    cce = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=0.15, reduction=None
+    )
+    own = {
+        "keras_cce_logits": np.asarray(cce(np.eye(4, dtype=np.float32)[classes], x)),
+        "torch_cross_entropy": F.cross_entropy(
+            torch.from_numpy(x), torch.from_numpy(classes), label_smoothing=0.15,
+            reduction="none",
+        ).numpy(),
+    }  # fmt: skip
+    for r in result.results:
+        assert list(r.loss_rows) == own[r.impl].astype(np.float64).tolist(), r.impl
+        assert r.flags == ()
+    assert result.skipped == ()
+
+
+def test_torch_smoothing_overflows_float16_past_c_ln_c() -> None:
+    # F.cross_entropy(label_smoothing=a) with class indices adds a / C times -sum_j log p_j,
+    # summed in the logits' dtype: on C equal logits -log p_j = ln C, so the sum is C ln C,
+    # which overflows float16 (max 65504; a float32 sum of 65520 or more rounds to inf) for
+    # C = 7500 (66,920) and not for C = 7000 (61,976). The exact loss is ln C whatever a.
+    f16_max = float(np.finfo(np.float16).max)
+    assert 7000 * math.log(7000) < f16_max < 65520 < 7500 * math.log(7500)
+    for c, overflows in ((7000, False), (7500, True)):
+        result = audit(
+            np.zeros((1, c)),
+            np.array([0]),
+            label_smoothing=0.1,
+            dtypes=["float16"],
+            modes=["eager"],
+            impls=["torch_cross_entropy", "optax_softmax_xent"],
+        )
+        assert result.results[0].reference_rows == pytest.approx([math.log(c)], rel=2.0**-50)
+        torch_ce, optax = result.results
+        assert ("inf" in torch_ce.flags) is overflows
+        # else within float16's own loss tolerance, 8 eps(float16) = 2^-7 relative
+        finite = pytest.approx(math.log(c), rel=2.0**-7)
+        assert torch_ce.loss_rows[0] == (math.inf if overflows else finite)
+        # optax is handed the smoothed labels and sums y_j log p_j, each below 1: no overflow
+        assert not {"inf", "nan", "divergent"} & set(optax.flags)
 
 
 def test_a_sigmoid_label_is_smoothed_towards_one_half() -> None:

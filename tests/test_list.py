@@ -13,7 +13,9 @@ from xentaudit.cli import cli, list_cell
 from xentaudit.impls import CLIPS, KERAS_DEFAULT_EPSILON, REGISTRY
 
 README = Path(__file__).parent.parent / "README.md"
-COLUMNS = ("name", "summary", "loss", "backend", "family", "takes", "labels", "dtypes", "clip")
+COLUMNS = (
+    "name", "summary", "loss", "backend", "family", "takes", "labels", "dtypes", "clip", "smoothing"
+)  # fmt: skip
 
 
 def listed(*args: str) -> list[dict]:

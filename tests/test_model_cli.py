@@ -228,9 +228,10 @@ def test_a_smoothed_loss_is_graded_against_the_smoothed_labels(files: dict[str, 
     x, y = np.load(files["x"]), np.load(files["y"])
     logits = _hand_logits(x)
     mpmath.mp.dps = 50
-    # The implementations receive the smoothed labels in the audited dtype, and the exact loss
-    # is that of what they receive: y' rounded to float32, each weight exactly as given.
-    smooth = np.float32(np.eye(CLASSES)[y] * 0.9 + 0.1 / 3).tolist()
+    # The exact loss is that of the labels smoothed exactly, y' = 9/10 y + 1/30 in rationals
+    # (the model's loss smooths the labels as given itself, in float32, as in training).
+    smooth = [[mpmath.mpf(9) / 10 * (j == c) + mpmath.mpf(1) / 30 for j in range(CLASSES)]
+              for c in y.tolist()]  # fmt: skip
     want = []
     for row, weights in zip(logits.tolist(), smooth, strict=True):
         lse = mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in row))
@@ -244,9 +245,9 @@ def test_a_smoothed_loss_is_graded_against_the_smoothed_labels(files: dict[str, 
     keras_model = keras.saving.load_model(files["smoothed"])
     per_row = keras_model.loss.from_config({**keras_model.loss.get_config(), "reduction": None})
     real = per_row(tf.one_hot(y, CLASSES), keras_model.layers[-1](tf.constant(logits)))
-    # Keras smooths in float32 (two roundings per label weight) where the audit smooths in
-    # float64: the means differ by at most a few float32 ulps of the loss (8 u, u = 2^-24).
-    assert abs(model["loss_mean"] - float(np.mean(real))) <= 8 * 2**-24 * max(model["loss_mean"], 1)
+    # The model's loss smooths the one-hot labels itself, as Keras does in training: its
+    # per-row losses are those of the real call, bit for bit (both means taken in float64).
+    assert model["loss_mean"] == float(np.mean(np.asarray(real, np.float64)))
     # The sparse zoo losses cannot take smoothed labels: skipped, saying why.
     reasons = {s["impl"]: s["reason"] for s in doc["skipped"]}
     assert "label_smoothing=0.1" in reasons["tf_sparse_softmax_xent"]

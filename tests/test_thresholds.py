@@ -302,3 +302,87 @@ def test_check_default_fail_on_fails_on_divergent_but_not_on_grad_wrong(tmp_path
         cli, ["check", str(wrong), "--impl", "naive", "--mode", "eager", "--fail-on", "grad-wrong"]
     )
     assert named.exit_code == 1
+
+
+@pytest.mark.parametrize("n", [2, 1000])
+def test_soft_labels_widen_grad_wrong_by_their_sum_in_any_order(n: int) -> None:
+    # n nonzero label weights: autodiff forms p_j sum(y) - y_j from the framework's own sum of
+    # them, within (n - 1) u of the sum in any order (Higham (4.4)), reaching entry j through
+    # p_j: grad-wrong past eps ((8 + k) B + (n - 1) max_j p_j B / 2). One logit 8 above 999
+    # zeros: max_j p_j = e^8 / (e^8 + 999) = 0.749; at n = 1000 the label term is 374 eps, at
+    # n = 2 under 1 eps beside the 18 eps of (8 + k).
+    classes, k = 1000, 10
+    x = np.zeros((1, classes))
+    x[0, 0] = 8.0
+    y = np.zeros((1, classes))
+    y[0, 0] = 0.9
+    y[0, 1:n] = 0.1 / (n - 1)
+    rounded = round_to(prepare(x, y), FORMATS["float32"])
+    top = math.exp(8) / (math.exp(8) + classes - 1)
+    bound = max(float(rounded.weights.astype(np.float64).sum()), 1.0)
+    threshold = EPS32 * ((8 + k) + 0.5 * (n - 1) * top) * bound
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        g = rounded.ref.grad.copy()
+        g[0, 0] += factor * threshold
+        graded = grade(rounded.ref.loss, g, "float32", rounded)
+        assert (graded.flags() == ("grad-wrong",)) is flagged, (n, factor, graded.flags())
+
+
+def test_a_sequential_sum_of_smoothed_labels_needs_the_label_term() -> None:
+    # The gradient p_j S - y_j with S the float32 sum of 16,384 smoothed labels added one by one
+    # (np.cumsum is sequential): an honest implementation in another order than a tree's, off
+    # by more than the tree bound (8 + k) eps B and inside the label term.
+    classes, k = 16384, 14
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, classes)) * 3
+    rounded = round_to(prepare(x, rng.integers(0, classes, 4)), FORMATS["float32"], smoothing=0.1)
+    y = rounded.weights  # float32 smoothed labels, as the implementation is handed them
+    total = np.cumsum(y, axis=1, dtype=np.float32)[:, -1:].astype(np.float64)
+    p = np.exp(x - x.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    g = p * total - y.astype(np.float64)
+    error = np.abs(g - rounded.ref.grad).max(axis=1)
+    assert error.max() > (8 + k) * EPS32
+    graded = grade(rounded.ref.loss, g, "float32", rounded)
+    assert "grad-wrong" not in graded.flags()
+
+
+def _smoothed_sigmoid_rows(a: float, n: int = 2000):
+    """Logits in [2^20, 2^21) with label 1 smoothed by ``a`` to y' = 1 - a/2: the exact loss
+    softplus(x) - x y' is x a / 2 (log1p(e^-x) is below 1e-300)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(2**20, 2**21, (n, 1)).astype(np.float32)
+    batch = prepare(x, np.ones((n, 1)), multi_label=True)
+    rounded = round_to(batch, FORMATS["float32"], loss="sigmoid", smoothing=a)
+    return x[:, 0].astype(np.float64), rounded
+
+
+def test_labels_smoothed_in_a_dtype_widen_the_sigmoid_loss_tolerance() -> None:
+    # divergent past eps (8 max(L, 1) + (1/2 + 3/2) x y'): the product x y' rounds (1/2 eps)
+    # and so do the smoothed labels, in three roundings (3/2 eps)
+    a = 0.0361
+    x, rounded = _smoothed_sigmoid_rows(a, 8)
+    exact = x * a / 2
+    np.testing.assert_allclose(rounded.ref.loss, exact, rtol=2.0**-50)
+    threshold = EPS32 * (8 * np.maximum(exact, 1.0) + 2.0 * x * (1 - a / 2))
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        graded = grade(exact + factor * threshold, rounded.ref.grad, "float32", rounded)
+        assert graded.masks["divergent"].all() is np.bool_(flagged), factor
+
+
+def test_keras_smoothing_in_float32_is_within_the_tolerance_and_needs_its_term() -> None:
+    from xentaudit.audit import run_graded
+
+    # a = 0.0361: Python's 1 - a and a / 2 round to float32 and so does their sum, 0.75 u off
+    # 1 - a/2 (measured here below); Keras' BinaryCrossentropy(label_smoothing=a) then rounds
+    # x y' too: errors up to 1.7 u x, past the tolerance without the smoothed labels' term
+    # (8 eps max(L, 1) + u x y', 1.36 times over) and inside it.
+    a = 0.0361
+    smoothed = np.float32(np.float32(1 - a) + np.float32(a / 2))
+    assert abs(float(smoothed) - (1 - a / 2)) > 0.74 * 2.0**-24
+    x, rounded = _smoothed_sigmoid_rows(a)
+    outcome, grades = run_graded("keras_bce_logits", 1e-7, "eager", rounded, None)
+    assert grades.flags() == ()
+    err = np.abs(outcome.loss - rounded.ref.loss)
+    without = EPS32 * (8 * np.maximum(rounded.ref.loss, 1.0) + 0.5 * x * (1 - a / 2))
+    assert (err > without).any()

@@ -47,7 +47,15 @@ from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS
 from xentaudit.impls import Outcome
 from xentaudit.io import Batch, as_float, describe_rows, prepare
-from xentaudit.losses import LOSSES, NO_FOCUS, Focus, focus_of, get_loss
+from xentaudit.losses import (
+    LOSSES,
+    NO_FOCUS,
+    Focus,
+    extra_labels,
+    focus_of,
+    get_loss,
+    label_sum_terms,
+)
 from xentaudit.reference import Reference, grad_error
 from xentaudit.results import Audit, ImplResult, Skipped
 
@@ -171,7 +179,7 @@ def grade(
         ulps_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / fmt.ulp(ref.loss))
     weights = None if rounded.weights is None else as_float(rounded.weights)
     reduction = eff.eps * loss_fn.loss_terms(
-        rounded.logits, weights, bound, ref.loss, rounded.focus
+        rounded.logits, weights, bound, ref.loss, rounded.focus, rounded.smoothing > 0
     )
     allowed = tol * scale + (reduction if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
@@ -185,6 +193,11 @@ def grade(
         ]
     )
 
+    label_sums = np.zeros_like(bound)
+    if loss_fn.labels == "classes" and weights is not None:
+        extra = extra_labels(weights)
+        if extra.any():
+            label_sums = label_sum_terms(extra, rounded.top_probability, bound)
     # Row maxima propagate NaN (and inf), so two of them tell everything the flags need.
     row_gerr, impl_size = grad_error(grad, ref.grad)
     row_gerr = np.where(row_gerr < eff.tiny, 0.0, row_gerr)
@@ -199,6 +212,7 @@ def grade(
             row_gerr
             > RTOL_ULPS * eff.eps * bound
             + eff.eps * loss_fn.grad_terms(rounded.logits, bound, rounded.focus)
+            + eff.eps * label_sums
             + slack,
         ]
     )
@@ -241,12 +255,30 @@ class Rounded:
     given: str = "logits"  # what ``logits`` hold (``zoo.INPUTS``): probabilities, at `check`
     loss: str = "softmax"  # LOSSES: what ``ref`` is the exact value of
     focus: Focus = NO_FOCUS  # the focal losses' gamma and alpha
+    # label smoothing a: ``weights`` are the labels smoothed (in float64, then rounded to fmt)
+    # and ``ref`` the exact loss of the labels smoothed exactly; the implementations that
+    # smooth by an argument of their own (``Impl.smooths``) take ``given_weights`` (the labels
+    # as given, in fmt; None for classes) and a instead
+    smoothing: float = 0.0
+    given_weights: np.ndarray | None = None
 
     @cached_property
     def bound(self) -> np.ndarray:
         """B_i, the bound of the exact gradient's entries of each row (softmax: max(sum_j y_ij,
         1); ``losses`` for the others)."""
         return LOSSES[self.loss].bound(self.logits, self.weights, self.focus)
+
+    @cached_property
+    def top_probability(self) -> np.ndarray:
+        """max_j q_ij, the largest softmax probability of each row (float64): 1 / sum_j
+        exp(x_ij - max_j x_ij) of logits; max p / sum p of probabilities (``given``)."""
+        x = as_float(self.logits).astype(np.float64)
+        if self.given == "probabilities":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return x.max(axis=1) / x.sum(axis=1)
+        top = x.max(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore"):
+            return 1.0 / np.exp(x - np.where(np.isfinite(top), top, 0.0)).sum(axis=1)
 
     @cached_property
     def max_abs_logit(self) -> np.ndarray:
@@ -266,9 +298,12 @@ def round_to(
     given: str = "logits",
     loss: str = "softmax",
     focus: Focus = NO_FOCUS,
+    smoothing: float = 0.0,
 ) -> Rounded:
     """Round ``batch`` to ``fmt`` and compute the exact reference of the rounded inputs, of the
-    loss ``loss`` (``LOSSES``).
+    loss ``loss`` (``LOSSES``), their labels smoothed by ``smoothing`` (``Loss.smooth``: as
+    Keras smooths them, exactly, in float64, for the reference; then rounded to ``fmt`` for the
+    implementations handed smoothed labels).
 
     ``method`` is the reference method (see ``reference.cross_entropy``). ``given``
     "probabilities": ``batch.logits`` hold probabilities p, whose exact loss and logit gradient
@@ -294,12 +329,19 @@ def round_to(
             raise Unrepresentable(f"label weights overflow {fmt.name} (max {fmt.max:.5g})")
     # One-hot weights are exact in every format: their classes are the cheaper reference input.
     ref_labels = batch.classes if batch.classes is not None else y
+    given_y = y
+    if smoothing:
+        dense = batch.weights
+        if dense is None:
+            dense = np.eye(batch.shape[1])[batch.classes]
+        ref_labels = LOSSES[loss].smooth(dense, smoothing)
+        y = fmt.cast(ref_labels)
     ref_logits = x
     if given == "probabilities":
         with np.errstate(divide="ignore"):
             ref_logits = np.log(as_float(x).astype(np.float64))
     ref = LOSSES[loss].reference(ref_logits, ref_labels, method, focus)  # type: ignore[arg-type]
-    return Rounded(fmt, x, y, batch.classes, ref, given, loss, focus)
+    return Rounded(fmt, x, y, batch.classes, ref, given, loss, focus, smoothing, given_y)
 
 
 def _run(
@@ -312,9 +354,20 @@ def _run(
     loss_scale: float,
     mean: bool = False,
 ) -> Outcome:
-    args = (rounded.logits, rounded.weights, rounded.classes, timeout, policy, loss_scale)
-    backend = zoo.load_backend(zoo.get_impl(name).backend)
-    return backend.run(name, eps, mode, *args, given=rounded.given, focus=rounded.focus, mean=mean)
+    impl = zoo.get_impl(name)
+    smoothing = rounded.smoothing if impl.smooths else 0.0
+    labels = rounded.given_weights if smoothing else rounded.weights
+    args = (rounded.logits, labels, rounded.classes, timeout, policy, loss_scale)
+    return zoo.load_backend(impl.backend).run(
+        name,
+        eps,
+        mode,
+        *args,
+        given=rounded.given,
+        focus=rounded.focus,
+        mean=mean,
+        smoothing=smoothing,
+    )
 
 
 def run_graded(
@@ -446,55 +499,55 @@ def ignored_rows(labels: np.ndarray, names: Iterable[str]) -> np.ndarray | None:
     return (labels[:, path.ignore_class] == 1) & (labels.sum(axis=1) == 1)
 
 
-def scored_labels(
-    batch: Batch, names: Iterable[str], label_smoothing: float = 0.0, loss: str = "softmax"
-) -> Batch:
-    """``batch`` with the labels every implementation is graded on: as given, or smoothed as
-    Keras does (``Loss.smooth``: ``y (1 - a) + a / C`` for softmax, ``+ a / 2`` for sigmoid) in
-    float64, by ``label_smoothing`` a, or, when ``model`` is among ``names``, by its loss's own
-    label_smoothing (soft labels from then on: the reference and every implementation score
-    them, and the sparse ones are skipped).
+def smoothing_for(batch: Batch, names: Iterable[str], label_smoothing: float = 0.0) -> float:
+    """The label smoothing ``batch`` is graded with (``round_to``): ``label_smoothing``, or,
+    when ``model`` is among ``names``, its loss's own label_smoothing (the reference and every
+    implementation score the smoothed labels; the model's loss, as Keras' losses with a
+    ``label_smoothing`` argument and torch's ``F.cross_entropy``, smooths them itself).
 
     Rows of the class ``model``'s loss ignores (``ignore_class``) are refused: Keras returns 0
     and no gradient for them, by design, so they have nothing to grade; ``check`` leaves them
     out before (``ignored_rows``).
     """
     path = _chosen_model(names)
-    if path is not None:
-        if label_smoothing:
-            raise ConfigError(
-                "--label-smoothing applies to --impl; the model's loss smooths as it was saved "
-                f"(label_smoothing={path.label_smoothing:g})"
+    if path is None:
+        return label_smoothing
+    if label_smoothing:
+        raise ConfigError(
+            "--label-smoothing applies to --impl; the model's loss smooths as it was saved "
+            f"(label_smoothing={path.label_smoothing:g})"
+        )
+    if path.ignore_class is not None and batch.classes is not None:
+        rows = np.flatnonzero(batch.classes == path.ignore_class)
+        if rows.size:
+            raise InputError(
+                f"{describe_rows(rows)} have class {path.ignore_class}, which the model's "
+                f"loss ignores (ignore_class={path.ignore_class}); audit labels without it, "
+                "or run `xentaudit check`, which leaves them out"
             )
-        if path.ignore_class is not None and batch.classes is not None:
-            rows = np.flatnonzero(batch.classes == path.ignore_class)
-            if rows.size:
-                raise InputError(
-                    f"{describe_rows(rows)} have class {path.ignore_class}, which the model's "
-                    f"loss ignores (ignore_class={path.ignore_class}); audit labels without it, "
-                    "or run `xentaudit check`, which leaves them out"
-                )
-        label_smoothing = path.label_smoothing
-    if not label_smoothing:
-        return batch
-    weights = batch.weights
-    if weights is None:
-        weights = np.eye(batch.shape[1])[batch.classes]
-    return Batch(batch.logits, LOSSES[loss].smooth(weights, label_smoothing), None)
+    return path.label_smoothing
 
 
-def classes_skip(names: Iterable[str], label_smoothing: float = 0.0) -> str:
-    """Why an implementation that takes class labels is skipped on these labels."""
+def labels_skip(
+    name: str, classes: np.ndarray | None, names: Iterable[str], smoothing: float = 0.0
+) -> str | None:
+    """Why implementation ``name`` cannot run on labels of the classes ``classes`` (None: soft
+    labels) smoothed by ``smoothing`` (``smoothing_for``), or None when it can: one that takes
+    class labels needs them, and unless it smooths them itself (``Impl.smooths``: torch's
+    ``F.cross_entropy``) no smoothing, which makes them soft."""
+    impl = zoo.get_impl(name)
+    if not impl.needs_classes or (classes is not None and (not smoothing or impl.smooths)):
+        return None
     path = _chosen_model(names)
     if path is not None and path.label_smoothing:
         return (
-            "needs one-hot or integer labels, and the model's loss smooths them "
+            "takes class labels and no label smoothing, and the model's loss smooths them "
             f"(label_smoothing={path.label_smoothing:g})"
         )
-    if label_smoothing:
+    if smoothing:
         return (
-            f"needs one-hot or integer labels, and --label-smoothing {label_smoothing:g} "
-            "makes them soft"
+            f"takes class labels and no label smoothing of its own, and --label-smoothing "
+            f"{smoothing:g} makes them soft"
         )
     return "needs one-hot or integer labels"
 
@@ -665,8 +718,10 @@ def audit(
     own dtype policy.
     ``backends`` ("tf", "torch", "jax"; None: all) limit what ``all`` means to their installed
     implementations; those not installed are listed under ``skipped``. ``label_smoothing`` a
-    in [0, 1): the labels are smoothed as Keras smooths them (``scored_labels``) before
-    anything runs. ``logits`` and ``labels`` may be numpy arrays, torch tensors or jax arrays.
+    in [0, 1): the labels are smoothed as Keras smooths them, by the implementations that take a
+    smoothing argument (Keras' losses, torch's ``F.cross_entropy``), for the others before
+    they run (``round_to``); the reference scores the labels smoothed exactly. ``logits`` and
+    ``labels`` may be numpy arrays, torch tensors or jax arrays.
     Returns an ``Audit``; prints nothing.
     """
     modes = tuple(modes)
@@ -679,14 +734,14 @@ def audit(
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
     batch = prepare(logits, labels, multi_label=multi_label)
-    batch = scored_labels(batch, names, label_smoothing, loss)
+    smoothing = smoothing_for(batch, names, label_smoothing)
 
     results: list[ImplResult] = []
     skipped = backend_skips(backends)
     method = "mpmath"
     for fmt in formats:
         try:
-            rounded = round_to(batch, fmt, loss=loss, focus=focus)
+            rounded = round_to(batch, fmt, loss=loss, focus=focus, smoothing=smoothing)
         except Unrepresentable as exc:
             skipped.extend(Skipped(name, fmt.name, str(exc)) for name in names)
             continue
@@ -697,8 +752,9 @@ def audit(
         runs: Runs = {}
         for policy, variant in policy_variants(chosen_policies, chosen):
             name = variant.impl
-            if zoo.get_impl(name).needs_classes and batch.classes is None:
-                skip = Skipped(name, fmt.name, classes_skip(names, label_smoothing))
+            reason = labels_skip(name, batch.classes, names, smoothing)
+            if reason is not None:
+                skip = Skipped(name, fmt.name, reason)
                 if skip not in skipped:  # once, whatever the policies
                     skipped.append(skip)
                 continue

@@ -26,16 +26,16 @@ from xentaudit.audit import (
     backend_skips,
     check_options,
     chosen_impls,
-    classes_skip,
     eps_used,
     eps_values,
     ignored_rows,
+    labels_skip,
     model_description,
     policy_variants,
     round_to,
     run_shared,
     runnable_modes,
-    scored_labels,
+    smoothing_for,
     variants,
     worst,
 )
@@ -385,19 +385,25 @@ def _audit_chunk(
             pick = np.argmax if source == "predicted" else np.argmin
             labelled = Batch(batch.logits, None, pick(as_float(batch.logits), axis=1))
         names = [v.impl for v in chosen]
-        labelled = scored_labels(labelled, names, label_smoothing, loss)
+        smoothing = smoothing_for(labelled, names, label_smoothing)
         for fmt in formats:
             try:
                 rounded = round_to(
-                    labelled, fmt, method="float64", given=input_kind, loss=loss, focus=focus
+                    labelled,
+                    fmt,
+                    method="float64",
+                    given=input_kind,
+                    loss=loss,
+                    focus=focus,
+                    smoothing=smoothing,
                 )
             except Unrepresentable as exc:
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
             runs: Runs = {}
             for policy, variant in policy_variants(policies, chosen):
                 name = variant.impl
-                if zoo.get_impl(name).needs_classes and labelled.classes is None:
-                    reason = classes_skip(names, label_smoothing)
+                reason = labels_skip(name, labelled.classes, names, smoothing)
+                if reason is not None:
                     skipped[(name, fmt.name)] = Skipped(name, fmt.name, reason)
                     continue
                 runnable, skip = runnable_modes(name, modes)

@@ -1161,14 +1161,23 @@ def _list_table(rows: list[dict[str, str | list[str]]], color: bool, width: int)
 
     console = table_report._console(color, width)
     console.print(f"xentaudit list: {len(rows)} built-in implementations")
-    # What each is, then the short facts: one table of all would squeeze the summaries.
-    for columns in (("name", "summary"), [c for c in rows[0] if c != "summary"]):
+    # What each is, then the short facts: one table of all would squeeze the summaries; the
+    # few that smooth labels themselves are named below them.
+    for columns in (("name", "summary"), [c for c in rows[0] if c not in ("summary", "smoothing")]):
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
         for column in columns:
             table.add_column(column, no_wrap=column == "name")
         for row in rows:
             table.add_row(*(Text(list_cell(row, column)) for column in columns))
         console.print(table)
+    own = [str(row["name"]) for row in rows if row["smoothing"] == "own"]
+    if own:
+        console.print(
+            Text(
+                "Take --label-smoothing as their own argument, on the labels as given: "
+                f"{', '.join(own)}; the others are handed the labels smoothed."
+            )
+        )
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 

@@ -48,8 +48,11 @@ FLAGS: dict[str, Flag] = {
         Flag(
             "inf",
             True,
-            "the loss is infinite where the exact loss is finite (log of an underflowed p)",
-            "compute log-probabilities as x - logsumexp(x), never log(softmax(x))",
+            "the loss is infinite where the exact loss is finite (log of an underflowed p, or a "
+            "half-precision sum that overflows, such as torch's label-smoothing term over a "
+            "large vocabulary in float16)",
+            "compute log-probabilities as x - logsumexp(x), never log(softmax(x)); compute a "
+            "float16 loss in float32 (cast the logits first)",
         ),
         Flag(
             "divergent",

@@ -24,6 +24,10 @@ With eps the machine epsilon of the effective dtype, k = ceil(log2 C) and L_i th
   forms stay within the softmax's tolerance at gamma 2 and 5, tests/test_focal.py).
 * binary-focal: B_i = (1 + gamma) w_max / C (w_max = max(alpha, 1 - alpha), or 1), with the
   sigmoid's terms at the largest weight; |dL/dx|_1 <= C B_i.
+
+Soft labels (softmax, focal) with n_i nonzero weights add u (n_i - 1) max_j p_ij B_i to the
+gradient's tolerance (``LABEL_SUM_ULPS``); labels smoothed in a dtype add 1.5 eps mean_j max(x_ij,
+0) y_ij to the sigmoid losses' (``SMOOTHED_ULPS``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,18 @@ REDUCTION_ULPS = 1  # per doubling of the class count: the error bound of a tree
 # the rounding of the product x y, at most u |x| = eps |x| / 2 per label (sigmoid): measured at
 # 0.999 u |x| for TensorFlow's own fused loss (tests/test_sigmoid.py)
 PRODUCT_ULPS = 0.5
+# labels smoothed in a dtype, fl(y (1 - a) + a / K) with a / K and 1 - a rounded too: within
+# three roundings (3u = 1.5 eps) of the exact y' relatively (the constant, the product for a soft
+# y, the sum); the sigmoid's terms softplus(x) - x y' move by |x| per unit of y', which where
+# x > 0 the loss's relative tolerance does not cover: 1.5 eps mean_j max(x_j, 0) y'_j more
+SMOOTHED_ULPS = 1.5
+# soft labels (softmax, focal): autodiff forms each gradient entry from the implementation's sum
+# of the row's n_i nonzero label weights (p_j sum_k y_k - y_j), which a framework's kernel adds in
+# its own order: within gamma_{n_i - 1} ~ (n_i - 1) u of the sum in any order (Higham 2002, (4.4);
+# measured at 86 u for 16,384 smoothed labels in TensorFlow's float32 reduce_sum, where a tree sum
+# would be within 14 u), reaching entry j through p_j: u (n_i - 1) max_j p_ij B_i. Hard labels
+# (n_i = 1) add nothing.
+LABEL_SUM_ULPS = 0.5
 LABELS = ("classes", "multi-label")  # Loss.labels: classes or weights per class; one per logit
 
 
@@ -77,7 +93,10 @@ class Loss:
     # per row, from the rounded inputs: the gradient entries' bound B_i, the tolerance the loss
     # adds for its reductions and products (in eps), the gradient's (in eps), |dL/dx|_1's bound
     bound: Callable[[np.ndarray, np.ndarray | None, Focus], np.ndarray]
-    loss_terms: Callable[[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, Focus], np.ndarray]
+    # (x, y, B, exact loss, focus, whether the labels were smoothed in a dtype)
+    loss_terms: Callable[
+        [np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, Focus, bool], np.ndarray
+    ]
     grad_terms: Callable[[np.ndarray, np.ndarray, Focus], np.ndarray]
     l1_bound: Callable[[np.ndarray, np.ndarray], np.ndarray]
     smoothing_classes: Callable[[int], int]  # K of label smoothing y (1 - a) + a / K, for C labels
@@ -115,17 +134,31 @@ def _sum_terms(x: np.ndarray, bound: np.ndarray) -> np.ndarray:
 
 
 def _mean_terms(
-    x: np.ndarray, y: np.ndarray | None, exact: np.ndarray, weight: float
+    x: np.ndarray, y: np.ndarray | None, exact: np.ndarray, weight: float, smoothed: bool
 ) -> np.ndarray:
     """The mean of C non-negative per-label terms, k max(|L_i|, 1), and the rounding of the
     product x y in x - x y where x > 0, u x y per label times the largest label weight (sigmoid,
     binary focal; where x < 0 the product -x y is the term itself, within its relative
-    tolerance)."""
+    tolerance); for labels ``smoothed`` in a dtype, their rounding, ``SMOOTHED_ULPS`` x y more."""
     scale = np.maximum(np.abs(exact), 1.0)
     products = np.maximum(as_float(x).astype(np.float64), 0.0) * (1.0 if y is None else y)
-    return REDUCTION_ULPS * reduction_depth(x.shape[1]) * scale + PRODUCT_ULPS * weight * (
+    ulps = PRODUCT_ULPS + (SMOOTHED_ULPS if smoothed else 0.0)
+    return REDUCTION_ULPS * reduction_depth(x.shape[1]) * scale + ulps * weight * (
         products.mean(axis=1)
     )
+
+
+def extra_labels(weights: np.ndarray) -> np.ndarray:
+    """n_i - 1, n_i the number of nonzero label ``weights`` of row i (at least 0)."""
+    return np.maximum(np.count_nonzero(weights, axis=1) - 1, 0)
+
+
+def label_sum_terms(
+    extra: np.ndarray, top_probability: np.ndarray, bound: np.ndarray
+) -> np.ndarray:
+    """The soft labels' sum in the gradient (``LABEL_SUM_ULPS``), in eps: u (n_i - 1) max_j p_ij
+    B_i, with ``extra`` n_i - 1 (``extra_labels``) and ``top_probability`` max_j p_ij."""
+    return LABEL_SUM_ULPS * extra * top_probability * bound
 
 
 def _exp_terms(x: np.ndarray, bound: np.ndarray) -> np.ndarray:
@@ -154,7 +187,7 @@ LOSSES: dict[str, Loss] = {
             "classes",
             lambda x, labels, method, focus: cross_entropy(x, labels, method),
             lambda x, weights, focus: _softmax_bound(x, weights),
-            lambda x, y, bound, exact, focus: _sum_terms(x, bound),
+            lambda x, y, bound, exact, focus, smoothed: _sum_terms(x, bound),
             lambda x, bound, focus: _sum_terms(x, bound),
             lambda x, bound: 2 * bound,
             lambda c: c,
@@ -165,7 +198,7 @@ LOSSES: dict[str, Loss] = {
             "multi-label",
             lambda x, labels, method, focus: sigmoid_cross_entropy(x, labels, method),
             lambda x, weights, focus: np.full(x.shape[0], 1.0 / x.shape[1]),
-            lambda x, y, bound, exact, focus: _mean_terms(x, y, exact, 1.0),
+            lambda x, y, bound, exact, focus, smoothed: _mean_terms(x, y, exact, 1.0, smoothed),
             lambda x, bound, focus: _exp_terms(x, bound),
             lambda x, bound: np.ones_like(bound),
             lambda c: 2,
@@ -179,7 +212,7 @@ LOSSES: dict[str, Loss] = {
             lambda x, weights, focus: (
                 focal_alpha(focus) * (1 + focus.gamma) * _softmax_bound(x, weights)
             ),
-            lambda x, y, bound, exact, focus: _sum_terms(x, bound),
+            lambda x, y, bound, exact, focus, smoothed: _sum_terms(x, bound),
             lambda x, bound, focus: _sum_terms(x, bound),
             lambda x, bound: 2 * bound,
             lambda c: c,
@@ -194,7 +227,9 @@ LOSSES: dict[str, Loss] = {
             lambda x, weights, focus: np.full(
                 x.shape[0], (1 + focus.gamma) * _largest_weight(focus) / x.shape[1]
             ),
-            lambda x, y, bound, exact, focus: _mean_terms(x, y, exact, _largest_weight(focus)),
+            lambda x, y, bound, exact, focus, smoothed: _mean_terms(
+                x, y, exact, _largest_weight(focus), smoothed
+            ),
             lambda x, bound, focus: _exp_terms(x, bound),
             lambda x, bound: x.shape[1] * bound,
             lambda c: 2,

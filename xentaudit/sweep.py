@@ -23,13 +23,12 @@ from xentaudit.audit import (
     Variant,
     backend_skips,
     check_options,
-    classes_skip,
     eps_used,
     eps_values,
+    labels_skip,
     round_to,
     run_graded,
     runnable_modes,
-    scored_labels,
     variants,
     worst,
 )
@@ -108,7 +107,7 @@ def _scaled(
     focus: Focus,
 ) -> Rounded:
     """All the given scales of a pattern stacked into one batch, its labels smoothed by
-    ``label_smoothing`` (``audit.scored_labels``), rounded to ``fmt``, with the reference of
+    ``label_smoothing`` (``audit.round_to``), rounded to ``fmt``, with the reference of
     ``loss``.
 
     Graded against the float64 reference (within a few float64 ulps of exact): the sweep
@@ -118,8 +117,7 @@ def _scaled(
     labels = np.concatenate([pattern.labels] * len(scales))
     multi_label = get_loss(loss).labels == "multi-label"
     batch = prepare(logits, labels, multi_label=multi_label)
-    labelled = scored_labels(batch, (), label_smoothing, loss)
-    return round_to(labelled, fmt, method="float64", loss=loss, focus=focus)
+    return round_to(batch, fmt, method="float64", loss=loss, focus=focus, smoothing=label_smoothing)
 
 
 def _representable(pattern: Pattern, scales: Iterable[float], fmt: FloatFormat) -> list[float]:
@@ -218,8 +216,10 @@ def sweep(
                 method = rounded.ref.method
             for policy, variant in itertools.product(chosen_policies, chosen):
                 known: Refined = {}
-                if label_smoothing and zoo.get_impl(variant.impl).needs_classes:
-                    skip = Skipped(variant.impl, "all", classes_skip((), label_smoothing))
+                # the patterns' labels are classes: only smoothing can rule one out
+                reason = labels_skip(variant.impl, np.zeros(1), (), label_smoothing)
+                if reason is not None:
+                    skip = Skipped(variant.impl, "all", reason)
                     if skip not in skipped:
                         skipped.append(skip)
                     done += len(modes)

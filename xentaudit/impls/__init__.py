@@ -151,6 +151,9 @@ class Impl:
     computes: str | None = None  # the dtype it rounds the logits to whatever they come in
     formula: str | None = None  # FORMULAS: the math it shares with other backends' ones
     loss: str = "softmax"  # losses.LOSSES: the loss it computes (--loss)
+    # takes --label-smoothing as its own argument (Keras' label_smoothing, torch's), on the
+    # labels as given; the others are handed the labels smoothed (optax.smooth_labels' way)
+    smooths: bool = False
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -183,6 +186,7 @@ class Impl:
             "labels": list(self.labels),
             "dtypes": list(self.dtypes),
             "clip": self.clip,
+            "smoothing": "own" if self.smooths else "labels",
         }
 
 
@@ -238,6 +242,7 @@ REGISTRY: dict[str, Impl] = {
             "keras.losses.CategoricalCrossentropy(from_logits=True)",
             "logits",
             "keras",
+            smooths=True,
         ),
         Impl(
             "keras_cce_probs",
@@ -247,6 +252,7 @@ REGISTRY: dict[str, Impl] = {
             eps="keras",
             on_probabilities="keras.losses.CategoricalCrossentropy(from_logits=False) on p: "
             "renormalised, clipped to [eps, 1-eps]",
+            smooths=True,
         ),
         Impl(
             "keras_cce_softmax_layer",
@@ -258,6 +264,7 @@ REGISTRY: dict[str, Impl] = {
             "keras",
             eps="keras",
             keras_layer=True,
+            smooths=True,
         ),
         Impl(
             "keras_scce_logits",
@@ -282,6 +289,7 @@ REGISTRY: dict[str, Impl] = {
             "torch",
             backend="torch",
             formula="fused",
+            smooths=True,
         ),
         Impl(
             "torch_log_softmax_nll",
@@ -309,6 +317,7 @@ REGISTRY: dict[str, Impl] = {
             "torch",
             backend="torch",
             computes="bfloat16",
+            smooths=True,
         ),
         Impl(
             "optax_softmax_xent",
@@ -379,6 +388,7 @@ REGISTRY: dict[str, Impl] = {
             "logits",
             "keras",
             loss="sigmoid",
+            smooths=True,
         ),
         Impl(
             "keras_bce_probs",
@@ -389,6 +399,7 @@ REGISTRY: dict[str, Impl] = {
             "keras",
             eps="keras",
             loss="sigmoid",
+            smooths=True,
         ),
         Impl(
             "torch_bce_logits",
@@ -439,6 +450,7 @@ REGISTRY: dict[str, Impl] = {
             "keras",
             eps="keras",
             loss="focal",
+            smooths=True,
         ),
         Impl(
             "keras_focal_probs",
@@ -447,6 +459,7 @@ REGISTRY: dict[str, Impl] = {
             "keras",
             eps="keras",
             loss="focal",
+            smooths=True,
         ),
         Impl(
             "naive_binary_focal",
@@ -464,6 +477,7 @@ REGISTRY: dict[str, Impl] = {
             "logits",
             "keras",
             loss="binary-focal",
+            smooths=True,
         ),
         Impl(
             "keras_binary_focal_probs",
@@ -472,6 +486,7 @@ REGISTRY: dict[str, Impl] = {
             "keras",
             eps="keras",
             loss="binary-focal",
+            smooths=True,
         ),
         Impl(
             "optax_sigmoid_focal",
@@ -578,6 +593,7 @@ def _model_impl(path: ModelPath) -> Impl:
         eps=None if path.from_logits else "keras",
         needs_classes=path.sparse,
         keras_layer=path.activation != "none",
+        smooths=not path.sparse,  # Keras' SparseCategoricalCrossentropy takes no smoothing
     )
 
 

@@ -232,6 +232,7 @@ def run(
     given: str = "logits",
     focus: Focus = NO_FOCUS,
     mean: bool = False,
+    smoothing: float = 0.0,
 ) -> Outcome:
     """Run implementation ``name`` op by op or jitted (``mode`` "graph"); a focal loss with
     ``focus``.
@@ -246,8 +247,11 @@ def run(
     padded; a user's loss runs on the whole batch.
     """
     # No implementation of this backend takes probabilities (Impl.on_probabilities): `check`
-    # refuses them with --input probabilities before anything runs.
+    # refuses them with --input probabilities before anything runs. None takes a label
+    # smoothing argument (optax has none: users smooth with optax.smooth_labels), so
+    # ``smoothing`` is always 0 here: they are handed the labels smoothed.
     assert given == "logits", given
+    assert smoothing == 0, smoothing
     dtype = logits.dtype.name
     key = (name, dtype, focus)
     x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()

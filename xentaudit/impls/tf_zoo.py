@@ -7,9 +7,9 @@ implementations that need them). Gradients are what ``tf.GradientTape`` produces
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -20,7 +20,6 @@ from xentaudit.errors import ImplementationError
 from xentaudit.impls import (
     Expired,
     Outcome,
-    get_impl,
     model_path,
     outcome,
     per_row,
@@ -30,7 +29,7 @@ from xentaudit.impls import (
     user_loss,
 )
 from xentaudit.io import as_float
-from xentaudit.losses import FOCAL_LOSSES, NO_FOCUS, Focus, focal_alpha
+from xentaudit.losses import NO_FOCUS, Focus, focal_alpha
 
 # fn(labels, classes, logits, eps) -> per-row losses; eps is used by `clipped` only.
 LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
@@ -71,8 +70,24 @@ def tf_sparse_softmax_xent(
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=classes, logits=x)
 
 
-_CCE_LOGITS = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
-_CCE_PROBS = keras.losses.CategoricalCrossentropy(from_logits=False, reduction=None)
+@dataclass(frozen=True)
+class Build:
+    """What an implementation built per run is built for: the Keras dtype ``policy`` its layers
+    compute under, the focal losses' ``focus``, and the label ``smoothing`` its Keras loss (or
+    the model's) applies itself, as its ``label_smoothing`` argument (``Impl.smooths``; 0 for
+    the others, which are handed smoothed labels)."""
+
+    policy: str = "float32"
+    focus: Focus = NO_FOCUS
+    smoothing: float = 0.0
+
+
+@functools.cache
+def _keras_loss(cls: type, **config: object) -> keras.losses.Loss:
+    """One Keras loss object per class and configuration, with ``reduction=None``."""
+    return cls(reduction=None, **config)
+
+
 _SCCE_LOGITS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 _SOFTMAX_LAYERS: dict[str, keras.layers.Softmax] = {}
 
@@ -86,22 +101,32 @@ def _softmax_layer(policy: str) -> keras.layers.Softmax:
     return _SOFTMAX_LAYERS[policy]
 
 
-def keras_cce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-    return _CCE_LOGITS(y, x)
+def _cce(build: Build, from_logits: bool) -> keras.losses.Loss:
+    return _keras_loss(
+        keras.losses.CategoricalCrossentropy,
+        from_logits=from_logits,
+        label_smoothing=build.smoothing,
+    )
 
 
-def keras_cce_probs(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-    return _CCE_PROBS(y, tf.nn.softmax(x))
+def keras_cce_logits(build: Build) -> LossFn:
+    fn = _cce(build, True)
+    return lambda y, classes, x, eps: fn(y, x)
 
 
-def keras_cce_softmax_layer(policy: str) -> LossFn:
-    """The loss of a model under ``policy`` ending in a Softmax layer. The loss computes in
+def keras_cce_probs(build: Build) -> LossFn:
+    fn = _cce(build, False)
+    return lambda y, classes, x, eps: fn(y, tf.nn.softmax(x))
+
+
+def keras_cce_softmax_layer(build: Build) -> LossFn:
+    """The loss of a model under ``build.policy`` ending in a Softmax layer. The loss computes in
     float32 (keras.config.floatx()) whatever the policy, and casts the layer's output to it: under
     a mixed policy the cast drops the logits Keras keeps on a float32 softmax's output (and, in a
     graph, hides the Softmax op), so the half-precision probabilities are clipped, not recovered.
     """
-    layer = _softmax_layer(policy)
-    return lambda y, classes, x, eps: _CCE_PROBS(y, layer(x))
+    fn, layer = _cce(build, False), _softmax_layer(build.policy)
+    return lambda y, classes, x, eps: fn(y, layer(x))
 
 
 def keras_scce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
@@ -116,42 +141,47 @@ def double_softmax(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tenso
 # its labels (as Keras' binary_crossentropy reduces the last axis).
 
 
-def _bce(y: tf.Tensor, p: tf.Tensor) -> tf.Tensor:
+def _binary(y: tf.Tensor, p: tf.Tensor) -> tf.Tensor:
     return -tf.reduce_mean(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p), axis=-1)
 
 
 def naive_sigmoid(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-    return _bce(y, tf.sigmoid(x))
+    return _binary(y, tf.sigmoid(x))
 
 
 def clipped_sigmoid(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-    return _bce(y, tf.clip_by_value(tf.sigmoid(x), eps, 1 - eps))
+    return _binary(y, tf.clip_by_value(tf.sigmoid(x), eps, 1 - eps))
 
 
 def tf_sigmoid_xent(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=x), axis=-1)
 
 
-_BCE_LOGITS = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
-_BCE_PROBS = keras.losses.BinaryCrossentropy(from_logits=False, reduction=None)
+def _bce(build: Build, from_logits: bool) -> keras.losses.Loss:
+    return _keras_loss(
+        keras.losses.BinaryCrossentropy, from_logits=from_logits, label_smoothing=build.smoothing
+    )
 
 
-def keras_bce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-    return _BCE_LOGITS(y, x)
+def keras_bce_logits(build: Build) -> LossFn:
+    fn = _bce(build, True)
+    return lambda y, classes, x, eps: fn(y, x)
 
 
-def keras_bce_probs(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+def keras_bce_probs(build: Build) -> LossFn:
     # keras/src/backend/tensorflow/nn.py binary_crossentropy: inside a tf.function the output's
     # op is a Sigmoid, whose input it takes as the logits (_get_logits); eagerly it clips.
-    return _BCE_PROBS(y, tf.sigmoid(x))
+    fn = _bce(build, False)
+    return lambda y, classes, x, eps: fn(y, tf.sigmoid(x))
 
 
 # The focal losses (Lin et al. 2017), built per Focus (gamma, alpha): the categorical one sums
 # over the classes, the binary one averages over the labels as Keras reduces the last axis.
 
 
-def naive_focal(focus: Focus) -> LossFn:
+def naive_focal(build: Build) -> LossFn:
     """-alpha sum y (1 - p)^gamma log p on p = softmax(x), as the paper's formula is typed."""
+    focus = build.focus
     alpha = focal_alpha(focus)
 
     def loss(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
@@ -161,8 +191,9 @@ def naive_focal(focus: Focus) -> LossFn:
     return loss
 
 
-def focal_log_softmax(focus: Focus) -> LossFn:
+def focal_log_softmax(build: Build) -> LossFn:
     """The stable form: log p = log_softmax(x), 1 - p = -expm1(log p) (no cancellation)."""
+    focus = build.focus
     alpha = focal_alpha(focus)
 
     def loss(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
@@ -172,25 +203,29 @@ def focal_log_softmax(focus: Focus) -> LossFn:
     return loss
 
 
-def _categorical_focal(focus: Focus, from_logits: bool) -> keras.losses.Loss:
-    alpha = focal_alpha(focus)
-    return keras.losses.CategoricalFocalCrossentropy(
-        alpha=alpha, gamma=focus.gamma, from_logits=from_logits, reduction=None
+def _categorical_focal(build: Build, from_logits: bool) -> keras.losses.Loss:
+    return _keras_loss(
+        keras.losses.CategoricalFocalCrossentropy,
+        alpha=focal_alpha(build.focus),
+        gamma=build.focus.gamma,
+        from_logits=from_logits,
+        label_smoothing=build.smoothing,
     )
 
 
-def keras_focal_logits(focus: Focus) -> LossFn:
-    fn = _categorical_focal(focus, True)
+def keras_focal_logits(build: Build) -> LossFn:
+    fn = _categorical_focal(build, True)
     return lambda y, classes, x, eps: fn(y, x)
 
 
-def keras_focal_probs(focus: Focus) -> LossFn:
-    fn = _categorical_focal(focus, False)
+def keras_focal_probs(build: Build) -> LossFn:
+    fn = _categorical_focal(build, False)
     return lambda y, classes, x, eps: fn(y, tf.nn.softmax(x))
 
 
-def naive_binary_focal(focus: Focus) -> LossFn:
+def naive_binary_focal(build: Build) -> LossFn:
     """w (1 - p_t)^gamma BCE on p = sigmoid(x), p_t = y p + (1 - y)(1 - p), as typed."""
+    focus = build.focus
 
     def loss(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
         p = tf.sigmoid(x)
@@ -204,36 +239,66 @@ def naive_binary_focal(focus: Focus) -> LossFn:
     return loss
 
 
-def _binary_focal(focus: Focus, from_logits: bool) -> keras.losses.Loss:
-    return keras.losses.BinaryFocalCrossentropy(
+def _binary_focal(build: Build, from_logits: bool) -> keras.losses.Loss:
+    focus = build.focus
+    return _keras_loss(
+        keras.losses.BinaryFocalCrossentropy,
         apply_class_balancing=focus.alpha is not None,
         alpha=0.25 if focus.alpha is None else focus.alpha,
         gamma=focus.gamma,
         from_logits=from_logits,
-        reduction=None,
+        label_smoothing=build.smoothing,
     )
 
 
-def keras_binary_focal_logits(focus: Focus) -> LossFn:
-    fn = _binary_focal(focus, True)
+def keras_binary_focal_logits(build: Build) -> LossFn:
+    fn = _binary_focal(build, True)
     return lambda y, classes, x, eps: fn(y, x)
 
 
-def keras_binary_focal_probs(focus: Focus) -> LossFn:
-    fn = _binary_focal(focus, False)
+def keras_binary_focal_probs(build: Build) -> LossFn:
+    fn = _binary_focal(build, False)
     return lambda y, classes, x, eps: fn(y, tf.sigmoid(x))
+
+
+# The implementations built per run (``Build``): Keras losses (their smoothing, their layers'
+# policy) and the focal losses (their gamma and alpha).
+BUILDERS: dict[str, Callable[[Build], LossFn]] = {
+    fn.__name__: fn
+    for fn in (
+        keras_cce_logits,
+        keras_cce_probs,
+        keras_cce_softmax_layer,
+        keras_bce_logits,
+        keras_bce_probs,
+        naive_focal,
+        focal_log_softmax,
+        keras_focal_logits,
+        keras_focal_probs,
+        naive_binary_focal,
+        keras_binary_focal_logits,
+        keras_binary_focal_probs,
+    )
+}
+
+
+def _cce_on_probabilities(build: Build) -> LossFn:
+    fn = _cce(build, False)
+    return lambda y, classes, p, eps: fn(y, p)
 
 
 # What the implementations that take probabilities compute on them (`check --input
 # probabilities`): fn(labels, classes, p, eps), the part of each after its softmax.
-ON_PROBABILITIES: dict[str, LossFn] = {
-    "naive": lambda y, classes, p, eps: -tf.reduce_sum(y * tf.math.log(p), axis=-1),
-    "clipped": lambda y, classes, p, eps: (
-        -tf.reduce_sum(y * tf.math.log(tf.clip_by_value(p, eps, 1 - eps)), axis=-1)
+ON_PROBABILITIES: dict[str, Callable[[Build], LossFn]] = {
+    "naive": lambda build: lambda y, classes, p, eps: -tf.reduce_sum(y * tf.math.log(p), -1),
+    "clipped": lambda build: (
+        lambda y, classes, p, eps: (
+            -tf.reduce_sum(y * tf.math.log(tf.clip_by_value(p, eps, 1 - eps)), axis=-1)
+        )
     ),
-    "keras_cce_probs": lambda y, classes, p, eps: _CCE_PROBS(y, p),
-    "double_softmax": lambda y, classes, p, eps: tf.nn.softmax_cross_entropy_with_logits(
-        labels=y, logits=p
+    "keras_cce_probs": _cce_on_probabilities,
+    "double_softmax": lambda build: (
+        lambda y, classes, p, eps: tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=p)
     ),
 }
 
@@ -264,37 +329,31 @@ def keras_epsilon() -> float:
     return float(keras.config.epsilon())
 
 
-@functools.cache  # ModelPath is frozen: equal paths share their Keras objects
-def _model_loss(path: model.ModelPath) -> LossFn:
-    """The loss path as audited: the labels arrive smoothed already (``audit.scored_labels``
-    applies the model's label_smoothing, as Keras writes it), so the loss does not smooth again."""
-    return model.model_loss(dataclasses.replace(path, label_smoothing=0.0))
+# ModelPath is frozen: equal paths share their Keras objects. The model's loss smooths the
+# labels itself, by its own label_smoothing (``Impl.smooths``), as it was saved.
+_model_loss = functools.cache(model.model_loss)
 
 
-def loss_fn(name: str, policy: str, given: str = "logits", focus: Focus = NO_FOCUS) -> LossFn:
-    """The loss function registered under ``name`` as it runs under the Keras dtype policy
-    ``policy`` (implementations with Keras layers are built per policy; the focal ones per
-    ``focus``), the user's loss, or the saved model's loss path (``model``, under its own
-    policy whatever ``policy`` says). ``given`` "probabilities": what it computes on
-    probabilities (``ON_PROBABILITIES``)."""
+def loss_fn(name: str, build: Build, given: str = "logits") -> LossFn:
+    """The loss function registered under ``name`` as ``build`` makes it (``BUILDERS``), the
+    user's loss, or the saved model's loss path (``model``, under its own policy and smoothing
+    whatever ``build`` says). ``given`` "probabilities": what it computes on probabilities
+    (``ON_PROBABILITIES``)."""
     if given == "probabilities":
-        return ON_PROBABILITIES[name]
+        return ON_PROBABILITIES[name](build)
     path = model_path(name)
     if path is not None:
         return _model_loss(path)
     user = user_loss(name)
     if user is not None:
         return lambda y, classes, x, eps: user(y, x)
-    if get_impl(name).keras_layer:
-        return globals()[name](policy)
-    if get_impl(name).loss in FOCAL_LOSSES:
-        return globals()[name](focus)
+    if name in BUILDERS:
+        return BUILDERS[name](build)
     return globals()[name]
 
 
-# (name, dtype, policy, model's loss path or None, what the input holds, focus) -> the traced
-# step
-_GRAPH_CACHE: dict[tuple[str, str, str, model.ModelPath | None, str, Focus], Callable] = {}
+# (name, dtype, model's loss path or None, what the input holds, build) -> the traced step
+_GRAPH_CACHE: dict[tuple[str, str, model.ModelPath | None, str, Build], Callable] = {}
 
 
 def _with_gradient(fn: LossFn) -> Callable:
@@ -346,9 +405,12 @@ def run(
     given: str = "logits",
     focus: Focus = NO_FOCUS,
     mean: bool = False,
+    smoothing: float = 0.0,
 ) -> Outcome:
     """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph"), its
-    Keras layers built under the Keras dtype policy ``policy``; a focal loss with ``focus``.
+    Keras layers built under the Keras dtype policy ``policy``; a focal loss with ``focus``; a
+    Keras loss with its own ``label_smoothing`` argument ``smoothing`` (``Impl.smooths``: the
+    labels arrive as given).
 
     ``given`` "probabilities": ``logits`` hold probabilities, which the implementation's part
     after its softmax (``ON_PROBABILITIES``) takes; its autodiff gradient w.r.t. them is carried
@@ -366,11 +428,12 @@ def run(
     y = tf.constant(labels) if labels is not None else tf.one_hot(k, logits.shape[1], dtype=x.dtype)
     e = tf.constant(eps, dtype=x.dtype)
     s = tf.constant(loss_scale, dtype=tf.float64)
-    key = (name, x.dtype.name, policy, model_path(name), given, focus)
+    build = Build(policy, focus, smoothing)
+    key = (name, x.dtype.name, model_path(name), given, build)
     if mode == "eager":
-        step = _with_gradient(loss_fn(name, policy, given, focus))
+        step = _with_gradient(loss_fn(name, build, given))
     else:
-        # One trace per implementation, dtype and policy, whatever the batch shape or epsilon.
+        # One trace per implementation, dtype and build, whatever the batch shape or epsilon.
         if key not in _GRAPH_CACHE:
             signature = [
                 tf.TensorSpec([None, None], x.dtype),
@@ -381,7 +444,7 @@ def run(
             ]
             _GRAPH_CACHE[key] = tf.function(
                 # No Python control flow in the zoo: autograph would only slow tracing down.
-                _with_gradient(loss_fn(name, policy, given, focus)),
+                _with_gradient(loss_fn(name, build, given)),
                 input_signature=signature,
                 autograph=False,
             )

@@ -43,12 +43,14 @@ def _dense(y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor) -> t
 
 
 def torch_cross_entropy(
-    y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor
+    y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor, smoothing: float = 0.0
 ) -> torch.Tensor:
     # Class-index targets for hard labels, probability targets (the dense weights) otherwise:
     # cross_entropy_loss in aten/src/ATen/native/LossNLL.cpp computes nll_loss_nd(log_softmax(x))
-    # for the first, cross_entropy_loss_prob_target, -sum(log_softmax(x) * y), for the second.
-    return F.cross_entropy(x, k if y is None else y, reduction="none")
+    # for the first, cross_entropy_loss_prob_target, -sum(log_softmax(x) * y), for the second;
+    # with label_smoothing a, (1 - a) nll + a / C * -sum log_softmax(x) for class indices and
+    # the targets y (1 - a) + a / C for probabilities, in the logits' dtype.
+    return F.cross_entropy(x, k if y is None else y, reduction="none", label_smoothing=smoothing)
 
 
 def torch_log_softmax_nll(
@@ -64,7 +66,7 @@ def torch_softmax_log(
 
 
 def torch_autocast_bf16(
-    y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor
+    y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor, smoothing: float = 0.0
 ) -> torch.Tensor:
     """``F.cross_entropy`` as bfloat16 mixed-precision training on the CPU computes it, on the
     logits rounded to bfloat16 (``LOGITS_AS``).
@@ -82,7 +84,7 @@ def torch_autocast_bf16(
     """
     with torch.autocast("cpu", dtype=torch.bfloat16):
         target = k if y is None else y.to(torch.float32)
-        return F.cross_entropy(x, target, reduction="none")
+        return F.cross_entropy(x, target, reduction="none", label_smoothing=smoothing)
 
 
 # The sigmoid (binary, multi-label) losses: the row's loss is the mean over its labels, as a
@@ -149,26 +151,30 @@ def _own_code(fn: Callable) -> Callable:
     )
 
 
-def loss_fn(name: str) -> tuple[LossFn, bool]:
-    """The loss function registered under ``name``, or the user's loss, and whether it is the
+def loss_fn(name: str, smoothing: float = 0.0) -> tuple[LossFn, bool]:
+    """The loss function registered under ``name`` (with its own label ``smoothing`` argument
+    for those that take one, ``Impl.smooths``), or the user's loss, and whether it is the
     user's."""
     user = user_loss(name)
-    if user is None:
-        return IMPLS[name], False
-    return lambda y, k, x: user(_dense(y, k, x), x), True
+    if user is not None:
+        return lambda y, k, x: user(_dense(y, k, x), x), True
+    fn = IMPLS[name]
+    if not smoothing:
+        return fn, False
+    return lambda y, k, x: fn(y, k, x, smoothing), False
 
 
-# (name, dtype) -> the compiled loss function
-_GRAPH_CACHE: dict[tuple[str, str], LossFn] = {}
+# (name, dtype, label smoothing) -> the compiled loss function
+_GRAPH_CACHE: dict[tuple[str, str, float], LossFn] = {}
 
 
-def _compiled(name: str, dtype: str) -> LossFn:
+def _compiled(name: str, dtype: str, smoothing: float) -> LossFn:
     reason = graph_unavailable()
     if reason is not None:
         raise ImplementationError(f"--impl {name} (graph mode): {reason}; use --mode eager")
-    key = (name, dtype)
+    key = (name, dtype, smoothing)
     if key not in _GRAPH_CACHE:
-        fn, users = loss_fn(name)
+        fn, users = loss_fn(name, smoothing)
         # dynamic=True: one graph whatever the batch shape. fullgraph=True for the zoo, which has
         # no graph breaks: an error rather than a silent fall-back to eager; a user's loss may
         # break the graph, as torch.compile lets it by default.
@@ -263,8 +269,10 @@ def run(
     given: str = "logits",
     focus: Focus = NO_FOCUS,
     mean: bool = False,
+    smoothing: float = 0.0,
 ) -> Outcome:
-    """Run implementation ``name`` eagerly or compiled by ``torch.compile`` (``mode`` "graph").
+    """Run implementation ``name`` eagerly or compiled by ``torch.compile`` (``mode`` "graph");
+    ``smoothing``: its own ``label_smoothing`` argument (``Impl.smooths``).
 
     ``logits`` and ``labels`` (dense label weights, or ``None`` for the hard labels
     ``classes``) are numpy arrays already in the audited dtype. The gradient is taken of
@@ -282,8 +290,8 @@ def run(
     k = torch.from_numpy(np.asarray(classes, dtype=np.int64)) if classes is not None else None
     y = _tensor(labels) if labels is not None else None
     dtype = dtype_name(x.dtype)
-    key = (name, dtype)
-    fn = _compiled(name, dtype) if mode == "graph" else loss_fn(name)[0]
+    key = (name, dtype, smoothing)
+    fn = _compiled(name, dtype, smoothing) if mode == "graph" else loss_fn(name, smoothing)[0]
     try:
         with time_limit(timeout):
             if user_loss(name) is None:
