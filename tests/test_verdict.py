@@ -123,7 +123,7 @@ def test_compare_json_keeps_its_keys_and_adds_the_verdict() -> None:
     doc = json.loads(json_report.render(audit, command="compare", scale=10.0))
     assert list(doc) == [
         "schema", "command", "scale", "rows", "classes", "reference_method", "results", "skipped",
-        "loss_scale", "model", "environment", "loss", "verdict",
+        "loss_scale", "model", "environment", "loss", "ignore_class", "ignored_rows", "verdict",
     ]  # fmt: skip
     assert (doc["schema"], doc["command"], doc["reference_method"]) == (1, "compare", "mpmath")
     assert doc["loss"] == "softmax"
@@ -163,7 +163,7 @@ def test_check_json_judges_the_verdict_on_its_fail_on() -> None:
         "schema", "command", "fail_on", "path", "rows", "classes", "file_dtype", "labels", "lint",
         "results", "skipped", "reference_method", "config", "loss_scale", "flagged_rows",
         "flagged_rows_path", "gate", "model", "pinnable", "input", "reduction", "ignored_rows",
-        "environment", "baseline", "loss", "verdict",
+        "environment", "baseline", "loss", "ignore_class", "verdict",
     ]  # fmt: skip
     assert doc["fail_on"] == ["grad-wrong"]
     assert [f["impl"] for f in doc["verdict"]["failing"]] == ["naive", "shifted"]

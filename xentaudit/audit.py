@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,7 +62,8 @@ from xentaudit.results import Audit, ImplResult, Skipped
 if TYPE_CHECKING:
     from xentaudit.model import ModelPath
 
-LOSS_FLAGS = ("nan", "inf", "divergent", "zero-loss")  # first that applies, per row
+# first that applies, per row
+LOSS_FLAGS = ("nan", "inf", "ignored-counted", "divergent", "zero-loss")
 GRAD_FLAGS = ("grad-nan", "grad-inf", "grad-blowup", "grad-vanish", "grad-wrong")
 ROW_FLAGS = LOSS_FLAGS + GRAD_FLAGS
 RTOL_ULPS = 8  # default loss and gradient tolerance, in eps of the effective dtype
@@ -184,10 +185,12 @@ def grade(
     allowed = tol * scale + (reduction if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
 
-    nan, inf, divergent, zero = _first_match(
+    ignored = np.zeros_like(exact_inf) if rounded.ignored is None else rounded.ignored
+    nan, inf, counted, divergent, zero = _first_match(
         [
             np.isnan(loss),
             np.isinf(loss) & ~exact_inf,
+            ignored & (loss != 0),  # a row whose exact loss is 0 because it is ignored
             abs_err > allowed,
             (loss == 0) & (ref.loss >= eff.tiny),
         ]
@@ -219,6 +222,7 @@ def grade(
     masks = {
         "nan": nan,
         "inf": inf,
+        "ignored-counted": counted,
         "divergent": divergent,
         "zero-loss": zero,
         "grad-nan": g_nan,
@@ -261,6 +265,12 @@ class Rounded:
     # as given, in fmt; None for classes) and a instead
     smoothing: float = 0.0
     given_weights: np.ndarray | None = None
+    # --ignore-class N: the rows of class N (a mask; None when no row has it), whose exact loss
+    # and gradient are 0; the implementations that take N themselves (``Impl.ignores``) get the
+    # classes and N, the others ``weights``: the one-hot rows of the classes, as tf.one_hot and
+    # jax.nn.one_hot write them (a class outside [0, C), -100, is a row of zeros)
+    ignored: np.ndarray | None = None
+    ignore_class: int | None = None
 
     @cached_property
     def bound(self) -> np.ndarray:
@@ -299,11 +309,13 @@ def round_to(
     loss: str = "softmax",
     focus: Focus = NO_FOCUS,
     smoothing: float = 0.0,
+    ignore_class: int | None = None,
 ) -> Rounded:
     """Round ``batch`` to ``fmt`` and compute the exact reference of the rounded inputs, of the
     loss ``loss`` (``LOSSES``), their labels smoothed by ``smoothing`` (``Loss.smooth``: as
     Keras smooths them, exactly, in float64, for the reference; then rounded to ``fmt`` for the
-    implementations handed smoothed labels).
+    implementations handed smoothed labels). Rows of the class ``ignore_class`` (``Rounded``) have
+    an exact loss and gradient of 0.
 
     ``method`` is the reference method (see ``reference.cross_entropy``). ``given``
     "probabilities": ``batch.logits`` hold probabilities p, whose exact loss and logit gradient
@@ -329,11 +341,19 @@ def round_to(
             raise Unrepresentable(f"label weights overflow {fmt.name} (max {fmt.max:.5g})")
     # One-hot weights are exact in every format: their classes are the cheaper reference input.
     ref_labels = batch.classes if batch.classes is not None else y
+    ignored = None
+    if ignore_class is not None and batch.classes is not None:
+        ignored = batch.classes == ignore_class
+        if ignored.any():
+            ref_labels = np.where(ignored, 0, batch.classes)  # any class: the rows are zeroed
+            y = fmt.cast(one_hot(batch.classes, batch.shape[1]))
+        else:
+            ignored = None
     given_y = y
     if smoothing:
         dense = batch.weights
         if dense is None:
-            dense = np.eye(batch.shape[1])[batch.classes]
+            dense = one_hot(batch.classes, batch.shape[1])
         ref_labels = LOSSES[loss].smooth(dense, smoothing)
         y = fmt.cast(ref_labels)
     ref_logits = x
@@ -341,7 +361,33 @@ def round_to(
         with np.errstate(divide="ignore"):
             ref_logits = np.log(as_float(x).astype(np.float64))
     ref = LOSSES[loss].reference(ref_logits, ref_labels, method, focus)  # type: ignore[arg-type]
-    return Rounded(fmt, x, y, batch.classes, ref, given, loss, focus, smoothing, given_y)
+    if ignored is not None:
+        ref = without_rows(ref, ignored)
+    return Rounded(
+        fmt, x, y, batch.classes, ref, given, loss, focus, smoothing, given_y, ignored, ignore_class
+    )
+
+
+def one_hot(classes: np.ndarray, count: int) -> np.ndarray:
+    """The one-hot rows (float64) of ``classes`` over ``count`` classes as ``tf.one_hot`` and
+    ``jax.nn.one_hot`` write them: a class outside [0, count) is a row of zeros."""
+    out = np.zeros((classes.shape[0], count))
+    inside = (classes >= 0) & (classes < count)
+    out[np.flatnonzero(inside), classes[inside]] = 1.0
+    return out
+
+
+def without_rows(ref: Reference, rows: np.ndarray) -> Reference:
+    """``ref`` with the exact loss and gradient of ``rows`` (a mask) 0: rows a loss ignores."""
+    grad = ref.grad.copy()
+    grad[rows] = 0
+    return replace(
+        ref,
+        loss=np.where(rows, 0.0, ref.loss),
+        loss_lo=np.where(rows, 0.0, ref.loss_lo),
+        grad=grad,
+        grad_size=np.where(rows, 0.0, ref.grad_size),
+    )
 
 
 def _run(
@@ -356,7 +402,10 @@ def _run(
 ) -> Outcome:
     impl = zoo.get_impl(name)
     smoothing = rounded.smoothing if impl.smooths else 0.0
+    ignore = rounded.ignore_class if impl.ignores and rounded.ignored is not None else None
     labels = rounded.given_weights if smoothing else rounded.weights
+    if ignore is not None:
+        labels = None  # the classes, N among them, and N
     args = (rounded.logits, labels, rounded.classes, timeout, policy, loss_scale)
     return zoo.load_backend(impl.backend).run(
         name,
@@ -367,6 +416,7 @@ def _run(
         focus=rounded.focus,
         mean=mean,
         smoothing=smoothing,
+        ignore=ignore,
     )
 
 
@@ -529,13 +579,30 @@ def smoothing_for(batch: Batch, names: Iterable[str], label_smoothing: float = 0
 
 
 def labels_skip(
-    name: str, classes: np.ndarray | None, names: Iterable[str], smoothing: float = 0.0
+    name: str,
+    classes: np.ndarray | None,
+    names: Iterable[str],
+    smoothing: float = 0.0,
+    rejected: int | None = None,
 ) -> str | None:
     """Why implementation ``name`` cannot run on labels of the classes ``classes`` (None: soft
     labels) smoothed by ``smoothing`` (``smoothing_for``), or None when it can: one that takes
     class labels needs them, and unless it smooths them itself (``Impl.smooths``: torch's
-    ``F.cross_entropy``) no smoothing, which makes them soft."""
+    ``F.cross_entropy``) no smoothing, which makes them soft. ``rejected``: an --ignore-class
+    value outside [0, C) that some rows have (``rejected_class``), on which TensorFlow's sparse
+    kernel raises unless the loss takes it (``Impl.ignores``)."""
     impl = zoo.get_impl(name)
+    if (
+        rejected is not None
+        and impl.needs_classes
+        and not impl.ignores
+        and impl.backend == "tensorflow"
+    ):
+        return (
+            f"raises on the ignored class {rejected}, outside the classes (TensorFlow's CPU "
+            "kernel: InvalidArgumentError; a GPU returns NaN): leave the ignored rows out "
+            "before calling it"
+        )
     if not impl.needs_classes or (classes is not None and (not smoothing or impl.smooths)):
         return None
     path = _chosen_model(names)
@@ -550,6 +617,31 @@ def labels_skip(
             f"{smoothing:g} makes them soft"
         )
     return "needs one-hot or integer labels"
+
+
+def rejected_class(batch: Batch, ignore_class: int | None) -> int | None:
+    """``ignore_class`` when some rows of ``batch`` have it and it lies outside [0, C) (-100:
+    what a sparse kernel that does not take it rejects), else None."""
+    if ignore_class is None or batch.classes is None or 0 <= ignore_class < batch.shape[1]:
+        return None
+    return ignore_class if (batch.classes == ignore_class).any() else None
+
+
+def counted_mean(
+    outcome: Outcome, exact_mean: float, diluted_mean: float, spacing: float
+) -> tuple[str, ...]:
+    """``ignored-counted`` when the implementation's own mean (``Outcome.mean``) is off the
+    exact mean over the rows kept by more than float32's loss tolerance (``RTOL_ULPS`` eps_32
+    max(|mean|, 1)) and the output dtype's ``spacing`` there, and nearer the mean over every row,
+    ignored ones with loss 0 (``diluted_mean``): it divides by the ignored rows too."""
+    own = outcome.mean
+    if own is None or not math.isfinite(own) or not math.isfinite(exact_mean):
+        return ()
+    tolerance = RTOL_ULPS * FORMATS["float32"].eps * max(abs(exact_mean), 1.0)
+    off = abs(own - exact_mean)
+    if off > max(tolerance, spacing) and abs(own - diluted_mean) < off:
+        return ("ignored-counted",)
+    return ()
 
 
 def policy_variants(
@@ -649,6 +741,27 @@ def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
     return values
 
 
+def check_ignore(ignore_class: int | None, loss: str, names: Iterable[str]) -> None:
+    """Refuse an ``ignore_class`` (--ignore-class) where it has no meaning: another loss than
+    softmax (no framework's other losses take one), or with ``model``, whose loss ignores the
+    class it was saved with."""
+    if ignore_class is None:
+        return
+    if isinstance(ignore_class, bool) or not isinstance(ignore_class, int | np.integer):
+        raise ConfigError(f"--ignore-class must be an integer, got {ignore_class!r}")
+    if loss != "softmax":
+        raise ConfigError(
+            f"--ignore-class applies to --loss softmax (torch's ignore_index, Keras' "
+            f"ignore_class), not to --loss {loss}"
+        )
+    path = _chosen_model(names)
+    if path is not None:
+        raise ConfigError(
+            "--ignore-class applies to --impl; the model's loss ignores as it was saved "
+            f"(ignore_class={path.ignore_class})"
+        )
+
+
 def check_options(
     eps: Iterable[float],
     rtol: float | None,
@@ -694,6 +807,7 @@ def audit(
     label_smoothing: float = 0.0,
     gamma: float = 2.0,
     alpha: float | None = None,
+    ignore_class: int | None = None,
 ) -> Audit:
     """Audit cross-entropy implementations on ``logits`` ``[..., C]`` and ``labels``.
 
@@ -720,7 +834,12 @@ def audit(
     implementations; those not installed are listed under ``skipped``. ``label_smoothing`` a
     in [0, 1): the labels are smoothed as Keras smooths them, by the implementations that take a
     smoothing argument (Keras' losses, torch's ``F.cross_entropy``), for the others before
-    they run (``round_to``); the reference scores the labels smoothed exactly. ``logits`` and
+    they run (``round_to``); the reference scores the labels smoothed exactly.
+    ``ignore_class`` N (softmax, class labels): rows of class N (any integer, -100 is torch's
+    convention) have no exact loss and no gradient and the exact mean is over the rest; the
+    implementations that take N (torch's ``ignore_index``, Keras' ``ignore_class``) get it, the
+    others the one-hot rows (zeros for a class outside [0, C)), and one that gives the rows a
+    loss or whose own mean divides by them is flagged ``ignored-counted``. ``logits`` and
     ``labels`` may be numpy arrays, torch tensors or jax arrays.
     Returns an ``Audit``; prints nothing.
     """
@@ -733,26 +852,34 @@ def audit(
     chosen = variants(names, eps)
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
-    batch = prepare(logits, labels, multi_label=multi_label)
+    check_ignore(ignore_class, loss, names)
+    batch = prepare(logits, labels, multi_label=multi_label, ignore_class=ignore_class)
     smoothing = smoothing_for(batch, names, label_smoothing)
+    rejected = rejected_class(batch, ignore_class)
 
     results: list[ImplResult] = []
     skipped = backend_skips(backends)
     method = "mpmath"
     for fmt in formats:
         try:
-            rounded = round_to(batch, fmt, loss=loss, focus=focus, smoothing=smoothing)
+            rounded = round_to(
+                batch, fmt, loss=loss, focus=focus, smoothing=smoothing, ignore_class=ignore_class
+            )
         except Unrepresentable as exc:
             skipped.extend(Skipped(name, fmt.name, str(exc)) for name in names)
             continue
         ref = rounded.ref
         if ref.method != "mpmath":
             method = ref.method
-        ref_mean = (math.fsum(ref.loss) + math.fsum(ref.loss_lo)) / ref.loss.size
+        kept = np.ones(batch.shape[0], bool) if rounded.ignored is None else ~rounded.ignored
+        if not kept.any():
+            raise InputError(f"every row has the ignored class {ignore_class}; nothing to audit")
+        ref_sum = math.fsum(ref.loss) + math.fsum(ref.loss_lo)
+        ref_mean = ref_sum / kept.sum()
         runs: Runs = {}
         for policy, variant in policy_variants(chosen_policies, chosen):
             name = variant.impl
-            reason = labels_skip(name, batch.classes, names, smoothing)
+            reason = labels_skip(name, batch.classes, names, smoothing, rejected)
             if reason is not None:
                 skip = Skipped(name, fmt.name, reason)
                 if skip not in skipped:  # once, whatever the policies
@@ -766,6 +893,9 @@ def audit(
                     runs, variant, mode, rounded, rtol, timeout, policy, loss_scale, mean=True
                 )
                 spacing, mean_flags = coarse_mean(outcome, ref_mean)
+                if rounded.ignored is not None:
+                    diluted = ref_sum / batch.shape[0]
+                    mean_flags += counted_mean(outcome, ref_mean, diluted, spacing)
                 results.append(
                     ImplResult(
                         impl=name,
@@ -773,7 +903,7 @@ def audit(
                         mode=mode,
                         output_dtype=outcome.output_dtype,
                         eps=eps_used(name, variant.eps),
-                        loss=_mean(outcome.loss),
+                        loss=_mean(outcome.loss[kept]),
                         reference=ref_mean,
                         loss_rows=tuple(float(v) for v in outcome.loss),
                         reference_rows=tuple(float(v) for v in ref.loss),
@@ -799,4 +929,8 @@ def audit(
         model_description(names),
         environment({zoo.backend_of(r.impl) for r in results}),
         loss,
+        ignore_class,
+        0
+        if ignore_class is None or batch.classes is None
+        else int((batch.classes == ignore_class).sum()),
     )

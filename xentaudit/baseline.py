@@ -109,8 +109,9 @@ _RESULT_FIELDS = {
 _POINT_FIELDS = {**_KEY, "pattern": _text, "kind": _text, "scale": _eps}
 
 
-# what a baseline written before a key existed had: the loss was always the softmax's
-_BEFORE = {"loss": "softmax"}
+# what a baseline written before a key existed had: the loss was always the softmax's, and no
+# class was ignored
+_BEFORE = {"loss": "softmax", "ignore_class": None}
 
 
 def refuse_other_input(now: dict[str, Any], baseline: dict[str, Any], keys: Sequence[str]) -> None:
@@ -168,7 +169,7 @@ def compare(
     """``check`` against ``baseline`` (``read_baseline``), judged on the flags ``fail_on``."""
     wanted = set(fail_on)
     now = check.to_dict(tuple(fail_on))
-    refuse_other_input(now, baseline, ("input", "classes", "file_dtype", "loss"))
+    refuse_other_input(now, baseline, ("input", "classes", "file_dtype", "loss", "ignore_class"))
     worse, better = _flag_changes("input", now["lint"], baseline["lint"], wanted)
     before = {_key(r): r for r in baseline["results"]}
     gated = {(r.labels, r.impl, r.eps, r.dtype, r.policy, r.mode) for r in check.gated}

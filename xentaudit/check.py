@@ -24,6 +24,7 @@ from xentaudit.audit import (
     Unrepresentable,
     Variant,
     backend_skips,
+    check_ignore,
     check_options,
     chosen_impls,
     eps_used,
@@ -188,12 +189,21 @@ class _Tally:
             known = self.max_loss_scale
             self.max_loss_scale = largest if known is None else min(known, largest)
 
-    def add(self, rows: np.ndarray, loss: np.ndarray, exact: np.ndarray, grades: Grades) -> None:
-        """Add a chunk's per-row results; ``rows``: their rows in the file."""
+    def add(
+        self,
+        rows: np.ndarray,
+        loss: np.ndarray,
+        exact: np.ndarray,
+        grades: Grades,
+        ignored: np.ndarray | None = None,
+    ) -> None:
+        """Add a chunk's per-row results; ``rows``: their rows in the file; ``ignored``: a mask
+        of the rows of the ignored class, left out of the means."""
         n = loss.shape[0]
         self.rows += n
-        self.loss_mean.add(loss)
-        self.exact_mean.add(exact)
+        kept = slice(None) if ignored is None else ~ignored
+        self.loss_mean.add(loss[kept])
+        self.exact_mean.add(exact[kept])
         self.flagged += int(grades.flagged.sum())
         for flag, mask in grades.masks.items():
             self.counts[flag] += int(mask.sum())
@@ -374,10 +384,17 @@ def _audit_chunk(
     loss: str = "softmax",
     label_smoothing: float = 0.0,
     focus: Focus = NO_FOCUS,
+    ignore_class: int | None = None,
 ) -> None:
     """Audit one chunk into ``tallies``; its flagged rows are appended to ``flagged`` (unless
-    None) in the order of the results."""
+    None) in the order of the results. ``ignore_class``: --ignore-class, on the file's labels."""
+    classes = batch.shape[1]
+    # a sparse kernel that cannot take an ignored class outside [0, C) is skipped for the whole
+    # file, whichever chunk holds such rows
+    rejected = None if ignore_class is None or 0 <= ignore_class < classes else ignore_class
     for source in sources:
+        ignore = ignore_class if source == "file" else None
+        refused = None if ignore is None else rejected
         if source == "file":
             labelled = batch
         else:
@@ -396,13 +413,14 @@ def _audit_chunk(
                     loss=loss,
                     focus=focus,
                     smoothing=smoothing,
+                    ignore_class=ignore,
                 )
             except Unrepresentable as exc:
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
             runs: Runs = {}
             for policy, variant in policy_variants(policies, chosen):
                 name = variant.impl
-                reason = labels_skip(name, labelled.classes, names, smoothing)
+                reason = labels_skip(name, labelled.classes, names, smoothing, refused)
                 if reason is not None:
                     skipped[(name, fmt.name)] = Skipped(name, fmt.name, reason)
                     continue
@@ -416,7 +434,7 @@ def _audit_chunk(
                     key = (source, name, variant.eps, fmt.name, policy, mode)
                     tally = tallies.setdefault(key, _Tally())
                     tally.output_dtype = outcome.output_dtype
-                    tally.add(rows, outcome.loss, rounded.ref.loss, grades)
+                    tally.add(rows, outcome.loss, rounded.ref.loss, grades, rounded.ignored)
                     tally.add_scale(largest)
                     if flagged is not None:
                         flagged.extend(
@@ -448,6 +466,7 @@ def check_file(
     label_smoothing: float = 0.0,
     gamma: float = 2.0,
     alpha: float | None = None,
+    ignore_class: int | None = None,
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
 
@@ -481,6 +500,9 @@ def check_file(
     ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``. ``loss`` and
     ``label_smoothing``, ``gamma``, ``alpha``: as for ``audit``; a multi-label loss (sigmoid,
     binary-focal) needs labels of the logits' shape; a loss other than softmax takes logits.
+    ``ignore_class``: as for ``audit``, on the file's class labels: its rows are graded as
+    ignored (exact loss and gradient 0) and left out of the means; the implementations' own
+    means are not taken here (``compare`` grades them).
     """
     modes = tuple(modes)
     eps = eps_values(eps)
@@ -495,6 +517,7 @@ def check_file(
     impls = impls if impls is not None else default_impls(input_kind, backends, loss)
     refuse_input_kind(input_kind, impls, model, policies)
     names = chosen_impls(impls, model, backends, loss)
+    check_ignore(ignore_class, loss, names)
     chosen = variants(names, eps)
     logits, label_source = open_arrays(
         Path(path),
@@ -509,6 +532,10 @@ def check_file(
         raise ConfigError(
             f"--model's loss ignores class {ignores} (ignore_class): pass --labels, so that "
             "the rows it ignores can be left out"
+        )
+    if label_source is None and ignore_class is not None:
+        raise ConfigError(
+            f"--ignore-class {ignore_class} marks rows by their class label: pass --labels"
         )
     formats = [get_format(d) for d in parse_dtypes(dtypes or [logits.dtype.name])]
     # Probabilities reach the losses as saved: no Keras layer of ours computes them.
@@ -554,10 +581,12 @@ def check_file(
             x, y, rows = x[~drop], y[~drop], rows[~drop]
         if not refused and rows.size:
             batch = (
-                prepare(x, y, rows, multi_label=multi_label)
+                prepare(x, y, rows, multi_label=multi_label, ignore_class=ignore_class)
                 if y is not None
                 else Batch(x, None, None)
             )
+            if ignore_class is not None and batch.classes is not None:
+                ignored += int((batch.classes == ignore_class).sum())
             for flag, mask in _lint(batch, file_fmt, input_kind, loss).items():
                 lint[flag] += int(mask.sum())
             _audit_chunk(
@@ -578,6 +607,7 @@ def check_file(
                 loss,
                 label_smoothing,
                 focus,
+                ignore_class,
             )
             if flagged and on_flagged_row is not None:
                 flagged.sort(key=lambda f: f.row)  # stable: results keep their order in a row
@@ -590,10 +620,12 @@ def check_file(
         if rows:
             raise InputError(messages[problem].format(rows=describe_rows(np.concatenate(rows))))
     if ignored == logits.rows:
-        raise InputError(
-            f"every row has the class the model's loss ignores (ignore_class={ignores}); "
-            "nothing to audit"
+        what = (
+            f"the class the model's loss ignores (ignore_class={ignores})"
+            if ignore_class is None
+            else f"the ignored class {ignore_class} (--ignore-class)"
         )
+        raise InputError(f"every row has {what}; nothing to audit")
 
     reduction = None if model is None else zoo.model_path(zoo.MODEL).reduction
     results = tuple(
@@ -644,4 +676,5 @@ def check_file(
         ignored_rows=ignored,
         environment=environment({zoo.backend_of(r.impl) for r in results}),
         loss=loss,
+        ignore_class=ignore_class,
     )

@@ -421,10 +421,28 @@ def loss_options() -> Callable[[Callable], Callable]:
                 default=0.0,
                 show_default=True,
                 metavar="A",
-                help="Smooth the labels as Keras does before anything runs: y (1 - A) + A / C "
-                "(softmax), y (1 - A) + A / 2 (sigmoid); the sparse losses are skipped.",
+                help="Smooth the labels as Keras does: y (1 - A) + A / C (softmax), y (1 - A) + "
+                "A / 2 (sigmoid); the implementations with a smoothing argument (Keras', "
+                "torch's F.cross_entropy) take A on the labels as given, the others smoothed "
+                "labels; the sparse losses without one are skipped.",
             ),
         ]
+    )
+
+
+def ignore_class_option() -> Callable:
+    """--ignore-class: the class label of rows the loss ignores (torch's ignore_index)."""
+    return click.option(
+        "--ignore-class",
+        "ignore_class",
+        type=int,
+        metavar="N",
+        help="Class labels equal to N (any integer; -100 is PyTorch's convention) mark rows "
+        "the loss ignores: exact loss and gradient 0, the exact mean over the others. torch's "
+        "ignore_index and Keras' ignore_class get N, the other implementations the rows' "
+        "one-hot labels (zeros for a class outside [0, C)); one that gives the rows a loss, or "
+        "whose own mean divides by them, is flagged ignored-counted. --loss softmax, class "
+        "labels.",
     )
 
 
@@ -544,6 +562,7 @@ def _load_tensorflow(
 @backend_option()
 @eps_option(1e-7)
 @loss_options()
+@ignore_class_option()
 @html_option("compare")
 @shared_options()
 @format_option("table", "json")
@@ -563,6 +582,7 @@ def compare(
     gamma: float,
     alpha: float | None,
     label_smoothing: float,
+    ignore_class: int | None,
     html_path: str | None,
     mode: str,
     rtol: float | None,
@@ -612,6 +632,7 @@ def compare(
         backends=backends or None,
         loss_scale=loss_scale,
         model=model,
+        ignore_class=ignore_class,
     )
     title = f"xentaudit compare: {result.rows} rows x {result.classes} classes, scale {scale:g}"
     if loss != "softmax" or label_smoothing:
@@ -821,6 +842,7 @@ def sweep(
     "audited as logits.",
 )
 @loss_options()
+@ignore_class_option()
 @model_option()
 @click.option(
     "--inputs",
@@ -873,6 +895,7 @@ def check(
     gamma: float,
     alpha: float | None,
     label_smoothing: float,
+    ignore_class: int | None,
     model: str | None,
     inputs: str | None,
     save_logits: str | None,
@@ -981,6 +1004,7 @@ def check(
             label_smoothing=label_smoothing,
             gamma=gamma,
             alpha=alpha,
+            ignore_class=ignore_class,
         )
     result = replace(
         result,

@@ -55,6 +55,16 @@ FLAGS: dict[str, Flag] = {
             "float16 loss in float32 (cast the logits first)",
         ),
         Flag(
+            "ignored-counted",
+            True,
+            "rows of the ignored class (--ignore-class) count: the implementation gives them a "
+            "loss, or its own mean divides by them too (a one-hot of -100 is a row of zeros, "
+            "so tf.reduce_mean averages the rows in with loss 0)",
+            "pass the ignore value to the loss (F.cross_entropy(ignore_index=N), "
+            "SparseCategoricalCrossentropy(ignore_class=N)), or mask the rows out and divide "
+            "the sum by the number of rows kept",
+        ),
+        Flag(
             "divergent",
             True,
             "the loss is finite but wrong beyond the tolerance (clipping, double softmax, "

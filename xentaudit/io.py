@@ -272,6 +272,7 @@ def prepare(
     labels: np.ndarray,
     row_offset: int | np.ndarray = 0,
     multi_label: bool = False,
+    ignore_class: int | None = None,
 ) -> Batch:
     """Validate logits ``[..., C]`` and labels (integer classes ``[...]`` or weights ``[..., C]``).
 
@@ -280,7 +281,8 @@ def prepare(
     weights, classes out of range, mismatched shapes. Row numbers in messages start at
     ``row_offset`` (the position of this batch in a file), or are the file rows it gives.
     ``multi_label`` (the sigmoid losses): one label in [0, 1] per logit, the logits' shape,
-    and no infinite logit; the batch has no classes.
+    and no infinite logit; the batch has no classes. ``ignore_class`` N: class labels may be N
+    (any integer, -100 included: rows the loss ignores); only class labels may carry it.
     """
     at = row_offset
     logits = as_array(logits)
@@ -302,6 +304,11 @@ def prepare(
     if multi_label:
         return _multi_label(x, labels, logits.shape, at)
     if labels.shape == logits.shape:
+        if ignore_class is not None:
+            raise InputError(
+                f"--ignore-class {ignore_class} applies to integer class labels, and these are "
+                f"label weights of the logits' shape {logits.shape}; pass the class of each row"
+            )
         y = labels.astype(np.float64).reshape(n, c)
         if not np.isfinite(y).all():
             raise InputError(
@@ -326,10 +333,12 @@ def prepare(
                 "weights"
             )
         bad = (flat < 0) | (flat >= c)
+        if ignore_class is not None:
+            bad &= flat != ignore_class
         if bad.any():
             raise InputError(
                 f"class labels out of range in {_rows(bad, at)}: they must lie in [0, {c - 1}] "
-                f"for {c} classes"
+                f"for {c} classes (or be the --ignore-class value, rows the loss ignores)"
             )
         return Batch(x, None, flat.astype(np.int64))
     raise InputError(

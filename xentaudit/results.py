@@ -179,6 +179,8 @@ class Audit:
     model: str | None = None  # the loss path audited as `model` (ModelPath.describe()), if any
     environment: dict[str, str] = field(default_factory=dict)  # environment.environment()
     loss: str = "softmax"  # losses.LOSSES: the loss audited (--loss)
+    ignore_class: int | None = None  # --ignore-class: the class whose rows the loss ignores
+    ignored_rows: int = 0  # rows of that class: exact loss 0, the means over the others
 
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired anywhere, 1 otherwise (2 is for usage errors)."""
@@ -418,10 +420,13 @@ class Check:
     pinnable: tuple[str, ...] = ()
     input: str = "logits"  # what the file holds (--input): logits, probabilities, log-probabilities
     reduction: str | None = None  # --model: its loss's reduction, which CheckResult's *_reduced use
-    ignored_rows: int = 0  # --model: rows of its loss's ignore_class, left out as Keras does
+    # --model: rows of its loss's ignore_class, left out as Keras does; --ignore-class: the
+    # rows of that class (``ignore_class``), graded as ignored and left out of the means
+    ignored_rows: int = 0
     environment: dict[str, str] = field(default_factory=dict)  # environment.environment()
     baseline: Comparison | None = None  # --baseline: the run against an earlier report
     loss: str = "softmax"  # losses.LOSSES: the loss audited (--loss)
+    ignore_class: int | None = None  # --ignore-class: the class whose rows the loss ignores
 
     @property
     def gated(self) -> tuple[CheckResult, ...]:
@@ -478,9 +483,9 @@ def _labels(r: ImplResult | CheckResult) -> str | None:
     return r.labels if isinstance(r, CheckResult) else None
 
 
-def _worst_failing_row(r: ImplResult, wanted: set[str]) -> int:
-    """The row with a ``wanted`` flag and the largest relative loss error, as ``check`` orders
-    its worst rows: a NaN error is the largest, and the earlier row wins a tie."""
+def _worst_failing_row(r: ImplResult, rows: list[int]) -> int:
+    """Of ``rows``, the one with the largest relative loss error, as ``check`` orders its worst
+    rows: a NaN error is the largest, and the earlier row wins a tie."""
 
     def error(i: int) -> float:
         loss, exact = r.loss_rows[i], r.reference_rows[i]
@@ -489,7 +494,7 @@ def _worst_failing_row(r: ImplResult, wanted: set[str]) -> int:
         rel = abs(loss - exact) / max(abs(exact), 1.0)
         return math.inf if math.isnan(rel) else rel
 
-    return max((i for i, f in enumerate(r.row_flags) if wanted.intersection(f)), key=error)
+    return max(rows, key=error)
 
 
 def _rows_at_risk(r: ImplResult | CheckResult, wanted: set[str]) -> tuple[RowAtRisk, ...]:
@@ -498,7 +503,10 @@ def _rows_at_risk(r: ImplResult | CheckResult, wanted: set[str]) -> tuple[RowAtR
     if isinstance(r, CheckResult):
         rows = [(w.row, w.exact, w.loss, w.flags) for w in r.worst_rows]
     else:
-        i = _worst_failing_row(r, wanted)
+        flagged = [i for i, f in enumerate(r.row_flags) if wanted.intersection(f)]
+        if not flagged:  # a flag of the result's own mean (coarse-mean, ignored-counted)
+            return ()
+        i = _worst_failing_row(r, flagged)
         rows = [(i, r.reference_rows[i], r.loss_rows[i], r.row_flags[i])]
     return tuple(
         RowAtRisk(r.impl, r.dtype, r.mode, _labels(r), row, exact, loss, flags, r.eps, r.policy)

@@ -154,6 +154,9 @@ class Impl:
     # takes --label-smoothing as its own argument (Keras' label_smoothing, torch's), on the
     # labels as given; the others are handed the labels smoothed (optax.smooth_labels' way)
     smooths: bool = False
+    # takes --ignore-class as its own argument (torch's ignore_index, Keras' ignore_class): no
+    # loss and no gradient on those rows, and its own mean over the rest
+    ignores: bool = False
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -272,6 +275,7 @@ REGISTRY: dict[str, Impl] = {
             "logits",
             "keras",
             needs_classes=True,
+            ignores=True,
         ),
         Impl(
             "double_softmax",
@@ -290,6 +294,7 @@ REGISTRY: dict[str, Impl] = {
             backend="torch",
             formula="fused",
             smooths=True,
+            ignores=True,
         ),
         Impl(
             "torch_log_softmax_nll",
@@ -299,6 +304,7 @@ REGISTRY: dict[str, Impl] = {
             needs_classes=True,
             backend="torch",
             formula="sparse",
+            ignores=True,
         ),
         Impl(
             "torch_softmax_log",
@@ -318,6 +324,7 @@ REGISTRY: dict[str, Impl] = {
             backend="torch",
             computes="bfloat16",
             smooths=True,
+            ignores=True,
         ),
         Impl(
             "optax_softmax_xent",

@@ -233,6 +233,7 @@ def run(
     focus: Focus = NO_FOCUS,
     mean: bool = False,
     smoothing: float = 0.0,
+    ignore: int | None = None,
 ) -> Outcome:
     """Run implementation ``name`` op by op or jitted (``mode`` "graph"); a focal loss with
     ``focus``.
@@ -248,10 +249,11 @@ def run(
     """
     # No implementation of this backend takes probabilities (Impl.on_probabilities): `check`
     # refuses them with --input probabilities before anything runs. None takes a label
-    # smoothing argument (optax has none: users smooth with optax.smooth_labels), so
-    # ``smoothing`` is always 0 here: they are handed the labels smoothed.
+    # smoothing argument (optax has none: users smooth with optax.smooth_labels) or an ignored
+    # class, so ``smoothing`` is always 0 and ``ignore`` None here: they are handed the labels
+    # smoothed, and the ignored rows' one-hot rows (or their class, the integer-label loss).
     assert given == "logits", given
-    assert smoothing == 0, smoothing
+    assert smoothing == 0 and ignore is None, (smoothing, ignore)
     dtype = logits.dtype.name
     key = (name, dtype, focus)
     x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()

@@ -75,11 +75,12 @@ class Build:
     """What an implementation built per run is built for: the Keras dtype ``policy`` its layers
     compute under, the focal losses' ``focus``, and the label ``smoothing`` its Keras loss (or
     the model's) applies itself, as its ``label_smoothing`` argument (``Impl.smooths``; 0 for
-    the others, which are handed smoothed labels)."""
+    the others, which are handed smoothed labels), and the class ``ignore`` it ignores."""
 
     policy: str = "float32"
     focus: Focus = NO_FOCUS
     smoothing: float = 0.0
+    ignore: int | None = None  # the class its Keras loss ignores (ignore_class, Impl.ignores)
 
 
 @functools.cache
@@ -88,7 +89,6 @@ def _keras_loss(cls: type, **config: object) -> keras.losses.Loss:
     return cls(reduction=None, **config)
 
 
-_SCCE_LOGITS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 _SOFTMAX_LAYERS: dict[str, keras.layers.Softmax] = {}
 
 
@@ -129,8 +129,28 @@ def keras_cce_softmax_layer(build: Build) -> LossFn:
     return lambda y, classes, x, eps: fn(y, layer(x))
 
 
-def keras_scce_logits(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-    return _SCCE_LOGITS(classes, x)
+@dataclass(frozen=True)
+class Reducing:
+    """A loss whose framework's own mean is not the plain mean of its per-row losses: called, its
+    ``per_row`` losses; ``mean`` the scalar its own reduction returns (both ``LossFn``)."""
+
+    per_row: LossFn
+    mean: LossFn
+
+    def __call__(self, y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        return self.per_row(y, classes, x, eps)
+
+
+def keras_scce_logits(build: Build) -> LossFn:
+    cls = keras.losses.SparseCategoricalCrossentropy
+    fn = _keras_loss(cls, from_logits=True, ignore_class=build.ignore)
+    per_row: LossFn = lambda y, classes, x, eps: fn(classes, x)  # noqa: E731
+    if build.ignore is None:
+        return per_row
+    # With ignore_class, Keras' default reduction (sum_over_batch_size) divides by the rows kept:
+    # the loss masks the others (keras/src/losses/loss.py apply_mask).
+    reduced = cls(from_logits=True, ignore_class=build.ignore)
+    return Reducing(per_row, lambda y, classes, x, eps: reduced(classes, x))
 
 
 def double_softmax(y: tf.Tensor, classes: tf.Tensor, x: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
@@ -269,6 +289,7 @@ BUILDERS: dict[str, Callable[[Build], LossFn]] = {
         keras_cce_logits,
         keras_cce_probs,
         keras_cce_softmax_layer,
+        keras_scce_logits,
         keras_bce_logits,
         keras_bce_probs,
         naive_focal,
@@ -359,7 +380,7 @@ _GRAPH_CACHE: dict[tuple[str, str, model.ModelPath | None, str, Build], Callable
 def _with_gradient(fn: LossFn) -> Callable:
     def step(
         x: tf.Tensor, y: tf.Tensor, classes: tf.Tensor, eps: tf.Tensor, scale: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.convert_to_tensor(fn(y, classes, x, eps))
@@ -371,25 +392,30 @@ def _with_gradient(fn: LossFn) -> Callable:
             scaled = wide * tf.cast(scale, wide.dtype)
         # A vector target: TensorFlow seeds it with ones, i.e. the gradient of the summed loss,
         # without ever forming the (possibly overflowing) sum in a narrow dtype.
-        return loss, tape.gradient(scaled, x)
+        # The framework's own mean: a Keras loss's own reduction where it has one of its own
+        # (``Reducing``), tf.reduce_mean of the per-row losses otherwise.
+        own = fn.mean(y, classes, x, eps) if isinstance(fn, Reducing) else tf.reduce_mean(loss)
+        return loss, tape.gradient(scaled, x), own
 
     return step
 
 
-def _run_user(name: str, step: Callable, *args: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _run_user(
+    name: str, step: Callable, *args: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Run a user's loss; whatever goes wrong in their code is a one-line error, not a bug.
 
     In graph mode their Python runs while ``tf.function`` traces it, inside this call too.
     """
     with user_code(f"--impl {name}: the loss", ImplementationError):
-        loss, grad = step(*args)
+        loss, grad, own = step(*args)
     per_row(name, tuple(loss.shape), args[0].shape[0])
     if grad is None:
         raise ImplementationError(
             f"--impl {name}: the loss has no gradient w.r.t. the logits; compute it with "
             "TensorFlow ops on the logits tensor"
         )
-    return loss, grad
+    return loss, grad, own
 
 
 def run(
@@ -406,11 +432,12 @@ def run(
     focus: Focus = NO_FOCUS,
     mean: bool = False,
     smoothing: float = 0.0,
+    ignore: int | None = None,
 ) -> Outcome:
     """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph"), its
     Keras layers built under the Keras dtype policy ``policy``; a focal loss with ``focus``; a
     Keras loss with its own ``label_smoothing`` argument ``smoothing`` (``Impl.smooths``: the
-    labels arrive as given).
+    labels arrive as given) and its own ``ignore_class`` ``ignore`` (``Impl.ignores``).
 
     ``given`` "probabilities": ``logits`` hold probabilities, which the implementation's part
     after its softmax (``ON_PROBABILITIES``) takes; its autodiff gradient w.r.t. them is carried
@@ -428,7 +455,7 @@ def run(
     y = tf.constant(labels) if labels is not None else tf.one_hot(k, logits.shape[1], dtype=x.dtype)
     e = tf.constant(eps, dtype=x.dtype)
     s = tf.constant(loss_scale, dtype=tf.float64)
-    build = Build(policy, focus, smoothing)
+    build = Build(policy, focus, smoothing, ignore)
     key = (name, x.dtype.name, model_path(name), given, build)
     if mode == "eager":
         step = _with_gradient(loss_fn(name, build, given))
@@ -452,15 +479,16 @@ def run(
     try:
         with time_limit(timeout):
             if user_loss(name) is None:
-                loss, grad = step(x, y, k, e, s)
+                loss, grad, own = step(x, y, k, e, s)
             else:
-                loss, grad = _run_user(name, step, x, y, k, e, s)
+                loss, grad, own = _run_user(name, step, x, y, k, e, s)
             # np.asarray views the tensor's buffer; .numpy() copies
             gradient = np.asarray(grad)
             if given == "probabilities":
                 gradient = to_logits_gradient(as_float(logits), as_float(gradient))
-            own = tf.reduce_mean(loss) if mean else None
-            result = outcome(loss.numpy(), gradient, loss.dtype.name, loss_scale, own)
+            result = outcome(
+                loss.numpy(), gradient, loss.dtype.name, loss_scale, own if mean else None
+            )
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted trace is not to be reused
         raise timed_out(name, x.dtype.name, mode, timeout, policy) from None

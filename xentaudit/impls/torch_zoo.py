@@ -43,20 +43,33 @@ def _dense(y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor) -> t
 
 
 def torch_cross_entropy(
-    y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor, smoothing: float = 0.0
+    y: torch.Tensor | None,
+    k: torch.Tensor | None,
+    x: torch.Tensor,
+    smoothing: float = 0.0,
+    ignore: int = -100,
+    reduction: str = "none",
 ) -> torch.Tensor:
     # Class-index targets for hard labels, probability targets (the dense weights) otherwise:
     # cross_entropy_loss in aten/src/ATen/native/LossNLL.cpp computes nll_loss_nd(log_softmax(x))
     # for the first, cross_entropy_loss_prob_target, -sum(log_softmax(x) * y), for the second;
     # with label_smoothing a, (1 - a) nll + a / C * -sum log_softmax(x) for class indices and
-    # the targets y (1 - a) + a / C for probabilities, in the logits' dtype.
-    return F.cross_entropy(x, k if y is None else y, reduction="none", label_smoothing=smoothing)
+    # the targets y (1 - a) + a / C for probabilities, in the logits' dtype. Rows of class
+    # ignore_index (-100 by default) get no loss, and reduction="mean" divides by the others.
+    target = k if y is None else y
+    return F.cross_entropy(
+        x, target, reduction=reduction, label_smoothing=smoothing, ignore_index=ignore
+    )
 
 
 def torch_log_softmax_nll(
-    y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor
+    y: torch.Tensor | None,
+    k: torch.Tensor | None,
+    x: torch.Tensor,
+    ignore: int = -100,
+    reduction: str = "none",
 ) -> torch.Tensor:
-    return F.nll_loss(F.log_softmax(x, -1), k, reduction="none")
+    return F.nll_loss(F.log_softmax(x, -1), k, reduction=reduction, ignore_index=ignore)
 
 
 def torch_softmax_log(
@@ -66,7 +79,12 @@ def torch_softmax_log(
 
 
 def torch_autocast_bf16(
-    y: torch.Tensor | None, k: torch.Tensor | None, x: torch.Tensor, smoothing: float = 0.0
+    y: torch.Tensor | None,
+    k: torch.Tensor | None,
+    x: torch.Tensor,
+    smoothing: float = 0.0,
+    ignore: int = -100,
+    reduction: str = "none",
 ) -> torch.Tensor:
     """``F.cross_entropy`` as bfloat16 mixed-precision training on the CPU computes it, on the
     logits rounded to bfloat16 (``LOGITS_AS``).
@@ -84,7 +102,9 @@ def torch_autocast_bf16(
     """
     with torch.autocast("cpu", dtype=torch.bfloat16):
         target = k if y is None else y.to(torch.float32)
-        return F.cross_entropy(x, target, reduction="none", label_smoothing=smoothing)
+        return F.cross_entropy(
+            x, target, reduction=reduction, label_smoothing=smoothing, ignore_index=ignore
+        )
 
 
 # The sigmoid (binary, multi-label) losses: the row's loss is the mean over its labels, as a
@@ -151,30 +171,42 @@ def _own_code(fn: Callable) -> Callable:
     )
 
 
-def loss_fn(name: str, smoothing: float = 0.0) -> tuple[LossFn, bool]:
-    """The loss function registered under ``name`` (with its own label ``smoothing`` argument
-    for those that take one, ``Impl.smooths``), or the user's loss, and whether it is the
-    user's."""
+def _options(smoothing: float, ignore: int | None) -> dict[str, float | int]:
+    """The keyword arguments of an implementation's own label ``smoothing`` and ``ignore``
+    class (``Impl.smooths``, ``Impl.ignores``), those given."""
+    options: dict[str, float | int] = {}
+    if smoothing:
+        options["smoothing"] = smoothing
+    if ignore is not None:
+        options["ignore"] = ignore
+    return options
+
+
+def loss_fn(name: str, smoothing: float = 0.0, ignore: int | None = None) -> tuple[LossFn, bool]:
+    """The loss function registered under ``name`` (with its own label ``smoothing`` and
+    ``ignore`` class arguments for those that take them, ``Impl.smooths``, ``Impl.ignores``), or
+    the user's loss, and whether it is the user's."""
     user = user_loss(name)
     if user is not None:
         return lambda y, k, x: user(_dense(y, k, x), x), True
     fn = IMPLS[name]
-    if not smoothing:
+    options = _options(smoothing, ignore)
+    if not options:
         return fn, False
-    return lambda y, k, x: fn(y, k, x, smoothing), False
+    return lambda y, k, x: fn(y, k, x, **options), False
 
 
-# (name, dtype, label smoothing) -> the compiled loss function
-_GRAPH_CACHE: dict[tuple[str, str, float], LossFn] = {}
+# (name, dtype, label smoothing, ignored class) -> the compiled loss function
+_GRAPH_CACHE: dict[tuple[str, str, float, int | None], LossFn] = {}
 
 
-def _compiled(name: str, dtype: str, smoothing: float) -> LossFn:
+def _compiled(name: str, dtype: str, smoothing: float, ignore: int | None) -> LossFn:
     reason = graph_unavailable()
     if reason is not None:
         raise ImplementationError(f"--impl {name} (graph mode): {reason}; use --mode eager")
-    key = (name, dtype, smoothing)
+    key = (name, dtype, smoothing, ignore)
     if key not in _GRAPH_CACHE:
-        fn, users = loss_fn(name, smoothing)
+        fn, users = loss_fn(name, smoothing, ignore)
         # dynamic=True: one graph whatever the batch shape. fullgraph=True for the zoo, which has
         # no graph breaks: an error rather than a silent fall-back to eager; a user's loss may
         # break the graph, as torch.compile lets it by default.
@@ -256,6 +288,26 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _own_mean(
+    name: str,
+    loss: torch.Tensor,
+    y: torch.Tensor | None,
+    k: torch.Tensor | None,
+    x: torch.Tensor,
+    smoothing: float,
+    ignore: int | None,
+) -> torch.Tensor:
+    """The mean of per-row ``loss`` as torch reduces it: the implementation's own
+    ``reduction="mean"`` where it ignores a class (the sum over the rows kept, divided by
+    their number), ``Tensor.mean()`` of the per-row losses otherwise."""
+    if ignore is None:
+        return loss.detach().mean()
+    logits_as = LOGITS_AS.get(name)
+    with torch.no_grad():
+        given = x if logits_as is None else x.to(logits_as)
+        return IMPLS[name](y, k, given, **_options(smoothing, ignore), reduction="mean")
+
+
 def run(
     name: str,
     eps: float,
@@ -270,9 +322,11 @@ def run(
     focus: Focus = NO_FOCUS,
     mean: bool = False,
     smoothing: float = 0.0,
+    ignore: int | None = None,
 ) -> Outcome:
     """Run implementation ``name`` eagerly or compiled by ``torch.compile`` (``mode`` "graph");
-    ``smoothing``: its own ``label_smoothing`` argument (``Impl.smooths``).
+    ``smoothing`` and ``ignore``: its own ``label_smoothing`` and ``ignore_index`` arguments
+    (``Impl.smooths``, ``Impl.ignores``); its own mean is then its ``reduction="mean"``.
 
     ``logits`` and ``labels`` (dense label weights, or ``None`` for the hard labels
     ``classes``) are numpy arrays already in the audited dtype. The gradient is taken of
@@ -290,15 +344,18 @@ def run(
     k = torch.from_numpy(np.asarray(classes, dtype=np.int64)) if classes is not None else None
     y = _tensor(labels) if labels is not None else None
     dtype = dtype_name(x.dtype)
-    key = (name, dtype, smoothing)
-    fn = _compiled(name, dtype, smoothing) if mode == "graph" else loss_fn(name, smoothing)[0]
+    key = (name, dtype, smoothing, ignore)
+    if mode == "graph":
+        fn = _compiled(name, dtype, smoothing, ignore)
+    else:
+        fn = loss_fn(name, smoothing, ignore)[0]
     try:
         with time_limit(timeout):
             if user_loss(name) is None:
                 loss, grad = _step(fn, y, k, x, loss_scale, LOGITS_AS.get(name))
             else:
                 loss, grad = _run_user(name, fn, y, k, x, loss_scale)
-            own = loss.detach().mean() if mean else None
+            own = _own_mean(name, loss, y, k, x, smoothing, ignore) if mean else None
             result = outcome(_array(loss), _array(grad), dtype_name(loss.dtype), loss_scale, own)
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted compilation is not to be reused

@@ -151,6 +151,17 @@ def _scaling(loss_scale: float | None, column: bool = True) -> str:
     return note
 
 
+def _ignored_line(run: Audit | Check) -> str:
+    """What --ignore-class did to a ``compare`` or ``check`` run."""
+    line = (
+        f"ignored: {run.ignored_rows} rows of class {run.ignore_class} (--ignore-class), "
+        "exact loss and gradient 0; the exact mean is over the other rows"
+    )
+    if isinstance(run, Audit):
+        return line + "; the loss column is each implementation's own mean"
+    return line + "; the implementations' own means are graded by `xentaudit compare`"
+
+
 def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -> str:
     """The full table report as text (ANSI-coloured when ``color``)."""
     verdict = audit.verdict()
@@ -164,19 +175,23 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
         ),
         sep="\n",
     )
+    if audit.ignore_class is not None:
+        console.print(Text(_ignored_line(audit), style="dim"))
     scaled = audit.loss_scale is not None
     # several backends: a column says whose each row is (the zoo lists them backend by backend)
     backends = len({backend_of(r.impl) for r in audit.results}) > 1
     # a result in half precision: the loss column shows the mean it returns (the scalar the
     # optimizer sees, coarse-mean) and a column its dtype's spacing at the exact mean
     half = any(r.output_dtype in ("float16", "bfloat16") for r in audit.results)
+    # rows ignored: the returned mean shows which implementations divide by them too
+    returned = half or audit.ignored_rows > 0
     table = _columns(
         *([("backend", "left")] if backends else []),
         ("impl", "left"),
         ("mode", "left"),
         ("dtype", "left"),
         ("out", "left"),
-        ("loss (returned)" if half else "loss (mean)", "right"),
+        ("loss (returned)" if returned else "loss (mean)", "right"),
         ("exact (mean)", "right"),
         *([("spacing", "right")] if half else []),
         ("max rel err", "right"),
@@ -195,7 +210,7 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
             Text(mode, style="yellow" if mode_pair(r) in differ else ""),
             Text(dtype_label(r.dtype, r.policy)),  # Text: "[policy]" is no markup
             r.output_dtype if r.output_dtype != r.dtype else "",
-            _num(r.returned_mean if half and r.returned_mean is not None else r.loss),
+            _num(r.returned_mean if returned and r.returned_mean is not None else r.loss),
             _num(r.reference, 15),
             *([_num(r.mean_spacing or math.nan, 2)] if half else []),
             _num(r.max_rel_err, 2),
@@ -444,6 +459,8 @@ def render_check(
                     style="dim",
                 )
             )
+    if check.ignore_class is not None:
+        console.print(Text(_ignored_line(check), style="dim"))
     for flag, rows in check.lint.items():
         console.print(Text(f"input: {flag} on {rows} of {check.rows} rows", style="yellow"))
     table = _columns(
