@@ -109,14 +109,27 @@ def _cce(build: Build, from_logits: bool) -> keras.losses.Loss:
     )
 
 
-def keras_cce_logits(build: Build) -> LossFn:
-    fn = _cce(build, True)
+def _as_given(fn: keras.losses.Loss) -> LossFn:
+    """A Keras loss on its input as given (the logits, for from_logits=True)."""
     return lambda y, classes, x, eps: fn(y, x)
 
 
-def keras_cce_probs(build: Build) -> LossFn:
-    fn = _cce(build, False)
+def _on_softmax(fn: keras.losses.Loss) -> LossFn:
+    """A Keras loss (from_logits=False) on tf.nn.softmax of the logits."""
     return lambda y, classes, x, eps: fn(y, tf.nn.softmax(x))
+
+
+def _on_sigmoid(fn: keras.losses.Loss) -> LossFn:
+    """A Keras loss (from_logits=False) on tf.sigmoid of the logits."""
+    return lambda y, classes, x, eps: fn(y, tf.sigmoid(x))
+
+
+def keras_cce_logits(build: Build) -> LossFn:
+    return _as_given(_cce(build, True))
+
+
+def keras_cce_probs(build: Build) -> LossFn:
+    return _on_softmax(_cce(build, False))
 
 
 def keras_cce_softmax_layer(build: Build) -> LossFn:
@@ -184,15 +197,13 @@ def _bce(build: Build, from_logits: bool) -> keras.losses.Loss:
 
 
 def keras_bce_logits(build: Build) -> LossFn:
-    fn = _bce(build, True)
-    return lambda y, classes, x, eps: fn(y, x)
+    return _as_given(_bce(build, True))
 
 
 def keras_bce_probs(build: Build) -> LossFn:
     # keras/src/backend/tensorflow/nn.py binary_crossentropy: inside a tf.function the output's
     # op is a Sigmoid, whose input it takes as the logits (_get_logits); eagerly it clips.
-    fn = _bce(build, False)
-    return lambda y, classes, x, eps: fn(y, tf.sigmoid(x))
+    return _on_sigmoid(_bce(build, False))
 
 
 # The focal losses (Lin et al. 2017), built per Focus (gamma, alpha): the categorical one sums
@@ -234,13 +245,11 @@ def _categorical_focal(build: Build, from_logits: bool) -> keras.losses.Loss:
 
 
 def keras_focal_logits(build: Build) -> LossFn:
-    fn = _categorical_focal(build, True)
-    return lambda y, classes, x, eps: fn(y, x)
+    return _as_given(_categorical_focal(build, True))
 
 
 def keras_focal_probs(build: Build) -> LossFn:
-    fn = _categorical_focal(build, False)
-    return lambda y, classes, x, eps: fn(y, tf.nn.softmax(x))
+    return _on_softmax(_categorical_focal(build, False))
 
 
 def naive_binary_focal(build: Build) -> LossFn:
@@ -272,13 +281,11 @@ def _binary_focal(build: Build, from_logits: bool) -> keras.losses.Loss:
 
 
 def keras_binary_focal_logits(build: Build) -> LossFn:
-    fn = _binary_focal(build, True)
-    return lambda y, classes, x, eps: fn(y, x)
+    return _as_given(_binary_focal(build, True))
 
 
 def keras_binary_focal_probs(build: Build) -> LossFn:
-    fn = _binary_focal(build, False)
-    return lambda y, classes, x, eps: fn(y, tf.sigmoid(x))
+    return _on_sigmoid(_binary_focal(build, False))
 
 
 # The implementations built per run (``Build``): Keras losses (their smoothing, their layers'
@@ -304,8 +311,7 @@ BUILDERS: dict[str, Callable[[Build], LossFn]] = {
 
 
 def _cce_on_probabilities(build: Build) -> LossFn:
-    fn = _cce(build, False)
-    return lambda y, classes, p, eps: fn(y, p)
+    return _as_given(_cce(build, False))
 
 
 # What the implementations that take probabilities compute on them (`check --input
