@@ -179,3 +179,11 @@ def test_focal_gradient_tolerance_is_pinned_by_its_bound(loss, labels, bound) ->
     assert grade(rounded.ref.loss, g, "float32", rounded).masks["grad-wrong"].all()
     g[0, 0] = rounded.ref.grad[0, 0] + 0.95 * allowed
     assert not grade(rounded.ref.loss, g, "float32", rounded).masks["grad-wrong"].any()
+
+
+def test_the_table_prints_the_advice_brackets(seed_focal) -> None:
+    # "[eps, 1-eps]" in the focal advice is text, not rich markup (which would drop it)
+    from xentaudit.report import table as table_report
+
+    text = table_report.render(seed_focal, title="focal", width=1000)
+    assert "clips p to [eps, 1-eps] even with from_logits=True" in text

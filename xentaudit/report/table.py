@@ -122,7 +122,8 @@ def _risk_line(where: str, risk: RowAtRisk) -> Text:
 def _legend(console: Console, verdict: Verdict) -> None:
     """One line per flag that fired: what it means and what to use instead."""
     for name, advice in verdict.advice.items():
-        console.print(Text(f"  {name}", style=FLAG_STYLES.get(name, "yellow")), advice.text)
+        # Text: advice such as "clips p to [eps, 1-eps]" is no markup
+        console.print(Text(f"  {name}", style=FLAG_STYLES.get(name, "yellow")), Text(advice.text))
 
 
 def _fold_modes(
