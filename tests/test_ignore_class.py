@@ -91,10 +91,45 @@ def test_the_fused_tensorflow_gradient_on_a_zero_label_row_is_softmax() -> None:
 
 
 def test_optax_integer_labels_return_nan_for_a_class_outside_the_range(ignored) -> None:
+    # -100 with 3 classes lies outside [-C, C): the gather fills it with NaN
     r = by(ignored, "optax_softmax_xent_int")
     assert math.isnan(r.loss_rows[1]) and math.isnan(r.loss_rows[3])
     assert r.row_flags[1][0] == "nan"
     assert r.row_flags[0] == () and r.row_flags[2] == ()
+
+
+def test_optax_integer_labels_index_minus_100_from_the_end_past_100_classes() -> None:
+    # with 200 classes, -100 is a valid negative index: class 100's loss, counted
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 200))
+    result = audit(x, np.array([7, -100]), ignore_class=-100, dtypes=["float64"],
+                   modes=["eager"], impls=["optax_softmax_xent_int"])  # fmt: skip
+    (r,) = result.results
+    assert r.loss_rows[1] == pytest.approx(truth(x[1:], np.array([100]))[0], rel=1e-12)
+    assert r.row_flags[1][0] == "ignored-counted"
+
+
+def test_smoothing_and_an_ignored_class_together() -> None:
+    # torch takes both: class indices, label_smoothing and ignore_index; the kept rows' exact
+    # loss is that of their smoothed labels, the ignored rows' 0
+    result = audit(X, CLASSES, ignore_class=-100, label_smoothing=0.1, dtypes=["float32"],
+                   modes=["eager"], impls=["torch_cross_entropy", "keras_cce_logits"])  # fmt: skip
+    with mpmath.workdps(50):
+        want = []
+        for row, c in zip(X.tolist(), CLASSES.tolist(), strict=True):
+            if c == -100:
+                want.append(0.0)
+                continue
+            lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in row))
+            weights = [mpmath.mpf(9) / 10 * (j == c) + mpmath.mpf(1) / 30 for j in range(3)]
+            want.append(
+                float(mpmath.fsum(w * (lse - v) for w, v in zip(weights, row, strict=True)))
+            )
+    torch_ce, keras_cce = by(result, "torch_cross_entropy"), by(result, "keras_cce_logits")
+    assert torch_ce.reference_rows == pytest.approx(want, rel=2.0**-50, abs=0.0)
+    assert torch_ce.flags == ()
+    # Keras smooths the zero row of -100 too: a/C on every class, a loss where none is due
+    assert keras_cce.row_flags[1][0] == "ignored-counted"
 
 
 def test_tensorflow_sparse_kernel_raises_on_minus_100_and_is_skipped(ignored) -> None:
@@ -103,7 +138,7 @@ def test_tensorflow_sparse_kernel_raises_on_minus_100_and_is_skipped(ignored) ->
     with pytest.raises(tf.errors.InvalidArgumentError, match="-100"):
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=CLASSES, logits=X)
     (skip,) = [s for s in ignored.skipped if s.impl == "tf_sparse_softmax_xent"]
-    assert "raises on the ignored class -100" in skip.reason
+    assert "raises on rows of the ignored class -100" in skip.reason
     assert "tf_sparse_softmax_xent" not in {r.impl for r in ignored.results}
 
 
@@ -159,6 +194,25 @@ def test_compare_json_and_exit_code(tmp_path) -> None:
     assert flags == {"torch_cross_entropy": [], "naive": ["ignored-counted"]}
 
 
+def test_check_chunks_and_probabilities_with_ignored_rows(tmp_path) -> None:
+    np.save(tmp_path / "x.npy", X.astype(np.float32))
+    np.save(tmp_path / "y.npy", CLASSES)
+    # a chunk of one row at a time gives the means of one chunk of all of them
+    runs = [
+        check_file(tmp_path / "x.npy", labels=tmp_path / "y.npy", ignore_class=-100,
+                   impls=["torch_cross_entropy"], modes=["eager"], chunk_rows=rows)
+        for rows in (1, 4)
+    ]  # fmt: skip
+    one, whole = (r.results[0] for r in runs)
+    assert (one.loss_mean, one.exact_mean) == (whole.loss_mean, whole.exact_mean)
+    # probabilities: the zero-label-prob lint skips the ignored rows (no class to look up)
+    p = np.exp(X) / np.exp(X).sum(axis=1, keepdims=True)
+    np.save(tmp_path / "p.npy", p.astype(np.float32))
+    probs = check_file(tmp_path / "p.npy", labels=tmp_path / "y.npy", ignore_class=-100,
+                       input_kind="probabilities", impls=["naive"], modes=["eager"])  # fmt: skip
+    assert probs.ignored_rows == 2 and probs.lint == {}
+
+
 def test_check_grades_the_rows_and_leaves_them_out_of_the_means(tmp_path) -> None:
     np.save(tmp_path / "x.npy", X.astype(np.float32))
     np.save(tmp_path / "y.npy", CLASSES)
@@ -189,3 +243,21 @@ def test_a_baseline_of_another_ignored_class_is_refused(tmp_path) -> None:
     assert json.loads((tmp_path / "b.json").read_text())["ignore_class"] == 0
     run = CliRunner().invoke(cli, [*base, "--baseline", str(tmp_path / "b.json")])
     assert run.exit_code == 2 and "ignore_class 0" in run.stderr
+
+
+def test_a_diluted_half_precision_mean_is_counted_not_coarse() -> None:
+    # float16's spacing at the exact mean (~0.32) is 2^-12 > float32's tolerance: a mean off by
+    # half (the ignored rows averaged in) would also read as coarse; only ignored-counted fires
+    result = audit(X, CLASSES, ignore_class=-100, dtypes=["float16"], modes=["eager"],
+                   impls=["naive", "torch_cross_entropy"])  # fmt: skip
+    naive = by(result, "naive")
+    assert "ignored-counted" in naive.flags and "coarse-mean" not in naive.flags
+    # torch's own float16 mean over the rows kept is only as coarse as float16 (informational)
+    assert by(result, "torch_cross_entropy").flags == ("coarse-mean",)
+
+
+def test_the_ulps_of_a_loss_on_an_ignored_row_are_infinite() -> None:
+    classes = np.array([2, 0, 0, 1])
+    result = audit(X, classes, ignore_class=0, dtypes=["float32"], modes=["eager"],
+                   impls=["tf_softmax_xent"])  # fmt: skip
+    assert result.results[0].max_ulps_err == math.inf

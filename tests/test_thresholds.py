@@ -304,28 +304,58 @@ def test_check_default_fail_on_fails_on_divergent_but_not_on_grad_wrong(tmp_path
     assert named.exit_code == 1
 
 
-@pytest.mark.parametrize("n", [2, 1000])
-def test_soft_labels_widen_grad_wrong_by_their_sum_in_any_order(n: int) -> None:
-    # n nonzero label weights: autodiff forms p_j sum(y) - y_j from the framework's own sum of
-    # them, within (n - 1) u of the sum in any order (Higham (4.4)), reaching entry j through
-    # p_j: grad-wrong past eps ((8 + k) B + (n - 1) max_j p_j B / 2). One logit 8 above 999
-    # zeros: max_j p_j = e^8 / (e^8 + 999) = 0.749; at n = 1000 the label term is 374 eps, at
-    # n = 2 under 1 eps beside the 18 eps of (8 + k).
-    classes, k = 1000, 10
+def _soft_row(n: int, dtype: str = "float32"):
+    """One logit 8 above 999 zeros (max_j p_j = e^8 / (e^8 + 999) = 0.749), label weight 0.9 on
+    it and 0.1 spread over n - 1 others: n nonzero weights."""
+    classes = 1000
     x = np.zeros((1, classes))
     x[0, 0] = 8.0
     y = np.zeros((1, classes))
     y[0, 0] = 0.9
     y[0, 1:n] = 0.1 / (n - 1)
-    rounded = round_to(prepare(x, y), FORMATS["float32"])
-    top = math.exp(8) / (math.exp(8) + classes - 1)
+    return round_to(prepare(x, y), FORMATS[dtype]), math.exp(8) / (math.exp(8) + classes - 1)
+
+
+# Soft labels with n nonzero weights: the framework adds them in its own order, within (n - 1) u
+# of the sum of their magnitudes (Higham (4.4)), u float32's for half precision (the
+# accumulator): divergent past eps (8 max(L, 1) + k B) + u (n - 1) L, grad-wrong past
+# eps (8 + k) B + u (n - 1) (2 + max_j p_j) B. At n = 1000 the label terms dominate (in
+# float32: 500 L eps and 1374 eps B), at n = 2 they are under 1 eps.
+@pytest.mark.parametrize("n", [2, 1000])
+def test_soft_labels_widen_grad_wrong_by_their_sum_in_any_order(n: int) -> None:
+    rounded, top = _soft_row(n)
     bound = max(float(rounded.weights.astype(np.float64).sum()), 1.0)
-    threshold = EPS32 * ((8 + k) + 0.5 * (n - 1) * top) * bound
+    threshold = EPS32 * (8 + 10) * bound + EPS32 / 2 * (n - 1) * (2 + top) * bound
     for factor, flagged in ((INSIDE, False), (PAST, True)):
         g = rounded.ref.grad.copy()
         g[0, 0] += factor * threshold
         graded = grade(rounded.ref.loss, g, "float32", rounded)
         assert (graded.flags() == ("grad-wrong",)) is flagged, (n, factor, graded.flags())
+
+
+@pytest.mark.parametrize("n", [2, 1000])
+def test_soft_labels_widen_divergent_by_their_sum_in_any_order(n: int) -> None:
+    rounded, _ = _soft_row(n)
+    exact = float(rounded.ref.loss[0])
+    bound = max(float(rounded.weights.astype(np.float64).sum()), 1.0)
+    threshold = EPS32 * (8 * max(exact, 1.0) + 10 * bound) + EPS32 / 2 * (n - 1) * exact
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        graded = grade(np.array([exact + factor * threshold]), rounded.ref.grad, "float32", rounded)
+        assert ("divergent" in graded.flags()) is flagged, (n, factor, graded.flags())
+
+
+def test_half_precision_soft_labels_are_summed_in_float32() -> None:
+    # bfloat16: the label term takes float32's u (the accumulator), the rest bfloat16's eps
+    rounded, _ = _soft_row(1000, "bfloat16")
+    exact = float(rounded.ref.loss[0])
+    bound = max(float(rounded.weights.astype(np.float64).sum()), 1.0)
+    eps16 = FORMATS["bfloat16"].eps
+    threshold = eps16 * (8 * max(exact, 1.0) + 10 * bound) + EPS32 / 2 * 999 * exact
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        graded = grade(
+            np.array([exact + factor * threshold]), rounded.ref.grad, "bfloat16", rounded
+        )
+        assert ("divergent" in graded.flags()) is flagged, factor
 
 
 def test_a_sequential_sum_of_smoothed_labels_needs_the_label_term() -> None:

@@ -23,6 +23,12 @@ machine epsilon, B_i = max(sum_j y_ij, 1) the bound of the exact gradient and k 
   narrowing's doing, reported by ``downcast``, not an error of the loss formula.
 * TensorFlow flushes subnormals to zero on CPU: absolute differences below the smallest normal
   number of ``eff`` count as no error at all.
+* Soft labels with n_i > 1 nonzero weights (softmax, focal) add u_acc (n_i - 1) |exact_i| to the
+  loss's tolerance and u_acc (n_i - 1) (2 + max_j p_ij) B_i to the gradient's: frameworks add
+  label terms in their kernels' order, not a tree's (``losses.LABEL_SUM_ULPS``; u_acc is
+  float32's unit roundoff for half precision, whose sums are accumulated in float32).
+* With --ignore-class, rows of the ignored class have exact loss and gradient 0; a loss on them
+  is ``ignored-counted``.
 * Masked logits (-inf) are ordinary input. Where the exact loss is +inf (label mass on a -inf
   logit), +inf is the right answer, NaN is ``nan`` and anything else (a finite loss, -inf) is
   ``divergent``, infinitely wrong (relative error inf).
@@ -178,11 +184,22 @@ def grade(
     with np.errstate(invalid="ignore", over="ignore"):
         rel_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / scale)
         ulps_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / fmt.ulp(ref.loss))
+    if rounded.ignored is not None:  # an exact 0 has no ulp: any loss on such a row is inf ulps
+        ulps_err = np.where(rounded.ignored & (abs_err > 0), np.inf, ulps_err)
     weights = None if rounded.weights is None else as_float(rounded.weights)
     reduction = eff.eps * loss_fn.loss_terms(
         rounded.logits, weights, bound, ref.loss, rounded.focus, rounded.smoothing > 0
     )
-    allowed = tol * scale + (reduction if rtol is None else 0.0) + slack
+    # soft labels: their sums, in the order of the framework's kernels, accumulated in float32
+    # at least (losses.LABEL_SUM_ULPS)
+    label_loss, label_grad = np.zeros_like(bound), np.zeros_like(bound)
+    if loss_fn.labels == "classes" and weights is not None:
+        extra = extra_labels(weights)
+        if extra.any():
+            accumulator = min(eff.eps, FORMATS["float32"].eps)
+            terms = label_sum_terms(extra, rounded.top_probability, bound, ref.loss)
+            label_loss, label_grad = (accumulator * t for t in terms)
+    allowed = tol * scale + (reduction + label_loss if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
 
     ignored = np.zeros_like(exact_inf) if rounded.ignored is None else rounded.ignored
@@ -196,11 +213,6 @@ def grade(
         ]
     )
 
-    label_sums = np.zeros_like(bound)
-    if loss_fn.labels == "classes" and weights is not None:
-        extra = extra_labels(weights)
-        if extra.any():
-            label_sums = label_sum_terms(extra, rounded.top_probability, bound)
     # Row maxima propagate NaN (and inf), so two of them tell everything the flags need.
     row_gerr, impl_size = grad_error(grad, ref.grad)
     row_gerr = np.where(row_gerr < eff.tiny, 0.0, row_gerr)
@@ -215,7 +227,7 @@ def grade(
             row_gerr
             > RTOL_ULPS * eff.eps * bound
             + eff.eps * loss_fn.grad_terms(rounded.logits, bound, rounded.focus)
-            + eff.eps * label_sums
+            + label_grad
             + slack,
         ]
     )
@@ -262,7 +274,7 @@ class Rounded:
     # label smoothing a: ``weights`` are the labels smoothed (in float64, then rounded to fmt)
     # and ``ref`` the exact loss of the labels smoothed exactly; the implementations that
     # smooth by an argument of their own (``Impl.smooths``) take ``given_weights`` (the labels
-    # as given, in fmt; None for classes) and a instead
+    # as given, in fmt: None for classes, the one-hot rows with rows ignored) and a instead
     smoothing: float = 0.0
     given_weights: np.ndarray | None = None
     # --ignore-class N: the rows of class N (a mask; None when no row has it), whose exact loss
@@ -350,10 +362,8 @@ def round_to(
         else:
             ignored = None
     given_y = y
-    if smoothing:
-        dense = batch.weights
-        if dense is None:
-            dense = one_hot(batch.classes, batch.shape[1])
+    if smoothing:  # the labels as the implementations are given them, smoothed exactly
+        dense = one_hot(batch.classes, batch.shape[1]) if y is None else as_float(y)
         ref_labels = LOSSES[loss].smooth(dense, smoothing)
         y = fmt.cast(ref_labels)
     ref_logits = x
@@ -587,10 +597,9 @@ def labels_skip(
 ) -> str | None:
     """Why implementation ``name`` cannot run on labels of the classes ``classes`` (None: soft
     labels) smoothed by ``smoothing`` (``smoothing_for``), or None when it can: one that takes
-    class labels needs them, and unless it smooths them itself (``Impl.smooths``: torch's
-    ``F.cross_entropy``) no smoothing, which makes them soft. ``rejected``: an --ignore-class
-    value outside [0, C) that some rows have (``rejected_class``), on which TensorFlow's sparse
-    kernel raises unless the loss takes it (``Impl.ignores``)."""
+    class labels needs them, and no smoothing, which makes them soft (no sparse loss takes a
+    smoothing argument). ``rejected``: an --ignore-class value outside [0, C) (``rejected_class``),
+    on which TensorFlow's sparse kernel raises unless the loss takes it (``Impl.ignores``)."""
     impl = zoo.get_impl(name)
     if (
         rejected is not None
@@ -599,11 +608,11 @@ def labels_skip(
         and impl.backend == "tensorflow"
     ):
         return (
-            f"raises on the ignored class {rejected}, outside the classes (TensorFlow's CPU "
-            "kernel: InvalidArgumentError; a GPU returns NaN): leave the ignored rows out "
-            "before calling it"
+            f"raises on rows of the ignored class {rejected}, outside the classes "
+            "(TensorFlow's CPU kernel: InvalidArgumentError; a GPU returns NaN): leave the "
+            "ignored rows out before calling it"
         )
-    if not impl.needs_classes or (classes is not None and (not smoothing or impl.smooths)):
+    if not impl.needs_classes or (classes is not None and not smoothing):
         return None
     path = _chosen_model(names)
     if path is not None and path.label_smoothing:
@@ -894,8 +903,9 @@ def audit(
                 )
                 spacing, mean_flags = coarse_mean(outcome, ref_mean)
                 if rounded.ignored is not None:
-                    diluted = ref_sum / batch.shape[0]
-                    mean_flags += counted_mean(outcome, ref_mean, diluted, spacing)
+                    counted = counted_mean(outcome, ref_mean, ref_sum / batch.shape[0], spacing)
+                    if counted:  # its mean is off for the ignored rows, not for its dtype
+                        mean_flags = (*(f for f in mean_flags if f != "coarse-mean"), *counted)
                 results.append(
                     ImplResult(
                         impl=name,

@@ -284,20 +284,29 @@ def _validate(logits: ArraySource, labels: ArraySource | None, multi_label: bool
         )
 
 
-def _zero_label_prob(batch: Batch, input_kind: str) -> np.ndarray:
+def _zero_label_prob(batch: Batch, input_kind: str, ignore_class: int | None = None) -> np.ndarray:
     """Rows of probabilities (or log-probabilities) that give their label 0 (or -inf): every
-    class of positive weight, or, without labels, the worst-case class (the smallest)."""
+    class of positive weight, or, without labels, the worst-case class (the smallest). Rows of
+    the ignored class (``ignore_class``) have no label to give."""
     x = as_float(batch.logits)
     zero = x == (0 if input_kind == "probabilities" else -np.inf)
     if batch.weights is not None:
         return (zero & (batch.weights > 0)).any(axis=1)
     if batch.classes is not None:
-        return zero[np.arange(x.shape[0]), batch.classes]
+        labelled = batch.classes != ignore_class if ignore_class is not None else True
+        rows = np.flatnonzero(labelled & (batch.classes >= 0) & (batch.classes < x.shape[1]))
+        out = np.zeros(x.shape[0], dtype=bool)
+        out[rows] = zero[rows, batch.classes[rows]]
+        return out
     return zero.any(axis=1)
 
 
 def _lint(
-    batch: Batch, fmt: FloatFormat, input_kind: str = "logits", loss: str = "softmax"
+    batch: Batch,
+    fmt: FloatFormat,
+    input_kind: str = "logits",
+    loss: str = "softmax",
+    ignore_class: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Per lint flag: the rows of this chunk (the file's own values) it applies to.
 
@@ -313,7 +322,7 @@ def _lint(
     if loss != "softmax":  # one logit per label: rows are not distributions, only coarse
         return {"coarse-logits": fmt.ulp(np.maximum(np.abs(top), np.abs(low))) >= 1}
     if input_kind != "logits":
-        lint = {"zero-label-prob": _zero_label_prob(batch, input_kind)}
+        lint = {"zero-label-prob": _zero_label_prob(batch, input_kind, ignore_class)}
         if batch.weights is not None:
             lint["soft-labels-unnormalized"] = np.abs(batch.weights.sum(axis=1) - 1) > tol
         if input_kind == "log-probabilities":
@@ -587,7 +596,7 @@ def check_file(
             )
             if ignore_class is not None and batch.classes is not None:
                 ignored += int((batch.classes == ignore_class).sum())
-            for flag, mask in _lint(batch, file_fmt, input_kind, loss).items():
+            for flag, mask in _lint(batch, file_fmt, input_kind, loss, ignore_class).items():
                 lint[flag] += int(mask.sum())
             _audit_chunk(
                 batch,

@@ -338,7 +338,8 @@ def prepare(
         if bad.any():
             raise InputError(
                 f"class labels out of range in {_rows(bad, at)}: they must lie in [0, {c - 1}] "
-                f"for {c} classes (or be the --ignore-class value, rows the loss ignores)"
+                f"for {c} classes (compare and check take --ignore-class N for rows a loss "
+                "ignores)"
             )
         return Batch(x, None, flat.astype(np.int64))
     raise InputError(

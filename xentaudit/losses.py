@@ -25,9 +25,10 @@ With eps the machine epsilon of the effective dtype, k = ceil(log2 C) and L_i th
 * binary-focal: B_i = (1 + gamma) w_max / C (w_max = max(alpha, 1 - alpha), or 1), with the
   sigmoid's terms at the largest weight; |dL/dx|_1 <= C B_i.
 
-Soft labels (softmax, focal) with n_i nonzero weights add u (n_i - 1) max_j p_ij B_i to the
-gradient's tolerance (``LABEL_SUM_ULPS``); labels smoothed in a dtype add 1.5 eps mean_j max(x_ij,
-0) y_ij to the sigmoid losses' (``SMOOTHED_ULPS``).
+Soft labels (softmax, focal) with n_i nonzero weights add u_acc (n_i - 1) |L_i| to the loss's
+tolerance and u_acc (n_i - 1) (2 + max_j p_ij) B_i to the gradient's (``LABEL_SUM_ULPS``; u_acc
+is float32's unit roundoff for half precision); labels smoothed in a dtype add 1.5 eps mean_j
+max(x_ij, 0) y_ij to the sigmoid losses' (``SMOOTHED_ULPS``).
 """
 
 from __future__ import annotations
@@ -58,11 +59,16 @@ PRODUCT_ULPS = 0.5
 # y, the sum); the sigmoid's terms softplus(x) - x y' move by |x| per unit of y', which where
 # x > 0 the loss's relative tolerance does not cover: 1.5 eps mean_j max(x_j, 0) y'_j more
 SMOOTHED_ULPS = 1.5
-# soft labels (softmax, focal): autodiff forms each gradient entry from the implementation's sum
-# of the row's n_i nonzero label weights (p_j sum_k y_k - y_j), which a framework's kernel adds in
-# its own order: within gamma_{n_i - 1} ~ (n_i - 1) u of the sum in any order (Higham 2002, (4.4);
-# measured at 86 u for 16,384 smoothed labels in TensorFlow's float32 reduce_sum, where a tree sum
-# would be within 14 u), reaching entry j through p_j: u (n_i - 1) max_j p_ij B_i. Hard labels
+# soft labels (softmax, focal) with n_i nonzero weights: a framework adds the row's n_i label
+# terms in its own order, not a tree's (TensorFlow's float32 reduce_sum of 16,384 smoothed labels
+# is 86 u off, where a tree sum is within 14 u), and a sum of n_i terms in any order is within
+# (n_i - 1) u_acc of the sum of their magnitudes (Higham 2002, (4.4)), u_acc the unit roundoff
+# of the accumulator: the dtype's, but float32's for a half-precision dtype, as TensorFlow's
+# Eigen, torch's CPU kernels and XLA accumulate half-precision sums in float32 (one that
+# accumulates in half precision is what this is to catch). The loss is such a sum, of
+# non-negative terms: u_acc (n_i - 1) |L_i|. The gradient p_j sum_k y_k - y_j takes the label sum
+# through p_j, and at the argmax autodiff through x - max(x) also adds the C entries p_j S - y_j
+# (exactly 0, magnitudes summing to 2 S): u_acc (n_i - 1) (2 + max_j p_ij) B_i. Hard labels
 # (n_i = 1) add nothing.
 LABEL_SUM_ULPS = 0.5
 LABELS = ("classes", "multi-label")  # Loss.labels: classes or weights per class; one per logit
@@ -154,11 +160,13 @@ def extra_labels(weights: np.ndarray) -> np.ndarray:
 
 
 def label_sum_terms(
-    extra: np.ndarray, top_probability: np.ndarray, bound: np.ndarray
-) -> np.ndarray:
-    """The soft labels' sum in the gradient (``LABEL_SUM_ULPS``), in eps: u (n_i - 1) max_j p_ij
-    B_i, with ``extra`` n_i - 1 (``extra_labels``) and ``top_probability`` max_j p_ij."""
-    return LABEL_SUM_ULPS * extra * top_probability * bound
+    extra: np.ndarray, top_probability: np.ndarray, bound: np.ndarray, exact: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The soft labels' sums (``LABEL_SUM_ULPS``), in eps of the accumulator: the loss's u
+    (n_i - 1) |L_i| and the gradient's u (n_i - 1) (2 + max_j p_ij) B_i, with ``extra`` n_i - 1
+    (``extra_labels``), ``top_probability`` max_j p_ij and ``exact`` L_i."""
+    loss = LABEL_SUM_ULPS * extra * np.abs(exact)
+    return loss, LABEL_SUM_ULPS * extra * (2.0 + top_probability) * bound
 
 
 def _exp_terms(x: np.ndarray, bound: np.ndarray) -> np.ndarray:

@@ -216,8 +216,8 @@ def sweep(
                 method = rounded.ref.method
             for policy, variant in itertools.product(chosen_policies, chosen):
                 known: Refined = {}
-                # the patterns' labels are classes: only smoothing can rule one out
-                reason = labels_skip(variant.impl, np.zeros(1), (), label_smoothing)
+                classes = pattern.labels if pattern.labels.ndim == 1 else None  # or weights
+                reason = labels_skip(variant.impl, classes, (), label_smoothing)
                 if reason is not None:
                     skip = Skipped(variant.impl, "all", reason)
                     if skip not in skipped:

@@ -84,9 +84,10 @@ class Build:
 
 
 @functools.cache
-def _keras_loss(cls: type, **config: object) -> keras.losses.Loss:
-    """One Keras loss object per class and configuration, with ``reduction=None``."""
-    return cls(reduction=None, **config)
+def _keras_loss(cls: type, reduction: str | None = None, **config: object) -> keras.losses.Loss:
+    """One Keras loss object per class and configuration, per-row (``reduction=None``) unless
+    told otherwise."""
+    return cls(reduction=reduction, **config)
 
 
 _SOFTMAX_LAYERS: dict[str, keras.layers.Softmax] = {}
@@ -162,7 +163,9 @@ def keras_scce_logits(build: Build) -> LossFn:
         return per_row
     # With ignore_class, Keras' default reduction (sum_over_batch_size) divides by the rows kept:
     # the loss masks the others (keras/src/losses/loss.py apply_mask).
-    reduced = cls(from_logits=True, ignore_class=build.ignore)
+    reduced = _keras_loss(
+        cls, reduction="sum_over_batch_size", from_logits=True, ignore_class=build.ignore
+    )
     return Reducing(per_row, lambda y, classes, x, eps: reduced(classes, x))
 
 
@@ -386,7 +389,7 @@ _GRAPH_CACHE: dict[tuple[str, str, model.ModelPath | None, str, Build], Callable
 def _with_gradient(fn: LossFn) -> Callable:
     def step(
         x: tf.Tensor, y: tf.Tensor, classes: tf.Tensor, eps: tf.Tensor, scale: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.convert_to_tensor(fn(y, classes, x, eps))
@@ -398,30 +401,25 @@ def _with_gradient(fn: LossFn) -> Callable:
             scaled = wide * tf.cast(scale, wide.dtype)
         # A vector target: TensorFlow seeds it with ones, i.e. the gradient of the summed loss,
         # without ever forming the (possibly overflowing) sum in a narrow dtype.
-        # The framework's own mean: a Keras loss's own reduction where it has one of its own
-        # (``Reducing``), tf.reduce_mean of the per-row losses otherwise.
-        own = fn.mean(y, classes, x, eps) if isinstance(fn, Reducing) else tf.reduce_mean(loss)
-        return loss, tape.gradient(scaled, x), own
+        return loss, tape.gradient(scaled, x)
 
     return step
 
 
-def _run_user(
-    name: str, step: Callable, *args: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def _run_user(name: str, step: Callable, *args: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Run a user's loss; whatever goes wrong in their code is a one-line error, not a bug.
 
     In graph mode their Python runs while ``tf.function`` traces it, inside this call too.
     """
     with user_code(f"--impl {name}: the loss", ImplementationError):
-        loss, grad, own = step(*args)
+        loss, grad = step(*args)
     per_row(name, tuple(loss.shape), args[0].shape[0])
     if grad is None:
         raise ImplementationError(
             f"--impl {name}: the loss has no gradient w.r.t. the logits; compute it with "
             "TensorFlow ops on the logits tensor"
         )
-    return loss, grad, own
+    return loss, grad
 
 
 def run(
@@ -463,8 +461,9 @@ def run(
     s = tf.constant(loss_scale, dtype=tf.float64)
     build = Build(policy, focus, smoothing, ignore)
     key = (name, x.dtype.name, model_path(name), given, build)
+    fn = loss_fn(name, build, given)
     if mode == "eager":
-        step = _with_gradient(loss_fn(name, build, given))
+        step = _with_gradient(fn)
     else:
         # One trace per implementation, dtype and build, whatever the batch shape or epsilon.
         if key not in _GRAPH_CACHE:
@@ -477,7 +476,7 @@ def run(
             ]
             _GRAPH_CACHE[key] = tf.function(
                 # No Python control flow in the zoo: autograph would only slow tracing down.
-                _with_gradient(loss_fn(name, build, given)),
+                _with_gradient(fn),
                 input_signature=signature,
                 autograph=False,
             )
@@ -485,16 +484,18 @@ def run(
     try:
         with time_limit(timeout):
             if user_loss(name) is None:
-                loss, grad, own = step(x, y, k, e, s)
+                loss, grad = step(x, y, k, e, s)
             else:
-                loss, grad, own = _run_user(name, step, x, y, k, e, s)
+                loss, grad = _run_user(name, step, x, y, k, e, s)
             # np.asarray views the tensor's buffer; .numpy() copies
             gradient = np.asarray(grad)
             if given == "probabilities":
                 gradient = to_logits_gradient(as_float(logits), as_float(gradient))
-            result = outcome(
-                loss.numpy(), gradient, loss.dtype.name, loss_scale, own if mean else None
-            )
+            own = None
+            if mean:  # the framework's own mean, taken eagerly in both modes: a Keras loss's own
+                # reduction where it has one of its own (``Reducing``), else tf.reduce_mean
+                own = fn.mean(y, k, x, e) if isinstance(fn, Reducing) else tf.reduce_mean(loss)
+            result = outcome(loss.numpy(), gradient, loss.dtype.name, loss_scale, own)
     except Expired:
         _GRAPH_CACHE.pop(key, None)  # an interrupted trace is not to be reused
         raise timed_out(name, x.dtype.name, mode, timeout, policy) from None

@@ -299,7 +299,8 @@ def _own_mean(
 ) -> torch.Tensor:
     """The mean of per-row ``loss`` as torch reduces it: the implementation's own
     ``reduction="mean"`` where it ignores a class (the sum over the rows kept, divided by
-    their number), ``Tensor.mean()`` of the per-row losses otherwise."""
+    their number), ``Tensor.mean()`` of the per-row losses otherwise. Taken eagerly in both
+    modes: compiling the reduced loss too would double torch.compile's time for one scalar."""
     if ignore is None:
         return loss.detach().mean()
     logits_as = LOGITS_AS.get(name)

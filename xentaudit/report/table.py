@@ -159,7 +159,7 @@ def _ignored_line(run: Audit | Check) -> str:
         "exact loss and gradient 0; the exact mean is over the other rows"
     )
     if isinstance(run, Audit):
-        return line + "; the loss column is each implementation's own mean"
+        return line + "; the loss column is each implementation's own mean" * (run.ignored_rows > 0)
     return line + "; the implementations' own means are graded by `xentaudit compare`"
 
 
