@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from machine import apply_isa, describe, isa_option
+from machine import apply_isa, describe, isa_option, wall
 
 BUDGET_S = 8.0
 CHECK_RATIO = 1.5
@@ -50,16 +48,6 @@ loss = F.cross_entropy(x, k, reduction="none")
 (grad,) = torch.autograd.grad(loss, x, torch.ones_like(loss))
 grad.numpy()
 """
-
-
-def wall(cmd: list[str]) -> float:
-    """Seconds ``cmd`` takes; exit 1 (a verdict: rows flagged) is a finished run, 2 or more
-    is an error."""
-    start = time.perf_counter()
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode not in (0, 1):
-        sys.exit(f"{' '.join(cmd[:4])}... failed (exit {done.returncode}): {done.stderr[-500:]}")
-    return time.perf_counter() - start
 
 
 def medians(cmds: dict[str, list[str]], runs: int) -> dict[str, list[float]]:

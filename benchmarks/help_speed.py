@@ -12,20 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import time
 
-from machine import describe
+from machine import describe, wall
 
 TARGET_S = 0.300
 COMMANDS = ("", "sweep", "compare", "check", "list", "lint")
-
-
-def wall(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""What a benchmark ran on: the CPU model, and which reference ran (the kernel's clone).
+"""What a benchmark ran on (the CPU model, and which reference ran: the kernel's clone), and the
+wall time of a fresh process (``wall``).
 
 Import it after setting ``XENTAUDIT_KERNEL_ISA`` (see ``isa_option``): the kernel reads the
 variable once, when it loads.
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
+import time
 
 
 def describe() -> str:
@@ -35,3 +39,13 @@ def isa_option(parser: argparse.ArgumentParser) -> None:
 def apply_isa(args: argparse.Namespace) -> None:
     if args.isa:
         os.environ["XENTAUDIT_KERNEL_ISA"] = args.isa
+
+
+def wall(cmd: list[str]) -> float:
+    """Seconds ``cmd`` takes as a fresh process; exit 1 (a verdict: rows flagged) is a finished
+    run, 2 or more an error that ends the benchmark."""
+    start = time.perf_counter()
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode not in (0, 1):
+        sys.exit(f"{' '.join(cmd[:4])}... failed (exit {done.returncode}): {done.stderr[-500:]}")
+    return time.perf_counter() - start

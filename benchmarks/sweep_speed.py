@@ -13,19 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import time
 
-from machine import apply_isa, describe, isa_option
+from machine import apply_isa, describe, isa_option, wall
 
 BUDGET_S = 5.0
-
-
-def wall(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def main() -> None:
