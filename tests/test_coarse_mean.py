@@ -54,3 +54,21 @@ def test_coarse_mean_fires_past_float32s_tolerance_from_both_sides(exact: float)
     # a float32 result is never to blame on its dtype: its spacing is under the tolerance
     assert not coarse_mean(outcome(exact + 10 * tolerance, "float32"), exact)[1]
     assert coarse_mean(outcome(exact, "float32"), exact)[0] <= tolerance
+
+
+def test_check_reports_the_output_dtypes_spacing_at_the_exact_mean(tmp_path) -> None:
+    # the same rows in a bfloat16 file: check grades rows, not a returned mean (its chunks are
+    # no batch, and its results never depend on their size); it reports how coarse a mean in
+    # each output dtype is at the file's exact mean, whatever the chunks
+    from xentaudit import check_file
+
+    np.save(tmp_path / "x.npy", np.tile([[0.0, 0.0, -36.0]], (6, 1)).astype(np.float32))
+    np.save(tmp_path / "y.npy", np.full(6, 2))
+    for chunk_rows in (2, 6):
+        result = check_file(tmp_path / "x.npy", labels=tmp_path / "y.npy", chunk_rows=chunk_rows,
+                            dtypes=["bfloat16"], modes=["eager"],
+                            impls=["tf_softmax_xent", "keras_cce_logits"])  # fmt: skip
+        fused, keras_ = result.results
+        assert (fused.output_dtype, keras_.output_dtype) == ("bfloat16", "float32")
+        assert (fused.mean_spacing, keras_.mean_spacing) == (0.25, 2.0**-18)
+        assert "coarse-mean" not in fused.flags

@@ -722,6 +722,15 @@ def max_loss_scale(
     return 2.0**low
 
 
+def mean_spacing(output_dtype: str, exact_mean: float) -> float:
+    """The spacing of ``output_dtype`` at ``exact_mean`` (NaN for a dtype xentaudit does not
+    know, or an exact mean that is not finite)."""
+    out = FORMATS.get(output_dtype)
+    if out is None or not math.isfinite(exact_mean):
+        return math.nan
+    return float(out.ulp(np.array([exact_mean]))[0])
+
+
 def coarse_mean(outcome: Outcome, exact_mean: float) -> tuple[float, tuple[str, ...]]:
     """The spacing of the implementation's output dtype at the exact mean, and the flags its
     returned mean fires: ``nan`` or ``inf`` where it is not finite and the exact mean is (the
@@ -731,15 +740,38 @@ def coarse_mean(outcome: Outcome, exact_mean: float) -> tuple[float, tuple[str, 
     the dtype, not the per-row arithmetic, is to blame: a float32 or float64 mean never
     fires)."""
     assert outcome.mean is not None, "run with mean=True"
-    out = FORMATS.get(outcome.output_dtype)
-    if out is None or not math.isfinite(exact_mean):
+    spacing = mean_spacing(outcome.output_dtype, exact_mean)
+    if math.isnan(spacing):
         return math.nan, ()
-    spacing = float(out.ulp(np.array([exact_mean]))[0])
     if not math.isfinite(outcome.mean):
         return spacing, ("nan",) if math.isnan(outcome.mean) else ("inf",)
     tolerance = RTOL_ULPS * FORMATS["float32"].eps * max(abs(exact_mean), 1.0)
     off = abs(outcome.mean - exact_mean)
     return spacing, ("coarse-mean",) if spacing > tolerance and off > tolerance else ()
+
+
+def exact_mean(rounded: Rounded) -> float:
+    """The exact mean loss of ``rounded``'s rows, over those kept (``Rounded.ignored``); NaN
+    when every row is ignored."""
+    total = math.fsum(rounded.ref.loss) + math.fsum(rounded.ref.loss_lo)  # ignored rows are 0
+    kept = rounded.ref.loss.size - (0 if rounded.ignored is None else int(rounded.ignored.sum()))
+    return total / kept if kept else math.nan
+
+
+def mean_grades(outcome: Outcome, rounded: Rounded) -> tuple[float, tuple[str, ...]]:
+    """The flags of the implementation's own mean of its losses on ``rounded`` (run with
+    ``mean=True``) against the exact mean (``coarse_mean``; with ignored rows,
+    ``counted_mean``, which ``coarse-mean`` gives way to: the mean is off for the rows it
+    divides by, not for its dtype), and its output dtype's spacing at the exact mean."""
+    exact = exact_mean(rounded)
+    spacing, flags = coarse_mean(outcome, exact)
+    if rounded.ignored is not None:
+        rows = rounded.ref.loss.size
+        diluted = exact * (rows - int(rounded.ignored.sum())) / rows  # over every row
+        counted = counted_mean(outcome, exact, diluted, spacing)
+        if counted:
+            flags = (*(f for f in flags if f != "coarse-mean"), *counted)
+    return spacing, flags
 
 
 def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
@@ -883,8 +915,7 @@ def audit(
         kept = np.ones(batch.shape[0], bool) if rounded.ignored is None else ~rounded.ignored
         if not kept.any():
             raise InputError(f"every row has the ignored class {ignore_class}; nothing to audit")
-        ref_sum = math.fsum(ref.loss) + math.fsum(ref.loss_lo)
-        ref_mean = ref_sum / kept.sum()
+        ref_mean = exact_mean(rounded)
         runs: Runs = {}
         for policy, variant in policy_variants(chosen_policies, chosen):
             name = variant.impl
@@ -901,11 +932,7 @@ def audit(
                 outcome, g, largest = run_shared(
                     runs, variant, mode, rounded, rtol, timeout, policy, loss_scale, mean=True
                 )
-                spacing, mean_flags = coarse_mean(outcome, ref_mean)
-                if rounded.ignored is not None:
-                    counted = counted_mean(outcome, ref_mean, ref_sum / batch.shape[0], spacing)
-                    if counted:  # its mean is off for the ignored rows, not for its dtype
-                        mean_flags = (*(f for f in mean_flags if f != "coarse-mean"), *counted)
+                spacing, mean_flags = mean_grades(outcome, rounded)
                 results.append(
                     ImplResult(
                         impl=name,

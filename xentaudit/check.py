@@ -31,6 +31,7 @@ from xentaudit.audit import (
     eps_values,
     ignored_rows,
     labels_skip,
+    mean_spacing,
     model_description,
     policy_variants,
     round_to,
@@ -658,6 +659,7 @@ def check_file(
             max_loss_scale=t.max_loss_scale,
             loss_reduced=reduced(reduction, t.loss_mean.mean(), t.rows),
             exact_reduced=reduced(reduction, t.exact_mean.mean(), t.rows),
+            mean_spacing=mean_spacing(t.output_dtype, t.exact_mean.mean()),
         )
         for (source, name, clip, dtype, policy, mode), t in tallies.items()
     )

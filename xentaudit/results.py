@@ -325,6 +325,9 @@ class CheckResult:
     # and of the exact ones; None without a model or for reduction None
     loss_reduced: float | None = None
     exact_reduced: float | None = None
+    # the output dtype's spacing at the exact mean (NaN where it has none): how coarse a mean
+    # returned in it is there (compare grades a returned mean: a file read in chunks is no batch)
+    mean_spacing: float | None = None
 
 
 # Keras' reductions (keras/src/losses/loss.py ``reduce_values``) of per-row losses without
