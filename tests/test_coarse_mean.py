@@ -71,4 +71,3 @@ def test_check_reports_the_output_dtypes_spacing_at_the_exact_mean(tmp_path) -> 
         fused, keras_ = result.results
         assert (fused.output_dtype, keras_.output_dtype) == ("bfloat16", "float32")
         assert (fused.mean_spacing, keras_.mean_spacing) == (0.25, 2.0**-18)
-        assert "coarse-mean" not in fused.flags

@@ -176,7 +176,7 @@ def test_sigmoid_smoothing_is_keras_own() -> None:
 def test_correct_losses_on_large_smoothed_rows_are_not_flagged() -> None:
     # Smoothed labels have a nonzero weight on every class: the frameworks add those terms in
     # their kernels' order, not a tree's (54 eps off on 7,500 equal logits, 45 to 74 eps in the
-    # gradient on 16,384-class rows, measured here), within the soft-label terms of the
+    # gradient on 16,384-class rows, as measured when the terms were added), within the terms of the
     # tolerance (tests/test_thresholds.py pins them)
     rng = np.random.default_rng(5)
     rows = (np.zeros((2, 7500)), rng.standard_normal((4, 16384)))

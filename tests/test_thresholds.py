@@ -345,17 +345,30 @@ def test_soft_labels_widen_divergent_by_their_sum_in_any_order(n: int) -> None:
 
 
 def test_half_precision_soft_labels_are_summed_in_float32() -> None:
-    # bfloat16: the label term takes float32's u (the accumulator), the rest bfloat16's eps
+    # bfloat16: the label term takes float32's u (the accumulator), the rest bfloat16's eps. The
+    # term is small beside the rest, so it is pinned on its own: half of it past the rest does
+    # not fire (it would without the term), twice it does (it would not with bfloat16's u)
     rounded, _ = _soft_row(1000, "bfloat16")
     exact = float(rounded.ref.loss[0])
     bound = max(float(rounded.weights.astype(np.float64).sum()), 1.0)
     eps16 = FORMATS["bfloat16"].eps
-    threshold = eps16 * (8 * max(exact, 1.0) + 10 * bound) + EPS32 / 2 * 999 * exact
-    for factor, flagged in ((INSIDE, False), (PAST, True)):
-        graded = grade(
-            np.array([exact + factor * threshold]), rounded.ref.grad, "bfloat16", rounded
-        )
-        assert ("divergent" in graded.flags()) is flagged, factor
+    rest = eps16 * (8 * max(exact, 1.0) + 10 * bound)
+    label = EPS32 / 2 * 999 * exact
+    for error, flagged in ((rest + label / 2, False), (rest + 2 * label, True)):
+        graded = grade(np.array([exact + error]), rounded.ref.grad, "bfloat16", rounded)
+        assert ("divergent" in graded.flags()) is flagged, error
+
+
+def test_an_ignored_rows_smoothed_labels_widen_nothing() -> None:
+    # with smoothing an ignored row's labels are a/C everywhere, but it has no label sum: its
+    # exact gradient, 0, is graded with the hard-label tolerance, (8 + k) eps
+    x = np.zeros((2, 16384))
+    batch = prepare(x, np.array([0, -100]), ignore_class=-100)
+    rounded = round_to(batch, FORMATS["float32"], smoothing=0.1, ignore_class=-100)
+    g = rounded.ref.grad.copy()
+    g[1, 0] = 1e-3  # 8,400 eps, under the smoothed kept row's label term (~16,000 eps)
+    graded = grade(rounded.ref.loss, g, "float32", rounded)
+    assert graded.flags_of(1) == ("grad-wrong",) and graded.flags_of(0) == ()
 
 
 def test_a_sequential_sum_of_smoothed_labels_needs_the_label_term() -> None:

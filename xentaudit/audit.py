@@ -195,6 +195,8 @@ def grade(
     label_loss, label_grad = np.zeros_like(bound), np.zeros_like(bound)
     if loss_fn.labels == "classes" and weights is not None:
         extra = extra_labels(weights)
+        if rounded.ignored is not None:  # an ignored row has no label sum: its exact 0 stands
+            extra = np.where(rounded.ignored, 0, extra)
         if extra.any():
             accumulator = min(eff.eps, FORMATS["float32"].eps)
             terms = label_sum_terms(extra, rounded.top_probability, bound, ref.loss)
@@ -662,7 +664,7 @@ def policy_variants(
     return list(dict.fromkeys((zoo.runs_under(v.impl, p), v) for p, v in pairs))
 
 
-Runs = dict[tuple[str, float, str, str | None], "tuple[Outcome, Grades, float | None]"]
+Runs = dict[tuple[str, float, str, str | None, bool], "tuple[Outcome, Grades, float | None]"]
 
 
 def run_shared(
@@ -681,7 +683,7 @@ def run_shared(
     ``rounded``: an implementation without Keras layers computes the same under every policy,
     so ``runs`` (a cache for one rounded batch) hands back its first run. ``mean``: as for
     ``run_graded``."""
-    key = (variant.impl, variant.eps, mode, zoo.computes_in(variant.impl, policy))
+    key = (variant.impl, variant.eps, mode, zoo.computes_in(variant.impl, policy), mean)
     if key not in runs:
         scale = 1.0 if loss_scale is None else loss_scale
         outcome, grades = run_graded(

@@ -440,9 +440,9 @@ def ignore_class_option() -> Callable:
         help="Class labels equal to N (any integer; -100 is PyTorch's convention) mark rows "
         "the loss ignores: exact loss and gradient 0, the exact mean over the others. torch's "
         "ignore_index and Keras' ignore_class get N, the other implementations the rows' "
-        "one-hot labels (zeros for a class outside [0, C)); one that gives the rows a loss, or "
-        "whose own mean divides by them, is flagged ignored-counted. --loss softmax, class "
-        "labels.",
+        "one-hot labels (zeros for a class outside [0, C)); one that gives the rows a loss (or, "
+        "in compare, whose own mean divides by them) is flagged ignored-counted. --loss softmax, "
+        "class labels.",
     )
 
 

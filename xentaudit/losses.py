@@ -68,8 +68,10 @@ SMOOTHED_ULPS = 1.5
 # accumulates in half precision is what this is to catch). The loss is such a sum, of
 # non-negative terms: u_acc (n_i - 1) |L_i|. The gradient p_j sum_k y_k - y_j takes the label sum
 # through p_j, and at the argmax autodiff through x - max(x) also adds the C entries p_j S - y_j
-# (exactly 0, magnitudes summing to 2 S): u_acc (n_i - 1) (2 + max_j p_ij) B_i. Hard labels
-# (n_i = 1) add nothing.
+# (exactly 0): their p_j S part is a hard label's, within (8 + k) eps B_i as measured, and the n_i
+# label weights among them are the labels summed again in another order, moved by up to
+# (n_i - 1) u_acc times the magnitudes 2 S of both parts: u_acc (n_i - 1) (2 + max_j p_ij) B_i.
+# Hard labels (n_i = 1) add nothing.
 LABEL_SUM_ULPS = 0.5
 LABELS = ("classes", "multi-label")  # Loss.labels: classes or weights per class; one per logit
 
@@ -165,7 +167,8 @@ def label_sum_terms(
     """The soft labels' sums (``LABEL_SUM_ULPS``), in eps of the accumulator: the loss's u
     (n_i - 1) |L_i| and the gradient's u (n_i - 1) (2 + max_j p_ij) B_i, with ``extra`` n_i - 1
     (``extra_labels``), ``top_probability`` max_j p_ij and ``exact`` L_i."""
-    loss = LABEL_SUM_ULPS * extra * np.abs(exact)
+    with np.errstate(invalid="ignore"):  # an infinite exact loss (graded apart) on a hard row
+        loss = np.where(extra > 0, LABEL_SUM_ULPS * extra * np.abs(exact), 0.0)
     return loss, LABEL_SUM_ULPS * extra * (2.0 + top_probability) * bound
 
 
