@@ -225,6 +225,7 @@ def test_check_grades_the_rows_and_leaves_them_out_of_the_means(tmp_path) -> Non
     assert by_impl["torch_cross_entropy"].flags == ()
     assert by_impl["torch_cross_entropy"].exact_mean == pytest.approx(exact, rel=2.0**-50)
     assert by_impl["optax_softmax_xent_int"].flag_counts["nan"] == 2
+    assert "compare --ignore-class" in result.verdict().message  # check grades no own mean
     # without the option, -100 is a class out of range: exit 2, naming the option
     run = CliRunner().invoke(cli, ["check", str(tmp_path / "x.npy"), "--labels",
                                    str(tmp_path / "y.npy"), "--impl", "naive"])  # fmt: skip

@@ -456,6 +456,13 @@ class Check:
         failing = {f.impl for f in verdict.failing}
         if self.pinnable and failing and not failing & set(self.pinnable):
             verdict = replace(verdict, message=_pin_hint(self.pinnable) + verdict.message)
+        if self.ignore_class is not None and self.ignored_rows:
+            verdict = replace(
+                verdict,
+                message=f"{verdict.message} Rows of the ignored class are graded, not the means "
+                "over the rest, where a loss that averages them in is wrong: `xentaudit "
+                "compare --ignore-class` grades those on a batch.",
+            )
         if self.flagged_rows_path is not None:
             rows = f"{self.flagged_rows} flagged row{'' if self.flagged_rows == 1 else 's'}"
             verdict = replace(
