@@ -128,6 +128,17 @@ POSITIVES = {
         "jnp.log(jnp.sum(jnp.exp(x), axis=-1))",
         "np.log(np.sum(np.exp(x)))",
     ],
+    "XA107": [
+        "tf.math.log(tf.sigmoid(x))",
+        "tf.math.log(1 - tf.math.sigmoid(x))",
+        "K.log(K.sigmoid(x))",
+        "keras.ops.log(keras.ops.sigmoid(x))",
+        "torch.log(torch.sigmoid(x))",
+        "torch.log(1 - F.sigmoid(x))",
+        "x.sigmoid().log()",
+        "jnp.log(jax.nn.sigmoid(x))",
+        "jnp.log(1 - jnn.sigmoid(x))",
+    ],
 }
 NEGATIVES = [
     "tf.nn.log_softmax(x)",
@@ -151,6 +162,11 @@ NEGATIVES = [
     "p = tf.nn.softmax(x)\nfor p in y:\n    z = tf.math.log(p)",
     "p = tf.nn.softmax(x)\np, q = y\nz = tf.math.log(p)",
     "tf.reduce_logsumexp(x, axis=-1)",
+    "tf.math.log_sigmoid(x)",
+    "F.logsigmoid(x)",
+    "jax.nn.log_sigmoid(-x)",
+    "tf.math.log(2 - tf.sigmoid(x))",
+    "tf.math.log(tf.sigmoid)",
     "torch.logsumexp(x, dim=1)",
     "tf.math.log(tf.reduce_sum(x, axis=-1))",
     "m = np.max(x, axis=-1, keepdims=True)\nlse = m + np.log(np.exp(x - m).sum(axis=-1))",
@@ -268,7 +284,7 @@ def test_noqa_suppresses_the_codes_it_names_on_any_line_of_the_expression() -> N
 
 def test_rule_selection_by_code_and_prefix() -> None:
     assert enabled() == tuple(RULES)
-    assert enabled(["XA10"], ["XA104"]) == ("XA101", "XA102", "XA103", "XA105", "XA106")
+    assert enabled(["XA10"], ["XA104"]) == ("XA101", "XA102", "XA103", "XA105", "XA106", "XA107")
     assert enabled(["XA101", "XA106"]) == ("XA101", "XA106")
     with pytest.raises(ValueError, match="unknown rule 'XA9'"):
         enabled(["XA9"])

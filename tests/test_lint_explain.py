@@ -70,3 +70,14 @@ def test_explain_usage_errors(args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["lint", *args], catch_exceptions=False)
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("xentaudit: error: ") and message in result.stderr
+
+
+def test_log_of_sigmoid_turns_nan_where_the_sigmoid_rounds_to_1() -> None:
+    """The multilabel pattern's row 1 gives label 0 to the logit 3 s: log(1 - sigmoid(3 s)) is
+    log 0 once float32's 1 + e^(-3 s) rounds to 1, i.e. e^(-3 s) <= 2^-24 (the half spacing
+    above 1, a tie rounding to even): s = 24 ln 2 / 3, where the gradient turns NaN."""
+    text = explain("XA107")
+    assert text.startswith("XA107 log-of-sigmoid\n")
+    _, _, _, grad = row(text, "naive_sigmoid", "float32")
+    assert grad == f"{24 * math.log(2) / 3:.3g} (grad-nan)"
+    assert "Fix (suggested only: it changes what the code computes)" in text

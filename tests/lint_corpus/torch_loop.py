@@ -25,7 +25,10 @@ def train(loader):
         nll_eps = nll(torch.log(probs + 1e-8), y)  # expect: XA105
         clamped = -(F.one_hot(y, 10) * torch.log(probs.clamp(min=1e-7))).sum(1)  # expect: XA103
         lse = torch.log(torch.exp(logits).sum(dim=1))  # expect: XA106
+        g = logits[:, 0]
+        log_gate = torch.log(torch.sigmoid(g)) + torch.log(1 - torch.sigmoid(g))  # expect: XA107
         good = F.nll_loss(F.log_softmax(logits, dim=1), y) + torch.logsumexp(logits, dim=1).mean()
+        good = good + F.logsigmoid(g).mean()
         loss.backward()
         optimizer.step()
-    return correct, bad, worse, log_p, also, nll_eps, clamped, lse, good
+    return correct, bad, worse, log_p, also, nll_eps, clamped, lse, log_gate, good

@@ -103,11 +103,14 @@ def lint(
         from xentaudit.cli import _load_tensorflow
         from xentaudit.lint.explain import explain as run
         from xentaudit.lint.explain import stand_ins
+        from xentaudit.lint.rules import RULES
 
         if paths or fix or show_diff:
             raise ConfigError("--explain takes a rule code alone; drop the paths and options")
         code = explain.strip().upper()
-        _load_tensorflow(stand_ins(code), None)  # as the other commands: its start-up log hidden
+        rule = RULES.get(code)
+        loss = "softmax" if rule is None else rule.loss  # an unknown code: stand_ins says so
+        _load_tensorflow(stand_ins(code), None, loss=loss)  # its start-up log hidden, as elsewhere
         click.echo(run(code), nl=False)
         return 0
     if not paths:

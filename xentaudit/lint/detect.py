@@ -61,6 +61,20 @@ WITH_LOG_SOFTMAX = {s.rpartition(".")[0] for s in SOFTMAXES} - {
     "keras.backend",
     "keras.activations",
 }
+SIGMOIDS = {
+    "tensorflow.sigmoid",
+    "tensorflow.math.sigmoid",
+    "tensorflow.nn.sigmoid",
+    "keras.activations.sigmoid",
+    "keras.backend.sigmoid",
+    "keras.ops.sigmoid",
+    "torch.sigmoid",
+    "torch.nn.functional.sigmoid",
+    "torch.special.expit",
+    "jax.nn.sigmoid",
+    "flax.linen.sigmoid",
+    "scipy.special.expit",
+}
 CLIPS = {
     "tensorflow.clip_by_value",
     "keras.backend.clip",
@@ -439,7 +453,30 @@ class _Visitor(ast.NodeVisitor):
             elif self.lookup(func.value) == _Tag("model", "tf"):
                 self.scopes[-1][func.value.id] = None
 
+    def sigmoid_of(self, node: ast.expr) -> str | None:
+        """The framework of ``sigmoid(x)`` or ``1 - sigmoid(x)`` (a function of a known module,
+        or torch's ``x.sigmoid()``), None for any other expression."""
+        if (
+            isinstance(node, ast.BinOp)
+            and isinstance(node.op, ast.Sub)
+            and isinstance(node.left, ast.Constant)
+            and node.left.value == 1
+        ):
+            node = node.right
+        if not isinstance(node, ast.Call):
+            return None
+        path = self.resolve(node.func)
+        if path in SIGMOIDS:
+            return _framework(path)
+        if self.torch and not node.args and self.method(node, "sigmoid") is not None:
+            return "torch"
+        return None
+
     def check_log(self, node: ast.Call, arg: ast.expr, framework: str) -> None:
+        sigmoid = self.sigmoid_of(arg)
+        if sigmoid is not None:
+            self.report(node, "XA107", sigmoid, RULES["XA107"].replacement)
+            return
         softmax = self.softmax_of(arg)
         if softmax is not None:
             self.log_of_softmax(node, arg, softmax)

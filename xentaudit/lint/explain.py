@@ -12,10 +12,10 @@ from xentaudit.errors import ConfigError
 from xentaudit.lint.rules import RULES
 from xentaudit.results import BreakingPoint, scale_label
 
-# A short sweep, so --explain answers in seconds: the seed pattern (two rows, three classes)
-# scaled by 1 ... 1e4, each breaking point then refined by bisection between the scales.
+# A short sweep, so --explain answers in seconds: the rule's pattern (Rule.pattern: the seed, two
+# rows of three classes, for the softmax rules) scaled by 1 ... 1e4, each breaking point then
+# refined by bisection between the scales.
 SCALES = (1.0, 10.0, 100.0, 1e3, 1e4)
-PATTERN = "seed"
 WIDTH = 100  # prose is wrapped to the width of the README's code blocks
 EPS = 1e-7  # keras.config.epsilon()'s default, the clip the flagged code most often uses
 
@@ -106,13 +106,14 @@ def explain(code: str) -> str:
     result = sweep(
         impls=list(runs),
         dtypes=["all"],
-        patterns=[PATTERN],
+        patterns=[rule.pattern],
         modes=rule.modes,
         scales=SCALES,
         eps=(EPS,),
         policies=rule.policies,
+        loss=rule.loss,
     )
-    pattern = make_pattern(PATTERN)
+    pattern = make_pattern(rule.pattern)
     clip = f", clip eps {EPS:g}" if any(p.eps for p in result.breaking_points) else ""
     modes = " and ".join(rule.modes)
     lines += [

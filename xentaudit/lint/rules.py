@@ -35,6 +35,8 @@ class Rule:
     examples: tuple[str, ...]  # flagged code, one per idiom, for the docs
     policies: tuple[str, ...] = ("float32",)  # Keras dtype policies --explain sweeps under
     modes: tuple[str, ...] = ("eager",)  # and the modes (eager, graph: inside tf.function)
+    loss: str = "softmax"  # the loss (--loss) of its implementations, which --explain sweeps
+    pattern: str = "seed"  # the sweep pattern --explain scales
 
     @property
     def title(self) -> str:
@@ -142,6 +144,26 @@ RULES: dict[str, Rule] = {
                 "torch.log(torch.exp(x).sum(dim=1))",
                 "jnp.log(jnp.sum(jnp.exp(x), axis=-1))",
             ),
+        ),
+        Rule(
+            "XA107",
+            "log-of-sigmoid",
+            "log of a sigmoid: sigmoid(x) rounds to 1 for large x and to 0 for very negative "
+            "x, and the log of it (or of 1 - it) turns that into -inf (loss inf, gradient NaN)",
+            "log_sigmoid(x) of the same framework (tf.math.log_sigmoid, F.logsigmoid, "
+            "jax.nn.log_sigmoid), log_sigmoid(-x) for log(1 - sigmoid(x)), or the fused loss on "
+            "the logits (tf.nn.sigmoid_cross_entropy_with_logits, "
+            "F.binary_cross_entropy_with_logits, optax.sigmoid_binary_cross_entropy)",
+            {"tf": "naive_sigmoid", "torch": "naive_sigmoid", "jax": "naive_sigmoid"},
+            "suggested",
+            (
+                "tf.math.log(tf.sigmoid(x))",
+                "torch.log(1 - torch.sigmoid(x))",
+                "x.sigmoid().log()",
+                "jnp.log(jax.nn.sigmoid(x))",
+            ),
+            loss="sigmoid",
+            pattern="multilabel",
         ),
     )
 }
