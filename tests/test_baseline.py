@@ -202,3 +202,33 @@ def test_the_error_floor_is_the_grading_tolerance_of_the_computed_dtype() -> Non
         now = replace(base, max_rel_err=factor * floor)
         check = Check("x.npz", 8, classes, "float32", "file", {}, (now,))
         assert bool(compare(check, before, ["divergent"], "b.json").regressions) is regressed
+
+
+def test_soft_labels_raise_the_noise_floor_by_their_label_sums(tmp_path) -> None:
+    # A smoothed 7,500-class row: frameworks add its 7,500 label terms in their kernels' order,
+    # which moves between machines; an error within u (n - 1) of the loss (3 u (n - 1) of the
+    # gradient) is rounding (losses.LABEL_SUM_ULPS), so its growth is no regression there, as it
+    # is for class labels past (8 + k) eps
+    from xentaudit.baseline import _floors, _grew
+    from xentaudit.dtypes import FORMATS
+
+    eps = 2.0**-23
+    k = 13  # ceil(log2 7500)
+    hard, soft = _floors(FORMATS["float32"], k, 1), _floors(FORMATS["float32"], k, 7500)
+    assert hard == {"max_rel_err": 21 * eps, "grad_max_abs_err": 21 * eps}
+    assert soft["max_rel_err"] == 21 * eps + eps / 2 * 7499
+    assert soft["grad_max_abs_err"] == 21 * eps + 3 * eps / 2 * 7499
+    assert _grew(60 * eps, 20 * eps, hard["max_rel_err"])  # 3x past the floor: a regression
+    assert not _grew(60 * eps, 20 * eps, soft["max_rel_err"])  # within the label sums
+    assert _grew(3 * soft["max_rel_err"], soft["max_rel_err"], soft["max_rel_err"])
+    # bfloat16 sums are accumulated in float32: its label term is float32's
+    bf16 = _floors(FORMATS["bfloat16"], k, 7500)["max_rel_err"]
+    assert bf16 == 21 * 2.0**-7 + eps / 2 * 7499
+    # a check with label smoothing records the rows' label weights (all C of them)
+    np.save(tmp_path / "x.npy", np.zeros((2, 50), np.float32))
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    run = CliRunner().invoke(cli, ["check", str(tmp_path / "x.npy"), "--labels",
+                                   str(tmp_path / "y.npy"), "--label-smoothing", "0.1", "--impl",
+                                   "shifted", "--mode", "eager", "--format", "json"])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert [r["label_weights"] for r in json.loads(run.stdout)["results"]] == [50]

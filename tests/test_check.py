@@ -177,7 +177,7 @@ def test_json_report_keys_and_output_file(tmp_path) -> None:
         "labels", "impl", "dtype", "mode", "output_dtype", "eps", "rows", "loss_mean",
         "exact_mean", "flags", "flag_counts",
         "max_rel_err", "grad_max_abs_err", "worst_rows", "error_histogram", "policy",
-        "max_loss_scale", "loss_reduced", "exact_reduced", "mean_spacing",
+        "max_loss_scale", "loss_reduced", "exact_reduced", "mean_spacing", "label_weights",
     }  # fmt: skip
     assert keras["flag_counts"] == {"divergent": 1, "grad-vanish": 1}
     # exact row 1: log(e^-10 + e^20 + e^50) - 20 = 30 + log1p(e^-30 + e^-60) = 30 + 9.4e-14

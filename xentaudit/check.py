@@ -61,7 +61,7 @@ from xentaudit.io import (
     prefetched,
     prepare,
 )
-from xentaudit.losses import NO_FOCUS, Focus, focus_of, get_loss
+from xentaudit.losses import NO_FOCUS, Focus, extra_labels, focus_of, get_loss
 from xentaudit.results import Check, CheckResult, FlaggedRow, Skipped, WorstRow, reduced
 
 WORST_ROWS = 5
@@ -183,6 +183,7 @@ class _Tally:
     loss_mean: _ExactMean = field(default_factory=_ExactMean)
     exact_mean: _ExactMean = field(default_factory=_ExactMean)
     flagged: int = 0  # rows carrying a loss or gradient flag
+    label_weights: int = 1  # the most nonzero label weights of a row as graded (CheckResult)
 
     def add_scale(self, largest: float | None) -> None:
         """A chunk's largest finite loss scale: the file's is the smallest of its chunks'."""
@@ -428,6 +429,9 @@ def _audit_chunk(
             except Unrepresentable as exc:
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
             runs: Runs = {}
+            weights = 1  # a soft row's nonzero label weights (losses.LABEL_SUM_ULPS)
+            if rounded.weights is not None and get_loss(loss).labels == "classes":
+                weights += int(extra_labels(as_float(rounded.weights)).max(initial=0))
             for policy, variant in policy_variants(policies, chosen):
                 name = variant.impl
                 reason = labels_skip(name, labelled.classes, names, smoothing, refused)
@@ -445,6 +449,7 @@ def _audit_chunk(
                     tally = tallies.setdefault(key, _Tally())
                     tally.output_dtype = outcome.output_dtype
                     tally.add(rows, outcome.loss, rounded.ref.loss, grades, rounded.ignored)
+                    tally.label_weights = max(tally.label_weights, weights)
                     tally.add_scale(largest)
                     if flagged is not None:
                         flagged.extend(
@@ -660,6 +665,7 @@ def check_file(
             loss_reduced=reduced(reduction, t.loss_mean.mean(), t.rows),
             exact_reduced=reduced(reduction, t.exact_mean.mean(), t.rows),
             mean_spacing=mean_spacing(t.output_dtype, t.exact_mean.mean()),
+            label_weights=t.label_weights,
         )
         for (source, name, clip, dtype, policy, mode), t in tallies.items()
     )

@@ -328,6 +328,10 @@ class CheckResult:
     # the output dtype's spacing at the exact mean (NaN where it has none): how coarse a mean
     # returned in it is there (compare grades a returned mean: a file read in chunks is no batch)
     mean_spacing: float | None = None
+    # the most nonzero label weights of a row as graded (1 for class labels, C with label
+    # smoothing): soft labels widen the tolerances (README "Label smoothing"), and the noise
+    # floor of a --baseline comparison with them
+    label_weights: int = 1
 
 
 # Keras' reductions (keras/src/losses/loss.py ``reduce_values``) of per-row losses without
