@@ -138,6 +138,8 @@ POSITIVES = {
         "x.sigmoid().log()",
         "jnp.log(jax.nn.sigmoid(x))",
         "jnp.log(1 - jnn.sigmoid(x))",
+        "p = tf.sigmoid(x)\nloss = -tf.reduce_mean(y * tf.math.log(p))",
+        "s = x.sigmoid()\nloss = torch.log(1 - s)",
     ],
 }
 NEGATIVES = [
@@ -167,6 +169,7 @@ NEGATIVES = [
     "jax.nn.log_sigmoid(-x)",
     "tf.math.log(2 - tf.sigmoid(x))",
     "tf.math.log(tf.sigmoid)",
+    "p = tf.sigmoid(x)\np = tf.math.log_sigmoid(x)\nz = tf.math.log(1 + p)",
     "torch.logsumexp(x, dim=1)",
     "tf.math.log(tf.reduce_sum(x, axis=-1))",
     "m = np.max(x, axis=-1, keepdims=True)\nlse = m + np.log(np.exp(x - m).sum(axis=-1))",

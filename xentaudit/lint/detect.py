@@ -166,8 +166,8 @@ class Finding:
 @dataclass(frozen=True)
 class _Tag:
     """What a name (or expression) holds: ``kind`` is ``softmax`` (probabilities from a
-    softmax), ``clip`` (clipped values), ``shifted`` (a difference, as x - max(x)), ``model``
-    (a model ending in softmax), ``logit-loss``,
+    softmax), ``sigmoid`` (a sigmoid's output), ``clip`` (clipped values), ``shifted`` (a
+    difference, as x - max(x)), ``model`` (a model ending in softmax), ``logit-loss``,
     ``prob-loss`` or ``nll-loss`` (loss objects, with ``position`` the argument that takes the
     prediction); ``from_model``: the probabilities are a model's output."""
 
@@ -295,6 +295,10 @@ class _Visitor(ast.NodeVisitor):
             return _Tag("softmax", _framework(path), origin=path)
         if self.torch and self.method(node, "softmax") is not None:
             return _Tag("softmax", "torch")
+        if path in SIGMOIDS:
+            return _Tag("sigmoid", _framework(path))
+        if self.torch and not node.args and self.method(node, "sigmoid") is not None:
+            return _Tag("sigmoid", "torch")
         if path in CLIPS or (
             self.arrays and any(self.method(node, m) is not None for m in ("clip", "clamp"))
         ):
@@ -455,7 +459,7 @@ class _Visitor(ast.NodeVisitor):
 
     def sigmoid_of(self, node: ast.expr) -> str | None:
         """The framework of ``sigmoid(x)`` or ``1 - sigmoid(x)`` (a function of a known module,
-        or torch's ``x.sigmoid()``), None for any other expression."""
+        torch's ``x.sigmoid()``, or a name assigned from one), None for any other expression."""
         if (
             isinstance(node, ast.BinOp)
             and isinstance(node.op, ast.Sub)
@@ -463,14 +467,8 @@ class _Visitor(ast.NodeVisitor):
             and node.left.value == 1
         ):
             node = node.right
-        if not isinstance(node, ast.Call):
-            return None
-        path = self.resolve(node.func)
-        if path in SIGMOIDS:
-            return _framework(path)
-        if self.torch and not node.args and self.method(node, "sigmoid") is not None:
-            return "torch"
-        return None
+        found = self.tag(node)
+        return found.framework if found is not None and found.kind == "sigmoid" else None
 
     def check_log(self, node: ast.Call, arg: ast.expr, framework: str) -> None:
         sigmoid = self.sigmoid_of(arg)
