@@ -60,6 +60,7 @@ from xentaudit.losses import (
     extra_labels,
     focus_of,
     get_loss,
+    label_accumulator,
     label_sum_terms,
 )
 from xentaudit.reference import Reference, grad_error
@@ -193,14 +194,9 @@ def grade(
     # soft labels: their sums, in the order of the framework's kernels, accumulated in float32
     # at least (losses.LABEL_SUM_ULPS)
     label_loss, label_grad = np.zeros_like(bound), np.zeros_like(bound)
-    if loss_fn.labels == "classes" and weights is not None:
-        extra = extra_labels(weights)
-        if rounded.ignored is not None:  # an ignored row has no label sum: its exact 0 stands
-            extra = np.where(rounded.ignored, 0, extra)
-        if extra.any():
-            accumulator = min(eff.eps, FORMATS["float32"].eps)
-            terms = label_sum_terms(extra, rounded.top_probability, bound, ref.loss)
-            label_loss, label_grad = (accumulator * t for t in terms)
+    if rounded.label_extra.any():
+        terms = label_sum_terms(rounded.label_extra, rounded.top_probability, bound, ref.loss)
+        label_loss, label_grad = (label_accumulator(eff.eps) * t for t in terms)
     allowed = tol * scale + (reduction + label_loss if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
 
@@ -291,6 +287,28 @@ class Rounded:
         """B_i, the bound of the exact gradient's entries of each row (softmax: max(sum_j y_ij,
         1); ``losses`` for the others)."""
         return LOSSES[self.loss].bound(self.logits, self.weights, self.focus)
+
+    @cached_property
+    def label_extra(self) -> np.ndarray:
+        """n_i - 1 for a row of n_i nonzero label weights of a softmax or focal loss (soft labels,
+        smoothed ones: ``losses.LABEL_SUM_ULPS``); 0 for class labels, multi-label losses and
+        ignored rows (no label sum: their exact 0 stands)."""
+        if self.weights is None or LOSSES[self.loss].labels != "classes":
+            return np.zeros(self.logits.shape[0], dtype=np.int64)
+        extra = extra_labels(as_float(self.weights))
+        return extra if self.ignored is None else np.where(self.ignored, 0, extra)
+
+    @cached_property
+    def kept(self) -> int:
+        """The number of rows not ignored (``ignored``)."""
+        return self.logits.shape[0] - (0 if self.ignored is None else int(self.ignored.sum()))
+
+    @cached_property
+    def exact_mean(self) -> float:
+        """The exact mean loss over the rows kept (ignored rows' exact loss is 0); NaN when every
+        row is ignored."""
+        total = math.fsum(self.ref.loss) + math.fsum(self.ref.loss_lo)
+        return total / self.kept if self.kept else math.nan
 
     @cached_property
     def top_probability(self) -> np.ndarray:
@@ -630,12 +648,14 @@ def labels_skip(
     return "needs one-hot or integer labels"
 
 
-def rejected_class(batch: Batch, ignore_class: int | None) -> int | None:
-    """``ignore_class`` when some rows of ``batch`` have it and it lies outside [0, C) (-100:
-    what a sparse kernel that does not take it rejects), else None."""
-    if ignore_class is None or batch.classes is None or 0 <= ignore_class < batch.shape[1]:
+def rejected_class(
+    ignore_class: int | None, classes: int, labels: np.ndarray | None = None
+) -> int | None:
+    """``ignore_class`` when it lies outside [0, ``classes``) (-100: what a sparse kernel that
+    does not take it rejects) and, given the class ``labels``, some row has it; else None."""
+    if ignore_class is None or 0 <= ignore_class < classes:
         return None
-    return ignore_class if (batch.classes == ignore_class).any() else None
+    return ignore_class if labels is None or (labels == ignore_class).any() else None
 
 
 def counted_mean(
@@ -752,24 +772,15 @@ def coarse_mean(outcome: Outcome, exact_mean: float) -> tuple[float, tuple[str, 
     return spacing, ("coarse-mean",) if spacing > tolerance and off > tolerance else ()
 
 
-def exact_mean(rounded: Rounded) -> float:
-    """The exact mean loss of ``rounded``'s rows, over those kept (``Rounded.ignored``); NaN
-    when every row is ignored."""
-    total = math.fsum(rounded.ref.loss) + math.fsum(rounded.ref.loss_lo)  # ignored rows are 0
-    kept = rounded.ref.loss.size - (0 if rounded.ignored is None else int(rounded.ignored.sum()))
-    return total / kept if kept else math.nan
-
-
 def mean_grades(outcome: Outcome, rounded: Rounded) -> tuple[float, tuple[str, ...]]:
     """The flags of the implementation's own mean of its losses on ``rounded`` (run with
     ``mean=True``) against the exact mean (``coarse_mean``; with ignored rows,
     ``counted_mean``, which ``coarse-mean`` gives way to: the mean is off for the rows it
     divides by, not for its dtype), and its output dtype's spacing at the exact mean."""
-    exact = exact_mean(rounded)
+    exact = rounded.exact_mean
     spacing, flags = coarse_mean(outcome, exact)
     if rounded.ignored is not None:
-        rows = rounded.ref.loss.size
-        diluted = exact * (rows - int(rounded.ignored.sum())) / rows  # over every row
+        diluted = exact * rounded.kept / rounded.ignored.size  # over every row
         counted = counted_mean(outcome, exact, diluted, spacing)
         if counted:
             flags = (*(f for f in flags if f != "coarse-mean"), *counted)
@@ -898,7 +909,12 @@ def audit(
     check_ignore(ignore_class, loss, names)
     batch = prepare(logits, labels, multi_label=multi_label, ignore_class=ignore_class)
     smoothing = smoothing_for(batch, names, label_smoothing)
-    rejected = rejected_class(batch, ignore_class)
+    rejected = rejected_class(ignore_class, batch.shape[1], batch.classes)
+    ignored = 0  # rows of the ignored class
+    if ignore_class is not None and batch.classes is not None:
+        ignored = int((batch.classes == ignore_class).sum())
+        if ignored == batch.shape[0]:
+            raise InputError(f"every row has the ignored class {ignore_class}; nothing to audit")
 
     results: list[ImplResult] = []
     skipped = backend_skips(backends)
@@ -914,10 +930,7 @@ def audit(
         ref = rounded.ref
         if ref.method != "mpmath":
             method = ref.method
-        kept = np.ones(batch.shape[0], bool) if rounded.ignored is None else ~rounded.ignored
-        if not kept.any():
-            raise InputError(f"every row has the ignored class {ignore_class}; nothing to audit")
-        ref_mean = exact_mean(rounded)
+        kept = slice(None) if rounded.ignored is None else ~rounded.ignored
         runs: Runs = {}
         for policy, variant in policy_variants(chosen_policies, chosen):
             name = variant.impl
@@ -943,7 +956,7 @@ def audit(
                         output_dtype=outcome.output_dtype,
                         eps=eps_used(name, variant.eps),
                         loss=_mean(outcome.loss[kept]),
-                        reference=ref_mean,
+                        reference=rounded.exact_mean,
                         loss_rows=tuple(float(v) for v in outcome.loss),
                         reference_rows=tuple(float(v) for v in ref.loss),
                         max_rel_err=worst(g.rel_err),
@@ -969,7 +982,5 @@ def audit(
         environment({zoo.backend_of(r.impl) for r in results}),
         loss,
         ignore_class,
-        0
-        if ignore_class is None or batch.classes is None
-        else int((batch.classes == ignore_class).sum()),
+        ignored,
     )

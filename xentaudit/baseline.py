@@ -19,12 +19,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from xentaudit import impls as zoo
 from xentaudit.audit import RTOL_ULPS
 from xentaudit.dtypes import FORMATS, FloatFormat, dtype_label
 from xentaudit.errors import InputError
 from xentaudit.io import regular_file
-from xentaudit.losses import LABEL_SUM_ULPS, reduction_depth
+from xentaudit.losses import label_accumulator, label_sum_terms, reduction_depth
 from xentaudit.results import SCHEMA_VERSION, Check, Comparison, Sweep
 
 FACTOR = 2.0  # an error counts as grown (or shrunk) when it more than doubles (halves)
@@ -146,8 +148,13 @@ def _floors(narrowest: FloatFormat, k: int, weights: int) -> dict[str, float]:
     gradient, B = 1 for labels summing to 1; u float32's at most), which frameworks add in
     their kernels' order: it moves between machines."""
     base = (RTOL_ULPS + k) * narrowest.eps
-    labels = LABEL_SUM_ULPS * min(narrowest.eps, FORMATS["float32"].eps) * (weights - 1)
-    return {"max_rel_err": base + labels, "grad_max_abs_err": base + 3 * labels}
+    one = np.ones(1)  # a loss of 1 (the loss column is relative), max p and B at most 1
+    loss, grad = label_sum_terms(np.array([weights - 1]), one, one, one)
+    accumulator = label_accumulator(narrowest.eps)
+    return {
+        "max_rel_err": base + accumulator * float(loss[0]),
+        "grad_max_abs_err": base + accumulator * float(grad[0]),
+    }
 
 
 def _grew(now: float, before: float, floor: float) -> bool:

@@ -34,6 +34,7 @@ from xentaudit.audit import (
     mean_spacing,
     model_description,
     policy_variants,
+    rejected_class,
     round_to,
     run_shared,
     runnable_modes,
@@ -61,7 +62,7 @@ from xentaudit.io import (
     prefetched,
     prepare,
 )
-from xentaudit.losses import NO_FOCUS, Focus, extra_labels, focus_of, get_loss
+from xentaudit.losses import NO_FOCUS, Focus, focus_of, get_loss
 from xentaudit.results import Check, CheckResult, FlaggedRow, Skipped, WorstRow, reduced
 
 WORST_ROWS = 5
@@ -399,10 +400,9 @@ def _audit_chunk(
 ) -> None:
     """Audit one chunk into ``tallies``; its flagged rows are appended to ``flagged`` (unless
     None) in the order of the results. ``ignore_class``: --ignore-class, on the file's labels."""
-    classes = batch.shape[1]
     # a sparse kernel that cannot take an ignored class outside [0, C) is skipped for the whole
     # file, whichever chunk holds such rows
-    rejected = None if ignore_class is None or 0 <= ignore_class < classes else ignore_class
+    rejected = rejected_class(ignore_class, batch.shape[1])
     for source in sources:
         ignore = ignore_class if source == "file" else None
         refused = None if ignore is None else rejected
@@ -429,9 +429,7 @@ def _audit_chunk(
             except Unrepresentable as exc:
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
             runs: Runs = {}
-            weights = 1  # a soft row's nonzero label weights (losses.LABEL_SUM_ULPS)
-            if rounded.weights is not None and get_loss(loss).labels == "classes":
-                weights += int(extra_labels(as_float(rounded.weights)).max(initial=0))
+            weights = 1 + int(rounded.label_extra.max(initial=0))  # a row's nonzero labels
             for policy, variant in policy_variants(policies, chosen):
                 name = variant.impl
                 reason = labels_skip(name, labelled.classes, names, smoothing, refused)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError
 from xentaudit.io import as_float
 from xentaudit.reference import (
@@ -159,6 +160,13 @@ def _mean_terms(
 def extra_labels(weights: np.ndarray) -> np.ndarray:
     """n_i - 1, n_i the number of nonzero label ``weights`` of row i (at least 0)."""
     return np.maximum(np.count_nonzero(weights, axis=1) - 1, 0)
+
+
+def label_accumulator(eps: float) -> float:
+    """The machine epsilon of the accumulator a framework sums label terms in, for a dtype of
+    machine epsilon ``eps``: that dtype's, but float32's for half precision
+    (``LABEL_SUM_ULPS``)."""
+    return min(eps, FORMATS["float32"].eps)
 
 
 def label_sum_terms(

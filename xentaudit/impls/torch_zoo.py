@@ -101,10 +101,8 @@ def torch_autocast_bf16(
     cast, would make the loss float64).
     """
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        target = k if y is None else y.to(torch.float32)
-        return F.cross_entropy(
-            x, target, reduction=reduction, label_smoothing=smoothing, ignore_index=ignore
-        )
+        targets = None if y is None else y.to(torch.float32)
+        return torch_cross_entropy(targets, k, x, smoothing, ignore, reduction)
 
 
 # The sigmoid (binary, multi-label) losses: the row's loss is the mean over its labels, as a
