@@ -262,3 +262,17 @@ def test_the_ulps_of_a_loss_on_an_ignored_row_are_infinite() -> None:
     result = audit(X, classes, ignore_class=0, dtypes=["float32"], modes=["eager"],
                    impls=["tf_softmax_xent"])  # fmt: skip
     assert result.results[0].max_ulps_err == math.inf
+
+
+def test_one_hot_rows_are_the_frameworks_own() -> None:
+    # the dense labels the non-ignoring losses are handed: as tf.one_hot and jax.nn.one_hot
+    # write them, a class outside [0, C) (-100, 3) a row of zeros
+    import jax
+    import tensorflow as tf
+
+    from xentaudit.audit import one_hot
+
+    classes = np.array([2, -100, 0, 3, -1])
+    ours = one_hot(classes, 3)
+    np.testing.assert_array_equal(ours, tf.one_hot(classes, 3, dtype=tf.float64).numpy())
+    np.testing.assert_array_equal(ours, np.asarray(jax.nn.one_hot(classes, 3)))
