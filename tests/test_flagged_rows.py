@@ -28,7 +28,7 @@ SEED = FIXTURES / "seed_scale10.npz"
 FAST = ("--impl", "naive", "--impl", "keras_cce_probs", "--mode", "eager")
 COLUMNS = [
     "row", "impl", "eps", "dtype", "policy", "mode", "labels", "flags",
-    "exact", "loss", "rel_err", "grad_err",
+    "exact", "loss", "rel_err", "grad_err", "shard", "shard_row",
 ]  # fmt: skip
 F32_ULP_16 = 2.0**-19  # float32 spacing in [16, 32)
 F64_2ULP = 2.0**-51  # relative: the float64 reference is within 2 ulps of mpmath (README)

@@ -144,7 +144,7 @@ def test_compare_json_keeps_its_keys_and_adds_the_verdict() -> None:
     assert verdict["rows_at_risk"][1] == {
         "impl": "naive", "dtype": "float32", "mode": "eager", "labels": None, "row": 1,
         "exact": 3.0, "loss": "nan", "flags": ["nan", "grad-nan"], "eps": None,
-        "policy": "float32",
+        "policy": "float32", "shard": None, "shard_row": None,
     }  # fmt: skip
     assert verdict["mode_differences"] == [
         {"impl": "clip", "dtype": "float32", "labels": None, "eps": None, "policy": "float32"}
@@ -163,7 +163,7 @@ def test_check_json_judges_the_verdict_on_its_fail_on() -> None:
         "schema", "command", "fail_on", "path", "rows", "classes", "file_dtype", "labels", "lint",
         "results", "skipped", "reference_method", "config", "loss_scale", "flagged_rows",
         "flagged_rows_path", "gate", "model", "pinnable", "input", "reduction", "ignored_rows",
-        "environment", "baseline", "loss", "ignore_class", "verdict",
+        "environment", "baseline", "loss", "ignore_class", "shards", "verdict",
     ]  # fmt: skip
     assert doc["fail_on"] == ["grad-wrong"]
     assert [f["impl"] for f in doc["verdict"]["failing"]] == ["naive", "shifted"]

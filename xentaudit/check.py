@@ -8,11 +8,12 @@ whatever the file's size. Flagged rows go to the caller's ``on_flagged_row`` chu
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,17 @@ from xentaudit.io import (
     prefetched,
     prepare,
 )
-from xentaudit.losses import NO_FOCUS, Focus, focus_of, get_loss
-from xentaudit.results import Check, CheckResult, FlaggedRow, Skipped, WorstRow, reduced
+from xentaudit.losses import Focus, focus_of, get_loss
+from xentaudit.results import (
+    Check,
+    CheckResult,
+    FlaggedRow,
+    ShardInfo,
+    Skipped,
+    WorstRow,
+    reduced,
+)
+from xentaudit.shards import Shard, is_sharded, resolve
 
 WORST_ROWS = 5
 HISTOGRAM = (  # buckets of the relative loss error, by upper bound (NaN counts as > 1)
@@ -161,6 +171,13 @@ class _ExactMean:
             for s in np.flatnonzero(high.astype(bool) | low.astype(bool)):
                 self.total += ((int(high[s]) << 26) + int(low[s])) << int(s)
 
+    def merge(self, other: _ExactMean) -> None:
+        """Add the values ``other`` has seen (exactly: the sums are integers)."""
+        self.total += other.total
+        self.count += other.count
+        self.nan |= other.nan
+        self.infinities |= other.infinities
+
     def mean(self) -> float:
         if self.nan or len(self.infinities) == 2:
             return math.nan
@@ -191,6 +208,29 @@ class _Tally:
         if largest is not None:
             known = self.max_loss_scale
             self.max_loss_scale = largest if known is None else min(known, largest)
+
+    def merge(self, other: _Tally) -> None:
+        """Add another part of the file's rows (a shard's): as if its chunks had been added."""
+        self.output_dtype = other.output_dtype
+        self.rows += other.rows
+        self.counts.update(other.counts)
+        self.max_rel_err = worst(np.array([self.max_rel_err, other.max_rel_err]))
+        self.grad_err = worst(np.array([self.grad_err, other.grad_err]))
+        for item in other.worst:
+            self._keep(item)
+        self.histogram.update(other.histogram)
+        self.add_scale(other.max_loss_scale)
+        self.loss_mean.merge(other.loss_mean)
+        self.exact_mean.merge(other.exact_mean)
+        self.flagged += other.flagged
+        self.label_weights = max(self.label_weights, other.label_weights)
+
+    def _keep(self, item: tuple[tuple[int, float, int], WorstRow]) -> None:
+        """Keep ``item`` if it is among the ``WORST_ROWS`` worst so far."""
+        if len(self.worst) < WORST_ROWS:
+            heapq.heappush(self.worst, item)
+        else:
+            heapq.heappushpop(self.worst, item)
 
     def add(
         self,
@@ -230,14 +270,7 @@ class _Tally:
                 int(rows[i]), float(exact[i]), float(loss[i]), float(grades.rel_err[i]),
                 grades.flags_of(int(i)),
             )  # fmt: skip
-            if len(self.worst) < WORST_ROWS:
-                heapq.heappush(self.worst, (key, row))
-            else:
-                heapq.heappushpop(self.worst, (key, row))
-
-
-def _label_sources(labels: ArraySource | None) -> tuple[str, ...]:
-    return ("file",) if labels is not None else ("predicted", "worst-case")
+            self._keep((key, row))
 
 
 def _chunks(
@@ -354,12 +387,14 @@ def _lint(
 
 def _flagged_rows(
     rows: np.ndarray,
-    key: tuple[str, str, float, str, str, str],
+    key: Key,
     exact: np.ndarray,
     loss: np.ndarray,
     grades: Grades,
+    shard: ShardInfo | None,
 ) -> Iterator[FlaggedRow]:
-    """The rows of a chunk on which a loss or gradient flag fired, for the result ``key``."""
+    """The rows of a chunk on which a loss or gradient flag fired, for the result ``key``,
+    each named in its ``shard`` too, if any."""
     source, name, clip, dtype, policy, mode = key
     for i in np.flatnonzero(grades.flagged).tolist():
         yield FlaggedRow(
@@ -375,36 +410,28 @@ def _flagged_rows(
             loss=float(loss[i]),
             rel_err=float(grades.rel_err[i]),
             grad_err=float(grades.grad_err[i]),
+            shard=None if shard is None else shard.path,
+            shard_row=None if shard is None else int(rows[i]) - shard.first_row,
         )
 
 
 def _audit_chunk(
+    o: CheckOptions,
+    plan: _Plan,
     batch: Batch,
     rows: np.ndarray,
-    sources: tuple[str, ...],
-    formats: list[FloatFormat],
-    policies: tuple[str, ...],
-    chosen: list[Variant],
-    modes: tuple[str, ...],
-    rtol: float | None,
-    timeout: float | None,
-    loss_scale: float | None,
-    tallies: dict[tuple[str, str, float, str, str, str], _Tally],
-    skipped: dict[tuple[str, str], Skipped],
+    summary: _Summary,
     flagged: list[FlaggedRow] | None,
-    input_kind: str = "logits",
-    loss: str = "softmax",
-    label_smoothing: float = 0.0,
-    focus: Focus = NO_FOCUS,
-    ignore_class: int | None = None,
+    shard: ShardInfo | None,
 ) -> None:
-    """Audit one chunk into ``tallies``; its flagged rows are appended to ``flagged`` (unless
-    None) in the order of the results. ``ignore_class``: --ignore-class, on the file's labels."""
+    """Audit one chunk into ``summary``; its flagged rows are appended to ``flagged`` (unless
+    None) in the order of the results, named by ``shard`` if any."""
     # a sparse kernel that cannot take an ignored class outside [0, C) is skipped for the whole
     # file, whichever chunk holds such rows
-    rejected = rejected_class(ignore_class, batch.shape[1])
-    for source in sources:
-        ignore = ignore_class if source == "file" else None
+    rejected = rejected_class(o.ignore_class, batch.shape[1])
+    chosen, names = plan.settings.chosen, plan.settings.names
+    for source in plan.sources:
+        ignore = o.ignore_class if source == "file" else None
         refused = None if ignore is None else rejected
         if source == "file":
             labelled = batch
@@ -412,17 +439,16 @@ def _audit_chunk(
             # Argmax and argmin of log-probabilities and probabilities are those of logits too.
             pick = np.argmax if source == "predicted" else np.argmin
             labelled = Batch(batch.logits, None, pick(as_float(batch.logits), axis=1))
-        names = [v.impl for v in chosen]
-        smoothing = smoothing_for(labelled, names, label_smoothing)
-        for fmt in formats:
+        smoothing = smoothing_for(labelled, names, o.label_smoothing)
+        for fmt in plan.formats:
             try:
                 rounded = round_to(
                     labelled,
                     fmt,
                     method="float64",
-                    given=input_kind,
-                    loss=loss,
-                    focus=focus,
+                    given=o.input_kind,
+                    loss=o.loss,
+                    focus=plan.settings.focus,
                     smoothing=smoothing,
                     ignore_class=ignore,
                 )
@@ -430,33 +456,218 @@ def _audit_chunk(
                 raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
             runs: Runs = {}
             weights = 1 + int(rounded.label_extra.max(initial=0))  # a row's nonzero labels
-            for policy, variant in policy_variants(policies, chosen):
+            for policy, variant in policy_variants(plan.policies, chosen):
                 name = variant.impl
                 reason = labels_skip(name, labelled.classes, names, smoothing, refused)
                 if reason is not None:
-                    skipped[(name, fmt.name)] = Skipped(name, fmt.name, reason)
+                    summary.skipped[(name, fmt.name)] = Skipped(name, fmt.name, reason)
                     continue
-                runnable, skip = runnable_modes(name, modes)
+                runnable, skip = runnable_modes(name, o.modes)
                 if skip is not None:
-                    skipped[(name, skip.dtype)] = skip
+                    summary.skipped[(name, skip.dtype)] = skip
                 for mode in runnable:
                     outcome, grades, largest = run_shared(
-                        runs, variant, mode, rounded, rtol, timeout, policy, loss_scale
+                        runs, variant, mode, rounded, o.rtol, o.timeout, policy, o.loss_scale
                     )
                     key = (source, name, variant.eps, fmt.name, policy, mode)
-                    tally = tallies.setdefault(key, _Tally())
+                    tally = summary.tallies.setdefault(key, _Tally())
                     tally.output_dtype = outcome.output_dtype
                     tally.add(rows, outcome.loss, rounded.ref.loss, grades, rounded.ignored)
                     tally.label_weights = max(tally.label_weights, weights)
                     tally.add_scale(largest)
                     if flagged is not None:
                         flagged.extend(
-                            _flagged_rows(rows, key, rounded.ref.loss, outcome.loss, grades)
+                            _flagged_rows(rows, key, rounded.ref.loss, outcome.loss, grades, shard)
                         )
 
 
+@dataclass(frozen=True)
+class CheckOptions:
+    """What ``check_file`` audits, whatever the file (its keyword arguments but the callbacks,
+    normalised): picklable, so that a process or a Dask worker auditing a shard sets up the
+    same audit (``_settings``)."""
+
+    impls: tuple[str, ...] | None = None
+    dtypes: tuple[str, ...] | None = None
+    modes: tuple[str, ...] = zoo.MODES
+    eps: tuple[float, ...] = (1e-7,)
+    rtol: float | None = None
+    chunk_rows: int | None = None
+    timeout: float | None = None
+    policies: tuple[str, ...] | None = None
+    loss_scale: float | None = None
+    model: str | None = None
+    input_kind: str = "logits"
+    backends: tuple[str, ...] | None = None
+    loss: str = "softmax"
+    label_smoothing: float = 0.0
+    gamma: float = 2.0
+    alpha: float | None = None
+    ignore_class: int | None = None
+    logits_key: str = "logits"
+    labels_key: str = "labels"
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The audit ``CheckOptions`` set up, before any file is read."""
+
+    names: tuple[str, ...]  # the implementations, ``model`` included
+    chosen: tuple[Variant, ...]
+    pin: bool  # no implementation named: the verdict may offer to pin one
+    multi_label: bool
+    focus: Focus
+
+
+def _settings(o: CheckOptions) -> _Settings:
+    """Check the options and set the audit up (the model's loss path read, users' losses
+    loaded), in the process that runs it."""
+    check_options(o.eps, o.rtol, o.modes, o.timeout, o.loss_scale, o.label_smoothing)
+    focus = focus_of(o.loss, o.gamma, o.alpha)
+    if o.loss != "softmax" and o.input_kind != "logits":
+        raise ConfigError(
+            f"--input {o.input_kind} goes with the softmax loss; a --loss {o.loss} file holds "
+            "logits"
+        )
+    impls = o.impls if o.impls is not None else default_impls(o.input_kind, o.backends, o.loss)
+    refuse_input_kind(o.input_kind, impls, o.model, o.policies)
+    names = chosen_impls(impls, o.model, o.backends, o.loss)
+    check_ignore(o.ignore_class, o.loss, names)
+    multi_label = get_loss(o.loss).labels == "multi-label"
+    return _Settings(names, tuple(variants(names, o.eps)), o.impls is None, multi_label, focus)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How every shard of one check is audited: what ``_settings`` and the first shard's
+    header decide."""
+
+    settings: _Settings
+    formats: tuple[FloatFormat, ...]
+    policies: tuple[str, ...]
+    sources: tuple[str, ...]
+    chunk_rows: int
+    file_fmt: FloatFormat
+
+
+def _plan(o: CheckOptions, settings: _Settings, logits: ArraySource, labelled: bool) -> _Plan:
+    formats = tuple(get_format(d) for d in parse_dtypes(o.dtypes or [logits.dtype.name]))
+    # Probabilities reach the losses as saved: no Keras layer of ours computes them.
+    policies = zoo.parse_policies(
+        o.policies
+        or (
+            default_policies(logits.dtype.name) if o.input_kind != "probabilities" else ("float32",)
+        )
+    )
+    chunk_rows = o.chunk_rows or max(1, CHUNK_ENTRIES // logits.shape[-1])
+    sources = ("file",) if labelled else ("predicted", "worst-case")
+    return _Plan(settings, formats, policies, sources, chunk_rows, FORMATS[logits.dtype.name])
+
+
+Key = tuple[str, str, float, str, str, str]  # labels, impl, eps, dtype, policy, mode
+# per --input other than logits: the rows that cannot be audited, and the message for each
+_UNUSABLE = {
+    "probabilities": (bad_probability_rows, BAD_PROBABILITIES),
+    "log-probabilities": (bad_log_probability_rows, BAD_LOG_PROBABILITIES),
+}
+
+
+@dataclass
+class _Summary:
+    """A shard's audit, reduced: what ``_merged`` makes one ``Check`` of. Small but for
+    ``flagged``, which holds the shard's flagged rows only when a process other than the
+    caller's audited it."""
+
+    tallies: dict[Key, _Tally] = field(default_factory=dict)
+    skipped: dict[tuple[str, str], Skipped] = field(default_factory=dict)
+    lint: Counter = field(default_factory=Counter)
+    bad: dict[str, list[np.ndarray]] = field(default_factory=dict)  # problem -> file rows
+    ignored: int = 0  # rows left out (the model's ignore_class) or graded as ignored
+    flagged: list[FlaggedRow] | None = None
+    # audited in another process: what that process audited with (``environment``)
+    environment: dict[str, str] | None = None
+
+
+def _audit_shard(
+    o: CheckOptions,
+    plan: _Plan,
+    logits: ArraySource,
+    label_source: ArraySource | None,
+    shard: ShardInfo | None,
+    scan_only: bool = False,
+    progress: Progress | None = None,
+    on_flagged_row: FlaggedRowSink | None = None,
+) -> _Summary:
+    """Audit one file (a shard whose first row is ``shard.first_row`` of the whole, or the
+    whole) chunk by chunk. Every chunk is checked for unusable rows, linted and audited; once
+    a bad row turns up (or with ``scan_only``), chunks are only scanned, so that the error
+    names every bad row. ``progress`` gets the shard's rows done."""
+    settings, first = plan.settings, 0 if shard is None else shard.first_row
+    summary = _Summary()
+    bad_rows, messages = _UNUSABLE.get(o.input_kind, (bad_logit_rows, BAD_LOGITS))
+    summary.bad = {problem: [] for problem in messages}
+    flagged: list[FlaggedRow] | None = [] if on_flagged_row is not None else None
+    chunks = _chunks(logits, label_source, plan.chunk_rows)
+    for offset, x, y in prefetched(chunks):
+        for problem, mask in bad_rows(x).items():
+            if mask.any():
+                summary.bad[problem].append(np.flatnonzero(mask) + first + offset)
+                scan_only = True
+        rows = np.arange(first + offset, first + offset + x.shape[0])
+        drop = None if y is None else ignored_rows(y, settings.names)
+        if drop is not None and drop.any():  # as Keras' loss does: no loss, no gradient
+            summary.ignored += int(drop.sum())
+            x, y, rows = x[~drop], y[~drop], rows[~drop]
+        if not scan_only and rows.size:
+            batch = (
+                prepare(x, y, rows, multi_label=settings.multi_label, ignore_class=o.ignore_class)
+                if y is not None
+                else Batch(x, None, None)
+            )
+            if o.ignore_class is not None and batch.classes is not None:
+                summary.ignored += int((batch.classes == o.ignore_class).sum())
+            lint = _lint(batch, plan.file_fmt, o.input_kind, o.loss, o.ignore_class)
+            for flag, mask in lint.items():
+                summary.lint[flag] += int(mask.sum())
+            _audit_chunk(o, plan, batch, rows, summary, flagged, shard)
+            if flagged and on_flagged_row is not None:
+                flagged.sort(key=lambda f: f.row)  # stable: results keep their order in a row
+                for row in flagged:
+                    on_flagged_row(row)
+                flagged.clear()
+        if progress:
+            progress(min(offset + plan.chunk_rows, logits.rows), logits.rows)
+    return summary
+
+
+def _opened(
+    o: CheckOptions, shard: Shard, labels: np.ndarray | None
+) -> tuple[ArraySource, ArraySource | None]:
+    """The headers of ``shard``'s logits and labels (``labels``: an array given in memory)."""
+    return open_arrays(
+        shard.path, labels if shard.labels is None else shard.labels, o.logits_key, o.labels_key
+    )
+
+
+def audit_shard(o: CheckOptions, shard: Shard, info: ShardInfo, collect: bool) -> _Summary:
+    """Audit one shard of a sharded check in this process (a ``--jobs`` process or a Dask
+    worker): the audit set up anew from ``o``, the shard's rows numbered from
+    ``info.first_row``, its flagged rows kept in the summary when ``collect``."""
+    settings = _settings(o)
+    logits, label_source = _opened(o, shard, None)
+    _validate(logits, label_source, settings.multi_label)
+    plan = _plan(o, settings, logits, label_source is not None)
+    flagged: list[FlaggedRow] = []
+    summary = _audit_shard(
+        o, plan, logits, label_source, info, on_flagged_row=flagged.append if collect else None
+    )
+    summary.flagged = flagged if collect else None
+    summary.environment = environment({zoo.backend_of(key[1]) for key in summary.tallies})
+    return summary
+
+
 def check_file(
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     *,
     labels: str | Path | np.ndarray | None = None,
     logits_key: str = "logits",
@@ -480,11 +691,16 @@ def check_file(
     gamma: float = 2.0,
     alpha: float | None = None,
     ignore_class: int | None = None,
+    jobs: int = 1,
+    scheduler: str | None = None,
 ) -> Check:
-    """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``).
+    """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``), or in the
+    shards of a dump: several files, a folder or a glob (``shards.resolve``), audited as their
+    concatenation in that order, bit for bit.
 
-    Labels come from ``labels`` (a ``.npy`` file, or an array such as inline JSON gives), else
-    from the ``.npz``'s ``labels_key``;
+    Labels come from ``labels`` (a ``.npy`` file; for shards a file, folder or glob of them,
+    paired with the shards by name; for one file, an array such as inline JSON gives), else
+    from each ``.npz``'s ``labels_key``;
     without labels every row is audited against its predicted class and against its worst-case
     class (the smallest logit, which maximises the loss). ``impls`` default to every registered
     implementation but the deliberate misuse ``double_softmax``; ``dtypes`` to the file's own;
@@ -516,131 +732,214 @@ def check_file(
     ``ignore_class``: as for ``audit``, on the file's class labels: its rows are graded as
     ignored (exact loss and gradient 0) and left out of the means; the implementations' own
     means are not taken here (``compare`` grades them).
+
+    Shards are audited one after another, or in ``jobs`` local processes, or on the Dask
+    cluster at ``scheduler`` (``xentaudit[dask]``; each worker reads its shards from the path
+    given, so the path must be shared); either way each shard's summary is merged into the one
+    ``Check``, and a shard that no process could audit fails the check (``ShardsLost``, exit
+    code 3) naming it. With ``jobs`` or ``scheduler``, ``on_flagged_row`` gets a shard's rows
+    once the shards before it are done, and ``progress`` counts whole shards.
     """
-    modes = tuple(modes)
-    eps = eps_values(eps)
-    check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
-    multi_label = get_loss(loss).labels == "multi-label"
-    focus = focus_of(loss, gamma, alpha)
-    if loss != "softmax" and input_kind != "logits":
-        raise ConfigError(
-            f"--input {input_kind} goes with the softmax loss; a --loss {loss} file holds logits"
-        )
-    pin = impls is None  # no implementation named: the verdict may offer to pin one
-    impls = impls if impls is not None else default_impls(input_kind, backends, loss)
-    refuse_input_kind(input_kind, impls, model, policies)
-    names = chosen_impls(impls, model, backends, loss)
-    check_ignore(ignore_class, loss, names)
-    chosen = variants(names, eps)
-    logits, label_source = open_arrays(
-        Path(path),
-        labels if labels is None or isinstance(labels, np.ndarray) else Path(labels),
-        logits_key,
-        labels_key,
+    o = CheckOptions(
+        impls=None if impls is None else tuple(impls),
+        dtypes=None if dtypes is None else tuple(dtypes),
+        modes=tuple(modes),
+        eps=eps_values(eps),
+        rtol=rtol,
+        chunk_rows=chunk_rows,
+        timeout=timeout,
+        policies=None if policies is None else tuple(policies),
+        loss_scale=loss_scale,
+        model=None if model is None else str(model),
+        input_kind=input_kind,
+        backends=None if backends is None else tuple(backends),
+        loss=loss,
+        label_smoothing=label_smoothing,
+        gamma=gamma,
+        alpha=alpha,
+        ignore_class=ignore_class,
+        logits_key=logits_key,
+        labels_key=labels_key,
     )
-    _validate(logits, label_source, multi_label)
-    model_loss_path = zoo.model_path(zoo.MODEL) if model is not None else None
-    ignores = None if model_loss_path is None else model_loss_path.ignore_class
-    if label_source is None and ignores is not None:
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    if scheduler is not None and timeout is not None:
+        raise ConfigError(
+            "--timeout works only in a process's main thread (SIGALRM), and Dask runs tasks in "
+            "worker threads: drop --timeout with --scheduler"
+        )
+    settings = _settings(o)
+    given = [path] if isinstance(path, (str, Path)) else list(path)
+    sharded = len(given) != 1 or is_sharded(given[0])
+    in_memory = labels if isinstance(labels, np.ndarray) else None
+    if in_memory is not None and (sharded or scheduler is not None):
+        raise ConfigError(
+            "labels given as an array go with one file audited here; save them in .npy files "
+            "beside the shards"
+        )
+    shards = resolve(given, None if in_memory is not None else labels)
+    opened = [_opened(o, shard, in_memory) for shard in shards]
+    for logits, label_source in opened:
+        _validate(logits, label_source, settings.multi_label)
+    _same_layout(opened)
+    first_logits, first_labels = opened[0]
+    infos, first_row = [], 0
+    for shard, (logits, label_source) in zip(shards, opened, strict=True):
+        described = None if label_source is None else label_source.label
+        infos.append(ShardInfo(str(shard.path), described, logits.rows, first_row))
+        first_row += logits.rows
+    total = first_row
+    ignores = None if o.model is None else zoo.model_path(zoo.MODEL).ignore_class
+    if first_labels is None and ignores is not None:
         raise ConfigError(
             f"--model's loss ignores class {ignores} (ignore_class): pass --labels, so that "
             "the rows it ignores can be left out"
         )
-    if label_source is None and ignore_class is not None:
+    if first_labels is None and ignore_class is not None:
         raise ConfigError(
             f"--ignore-class {ignore_class} marks rows by their class label: pass --labels"
         )
-    formats = [get_format(d) for d in parse_dtypes(dtypes or [logits.dtype.name])]
-    # Probabilities reach the losses as saved: no Keras layer of ours computes them.
-    chosen_policies = zoo.parse_policies(
-        policies
-        or (default_policies(logits.dtype.name) if input_kind != "probabilities" else ("float32",))
-    )
-    classes = logits.shape[-1]
-    if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ENTRIES // classes)
-    if chunk_rows < 1:
+    plan = _plan(o, settings, first_logits, first_labels is not None)
+    classes = first_logits.shape[-1]
+    if chunk_rows is not None and chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be at least 1, got {chunk_rows}")
-    if min(chunk_rows, logits.rows) * classes > CHUNK_ENTRIES:
+    if chunk_rows is not None and min(chunk_rows, total) * classes > CHUNK_ENTRIES:
         raise ConfigError(
             f"--chunk-rows {chunk_rows} makes chunks of more than {CHUNK_ENTRIES} logits, the "
             f"most read at a time; pass --chunk-rows {CHUNK_ENTRIES // classes} or less"
         )
 
-    # One pass: every chunk is checked for unusable rows, linted and audited. Once a bad row
-    # turns up, the rest of the file is only scanned, so that the error names every bad row.
+    if scheduler is None and (jobs == 1 or len(shards) == 1):
+        summaries: list[_Summary] = []
+        for shard_info, (logits, label_source) in zip(infos, opened, strict=True):
+            shard_progress = None
+            if progress is not None:
+
+                def shard_progress(done: int, _: int, first: int = shard_info.first_row) -> None:
+                    progress(first + done, total)
+
+            summaries.append(
+                _audit_shard(
+                    o,
+                    plan,
+                    logits,
+                    label_source,
+                    shard_info if sharded else None,
+                    scan_only=any(_refused(s) for s in summaries),
+                    progress=shard_progress,
+                    on_flagged_row=on_flagged_row,
+                )
+            )
+    else:
+        from xentaudit import parallel
+
+        summaries = parallel.run(o, shards, infos, jobs, scheduler, on_flagged_row, progress)
+    return _merged(o, settings, given, opened, infos if sharded else (), summaries)
+
+
+def _refused(summary: _Summary) -> bool:
+    """Whether a shard had a row that cannot be audited (later shards are only scanned)."""
+    return any(rows for rows in summary.bad.values())
+
+
+def _same_layout(opened: list[tuple[ArraySource, ArraySource | None]]) -> None:
+    """Refuse shards that do not concatenate: other classes, dtype or kind of labels."""
+    logits, labels = opened[0]
+
+    def kind(label_source: ArraySource | None, logits: ArraySource) -> str:
+        if label_source is None:
+            return "no labels"
+        return "label weights" if label_source.shape == logits.shape else "class labels"
+
+    for other, other_labels in opened[1:]:
+        for what, mine, theirs in (
+            ("classes", logits.shape[-1], other.shape[-1]),
+            ("dtype", logits.dtype.name, other.dtype.name),
+            ("labels", kind(labels, logits), kind(other_labels, other)),
+        ):
+            if mine != theirs:
+                raise InputError(
+                    f"{other.label} has {what} {theirs}, {logits.label} {mine}: the shards of a "
+                    "dump must concatenate; check them apart"
+                )
+
+
+def _where(rows: np.ndarray, infos: Sequence[ShardInfo]) -> str:
+    """``rows`` of the whole named in their shards, for an error message: the first few."""
+    if not infos:
+        return describe_rows(rows)
+    starts = [info.first_row for info in infos]
+    named = []
+    for row in rows[:WORST_ROWS].tolist():
+        info = infos[bisect.bisect_right(starts, row) - 1]
+        named.append(f"{info.path} row {row - info.first_row}")
+    more = f" and {rows.size - WORST_ROWS} more" if rows.size > WORST_ROWS else ""
+    return f"{describe_rows(rows)} ({', '.join(named)}{more})"
+
+
+def _in_shard(row: WorstRow, infos: Sequence[ShardInfo]) -> WorstRow:
+    """``row`` named in its shard too (when the check was of shards)."""
+    if not infos:
+        return row
+    info = infos[bisect.bisect_right([i.first_row for i in infos], row.row) - 1]
+    return replace(row, shard=info.path, shard_row=row.row - info.first_row)
+
+
+def _environment(summaries: Sequence[_Summary], backends: set[str]) -> dict[str, str]:
+    """What the audit ran with: this process's record, or the records of the processes that
+    audited the shards, each key's distinct values joined by `` | `` (Dask workers may differ)."""
+    records = [s.environment for s in summaries if s.environment is not None]
+    if not records:
+        return environment(backends)
+    merged: dict[str, list[str]] = {}
+    for record in records:
+        for key, value in record.items():
+            if value not in merged.setdefault(key, []):
+                merged[key].append(value)
+    return {key: " | ".join(values) for key, values in merged.items()}
+
+
+def _merged(
+    o: CheckOptions,
+    settings: _Settings,
+    given: Sequence[str | Path],
+    opened: list[tuple[ArraySource, ArraySource | None]],
+    infos: Sequence[ShardInfo],
+    summaries: Sequence[_Summary],
+) -> Check:
+    """The one ``Check`` of the shards' summaries, in shard order: the same as the summary of
+    their concatenation (every reduction is exact and associative), or the error naming the
+    rows that cannot be audited."""
+    tallies: dict[Key, _Tally] = {}
+    skipped = {(s.impl, s.dtype): s for s in backend_skips(o.backends)}
     lint: Counter = Counter()
-    file_fmt = FORMATS[logits.dtype.name]
-    tallies: dict[tuple[str, str, float, str, str, str], _Tally] = {}
-    skipped = {(s.impl, s.dtype): s for s in backend_skips(backends)}
-    sources = _label_sources(label_source)
-    flagged: list[FlaggedRow] | None = [] if on_flagged_row is not None else None
-    refused = False
-    ignored = 0  # rows of the class the model's loss ignores, left out
-    bad_rows, messages = {
-        "probabilities": (bad_probability_rows, BAD_PROBABILITIES),
-        "log-probabilities": (bad_log_probability_rows, BAD_LOG_PROBABILITIES),
-    }.get(input_kind, (bad_logit_rows, BAD_LOGITS))
-    bad: dict[str, list[np.ndarray]] = {problem: [] for problem in messages}
-    for offset, x, y in prefetched(_chunks(logits, label_source, chunk_rows)):
-        for problem, mask in bad_rows(x).items():
-            if mask.any():
-                bad[problem].append(np.flatnonzero(mask) + offset)
-                refused = True
-        rows = np.arange(offset, offset + x.shape[0])
-        drop = None if y is None else ignored_rows(y, names)
-        if drop is not None and drop.any():  # as Keras' loss does: no loss, no gradient
-            ignored += int(drop.sum())
-            x, y, rows = x[~drop], y[~drop], rows[~drop]
-        if not refused and rows.size:
-            batch = (
-                prepare(x, y, rows, multi_label=multi_label, ignore_class=ignore_class)
-                if y is not None
-                else Batch(x, None, None)
-            )
-            if ignore_class is not None and batch.classes is not None:
-                ignored += int((batch.classes == ignore_class).sum())
-            for flag, mask in _lint(batch, file_fmt, input_kind, loss, ignore_class).items():
-                lint[flag] += int(mask.sum())
-            _audit_chunk(
-                batch,
-                rows,
-                sources,
-                formats,
-                chosen_policies,
-                chosen,
-                modes,
-                rtol,
-                timeout,
-                loss_scale,
-                tallies,
-                skipped,
-                flagged,
-                input_kind,
-                loss,
-                label_smoothing,
-                focus,
-                ignore_class,
-            )
-            if flagged and on_flagged_row is not None:
-                flagged.sort(key=lambda f: f.row)  # stable: results keep their order in a row
-                for row in flagged:
-                    on_flagged_row(row)
-                flagged.clear()
-        if progress:
-            progress(min(offset + chunk_rows, logits.rows), logits.rows)
+    ignored = 0
+    bad: dict[str, list[np.ndarray]] = {}
+    for summary in summaries:
+        for key, tally in summary.tallies.items():
+            tallies.setdefault(key, _Tally()).merge(tally)
+        skipped.update(summary.skipped)
+        lint.update(summary.lint)
+        ignored += summary.ignored
+        for problem, rows in summary.bad.items():
+            bad.setdefault(problem, []).extend(rows)
+    _, messages = _UNUSABLE.get(o.input_kind, (bad_logit_rows, BAD_LOGITS))
     for problem, rows in bad.items():
         if rows:
-            raise InputError(messages[problem].format(rows=describe_rows(np.concatenate(rows))))
-    if ignored == logits.rows:
+            where = _where(np.concatenate(rows), infos)
+            raise InputError(messages[problem].format(rows=where))
+    logits, label_source = opened[0]
+    total = sum(source.rows for source, _ in opened)
+    if ignored == total:
         what = (
-            f"the class the model's loss ignores (ignore_class={ignores})"
-            if ignore_class is None
-            else f"the ignored class {ignore_class} (--ignore-class)"
+            "the class the model's loss ignores "
+            f"(ignore_class={zoo.model_path(zoo.MODEL).ignore_class})"
+            if o.ignore_class is None
+            else f"the ignored class {o.ignore_class} (--ignore-class)"
         )
         raise InputError(f"every row has {what}; nothing to audit")
 
-    reduction = None if model is None else zoo.model_path(zoo.MODEL).reduction
+    reduction = None if o.model is None else zoo.model_path(zoo.MODEL).reduction
     results = tuple(
         CheckResult(
             labels=source,
@@ -656,7 +955,7 @@ def check_file(
             flag_counts={f: t.counts[f] for f in FLAGS if t.counts.get(f)},
             max_rel_err=t.max_rel_err,
             grad_max_abs_err=t.grad_err,
-            worst_rows=tuple(row for _, row in sorted(t.worst, reverse=True)),
+            worst_rows=tuple(_in_shard(row, infos) for _, row in sorted(t.worst, reverse=True)),
             error_histogram={label: t.histogram[label] for label, _ in HISTOGRAM},
             policy=policy,
             max_loss_scale=t.max_loss_scale,
@@ -667,29 +966,37 @@ def check_file(
         )
         for (source, name, clip, dtype, policy, mode), t in tallies.items()
     )
+    names = settings.names
+    if label_source is None:
+        labels = "none: each row against its predicted and its worst-case class"
+    elif infos:
+        labels = f"{label_source.label} and the other shards' labels, paired by name"
+    else:
+        labels = label_source.label
     return Check(
-        path=str(path),
-        rows=logits.rows,
-        classes=classes,
+        path=", ".join(str(g) for g in given),
+        rows=total,
+        classes=logits.shape[-1],
         file_dtype=logits.dtype.name,
-        labels=label_source.label
-        if label_source is not None
-        else "none: each row against its predicted and its worst-case class",
+        labels=labels,
         lint={flag: lint[flag] for flag in LINT if lint[flag]},
         results=results,
         skipped=tuple(skipped.values()),
-        reference_method=get_loss(loss).float64_method,
-        loss_scale=loss_scale,
+        reference_method=get_loss(o.loss).float64_method,
+        loss_scale=o.loss_scale,
         flagged_rows=sum(t.flagged for t in tallies.values()),
-        gate=(zoo.MODEL,) if model is not None and pin else None,
+        gate=(zoo.MODEL,) if o.model is not None and settings.pin else None,
         model=model_description(names),
         # No implementation named and no model: the user's own loss is unknown. The fused
         # losses on logits are the ones a model most likely uses (see Check.verdict).
-        pinnable=tuple(n for n in names if zoo.REGISTRY[n].fused) if pin and model is None else (),
-        input=input_kind,
+        pinnable=tuple(n for n in names if zoo.REGISTRY[n].fused)
+        if settings.pin and o.model is None
+        else (),
+        input=o.input_kind,
         reduction=reduction,
         ignored_rows=ignored,
-        environment=environment({zoo.backend_of(r.impl) for r in results}),
-        loss=loss,
-        ignore_class=ignore_class,
+        environment=_environment(summaries, {zoo.backend_of(r.impl) for r in results}),
+        loss=o.loss,
+        ignore_class=o.ignore_class,
+        shards=tuple(infos),
     )

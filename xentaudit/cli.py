@@ -55,6 +55,7 @@ from xentaudit.report import junit as junit_report
 from xentaudit.report import markdown as markdown_report
 from xentaudit.report import table as table_report
 from xentaudit.results import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, SCHEMA_VERSION, FlaggedRow
+from xentaudit.shards import is_sharded
 
 SEED_LOGITS = [[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]
 SEED_LABELS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
@@ -301,14 +302,15 @@ def shared_options(fail_on: Sequence[str] = ()) -> Callable[[Callable], Callable
     return _stacked(options)
 
 
-def label_options(default: str) -> Callable[[Callable], Callable]:
-    """--labels (a file or inline JSON) and the .npz array names: the same for every command."""
+def label_options(default: str, shards: str = "") -> Callable[[Callable], Callable]:
+    """--labels (a file or inline JSON; ``shards``: what else it takes) and the .npz array
+    names: the same for every command."""
     options = [
         click.option(
             "--labels",
             metavar="FILE|JSON",
-            help="Integer classes [...] or label weights [..., C]: a .npy file or inline JSON "
-            f"(default: {default}).",
+            help="Integer classes [...] or label weights [..., C]: a .npy file or inline JSON"
+            f"{shards} (default: {default}).",
         ),
         click.option(
             "--logits-key", default="logits", show_default=True, help="Array name in a .npz."
@@ -816,8 +818,11 @@ def sweep(
 
 
 @cli.command()
-@click.argument("path", metavar="[FILE]", required=False)
-@label_options("the .npz's --labels-key array")
+@click.argument("paths", metavar="[FILE]...", nargs=-1)
+@label_options(
+    "the .npz's --labels-key array",
+    "; for shards, a folder or quoted glob of .npy files, paired with them by file name",
+)
 @click.option(
     "--impl",
     "impls",
@@ -861,6 +866,20 @@ def sweep(
     type=click.IntRange(min=1),
     help="Rows read at a time (default: ~2M logits a chunk).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Audit the shards of a dump (several FILEs, a folder or a quoted glob) in this many "
+    "local processes.",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Audit the shards on this Dask cluster (tcp://host:8786; pip install "
+    "'xentaudit[dask]'); every worker must read the shards' paths.",
+)
 @click.option("--output", metavar="FILE", help="Write the report here (atomically), not stdout.")
 @html_option("check")
 @baseline_options(
@@ -881,7 +900,7 @@ def sweep(
 @shared_options(CHECK_FAIL_ON)
 @format_option("table", "json", "junit", "github")
 def check(
-    path: str | None,
+    paths: tuple[str, ...],
     labels: str | None,
     logits_key: str,
     labels_key: str,
@@ -900,6 +919,8 @@ def check(
     inputs: str | None,
     save_logits: str | None,
     chunk_rows: int | None,
+    jobs: int,
+    scheduler: str | None,
     output: str | None,
     html_path: str | None,
     baseline_path: str | None,
@@ -913,19 +934,20 @@ def check(
     fail_on: str,
     fmt: str,
 ) -> int:
-    """Audit saved logits (.npy, or .npz with logits and labels): the CI gate.
+    """Audit saved logits (.npy, or .npz with logits and labels): the CI gate. Several FILEs,
+    a folder or a quoted glob are the shards of one dump, audited as their concatenation.
 
     With --model, the saved model's own loss path is audited as `model` and gates the run (the
     rest of the zoo is shown beside it). Exit code 1 when a --fail-on flag fires on any row,
     0 otherwise, 2 for bad input or options, 3 for an internal error (a bug in xentaudit, never
-    a verdict).
+    a verdict) or for shards no process could audit.
     """
     from xentaudit import config
     from xentaudit.baseline import compare as compare_baseline
     from xentaudit.baseline import read_baseline
     from xentaudit.check import check_file, default_impls, refuse_input_kind
 
-    _check_sources(path, model, inputs, labels, save_logits)
+    _check_sources(paths, model, inputs, labels, save_logits)
     target = None if output is None else _writable(output, "--output")
     html_target = None if html_path is None else _writable(html_path, "--html")
     csv_target = None if flagged_rows is None else _writable(flagged_rows, "--flagged-rows")
@@ -959,9 +981,16 @@ def check(
     if unset("eps") and "eps" in table:
         eps = tuple(table["eps"]) if isinstance(table["eps"], list) else (table["eps"],)
     fail_flags = parse_flags(fail_on)
-    label_input = None if labels is None else file_or_json(labels, "--labels")
+    label_input = (
+        labels
+        if labels is None or is_sharded(labels) or len(paths) > 1
+        else file_or_json(labels, "--labels")
+    )
     defaults = default_impls(input_kind, backends or None, loss)
-    _load_tensorflow(impls or defaults, backends or None, model, loss)
+    # In parallel the processes that audit the shards import the frameworks; here, a model's
+    # loss path is read in Keras.
+    if (jobs == 1 and scheduler is None) or model is not None:
+        _load_tensorflow(impls or defaults, backends or None, model, loss)
     with contextlib.ExitStack() as stack:
         if inputs is not None:
             assert model is not None and label_input is not None  # _check_sources
@@ -969,8 +998,9 @@ def check(
             wanted = impls or defaults
             refuse_input_kind(input_kind, wanted, model, policies or None)
             chosen_impls(wanted, model, backends or None)
-            path = str(stack.enter_context(_computed_logits(model, inputs, label_input, saved)))
-            label_input, logits_key, labels_key = None, "logits", "labels"
+            assert not isinstance(label_input, str)  # _check_sources: one FILE of labels
+            computed = stack.enter_context(_computed_logits(model, inputs, label_input, saved))
+            paths, label_input, logits_key, labels_key = (str(computed),), None, "logits", "labels"
         on_flagged_row = None
         if csv_target is not None:
             write = stack.enter_context(_written_atomically(csv_target, "--flagged-rows"))
@@ -980,9 +1010,8 @@ def check(
                 write(csv_report.line(row))
 
         progress = stack.enter_context(_progress())
-        assert path is not None  # _check_sources: FILE, or --inputs computed into one
         result = check_file(
-            path,
+            paths,
             labels=label_input,
             logits_key=logits_key,
             labels_key=labels_key,
@@ -1005,10 +1034,12 @@ def check(
             gamma=gamma,
             alpha=alpha,
             ignore_class=ignore_class,
+            jobs=jobs,
+            scheduler=scheduler,
         )
     result = replace(
         result,
-        path=path if inputs is None else f"{inputs} through {model}",
+        path=result.path if inputs is None else f"{inputs} through {model}",
         labels=result.labels if inputs is None else f"--labels {labels}",
         config=None if used.path is None else str(used.path),
         flagged_rows_path=flagged_rows,
@@ -1058,17 +1089,19 @@ def check(
 
 
 def _check_sources(
-    path: str | None,
+    paths: tuple[str, ...],
     model: str | None,
     inputs: str | None,
     labels: str | None,
     save_logits: str | None,
 ) -> None:
-    """Refuse a `check` without exactly one source of logits: FILE, or --inputs (with --model
-    and --labels); --save-logits only with --inputs, and named .npz."""
-    if path is not None and inputs is not None:
+    """Refuse a `check` without exactly one source of logits: FILEs, or --inputs (with --model
+    and --labels, one file or inline JSON); --save-logits only with --inputs, and named .npz."""
+    if paths and inputs is not None:
         raise ConfigError("FILE and --inputs both give logits; pass one of them")
-    if path is None and inputs is None:
+    if inputs is not None and labels is not None and is_sharded(labels):
+        raise ConfigError("--inputs takes one --labels file (or inline JSON), not shards")
+    if not paths and inputs is None:
         raise ConfigError("missing FILE: pass saved logits, or --model and --inputs")
     if inputs is not None and (model is None or labels is None):
         raise ConfigError("--inputs needs --model (to compute the logits) and --labels")

@@ -30,3 +30,10 @@ class UnknownImplementationError(ConfigError):
 class ImplementationError(XentauditError):
     """An implementation misbehaved: a user's loss raised, exited or returned no per-row losses,
     or an implementation ran past the timeout."""
+
+
+class ShardsLost(XentauditError):
+    """Shards of a sharded `check` that no process could audit (a worker died every time it
+    tried): the check is incomplete, so it fails, exit code 3, naming them."""
+
+    exit_code = 3

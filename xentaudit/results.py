@@ -83,6 +83,15 @@ class RowAtRisk:
     flags: tuple[str, ...]
     eps: float | None = None
     policy: str = "float32"  # the Keras dtype policy it ran under
+    shard: str | None = None  # as WorstRow's
+    shard_row: int | None = None
+
+    @property
+    def where(self) -> str:
+        """``row 7``, or in a check of shards ``row 1031 (logits/shard-01.npy row 7)``."""
+        if self.shard is None:
+            return f"row {self.row}"
+        return f"row {self.row} ({self.shard} row {self.shard_row})"
 
 
 @dataclass(frozen=True)
@@ -296,6 +305,20 @@ class WorstRow:
     loss: float
     rel_err: float
     flags: tuple[str, ...]
+    # a check of shards: the file the row is in, and its row there (``row`` counts from the
+    # first shard's first row, as in the shards' concatenation)
+    shard: str | None = None
+    shard_row: int | None = None
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One file of a sharded dump as `check` audited it."""
+
+    path: str
+    labels: str | None  # where its labels came from (None: without labels)
+    rows: int
+    first_row: int  # its first row's number in the shards' concatenation
 
 
 @dataclass(frozen=True)
@@ -370,6 +393,8 @@ class FlaggedRow:
     loss: float
     rel_err: float  # |loss - exact| / max(|exact|, 1)
     grad_err: float  # max_j |G - g| on this row
+    shard: str | None = None  # as WorstRow's
+    shard_row: int | None = None
 
 
 @dataclass(frozen=True)
@@ -434,6 +459,7 @@ class Check:
     baseline: Comparison | None = None  # --baseline: the run against an earlier report
     loss: str = "softmax"  # losses.LOSSES: the loss audited (--loss)
     ignore_class: int | None = None  # --ignore-class: the class whose rows the loss ignores
+    shards: tuple[ShardInfo, ...] = ()  # a check of several files: each, in order
 
     @property
     def gated(self) -> tuple[CheckResult, ...]:
@@ -515,16 +541,18 @@ def _rows_at_risk(r: ImplResult | CheckResult, wanted: set[str]) -> tuple[RowAtR
     """The worst row of a failing ``compare`` result; the kept worst rows of a ``check`` result
     that carry a ``wanted`` flag."""
     if isinstance(r, CheckResult):
-        rows = [(w.row, w.exact, w.loss, w.flags) for w in r.worst_rows]
+        rows = [(w.row, w.exact, w.loss, w.flags, w.shard, w.shard_row) for w in r.worst_rows]
     else:
         flagged = [i for i, f in enumerate(r.row_flags) if wanted.intersection(f)]
         if not flagged:  # a flag of the result's own mean (coarse-mean, ignored-counted)
             return ()
         i = _worst_failing_row(r, flagged)
-        rows = [(i, r.reference_rows[i], r.loss_rows[i], r.row_flags[i])]
+        rows = [(i, r.reference_rows[i], r.loss_rows[i], r.row_flags[i], None, None)]
     return tuple(
-        RowAtRisk(r.impl, r.dtype, r.mode, _labels(r), row, exact, loss, flags, r.eps, r.policy)
-        for row, exact, loss, flags in rows
+        RowAtRisk(
+            r.impl, r.dtype, r.mode, _labels(r), row, exact, loss, flags, r.eps, r.policy, *shard
+        )
+        for row, exact, loss, flags, *shard in rows
         if wanted.intersection(flags)
     )
 

@@ -80,7 +80,8 @@ def _rows_at_risk(verdict: Verdict) -> str:
     if not verdict.rows_at_risk:
         return ""
     rows = "".join(
-        f"<tr><td>{html.escape(case_name(r))}</td><td class=num>{r.row}</td>"
+        f"<tr><td>{html.escape(case_name(r))}</td>"
+        f"<td class=num>{html.escape(r.where.removeprefix('row '))}</td>"
         f"<td class=num>{r.exact:.10g}</td><td class=num>{r.loss:.10g}</td>"
         f"<td>{html.escape(', '.join(r.flags))}</td></tr>"
         for r in verdict.rows_at_risk

@@ -37,10 +37,8 @@ def case_name(r: CheckResult | FailingResult | RowAtRisk) -> str:
 
 
 def risk_text(risk: RowAtRisk) -> str:
-    """``row 1: exact 30, got 16.1180954 (divergent, grad-vanish)``"""
-    return (
-        f"row {risk.row}: exact {risk.exact:.10g}, got {risk.loss:.10g} ({', '.join(risk.flags)})"
-    )
+    """``row 1: exact 30, got 16.1180954 (divergent, grad-vanish)`` (``RowAtRisk.where``)"""
+    return f"{risk.where}: exact {risk.exact:.10g}, got {risk.loss:.10g} ({', '.join(risk.flags)})"
 
 
 def differences_text(differences: Sequence[ModeDifference]) -> str:

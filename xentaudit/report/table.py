@@ -115,7 +115,7 @@ def _flags_text(flags: Sequence[str]) -> Text:
 
 def _risk_line(where: str, risk: RowAtRisk) -> Text:
     """``  <where>: row 1 exact 30, got 16.1180954 (divergent grad-vanish)``"""
-    text = Text(f"  {where}: row {risk.row} exact {_num(risk.exact)}, got {_num(risk.loss)} (")
+    text = Text(f"  {where}: {risk.where} exact {_num(risk.exact)}, got {_num(risk.loss)} (")
     return text + _flags_text(risk.flags) + ")"
 
 

@@ -1,0 +1,313 @@
+"""`check` of a sharded dump: which files, in which order, with which labels; the one report over
+all shards equals the report of their concatenation; shards audited in other processes (local,
+or a Dask cluster) give that same report, or fail naming the shards no process could audit.
+
+Expected row numbers are derived here from the shards' sizes; every comparison is with the
+audit of the concatenated array, written to one file by the test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import xentaudit.parallel
+from xentaudit.check import check_file
+from xentaudit.cli import cli
+from xentaudit.errors import ConfigError, InputError
+from xentaudit.report.csv import line
+from xentaudit.shards import Shard, natural_key, resolve
+
+SIZES = (7, 5, 9)  # rows per shard
+CLASSES = 6
+FAST = {"impls": ["naive", "clipped", "tf_softmax_xent"], "modes": ["eager"]}
+
+
+def _shards(folder: Path, labels_folder: Path | None = None, nan_at: int | None = None):
+    """Shards ``shard-1.npy``... of logits at scales that break ``naive`` and ``clipped`` on
+    some rows (NaN, clip), their labels in ``labels_folder`` under the same names, and the
+    concatenation (logits, labels). ``nan_at``: a row of the whole set to NaN."""
+    rng = np.random.default_rng(5)
+    rows = sum(SIZES)
+    x = (rng.standard_normal((rows, CLASSES)) * rng.choice([1, 30, 120], (rows, 1))).astype(
+        np.float32
+    )
+    y = rng.integers(0, CLASSES, rows)
+    if nan_at is not None:
+        x[nan_at, 2] = np.nan
+    folder.mkdir(exist_ok=True)
+    start = 0
+    for i, n in enumerate(SIZES, start=1):
+        np.save(folder / f"shard-{i}.npy", x[start : start + n])
+        if labels_folder is not None:
+            labels_folder.mkdir(exist_ok=True)
+            np.save(labels_folder / f"shard-{i}.npy", y[start : start + n])
+        start += n
+    return x, y
+
+
+def _without_shards(doc: dict) -> dict:
+    """A check's JSON without what names the files (path, labels, shards, worst rows' shard)."""
+    doc = json.loads(json.dumps(doc))
+    for key in ("path", "labels", "shards"):
+        doc.pop(key)
+    rows = [row for result in doc["results"] for row in result["worst_rows"]]
+    for row in rows + doc["verdict"]["rows_at_risk"]:
+        row.pop("shard")
+        row.pop("shard_row")
+    return doc
+
+
+@pytest.fixture(scope="module")
+def dump(tmp_path_factory) -> tuple[Path, dict]:
+    """Three shards with labels, and the report of their concatenation in one file (chunks of
+    one row: chunk boundaries then fall on shard boundaries, so every implementation sees the
+    same batches either way)."""
+    root = tmp_path_factory.mktemp("dump")
+    x, y = _shards(root / "logits", root / "labels")
+    np.save(root / "all.npy", x)
+    np.save(root / "all-labels.npy", y)
+    whole = check_file(root / "all.npy", labels=root / "all-labels.npy", chunk_rows=1, **FAST)
+    return root, whole.to_dict()
+
+
+def test_natural_order_puts_shard_2_before_shard_10() -> None:
+    names = ["shard-10.npy", "shard-2.npy", "shard-1.npy"]
+    assert sorted(names, key=natural_key) == ["shard-1.npy", "shard-2.npy", "shard-10.npy"]
+
+
+def test_a_glob_a_folder_and_files_name_the_same_shards(tmp_path) -> None:
+    _shards(tmp_path / "logits", tmp_path / "labels")
+    (tmp_path / "logits" / "notes.txt").write_text("not a shard")
+    expected = [
+        Shard(tmp_path / "logits" / f"shard-{i}.npy", tmp_path / "labels" / f"shard-{i}.npy")
+        for i in (1, 2, 3)
+    ]
+    by_glob = resolve([str(tmp_path / "logits" / "shard-*.npy")], str(tmp_path / "labels" / "*"))
+    by_folder = resolve([tmp_path / "logits"], tmp_path / "labels")
+    by_files = resolve([e.path for e in expected], str(tmp_path / "labels"))
+    assert by_glob == by_folder == by_files == expected
+
+
+def test_labels_pair_by_what_the_wildcards_matched(tmp_path) -> None:
+    for i in (1, 2):
+        np.save(tmp_path / f"logits-{i}.npy", np.zeros((1, 2), np.float32))
+        np.save(tmp_path / f"labels-{i}.npy", np.zeros(1, np.int64))
+    shards = resolve([str(tmp_path / "logits-*.npy")], str(tmp_path / "labels-*.npy"))
+    assert [(s.path.name, s.labels.name) for s in shards] == [
+        ("logits-1.npy", "labels-1.npy"),
+        ("logits-2.npy", "labels-2.npy"),
+    ]
+
+
+def test_shards_that_do_not_pair_or_repeat_are_refused(tmp_path) -> None:
+    _shards(tmp_path / "logits", tmp_path / "labels")
+    logits = str(tmp_path / "logits" / "*.npy")
+    (tmp_path / "labels" / "shard-3.npy").unlink()
+    with pytest.raises(InputError, match=r"no labels file pairs with .*shard-3.npy"):
+        resolve([logits], str(tmp_path / "labels"))
+    np.save(tmp_path / "labels" / "shard-3.npy", np.zeros(9, np.int64))
+    np.save(tmp_path / "labels" / "shard-4.npy", np.zeros(9, np.int64))
+    with pytest.raises(InputError, match=r"shard-4.npy pairs with no logits shard"):
+        resolve([logits], str(tmp_path / "labels"))
+    with pytest.raises(InputError, match=r"matches no .npy or .npz file"):
+        resolve([str(tmp_path / "nowhere" / "*.npy")], None)
+    with pytest.raises(ConfigError, match="given twice"):
+        resolve([logits, str(tmp_path / "logits" / "shard-1.npy")], None)
+
+
+def test_shards_that_do_not_concatenate_are_refused(tmp_path) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((2, 3), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((2, 4), np.float32))
+    with pytest.raises(InputError, match=r"has classes 4, .*a.npy 3"):
+        check_file([tmp_path / "a.npy", tmp_path / "b.npy"], **FAST)
+    np.save(tmp_path / "b.npy", np.zeros((2, 3), np.float16))
+    with pytest.raises(InputError, match=r"has dtype float16, .*a.npy float32"):
+        check_file([tmp_path / "a.npy", tmp_path / "b.npy"], **FAST)
+
+
+def test_the_report_over_shards_is_the_report_of_their_concatenation(dump) -> None:
+    root, whole = dump
+    sharded = check_file(
+        str(root / "logits" / "shard-*.npy"), labels=root / "labels", chunk_rows=1, **FAST
+    )
+    doc = sharded.to_dict()
+    assert any("nan" in r["flags"] for r in doc["results"])  # flags fired: rows to name
+    assert _without_shards(doc) == _without_shards({**whole, "shards": []})
+    firsts = np.cumsum((0, *SIZES[:-1]))
+    assert [(s["rows"], s["first_row"]) for s in doc["shards"]] == list(
+        zip(SIZES, firsts.tolist(), strict=True)
+    )
+    for result in doc["results"]:
+        for row in result["worst_rows"]:
+            i = int(np.searchsorted(firsts, row["row"], side="right")) - 1
+            assert row["shard"] == str(root / "logits" / f"shard-{i + 1}.npy")
+            assert row["shard_row"] == row["row"] - firsts[i]
+
+
+def test_default_chunks_give_the_same_exact_reference(dump) -> None:
+    """With the default chunks (one per shard here, one for the whole file) the implementations
+    see other batches; what does not depend on them, the exact side, is still bit for bit."""
+    root, whole = dump
+    doc = check_file(str(root / "logits"), labels=str(root / "labels"), **FAST).to_dict()
+    for got, expected in zip(doc["results"], whole["results"], strict=True):
+        assert got["exact_mean"] == expected["exact_mean"]
+        assert got["rows"] == expected["rows"]
+
+
+def test_bad_rows_are_named_in_the_whole_and_in_their_shard(tmp_path) -> None:
+    _shards(tmp_path / "logits", nan_at=SIZES[0] + 3)
+    with pytest.raises(InputError, match=r"NaN in row 10 \(.*shard-2.npy row 3\)"):
+        check_file(str(tmp_path / "logits"), **FAST)
+
+
+def test_cli_reports_name_the_shard_of_a_row(dump, tmp_path) -> None:
+    root, _ = dump
+    args = [
+        "check", str(root / "logits" / "shard-*.npy"), "--labels", str(root / "labels" / "*.npy"),
+        "--impl", "naive", "--mode", "eager", "--chunk-rows", "1",
+        "--flagged-rows", str(tmp_path / "rows.csv"),
+    ]  # fmt: skip
+    table = CliRunner().invoke(cli, args)
+    assert table.exit_code == 1, table.output
+    doc = json.loads(CliRunner().invoke(cli, [*args, "--format", "json"]).output)
+    risk = doc["verdict"]["rows_at_risk"][0]
+    assert f"row {risk['row']} ({risk['shard']} row {risk['shard_row']})" in table.output
+    assert [s["path"] for s in doc["shards"]] == [
+        str(root / "logits" / f"shard-{i}.npy") for i in (1, 2, 3)
+    ]
+    lines = (tmp_path / "rows.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    first = dict(zip(header, lines[1].split(","), strict=True))
+    assert header[-2:] == ["shard", "shard_row"]
+    firsts = np.cumsum((0, *SIZES[:-1]))
+    i = int(np.searchsorted(firsts, int(first["row"]), side="right")) - 1
+    assert first["shard"].endswith(f"shard-{i + 1}.npy")
+    assert int(first["shard_row"]) == int(first["row"]) - firsts[i]
+
+
+def test_jobs_give_the_single_process_report_and_flagged_rows(dump) -> None:
+    root, _ = dump
+    args = {"labels": str(root / "labels"), "chunk_rows": 1, **FAST}
+    one: list = []
+    two: list = []
+    alone = check_file(str(root / "logits"), on_flagged_row=one.append, **args)
+    parallel = check_file(str(root / "logits"), on_flagged_row=two.append, jobs=2, **args)
+    assert parallel.to_dict() == alone.to_dict()
+    assert [line(r) for r in two] == [line(r) for r in one] and one  # NaN == NaN here
+
+
+DIES = """
+import os
+from pathlib import Path
+
+import tensorflow as tf
+
+MARK = Path({mark!r})
+
+
+def dies(labels, logits):
+    # kill the process every time (mark "always"), or once in all: the one call that creates
+    # the mark (O_EXCL: of two workers racing, one wins)
+    if MARK.exists() and MARK.read_text() == "always":
+        os._exit(1)  # the process dies: nothing to catch
+    try:
+        os.close(os.open(MARK, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+    MARK.write_text("died")
+    os._exit(1)
+"""
+
+
+def _dying_loss(tmp_path: Path) -> tuple[str, Path]:
+    mark = tmp_path / "mark"
+    (tmp_path / "dies.py").write_text(DIES.format(mark=str(mark)))
+    return f"tf:{tmp_path / 'dies.py'}:dies", mark
+
+
+def test_a_local_process_that_dies_fails_the_check_naming_the_shards(dump, tmp_path) -> None:
+    root, _ = dump
+    loss, mark = _dying_loss(tmp_path)
+    mark.write_text("always")
+    args = ["check", str(root / "logits"), "--labels", str(root / "labels"), "--jobs", "2"]
+    result = CliRunner().invoke(cli, [*args, "--impl", loss, "--mode", "eager"])
+    assert result.exit_code == 3, result.output
+    assert "could not be audited, so the check is incomplete" in result.output
+    assert "shard-1.npy" in result.output
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two worker processes; the scheduler gives up on a task after its second worker died
+    (allowed-failures 1: one retry), so that the test of a worker that always dies is short."""
+    dask = pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as local,
+    ):
+        yield local.scheduler_address
+
+
+def test_a_dask_cluster_gives_the_single_process_report(dump, cluster) -> None:
+    root, _ = dump
+    args = {"labels": str(root / "labels"), "chunk_rows": 1, **FAST}
+    one: list = []
+    two: list = []
+    alone = check_file(str(root / "logits"), on_flagged_row=one.append, **args)
+    on_dask = check_file(str(root / "logits"), on_flagged_row=two.append, scheduler=cluster, **args)
+    assert on_dask.to_dict() == alone.to_dict()
+    assert [line(r) for r in two] == [line(r) for r in one] and one  # NaN == NaN here
+
+
+def test_a_worker_that_dies_once_is_retried_and_the_report_is_complete(
+    dump, cluster, tmp_path
+) -> None:
+    root, _ = dump
+    loss, mark = _dying_loss(tmp_path)
+    args = {"labels": str(root / "labels"), "impls": [loss], "modes": ["eager"]}
+    on_dask = check_file(str(root / "logits"), scheduler=cluster, **args)
+    assert mark.read_text() == "died"  # a worker did die
+    alone = check_file(str(root / "logits"), **args)  # the mark is set: nothing dies here
+    assert on_dask.to_dict() == alone.to_dict()
+
+
+def test_a_shard_whose_worker_always_dies_fails_with_exit_3(dump, cluster, tmp_path) -> None:
+    root, _ = dump
+    loss, mark = _dying_loss(tmp_path)
+    mark.write_text("always")
+    args = ["check", str(root / "logits" / "shard-1.npy"), str(root / "logits" / "shard-2.npy")]
+    result = CliRunner().invoke(
+        cli, [*args, "--impl", loss, "--mode", "eager", "--scheduler", cluster]
+    )
+    assert result.exit_code == 3, result.output
+    assert "2 of 2 shards could not be audited" in result.output
+    assert "KilledWorker" in result.output
+
+
+def test_labels_in_memory_go_with_one_file_audited_here(dump) -> None:
+    root, _ = dump
+    labels = np.zeros(SIZES[0], np.int64)
+    for where in (
+        {"path": str(root / "logits")},
+        {"path": root / "logits" / "shard-1.npy", "scheduler": "tcp://127.0.0.1:9"},
+    ):
+        with pytest.raises(ConfigError, match="labels given as an array go with one file"):
+            check_file(labels=labels, **where, **FAST)
+
+
+def test_scheduler_refusals_are_one_line_exit_2(dump, monkeypatch) -> None:
+    root, _ = dump
+    args = ["check", str(root / "logits"), "--labels", str(root / "labels"), "--impl", "naive"]
+    result = CliRunner().invoke(cli, [*args, "--scheduler", "tcp://127.0.0.1:9", "--timeout", "5"])
+    assert result.exit_code == 2 and "drop --timeout with --scheduler" in result.output
+    monkeypatch.setattr(xentaudit.parallel, "CONNECT_SECONDS", 1)  # nothing listens on port 9
+    result = CliRunner().invoke(cli, [*args, "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 2 and "cannot reach a Dask scheduler" in result.output
