@@ -120,6 +120,58 @@ def test_shards_that_do_not_pair_or_repeat_are_refused(tmp_path) -> None:
         resolve([logits, str(tmp_path / "logits" / "shard-1.npy")], None)
 
 
+def test_one_labels_file_never_serves_several_shards(tmp_path) -> None:
+    _shards(tmp_path / "logits", tmp_path / "labels")
+    shards = [str(tmp_path / "logits" / f"shard-{i}.npy") for i in (1, 2, 3)]
+    one = str(tmp_path / "labels" / "shard-1.npy")
+    for paths in (shards, [str(tmp_path / "logits")]):
+        with pytest.raises(InputError, match=r"no labels file pairs with .*shard-2\.npy"):
+            resolve(paths, one)
+
+
+def test_two_labels_files_of_one_name_are_refused_in_one_line(tmp_path) -> None:
+    _shards(tmp_path / "logits", tmp_path / "labels")
+    np.savez(tmp_path / "labels" / "shard-2.npz", labels=np.zeros(5, np.int64))
+    result = CliRunner().invoke(
+        cli, ["check", str(tmp_path / "logits"), "--labels", str(tmp_path / "labels")]
+    )
+    assert result.exit_code == 2
+    assert "two files are named shard-2" in result.output and "Traceback" not in result.output
+
+
+def test_a_glob_over_folders_orders_shards_by_their_whole_path(tmp_path) -> None:
+    for folder in ("b", "a"):
+        for i in (2, 1):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            np.save(tmp_path / folder / f"shard-{i}.npy", np.zeros((1, 2), np.float32))
+    shards = resolve([str(tmp_path / "*" / "shard-*.npy")], None)
+    order = [f"{s.path.parent.name}/{s.path.name}" for s in shards]
+    assert order == ["a/shard-1.npy", "a/shard-2.npy", "b/shard-1.npy", "b/shard-2.npy"]
+
+
+def test_a_broken_entry_of_a_folder_is_refused_not_skipped(tmp_path) -> None:
+    _shards(tmp_path / "logits")
+    (tmp_path / "logits" / "shard-4.npy").symlink_to(tmp_path / "nowhere.npy")
+    result = CliRunner().invoke(cli, ["check", str(tmp_path / "logits"), "--impl", "naive"])
+    assert result.exit_code == 2 and "shard-4.npy" in result.output
+
+
+def test_empty_shards_are_audited_as_nothing_but_an_empty_dump_is_refused(tmp_path) -> None:
+    _shards(tmp_path / "logits", tmp_path / "labels")
+    np.save(tmp_path / "logits" / "shard-4.npy", np.zeros((0, CLASSES), np.float32))
+    np.save(tmp_path / "labels" / "shard-4.npy", np.zeros(0, np.int64))
+    with_empty = check_file(str(tmp_path / "logits"), labels=tmp_path / "labels", **FAST)
+    (tmp_path / "logits" / "shard-4.npy").unlink()
+    (tmp_path / "labels" / "shard-4.npy").unlink()
+    without = check_file(str(tmp_path / "logits"), labels=tmp_path / "labels", **FAST)
+    assert with_empty.shards[-1].rows == 0
+    assert with_empty.to_dict()["results"] == without.to_dict()["results"]  # NaN == NaN
+    for i in (1, 2, 3):
+        np.save(tmp_path / "logits" / f"shard-{i}.npy", np.zeros((0, CLASSES), np.float32))
+    with pytest.raises(InputError, match="is empty; nothing to audit"):
+        check_file(str(tmp_path / "logits"), **FAST)
+
+
 def test_shards_that_do_not_concatenate_are_refused(tmp_path) -> None:
     np.save(tmp_path / "a.npy", np.zeros((2, 3), np.float32))
     np.save(tmp_path / "b.npy", np.zeros((2, 4), np.float32))
@@ -230,6 +282,24 @@ def _dying_loss(tmp_path: Path) -> tuple[str, Path]:
     return f"tf:{tmp_path / 'dies.py'}:dies", mark
 
 
+def test_errors_in_processes_are_the_single_process_errors(tmp_path) -> None:
+    """Shard 1 holds a NaN logit, shard 3 a label out of range: one process names the NaN (it
+    only scans the shards after it), and so do two."""
+    _shards(tmp_path / "logits", tmp_path / "labels", nan_at=2)
+    np.save(tmp_path / "labels" / "shard-3.npy", np.full(SIZES[2], CLASSES, np.int64))
+    args = ["check", str(tmp_path / "logits"), "--labels", str(tmp_path / "labels")]
+    fast = ["--impl", "naive", "--mode", "eager"]
+    alone = CliRunner().invoke(cli, [*args, *fast])
+    parallel = CliRunner().invoke(cli, [*args, *fast, "--jobs", "2"])
+    assert alone.exit_code == parallel.exit_code == 2
+    assert "NaN in row 2" in alone.output
+    assert parallel.output == alone.output
+    np.save(tmp_path / "logits" / "shard-1.npy", np.zeros((SIZES[0], CLASSES), np.float32))
+    parallel = CliRunner().invoke(cli, [*args, *fast, "--jobs", "2"])
+    assert parallel.exit_code == 2, parallel.output
+    assert "shard-3.npy: " in parallel.output and "out of range" in parallel.output
+
+
 def test_a_local_process_that_dies_fails_the_check_naming_the_shards(dump, tmp_path) -> None:
     root, _ = dump
     loss, mark = _dying_loss(tmp_path)
@@ -303,6 +373,22 @@ def test_labels_in_memory_go_with_one_file_audited_here(dump) -> None:
             check_file(labels=labels, **where, **FAST)
 
 
+def test_relative_paths_reach_the_workers_and_reports_keep_them(
+    dump, cluster, tmp_path, monkeypatch
+) -> None:
+    root, _ = dump
+    (tmp_path / "ok.py").write_text(
+        "import tensorflow as tf\n\n\ndef ok(labels, logits):\n"
+        "    return tf.nn.softmax_cross_entropy_with_logits(labels, logits)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    args = {"labels": str(root / "labels"), "impls": ["tf:ok.py:ok"], "modes": ["eager"]}
+    on_dask = check_file(str(root / "logits"), scheduler=cluster, **args)
+    alone = check_file(str(root / "logits"), **args)
+    assert [r.impl for r in on_dask.results] == ["tf:ok.py:ok"]
+    assert on_dask.to_dict() == alone.to_dict()
+
+
 def test_scheduler_refusals_are_one_line_exit_2(dump, monkeypatch) -> None:
     root, _ = dump
     args = ["check", str(root / "logits"), "--labels", str(root / "labels"), "--impl", "naive"]
@@ -311,3 +397,72 @@ def test_scheduler_refusals_are_one_line_exit_2(dump, monkeypatch) -> None:
     monkeypatch.setattr(xentaudit.parallel, "CONNECT_SECONDS", 1)  # nothing listens on port 9
     result = CliRunner().invoke(cli, [*args, "--scheduler", "tcp://127.0.0.1:9"])
     assert result.exit_code == 2 and "cannot reach a Dask scheduler" in result.output
+    assert result.output.count("\n") == 1
+    result = CliRunner().invoke(cli, [*args, "--scheduler", "notanaddress"])
+    assert result.exit_code == 2 and "not a scheduler address" in result.output
+    assert result.output.count("\n") == 1
+
+
+SLEEPS = """
+import time
+from pathlib import Path
+
+import tensorflow as tf
+
+
+def sleeps(labels, logits):
+    Path({mark!r}).touch()
+    time.sleep(120)
+    return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_jobs_processes_end_with_the_command(dump, tmp_path) -> None:
+    """SIGTERM ends the command at once (exit 143); its --jobs processes, busy in a loss, end
+    too, within the watch's poll, instead of waiting forever for work."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _ = dump
+    mark = tmp_path / "started"
+    (tmp_path / "sleeps.py").write_text(SLEEPS.format(mark=str(mark)))
+    cmd = [
+        sys.executable, "-m", "xentaudit", "check", str(root / "logits"), "--labels",
+        str(root / "labels"), "--impl", f"tf:{tmp_path / 'sleeps.py'}:sleeps", "--mode", "eager",
+        "--jobs", "2",
+    ]  # fmt: skip
+    command = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [p for p in _children(command.pid) if _alive(p)]
+    assert mark.exists() and workers
+    command.send_signal(signal.SIGTERM)
+    assert command.wait(timeout=30) == 143
+    deadline = time.monotonic() + 10  # the watch polls every second
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers)

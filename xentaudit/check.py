@@ -52,6 +52,7 @@ from xentaudit.io import (
     BAD_LOGITS,
     BAD_PROBABILITIES,
     CHUNK_ENTRIES,
+    SHOWN_ROWS,
     ArraySource,
     Batch,
     as_float,
@@ -289,13 +290,17 @@ def _chunks(
         yield offset, x, y if per_row > 1 else y.reshape(-1)
 
 
-def _validate(logits: ArraySource, labels: ArraySource | None, multi_label: bool) -> None:
+def _validate(
+    logits: ArraySource, labels: ArraySource | None, multi_label: bool, shard: bool = False
+) -> None:
+    """Refuse logits and labels that cannot be audited, from their headers; a ``shard`` of a
+    dump may be empty (the dump may not: ``check_file``)."""
     if logits.dtype.name not in FORMATS:
         raise InputError(
             f"{logits.label} has dtype {logits.dtype}; logits must be float16, bfloat16, "
             "float32 or float64 (cast them before saving)"
         )
-    if len(logits.shape) < 2 or logits.shape[-1] < 1 or logits.rows == 0:
+    if len(logits.shape) < 2 or logits.shape[-1] < 1 or (logits.rows == 0 and not shard):
         raise InputError(
             f"{logits.label} has shape {logits.shape}; logits must be [..., classes] with at "
             "least one row (a 1-D array is one row: save it as x[None])"
@@ -523,6 +528,7 @@ def _settings(o: CheckOptions) -> _Settings:
     """Check the options and set the audit up (the model's loss path read, users' losses
     loaded), in the process that runs it."""
     check_options(o.eps, o.rtol, o.modes, o.timeout, o.loss_scale, o.label_smoothing)
+    multi_label = get_loss(o.loss).labels == "multi-label"
     focus = focus_of(o.loss, o.gamma, o.alpha)
     if o.loss != "softmax" and o.input_kind != "logits":
         raise ConfigError(
@@ -533,7 +539,6 @@ def _settings(o: CheckOptions) -> _Settings:
     refuse_input_kind(o.input_kind, impls, o.model, o.policies)
     names = chosen_impls(impls, o.model, o.backends, o.loss)
     check_ignore(o.ignore_class, o.loss, names)
-    multi_label = get_loss(o.loss).labels == "multi-label"
     return _Settings(names, tuple(variants(names, o.eps)), o.impls is None, multi_label, focus)
 
 
@@ -619,11 +624,16 @@ def _audit_shard(
             summary.ignored += int(drop.sum())
             x, y, rows = x[~drop], y[~drop], rows[~drop]
         if not scan_only and rows.size:
-            batch = (
-                prepare(x, y, rows, multi_label=settings.multi_label, ignore_class=o.ignore_class)
-                if y is not None
-                else Batch(x, None, None)
-            )
+            try:
+                batch = (
+                    prepare(
+                        x, y, rows, multi_label=settings.multi_label, ignore_class=o.ignore_class
+                    )
+                    if y is not None
+                    else Batch(x, None, None)
+                )
+            except InputError as exc:  # labels that cannot be audited: in which shard
+                raise InputError(str(exc) if shard is None else f"{shard.path}: {exc}") from None
             if o.ignore_class is not None and batch.classes is not None:
                 summary.ignored += int((batch.classes == o.ignore_class).sum())
             lint = _lint(batch, plan.file_fmt, o.input_kind, o.loss, o.ignore_class)
@@ -655,7 +665,7 @@ def audit_shard(o: CheckOptions, shard: Shard, info: ShardInfo, collect: bool) -
     ``info.first_row``, its flagged rows kept in the summary when ``collect``."""
     settings = _settings(o)
     logits, label_source = _opened(o, shard, None)
-    _validate(logits, label_source, settings.multi_label)
+    _validate(logits, label_source, settings.multi_label, shard=True)
     plan = _plan(o, settings, logits, label_source is not None)
     flagged: list[FlaggedRow] = []
     summary = _audit_shard(
@@ -780,7 +790,7 @@ def check_file(
     shards = resolve(given, None if in_memory is not None else labels)
     opened = [_opened(o, shard, in_memory) for shard in shards]
     for logits, label_source in opened:
-        _validate(logits, label_source, settings.multi_label)
+        _validate(logits, label_source, settings.multi_label, shard=sharded)
     _same_layout(opened)
     first_logits, first_labels = opened[0]
     infos, first_row = [], 0
@@ -789,6 +799,10 @@ def check_file(
         infos.append(ShardInfo(str(shard.path), described, logits.rows, first_row))
         first_row += logits.rows
     total = first_row
+    if total == 0:
+        raise InputError(
+            f"every shard of {', '.join(str(g) for g in given)} is empty; nothing to audit"
+        )
     ignores = None if o.model is None else zoo.model_path(zoo.MODEL).ignore_class
     if first_labels is None and ignores is not None:
         raise ConfigError(
@@ -803,7 +817,8 @@ def check_file(
     classes = first_logits.shape[-1]
     if chunk_rows is not None and chunk_rows < 1:
         raise ConfigError(f"--chunk-rows must be at least 1, got {chunk_rows}")
-    if chunk_rows is not None and min(chunk_rows, total) * classes > CHUNK_ENTRIES:
+    largest = max(info.rows for info in infos)  # no chunk spans two shards
+    if chunk_rows is not None and min(chunk_rows, largest) * classes > CHUNK_ENTRIES:
         raise ConfigError(
             f"--chunk-rows {chunk_rows} makes chunks of more than {CHUNK_ENTRIES} logits, the "
             f"most read at a time; pass --chunk-rows {CHUNK_ENTRIES // classes} or less"
@@ -825,7 +840,7 @@ def check_file(
                     logits,
                     label_source,
                     shard_info if sharded else None,
-                    scan_only=any(_refused(s) for s in summaries),
+                    scan_only=any(refused(s) for s in summaries),
                     progress=shard_progress,
                     on_flagged_row=on_flagged_row,
                 )
@@ -833,11 +848,13 @@ def check_file(
     else:
         from xentaudit import parallel
 
-        summaries = parallel.run(o, shards, infos, jobs, scheduler, on_flagged_row, progress)
+        summaries = parallel.run(
+            o, settings.names, shards, infos, jobs, scheduler, on_flagged_row, progress
+        )
     return _merged(o, settings, given, opened, infos if sharded else (), summaries)
 
 
-def _refused(summary: _Summary) -> bool:
+def refused(summary: _Summary) -> bool:
     """Whether a shard had a row that cannot be audited (later shards are only scanned)."""
     return any(rows for rows in summary.bad.values())
 
@@ -864,24 +881,27 @@ def _same_layout(opened: list[tuple[ArraySource, ArraySource | None]]) -> None:
                 )
 
 
+def _shard_of(row: int, infos: Sequence[ShardInfo]) -> ShardInfo:
+    """The shard holding ``row`` of the concatenation (empty shards hold none)."""
+    return infos[bisect.bisect_right([i.first_row for i in infos], row) - 1]
+
+
 def _where(rows: np.ndarray, infos: Sequence[ShardInfo]) -> str:
-    """``rows`` of the whole named in their shards, for an error message: the first few."""
+    """``rows`` of the whole, those an error message lists also named in their shards."""
     if not infos:
         return describe_rows(rows)
-    starts = [info.first_row for info in infos]
     named = []
-    for row in rows[:WORST_ROWS].tolist():
-        info = infos[bisect.bisect_right(starts, row) - 1]
+    for row in rows[:SHOWN_ROWS].tolist():
+        info = _shard_of(row, infos)
         named.append(f"{info.path} row {row - info.first_row}")
-    more = f" and {rows.size - WORST_ROWS} more" if rows.size > WORST_ROWS else ""
-    return f"{describe_rows(rows)} ({', '.join(named)}{more})"
+    return f"{describe_rows(rows)} ({', '.join(named)})"
 
 
 def _in_shard(row: WorstRow, infos: Sequence[ShardInfo]) -> WorstRow:
     """``row`` named in its shard too (when the check was of shards)."""
     if not infos:
         return row
-    info = infos[bisect.bisect_right([i.first_row for i in infos], row.row) - 1]
+    info = _shard_of(row.row, infos)
     return replace(row, shard=info.path, shard_row=row.row - info.first_row)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import math
 import os
 import re
@@ -44,7 +43,15 @@ from xentaudit.grid import (
     MAX_SEED,
     parse_scales,
 )
-from xentaudit.impls import INPUTS, MODES, REGISTRY, backend_of, load_tf, parse_impls
+from xentaudit.impls import (
+    INPUTS,
+    MODES,
+    REGISTRY,
+    backend_of,
+    load_tf_quietly,
+    parse_impls,
+    quiet_python_logs,
+)
 from xentaudit.io import file_or_json, load_inputs, names_a_file
 from xentaudit.lint.command import lint
 from xentaudit.losses import LOSSES, NO_FOCUS, focus_of
@@ -494,9 +501,7 @@ def cli(verbose: bool) -> None:
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
-        # Its Python logger (retracing notices and the like): TensorFlow does not reset the level.
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    quiet_python_logs()
 
 
 def _load_tensorflow(
@@ -507,27 +512,14 @@ def _load_tensorflow(
 ) -> None:
     """Import TensorFlow before a command runs it, when it will: a TensorFlow implementation
     among ``impls`` (``all`` expanded over ``backends``; a user's loss by its prefix, its code
-    not loaded yet) or a saved ``model``. At log level 3 its C++ start-up lines, which ignore
-    TF_CPP_MIN_LOG_LEVEL and bypass Python, are sent to /dev/null."""
+    not loaded yet) or a saved ``model`` (``load_tf_quietly``)."""
     if model is None:
         impls = tuple(impls)
         users = [n for n in impls if ":" in n]
         builtin = parse_impls([n for n in impls if ":" not in n], backends, loss)
         if all(backend_of(n) != "tensorflow" for n in (*users, *builtin)):
             return
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3" or "tensorflow" in sys.modules:
-        load_tf()
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        load_tf()
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
+    load_tf_quietly()
 
 
 @cli.command()
@@ -982,14 +974,14 @@ def check(
         eps = tuple(table["eps"]) if isinstance(table["eps"], list) else (table["eps"],)
     fail_flags = parse_flags(fail_on)
     label_input = (
-        labels
-        if labels is None or is_sharded(labels) or len(paths) > 1
-        else file_or_json(labels, "--labels")
+        labels if labels is None or is_sharded(labels) else file_or_json(labels, "--labels")
     )
     defaults = default_impls(input_kind, backends or None, loss)
-    # In parallel the processes that audit the shards import the frameworks; here, a model's
-    # loss path is read in Keras.
-    if (jobs == 1 and scheduler is None) or model is not None:
+    # Shards audited in parallel: the processes that audit them import the frameworks (here, a
+    # model's loss path is still read in Keras).
+    sharded = len(paths) > 1 or any(map(is_sharded, paths))
+    parallel = scheduler is not None or (jobs > 1 and sharded)
+    if not parallel or model is not None:
         _load_tensorflow(impls or defaults, backends or None, model, loss)
     with contextlib.ExitStack() as stack:
         if inputs is not None:

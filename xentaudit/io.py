@@ -35,7 +35,7 @@ import numpy as np
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import InputError, XentauditError
 
-_SHOWN_ROWS = 5  # how many offending row indices an error message lists
+SHOWN_ROWS = 5  # how many offending row indices an error message lists
 T = TypeVar("T")
 
 
@@ -166,8 +166,8 @@ def load_inputs(
 
 def describe_rows(rows: np.ndarray) -> str:
     """``row 3`` / ``rows 0, 1, 2, 3, 4 and 7 more`` for error messages."""
-    shown = ", ".join(str(r) for r in rows[:_SHOWN_ROWS])
-    more = f" and {rows.size - _SHOWN_ROWS} more" if rows.size > _SHOWN_ROWS else ""
+    shown = ", ".join(str(r) for r in rows[:SHOWN_ROWS])
+    more = f" and {rows.size - SHOWN_ROWS} more" if rows.size > SHOWN_ROWS else ""
     return f"row{'s' if rows.size > 1 else ''} {shown}{more}"
 
 

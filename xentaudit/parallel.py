@@ -3,55 +3,78 @@ of a Dask cluster (``--scheduler ADDRESS``, ``xentaudit[dask]``).
 
 Each process audits whole shards (``check.audit_shard``: the audit set up anew from the
 picklable ``CheckOptions``, the shard read from its path) and sends back the shard's summary:
-counts, histograms, exact integer sums and the few worst rows, whatever the shard's size. The
-caller merges them in shard order (``check._merged``), so the ``Check`` is the one a single
-process makes of the shards' concatenation, bit for bit. A shard no process could audit (a
-local process died; a Dask worker died each time the scheduler retried it) is lost: the check
-raises ``ShardsLost`` naming it, never a partial report.
+counts, histograms, exact integer sums and the few worst rows, whatever the shard's size (and
+the shard's flagged rows when they are asked for). The caller merges them in shard order
+(``check._merged``), so the ``Check`` is the one a single process makes of the shards'
+concatenation, bit for bit; an error is the one the single process would raise. A shard no
+process could audit (a local process died; a Dask worker died each time the scheduler retried
+it) is lost: the check raises ``ShardsLost`` naming it, never a partial report.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xentaudit import impls as zoo
 from xentaudit.errors import ConfigError, ShardsLost, XentauditError
-from xentaudit.results import FlaggedRow, ShardInfo
 from xentaudit.shards import Shard
 
 if TYPE_CHECKING:
-    from xentaudit.check import CheckOptions, _Summary
+    from xentaudit.check import CheckOptions, FlaggedRowSink, Progress, _Summary
+    from xentaudit.results import ShardInfo
 
 CONNECT_SECONDS = 30  # how long to wait for a --scheduler to answer
 # read when the frameworks load: TensorFlow's intra-op pool; OpenMP's (torch's CPU ops)
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
 DASK_INSTALL = "pip install 'xentaudit[dask]'"
+_PARENT_POLL_S = 1.0  # how often a --jobs process checks that the process it serves is alive
 
 
 class _Merger:
-    """Takes the shards' summaries as they come, passes each shard's flagged rows on once the
-    shards before it are done (so they arrive in row order), and says what is missing."""
+    """Takes each shard's outcome as it comes (its summary, the user's error it raised, or why
+    it was lost), passes each shard's flagged rows on once the shards before it are done (so
+    they arrive in row order), and settles the run in shard order (``result``)."""
 
     def __init__(
         self,
         infos: Sequence[ShardInfo],
-        on_flagged_row: Callable[[FlaggedRow], None] | None,
-        progress: Callable[[int, int], None] | None,
+        on_flagged_row: FlaggedRowSink | None,
+        progress: Progress | None,
     ) -> None:
         self.infos = infos
         self.on_flagged_row = on_flagged_row
         self.progress = progress
         self.summaries: dict[int, _Summary] = {}
+        self.errors: dict[int, XentauditError] = {}
         self.lost: dict[int, str] = {}
         self.passed = 0  # shards whose flagged rows went on
         self.rows = 0
         self.total = sum(info.rows for info in infos)
 
-    def done(self, index: int, summary: _Summary) -> None:
+    def take(self, index: int, future: Future) -> bool:
+        """Take a finished shard's outcome; False when it is the user's error: the later shards
+        need not run (the error is the run's, or an earlier shard's), and are cancelled, which
+        leaves them without an outcome."""
+        if future.cancelled():
+            return True
+        try:
+            summary = future.result()
+        except XentauditError as exc:
+            self.errors[index] = exc
+            return False
+        except Exception as exc:  # the process (or the Dask worker) died: BrokenProcessPool...
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.lost[index] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            return True
         self.summaries[index] = summary
         self.rows += self.infos[index].rows
         if self.progress is not None:
@@ -63,44 +86,103 @@ class _Merger:
                     self.on_flagged_row(row)
             ready.flagged = None
             self.passed += 1
+        return True
 
     def result(self) -> list[_Summary]:
-        """Every shard's summary in order, or ``ShardsLost`` naming those missing."""
-        if self.lost:
-            missing = "; ".join(
-                f"{self.infos[i].path} ({why})" for i, why in sorted(self.lost.items())
-            )
-            raise ShardsLost(
-                f"{len(self.lost)} of {len(self.infos)} shards could not be audited, so the "
-                f"check is incomplete: {missing}; run them again (or without --jobs/--scheduler "
-                "to see why)"
-            )
-        return [self.summaries[i] for i in range(len(self.infos))]
+        """The summaries in shard order, settled as one process would: the first shard's error
+        is raised, unless an earlier shard had rows that cannot be audited (one process then
+        only scans the rest for more such rows, which the summaries returned hold); a lost
+        shard is ``ShardsLost`` naming every lost one."""
+        from xentaudit.check import refused
+
+        out: list[_Summary] = []
+        scanning = False
+        for index in range(len(self.infos)):
+            summary = self.summaries.get(index)
+            if summary is None:
+                if scanning:  # lost, or not audited after an error: its bad rows are unknown
+                    continue
+                if index in self.errors:
+                    raise self.errors[index]
+                assert index in self.lost, index  # cancelled only after an earlier error
+                raise self._lost()
+            out.append(summary)
+            scanning |= refused(summary)
+        return out
+
+    def _lost(self) -> ShardsLost:
+        missing = "; ".join(f"{self.infos[i].path} ({why})" for i, why in sorted(self.lost.items()))
+        return ShardsLost(
+            f"{len(self.lost)} of {len(self.infos)} shards could not be audited, so the check "
+            f"is incomplete: {missing}; audit them again (or without --jobs and --scheduler, "
+            "to see why)"
+        )
 
 
 def run(
     options: CheckOptions,
+    names: Sequence[str],
     shards: Sequence[Shard],
     infos: Sequence[ShardInfo],
     jobs: int,
     scheduler: str | None,
-    on_flagged_row: Callable[[FlaggedRow], None] | None,
-    progress: Callable[[int, int], None] | None,
+    on_flagged_row: FlaggedRowSink | None,
+    progress: Progress | None,
 ) -> list[_Summary]:
     """The summaries of ``shards`` (numbered as ``infos`` say), audited in ``jobs`` local
-    processes, or on the Dask cluster at ``scheduler``; in shard order."""
-    # Workers may run elsewhere (Dask) or in another directory: they get absolute paths, and
-    # every report names the shards as given (``infos``).
-    absolute = [
-        replace(s, path=s.path.resolve(), labels=s.labels and s.labels.resolve()) for s in shards
+    processes, or on the Dask cluster at ``scheduler``; in shard order. ``names``: the
+    implementations the caller resolved, which every process audits (a worker with other
+    backends installed would otherwise audit others)."""
+    if scheduler is not None:
+        _check_address(scheduler)
+    # Workers may run in another directory (Dask): they get absolute paths, and every report
+    # names the shards and the users' losses as given (``infos``, ``_as_given``).
+    given = {_absolute(name): name for name in names}
+    portable = replace(
+        options,
+        impls=tuple(given),
+        model=None if options.model is None else str(Path(options.model).absolute()),
+    )
+    tasks = [
+        (replace(s, path=s.path.absolute(), labels=s.labels and s.labels.absolute()), info)
+        for s, info in zip(shards, infos, strict=True)
     ]
     merger = _Merger(infos, on_flagged_row, progress)
-    tasks = list(zip(absolute, infos, strict=True))
+    collect = on_flagged_row is not None
     if scheduler is None:
-        _run_local(options, tasks, jobs, merger, on_flagged_row is not None)
+        tensorflow = any(zoo.backend_of(name) == "tensorflow" for name in names)
+        _run_local(portable, tasks, jobs, merger, collect, tensorflow)
     else:
-        _run_dask(options, tasks, scheduler, merger, on_flagged_row is not None)
-    return merger.result()
+        _run_dask(portable, tasks, scheduler, merger, collect)
+    return [_as_given(summary, given) for summary in merger.result()]
+
+
+def _absolute(name: str) -> str:
+    """A user's loss ``[tf:|torch:|jax:]path/to/file.py:fn`` with its path absolute; any other
+    implementation name as it is."""
+    if ":" not in name:
+        return name
+    located = zoo.user_backend(name)[1]
+    target, _, fn = located.rpartition(":")
+    if not (target.endswith(".py") or os.sep in target):
+        return name  # package.module:fn, imported by name
+    prefix = name[: len(name) - len(located)]  # "tf:", "torch:", "jax:" or nothing
+    return f"{prefix}{Path(target).absolute()}:{fn}"
+
+
+def _as_given(summary: _Summary, given: dict[str, str]) -> _Summary:
+    """``summary`` with the implementations named as the caller gave them."""
+    summary.tallies = {
+        (key[0], given.get(key[1], key[1]), *key[2:]): tally
+        for key, tally in summary.tallies.items()
+    }
+    summary.skipped = {
+        (given.get(impl, impl), dtype): replace(skip, impl=given.get(skip.impl, skip.impl))
+        for (impl, dtype), skip in summary.skipped.items()
+    }
+    if summary.flagged is not None:
+        summary.flagged = [replace(r, impl=given.get(r.impl, r.impl)) for r in summary.flagged]
+    return summary
 
 
 def _run_local(
@@ -109,6 +191,7 @@ def _run_local(
     jobs: int,
     merger: _Merger,
     collect: bool,
+    tensorflow: bool,
 ) -> None:
     from xentaudit.check import audit_shard
 
@@ -117,41 +200,59 @@ def _run_local(
     workers = min(jobs, len(tasks))
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_share_cores, initargs=(threads,)
+        max_workers=workers,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(os.getpid(), threads, tensorflow),
     ) as pool:
         pending: dict[Future, int] = {
             pool.submit(audit_shard, options, shard, info, collect): i
             for i, (shard, info) in enumerate(tasks)
         }
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    _collect(merger, pending.pop(future), future)
-        finally:
-            for future in pending:
-                future.cancel()
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index = pending.pop(future)
+                if not merger.take(index, future):
+                    for later in [f for f, i in pending.items() if i > index]:
+                        later.cancel()  # those not started; running ones finish
 
 
-def _share_cores(threads: int) -> None:
-    """In a --jobs process, before any framework loads: ``threads`` threads per operation
-    (the cores over the processes), so that N processes do not run N x cores threads; a
-    user's own setting of the variables wins."""
+def _start_worker(parent: int, threads: int, tensorflow: bool) -> None:
+    """A --jobs process, before any task: leave Ctrl-C to the process it serves (which ends the
+    run), end when that process is gone (killed, or ended by a signal without waiting for us),
+    share the cores (``THREAD_VARIABLES``: ``threads`` per operation, unless set), and import
+    TensorFlow as quietly as the command line does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="xentaudit-parent", daemon=True).start()
     for variable in THREAD_VARIABLES:
         os.environ.setdefault(variable, str(threads))
+    zoo.quiet_python_logs()
+    if tensorflow:
+        zoo.load_tf_quietly()
 
 
-def _collect(merger: _Merger, index: int, future: Future) -> None:
-    """A finished shard into ``merger``: its summary, or lost with why (a process that died);
-    the user's errors (bad input, a loss that raised) are raised as in one process."""
+def _check_address(scheduler: str) -> None:
+    """Refuse a --scheduler address that names no host and port, before connecting."""
     try:
-        summary = future.result()
-    except XentauditError:
-        raise
-    except Exception as exc:  # the process (or the Dask worker) died: BrokenProcessPool...
-        merger.lost[index] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        return
-    merger.done(index, summary)
+        from distributed.comm import get_address_host_port
+    except ImportError:
+        raise ConfigError(
+            f"--scheduler needs Dask's distributed scheduler: {DASK_INSTALL}"
+        ) from None
+    try:
+        get_address_host_port(scheduler)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--scheduler {scheduler}: not a scheduler address ({exc}); pass tcp://host:port, "
+            "as the scheduler prints it"
+        ) from None
 
 
 def _run_dask(
@@ -161,12 +262,8 @@ def _run_dask(
     merger: _Merger,
     collect: bool,
 ) -> None:
-    try:
-        from dask.distributed import Client, as_completed
-    except ImportError:
-        raise ConfigError(
-            f"--scheduler needs Dask's distributed scheduler: {DASK_INSTALL}"
-        ) from None
+    from dask.distributed import Client, as_completed
+
     from xentaudit.check import audit_shard
 
     try:
@@ -174,7 +271,7 @@ def _run_dask(
     except (OSError, ValueError) as exc:  # TimeoutError is an OSError
         raise ConfigError(
             f"--scheduler {scheduler}: cannot reach a Dask scheduler ({exc}); check the address "
-            "(tcp://host:8786)"
+            "and that the scheduler runs"
         ) from None
     with client:
         # pure=False: each run audits the files anew, even if the same shards were audited
@@ -190,7 +287,8 @@ def _run_dask(
         )
         index = {future.key: i for i, future in enumerate(futures)}
         try:
-            for future in as_completed(futures, loop=client.loop):
-                _collect(merger, index[future.key], future)
-        finally:
+            for future in as_completed(futures, loop=client.loop):  # cancelled ones too
+                if not merger.take(index[future.key], future):
+                    client.cancel([f for f in futures[index[future.key] + 1 :] if not f.done()])
+        finally:  # an interrupt: nothing of this run is left on the cluster
             client.cancel([f for f in futures if not f.done()])

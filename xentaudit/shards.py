@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,51 +78,72 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def _expand(spec: str, option: str) -> list[_Named]:
-    """The files ``spec`` names: itself, a folder's ``.npy``/``.npz`` files or a glob's
-    matches, the last two in natural order (``natural_key``)."""
+    """The files ``spec`` names: itself, a folder's ``.npy``/``.npz`` entries or a glob's, the
+    last two in natural order of their paths (``natural_key``). Entries are not opened here:
+    one that is no readable file (a dangling link, a folder named ``x.npy``) is refused by the
+    reader as a single file would be."""
     if not is_sharded(spec):
         path = Path(spec)
         return [_Named(path, path.stem, "")]
     if os.path.isdir(spec):
-        files = [p for p in Path(spec).iterdir() if p.suffix in SUFFIXES and p.is_file()]
-        if not files:
+        named = [_Named(p, p.stem, "") for p in Path(spec).iterdir() if p.suffix in SUFFIXES]
+        if not named:
             raise InputError(f"{option}{spec} is a folder without .npy or .npz files; check it")
-        named = [_Named(p, p.stem, "") for p in files]
     else:
         regex = _glob_regex(spec)
         named = []
         for match in glob.glob(spec):
             path, found = Path(match), regex.fullmatch(match)
-            if path.is_file() and path.suffix in SUFFIXES:
-                groups = "/".join(found.groups()) if found else path.stem
-                named.append(_Named(path, path.stem, groups))
+            if path.suffix in SUFFIXES:
+                matched = "/".join(found.groups()) if found and found.groups() else ""
+                named.append(_Named(path, path.stem, matched))
         if not named:
             raise InputError(
                 f"{option}{spec} matches no .npy or .npz file; check the pattern (quote it, so "
                 "that xentaudit expands it rather than the shell)"
             )
-    return sorted(named, key=lambda n: natural_key(n.path.name))
+    return sorted(named, key=lambda n: natural_key(str(n.path)))
+
+
+def _pairs(logits: list[_Named], labels: list[_Named], way: str) -> list[Shard] | None:
+    """Each logits shard with the one labels file of its key (``way``: "stem" or "matched"),
+    or None where the keys do not pair one to one."""
+    keys = [getattr(n, way) for n in logits]
+    table = {getattr(n, way): n.path for n in labels}
+    if len(table) != len(labels) or len(set(keys)) != len(keys) or set(keys) != set(table):
+        return None
+    return [Shard(n.path, table[key]) for n, key in zip(logits, keys, strict=True)]
 
 
 def _paired(logits: list[_Named], labels: list[_Named], spec: str) -> list[Shard]:
-    """Each logits shard with the labels of its name: the same file name without suffix, or
-    else the same text where both globs have wildcards (``logits-*.npy``, ``labels-*.npy``)."""
-    for key in ("stem", "matched"):
-        table = {getattr(n, key): n.path for n in labels}
-        if len(table) == len(labels) and all(getattr(n, key) in table for n in logits):
-            if len(labels) > len(logits):
-                used = {getattr(n, key) for n in logits}
-                extra = next(n.path for n in labels if getattr(n, key) not in used)
-                raise InputError(
-                    f"--labels {spec}: {extra} pairs with no logits shard; pass the labels of "
-                    "the shards audited, no more"
-                )
-            return [Shard(n.path, table[getattr(n, key)]) for n in logits]
-    names = {n.stem for n in labels}
-    lone = next(n.path for n in logits if n.stem not in names)
+    """Each logits shard with its labels, one to one: by file name without suffix, or else,
+    where both sides are globs with wildcards (``logits-*.npy``, ``labels-*.npy``), by what
+    the wildcards matched. Anything else is refused, saying which file does not pair."""
+    ways = ["stem"] + (["matched"] if all(n.matched for n in (*logits, *labels)) else [])
+    for way in ways:
+        pairs = _pairs(logits, labels, way)
+        if pairs is not None:
+            return pairs
+    for side, option in ((logits, ""), (labels, f"--labels {spec}: ")):
+        stems = Counter(n.stem for n in side)
+        twice = next((n.path for n in side if stems[n.stem] > 1), None)
+        if twice is not None:
+            raise InputError(
+                f"{option}two files are named {twice.stem} ({twice} and another): labels pair "
+                "with shards by file name; rename them, or pick them with globs whose wildcards "
+                "tell them apart"
+            )
+    stems = {n.stem for n in labels}
+    lone = next((n.path for n in logits if n.stem not in stems), None)
+    if lone is not None:
+        raise InputError(
+            f"--labels {spec}: no labels file pairs with {lone}; name each labels file as its "
+            "logits shard (logits/shard-07.npy with labels/shard-07.npy)"
+        )
+    extra = next(n.path for n in labels if n.stem not in {m.stem for m in logits})
     raise InputError(
-        f"--labels {spec}: no labels file pairs with {lone}; name each labels file as its "
-        "logits shard (logits/shard-07.npy with labels/shard-07.npy)"
+        f"--labels {spec}: {extra} pairs with no logits shard; pass the labels of the shards "
+        "audited, no more"
     )
 
 

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import os
 import signal
 import sys
@@ -85,10 +86,11 @@ BY_OPTION = {backend.option: name for name, backend in BACKENDS.items()}
 @dataclass(frozen=True)
 class Outcome:
     """What one implementation computed: per-row losses (float64) and the gradient (float32 or
-    float64, as computed), and the dtype its loss came out in."""
+    float64, as computed; None once graded and kept: ``audit.run_shared`` lets it go), and the
+    dtype its loss came out in."""
 
     loss: np.ndarray
-    grad: np.ndarray
+    grad: np.ndarray | None
     output_dtype: str
     # the framework's own mean of its per-row losses, in their dtype (what reduction="mean",
     # Keras' sum_over_batch_size, returns): the scalar the optimizer sees; None where the run
@@ -837,3 +839,29 @@ def mode_unavailable(name: str, mode: str) -> str | None:
 def load_tf() -> ModuleType:
     """The TensorFlow implementations (and TensorFlow with them), imported on first use."""
     return load_backend("tensorflow")
+
+
+def quiet_python_logs() -> None:
+    """Unless TF_CPP_MIN_LOG_LEVEL is "0" (the command line's -v): TensorFlow's Python logger
+    (retracing notices and the like) at ERROR; TensorFlow does not reset the level. For the
+    command line's processes (and those of ``parallel``), never the API's."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def load_tf_quietly() -> None:
+    """``load_tf``; at TF_CPP_MIN_LOG_LEVEL 3, with TensorFlow's C++ start-up lines, which
+    ignore that level and bypass Python, sent to /dev/null (the command line's processes)."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3" or "tensorflow" in sys.modules:
+        load_tf()
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        load_tf()
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
