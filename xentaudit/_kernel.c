@@ -4,28 +4,43 @@
    weights y >= 0), with a the first argmax, m = x_a and d_j + e_j = x_j - m exactly (TwoSum):
 
        q_j  = exp(d_j) (1 + e_j)                  (j != a; q_a = 1)
-       t    = sum_{j != a} q_j                     (compensated: 32 TwoSum lanes)
+       t    = sum_{j != a} q_j                     (compensated: 8 TwoSum lanes)
        L    = sum_j y_j (m - x_j) + sum(y) log1p(t)
        g_j  = q_j sum(y) / (1 + t) - y_j,   g_a = (sum_{j != a} y_j - y_a t) / (1 + t)
 
-   the formula of reference/softmax.py, in a few passes over each row while it stays in cache: the
-   extremes and argmax, the exponentials, the sums, the gradient and its largest magnitude.
-   On float32 rows whose differences x_j - m are provably exact, e_j = 0 and TwoSum is skipped.
+   the formula of reference/softmax.py, in three passes over each row while it stays in cache:
+   the extremes and argmax; the exponentials, each block of them summed while it is in the
+   first-level cache; the gradient and its largest magnitude. Dense labels add a pass for their
+   sums and one for that magnitude. On float32 rows whose differences x_j - m are provably exact,
+   e_j = 0 and TwoSum is skipped.
+
    exp is computed here rather than by libm so that the loop vectorises: Cody-Waite reduction
-   d = k ln2 + r, |r| <= ln2/2, and the degree-13 Taylor polynomial of exp(r) (its truncation
-   error is below 2^-57), evaluated with fused multiply-adds and scaled by 2^k exactly; the few
-   terms below exp(-708), whose results may be subnormal, are redone with 2^k applied in two
-   exact halves so that they are rounded once. Measured against mpmath over [-746, 0] (about 10
-   million points, dense and at the reduction's edges): within 0.77 ulp, 0.66 where the result
-   is normal (tests/test_kernel.py pins the figure).
+   d = k ln2 + r + r_lo, |r| <= ln2/2, exp(r + r_lo) = (1 + r) + r^2 P(r) + r_lo exp(r), with P the
+   degree-9 minimax polynomial of EXP_POLY (exp(r) within 3.72e-18 exp(r) for |r| <= 0.3466, below
+   the 5.7e-18 of the degree-13 Taylor polynomial it replaces), evaluated with fused
+   multiply-adds, 1 + r split exactly, and scaled by 2^k exactly. For a normal result y 2^k:
+
+       |y 2^k - e^d| <= ulp/2 + 2^k (r^2 |dL| + L |d(r^2)| + |dt| + |r_lo| |e^r - 1 - r|
+                                     + 3.72e-18 e^r)
+
+   where dL, d(r^2) and dt are the rounding errors of P's low part L, of r^2 and of the sum t of
+   the small terms: at most 0.145 ulp all together (where they are largest, y in [0.7, 1): r < 0,
+   L < 1/2, r^2 < 1/8, t < 1/16, so 2^-55 + |r| 2^-56, 2^-57 and 2^-58), so 0.645 ulp. In rows with
+   terms below exp(-708), whose results may be subnormal, y + y_lo (y_lo: y's rounding error) is
+   rounded once to the subnormal grid, where the errors above are at most half as many of its
+   ulps: 0.573 ulp. Measured against mpmath over [-746, 0] (130 million points, dense and at the
+   reduction's edges): 0.623 ulp for normal results, 0.554 for subnormal ones (the degree-13
+   polynomial: 0.66, and 0.77 where it rounded subnormal results twice); tests/test_kernel.py pins
+   both figures.
 
    The row loops are compiled once per x86-64 instruction-set level (x86-64-v4: AVX-512,
    x86-64-v3: AVX2 and FMA, x86-64: SSE2 with libm's fma), and the best level this CPU supports
    is chosen when the module loads, unless XENTAUDIT_KERNEL_ISA names another (isa() says which
-   runs). Every operation is an IEEE operation or an explicit fma, compiled with
-   -ffp-contract=off, and the sums keep their order, so every level gives the same bits. The GIL
-   is released while a block of rows is computed, so Python threads can share the rows of a
-   batch. */
+   runs). They are written with vectors of the level's width (GCC's vector extensions), and every
+   operation is an IEEE operation or an explicit fma, compiled with -ffp-contract=off; the sums
+   add element j in lane j % LANES whatever the width, and combine the lanes in one order, so
+   every level gives the same bits. The GIL is released while a block of rows is computed, so
+   Python threads can share the rows of a batch. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,109 +52,54 @@
    other compilers and machines get the one baseline clone. */
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && __GNUC__ >= 12
 #define ISA_CLONES 1
+#include <immintrin.h>
 #endif
 /* Helpers are inlined into each clone, so that they too use its instruction set. */
 #define INLINE inline __attribute__((always_inline))
+/* Loops over the vectors of a block of lanes are unrolled, so that their vectors stay in
+   registers. */
+#define UNROLL _Pragma("GCC unroll 16")
+
+/* LANES: the lanes of the compensated sums, the same in every clone (a multiple of every vector
+   width); BLOCK: the exponentials summed while they are in the first-level cache (8 KiB). */
+enum { LANES = 8, BLOCK = 1024 };
 
 static const double INV_LN2 = 1.4426950408889634;
 static const double LN2_HI = 6.93147180369123816490e-01; /* 0x3fe62e42fee00000: k*LN2_HI exact */
 static const double LN2_LO = 1.90821492927058770002e-10;
 static const double SHIFTER = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to integer */
+static const int64_t SHIFTER_BITS = 0x4338000000000000; /* its bit pattern */
+static const double NORMAL_MIN = -708.0;          /* exp(d) is normal above this */
 static const double UNDERFLOW = -746.0; /* exp(d) < 2^-1075 rounds to 0 below this */
+/* exp(r) = 1 + r + r^2 (c_0 + c_1 r + ... + c_9 r^9) within 3.72e-18 exp(r) (2^-57.9) for
+   |r| <= 0.3466 (> ln2/2 + 1e-13): the minimax polynomial of the relative error (Remez), c_0 and
+   c_1 rounded to double before the others were fitted, then those rounded (checked in mpmath). */
+static const double EXP_POLY[] = {
+    0x1.000000000000ap-1,  0x1.5555555555503p-3,  0x1.5555555550607p-5,  0x1.1111111124d39p-7,
+    0x1.6c16c184b4be3p-10, 0x1.a01a013d4d53fp-13, 0x1.a019989049d8bp-16, 0x1.71def43156c96p-19,
+    0x1.28aed59cbd4fap-22, 0x1.add7751cea3d8p-26,
+};
 
-/* exp(dc) = y 2^k with y in [0.7, 1.42], for -746 <= dc <= 0. */
-static INLINE double exp_core(double dc, int64_t *k) {
-    double kd = fma(dc, INV_LN2, SHIFTER);
-    int64_t ki;
-    memcpy(&ki, &kd, sizeof ki);
-    *k = ki - (int64_t)0x4338000000000000; /* the integer round(dc / ln2), in [-1077, 0] */
-    kd -= SHIFTER;
-    double rh = fma(-kd, LN2_HI, dc);
-    double r = fma(-kd, LN2_LO, rh);
-    double r_lo = fma(-kd, LN2_LO, rh - r); /* r + r_lo = dc - k ln2 to ~2^-100 */
-    double p = 1.0 / 6227020800.0;           /* 1/13! */
-    p = fma(p, r, 1.0 / 479001600.0);
-    p = fma(p, r, 1.0 / 39916800.0);
-    p = fma(p, r, 1.0 / 3628800.0);
-    p = fma(p, r, 1.0 / 362880.0);
-    p = fma(p, r, 1.0 / 40320.0);
-    p = fma(p, r, 1.0 / 5040.0);
-    p = fma(p, r, 1.0 / 720.0);
-    p = fma(p, r, 1.0 / 120.0);
-    p = fma(p, r, 1.0 / 24.0);
-    p = fma(p, r, 1.0 / 6.0);
-    p = fma(p, r, 0.5);
-    /* exp(r + r_lo) = (1 + r) + r^2 p + r_lo exp(r): 1 + r split exactly (Fast2Sum, |r| < 1)
-       so that the only rounding of size 1/2 ulp is the last addition. */
-    double s = 1.0 + r;
-    double s_lo = r - (s - 1.0);
-    return s + fma(r_lo, s, fma(p * r, r, s_lo));
-}
+/* s + c += w, error-free (Knuth's TwoSum): for doubles, and lane by lane for vectors. */
+#define ADD2(s, c, w)                                                          \
+    do {                                                                       \
+        __typeof__(s) t_ = (s) + (w), bp_ = t_ - (s);                          \
+        (c) += ((s) - (t_ - bp_)) + ((w) - bp_);                               \
+        (s) = t_;                                                              \
+    } while (0)
 
-static INLINE double pow2(int64_t k) { /* 2^k for -1022 <= k <= 1023 */
-    uint64_t bits = (uint64_t)(k + 1023) << 52;
-    double v;
-    memcpy(&v, &bits, sizeof v);
-    return v;
-}
+/* fma lane by lane: one instruction per vector where the instruction set has it. */
+#define VFMA(a, b, c)                                                          \
+    ({                                                                         \
+        __typeof__(a) r_ = (a), b_ = (b), c_ = (c);                            \
+        for (int l_ = 0; l_ < (int)(sizeof r_ / sizeof r_[0]); l_++)           \
+            r_[l_] = fma(r_[l_], b_[l_], c_[l_]);                              \
+        r_;                                                                    \
+    })
 
-/* exp(d) for NORMAL_MIN <= d <= 0, where the result is normal: one exact scaling. Smaller d
-   (the caller redoes those with exp_full) give a finite placeholder. */
-static const double NORMAL_MIN = -708.0;
-static INLINE double exp_normal(double d) {
-    int64_t k;
-    double y = exp_core(d < NORMAL_MIN ? NORMAL_MIN : d, &k);
-    return y * pow2(k);
-}
-
-/* exp(d) for any d <= 0: below NORMAL_MIN the result may be subnormal, so 2^k is applied in two
-   halves (y 2^k1 exact, then 2^k2 rounds once); below UNDERFLOW (-inf included) it is 0. */
-static INLINE double exp_full(double d) {
-    if (!(d >= UNDERFLOW)) return 0.0;
-    int64_t k;
-    double y = exp_core(d, &k);
-    int64_t k1 = k / 2;
-    return (y * pow2(k1)) * pow2(k - k1);
-}
-
-/* s + c += v, an error-free accumulation (TwoSum) */
-static INLINE void add2(double *s, double *c, double v) {
-    double t = *s + v;
-    double bp = t - *s;
-    *c += (*s - (t - bp)) + (v - bp);
-    *s = t;
-}
-
-typedef double v8d __attribute__((vector_size(64)));
-
-/* v8 accumulation s + c += w, error-free per lane (TwoSum) */
-static INLINE void vadd2(v8d *s, v8d *c, v8d w) {
-    v8d t = *s + w;
-    v8d bp = t - *s;
-    *c += (*s - (t - bp)) + (w - bp);
-    *s = t;
-}
-
-/* Compensated sum of v[0..n): TwoSum in 4 x 8 independent lanes (so that the additions
-   pipeline), the lanes then summed the same way. */
-static INLINE double csum(const double *v, Py_ssize_t n) {
-    v8d s[4] = {{0}}, c[4] = {{0}};
-    Py_ssize_t j = 0;
-    for (; j + 32 <= n; j += 32)
-        for (int u = 0; u < 4; u++) {
-            v8d w;
-            memcpy(&w, v + j + 8 * u, sizeof w);
-            vadd2(&s[u], &c[u], w);
-        }
-    double hi = 0.0, lo = 0.0;
-    for (; j < n; j++) add2(&hi, &lo, v[j]);
-    for (int u = 0; u < 4; u++)
-        for (int l = 0; l < 8; l++) {
-            add2(&hi, &lo, s[u][l]);
-            lo += c[u][l];
-        }
-    return hi + lo;
-}
+/* (mask & a) | (~mask & b), mask lanes all ones or all zeros, for vectors of any element type */
+#define SELECT(mask, a, b)                                                     \
+    ((__typeof__(a))(((__typeof__(mask))(a) & (mask)) | ((__typeof__(mask))(b) & ~(mask))))
 
 /* |v| as its bit pattern: for non-negative doubles the integer order is the numeric order, and
    NaN patterns lie above +inf, so an integer maximum of these is NaN if any value is NaN (as
@@ -157,10 +117,316 @@ static INLINE double from_bits(int64_t b) {
     return v;
 }
 
+/* Whether every x_j - m is exact in float64 for a float32 row of maximum mt, minimum mn and
+   smallest nonzero magnitude tiny, so that TwoSum can be skipped. Two float32 numbers whose
+   magnitudes are within a factor 2^27 of each other are integer multiples of 2^-24 times the
+   smaller one, and their difference is below 2^28 times it: 52 bits, exact in float64. Zeros
+   are exact too. */
+static int exact_f32(float mt, float mn, float tiny) {
+    double m = fabs((double)mt), hi = fabs((double)mn) > m ? fabs((double)mn) : m;
+    if (m == 0.0) return 1;
+    if (!(hi <= 0x1p27 * m)) return 0; /* -inf, or a logit far larger than the maximum */
+    return (double)tiny >= 0x1p-27 * m;
+}
+
+static int exact_f64(double mt, double mn, double tiny) {
+    (void)mt, (void)mn, (void)tiny;
+    return 0; /* float64 logits always take TwoSum */
+}
+
+/* The vector types of a clone whose vectors are BYTES wide. */
+#define TYPES_DEF(SUFFIX, BYTES)                                                \
+    typedef double vd_##SUFFIX __attribute__((vector_size(BYTES)));            \
+    typedef int64_t vi_##SUFFIX __attribute__((vector_size(BYTES)));
+
+/* exp(d) lane by lane, for d <= 0: d >= NORMAL_MIN unless FULL, which takes any d (-inf
+   included) and rounds subnormal results once; normal results get the same bits either way. */
+#define EXP_DEF(SUFFIX, TARGET)                                                 \
+    TARGET static INLINE vd_##SUFFIX exp_##SUFFIX(vd_##SUFFIX d, int full) {   \
+        typedef vd_##SUFFIX VD;                                                 \
+        typedef vi_##SUFFIX VI;                                                 \
+        VD kd = VFMA(d, (VD){0} + INV_LN2, (VD){0} + SHIFTER);                  \
+        /* k = round(d / ln2), in [-1077, 0], is kd's bits minus SHIFTER's */   \
+        VI kbits = (VI)kd;                                                      \
+        kd -= SHIFTER;                                                          \
+        VD rh = VFMA(-kd, (VD){0} + LN2_HI, d);                                 \
+        VD r = VFMA(-kd, (VD){0} + LN2_LO, rh);                                 \
+        VD r_lo = VFMA(-kd, (VD){0} + LN2_LO, rh - r); /* r + r_lo = d - k ln2 to ~2^-100 */ \
+        /* r^2 (c_0 + ... + c_9 r^9) = L r^2 + Q r^6: L = c_0 + c_1 r + c_2 r^2 + c_3 r^3 by     \
+           Horner (the terms that matter, rounded as in Horner's scheme) and Q by Estrin's, in   \
+           parallel: a short dependency chain. */                               \
+        const double *c = EXP_POLY;                                             \
+        VD r2 = r * r, r4 = r2 * r2;                                            \
+        VD L = VFMA(VFMA(VFMA(r, (VD){0} + c[3], (VD){0} + c[2]), r, (VD){0} + c[1]), r,  \
+                    (VD){0} + c[0]);                                            \
+        VD Q = VFMA(VFMA(r, (VD){0} + c[9], (VD){0} + c[8]), r4,                \
+                    VFMA(VFMA(r, (VD){0} + c[7], (VD){0} + c[6]), r2,           \
+                         VFMA(r, (VD){0} + c[5], (VD){0} + c[4])));             \
+        /* exp(r + r_lo) = (1 + r) + r^2 p + r_lo exp(r): 1 + r split exactly (Fast2Sum,     \
+           |r| < 1) so that the only rounding of size 1/2 ulp is the last addition. */       \
+        VD s = 1.0 + r;                                                         \
+        VD s_lo = r - (s - 1.0);                                                \
+        VD t = VFMA(L, r2, VFMA(Q, r4 * r2, VFMA(r_lo, s, s_lo)));              \
+        VD y = s + t; /* in [0.7, 1.42] */                                      \
+        /* y 2^k, exact while normal: SHIFTER's lowest 52 bits are 0, so k << 52 is kbits << 52 */ \
+        VD normal = (VD)((VI)y + (kbits << 52));                                \
+        VI low = (VI)(d < NORMAL_MIN);                                          \
+        int any = 0;                                                            \
+        for (int l = 0; l < (int)(sizeof low / sizeof low[0]); l++) any |= low[l] != 0; \
+        if (!full || !any) return normal;                                       \
+        VI k = kbits - SHIFTER_BITS, k1 = k >> 1;                               \
+        VD v = (VD)((VI)y + (k1 << 52)) * (VD)((k - k1 + 1023) << 52); /* y 2^k1 exact */ \
+        /* A subnormal v has rounded y a second time. Instead y + y_lo, y_lo the error of y's \
+           rounding (Fast2Sum, |s| >= |t|), is rounded once to the subnormal grid: scaled by   \
+           2^(k + 64) (exact), where the grid is G = 2^-1010, by adding 2^52 G (above every    \
+           scaled value, so the sum's ulp is G), the rounding's error e taken exactly and      \
+           y_lo's part added by moving to the neighbour beyond a midpoint. */   \
+        VD y_lo = t - (y - s), scale = (VD)((k + 64 + 1023) << 52);             \
+        VD z = y * scale, z_lo = y_lo * scale, S = z + 0x1p-958, e = z - (S - 0x1p-958); \
+        S += SELECT((VI)((e - 0x1p-1011) + z_lo > 0.0), (VD){0} + 0x1p-1010, (VD){0}); \
+        S -= SELECT((VI)((e + 0x1p-1011) + z_lo < 0.0), (VD){0} + 0x1p-1010, (VD){0}); \
+        v = SELECT((VI)(v <= 0x1p-1022), (S - 0x1p-958) * 0x1p-64, v);         \
+        return SELECT((VI)(d >= UNDERFLOW), v, (VD){0}); /* 0 below, -inf too */ \
+    }
+
+/* The W = BYTES / 8 logits at x as doubles: float32 through LOAD_F32 (GCC 12's
+   __builtin_convertvector widens in halves through memory, where cvtps2pd is one instruction). */
+#define LOAD_DEF(SUFFIX, TARGET, LOAD_F32)                                      \
+    TARGET static INLINE vd_##SUFFIX load_f32_##SUFFIX(const float *x) {        \
+        return (vd_##SUFFIX)LOAD_F32(x);                                        \
+    }                                                                           \
+    TARGET static INLINE vd_##SUFFIX load_f64_##SUFFIX(const double *x) {       \
+        vd_##SUFFIX v;                                                          \
+        memcpy(&v, x, sizeof v);                                                \
+        return v;                                                               \
+    }
+
+/* Largest, smallest and (float32) smallest nonzero magnitude of x[0..n) (no NaN), and the first
+   index of the largest (numpy's argmax): U vectors of W lanes at a time, with the index of each
+   lane's maximum alongside (in integers IT of T's size). Every width gives the same results. */
+#define EXTREMES_DEF(SUFFIX, TNAME, T, IT, UT, TARGET, BYTES)                   \
+    TARGET static INLINE Py_ssize_t extremes_##TNAME##_##SUFFIX(                \
+        const T *x, Py_ssize_t n, T *top, T *low, T *tiny) {                    \
+        typedef T VT __attribute__((vector_size(BYTES)));                       \
+        typedef IT VI __attribute__((vector_size(BYTES)));                      \
+        typedef UT VU __attribute__((vector_size(BYTES)));                      \
+        enum { W = BYTES / sizeof(T), U = 4 };                                  \
+        const UT magnitude = (UT)-1 >> 1;                                       \
+        VT hi[U], lo[U];                                                        \
+        VI at[U], lane;                                                         \
+        VU small[U]; /* |x_j| bits minus one: zero wraps to the largest */      \
+        for (int l = 0; l < W; l++) lane[l] = l;                                \
+        for (int u = 0; u < U; u++)                                             \
+            hi[u] = lo[u] = (VT){0} + x[0], at[u] = (VI){0}, small[u] = (VU){0} - 1; \
+        Py_ssize_t j = 0;                                                       \
+        for (; j + U * W <= n && j + U * W < (Py_ssize_t)1 << 31; j += U * W)   \
+            UNROLL for (int u = 0; u < U; u++) {                                \
+                VT v;                                                           \
+                memcpy(&v, x + j + u * W, sizeof v);                            \
+                VI up = v > hi[u], down = v < lo[u];                            \
+                hi[u] = SELECT(up, v, hi[u]);                                   \
+                lo[u] = SELECT(down, v, lo[u]);                                 \
+                at[u] = SELECT(up, lane + (IT)(j + u * W), at[u]);              \
+                if (sizeof(T) == 4) {                                           \
+                    VU b = ((VU)v & magnitude) - 1;                             \
+                    small[u] = SELECT((VI)(b < small[u]), b, small[u]);         \
+                }                                                               \
+            }                                                                   \
+        T mt = hi[0][0], mn = lo[0][0];                                         \
+        Py_ssize_t a = at[0][0];                                                \
+        UT least = (UT)-1;                                                      \
+        for (int u = 0; u < U; u++)                                             \
+            for (int l = 0; l < W; l++) {                                       \
+                if (hi[u][l] > mt || (hi[u][l] == mt && at[u][l] < a))          \
+                    mt = hi[u][l], a = at[u][l];                                \
+                mn = lo[u][l] < mn ? lo[u][l] : mn;                             \
+                least = small[u][l] < least ? small[u][l] : least;              \
+            }                                                                   \
+        for (; j < n; j++) {                                                    \
+            if (x[j] > mt) mt = x[j], a = j;                                    \
+            mn = x[j] < mn ? x[j] : mn;                                         \
+            UT b;                                                               \
+            memcpy(&b, x + j, sizeof b);                                        \
+            b = (b & magnitude) - 1;                                            \
+            least = b < least ? b : least;                                      \
+        }                                                                       \
+        least += 1;                                                             \
+        memcpy(tiny, &least, sizeof least);                                     \
+        *top = mt;                                                              \
+        *low = mn;                                                              \
+        return a;                                                               \
+    }
+
+/* q = exp(x - m)(1 + e) for the W logits at x, where e is the rounding error of d = x - m
+   (d + e == x - m exactly, Knuth's TwoSum) when TWOSUM, else 0; FULL as for exp. */
+#define EXPS_DEF(SUFFIX, TNAME, T, TARGET)                                      \
+    TARGET static INLINE vd_##SUFFIX exps_##TNAME##_##SUFFIX(const T *x, double m, int twosum, \
+                                                             int full) {        \
+        typedef vd_##SUFFIX VD;                                                 \
+        VD xv = load_##TNAME##_##SUFFIX(x), d = xv - m;                         \
+        VD q = exp_##SUFFIX(d, full);                                           \
+        if (!twosum) return q;                                                  \
+        VD bb = d - xv;                                                         \
+        VD qe = VFMA(q, (xv - (d - bb)) + (-m - bb), q);                        \
+        return full ? SELECT((vi_##SUFFIX)(q != 0.0), qe, q) : qe; /* exp(-inf): e is NaN */ \
+    }
+
+/* s + c += v[0..n) lane by lane, error-free, v[j] in [0, 1] into lane j % LANES: TwoSum, or
+   Fast2Sum (the same results) once every s >= 1. The lanes' sums s[] and their errors c[] are in
+   memory between calls, so that this loop has all registers. */
+#define LANES_ADD_DEF(SUFFIX, TARGET)                                           \
+    TARGET __attribute__((noinline)) static void lanes_add_##SUFFIX(            \
+        const double *v, Py_ssize_t n, double *s, double *c) {                  \
+        typedef vd_##SUFFIX VD;                                                 \
+        enum { W = sizeof(VD) / sizeof(double), U = LANES / W };                \
+        VD vs[U], vc[U], q;                                                     \
+        double rest[LANES] = {0}; /* the last terms, padded with zeros */       \
+        memcpy(rest, v + n / LANES * LANES, n % LANES * sizeof(double));        \
+        UNROLL for (int u = 0; u < U; u++) {                                    \
+            memcpy(&vs[u], s + u * W, sizeof q);                                \
+            memcpy(&vc[u], c + u * W, sizeof q);                                \
+        }                                                                       \
+        int big = 1;                                                            \
+        for (int l = 0; l < LANES; l++) big &= s[l] >= 1.0;                     \
+        if (big) /* v_j <= 1 <= s: Fast2Sum is exact, with 4 additions, not 6 */ \
+            for (Py_ssize_t j = 0; j < n; j += LANES) {                         \
+                const double *w = j + LANES <= n ? v + j : rest;                \
+                UNROLL for (int u = 0; u < U; u++) {                            \
+                    memcpy(&q, w + u * W, sizeof q);                            \
+                    VD t = vs[u] + q;                                           \
+                    vc[u] += q - (t - vs[u]);                                   \
+                    vs[u] = t;                                                  \
+                }                                                               \
+            }                                                                   \
+        else                                                                    \
+            for (Py_ssize_t j = 0; j < n; j += LANES) {                         \
+                const double *w = j + LANES <= n ? v + j : rest;                \
+                UNROLL for (int u = 0; u < U; u++) {                            \
+                    memcpy(&q, w + u * W, sizeof q);                            \
+                    ADD2(vs[u], vc[u], q);                                      \
+                }                                                               \
+            }                                                                   \
+        UNROLL for (int u = 0; u < U; u++) {                                    \
+            memcpy(s + u * W, &vs[u], sizeof q);                                \
+            memcpy(c + u * W, &vc[u], sizeof q);                                \
+        }                                                                       \
+    }
+
+/* The lanes' sum, compensated: lane by lane, in one order. */
+static double lanes_total(const double *s, const double *c) {
+    double hi = 0.0, lo = 0.0;
+    for (int l = 0; l < LANES; l++) {
+        ADD2(hi, lo, s[l]);
+        lo += c[l];
+    }
+    return hi + lo;
+}
+
+/* For the n logits of x, q_j into g (q_a = 0) and t = sum_j q_j, compensated in LANES lanes;
+   TWOSUM and FULL as for exps. Blocks of BLOCK terms: their exponentials, then their sum while
+   they are in the first-level cache. The loops are specialised for each TWOSUM and FULL by
+   inlining. */
+#define QPASS_DEF(SUFFIX, TNAME, T, TARGET)                                     \
+    TARGET static INLINE double qpass_##TNAME##_##SUFFIX(const T *x, Py_ssize_t n, double m, \
+                                                         Py_ssize_t a, int twosum, int full, \
+                                                         double *g) {           \
+        typedef vd_##SUFFIX VD;                                                 \
+        enum { W = sizeof(VD) / sizeof(double) };                               \
+        double s[LANES] = {0}, c[LANES] = {0};                                  \
+        for (Py_ssize_t start = 0; start < n; start += BLOCK) {                 \
+            Py_ssize_t end = n - start < BLOCK ? n : start + BLOCK, j = start;  \
+            for (; j + W <= end; j += W) {                                      \
+                VD q = exps_##TNAME##_##SUFFIX(x + j, m, twosum, full);         \
+                memcpy(g + j, &q, sizeof q);                                    \
+            }                                                                   \
+            if (j < end) { /* the row's last terms, padded with its maximum */  \
+                T pad[W];                                                       \
+                for (int l = 0; l < W; l++) pad[l] = x[j + l < end ? j + l : a]; \
+                VD q = exps_##TNAME##_##SUFFIX(pad, m, twosum, full);           \
+                memcpy(g + j, &q, (end - j) * sizeof(double));                  \
+            }                                                                   \
+            if (start <= a && a < end) g[a] = 0.0;                              \
+            lanes_add_##SUFFIX(g + start, end - start, s, c);                   \
+        }                                                                       \
+        return lanes_total(s, c);                                               \
+    }
+
+/* g_j *= scale for the n >= 0 values g_j >= 0, and their largest (after scaling). */
+#define SCALE_DEF(SUFFIX, TARGET)                                               \
+    TARGET static INLINE double scale_##SUFFIX(double *g, Py_ssize_t n, double scale) { \
+        typedef vd_##SUFFIX VD;                                                 \
+        enum { W = sizeof(VD) / sizeof(double), U = 2 * LANES / W };            \
+        VD top[U];                                                              \
+        for (int u = 0; u < U; u++) top[u] = (VD){0};                           \
+        Py_ssize_t j = 0;                                                       \
+        for (; j + U * W <= n; j += U * W)                                      \
+            UNROLL for (int u = 0; u < U; u++) {                                \
+                VD v;                                                           \
+                memcpy(&v, g + j + u * W, sizeof v);                            \
+                v *= scale;                                                     \
+                memcpy(g + j + u * W, &v, sizeof v);                            \
+                top[u] = SELECT((vi_##SUFFIX)(v > top[u]), v, top[u]);          \
+            }                                                                   \
+        double big = 0.0;                                                       \
+        for (int u = 0; u < U; u++)                                             \
+            for (int l = 0; l < W; l++) big = top[u][l] > big ? top[u][l] : big; \
+        for (; j < n; j++) {                                                    \
+            g[j] *= scale;                                                      \
+            big = g[j] > big ? g[j] : big;                                      \
+        }                                                                       \
+        return big;                                                             \
+    }
+
+/* Dense labels y: others = sum_{j != a} y_j and total = others + y_a, compensated, and the
+   compensated gaps = sum_{y_j > 0} y_j (m - x_j) (0 * -inf contributes 0, mass on it +inf; y_a
+   contributes y_a (m - x_a) = 0 to it, so it is left out of both sums). */
+#define LABEL_SUMS_DEF(SUFFIX, TNAME, T, TARGET)                                \
+    TARGET static INLINE void label_sums_##TNAME##_##SUFFIX(                    \
+        const T *x, const double *y, Py_ssize_t n, double m, Py_ssize_t a, double *total, \
+        double *others, double *gaps) {                                         \
+        typedef vd_##SUFFIX VD;                                                 \
+        typedef vi_##SUFFIX VI;                                                 \
+        enum { W = sizeof(VD) / sizeof(double), U = LANES / W };                \
+        VD os[U], oc[U], gs[U], gc[U];                                          \
+        for (int u = 0; u < U; u++) os[u] = oc[u] = gs[u] = gc[u] = (VD){0};    \
+        for (Py_ssize_t j = 0; j < n; j += LANES) {                             \
+            const T *xl = x + j;                                                \
+            const double *yl = y + j;                                           \
+            T xs[LANES];                                                        \
+            double ys[LANES];                                                   \
+            if (j + LANES > n || (size_t)(a - j) < LANES) { /* the end (no mass), or y_a */ \
+                for (int l = 0; l < LANES; l++) {                               \
+                    xs[l] = j + l < n ? x[j + l] : x[a];                        \
+                    ys[l] = j + l < n && j + l != a ? y[j + l] : 0.0;           \
+                }                                                               \
+                xl = xs, yl = ys;                                               \
+            }                                                                   \
+            UNROLL for (int u = 0; u < U; u++) {                                \
+                VD yv;                                                          \
+                memcpy(&yv, yl + u * W, sizeof yv);                             \
+                VD term = yv * (m - load_##TNAME##_##SUFFIX(xl + u * W));       \
+                ADD2(gs[u], gc[u], SELECT((VI)(yv > 0.0), term, (VD){0}));      \
+                ADD2(os[u], oc[u], yv);                                         \
+            }                                                                   \
+        }                                                                       \
+        double ohi = 0.0, olo = 0.0, ghi = 0.0, glo = 0.0;                      \
+        for (int u = 0; u < U; u++)                                             \
+            for (int l = 0; l < W; l++) {                                       \
+                ADD2(ohi, olo, os[u][l]);                                       \
+                olo += oc[u][l];                                                \
+                ADD2(ghi, glo, gs[u][l]);                                       \
+                glo += gc[u][l];                                                \
+            }                                                                   \
+        *others = ohi + olo;                                                    \
+        ADD2(ohi, olo, y[a]);                                                   \
+        *total = ohi + olo;                                                     \
+        *gaps = isinf(ghi) ? ghi : ghi + glo; /* mass on a -inf logit: glo is NaN */ \
+    }
+
 /* max_j |G_j - g_j| and max_j |G_j| (NaN if any G_j is NaN), G of type T. */
-#define GRAD_ERROR_DEF(NAME, T, TARGET)                                         \
-    TARGET static void NAME(const T *G, const double *g, Py_ssize_t n, double *err, \
-                            double *size) {                                     \
+#define GRAD_ERROR_DEF(SUFFIX, TNAME, T, TARGET)                                \
+    TARGET static void grad_error_##TNAME##_##SUFFIX(const T *G, const double *g, Py_ssize_t n, \
+                                                     double *err, double *size) { \
         int64_t e = 0, s = 0;                                                   \
         for (Py_ssize_t j = 0; j < n; j++) {                                    \
             int64_t d = abs_bits((double)G[j] - g[j]), a = abs_bits((double)G[j]); \
@@ -171,176 +437,82 @@ static INLINE double from_bits(int64_t b) {
         *size = from_bits(s);                                                   \
     }
 
-/* Largest and smallest of x[0..n) (no NaN), and the first index of the largest (numpy's
-   argmax), W lanes of BYTES bytes at a time with the index of each lane's maximum alongside (in
-   integers IT of T's size). BYTES is the clone's vector width: vectors wider than the
-   instruction set's are split into scalar code. Every width gives the same results. */
-#define EXTREMES_DEF(NAME, T, IT, BYTES)                                        \
-    static INLINE Py_ssize_t NAME(const T *x, Py_ssize_t n, T *top, T *low) {   \
-        typedef T VT __attribute__((vector_size(BYTES)));                       \
-        typedef IT VI __attribute__((vector_size(BYTES)));                      \
-        enum { W = BYTES / sizeof(T) };                                         \
-        VT hi, lo;                                                              \
-        VI at = {0}, lane;                                                      \
-        for (int l = 0; l < W; l++) hi[l] = lo[l] = x[0], lane[l] = l;          \
-        Py_ssize_t j = 0;                                                       \
-        for (; j + W <= n && j + W < (Py_ssize_t)1 << 31; j += W) {             \
-            VT v;                                                               \
-            memcpy(&v, x + j, sizeof v);                                        \
-            VI up = v > hi, down = v < lo;                                      \
-            hi = (VT)(((VI)v & up) | ((VI)hi & ~up));                           \
-            lo = (VT)(((VI)v & down) | ((VI)lo & ~down));                       \
-            at = ((lane + (VI){0} + (int)j) & up) | (at & ~up);                  \
-        }                                                                       \
-        T mt = hi[0], mn = lo[0];                                               \
-        Py_ssize_t a = at[0];                                                   \
-        for (int l = 1; l < W; l++) {                                           \
-            if (hi[l] > mt || (hi[l] == mt && at[l] < a)) mt = hi[l], a = at[l]; \
-            mn = lo[l] < mn ? lo[l] : mn;                                       \
-        }                                                                       \
-        for (; j < n; j++) {                                                    \
-            if (x[j] > mt) mt = x[j], a = j;                                    \
-            mn = x[j] < mn ? x[j] : mn;                                         \
-        }                                                                       \
-        *top = mt;                                                              \
-        *low = mn;                                                              \
-        return a;                                                               \
-    }
-
-/* Whether every x_j - m is exact in float64 for this float32 row (mt its maximum, mn its
-   minimum), so that TwoSum can be skipped. Two float32 numbers whose magnitudes are within a
-   factor 2^27 of each other are integer multiples of 2^-24 times the smaller one, and their
-   difference is below 2^28 times it: 52 bits, exact in float64. Zeros are exact too. */
-static INLINE int float32_differences_exact(const float *x, Py_ssize_t n, float mt, float mn) {
-    double m = fabs((double)mt), hi = fabs((double)mn) > m ? fabs((double)mn) : m;
-    if (m == 0.0) return 1;
-    if (!(hi <= 0x1p27 * m)) return 0; /* -inf, or a logit far larger than the maximum */
-    uint32_t low = 0xffffffffu;        /* smallest nonzero |x_j|, as bits, minus one */
-    for (Py_ssize_t j = 0; j < n; j++) {
-        uint32_t b;
-        memcpy(&b, x + j, sizeof b);
-        b = (b & 0x7fffffffu) - 1u; /* zero wraps to the largest value */
-        low = b < low ? b : low;
-    }
-    uint32_t bits = low + 1u;
-    float smallest;
-    memcpy(&smallest, &bits, sizeof smallest);
-    return (double)smallest >= 0x1p-27 * m;
-}
-
-static INLINE int float64_differences_exact(const double *x, Py_ssize_t n, double mt, double mn) {
-    (void)x, (void)n, (void)mt, (void)mn;
-    return 0; /* float64 logits always take TwoSum */
-}
-
-/* The error e of d = fl(x - m): d + e == x - m exactly (Knuth's TwoSum). */
-static INLINE double difference_error(double x, double m, double d) {
-    double bb = d - x;
-    return (x - (d - bb)) + (-m - bb);
-}
-
-/* q_j = exp(x_j - m)(1 + e_j) into g, for the x_j - m >= NORMAL_MIN; TWOSUM 0 when e_j = 0. */
-#define EXP_PASS(T, TWOSUM)                                                     \
-    for (Py_ssize_t j = 0; j < n; j++) {                                        \
-        double xj = (double)x[j];                                               \
-        double d = xj - m;                                                      \
-        double p = exp_normal(d);                                               \
-        if (TWOSUM) p = fma(p, difference_error(xj, m, d), p);                  \
-        g[j] = p;                                                               \
-    }
-
-/* Compensated sum of y_j * (m - x_j) over the j with y_j > 0 (0 * -inf contributes 0). */
-#define GAPS_DEF(NAME, T)                                                       \
-    static INLINE double NAME(const T *x, const double *y, Py_ssize_t n, double m) { \
-        double hi = 0.0, lo = 0.0;                                              \
-        for (Py_ssize_t j = 0; j < n; j++)                                      \
-            if (y[j] > 0) add2(&hi, &lo, y[j] * (m - (double)x[j]));            \
-        return isinf(hi) ? hi : hi + lo; /* mass on a -inf logit: lo is NaN */  \
-    }
-
-GAPS_DEF(gaps_f32, float)
-GAPS_DEF(gaps_f64, double)
-
-/* One row: q_j into g (exp pass), then the sums, the loss and the gradient (scale pass). */
-#define ROW_DEF(NAME, GAPS, EXTREMES, EXACT, T, TARGET)                         \
-    TARGET static void NAME(const T *x, Py_ssize_t n, const double *y, int64_t k, \
-                            double *loss, double *g, double *size) {            \
-        T mt, mn;                                                               \
-        Py_ssize_t a = EXTREMES(x, n, &mt, &mn);                                \
-        double m = (double)mt;                                                  \
-        if (EXACT(x, n, mt, mn)) {                                              \
-            EXP_PASS(T, 0)                                                      \
-        } else {                                                                \
-            EXP_PASS(T, 1)                                                      \
-        }                                                                       \
-        if ((double)mn - m < NORMAL_MIN) /* subnormal, zero or -inf terms */    \
-            for (Py_ssize_t j = 0; j < n; j++) {                                \
-                double xj = (double)x[j];                                       \
-                double d = xj - m;                                              \
-                if (d < NORMAL_MIN) {                                           \
-                    double p = exp_full(d);                                     \
-                    g[j] = p == 0.0 ? 0.0 : fma(p, difference_error(xj, m, d), p); \
-                }                                                               \
-            }                                                                   \
-        g[a] = 0.0;                                                             \
-        double t = csum(g, n);                                                  \
+/* One row: the extremes, then q_j into g with their sum (qpass), the loss and the gradient. */
+#define ROW_DEF(SUFFIX, TNAME, T, TARGET)                                       \
+    TARGET static void row_##TNAME##_##SUFFIX(const T *x, Py_ssize_t n, const double *y,   \
+                                              int64_t k, double *loss, double *g, double *size) { \
+        T mt, mn, tiny;                                                         \
+        Py_ssize_t a = extremes_##TNAME##_##SUFFIX(x, n, &mt, &mn, &tiny);      \
+        double m = (double)mt, t;                                               \
+        int twosum = !exact_##TNAME(mt, mn, tiny), full = (double)mn - m < NORMAL_MIN; \
+        if (twosum && full)                                                     \
+            t = qpass_##TNAME##_##SUFFIX(x, n, m, a, 1, 1, g);                  \
+        else if (twosum)                                                        \
+            t = qpass_##TNAME##_##SUFFIX(x, n, m, a, 1, 0, g);                  \
+        else if (full)                                                          \
+            t = qpass_##TNAME##_##SUFFIX(x, n, m, a, 0, 1, g);                  \
+        else                                                                    \
+            t = qpass_##TNAME##_##SUFFIX(x, n, m, a, 0, 0, g);                  \
         double denom = 1.0 + t;                                                 \
-        double total, others, y_a, gaps;                                        \
         if (y == NULL) {                                                        \
-            total = 1.0;                                                        \
-            others = k == a ? 0.0 : 1.0;                                        \
-            y_a = k == a ? 1.0 : 0.0;                                           \
-            gaps = m - (double)x[k];                                            \
-        } else {                                                                \
-            total = csum(y, n);                                                 \
-            y_a = y[a];                                                         \
-            others = csum(y, a) + csum(y + a + 1, n - a - 1);                   \
-            gaps = GAPS(x, y, n, m);                                            \
-        }                                                                       \
-        *loss = gaps + total * log1p(t);                                        \
-        double scale = total / denom;                                           \
-        int64_t big = 0; /* max_j |g_j|, as bits */                             \
-        if (y == NULL) { /* g_a = 0 here; g_k is set after the loop */          \
-            double q_k = g[k];                                                  \
-            g[k] = 0.0;                                                         \
-            for (Py_ssize_t j = 0; j < n; j++) {                                \
-                g[j] *= scale;                                                  \
-                int64_t b = abs_bits(g[j]);                                     \
-                big = b > big ? b : big;                                        \
-            }                                                                   \
+            double y_a = k == a ? 1.0 : 0.0, scale = 1.0 / denom, q_k = g[k];   \
+            *loss = (m - (double)x[k]) + log1p(t);                              \
+            g[k] = 0.0; /* g_a = 0 too: the largest of the others below */      \
+            int64_t big = abs_bits(scale_##SUFFIX(g, n, scale));                \
             g[k] = fma(q_k, scale, -1.0);                                       \
-            g[a] = fma(-y_a, t, others) / denom;                                \
+            g[a] = fma(-y_a, t, 1.0 - y_a) / denom;                             \
             big = abs_bits(g[k]) > big ? abs_bits(g[k]) : big;                  \
             big = abs_bits(g[a]) > big ? abs_bits(g[a]) : big;                  \
+            *size = from_bits(big);                                             \
         } else {                                                                \
+            double total, others, gaps;                                         \
+            label_sums_##TNAME##_##SUFFIX(x, y, n, m, a, &total, &others, &gaps); \
+            *loss = gaps + total * log1p(t);                                    \
+            double scale = total / denom;                                       \
             for (Py_ssize_t j = 0; j < n; j++) g[j] = fma(g[j], scale, -y[j]);  \
-            g[a] = fma(-y_a, t, others) / denom;                                \
-            for (Py_ssize_t j = 0; j < n; j++) {                                \
-                int64_t b = abs_bits(g[j]);                                     \
-                big = b > big ? b : big;                                        \
-            }                                                                   \
+            g[a] = fma(-y[a], t, others) / denom;                               \
+            int64_t big = 0; /* max_j |g_j|, as bits */                         \
+            for (Py_ssize_t j = 0; j < n; j++) big = abs_bits(g[j]) > big ? abs_bits(g[j]) : big; \
+            *size = from_bits(big);                                             \
         }                                                                       \
-        *size = from_bits(big);                                                 \
     }
 
-/* exp of n values d <= 0, as the row loop chooses between the two (for the tests). */
-#define EXP_ARRAY_DEF(NAME, TARGET)                                             \
-    TARGET static void NAME(const double *d, double *out, Py_ssize_t n) {       \
-        for (Py_ssize_t j = 0; j < n; j++)                                      \
-            out[j] = d[j] < NORMAL_MIN ? exp_full(d[j]) : exp_normal(d[j]);     \
+/* exp of n values d <= 0, as a row computes them: the FULL exp where d < NORMAL_MIN (a row with
+   such terms takes it for all of them, which gives normal results the same bits), for the tests. */
+#define EXP_ARRAY_DEF(SUFFIX, TARGET)                                           \
+    TARGET static void exp_array_##SUFFIX(const double *d, double *out, Py_ssize_t n) { \
+        typedef vd_##SUFFIX VD;                                                 \
+        enum { W = sizeof(VD) / sizeof(double) };                               \
+        for (Py_ssize_t j = 0; j < n; j += W) {                                 \
+            int used = n - j < W ? (int)(n - j) : W;                            \
+            VD v = {0};                                                         \
+            memcpy(&v, d + j, used * sizeof(double));                           \
+            VD e = SELECT((vi_##SUFFIX)(v < NORMAL_MIN), exp_##SUFFIX(v, 1), exp_##SUFFIX(v, 0)); \
+            memcpy(out + j, &e, used * sizeof(double));                         \
+        }                                                                       \
     }
 
 /* Every entry point compiled for one instruction set, named with SUFFIX, BYTES its vector width. */
-#define KERNELS_DEF(SUFFIX, TARGET, BYTES)                                                 \
-    EXTREMES_DEF(extremes_f32_##SUFFIX, float, int32_t, BYTES)                             \
-    EXTREMES_DEF(extremes_f64_##SUFFIX, double, int64_t, BYTES)                            \
-    ROW_DEF(row_f32_##SUFFIX, gaps_f32, extremes_f32_##SUFFIX, float32_differences_exact,  \
-            float, TARGET)                                                                 \
-    ROW_DEF(row_f64_##SUFFIX, gaps_f64, extremes_f64_##SUFFIX, float64_differences_exact,  \
-            double, TARGET)                                                                \
-    GRAD_ERROR_DEF(grad_error_f32_##SUFFIX, float, TARGET)                                 \
-    GRAD_ERROR_DEF(grad_error_f64_##SUFFIX, double, TARGET)                                \
-    EXP_ARRAY_DEF(exp_array_##SUFFIX, TARGET)
+#define KERNELS_DEF(SUFFIX, TARGET, BYTES, LOAD_F32)                                    \
+    TYPES_DEF(SUFFIX, BYTES)                                                    \
+    EXP_DEF(SUFFIX, TARGET)                                                     \
+    LOAD_DEF(SUFFIX, TARGET, LOAD_F32)                                          \
+    EXTREMES_DEF(SUFFIX, f32, float, int32_t, uint32_t, TARGET, BYTES)          \
+    EXTREMES_DEF(SUFFIX, f64, double, int64_t, uint64_t, TARGET, BYTES)         \
+    EXPS_DEF(SUFFIX, f32, float, TARGET)                                        \
+    EXPS_DEF(SUFFIX, f64, double, TARGET)                                       \
+    LANES_ADD_DEF(SUFFIX, TARGET)                                               \
+    QPASS_DEF(SUFFIX, f32, float, TARGET)                                       \
+    QPASS_DEF(SUFFIX, f64, double, TARGET)                                      \
+    SCALE_DEF(SUFFIX, TARGET)                                                   \
+    LABEL_SUMS_DEF(SUFFIX, f32, float, TARGET)                                  \
+    LABEL_SUMS_DEF(SUFFIX, f64, double, TARGET)                                 \
+    GRAD_ERROR_DEF(SUFFIX, f32, float, TARGET)                                  \
+    GRAD_ERROR_DEF(SUFFIX, f64, double, TARGET)                                 \
+    ROW_DEF(SUFFIX, f32, float, TARGET)                                         \
+    ROW_DEF(SUFFIX, f64, double, TARGET)                                        \
+    EXP_ARRAY_DEF(SUFFIX, TARGET)
+
 
 typedef struct {
     const char *name; /* the value of XENTAUDIT_KERNEL_ISA that selects this clone */
@@ -360,10 +532,19 @@ typedef struct {
 
 static int always(void) { return 1; }
 
-KERNELS_DEF(base, , 16)
+/* float32 to float64: two lanes in SSE2, one cvtps2pd per vector in the clones */
+#define LOAD_F32_BASE(x)                                                       \
+    ({                                                                         \
+        float v_[2];                                                           \
+        memcpy(v_, x, sizeof v_);                                              \
+        (vd_base){v_[0], v_[1]};                                               \
+    })
+KERNELS_DEF(base, , 16, LOAD_F32_BASE)
 #ifdef ISA_CLONES
-KERNELS_DEF(v4, __attribute__((target("arch=x86-64-v4"))), 64)
-KERNELS_DEF(v3, __attribute__((target("arch=x86-64-v3"))), 32)
+#define LOAD_F32_V4(x) _mm512_cvtps_pd(_mm256_loadu_ps(x))
+#define LOAD_F32_V3(x) _mm256_cvtps_pd(_mm_loadu_ps(x))
+KERNELS_DEF(v4, __attribute__((target("arch=x86-64-v4"))), 64, LOAD_F32_V4)
+KERNELS_DEF(v3, __attribute__((target("arch=x86-64-v3"))), 32, LOAD_F32_V3)
 static int has_v4(void) { return __builtin_cpu_supports("x86-64-v4"); }
 static int has_v3(void) { return __builtin_cpu_supports("x86-64-v3"); }
 #endif

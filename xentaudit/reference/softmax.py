@@ -20,7 +20,7 @@ Three methods share that formula:
 
 * ``float64``: the compiled kernel ``xentaudit._kernel`` (C), row by row in float64 arithmetic.
   The exponent x_j - m is made exact with Knuth's TwoSum and the rounding error folded back in as
-  exp(d + e) = exp(d)(1 + e); exp is the kernel's own (within 0.77 ulp, tested against mpmath) and
+  exp(d + e) = exp(d)(1 + e); exp is the kernel's own (within 0.65 ulp, tested against mpmath) and
   the sums are compensated, so the only roundings left are in exp, log1p and the last few
   operations: at most a few units in the last place of float64. Rows are shared among threads.
 * ``float64-numpy``: the same float64 formula in numpy, for installs without the kernel (it is
