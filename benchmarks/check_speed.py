@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,19 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import apply_isa, describe, isa_option
+from machine import apply_isa, describe, isa_option, median_time, saved_logits
 
 ROWS, CLASSES = 4096, 32000
-
-
-def median_time(fn, runs: int) -> float:
-    fn()  # warm-up: traces, caches
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def write_npy(path: Path, rows: int, classes: int, seed: int) -> None:
@@ -82,12 +71,8 @@ def speed(runs: int) -> None:
     from xentaudit.check import CHUNK_ENTRIES, check_file
     from xentaudit.reference import cross_entropy
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((ROWS, CLASSES), dtype=np.float32)
-    k = rng.integers(0, CLASSES, ROWS)
     with tempfile.TemporaryDirectory(dir=".") as folder:
-        path = Path(folder) / "x.npz"
-        np.savez(path, logits=x, labels=k)
+        x, k, path = saved_logits(Path(folder), ROWS, CLASSES)
 
         logits = tf.constant(x)
         labels = tf.one_hot(k, CLASSES, dtype=tf.float32)

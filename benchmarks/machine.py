@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 
 
 def describe() -> str:
@@ -49,3 +54,26 @@ def wall(cmd: list[str]) -> float:
     if done.returncode not in (0, 1):
         sys.exit(f"{' '.join(cmd[:4])}... failed (exit {done.returncode}): {done.stderr[-500:]}")
     return time.perf_counter() - start
+
+
+def median_time(fn: Callable[[], object], runs: int) -> float:
+    """Seconds ``fn`` takes in this process: the median of ``runs`` calls after one warm-up
+    (imports, traces, compiles, caches)."""
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def saved_logits(folder: Path, rows: int, classes: int) -> tuple[np.ndarray, np.ndarray, Path]:
+    """Standard-normal float32 logits and uniform class labels (seed 0), and the ``.npz`` in
+    ``folder`` that holds them (arrays ``logits`` and ``labels``)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, classes), dtype=np.float32)
+    k = rng.integers(0, classes, rows)
+    path = folder / "x.npz"
+    np.savez(path, logits=x, labels=k)
+    return x, k, path

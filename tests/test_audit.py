@@ -371,3 +371,18 @@ def test_clipped_at_several_eps_is_told_apart_in_the_table_and_verdict() -> None
     assert [(f.impl, f.eps) for f in v.failing] == [("clipped", 1e-7)]  # 1e-30 clips nothing
     text = table.render(a, title="t")
     assert "clipped eps=1e-07" in text and "clipped eps=1e-30" in text
+
+
+def test_an_array_changed_in_place_between_audits_is_audited_anew() -> None:
+    """TensorFlow's runs share one batch's tensors (``Rounded.tensors``), never a later
+    batch's: the same array, changed in place, is copied again."""
+    x = np.array([[0.0, 1.0, 2.0]], dtype=np.float32)
+    y = np.array([2])
+    options = {"impls": ["tf_softmax_xent", "log_softmax"], "modes": ["eager"]}
+    audit(x, y, dtypes=["float32"], **options)
+    x[0] = [2.0, 1.0, 0.0]
+    again = audit(x, y, dtypes=["float32"], **options)
+    exact = math.log(math.exp(2) + math.exp(1) + 1) - 0.0  # LSE(x) - x_2, closed form
+    for result in again.results:
+        # float32: a few roundings in exp, sum and log, 8 eps of the loss is ample
+        assert result.loss_rows[0] == pytest.approx(exact, rel=8 * 2.0**-23)

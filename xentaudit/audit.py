@@ -283,6 +283,12 @@ class Rounded:
     ignore_class: int | None = None
 
     @cached_property
+    def tensors(self) -> dict:
+        """Where TensorFlow's runs keep this batch's tensors, made once for every
+        implementation (``tf_zoo.run``): a cache that lives as long as the batch."""
+        return {}
+
+    @cached_property
     def bound(self) -> np.ndarray:
         """B_i, the bound of the exact gradient's entries of each row (softmax: max(sum_j y_ij,
         1); ``losses`` for the others)."""
@@ -437,6 +443,9 @@ def _run(
     if ignore is not None:
         labels = None  # the classes, N among them, and N
     args = (rounded.logits, labels, rounded.classes, timeout, policy, loss_scale)
+    # TensorFlow copies arrays into its tensors (torch views them, JAX takes them as given):
+    # its runs share one copy per batch
+    shared = {"tensors": rounded.tensors} if impl.backend == "tensorflow" else {}
     return zoo.load_backend(impl.backend).run(
         name,
         eps,
@@ -447,6 +456,7 @@ def _run(
         mean=mean,
         smoothing=smoothing,
         ignore=ignore,
+        **shared,
     )
 
 
@@ -702,7 +712,8 @@ def run_shared(
     and with a ``loss_scale``, ``max_loss_scale`` too; once per distinct computation on
     ``rounded``: an implementation without Keras layers computes the same under every policy,
     so ``runs`` (a cache for one rounded batch) hands back its first run. ``mean``: as for
-    ``run_graded``."""
+    ``run_graded``. The outcome comes without its gradient, which the grades sum up: ``runs``
+    would otherwise hold the batch's gradients of every implementation at once."""
     key = (variant.impl, variant.eps, mode, zoo.computes_in(variant.impl, policy), mean)
     if key not in runs:
         scale = 1.0 if loss_scale is None else loss_scale
@@ -712,7 +723,7 @@ def run_shared(
         largest = None
         if loss_scale is not None:
             largest = max_loss_scale(variant, mode, rounded, timeout, policy)
-        runs[key] = (outcome, grades, largest)
+        runs[key] = (replace(outcome, grad=None), grades, largest)
     return runs[key]
 
 

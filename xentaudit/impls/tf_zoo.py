@@ -386,6 +386,28 @@ def loss_fn(name: str, build: Build, given: str = "logits") -> LossFn:
 _GRAPH_CACHE: dict[tuple[str, str, model.ModelPath | None, str, Build], Callable] = {}
 
 
+def _tensors(
+    logits: np.ndarray, labels: np.ndarray | None, classes: np.ndarray | None, shared: dict
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The logits, the dense labels (the one-hot of ``classes`` where ``labels`` is None) and
+    the classes as tensors, kept in ``shared`` (one batch's cache) for the next run on the
+    same arrays: every implementation run on a chunk of `check` shares one copy into
+    TensorFlow and one one-hot."""
+    key = (id(logits), id(labels), id(classes))  # the batch holds the arrays: ids stay theirs
+    if key not in shared:
+        x = tf.constant(logits)
+        k = tf.constant(
+            classes if classes is not None else np.zeros(logits.shape[0]), dtype=tf.int32
+        )
+        y = (
+            tf.constant(labels)
+            if labels is not None
+            else tf.one_hot(k, logits.shape[1], dtype=x.dtype)
+        )
+        shared[key] = (x, y, k)
+    return shared[key]
+
+
 def _with_gradient(fn: LossFn) -> Callable:
     def step(
         x: tf.Tensor, y: tf.Tensor, classes: tf.Tensor, eps: tf.Tensor, scale: tf.Tensor
@@ -437,6 +459,7 @@ def run(
     mean: bool = False,
     smoothing: float = 0.0,
     ignore: int | None = None,
+    tensors: dict | None = None,
 ) -> Outcome:
     """Run implementation ``name`` eagerly or inside ``tf.function`` (``mode`` "graph"), its
     Keras layers built under the Keras dtype policy ``policy``; a focal loss with ``focus``; a
@@ -452,11 +475,10 @@ def run(
     times the loss, held in the logits' dtype as training holds it (so it overflows as there),
     and comes back divided by ``loss_scale``, float16 and bfloat16 widened to float32.
     ``timeout``: seconds the run (its tracing included) may take, or None (see
-    ``impls.time_limit`` for what it can interrupt).
+    ``impls.time_limit`` for what it can interrupt). ``tensors``: a cache kept for one batch
+    (``audit.Rounded.tensors``), where the runs on the same arrays share their tensors.
     """
-    x = tf.constant(logits)
-    k = tf.constant(classes if classes is not None else np.zeros(logits.shape[0]), dtype=tf.int32)
-    y = tf.constant(labels) if labels is not None else tf.one_hot(k, logits.shape[1], dtype=x.dtype)
+    x, y, k = _tensors(logits, labels, classes, {} if tensors is None else tensors)
     e = tf.constant(eps, dtype=x.dtype)
     s = tf.constant(loss_scale, dtype=tf.float64)
     build = Build(policy, focus, smoothing, ignore)

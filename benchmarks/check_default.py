@@ -1,0 +1,105 @@
+"""A default `xentaudit check` (every implementation of the backends asked for, both modes) on
+4096 x 32000 float32: its time against the frameworks' own forward+backward for the results it
+reports, and its peak memory (issue "Speed on the CPUs CI runs on ...", target 3: at most 1.2x
+that summed time, peak RSS under 1 GB whatever the number of implementations).
+
+Measured in this run, medians of --runs after one warm-up:
+  - the baseline: for every result the check reports (implementation, mode, policy), the
+    framework's forward and autodiff backward on the whole in-memory array, through the same
+    adapter `check` calls (logits in, per-row losses and the gradient out as numpy), summed;
+  - `check_file` in this process (the frameworks imported and traced by the warm-up);
+  - `xentaudit check` as a fresh process: wall time, and peak RSS (ru_maxrss of the child),
+    beside a fresh process that only imports the frameworks.
+
+    python benchmarks/check_default.py [--runs 3] [--backend tf] [--isa x86-64-v3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import apply_isa, describe, isa_option, median_time, saved_logits
+
+ROWS, CLASSES = 4096, 32000
+IMPORTS = {"tf": "tensorflow, keras", "torch": "torch", "jax": "jax, optax"}
+
+
+def child(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of ``cmd`` run as a fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode not in (0, 1):
+        sys.exit(f"{' '.join(cmd[:5])}... failed (exit {done.returncode}): {done.stderr[-500:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of the children is the largest child's: a run smaller than an earlier one
+    # reads as that earlier peak; so the runs go from the smallest (imports only) up
+    return wall, max(peak, before) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--backend", default="tf", help="tf, torch, jax or a comma list")
+    isa_option(parser)
+    args = parser.parse_args()
+    apply_isa(args)
+    print(describe())
+    backends = args.backend.split(",")
+
+    from xentaudit.audit import Batch, _run, round_to
+    from xentaudit.check import check_file
+    from xentaudit.dtypes import get_format
+
+    with tempfile.TemporaryDirectory(dir=".") as folder:
+        x, k, path = saved_logits(Path(folder), ROWS, CLASSES)
+        imports = [sys.executable, "-c", "import " + ", ".join(IMPORTS[b] for b in backends)]
+        cli = [
+            sys.executable, "-m", "xentaudit", "check", str(path), "--backend", args.backend,
+            "--format", "json", "--output", str(Path(folder) / "r.json"),
+        ]  # fmt: skip
+        import_wall, import_rss = child(imports)
+        cli_wall, cli_rss = child(cli)
+
+        check = check_file(path, backends=backends)
+        in_process = median_time(lambda: check_file(path, backends=backends), args.runs)
+
+    rounded = round_to(Batch(x, None, k), get_format("float32"), method="float64")
+    own = {}
+    for r in check.results:
+        eps = 1e-7 if r.eps is None else r.eps
+
+        def fwd_bwd(r=r, eps=eps) -> None:
+            _run(r.impl, eps, r.mode, rounded, None, r.policy, 1.0)
+
+        own[(r.impl, r.mode, r.policy)] = median_time(fwd_bwd, args.runs)
+    summed = sum(own.values())
+    print(
+        f"default check --backend {args.backend} of {ROWS} x {CLASSES} float32 "
+        f"({x.nbytes / 1e6:.0f} MB, class labels): {len(check.results)} results; medians of "
+        f"{args.runs}"
+    )
+    print(f"  frameworks' own fwd+bwd on the whole array, summed over the results: {summed:.2f} s")
+    for (impl, mode, policy), seconds in sorted(own.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"    e.g. {impl} {mode} {policy}: {seconds:.2f} s")
+    ratio = in_process / summed
+    print(
+        f"  check_file in this process (warm): {in_process:.2f} s = {ratio:.2f}x "
+        f"(target <= 1.2x: {'met' if ratio <= 1.2 else 'NOT met'})"
+    )
+    print(
+        f"  xentaudit check, fresh process: {cli_wall:.2f} s wall (importing the frameworks "
+        f"alone: {import_wall:.2f} s); peak RSS {cli_rss:.0f} MiB (the imports alone: "
+        f"{import_rss:.0f} MiB; target < 1024 MiB: {'met' if cli_rss < 1024 else 'NOT met'})"
+    )
+
+
+if __name__ == "__main__":
+    main()
