@@ -377,16 +377,22 @@ def test_relative_paths_reach_the_workers_and_reports_keep_them(
     dump, cluster, tmp_path, monkeypatch
 ) -> None:
     root, _ = dump
-    (tmp_path / "ok.py").write_text(
-        "import tensorflow as tf\n\n\ndef ok(labels, logits):\n"
-        "    return tf.nn.softmax_cross_entropy_with_logits(labels, logits)\n"
+    # Keras' recipe by hand: p clipped to [1e-7, 1], divergent on the dump's large logits
+    (tmp_path / "clip.py").write_text(
+        "import tensorflow as tf\n\n\ndef clip(labels, logits):\n"
+        "    p = tf.clip_by_value(tf.nn.softmax(logits), 1e-7, 1.0)\n"
+        "    return -tf.reduce_sum(labels * tf.math.log(p), axis=-1)\n"
     )
     monkeypatch.chdir(tmp_path)
-    args = {"labels": str(root / "labels"), "impls": ["tf:ok.py:ok"], "modes": ["eager"]}
-    on_dask = check_file(str(root / "logits"), scheduler=cluster, **args)
+    args = {"labels": str(root / "labels"), "impls": ["tf:clip.py:clip"], "modes": ["eager"]}
+    rows: list = []
+    on_dask = check_file(
+        str(root / "logits"), scheduler=cluster, on_flagged_row=rows.append, **args
+    )
     alone = check_file(str(root / "logits"), **args)
-    assert [r.impl for r in on_dask.results] == ["tf:ok.py:ok"]
+    assert [r.impl for r in on_dask.results] == ["tf:clip.py:clip"]
     assert on_dask.to_dict() == alone.to_dict()
+    assert rows and {r.impl for r in rows} == {"tf:clip.py:clip"}  # streamed as given too
 
 
 def test_scheduler_refusals_are_one_line_exit_2(dump, monkeypatch) -> None:

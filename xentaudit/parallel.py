@@ -40,17 +40,20 @@ _PARENT_POLL_S = 1.0  # how often a --jobs process checks that the process it se
 
 
 class _Merger:
-    """Takes each shard's outcome as it comes (its summary, the user's error it raised, or why
-    it was lost), passes each shard's flagged rows on once the shards before it are done (so
-    they arrive in row order), and settles the run in shard order (``result``)."""
+    """Takes each shard's outcome as it comes (its summary, with the implementations named as
+    the caller gave them, ``given``; the user's error it raised; or why it was lost), passes
+    each shard's flagged rows on once the shards before it are done (so they arrive in row
+    order), and settles the run in shard order (``result``)."""
 
     def __init__(
         self,
         infos: Sequence[ShardInfo],
+        given: dict[str, str],
         on_flagged_row: FlaggedRowSink | None,
         progress: Progress | None,
     ) -> None:
         self.infos = infos
+        self.given = given
         self.on_flagged_row = on_flagged_row
         self.progress = progress
         self.summaries: dict[int, _Summary] = {}
@@ -75,7 +78,7 @@ class _Merger:
             first = str(exc).splitlines()[0] if str(exc) else ""
             self.lost[index] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
             return True
-        self.summaries[index] = summary
+        self.summaries[index] = _as_given(summary, self.given)
         self.rows += self.infos[index].rows
         if self.progress is not None:
             self.progress(self.rows, self.total)
@@ -147,14 +150,14 @@ def run(
         (replace(s, path=s.path.absolute(), labels=s.labels and s.labels.absolute()), info)
         for s, info in zip(shards, infos, strict=True)
     ]
-    merger = _Merger(infos, on_flagged_row, progress)
+    merger = _Merger(infos, given, on_flagged_row, progress)
     collect = on_flagged_row is not None
     if scheduler is None:
         tensorflow = any(zoo.backend_of(name) == "tensorflow" for name in names)
         _run_local(portable, tasks, jobs, merger, collect, tensorflow)
     else:
         _run_dask(portable, tasks, scheduler, merger, collect)
-    return [_as_given(summary, given) for summary in merger.result()]
+    return merger.result()
 
 
 def _absolute(name: str) -> str:
