@@ -228,7 +228,13 @@ def test_cli_reports_name_the_shard_of_a_row(dump, tmp_path) -> None:
     assert table.exit_code == 1, table.output
     doc = json.loads(CliRunner().invoke(cli, [*args, "--format", "json"]).output)
     risk = doc["verdict"]["rows_at_risk"][0]
-    assert f"row {risk['row']} ({risk['shard']} row {risk['shard_row']})" in table.output
+    named = f"{risk['row']} ({risk['shard']} row {risk['shard_row']})"
+    assert f"row {named}" in table.output
+    github = CliRunner().invoke(cli, [*args, "--format", "github"]).output
+    worst = doc["results"][0]["worst_rows"][0]
+    assert f"worst row {worst['row']} ({worst['shard']} row {worst['shard_row']}):" in github
+    CliRunner().invoke(cli, [*args, "--html", str(tmp_path / "report.html")])
+    assert f"<td class=num>{named}</td>" in (tmp_path / "report.html").read_text()
     assert [s["path"] for s in doc["shards"]] == [
         str(root / "logits" / f"shard-{i}.npy") for i in (1, 2, 3)
     ]

@@ -89,9 +89,12 @@ class RowAtRisk:
     @property
     def where(self) -> str:
         """``row 7``, or in a check of shards ``row 1031 (logits/shard-01.npy row 7)``."""
-        if self.shard is None:
-            return f"row {self.row}"
-        return f"row {self.row} ({self.shard} row {self.shard_row})"
+        return f"row {self.row}{shard_note(self.shard, self.shard_row)}"
+
+
+def shard_note(shard: str | None, shard_row: int | None) -> str:
+    """`` (logits/shard-01.npy row 7)`` for a row of a check of shards, else nothing."""
+    return "" if shard is None else f" ({shard} row {shard_row})"
 
 
 @dataclass(frozen=True)

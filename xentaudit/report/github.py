@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from xentaudit.environment import describe
 from xentaudit.flags import FLAGS
 from xentaudit.report.plain import case_name, verdict_text
-from xentaudit.results import Check, WorstRow
+from xentaudit.results import Check, shard_note
 
 
 def _data(text: str) -> str:
@@ -45,7 +45,8 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
         counts = ", ".join(f"{f} on {n} of {r.rows} rows" for f, n in r.flag_counts.items())
         worst = next((w for w in r.worst_rows if w.flags), None)
         detail = (
-            f"; worst row {worst.row}{_shard(worst)}: exact {worst.exact:.10g}, "
+            f"; worst row {worst.row}{shard_note(worst.shard, worst.shard_row)}: "
+            f"exact {worst.exact:.10g}, "
             f"got {worst.loss:.10g}"
             if worst
             else ""
@@ -59,8 +60,3 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
         text += f"\nAudited with: {describe(check.environment)}."
     lines.append(f"::{level} file={file},title={title}::{_data(text)}")
     return "".join(line + "\n" for line in lines)
-
-
-def _shard(row: WorstRow) -> str:
-    """`` (logits/shard-01.npy row 7)`` for a row of a check of shards, else nothing."""
-    return "" if row.shard is None else f" ({row.shard} row {row.shard_row})"

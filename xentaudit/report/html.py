@@ -20,7 +20,7 @@ from rich.text import Text
 from xentaudit.report import plot
 from xentaudit.report import table as table_report
 from xentaudit.report.plain import case_name, differences_text, frameworks_text
-from xentaudit.results import Audit, Check, Sweep, Verdict
+from xentaudit.results import Audit, Check, Sweep, Verdict, shard_note
 
 WIDTH = 160  # columns of the table report in the HTML
 # status -> banner colour (GitHub's success and danger colours; "info": a sweep judged on no
@@ -81,7 +81,7 @@ def _rows_at_risk(verdict: Verdict) -> str:
         return ""
     rows = "".join(
         f"<tr><td>{html.escape(case_name(r))}</td>"
-        f"<td class=num>{html.escape(r.where.removeprefix('row '))}</td>"
+        f"<td class=num>{r.row}{html.escape(shard_note(r.shard, r.shard_row))}</td>"
         f"<td class=num>{r.exact:.10g}</td><td class=num>{r.loss:.10g}</td>"
         f"<td>{html.escape(', '.join(r.flags))}</td></tr>"
         for r in verdict.rows_at_risk
