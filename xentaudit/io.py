@@ -138,7 +138,12 @@ def names_a_file(spec: str) -> bool:
     JSON can be far longer than a file name may be."""
     if spec.endswith((".npy", ".npz")):
         return True
-    return not spec.lstrip().startswith("[") and os.path.lexists(spec)
+    return not inline_list(spec) and os.path.lexists(spec)
+
+
+def inline_list(spec: str) -> bool:
+    """Whether an option's value is a JSON list (``[...]``), told from its first character."""
+    return spec.lstrip().startswith("[")
 
 
 def load_inputs(

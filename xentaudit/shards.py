@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xentaudit.errors import ConfigError, InputError
+from xentaudit.io import inline_list
 
 SUFFIXES = (".npy", ".npz")
 _WILDCARDS = re.compile(r"[*?[]")
@@ -34,8 +35,12 @@ class Shard:
 @dataclass(frozen=True)
 class _Named:
     path: Path
-    stem: str  # the file name without its suffix
     matched: str  # what the glob's wildcards matched, "/"-joined ("" for a file or a folder)
+
+    @property
+    def stem(self) -> str:
+        """The file name without its suffix."""
+        return self.path.stem
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -52,7 +57,7 @@ def is_sharded(spec: str | Path) -> bool:
     text = str(spec)
     if os.path.lexists(text):
         return os.path.isdir(text) and not text.endswith(SUFFIXES)
-    return not text.lstrip().startswith("[") and _WILDCARDS.search(text) is not None
+    return not inline_list(text) and _WILDCARDS.search(text) is not None
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -84,9 +89,9 @@ def _expand(spec: str, option: str) -> list[_Named]:
     reader as a single file would be."""
     if not is_sharded(spec):
         path = Path(spec)
-        return [_Named(path, path.stem, "")]
+        return [_Named(path, "")]
     if os.path.isdir(spec):
-        named = [_Named(p, p.stem, "") for p in Path(spec).iterdir() if p.suffix in SUFFIXES]
+        named = [_Named(p, "") for p in Path(spec).iterdir() if p.suffix in SUFFIXES]
         if not named:
             raise InputError(f"{option}{spec} is a folder without .npy or .npz files; check it")
     else:
@@ -96,7 +101,7 @@ def _expand(spec: str, option: str) -> list[_Named]:
             path, found = Path(match), regex.fullmatch(match)
             if path.suffix in SUFFIXES:
                 matched = "/".join(found.groups()) if found and found.groups() else ""
-                named.append(_Named(path, path.stem, matched))
+                named.append(_Named(path, matched))
         if not named:
             raise InputError(
                 f"{option}{spec} matches no .npy or .npz file; check the pattern (quote it, so "
