@@ -1,8 +1,9 @@
 """Regenerate docs/sweep.png, the README's picture of the default sweep.
 
 Runs ``xentaudit sweep --plot docs/sweep.png`` (the default sweep: every installed backend's
-implementations, every dtype, pattern and mode) with the Python running this script, so the
-picture shows the backends installed there; the table report goes to /dev/null.
+implementations, every dtype and pattern, each backend in its training modes) with the Python
+running this script, so the picture shows the backends installed there; the table report goes
+to /dev/null.
 
     python docs/make_plot.py
 """

@@ -257,3 +257,26 @@ def test_without_matplotlib_a_figure_is_one_line_naming_the_install(tmp_path) ->
     assert len(errors) == 4
     assert all("plots need matplotlib" in e and "pip install" in e for e in errors), errors
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_variant_run_only_as_a_graph_is_drawn_as_any_other() -> None:
+    """Hollow markers mean a graph run drawn apart from its eager run where they differ; a
+    variant that ran as a graph only (JAX in the default sweep's training modes) is one
+    ordinary line, and the legend says nothing of hollow markers."""
+    cells = tuple(
+        SweepCell("seed", impl, None, "float32", mode, s, "float32", 1.0, 1.0, 1e-3, 1e-3, ())
+        for impl, mode in (("naive", "eager"), ("optax_softmax_xent", "graph"))
+        for s in (1.0, 10.0)
+    )
+    sweep = Sweep((1.0, 10.0), (PatternInfo("seed", "the seed", 2, 3),), cells, ())
+    figure = plot.sweep_figure(sweep)
+    texts = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert not [t for t in texts if "hollow" in t]
+    faces = {
+        line.get_label(): line.get_markerfacecolor()
+        for ax in figure.axes
+        for line in ax.get_lines()
+        if line.get_label().endswith(("naive", "optax_softmax_xent"))
+    }
+    assert faces and "white" not in faces.values()
+    assert "w" not in faces.values()

@@ -536,11 +536,11 @@ def chosen_impls(
 
 
 def runnable_modes(name: str, modes: Iterable[str]) -> tuple[tuple[str, ...], Skipped | None]:
-    """The ``modes`` implementation ``name`` can run in here, and the ``Skipped`` that says
-    why the others cannot (``zoo.mode_unavailable``: torch.compile without a compiler), if
-    any."""
+    """The ``modes`` implementation ``name`` can run in here (``training``: those its backend
+    trains in, ``zoo.modes_of``), and the ``Skipped`` that says why the others cannot
+    (``zoo.mode_unavailable``: torch.compile without a compiler), if any."""
     runnable, skip = [], None
-    for mode in modes:
+    for mode in zoo.modes_of(name, modes):
         reason = zoo.mode_unavailable(name, mode)
         if reason is None:
             runnable.append(mode)
@@ -846,8 +846,8 @@ def check_options(
     if rtol is not None and not (0 < rtol < math.inf):
         raise ConfigError(f"--rtol must be a positive number, got {rtol}")
     for mode in modes:
-        if mode not in zoo.MODES:
-            raise ConfigError(f"unknown mode {mode!r}; choose from eager, graph, both")
+        if mode not in zoo.MODE_NAMES:
+            raise ConfigError(f"unknown mode {mode!r}; choose from {', '.join(zoo.MODE_NAMES)}")
     if timeout is not None and not (0 < timeout <= MAX_TIMEOUT):
         raise ConfigError(
             f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}], got {timeout}"
@@ -886,15 +886,16 @@ def audit(
     Each implementation runs on the inputs rounded to each of ``dtypes`` (names, or ``all``: the
     dtype the logits reach the loss in), under each Keras dtype policy of ``policies``
     ("float32", "mixed_float16", "mixed_bfloat16" or ``all``: how its Keras layers compute), in
-    each of ``modes`` ("eager", "graph" = inside ``tf.function``), and is graded against the exact
-    loss and gradient of those rounded inputs. ``eps`` is the clip of ``clipped`` (one value, or
-    several: ``clipped`` runs at each); ``rtol`` overrides the loss tolerance of ``divergent``;
-    ``timeout`` bounds each run of an implementation, in seconds (an ``ImplementationError``
-    past it). With ``loss_scale`` S, gradients are taken of S times the loss, held in the
-    compute dtype as training holds them (overflows are ``grad-inf``/``grad-nan``), and each
-    result's ``max_loss_scale`` is searched. ``model`` (a ``.keras`` file, or a ``ModelPath``)
-    adds its own loss path as the implementation ``model`` (``chosen_impls``), run under its
-    own dtype policy.
+    each of ``modes`` ("eager"; "graph": ``tf.function``, ``torch.compile``, ``jax.jit``; "both";
+    "training": the modes its backend trains in, ``zoo.TRAINING_MODES``), and is graded against
+    the exact loss and gradient of those rounded inputs. ``eps`` is the clip of ``clipped`` (one
+    value, or several: ``clipped`` runs at each); ``rtol`` overrides the loss tolerance of
+    ``divergent``; ``timeout`` bounds each run of an implementation, in seconds (an
+    ``ImplementationError`` past it). With ``loss_scale`` S, gradients are taken of S times the
+    loss, held in the compute dtype as training holds them (overflows are
+    ``grad-inf``/``grad-nan``), and each result's ``max_loss_scale`` is searched. ``model`` (a
+    ``.keras`` file, or a ``ModelPath``) adds its own loss path as the implementation ``model``
+    (``chosen_impls``), run under its own dtype policy.
     ``backends`` ("tf", "torch", "jax"; None: all) limit what ``all`` means to their installed
     implementations; those not installed are listed under ``skipped``. ``label_smoothing`` a
     in [0, 1): the labels are smoothed as Keras smooths them, by the implementations that take a

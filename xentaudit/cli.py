@@ -45,8 +45,9 @@ from xentaudit.grid import (
 )
 from xentaudit.impls import (
     INPUTS,
-    MODES,
+    MODE_NAMES,
     REGISTRY,
+    TRAINING,
     backend_of,
     load_tf_quietly,
     parse_impls,
@@ -263,16 +264,20 @@ def _stacked(options: Sequence[Callable]) -> Callable[[Callable], Callable]:
     return decorate
 
 
-def shared_options(fail_on: Sequence[str] = ()) -> Callable[[Callable], Callable]:
+def shared_options(
+    fail_on: Sequence[str] = (), mode: str = "both"
+) -> Callable[[Callable], Callable]:
     """--mode, --rtol, --timeout, --loss-scale and --fail-on: the same for every command
-    (``fail_on``: its default)."""
+    (``fail_on`` and ``mode``: its defaults)."""
     options = [
         click.option(
             "--mode",
-            type=click.Choice([*MODES, "both"]),
-            default="both",
+            type=click.Choice(MODE_NAMES),
+            default=mode,
             show_default=True,
-            help="Run TensorFlow eagerly, inside tf.function (graph), or both.",
+            help="Run each backend eagerly, as a graph (tf.function, torch.compile, jax.jit), "
+            "both, or in the modes it trains in (training: TensorFlow both, torch eager, "
+            "JAX jit).",
         ),
         click.option(
             "--rtol",
@@ -510,14 +515,13 @@ def _load_tensorflow(
     model: str | None = None,
     loss: str = "softmax",
 ) -> None:
-    """Import TensorFlow before a command runs it, when it will: a TensorFlow implementation
-    among ``impls`` (``all`` expanded over ``backends``; a user's loss by its prefix, its code
-    not loaded yet) or a saved ``model`` (``load_tf_quietly``)."""
+    """Import TensorFlow before a command runs it, when it will: a built-in TensorFlow
+    implementation among ``impls`` (``all`` expanded over ``backends``) or a saved ``model``
+    (``load_tf_quietly``)."""
     if model is None:
-        impls = tuple(impls)
-        users = [n for n in impls if ":" in n]
+        # a user's TensorFlow loss loads TensorFlow (quietly) before its file is imported
         builtin = parse_impls([n for n in impls if ":" not in n], backends, loss)
-        if all(backend_of(n) != "tensorflow" for n in (*users, *builtin)):
+        if all(backend_of(n) != "tensorflow" for n in builtin):
             return
     load_tf_quietly()
 
@@ -618,7 +622,7 @@ def compare(
         alpha=alpha,
         impls=impls or ("all",),
         dtypes=dtypes,
-        modes=MODES if mode == "both" else (mode,),
+        modes=(mode,),
         eps=eps,
         rtol=rtol,
         timeout=timeout,
@@ -703,6 +707,13 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
     help="Refuse a grid whose largest batch needs more memory (estimated: logits x scales x "
     "(40 + 10 x bytes of the dtype)); e.g. 512M, 2G.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    show_default="one per core",
+    help="Sweep each backend in a process of its own, this many at a time (1: all in this "
+    "process; the result is the same).",
+)
 @baseline_options("a breaking point at a smaller scale, or one that appeared")
 @click.option(
     "--plot",
@@ -714,7 +725,7 @@ def _color_and_width(stream: object) -> tuple[bool, int]:
 )
 @loss_options()
 @html_option("sweep")
-@shared_options()
+@shared_options(mode=TRAINING)
 @format_option("table", "json")
 def sweep(
     scales_spec: str | None,
@@ -729,6 +740,7 @@ def sweep(
     vocab_rows: int,
     seed: int,
     max_memory: int | None,
+    jobs: int | None,
     baseline_path: str | None,
     write_baseline: str | None,
     plot_path: str | None,
@@ -750,6 +762,7 @@ def sweep(
     implementation (the first scale at which a failing flag fires) and a summary.
     """
     from xentaudit.baseline import compare_sweep, read_baseline
+    from xentaudit.parallel import cores
     from xentaudit.sweep import sweep as run_sweep
 
     fail_flags = parse_flags(fail_on)
@@ -760,8 +773,7 @@ def sweep(
     old_baseline = None if baseline_path is None else read_baseline(baseline_path, "sweep")
     scales = parse_scales(scales_spec) if scales_spec is not None else DEFAULT_SCALES
     color, width = _color_and_width(sys.stdout)
-    _load_tensorflow(impls or ("all",), backends or None, loss=loss)
-    with _progress() as progress:
+    with _progress() as progress:  # the sweep imports the frameworks (quietly), here or in --jobs
         result = run_sweep(
             loss=loss,
             label_smoothing=label_smoothing,
@@ -776,7 +788,7 @@ def sweep(
             rows=rows,
             vocab_rows=vocab_rows,
             seed=seed,
-            modes=MODES if mode == "both" else (mode,),
+            modes=(mode,),
             rtol=rtol,
             timeout=timeout,
             max_memory=max_memory,
@@ -784,6 +796,7 @@ def sweep(
             policies=policies or ("float32",),
             backends=backends or None,
             loss_scale=loss_scale,
+            jobs=jobs or cores(),
         )
     if old_baseline is not None:
         assert baseline_path is not None
@@ -1009,7 +1022,7 @@ def check(
             labels_key=labels_key,
             impls=impls or None,
             dtypes=dtypes or None,
-            modes=MODES if mode == "both" else (mode,),
+            modes=(mode,),
             eps=eps,
             rtol=rtol,
             chunk_rows=chunk_rows,

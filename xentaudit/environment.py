@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from xentaudit import impls as zoo
@@ -33,23 +33,32 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def subnormal_flushes(backends: Iterable[str]) -> dict[str, bool]:
+    """Per backend (``Impl.backend`` names), whether it flushes subnormals on this CPU
+    (measured: exp(-100) in float32, a subnormal 3.8e-44, comes back as 0 or not)."""
+    return {b: zoo.load_backend(b).flushes_subnormals() for b in backends}
+
+
 def environment(backends: Iterable[str]) -> dict[str, str]:
-    """The record of a run whose implementations ran in ``backends`` (``Impl.backend`` names):
-    package versions, Python, the CPU and the reference method's kernel clone, and, per
-    backend, whether it flushes subnormals on this CPU (measured: exp(-100) in float32, a
-    subnormal 3.8e-44, comes back as 0 or not)."""
+    """The record of a run whose implementations ran in ``backends`` (``Impl.backend`` names),
+    in this process: ``environment_of`` their ``subnormal_flushes``."""
+    return environment_of(subnormal_flushes(backends))
+
+
+def environment_of(flushes: Mapping[str, bool]) -> dict[str, str]:
+    """The record of a run whose implementations ran in the backends of ``flushes``, which says
+    whether each flushes subnormals (measured where they ran: ``subnormal_flushes``): package
+    versions, Python, the CPU and the reference method's kernel clone, and the flushes."""
     from xentaudit.reference import base
 
-    used = [b for b in zoo.BACKENDS if b in set(backends)]
+    used = [b for b in zoo.BACKENDS if b in flushes]
     record = {"python": platform.python_version()}
     for package in (*CORE, *(p for b in used for p in PACKAGES[b])):
         record[package] = _version(package)
     record["cpu"] = f"{cpu_model()} ({platform.machine()})"
     kernel = base.kernel
     record["kernel"] = kernel.isa() if kernel is not None else "none (numpy reference)"
-    record["subnormals"] = ", ".join(
-        f"{b} {'flushed' if zoo.load_backend(b).flushes_subnormals() else 'kept'}" for b in used
-    )
+    record["subnormals"] = ", ".join(f"{b} {'flushed' if flushes[b] else 'kept'}" for b in used)
     return record
 
 

@@ -1,9 +1,10 @@
 """The errors a user can cause. Raised anywhere, caught once in ``cli.py`` and printed as one line.
 
-Every one of them means exit code 2 (usage or input error); the message says what is wrong and
-how to fix it (``xentaudit: error: <what is wrong>; <how to fix>``). Bugs are not wrapped: any
-other exception reaches the command line as an internal error, exit code 3, one line (and, with
-``-v``, the traceback for a bug report).
+Each means exit code 2 (usage or input error), but ``WorkerLost``, exit code 3 (a process doing
+part of the work died); the message says what is wrong and how to fix it (``xentaudit: error:
+<what is wrong>; <how to fix>``). Bugs are not wrapped: any other exception reaches the command
+line as an internal error, exit code 3, one line (and, with ``-v``, the traceback for a bug
+report).
 """
 
 from __future__ import annotations
@@ -32,8 +33,13 @@ class ImplementationError(XentauditError):
     or an implementation ran past the timeout."""
 
 
-class ShardsLost(XentauditError):
-    """Shards of a sharded `check` that no process could audit (a worker died every time it
-    tried): the check is incomplete, so it fails, exit code 3, naming them."""
+class WorkerLost(XentauditError):
+    """A process doing part of the work died (killed, out of memory, a crash in a framework):
+    the result is incomplete, so the command fails, exit code 3, saying which part."""
 
     exit_code = 3
+
+
+class ShardsLost(WorkerLost):
+    """Shards of a sharded `check` that no process could audit (a worker died every time it
+    tried), named."""

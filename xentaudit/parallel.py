@@ -1,5 +1,6 @@
-"""The shards of a dump audited in several processes: local ones (``--jobs N``) or the workers
-of a Dask cluster (``--scheduler ADDRESS``, ``xentaudit[dask]``).
+"""Work in several processes: the shards of a dump audited by local ones (``--jobs N``) or by
+the workers of a Dask cluster (``--scheduler ADDRESS``, ``xentaudit[dask]``); a sweep's backends
+swept each in a local process of its own (``sweep_parts``).
 
 Each process audits whole shards (``check.audit_shard``: the audit set up anew from the
 picklable ``CheckOptions``, the shard read from its path) and sends back the shard's summary:
@@ -13,30 +14,42 @@ it) is lost: the check raises ``ShardsLost`` naming it, never a partial report.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xentaudit import impls as zoo
-from xentaudit.errors import ConfigError, ShardsLost, XentauditError
+from xentaudit.errors import ConfigError, ShardsLost, WorkerLost, XentauditError
 from xentaudit.shards import Shard
 
 if TYPE_CHECKING:
+    from multiprocessing.queues import SimpleQueue
+
+    from xentaudit.audit import Variant
     from xentaudit.check import CheckOptions, FlaggedRowSink, Progress, _Summary
     from xentaudit.results import ShardInfo
+    from xentaudit.sweep import Grid, Part
 
 CONNECT_SECONDS = 30  # how long to wait for a --scheduler to answer
 # read when the frameworks load: TensorFlow's intra-op pool; OpenMP's (torch's CPU ops)
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
 DASK_INSTALL = "pip install 'xentaudit[dask]'"
 _PARENT_POLL_S = 1.0  # how often a --jobs process checks that the process it serves is alive
+_TICK_S = 0.1  # how often a sweep's progress is read from its processes
+# The order a sweep's backends start in, the longest first so that 2 processes finish together:
+# JAX compiles an XLA program per implementation, dtype and class count.
+SWEEP_ORDER = ("jax", "tensorflow", "torch")
+_ticks: SimpleQueue | None = None  # in a sweep's process: where its progress goes
 
 
 class _Merger:
@@ -74,7 +87,9 @@ class _Merger:
         except XentauditError as exc:
             self.errors[index] = exc
             return False
-        except Exception as exc:  # the process (or the Dask worker) died: BrokenProcessPool...
+        except Exception as exc:
+            if not _died(exc):
+                raise  # a bug: an internal error, with its traceback
             first = str(exc).splitlines()[0] if str(exc) else ""
             self.lost[index] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
             return True
@@ -120,6 +135,14 @@ class _Merger:
             f"is incomplete: {missing}; audit them again (or without --jobs and --scheduler, "
             "to see why)"
         )
+
+
+def _died(exc: Exception) -> bool:
+    """Whether ``exc`` says that the process running a task died: a broken local pool, or a
+    Dask task whose workers died on every retry."""
+    scheduler = sys.modules.get("distributed.scheduler")  # imported when a cluster ran it
+    killed = (scheduler.KilledWorker,) if scheduler is not None else ()
+    return isinstance(exc, (BrokenProcessPool, *killed))
 
 
 def run(
@@ -198,16 +221,9 @@ def _run_local(
 ) -> None:
     from xentaudit.check import audit_shard
 
-    # spawn, not fork: TensorFlow's and torch's threads do not survive a fork
-    context = multiprocessing.get_context("spawn")
     workers = min(jobs, len(tasks))
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_start_worker,
-        initargs=(os.getpid(), threads, tensorflow),
-    ) as pool:
+    threads = max(1, cores() // workers)
+    with _local_pool(workers, threads, tensorflow) as pool:
         pending: dict[Future, int] = {
             pool.submit(audit_shard, options, shard, info, collect): i
             for i, (shard, info) in enumerate(tasks)
@@ -218,14 +234,130 @@ def _run_local(
                 index = pending.pop(future)
                 if not merger.take(index, future):
                     for later in [f for f, i in pending.items() if i > index]:
-                        later.cancel()  # those not started; running ones finish
+                        later.cancel()  # those not handed to a process yet
 
 
-def _start_worker(parent: int, threads: int, tensorflow: bool) -> None:
+def cores() -> int:
+    """The cores this process may run on (its affinity, where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _local_pool(
+    workers: int, threads: int | None, tensorflow: bool, ticks: SimpleQueue | None = None
+) -> Iterator[ProcessPoolExecutor]:
+    """A pool of ``workers`` spawned processes (``_start_worker``) that waits for its tasks,
+    unless the block raises (an interrupt, in the API too); either way its processes are then
+    ended, not waited for: a process that imported the frameworks takes seconds to exit."""
+    # spawn, not fork: TensorFlow's and torch's threads do not survive a fork
+    context = multiprocessing.get_context("spawn")
+    _start_resource_tracker()
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(os.getpid(), threads, tensorflow, ticks),
+    )
+    try:
+        yield pool
+    finally:  # every task done (the processes idle), or the block raised
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        for process in processes:
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join()
+
+
+def sweep_parts(
+    grid: Grid,
+    groups: Sequence[Sequence[tuple[int, Variant]]],
+    workers: int,
+    progress: Progress | None,
+) -> list[Part]:
+    """The parts of a sweep, each group of implementations (one backend's) swept in a local
+    process, ``workers`` at a time (``SWEEP_ORDER``), with this process's thread counts (the
+    frameworks' reductions split by thread count); in the order of ``groups``. Every group
+    runs to its end or its first error (``sweep._merge`` raises the one one process meets
+    first); a process that died is ``WorkerLost``."""
+    from xentaudit.sweep import total_runs
+
+    ticks = multiprocessing.get_context("spawn").SimpleQueue() if progress else None
+    order = sorted(range(len(groups)), key=lambda i: SWEEP_ORDER.index(_backend(groups[i])))
+    total = sum(total_runs(grid, group) for group in groups)
+    done = [0] * len(groups)
+    try:
+        with _local_pool(workers, None, False, ticks) as pool:
+            futures = {i: pool.submit(_sweep_part, grid, groups[i], i) for i in order}
+            pending = set(futures.values())
+            while pending:
+                _, pending = wait(pending, timeout=_TICK_S, return_when=FIRST_COMPLETED)
+                while ticks is not None and progress is not None and not ticks.empty():
+                    index, count = ticks.get()
+                    done[index] = count
+                    progress(sum(done), total)
+    finally:
+        if ticks is not None:
+            ticks.close()
+    broken = [i for i, f in sorted(futures.items()) if isinstance(f.exception(), BrokenProcessPool)]
+    if broken:
+        names = [zoo.BACKENDS[_backend(groups[i])].option for i in broken]
+        listed = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        raise WorkerLost(
+            f"a process of the sweep died before it had swept the {listed} "
+            f"backend{'s' * (len(names) > 1)}, so the sweep is incomplete; sweep again with "
+            "--jobs 1 (or one --backend at a time) to see why"
+        )
+    return [futures[i].result() for i in range(len(groups))]  # a bug's exception is raised
+
+
+def _backend(group: Sequence[tuple[int, Variant]]) -> str:
+    """The backend of a group of implementations (``Impl.backend``)."""
+    return zoo.backend_of(group[0][1].impl)
+
+
+def _sweep_part(grid: Grid, group: Sequence[tuple[int, Variant]], index: int) -> Part:
+    """In a --jobs process: sweep ``group``, its progress sent to the caller as it goes."""
+    from xentaudit.sweep import run_part
+
+    def tick(done: int, total: int) -> None:
+        assert _ticks is not None
+        _ticks.put((index, done))
+
+    return run_part(grid, group, tick if _ticks is not None else None)
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (unless it runs), which removes the semaphores
+    of a process pool its command left behind, quietly: a command ended by a signal leaves
+    them (``cli._Signals``: ``os._exit``), and the tracker would warn about them on stderr
+    after the command's one line."""
+    from multiprocessing import resource_tracker
+
+    saved = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = "ignore::UserWarning"  # read by the tracker as it starts
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = saved
+
+
+def _start_worker(
+    parent: int, threads: int | None, tensorflow: bool, ticks: SimpleQueue | None
+) -> None:
     """A --jobs process, before any task: leave Ctrl-C to the process it serves (which ends the
     run), end when that process is gone (killed, or ended by a signal without waiting for us),
-    share the cores (``THREAD_VARIABLES``: ``threads`` per operation, unless set), and import
-    TensorFlow as quietly as the command line does."""
+    share the cores (``THREAD_VARIABLES``: ``threads`` per operation, unless set or None),
+    import TensorFlow as quietly as the command line does (``tensorflow``), and send a sweep's
+    progress to ``ticks``."""
+    global _ticks
+    _ticks = ticks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
@@ -234,7 +366,7 @@ def _start_worker(parent: int, threads: int, tensorflow: bool) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="xentaudit-parent", daemon=True).start()
-    for variable in THREAD_VARIABLES:
+    for variable in THREAD_VARIABLES if threads is not None else ():
         os.environ.setdefault(variable, str(threads))
     zoo.quiet_python_logs()
     if tensorflow:

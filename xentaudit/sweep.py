@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,8 @@ from xentaudit.audit import (
     worst,
 )
 from xentaudit.dtypes import FloatFormat, get_format, parse_dtypes
-from xentaudit.environment import environment
-from xentaudit.errors import ConfigError
+from xentaudit.environment import environment_of, subnormal_flushes
+from xentaudit.errors import ConfigError, XentauditError
 from xentaudit.flags import FLAGS
 from xentaudit.grid import (
     DEFAULT_EPS,
@@ -98,26 +99,26 @@ def size_text(size: float) -> str:
     return f"{size:.0f}"
 
 
-def _scaled(
-    pattern: Pattern,
-    scales: list[float],
-    fmt: FloatFormat,
-    loss: str,
-    label_smoothing: float,
-    focus: Focus,
-) -> Rounded:
-    """All the given scales of a pattern stacked into one batch, its labels smoothed by
-    ``label_smoothing`` (``audit.round_to``), rounded to ``fmt``, with the reference of
-    ``loss``.
+def _scaled(pattern: Pattern, scales: list[float], fmt: FloatFormat, grid: Grid) -> Rounded:
+    """All the given scales of a pattern stacked into one batch, its labels smoothed by the
+    grid's ``label_smoothing`` (``audit.round_to``), rounded to ``fmt``, with the reference of
+    the grid's loss.
 
     Graded against the float64 reference (within a few float64 ulps of exact): the sweep
     reports flags and relative errors, whose tolerances are 8 eps of the dtype or more.
     """
     logits = np.concatenate([pattern.logits * s for s in scales])
     labels = np.concatenate([pattern.labels] * len(scales))
-    multi_label = get_loss(loss).labels == "multi-label"
+    multi_label = get_loss(grid.loss).labels == "multi-label"
     batch = prepare(logits, labels, multi_label=multi_label)
-    return round_to(batch, fmt, method="float64", loss=loss, focus=focus, smoothing=label_smoothing)
+    return round_to(
+        batch,
+        fmt,
+        method="float64",
+        loss=grid.loss,
+        focus=grid.focus,
+        smoothing=grid.label_smoothing,
+    )
 
 
 def _representable(pattern: Pattern, scales: Iterable[float], fmt: FloatFormat) -> list[float]:
@@ -134,6 +135,43 @@ def _fired(grades: Grades, flags: tuple[str, ...], rows: int) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """A checked sweep, everything a part of it needs (picklable: a ``--jobs`` process runs
+    the part): the scales, dtype names, Keras policies, built patterns and modes, with the
+    options every run takes."""
+
+    scales: tuple[float, ...]
+    dtypes: tuple[str, ...]
+    policies: tuple[str, ...]
+    patterns: tuple[Pattern, ...]
+    modes: tuple[str, ...]
+    rtol: float | None
+    timeout: float | None
+    loss_scale: float
+    loss: str
+    label_smoothing: float
+    focus: Focus
+
+
+Key = tuple[int, ...]  # where a result comes in the sweep's order: pattern, dtype, ...
+
+
+@dataclass
+class Part:
+    """What a part of a sweep (some of its implementations) found, each result keyed by its
+    place in the whole sweep's order, so parts run apart merge into the one sweep (``_merge``);
+    ``flushes``: whether each backend it ran flushes subnormals (``environment_of``)."""
+
+    cells: list[tuple[Key, SweepCell]] = field(default_factory=list)
+    points: list[tuple[Key, BreakingPoint]] = field(default_factory=list)
+    skipped: list[tuple[Key, Skipped]] = field(default_factory=list)
+    method: str | None = None
+    flushes: dict[str, bool] = field(default_factory=dict)
+    at: Key = ()  # where the part's sweep is (its key), as it runs
+    error: tuple[Key, XentauditError] | None = None  # the user's error that stopped it, where
+
+
 def sweep(
     *,
     scales: Iterable[float] = DEFAULT_SCALES,
@@ -145,7 +183,7 @@ def sweep(
     rows: int = 4,
     vocab_rows: int = 1,
     seed: int = 0,
-    modes: Iterable[str] = zoo.MODES,
+    modes: Iterable[str] = (zoo.TRAINING,),
     rtol: float | None = None,
     timeout: float | None = None,
     max_memory: int | None = None,
@@ -157,130 +195,212 @@ def sweep(
     label_smoothing: float = 0.0,
     gamma: float = 2.0,
     alpha: float | None = None,
+    jobs: int = 1,
 ) -> Sweep:
     """Sweep implementations over logit ``scales`` x ``dtypes`` x ``patterns``, under each
     Keras dtype policy of ``policies``.
 
+    ``modes``: as for ``audit``; by default each backend's training modes (TensorFlow eager
+    and ``tf.function``, torch eager, JAX ``jax.jit``: ``zoo.TRAINING_MODES``).
     ``eps`` are the epsilons ``clipped`` is swept at; ``rows`` sizes the ``random`` pattern,
     ``classes`` and ``vocab_rows`` the ``vocab`` one, ``seed`` their random numbers.
     ``timeout`` bounds each run of an implementation, in seconds; with ``loss_scale`` S,
     gradients are taken of S times the loss (as ``audit``; no ``max_loss_scale`` search).
     ``max_memory`` (bytes; default ``memory_budget()``) refuses a grid whose largest batch
-    needs more (``memory_needed``). ``progress`` is called with (done, total) units of work.
-    ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``. ``loss``
-    (``xentaudit.losses.LOSSES``): the loss swept, its implementations and its patterns
-    (``grid.LOSS_PATTERNS``); ``label_smoothing`` smooths every pattern's labels as Keras
-    does; ``gamma`` and ``alpha``: as for ``audit``. Returns a ``Sweep``; prints nothing.
+    needs more (``memory_needed``, once per process). ``progress`` is called with (done,
+    total) units of work. ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``.
+    ``loss`` (``xentaudit.losses.LOSSES``): the loss swept, its implementations and its
+    patterns (``grid.LOSS_PATTERNS``); ``label_smoothing`` smooths every pattern's labels as
+    Keras does; ``gamma`` and ``alpha``: as for ``audit``. ``jobs`` > 1 sweeps each backend
+    in a process of its own, at most ``jobs`` at a time (``parallel.sweep_parts``), with the
+    result and the error of one process; the processes are spawned, so a script calling this
+    needs the ``if __name__ == "__main__":`` guard multiprocessing asks for. Returns a
+    ``Sweep``; prints nothing.
     """
     scales = list(check_scales(scales))
     eps = eps_values(eps)
     modes = tuple(modes)
     check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
-    scale = 1.0 if loss_scale is None else loss_scale
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
     chosen_policies = zoo.parse_policies(policies)
     get_loss(loss)
-    focus = focus_of(loss, gamma, alpha)
     names = parse_patterns(patterns, loss)
     sizes = {"classes": classes, "rows": rows, "vocab_rows": vocab_rows}
     needed = memory_needed([pattern_shape(p, **sizes) for p in names], len(scales), formats)
     budget = memory_budget() if max_memory is None else max_memory
     if budget < 1:
         raise ConfigError(f"--max-memory must be a positive number of bytes, got {budget}")
-    if needed > budget:
-        raise ConfigError(
-            f"this sweep needs about {size_text(needed)} of memory, more than --max-memory "
-            f"{size_text(budget)}; sweep fewer --scales or a smaller --classes or --vocab-rows, "
-            "or raise --max-memory"
-        )
-    built = [make_pattern(p, seed=seed, **sizes) for p in names]
-    chosen = variants(zoo.parse_impls(impls, backends, loss), eps)
+    _fits(needed, 1, budget)
+    built = tuple(make_pattern(p, seed=seed, **sizes) for p in names)
+    chosen = list(enumerate(variants(zoo.parse_impls(impls, backends, loss), eps)))
+    groups: dict[str, list[tuple[int, Variant]]] = {}
+    for indexed in chosen:
+        groups.setdefault(zoo.backend_of(indexed[1].impl), []).append(indexed)
+    workers = min(jobs, len(groups))
+    _fits(needed, workers, budget)
+    grid = Grid(
+        scales=tuple(scales),
+        dtypes=tuple(f.name for f in formats),
+        policies=chosen_policies,
+        patterns=built,
+        modes=modes,
+        rtol=rtol,
+        timeout=timeout,
+        loss_scale=1.0 if loss_scale is None else loss_scale,
+        loss=loss,
+        label_smoothing=label_smoothing,
+        focus=focus_of(loss, gamma, alpha),
+    )
+    if workers > 1:
+        from xentaudit.parallel import sweep_parts
 
-    cells: list[SweepCell] = []
-    points: list[BreakingPoint] = []
-    skipped = backend_skips(backends)
-    method = FLOAT64_METHOD
-    total = len(built) * len(formats) * len(chosen_policies) * len(chosen) * len(modes)
+        parts = sweep_parts(grid, list(groups.values()), workers, progress)
+    else:
+        parts = [run_part(grid, chosen, progress)]
+    return _merge(grid, parts, backend_skips(backends), loss_scale)
+
+
+def _fits(needed: int, processes: int, budget: int) -> None:
+    """Refuse a sweep whose ``processes`` need more than ``budget`` bytes, ``needed`` each."""
+    if needed * max(processes, 1) <= budget:
+        return
+    each, jobs = (
+        (f" in each of {processes} processes", " fewer --jobs,") if processes > 1 else ("", "")
+    )
+    raise ConfigError(
+        f"this sweep needs about {size_text(needed)} of memory{each}, more than --max-memory "
+        f"{size_text(budget)}; sweep fewer --scales or a smaller --classes or --vocab-rows,"
+        f"{jobs} or raise --max-memory"
+    )
+
+
+def run_part(
+    grid: Grid, chosen: Sequence[tuple[int, Variant]], progress: Progress | None = None
+) -> Part:
+    """Sweep the ``chosen`` implementations (each with its index in the whole sweep's), every
+    pattern x dtype x policy x mode of ``grid``; ``progress`` counts this part's runs. The
+    user's error that stops it is returned with where it happened (``Part.error``)."""
+    if any(zoo.backend_of(v.impl) == "tensorflow" for _, v in chosen):
+        zoo.load_tf_quietly()  # as quietly as the command line, in a --jobs process too
+    part = Part()
+    try:
+        _sweep_into(part, grid, chosen, progress)
+    except XentauditError as error:
+        part.error = (part.at, error)
+        return part
+    part.flushes = subnormal_flushes({zoo.backend_of(c.impl) for _, c in part.cells})
+    return part
+
+
+def _sweep_into(
+    part: Part, grid: Grid, chosen: Sequence[tuple[int, Variant]], progress: Progress | None
+) -> None:
+    """``run_part``'s sweep, its results kept in ``part`` as they come, and ``part.at`` where
+    it is."""
+    total = total_runs(grid, chosen)
     done = 0
-    for pattern in built:
-        for fmt in formats:
-            valid = _representable(pattern, scales, fmt)
-            if len(valid) < len(scales):
-                skipped.extend(
-                    Skipped("all", fmt.name, f"{pattern.name} at scale {s:g} overflows {fmt.name}")
-                    for s in scales
-                    if s not in valid
+    for p, pattern in enumerate(grid.patterns):
+        for f, fmt in enumerate(get_format(d) for d in grid.dtypes):
+            part.at = (p, f, 0)
+            valid = _representable(pattern, grid.scales, fmt)
+            part.skipped.extend(
+                (
+                    part.at,
+                    Skipped("all", fmt.name, f"{pattern.name} at scale {s:g} overflows {fmt.name}"),
                 )
-            rounded = _scaled(pattern, valid, fmt, loss, label_smoothing, focus) if valid else None
+                for s in grid.scales
+                if s not in valid
+            )
+            rounded = _scaled(pattern, valid, fmt, grid) if valid else None
             if rounded is not None:
-                method = rounded.ref.method
-            for policy, variant in itertools.product(chosen_policies, chosen):
+                part.method = rounded.ref.method
+            for (q, policy), (v, variant) in itertools.product(enumerate(grid.policies), chosen):
+                key = part.at = (p, f, 1, q, v)
                 known: Refined = {}
-                classes = pattern.labels if pattern.labels.ndim == 1 else None  # or weights
-                reason = labels_skip(variant.impl, classes, (), label_smoothing)
+                labels = pattern.labels if pattern.labels.ndim == 1 else None  # or weights
+                reason = labels_skip(variant.impl, labels, (), grid.label_smoothing)
+                modes = zoo.modes_of(variant.impl, grid.modes)
                 if reason is not None:
-                    skip = Skipped(variant.impl, "all", reason)
-                    if skip not in skipped:
-                        skipped.append(skip)
+                    part.skipped.append((key, Skipped(variant.impl, "all", reason)))
                     done += len(modes)
                     continue
                 runnable, skip = runnable_modes(variant.impl, modes)
-                if skip is not None and skip not in skipped:
-                    skipped.append(skip)
+                if skip is not None:
+                    part.skipped.append((key, skip))
                 done += len(modes) - len(runnable)
-                for mode in runnable:
+                for m, mode in enumerate(runnable):
                     done += 1
                     if rounded is None:
                         continue
                     outcome, grades = run_graded(
-                        variant.impl, variant.eps, mode, rounded, rtol, timeout, policy, scale
+                        variant.impl,
+                        variant.eps,
+                        mode,
+                        rounded,
+                        grid.rtol,
+                        grid.timeout,
+                        policy,
+                        grid.loss_scale,
                     )
-                    cells.extend(
-                        _cells(
-                            pattern,
-                            variant,
-                            fmt,
-                            policy,
-                            mode,
-                            valid,
-                            outcome.output_dtype,
-                            grades,
-                            outcome.loss,
-                            rounded,
-                        )
-                    )
-                    found, known = _breaking_points(
+                    cells = _cells(
                         pattern,
                         variant,
                         fmt,
                         policy,
                         mode,
                         valid,
+                        outcome.output_dtype,
                         grades,
-                        rtol,
-                        timeout,
-                        scale,
-                        known,
-                        loss,
-                        label_smoothing,
-                        focus,
+                        outcome.loss,
+                        rounded,
                     )
-                    points.extend(found)
+                    part.cells.extend(((*key, m, k), c) for k, c in enumerate(cells))
+                    found, known = _breaking_points(
+                        pattern, variant, fmt, policy, mode, valid, grades, grid, known
+                    )
+                    part.points.extend(((*key, m, k), b) for k, b in enumerate(found))
                     if progress:
                         progress(done, total)
+    if progress:
+        progress(done, total)  # the runs skipped last count too
+
+
+def total_runs(grid: Grid, chosen: Sequence[tuple[int, Variant]]) -> int:
+    """The runs sweeping ``chosen`` takes (whether they run or are skipped): progress's units."""
+    runs = sum(len(zoo.modes_of(v.impl, grid.modes)) for _, v in chosen)
+    return len(grid.patterns) * len(grid.dtypes) * len(grid.policies) * runs
+
+
+def _merge(
+    grid: Grid, parts: Sequence[Part], skipped: list[Skipped], loss_scale: float | None
+) -> Sweep:
+    """The one ``Sweep`` of its ``parts``: every result in the sweep's order (pattern, dtype,
+    policy, implementation, mode), each skip once after ``skipped`` (the backends not
+    installed), as one process running them all makes it; or the error one process would raise
+    first: the one met earliest in the sweep's order."""
+    errors = [part.error for part in parts if part.error is not None]
+    if errors:
+        raise min(errors, key=lambda e: e[0])[1]
+    for _, skip in sorted((s for part in parts for s in part.skipped), key=lambda s: s[0]):
+        if skip not in skipped:
+            skipped.append(skip)
+    flushes = {b: f for part in parts for b, f in part.flushes.items()}
     info = tuple(
-        PatternInfo(p.name, p.description, p.logits.shape[0], p.logits.shape[1]) for p in built
+        PatternInfo(p.name, p.description, p.logits.shape[0], p.logits.shape[1])
+        for p in grid.patterns
     )
     return Sweep(
-        tuple(scales),
+        grid.scales,
         info,
-        tuple(cells),
-        tuple(points),
+        tuple(c for _, c in sorted((c for part in parts for c in part.cells), key=lambda c: c[0])),
+        tuple(b for _, b in sorted((b for part in parts for b in part.points), key=lambda b: b[0])),
         tuple(skipped),
-        method,
+        next((part.method for part in parts if part.method is not None), FLOAT64_METHOD),
         loss_scale,
-        environment({zoo.backend_of(c.impl) for c in cells}),
-        loss=loss,
+        environment_of(flushes),
+        loss=grid.loss,
     )
 
 
@@ -340,13 +460,8 @@ def _breaking_points(
     mode: str,
     scales: list[float],
     grades: Grades,
-    rtol: float | None,
-    timeout: float | None,
-    loss_scale: float,
+    grid: Grid,
     known: Refined,
-    loss: str,
-    label_smoothing: float,
-    focus: Focus,
 ) -> tuple[list[BreakingPoint], Refined]:
     """Breaking points of one mode, per kind; ``known`` are the previous mode's final brackets.
 
@@ -358,9 +473,16 @@ def _breaking_points(
     used = eps_used(variant.impl, variant.eps)
 
     def fires(candidates: list[float]) -> dict[str, list[str]]:
-        rounded = _scaled(pattern, candidates, fmt, loss, label_smoothing, focus)
+        rounded = _scaled(pattern, candidates, fmt, grid)
         _, g = run_graded(
-            variant.impl, variant.eps, mode, rounded, rtol, timeout, policy, loss_scale
+            variant.impl,
+            variant.eps,
+            mode,
+            rounded,
+            grid.rtol,
+            grid.timeout,
+            policy,
+            grid.loss_scale,
         )
         return {kind: list(_fired(g, flags, r)) for kind, flags in KINDS.items()}
 

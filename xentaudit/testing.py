@@ -35,9 +35,7 @@ from xentaudit.results import BreakingPoint, Sweep, SweepCell
 DEFAULT_DTYPES = ("all",)
 DEFAULT_SCALES = "0.1:1e3:9"  # two per decade, as the sweep's own grid
 DEFAULT_PATTERNS = ("all",)
-# The modes a loss trains in: Keras runs the loss inside tf.function, JAX under jax.jit; torch
-# trains eagerly unless compiled, and torch.compile costs about 2 s per dtype (ask for "graph").
-DEFAULT_MODES = {"tf": ("eager", "graph"), "torch": ("eager",), "jax": ("graph",)}
+DEFAULT_MODES = zoo.TRAINING_MODES  # the modes a loss trains in (ask for "graph" in torch)
 
 __all__ = ["DEFAULT_DTYPES", "DEFAULT_MODES", "DEFAULT_SCALES", "assert_stable", "register"]
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,6 +40,13 @@ if TYPE_CHECKING:
     from xentaudit.model import ModelPath
 
 MODES = ("eager", "graph")
+# `--mode training`: the modes a loss trains in. Keras runs the loss inside tf.function
+# (model.fit) or eagerly (run_eagerly, a GradientTape loop); torch trains eagerly unless
+# compiled (torch.compile costs seconds per graph); JAX trains under jax.jit (op by op, JAX
+# compiles every primitive anew for each shape and dtype: a debugging mode).
+TRAINING = "training"
+TRAINING_MODES = MappingProxyType({"tf": MODES, "torch": ("eager",), "jax": ("graph",)})
+MODE_NAMES = (*MODES, "both", TRAINING)  # what a `modes` list may hold
 # Formulas that several backends implement: `compare` names where they disagree on one.
 FORMULAS = {
     "fused": "fused cross-entropy",
@@ -546,6 +553,8 @@ def _load_user_loss(spec: str) -> Impl:
         path = Path(target) if target.endswith(".py") or os.sep in target else None
         if path is not None:
             regular_file(path, f"--impl {spec!r}", "a .py file", UnknownImplementationError)
+        if backend == "tensorflow":  # before their `import tensorflow`, wherever it is loaded
+            load_tf_quietly()
         with user_code(f"--impl {spec!r}: importing {target}", UnknownImplementationError):
             if path is not None:
                 module_spec = importlib.util.spec_from_file_location(
@@ -827,6 +836,15 @@ def load_backend(backend: str) -> ModuleType:
     return importlib.import_module(f"xentaudit.impls.{BACKENDS[backend].module}")
 
 
+def modes_of(name: str, modes: Iterable[str]) -> tuple[str, ...]:
+    """``modes`` (``MODE_NAMES``) for implementation ``name``: ``both`` stands for eager and
+    graph, ``training`` for the modes its backend trains in (``TRAINING_MODES``); each once, in
+    the order given. Loads nothing."""
+    own = TRAINING_MODES[BACKENDS[backend_of(name)].option]
+    spelled = {"both": MODES, TRAINING: own}
+    return tuple(dict.fromkeys(m for mode in modes for m in spelled.get(mode, (mode,))))
+
+
 def mode_unavailable(name: str, mode: str) -> str | None:
     """Why implementation ``name`` cannot run in ``mode`` on this machine (its backend's
     ``graph_unavailable``: torch.compile without a C++ compiler), or None when it can."""
@@ -841,18 +859,25 @@ def load_tf() -> ModuleType:
     return load_backend("tensorflow")
 
 
+_quiet = False  # a command line's process (``quiet_python_logs``): TensorFlow loads quietly
+
+
 def quiet_python_logs() -> None:
     """Unless TF_CPP_MIN_LOG_LEVEL is "0" (the command line's -v): TensorFlow's Python logger
-    (retracing notices and the like) at ERROR; TensorFlow does not reset the level. For the
-    command line's processes (and those of ``parallel``), never the API's."""
+    (retracing notices and the like) at ERROR; TensorFlow does not reset the level; and
+    TensorFlow loaded quietly from now on (``load_tf_quietly``). For the command line's
+    processes (and those of ``parallel``), never the API's."""
+    global _quiet
+    _quiet = True
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def load_tf_quietly() -> None:
-    """``load_tf``; at TF_CPP_MIN_LOG_LEVEL 3, with TensorFlow's C++ start-up lines, which
-    ignore that level and bypass Python, sent to /dev/null (the command line's processes)."""
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3" or "tensorflow" in sys.modules:
+    """``load_tf``; in a command line's process (``quiet_python_logs``) at TF_CPP_MIN_LOG_LEVEL
+    3, with TensorFlow's C++ start-up lines, which ignore that level and bypass Python, sent to
+    /dev/null. The API's callers keep their stderr as it is."""
+    if not _quiet or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3" or "tensorflow" in sys.modules:
         load_tf()
         return
     sys.stderr.flush()

@@ -175,7 +175,9 @@ def _chunked(
     x: np.ndarray,
     scale: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``step`` over chunks of ``chunk_rows`` rows (the last padded), results concatenated."""
+    """``step`` over chunks of ``chunk_rows`` rows (the last padded), results concatenated.
+    The chunks go to JAX with ``jax.device_put``, a copy: ``jnp.asarray`` compiles a program
+    for each new shape and dtype."""
     rows, classes = x.shape
     size = chunk_rows(classes)
     losses, grads = [], []
@@ -183,9 +185,9 @@ def _chunked(
         part = slice(start, start + size)
         n = min(size, rows - start)
         loss, grad = step(
-            None if y is None else jnp.asarray(_padded(y[part], size, hot=True)),
-            None if k is None else jnp.asarray(_padded(k[part], size)),
-            jnp.asarray(_padded(x[part], size)),
+            None if y is None else jax.device_put(_padded(y[part], size, hot=True)),
+            None if k is None else jax.device_put(_padded(k[part], size)),
+            jax.device_put(_padded(x[part], size)),
             scale,
         )
         losses.append(np.asarray(loss)[:n])
@@ -274,9 +276,9 @@ def run(
                 loss, grad = _run_user(
                     name,
                     step,
-                    None if labels is None else jnp.asarray(labels),
-                    None if k is None else jnp.asarray(k),
-                    jnp.asarray(logits),
+                    None if labels is None else jax.device_put(labels),
+                    None if k is None else jax.device_put(k),
+                    jax.device_put(logits),
                     loss_scale,
                 )
             loss = np.asarray(loss)

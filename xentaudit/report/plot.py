@@ -101,13 +101,15 @@ def unit_roundoff(dtype: str) -> float:
 
 @dataclass(frozen=True)
 class _Curve:
-    """One line of a panel: a variant of an implementation in one or both modes."""
+    """One line of a panel: a variant of an implementation in one or both modes; ``apart``:
+    one of its two modes, drawn apart from the other where they differ."""
 
     impl: str
     eps: float | None
     modes: tuple[str, ...]
     label: str
     values: tuple[float | None, ...]  # per sweep scale: the worst over patterns; None: not run
+    apart: bool = False
 
 
 def _worst(cells: Sequence[SweepCell], field: str) -> float | None:
@@ -155,7 +157,9 @@ def _curves(sweep: Sweep, panel: tuple[str, str], kind: str) -> list[_Curve]:
         }
         label = variant_label(impl, eps, with_eps)
         if len(modes) == 2 and _apart(*by_mode.values(), get_format(panel[0]).eps):
-            curves += [_Curve(impl, eps, (m,), f"{label} ({m})", v) for m, v in by_mode.items()]
+            curves += [
+                _Curve(impl, eps, (m,), f"{label} ({m})", v, apart=True) for m, v in by_mode.items()
+            ]
         elif modes:
             curves.append(_Curve(impl, eps, tuple(modes), label, by_mode[modes[0]]))
     return curves
@@ -210,7 +214,7 @@ def _draw_panel(
     top = 10.0
     for curve in curves:
         look = style(curve.impl)
-        hollow = curve.modes == ("graph",)
+        hollow = curve.apart and curve.modes == ("graph",)  # not a variant run as a graph only
         # zero and sub-floor errors sit on the floor; NaN, inf and not run leave a gap
         shown = [
             max(v, floor) if v is not None and math.isfinite(v) else math.nan for v in curve.values
@@ -328,7 +332,7 @@ def sweep_figure(sweep: Sweep) -> Figure:
                 ax.set_ylabel(QUANTITIES[kind][1])
                 band.set_ylabel("NaN\ninf", rotation=0, ha="right", va="center", fontsize=9)
     figure.legend(
-        handles=_legend_handles(sweep, any(c.modes == ("graph",) for c in curves)),
+        handles=_legend_handles(sweep, any(c.apart for c in curves)),
         loc="outside right center",
         fontsize=8,
         frameon=False,
@@ -364,7 +368,7 @@ def _legend_handles(sweep: Sweep, graph_apart: bool) -> list[Line2D]:
                 marker="o",
                 markersize=5,
                 markerfacecolor="white",
-                label="hollow: inside tf.function (graph),\nwhere it differs from eager",
+                label="hollow: the graph run,\nwhere it differs from eager",
             )
         )
     return [
