@@ -2,7 +2,9 @@
 
 Targets: within TensorFlow's import time + 5 s (issue "xentaudit sweep"), and + 3 s (issue
 "Speed on the CPUs CI runs on"), with only TensorFlow installed; `--backend tf` runs exactly that
-sweep wherever the optional backends are installed too (their import included in neither).
+sweep wherever the optional backends are installed too (their import included in neither): by
+default in one process per core, each sweeping some of the dtypes (`--jobs`), and, for the
+record, in one process (`--jobs 1`).
 Both are measured here in the same run, as fresh processes (the sweep's figure includes its own
 TensorFlow and Keras import, tracing and every breaking-point search), and the medians are
 compared. The first line names the CPU and the reference kernel's instruction-set clone; --isa
@@ -30,15 +32,22 @@ def main() -> None:
     apply_isa(args)
     print(describe())
     runs = args.runs
-    imports, sweeps = [], []
+    imports, sweeps, alone = [], [], []
+    sweep = [sys.executable, "-m", "xentaudit", "sweep", "--backend", "tf"]
     wall([sys.executable, "-c", "import tensorflow"])  # warm the file cache once, discarded
     for _ in range(runs):  # interleaved, so both see the same machine state
         imports.append(wall([sys.executable, "-c", "import tensorflow"]))
-        sweeps.append(wall([sys.executable, "-m", "xentaudit", "sweep", "--backend", "tf"]))
+        sweeps.append(wall(sweep))
+        alone.append(wall([*sweep, "--jobs", "1"]))
     imp, swp = statistics.median(imports), statistics.median(sweeps)
+    one = statistics.median(alone)
     print(f"runs: {runs}")
     print(f"python -c 'import tensorflow': median {imp:.2f} s  (all: {_fmt(imports)})")
     print(f"xentaudit sweep --backend tf:  median {swp:.2f} s  (all: {_fmt(sweeps)})")
+    print(
+        f"  the same in one process (--jobs 1): median {one:.2f} s = import + {one - imp:.2f} s  "
+        f"(all: {_fmt(alone)})"
+    )
     verdicts = ", ".join(
         f"budget {b:.1f} s {'met' if swp - imp <= b else 'NOT met'}" for b in BUDGETS_S
     )

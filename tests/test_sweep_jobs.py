@@ -18,11 +18,12 @@ from click.testing import CliRunner
 from processes import children, gone
 
 from xentaudit import impls as zoo
+from xentaudit.audit import Variant
 from xentaudit.cli import cli
 from xentaudit.dtypes import get_format
 from xentaudit.errors import ConfigError
 from xentaudit.report import json as json_report
-from xentaudit.sweep import memory_needed, sweep
+from xentaudit.sweep import Share, _shares, memory_needed, sweep
 
 # One implementation per backend, a grid small enough to run in a second per backend: the seed
 # pattern, scales 1 and 1e5 (at 1e5 the seed's logit 5 x 1e5 overflows float16's 65504, a skip
@@ -289,3 +290,30 @@ def test_an_unknown_mode_names_every_one() -> None:
         ConfigError, match=r"^unknown mode 'fast'; choose from eager, graph, both, training$"
     ):
         sweep(modes=["fast"])
+
+
+def test_processes_to_spare_split_a_backend_by_dtype() -> None:
+    tf = [(0, Variant("naive", 1e-7)), (1, Variant("tf_softmax_xent", 1e-7))]
+    torch = [(2, Variant("torch_cross_entropy", 1e-7))]
+    jax = [(3, Variant("optax_softmax_xent", 1e-7))]
+    # one backend, 2 processes: its 4 dtypes in 2 runs of consecutive dtypes
+    assert _shares([tf], 4, 2) == [Share(tuple(tf), (0, 1)), Share(tuple(tf), (2, 3))]
+    assert _shares([tf], 3, 8) == [Share(tuple(tf), (d,)) for d in range(3)]  # at most a dtype
+    # as many backends as processes or more: one share each (each would import its framework)
+    assert _shares([tf, torch, jax], 4, 2) == [
+        Share(tuple(g), (0, 1, 2, 3)) for g in (tf, torch, jax)
+    ]
+    assert _shares([tf, torch], 4, 1) == [Share(tuple(g), (0, 1, 2, 3)) for g in (tf, torch)]
+
+
+def test_a_backend_split_by_dtype_gives_the_one_process_sweep() -> None:
+    # naive breaks on the seed in both of TensorFlow's modes; its dtypes go to 2 processes
+    grid = {"patterns": ["seed"], "scales": [1.0, 30.0], "dtypes": ["float16", "float32"]}
+    impls = ["naive", "tf_softmax_xent"]
+    apart, together = (sweep(impls=impls, jobs=j, **grid) for j in (2, 1))
+    assert json_report.render(apart, command="sweep") == json_report.render(
+        together, command="sweep"
+    )
+    assert {(b.dtype, b.mode) for b in apart.breaking_points if b.scale is not None} == {
+        (d, m) for d in ("float16", "float32") for m in ("eager", "graph")
+    }

@@ -35,10 +35,9 @@ from xentaudit.shards import Shard
 if TYPE_CHECKING:
     from multiprocessing.queues import SimpleQueue
 
-    from xentaudit.audit import Variant
     from xentaudit.check import CheckOptions, FlaggedRowSink, Progress, _Summary
     from xentaudit.results import ShardInfo
-    from xentaudit.sweep import Grid, Part
+    from xentaudit.sweep import Grid, Part, Share
 
 CONNECT_SECONDS = 30  # how long to wait for a --scheduler to answer
 # read when the frameworks load: TensorFlow's intra-op pool; OpenMP's (torch's CPU ops)
@@ -273,25 +272,22 @@ def _local_pool(
 
 
 def sweep_parts(
-    grid: Grid,
-    groups: Sequence[Sequence[tuple[int, Variant]]],
-    workers: int,
-    progress: Progress | None,
+    grid: Grid, shares: Sequence[Share], workers: int, progress: Progress | None
 ) -> list[Part]:
-    """The parts of a sweep, each group of implementations (one backend's) swept in a local
-    process, ``workers`` at a time (``SWEEP_ORDER``), with this process's thread counts (the
-    frameworks' reductions split by thread count); in the order of ``groups``. Every group
-    runs to its end or its first error (``sweep._merge`` raises the one one process meets
-    first); a process that died is ``WorkerLost``."""
+    """The parts of a sweep, each share (one backend's implementations in some dtypes) swept in
+    a local process, ``workers`` at a time (``SWEEP_ORDER``), with this process's thread
+    counts (the frameworks' reductions split by thread count); in the order of ``shares``.
+    Every share runs to its end or its first error (``sweep._merge`` raises the one one process
+    meets first); a process that died is ``WorkerLost``."""
     from xentaudit.sweep import total_runs
 
     ticks = multiprocessing.get_context("spawn").SimpleQueue() if progress else None
-    order = sorted(range(len(groups)), key=lambda i: SWEEP_ORDER.index(_backend(groups[i])))
-    total = sum(total_runs(grid, group) for group in groups)
-    done = [0] * len(groups)
+    order = sorted(range(len(shares)), key=lambda i: SWEEP_ORDER.index(_backend(shares[i])))
+    total = sum(total_runs(grid, share) for share in shares)
+    done = [0] * len(shares)
     try:
         with _local_pool(workers, None, False, ticks) as pool:
-            futures = {i: pool.submit(_sweep_part, grid, groups[i], i) for i in order}
+            futures = {i: pool.submit(_sweep_part, grid, shares[i], i) for i in order}
             pending = set(futures.values())
             while pending:
                 _, pending = wait(pending, timeout=_TICK_S, return_when=FIRST_COMPLETED)
@@ -304,30 +300,30 @@ def sweep_parts(
             ticks.close()
     broken = [i for i, f in sorted(futures.items()) if isinstance(f.exception(), BrokenProcessPool)]
     if broken:
-        names = [zoo.BACKENDS[_backend(groups[i])].option for i in broken]
+        names = list(dict.fromkeys(zoo.BACKENDS[_backend(shares[i])].option for i in broken))
         listed = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
         raise WorkerLost(
             f"a process of the sweep died before it had swept the {listed} "
             f"backend{'s' * (len(names) > 1)}, so the sweep is incomplete; sweep again with "
             "--jobs 1 (or one --backend at a time) to see why"
         )
-    return [futures[i].result() for i in range(len(groups))]  # a bug's exception is raised
+    return [futures[i].result() for i in range(len(shares))]  # a bug's exception is raised
 
 
-def _backend(group: Sequence[tuple[int, Variant]]) -> str:
-    """The backend of a group of implementations (``Impl.backend``)."""
-    return zoo.backend_of(group[0][1].impl)
+def _backend(share: Share) -> str:
+    """The backend of a share's implementations (``Impl.backend``)."""
+    return zoo.backend_of(share.chosen[0][1].impl)
 
 
-def _sweep_part(grid: Grid, group: Sequence[tuple[int, Variant]], index: int) -> Part:
-    """In a --jobs process: sweep ``group``, its progress sent to the caller as it goes."""
+def _sweep_part(grid: Grid, share: Share, index: int) -> Part:
+    """In a --jobs process: sweep ``share``, its progress sent to the caller as it goes."""
     from xentaudit.sweep import run_part
 
     def tick(done: int, total: int) -> None:
         assert _ticks is not None
         _ticks.put((index, done))
 
-    return run_part(grid, group, tick if _ticks is not None else None)
+    return run_part(grid, share, tick if _ticks is not None else None)
 
 
 def _start_resource_tracker() -> None:

@@ -157,6 +157,15 @@ class Grid:
 Key = tuple[int, ...]  # where a result comes in the sweep's order: pattern, dtype, ...
 
 
+@dataclass(frozen=True)
+class Share:
+    """Some of a sweep's work: implementations, each with its index in the whole sweep's
+    (``chosen``), in some of its dtypes (indices into ``Grid.dtypes``)."""
+
+    chosen: tuple[tuple[int, Variant], ...]
+    dtypes: tuple[int, ...]
+
+
 @dataclass
 class Part:
     """What a part of a sweep (some of its implementations) found, each result keyed by its
@@ -212,10 +221,11 @@ def sweep(
     ``loss`` (``xentaudit.losses.LOSSES``): the loss swept, its implementations and its
     patterns (``grid.LOSS_PATTERNS``); ``label_smoothing`` smooths every pattern's labels as
     Keras does; ``gamma`` and ``alpha``: as for ``audit``. ``jobs`` > 1 sweeps each backend
-    in a process of its own, at most ``jobs`` at a time (``parallel.sweep_parts``), with the
-    result and the error of one process; the processes are spawned, so a script calling this
-    needs the ``if __name__ == "__main__":`` guard multiprocessing asks for. Returns a
-    ``Sweep``; prints nothing.
+    in a process of its own (with processes to spare, a backend's dtypes in several:
+    ``_shares``), at most ``jobs`` at a time (``parallel.sweep_parts``), with the result and
+    the error of one process; the processes are spawned, so a script calling this needs the
+    ``if __name__ == "__main__":`` guard multiprocessing asks for. Returns a ``Sweep``; prints
+    nothing.
     """
     scales = list(check_scales(scales))
     eps = eps_values(eps)
@@ -238,7 +248,8 @@ def sweep(
     groups: dict[str, list[tuple[int, Variant]]] = {}
     for indexed in chosen:
         groups.setdefault(zoo.backend_of(indexed[1].impl), []).append(indexed)
-    workers = min(jobs, len(groups))
+    shares = _shares(list(groups.values()), len(formats), jobs)
+    workers = min(jobs, len(shares))
     _fits(needed, workers, budget)
     grid = Grid(
         scales=tuple(scales),
@@ -256,10 +267,20 @@ def sweep(
     if workers > 1:
         from xentaudit.parallel import sweep_parts
 
-        parts = sweep_parts(grid, list(groups.values()), workers, progress)
+        parts = sweep_parts(grid, shares, workers, progress)
     else:
-        parts = [run_part(grid, chosen, progress)]
+        parts = [run_part(grid, Share(tuple(chosen), tuple(range(len(formats)))), progress)]
     return _merge(grid, parts, backend_skips(backends), loss_scale)
+
+
+def _shares(groups: list[list[tuple[int, Variant]]], dtypes: int, jobs: int) -> list[Share]:
+    """The sweep's work for ``jobs`` processes: each backend's implementations (``groups``),
+    split into runs of consecutive dtypes while processes are to spare (``jobs`` // backends
+    runs each). A process imports the framework of each share it sweeps, so there are no more
+    shares than that: a sweep of every backend on 2 cores is one share per backend."""
+    split = max(1, min(dtypes, jobs // len(groups)))
+    runs = [tuple(int(i) for i in run) for run in np.array_split(np.arange(dtypes), split)]
+    return [Share(tuple(group), run) for group in groups for run in runs]
 
 
 def _fits(needed: int, processes: int, budget: int) -> None:
@@ -276,17 +297,15 @@ def _fits(needed: int, processes: int, budget: int) -> None:
     )
 
 
-def run_part(
-    grid: Grid, chosen: Sequence[tuple[int, Variant]], progress: Progress | None = None
-) -> Part:
-    """Sweep the ``chosen`` implementations (each with its index in the whole sweep's), every
-    pattern x dtype x policy x mode of ``grid``; ``progress`` counts this part's runs. The
-    user's error that stops it is returned with where it happened (``Part.error``)."""
-    if any(zoo.backend_of(v.impl) == "tensorflow" for _, v in chosen):
+def run_part(grid: Grid, share: Share, progress: Progress | None = None) -> Part:
+    """Sweep a ``share`` of ``grid``: its implementations in its dtypes, every pattern x policy
+    x mode; ``progress`` counts this part's runs. The user's error that stops it is returned
+    with where it happened (``Part.error``)."""
+    if any(zoo.backend_of(v.impl) == "tensorflow" for _, v in share.chosen):
         zoo.load_tf_quietly()  # as quietly as the command line, in a --jobs process too
     part = Part()
     try:
-        _sweep_into(part, grid, chosen, progress)
+        _sweep_into(part, grid, share, progress)
     except XentauditError as error:
         part.error = (part.at, error)
         return part
@@ -294,15 +313,14 @@ def run_part(
     return part
 
 
-def _sweep_into(
-    part: Part, grid: Grid, chosen: Sequence[tuple[int, Variant]], progress: Progress | None
-) -> None:
+def _sweep_into(part: Part, grid: Grid, share: Share, progress: Progress | None) -> None:
     """``run_part``'s sweep, its results kept in ``part`` as they come, and ``part.at`` where
     it is."""
-    total = total_runs(grid, chosen)
+    total = total_runs(grid, share)
     done = 0
     for p, pattern in enumerate(grid.patterns):
-        for f, fmt in enumerate(get_format(d) for d in grid.dtypes):
+        for f in share.dtypes:
+            fmt = get_format(grid.dtypes[f])
             part.at = (p, f, 0)
             valid = _representable(pattern, grid.scales, fmt)
             part.skipped.extend(
@@ -316,7 +334,9 @@ def _sweep_into(
             rounded = _scaled(pattern, valid, fmt, grid) if valid else None
             if rounded is not None:
                 part.method = rounded.ref.method
-            for (q, policy), (v, variant) in itertools.product(enumerate(grid.policies), chosen):
+            for (q, policy), (v, variant) in itertools.product(
+                enumerate(grid.policies), share.chosen
+            ):
                 key = part.at = (p, f, 1, q, v)
                 known: Refined = {}
                 labels = pattern.labels if pattern.labels.ndim == 1 else None  # or weights
@@ -367,10 +387,10 @@ def _sweep_into(
         progress(done, total)  # the runs skipped last count too
 
 
-def total_runs(grid: Grid, chosen: Sequence[tuple[int, Variant]]) -> int:
-    """The runs sweeping ``chosen`` takes (whether they run or are skipped): progress's units."""
-    runs = sum(len(zoo.modes_of(v.impl, grid.modes)) for _, v in chosen)
-    return len(grid.patterns) * len(grid.dtypes) * len(grid.policies) * runs
+def total_runs(grid: Grid, share: Share) -> int:
+    """The runs sweeping ``share`` takes (whether they run or are skipped): progress's units."""
+    runs = sum(len(zoo.modes_of(v.impl, grid.modes)) for _, v in share.chosen)
+    return len(grid.patterns) * len(share.dtypes) * len(grid.policies) * runs
 
 
 def _merge(
