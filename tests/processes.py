@@ -3,6 +3,7 @@ signal and check that its worker processes end with it."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,6 +28,15 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def busy_workers(command: subprocess.Popen, mark: Path, seconds: float = 120) -> list[int]:
+    """The processes of ``command`` once one of them is busy: once a loss it runs has touched
+    ``mark`` (or ``seconds`` have passed: no mark, the caller's assertion fails)."""
+    deadline = time.monotonic() + seconds
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return children(command.pid) if mark.exists() else []
 
 
 def gone(pids: list[int], seconds: float) -> bool:

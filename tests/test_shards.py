@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from processes import children, gone
+from processes import busy_workers, gone
 
 import xentaudit.parallel
 from xentaudit.check import check_file
@@ -436,7 +436,6 @@ def test_jobs_processes_end_with_the_command(dump, tmp_path) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     root, _ = dump
     mark = tmp_path / "started"
@@ -447,11 +446,8 @@ def test_jobs_processes_end_with_the_command(dump, tmp_path) -> None:
         "--jobs", "2",
     ]  # fmt: skip
     command = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not mark.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    workers = children(command.pid)
-    assert mark.exists() and workers
+    workers = busy_workers(command, mark)
+    assert workers
     command.send_signal(signal.SIGTERM)
     assert command.wait(timeout=30) == 143
     # one line, nothing after it (multiprocessing's resource tracker warned of the pool's

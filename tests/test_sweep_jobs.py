@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from processes import children, gone
+from processes import busy_workers, gone
 
 from xentaudit import impls as zoo
 from xentaudit.audit import Variant
@@ -274,11 +273,8 @@ def test_ctrl_c_ends_the_sweep_and_its_processes(tmp_path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 120
-    while not mark.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    workers = children(command.pid)
-    assert mark.exists() and workers
+    workers = busy_workers(command, mark)
+    assert workers
     command.send_signal(signal.SIGINT)
     assert command.wait(timeout=30) == 130
     assert command.stderr.read() == b"xentaudit: aborted\n"

@@ -49,6 +49,7 @@ from xentaudit.grid import (
     refine,
     refine_points,
 )
+from xentaudit.impls import Outcome
 from xentaudit.io import prepare
 from xentaudit.losses import Focus, focus_of, get_loss
 from xentaudit.reference import FLOAT64_METHOD
@@ -354,16 +355,7 @@ def _sweep_into(part: Part, grid: Grid, share: Share, progress: Progress | None)
                     done += 1
                     if rounded is None:
                         continue
-                    outcome, grades = run_graded(
-                        variant.impl,
-                        variant.eps,
-                        mode,
-                        rounded,
-                        grid.rtol,
-                        grid.timeout,
-                        policy,
-                        grid.loss_scale,
-                    )
+                    outcome, grades = _graded(grid, variant, mode, rounded, policy)
                     cells = _cells(
                         pattern,
                         variant,
@@ -385,6 +377,22 @@ def _sweep_into(part: Part, grid: Grid, share: Share, progress: Progress | None)
                         progress(done, total)
     if progress:
         progress(done, total)  # the runs skipped last count too
+
+
+def _graded(
+    grid: Grid, variant: Variant, mode: str, rounded: Rounded, policy: str
+) -> tuple[Outcome, Grades]:
+    """``run_graded`` with the grid's tolerance, timeout and loss scale."""
+    return run_graded(
+        variant.impl,
+        variant.eps,
+        mode,
+        rounded,
+        grid.rtol,
+        grid.timeout,
+        policy,
+        grid.loss_scale,
+    )
 
 
 def total_runs(grid: Grid, share: Share) -> int:
@@ -493,17 +501,7 @@ def _breaking_points(
     used = eps_used(variant.impl, variant.eps)
 
     def fires(candidates: list[float]) -> dict[str, list[str]]:
-        rounded = _scaled(pattern, candidates, fmt, grid)
-        _, g = run_graded(
-            variant.impl,
-            variant.eps,
-            mode,
-            rounded,
-            grid.rtol,
-            grid.timeout,
-            policy,
-            grid.loss_scale,
-        )
+        _, g = _graded(grid, variant, mode, _scaled(pattern, candidates, fmt, grid), policy)
         return {kind: list(_fired(g, flags, r)) for kind, flags in KINDS.items()}
 
     fired = {kind: _fired(grades, flags, r) for kind, flags in KINDS.items()}
