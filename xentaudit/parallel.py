@@ -248,9 +248,9 @@ def cores() -> int:
 def _local_pool(
     workers: int, threads: int | None, tensorflow: bool, ticks: SimpleQueue | None = None
 ) -> Iterator[ProcessPoolExecutor]:
-    """A pool of ``workers`` spawned processes (``_start_worker``) that waits for its tasks,
-    unless the block raises (an interrupt, in the API too); either way its processes are then
-    ended, not waited for: a process that imported the frameworks takes seconds to exit."""
+    """A pool of ``workers`` spawned processes (``_start_worker``). When the block ends, with
+    its tasks done or raising (an interrupt, in the API too), the processes are ended, not
+    waited for: a process that imported the frameworks takes seconds to exit."""
     # spawn, not fork: TensorFlow's and torch's threads do not survive a fork
     context = multiprocessing.get_context("spawn")
     _start_resource_tracker()
