@@ -125,15 +125,27 @@ def test_backends_swept_apart_give_the_one_process_sweep() -> None:
     assert all(t == 48 for _, t in ticks) and [d for d, _ in ticks] == sorted(d for d, _ in ticks)
 
 
-def test_the_processes_import_the_frameworks_not_the_caller() -> None:
+def test_the_processes_import_the_frameworks_not_the_caller(tmp_path) -> None:
+    # a user's loss too: its file (and the framework it imports) is imported by its process
+    user = _user_loss(
+        tmp_path,
+        "torch",
+        """
+        import torch
+
+        def loss(labels, logits):
+            return -(labels * torch.log_softmax(logits, -1)).sum(-1)
+        """,
+    )
+    impls = [*THREE, user]
     probe = textwrap.dedent(
         f"""
         import sys
         from xentaudit.sweep import sweep
 
         if __name__ == "__main__":
-            result = sweep(impls={THREE!r}, jobs=2, patterns=["seed"], scales=[1.0])
-            assert {{c.impl for c in result.cells}} == set({THREE!r})
+            result = sweep(impls={impls!r}, jobs=2, patterns=["seed"], scales=[1.0])
+            assert {{c.impl for c in result.cells}} == set({impls!r})
             print(sorted(m for m in ("tensorflow", "torch", "jax") if m in sys.modules))
         """
     )

@@ -499,10 +499,12 @@ class Variant:
 
 
 def variants(names: Iterable[str], eps: tuple[float, ...]) -> list[Variant]:
-    """Each implementation once, ``clipped`` (which clips with ``--eps``) once per epsilon."""
+    """Each implementation once, ``clipped`` (which clips with ``--eps``) once per epsilon. A
+    user's loss or a model takes no ``--eps``, so it is not loaded here."""
     out: list[Variant] = []
     for name in names:
-        chosen = eps if zoo.get_impl(name).eps == "option" else eps[:1]
+        option = name in zoo.REGISTRY and zoo.REGISTRY[name].eps == "option"
+        chosen = eps if option else eps[:1]
         out.extend(Variant(name, e) for e in chosen)
     return out
 

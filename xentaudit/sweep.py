@@ -245,7 +245,9 @@ def sweep(
         raise ConfigError(f"--max-memory must be a positive number of bytes, got {budget}")
     _fits(needed, 1, budget)
     built = tuple(make_pattern(p, seed=seed, **sizes) for p in names)
-    chosen = list(enumerate(variants(zoo.parse_impls(impls, backends, loss), eps)))
+    # With processes, a user's loss is imported there, not here (its framework with it).
+    resolved = zoo.parse_impls(impls, backends, loss, load=jobs == 1)
+    chosen = list(enumerate(variants(resolved, eps)))
     groups: dict[str, list[tuple[int, Variant]]] = {}
     for indexed in chosen:
         groups.setdefault(zoo.backend_of(indexed[1].impl), []).append(indexed)

@@ -534,9 +534,9 @@ def user_backend(spec: str) -> tuple[str, str]:
     return "tensorflow", spec
 
 
-def _load_user_loss(spec: str) -> Impl:
-    """Load ``path/to/file.py:fn`` or ``package.module:fn``, optionally prefixed by its
-    backend (``torch:``, ``jax:``, ``tf:``): a function of the backend's own tensors."""
+def _user_spec(spec: str) -> tuple[str, str, str, Path | None]:
+    """A user's loss ``[tf:|torch:|jax:]target:fn`` checked without importing it: its backend
+    (installed), target, function name and file (a regular file; None for a module name)."""
     backend, located = user_backend(spec)
     target, _, fn_name = located.rpartition(":")
     if not target or not fn_name.isidentifier():
@@ -549,10 +549,17 @@ def _load_user_loss(spec: str) -> Impl:
             f"--impl {spec!r} needs the {backend} backend, which is not installed; install it "
             f"with: {BACKENDS[backend].install}"
         )
+    path = Path(target) if target.endswith(".py") or os.sep in target else None
+    if path is not None:
+        regular_file(path, f"--impl {spec!r}", "a .py file", UnknownImplementationError)
+    return backend, target, fn_name, path
+
+
+def _load_user_loss(spec: str) -> Impl:
+    """Load ``path/to/file.py:fn`` or ``package.module:fn``, optionally prefixed by its
+    backend (``torch:``, ``jax:``, ``tf:``): a function of the backend's own tensors."""
+    backend, target, fn_name, path = _user_spec(spec)
     if spec not in _USER_LOSSES:
-        path = Path(target) if target.endswith(".py") or os.sep in target else None
-        if path is not None:
-            regular_file(path, f"--impl {spec!r}", "a .py file", UnknownImplementationError)
         if backend == "tensorflow":  # before their `import tensorflow`, wherever it is loaded
             load_tf_quietly()
         with user_code(f"--impl {spec!r}: importing {target}", UnknownImplementationError):
@@ -739,7 +746,10 @@ def _not_installed(name: str) -> str:
 
 
 def parse_impls(
-    names: Iterable[str], backends: Iterable[str] | None = None, loss: str = "softmax"
+    names: Iterable[str],
+    backends: Iterable[str] | None = None,
+    loss: str = "softmax",
+    load: bool = True,
 ) -> tuple[str, ...]:
     """Expand implementation names (comma lists allowed; ``all`` is every one of ``loss`` of
     the ``backends`` (``--backend`` names, ``parse_backends``; None: every one) that are
@@ -747,8 +757,9 @@ def parse_impls(
 
     Naming an implementation of a backend that is not installed is an error that gives the
     install command. A value with a colon is a user's loss (``file.py:fn``, ``module:fn``,
-    ``torch:file.py:fn``), loaded and checked here; it is taken whole (a path may contain
-    commas).
+    ``torch:file.py:fn``), loaded and checked here (without ``load``: checked as far as it
+    can be without importing it, which its first run does); it is taken whole (a path may
+    contain commas).
     """
     names = list(names)
     for name in names:
@@ -771,7 +782,12 @@ def parse_impls(
         if i.backend in chosen and installed(i.backend) and i.loss == loss
     ]
     named = {p.strip() for n in names if ":" not in n for p in n.split(",")} - {"all"}
-    users = tuple(get_impl(n).name for n in names if ":" in n)
+    users = tuple(n for n in names if ":" in n)
+    for user in users:
+        if load:
+            get_impl(user)  # loaded and checked
+        else:
+            _user_spec(user)
     builtin = expand(
         (n for n in names if ":" not in n),
         # an implementation named outright runs whatever --backend says
