@@ -229,16 +229,64 @@ def test_a_backend_process_that_dies_fails_the_sweep_with_exit_3(tmp_path) -> No
     )
 
 
-def test_the_memory_budget_holds_for_every_process_at_once() -> None:
-    # Two backends in two processes need twice one process's largest batch.
+def test_no_more_processes_run_than_the_memory_budget_has_room_for() -> None:
+    # Room for one process's largest batch, not two: the backends are swept one at a time,
+    # in one process, with the same result; with room for two, in two processes (whose progress
+    # ticks come from a queue: the in-process sweep calls back directly).
     needed = memory_needed([(2, 3)], 1, [get_format("float32")])
     small = {"patterns": ["seed"], "scales": [1.0], "dtypes": ["float32"]}
     impls = ["torch_cross_entropy", "optax_softmax_xent"]
-    with pytest.raises(ConfigError, match="in each of 2 processes, more than --max-memory"):
-        sweep(impls=impls, jobs=2, max_memory=2 * needed - 1, **small)
-    # one process, or two with room for both: runs
-    assert sweep(impls=impls, jobs=1, max_memory=2 * needed - 1, **small).cells
+    one = sweep(impls=impls, jobs=2, max_memory=2 * needed - 1, **small)
+    assert json_report.render(one, command="sweep") == json_report.render(
+        sweep(impls=impls, jobs=1, **small), command="sweep"
+    )
     assert sweep(impls=impls, jobs=2, max_memory=2 * needed, **small).cells
+    with pytest.raises(ConfigError, match="more than --max-memory"):
+        sweep(impls=impls, jobs=2, max_memory=needed - 1, **small)
+
+
+def test_a_sweep_with_nothing_to_run_lists_what_it_skipped() -> None:
+    # torch has no focal loss: nothing is left to sweep, whatever --jobs
+    for jobs in (1, 2):
+        result = sweep(backends=["torch"], loss="focal", jobs=jobs, patterns=["seed"])
+        assert result.cells == () and result.breaking_points == ()
+
+
+def test_a_broken_file_is_the_first_error_whatever_the_processes(tmp_path) -> None:
+    """One process loads the users' losses before it runs anything (after the built-in names
+    are known); the processes load theirs first too, so their errors come in that order."""
+    runs_badly = _user_loss(
+        tmp_path,
+        "torch",
+        """
+        def loss(labels, logits):
+            raise RuntimeError("fails when run")
+        """,
+    )
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_here\n")
+    cases = [
+        ([runs_badly, f"torch:{broken}:loss", "optax_softmax_xent"], "no_such_module_here"),
+        (["no_such_impl", f"torch:{broken}:loss", "optax_softmax_xent"], "'no_such_impl'"),
+    ]
+    for impls, expected in cases:
+        args = ["sweep", *(a for name in impls for a in ("--impl", name)), "--pattern", "seed"]
+        alone = CliRunner().invoke(cli, [*args, "--jobs", "1"])
+        apart = CliRunner().invoke(cli, [*args, "--jobs", "2"])
+        assert alone.exit_code == apart.exit_code == 2
+        assert apart.stderr == alone.stderr
+        assert expected in apart.stderr and len(apart.stderr.splitlines()) == 1
+
+
+def test_a_loaded_loss_keeps_its_relative_path_after_a_change_of_directory(
+    tmp_path, monkeypatch
+) -> None:
+    (tmp_path / "rel_loss.py").write_text("def loss(labels, logits):\n    return logits\n")
+    monkeypatch.chdir(tmp_path)
+    spec = "torch:rel_loss.py:loss"
+    assert zoo.get_impl(spec).name == spec
+    monkeypatch.chdir(tmp_path.parent)
+    assert zoo.get_impl(spec).backend == "torch"  # loaded once: not looked up again
 
 
 def test_jobs_is_checked() -> None:

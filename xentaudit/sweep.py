@@ -217,7 +217,8 @@ def sweep(
     ``timeout`` bounds each run of an implementation, in seconds; with ``loss_scale`` S,
     gradients are taken of S times the loss (as ``audit``; no ``max_loss_scale`` search).
     ``max_memory`` (bytes; default ``memory_budget()``) refuses a grid whose largest batch
-    needs more (``memory_needed``, once per process). ``progress`` is called with (done,
+    needs more (``memory_needed``; with ``jobs``, no more processes run at once than it has
+    room for). ``progress`` is called with (done,
     total) units of work. ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``.
     ``loss`` (``xentaudit.losses.LOSSES``): the loss swept, its implementations and its
     patterns (``grid.LOSS_PATTERNS``); ``label_smoothing`` smooths every pattern's labels as
@@ -243,7 +244,7 @@ def sweep(
     budget = memory_budget() if max_memory is None else max_memory
     if budget < 1:
         raise ConfigError(f"--max-memory must be a positive number of bytes, got {budget}")
-    _fits(needed, 1, budget)
+    _fits(needed, budget)
     built = tuple(make_pattern(p, seed=seed, **sizes) for p in names)
     # With processes, a user's loss is imported there, not here (its framework with it).
     resolved = zoo.parse_impls(impls, backends, loss, load=jobs == 1)
@@ -251,9 +252,10 @@ def sweep(
     groups: dict[str, list[tuple[int, Variant]]] = {}
     for indexed in chosen:
         groups.setdefault(zoo.backend_of(indexed[1].impl), []).append(indexed)
-    shares = _shares(list(groups.values()), len(formats), jobs)
-    workers = min(jobs, len(shares))
-    _fits(needed, workers, budget)
+    # no more processes at once than the budget has room for, each with its largest batch
+    processes = min(jobs, max(1, budget // needed if needed else jobs))
+    shares = _shares(list(groups.values()), len(formats), processes)
+    workers = min(processes, len(shares))
     grid = Grid(
         scales=tuple(scales),
         dtypes=tuple(f.name for f in formats),
@@ -280,24 +282,23 @@ def _shares(groups: list[list[tuple[int, Variant]]], dtypes: int, jobs: int) -> 
     """The sweep's work for ``jobs`` processes: each backend's implementations (``groups``),
     split into runs of consecutive dtypes while processes are to spare (``jobs`` // backends
     runs each). A process imports the framework of each share it sweeps, so there are no more
-    shares than that: a sweep of every backend on 2 cores is one share per backend."""
+    shares than that: a sweep of every backend on 2 cores is one share per backend. (``jobs``
+    is already at most the processes whose batches fit ``--max-memory``.)"""
+    if not groups:
+        return []
     split = max(1, min(dtypes, jobs // len(groups)))
     runs = [tuple(int(i) for i in run) for run in np.array_split(np.arange(dtypes), split)]
     return [Share(tuple(group), run) for group in groups for run in runs]
 
 
-def _fits(needed: int, processes: int, budget: int) -> None:
-    """Refuse a sweep whose ``processes`` need more than ``budget`` bytes, ``needed`` each."""
-    if needed * max(processes, 1) <= budget:
-        return
-    each, jobs = (
-        (f" in each of {processes} processes", " fewer --jobs,") if processes > 1 else ("", "")
-    )
-    raise ConfigError(
-        f"this sweep needs about {size_text(needed)} of memory{each}, more than --max-memory "
-        f"{size_text(budget)}; sweep fewer --scales or a smaller --classes or --vocab-rows,"
-        f"{jobs} or raise --max-memory"
-    )
+def _fits(needed: int, budget: int) -> None:
+    """Refuse a sweep whose largest batch needs ``needed`` bytes, more than ``budget``."""
+    if needed > budget:
+        raise ConfigError(
+            f"this sweep needs about {size_text(needed)} of memory, more than --max-memory "
+            f"{size_text(budget)}; sweep fewer --scales or a smaller --classes or --vocab-rows, "
+            "or raise --max-memory"
+        )
 
 
 def run_part(grid: Grid, share: Share, progress: Progress | None = None) -> Part:
@@ -321,6 +322,10 @@ def _sweep_into(part: Part, grid: Grid, share: Share, progress: Progress | None)
     it is."""
     total = total_runs(grid, share)
     done = 0
+    for v, variant in share.chosen:  # the users' losses first, in order, as parse_impls loads them
+        if ":" in variant.impl:
+            part.at = (-1, v)
+            zoo.get_impl(variant.impl)
     for p, pattern in enumerate(grid.patterns):
         for f in share.dtypes:
             fmt = get_format(grid.dtypes[f])

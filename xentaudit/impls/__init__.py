@@ -557,9 +557,12 @@ def _user_spec(spec: str) -> tuple[str, str, str, Path | None]:
 
 def _load_user_loss(spec: str) -> Impl:
     """Load ``path/to/file.py:fn`` or ``package.module:fn``, optionally prefixed by its
-    backend (``torch:``, ``jax:``, ``tf:``): a function of the backend's own tensors."""
-    backend, target, fn_name, path = _user_spec(spec)
+    backend (``torch:``, ``jax:``, ``tf:``): a function of the backend's own tensors. Checked
+    and imported once (a relative path then keeps working after a change of directory)."""
+    backend, located = user_backend(spec)
+    target, _, fn_name = located.rpartition(":")
     if spec not in _USER_LOSSES:
+        path = _user_spec(spec)[3]
         if backend == "tensorflow":  # before their `import tensorflow`, wherever it is loaded
             load_tf_quietly()
         with user_code(f"--impl {spec!r}: importing {target}", UnknownImplementationError):
@@ -782,12 +785,6 @@ def parse_impls(
         if i.backend in chosen and installed(i.backend) and i.loss == loss
     ]
     named = {p.strip() for n in names if ":" not in n for p in n.split(",")} - {"all"}
-    users = tuple(n for n in names if ":" in n)
-    for user in users:
-        if load:
-            get_impl(user)  # loaded and checked
-        else:
-            _user_spec(user)
     builtin = expand(
         (n for n in names if ":" not in n),
         # an implementation named outright runs whatever --backend says
@@ -795,6 +792,12 @@ def parse_impls(
         "implementation",
         UnknownImplementationError,
     )
+    users = tuple(n for n in names if ":" in n)
+    for user in users:  # after the built-in names, as a sweep's processes load them
+        if load:
+            get_impl(user)  # loaded and checked
+        else:
+            _user_spec(user)
     return builtin + tuple(u for u in users if u not in builtin)
 
 
