@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,9 @@ from xentaudit.impls import (
     MODE_NAMES,
     REGISTRY,
     TRAINING,
-    backend_of,
-    load_tf_quietly,
-    parse_impls,
+    load_tf,
     quiet_python_logs,
+    stderr_fd,
 )
 from xentaudit.io import file_or_json, load_inputs, names_a_file
 from xentaudit.lint.command import lint
@@ -122,9 +121,10 @@ class _Signals:
                 os.unlink(path)
         # On a terminal: clear the line (the ^C echo, a progress bar) and show the cursor again,
         # which the progress bar hid and would have restored on a normal exit.
-        erase = "\r\x1b[2K\x1b[?25h" if os.isatty(2) else ""
+        stderr = stderr_fd()  # not /dev/null, while TensorFlow loads quietly
+        erase = "\r\x1b[2K\x1b[?25h" if os.isatty(stderr) else ""
         with contextlib.suppress(OSError):
-            os.write(2, f"{erase}xentaudit: {word}\n".encode())
+            os.write(stderr, f"{erase}xentaudit: {word}\n".encode())
         os._exit(code)
 
     @contextlib.contextmanager
@@ -509,21 +509,11 @@ def cli(verbose: bool) -> None:
     quiet_python_logs()
 
 
-def _load_tensorflow(
-    impls: Iterable[str],
-    backends: Iterable[str] | None,
-    model: str | None = None,
-    loss: str = "softmax",
-) -> None:
-    """Import TensorFlow before a command runs it, when it will: a built-in TensorFlow
-    implementation among ``impls`` (``all`` expanded over ``backends``) or a saved ``model``
-    (``load_tf_quietly``)."""
-    if model is None:
-        # a user's TensorFlow loss loads TensorFlow (quietly) before its file is imported
-        builtin = parse_impls([n for n in impls if ":" not in n], backends, loss)
-        if all(backend_of(n) != "tensorflow" for n in builtin):
-            return
-    load_tf_quietly()
+def _load_keras(model: str | None) -> None:
+    """Import TensorFlow before a saved ``model`` is read in Keras, which imports it as it is
+    (``load_tf`` is quiet in the command line's processes; Keras alone is not)."""
+    if model is not None:
+        load_tf()
 
 
 @cli.command()
@@ -612,7 +602,7 @@ def compare(
     dtypes = dtypes or ("float32",)
     if x.dtype.kind in "biuf" or x.dtype.name == "bfloat16":  # audit refuses anything else
         x = _scaled(x, scale, dtypes)
-    _load_tensorflow(impls or ("all",), backends or None, model, loss)
+    _load_keras(model)
     result = audit(
         x,
         y,
@@ -990,12 +980,7 @@ def check(
         labels if labels is None or is_sharded(labels) else file_or_json(labels, "--labels")
     )
     defaults = default_impls(input_kind, backends or None, loss)
-    # Shards audited in parallel: the processes that audit them import the frameworks (here, a
-    # model's loss path is still read in Keras).
-    sharded = len(paths) > 1 or any(map(is_sharded, paths))
-    parallel = scheduler is not None or (jobs > 1 and sharded)
-    if not parallel or model is not None:
-        _load_tensorflow(impls or defaults, backends or None, model, loss)
+    _load_keras(model)  # also with shards audited in other processes: read here too
     with contextlib.ExitStack() as stack:
         if inputs is not None:
             assert model is not None and label_input is not None  # _check_sources
@@ -1180,8 +1165,6 @@ def ema(trajectory: str, decays: tuple[str, ...], impls: tuple[str, ...], fmt: s
             parsed.append(float(part))
         except ValueError:
             raise ConfigError(f"--decay {part!r} is not a number; pass decays in (0, 1)") from None
-    if impls:
-        _load_tensorflow(impls, None)
     result = run_ema(trajectory, parsed, impls)
     if fmt == "json":
         body = result.to_dict()

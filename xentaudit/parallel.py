@@ -175,8 +175,7 @@ def run(
     merger = _Merger(infos, given, on_flagged_row, progress)
     collect = on_flagged_row is not None
     if scheduler is None:
-        tensorflow = any(zoo.backend_of(name) == "tensorflow" for name in names)
-        _run_local(portable, tasks, jobs, merger, collect, tensorflow)
+        _run_local(portable, tasks, jobs, merger, collect)
     else:
         _run_dask(portable, tasks, scheduler, merger, collect)
     return merger.result()
@@ -216,13 +215,12 @@ def _run_local(
     jobs: int,
     merger: _Merger,
     collect: bool,
-    tensorflow: bool,
 ) -> None:
     from xentaudit.check import audit_shard
 
     workers = min(jobs, len(tasks))
     threads = max(1, cores() // workers)
-    with _local_pool(workers, threads, tensorflow) as pool:
+    with _local_pool(workers, threads) as pool:
         pending: dict[Future, int] = {
             pool.submit(audit_shard, options, shard, info, collect): i
             for i, (shard, info) in enumerate(tasks)
@@ -246,7 +244,7 @@ def cores() -> int:
 
 @contextlib.contextmanager
 def _local_pool(
-    workers: int, threads: int | None, tensorflow: bool, ticks: SimpleQueue | None = None
+    workers: int, threads: int | None, ticks: SimpleQueue | None = None
 ) -> Iterator[ProcessPoolExecutor]:
     """A pool of ``workers`` spawned processes (``_start_worker``). When the block ends, with
     its tasks done or raising (an interrupt, in the API too), the processes are ended, not
@@ -258,7 +256,7 @@ def _local_pool(
         max_workers=workers,
         mp_context=context,
         initializer=_start_worker,
-        initargs=(os.getpid(), threads, tensorflow, ticks),
+        initargs=(os.getpid(), threads, ticks),
     )
     try:
         yield pool
@@ -286,7 +284,7 @@ def sweep_parts(
     total = sum(total_runs(grid, share) for share in shares)
     done = [0] * len(shares)
     try:
-        with _local_pool(workers, None, False, ticks) as pool:
+        with _local_pool(workers, None, ticks) as pool:
             futures = {i: pool.submit(_sweep_part, grid, shares[i], i) for i in order}
             pending = set(futures.values())
             while pending:
@@ -344,14 +342,12 @@ def _start_resource_tracker() -> None:
             os.environ["PYTHONWARNINGS"] = saved
 
 
-def _start_worker(
-    parent: int, threads: int | None, tensorflow: bool, ticks: SimpleQueue | None
-) -> None:
+def _start_worker(parent: int, threads: int | None, ticks: SimpleQueue | None) -> None:
     """A --jobs process, before any task: leave Ctrl-C to the process it serves (which ends the
     run), end when that process is gone (killed, or ended by a signal without waiting for us),
     share the cores (``THREAD_VARIABLES``: ``threads`` per operation, unless set or None),
-    import TensorFlow as quietly as the command line does (``tensorflow``), and send a sweep's
-    progress to ``ticks``."""
+    quiet the frameworks as the command line does (``quiet_python_logs``: TensorFlow loads
+    quietly when a task first needs it), and send a sweep's progress to ``ticks``."""
     global _ticks
     _ticks = ticks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -365,8 +361,6 @@ def _start_worker(
     for variable in THREAD_VARIABLES if threads is not None else ():
         os.environ.setdefault(variable, str(threads))
     zoo.quiet_python_logs()
-    if tensorflow:
-        zoo.load_tf_quietly()
 
 
 def _check_address(scheduler: str) -> None:

@@ -305,8 +305,6 @@ def run_part(grid: Grid, share: Share, progress: Progress | None = None) -> Part
     """Sweep a ``share`` of ``grid``: its implementations in its dtypes, every pattern x policy
     x mode; ``progress`` counts this part's runs. The user's error that stops it is returned
     with where it happened (``Part.error``)."""
-    if any(zoo.backend_of(v.impl) == "tensorflow" for _, v in share.chosen):
-        zoo.load_tf_quietly()  # as quietly as the command line, in a --jobs process too
     part = Part()
     try:
         _sweep_into(part, grid, share, progress)

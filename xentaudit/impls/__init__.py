@@ -563,8 +563,8 @@ def _load_user_loss(spec: str) -> Impl:
     target, _, fn_name = located.rpartition(":")
     if spec not in _USER_LOSSES:
         path = _user_spec(spec)[3]
-        if backend == "tensorflow":  # before their `import tensorflow`, wherever it is loaded
-            load_tf_quietly()
+        if backend == "tensorflow":  # before their `import tensorflow` (quietly, in the CLI)
+            load_tf()
         with user_code(f"--impl {spec!r}: importing {target}", UnknownImplementationError):
             if path is not None:
                 module_spec = importlib.util.spec_from_file_location(
@@ -840,19 +840,45 @@ def installed(backend: str) -> bool:
     return all(importlib.util.find_spec(p) is not None for p in BACKENDS[backend].packages)
 
 
+_stderr = 2  # stderr's file descriptor (``stderr_fd``)
+
+
 def load_backend(backend: str) -> ModuleType:
     """The zoo module of ``backend`` ("tensorflow", "torch", "jax"), imported on first use with
     its framework: ``run(name, eps, mode, logits, labels, classes, timeout, policy,
     loss_scale, given) -> Outcome`` in each.
 
-    A plain import: the library never touches the process's environment, logging or file
-    descriptors; quieting a framework's start-up is the command line's business.
+    For the API's callers a plain import: the library never touches the process's environment,
+    logging or file descriptors. In a command line's process (``quiet_python_logs``) at
+    TF_CPP_MIN_LOG_LEVEL 3, TensorFlow's C++ start-up lines, which ignore that level and bypass
+    Python, go to /dev/null, wherever TensorFlow is first needed.
     """
     if not installed(backend):
         raise UnknownImplementationError(
             f"the {backend} backend is not installed; install it with: {BACKENDS[backend].install}"
         )
-    return importlib.import_module(f"xentaudit.impls.{BACKENDS[backend].module}")
+    global _stderr
+    module = f"xentaudit.impls.{BACKENDS[backend].module}"
+    loud = "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3"
+    if backend != "tensorflow" or not _quiet or loud:
+        return importlib.import_module(module)
+    sys.stderr.flush()
+    _stderr = os.dup(2)  # set first: a signal's line goes there from now on (``stderr_fd``)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        return importlib.import_module(module)
+    finally:
+        os.dup2(_stderr, 2)
+        saved, _stderr = _stderr, 2
+        os.close(devnull)
+        os.close(saved)
+
+
+def stderr_fd() -> int:
+    """The file descriptor of the process's stderr: 2, or a copy of it while TensorFlow loads
+    quietly (``load_backend``), where a line that must be seen (a signal's) is written."""
+    return _stderr
 
 
 def modes_of(name: str, modes: Iterable[str]) -> tuple[str, ...]:
@@ -884,28 +910,9 @@ _quiet = False  # a command line's process (``quiet_python_logs``): TensorFlow l
 def quiet_python_logs() -> None:
     """Unless TF_CPP_MIN_LOG_LEVEL is "0" (the command line's -v): TensorFlow's Python logger
     (retracing notices and the like) at ERROR; TensorFlow does not reset the level; and
-    TensorFlow loaded quietly from now on (``load_tf_quietly``). For the command line's
+    TensorFlow loaded quietly from now on (``load_backend``). For the command line's
     processes (and those of ``parallel``), never the API's."""
     global _quiet
     _quiet = True
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
-
-
-def load_tf_quietly() -> None:
-    """``load_tf``; in a command line's process (``quiet_python_logs``) at TF_CPP_MIN_LOG_LEVEL
-    3, with TensorFlow's C++ start-up lines, which ignore that level and bypass Python, sent to
-    /dev/null. The API's callers keep their stderr as it is."""
-    if not _quiet or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3" or "tensorflow" in sys.modules:
-        load_tf()
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        load_tf()
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)

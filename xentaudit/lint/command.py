@@ -100,18 +100,11 @@ def lint(
     parse: XA000, reported with the rest).
     """
     if explain is not None:
-        from xentaudit.cli import _load_tensorflow
         from xentaudit.lint.explain import explain as run
-        from xentaudit.lint.explain import stand_ins
-        from xentaudit.lint.rules import RULES
 
         if paths or fix or show_diff:
             raise ConfigError("--explain takes a rule code alone; drop the paths and options")
-        code = explain.strip().upper()
-        rule = RULES.get(code)
-        loss = "softmax" if rule is None else rule.loss  # an unknown code: stand_ins says so
-        _load_tensorflow(stand_ins(code), None, loss=loss)  # its start-up log hidden, as elsewhere
-        click.echo(run(code), nl=False)
+        click.echo(run(explain.strip().upper()), nl=False)
         return 0
     if not paths:
         raise ConfigError("lint needs a PATH (a .py file, a notebook or a folder)")
