@@ -218,8 +218,8 @@ def sweep(
     gradients are taken of S times the loss (as ``audit``; no ``max_loss_scale`` search).
     ``max_memory`` (bytes; default ``memory_budget()``) refuses a grid whose largest batch
     needs more (``memory_needed``; with ``jobs``, no more processes run at once than it has
-    room for). ``progress`` is called with (done,
-    total) units of work. ``backends`` ("tf", "torch", "jax"; None: all): as for ``audit``.
+    room for). ``progress`` is called with (done, total) units of work. ``backends`` ("tf",
+    "torch", "jax"; None: all): as for ``audit``.
     ``loss`` (``xentaudit.losses.LOSSES``): the loss swept, its implementations and its
     patterns (``grid.LOSS_PATTERNS``); ``label_smoothing`` smooths every pattern's labels as
     Keras does; ``gamma`` and ``alpha``: as for ``audit``. ``jobs`` > 1 sweeps each backend
@@ -253,7 +253,7 @@ def sweep(
     for indexed in chosen:
         groups.setdefault(zoo.backend_of(indexed[1].impl), []).append(indexed)
     # no more processes at once than the budget has room for, each with its largest batch
-    processes = min(jobs, max(1, budget // needed if needed else jobs))
+    processes = min(jobs, max(1, budget // needed))
     shares = _shares(list(groups.values()), len(formats), processes)
     workers = min(processes, len(shares))
     grid = Grid(

@@ -534,9 +534,9 @@ def user_backend(spec: str) -> tuple[str, str]:
     return "tensorflow", spec
 
 
-def _user_spec(spec: str) -> tuple[str, str, str, Path | None]:
-    """A user's loss ``[tf:|torch:|jax:]target:fn`` checked without importing it: its backend
-    (installed), target, function name and file (a regular file; None for a module name)."""
+def _user_parts(spec: str) -> tuple[str, str, str]:
+    """A user's loss ``[tf:|torch:|jax:]target:fn`` split and checked: its backend (installed),
+    target and function name."""
     backend, located = user_backend(spec)
     target, _, fn_name = located.rpartition(":")
     if not target or not fn_name.isidentifier():
@@ -549,20 +549,25 @@ def _user_spec(spec: str) -> tuple[str, str, str, Path | None]:
             f"--impl {spec!r} needs the {backend} backend, which is not installed; install it "
             f"with: {BACKENDS[backend].install}"
         )
+    return backend, target, fn_name
+
+
+def _user_file(spec: str, target: str) -> Path | None:
+    """The file a user's loss ``spec`` names as its ``target`` (a regular file), or None for a
+    module name."""
     path = Path(target) if target.endswith(".py") or os.sep in target else None
     if path is not None:
         regular_file(path, f"--impl {spec!r}", "a .py file", UnknownImplementationError)
-    return backend, target, fn_name, path
+    return path
 
 
 def _load_user_loss(spec: str) -> Impl:
     """Load ``path/to/file.py:fn`` or ``package.module:fn``, optionally prefixed by its
     backend (``torch:``, ``jax:``, ``tf:``): a function of the backend's own tensors. Checked
     and imported once (a relative path then keeps working after a change of directory)."""
-    backend, located = user_backend(spec)
-    target, _, fn_name = located.rpartition(":")
+    backend, target, fn_name = _user_parts(spec)
     if spec not in _USER_LOSSES:
-        path = _user_spec(spec)[3]
+        path = _user_file(spec, target)
         if backend == "tensorflow":  # before their `import tensorflow` (quietly, in the CLI)
             load_tf()
         with user_code(f"--impl {spec!r}: importing {target}", UnknownImplementationError):
@@ -796,8 +801,8 @@ def parse_impls(
     for user in users:  # after the built-in names, as a sweep's processes load them
         if load:
             get_impl(user)  # loaded and checked
-        else:
-            _user_spec(user)
+        else:  # checked, not imported
+            _user_file(user, _user_parts(user)[1])
     return builtin + tuple(u for u in users if u not in builtin)
 
 
