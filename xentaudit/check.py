@@ -44,8 +44,8 @@ from xentaudit.audit import (
     worst,
 )
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
-from xentaudit.environment import environment
-from xentaudit.errors import ConfigError, InputError
+from xentaudit.environment import environment, environment_of, subnormal_flushes
+from xentaudit.errors import ConfigError, InputError, XentauditError
 from xentaudit.flags import FLAGS, LINT
 from xentaudit.io import (
     BAD_LOG_PROBABILITIES,
@@ -203,6 +203,9 @@ class _Tally:
     exact_mean: _ExactMean = field(default_factory=_ExactMean)
     flagged: int = 0  # rows carrying a loss or gradient flag
     label_weights: int = 1  # the most nonzero label weights of a row as graded (CheckResult)
+    # the clipping epsilon the implementation applied (``eps_used``), found where it ran: the
+    # process merging the results need not import its framework for Keras' own
+    eps: float | None = None
 
     def add_scale(self, largest: float | None) -> None:
         """A chunk's largest finite loss scale: the file's is the smallest of its chunks'."""
@@ -213,6 +216,7 @@ class _Tally:
     def merge(self, other: _Tally) -> None:
         """Add another part of the file's rows (a shard's): as if its chunks had been added."""
         self.output_dtype = other.output_dtype
+        self.eps = other.eps
         self.rows += other.rows
         self.counts.update(other.counts)
         self.max_rel_err = worst(np.array([self.max_rel_err, other.max_rel_err]))
@@ -435,55 +439,66 @@ def _audit_chunk(
     # file, whichever chunk holds such rows
     rejected = rejected_class(o.ignore_class, batch.shape[1])
     chosen, names = plan.settings.chosen, plan.settings.names
-    for source in plan.sources:
-        ignore = o.ignore_class if source == "file" else None
-        refused = None if ignore is None else rejected
-        if source == "file":
-            labelled = batch
-        else:
-            # Argmax and argmin of log-probabilities and probabilities are those of logits too.
-            pick = np.argmax if source == "predicted" else np.argmin
-            labelled = Batch(batch.logits, None, pick(as_float(batch.logits), axis=1))
-        smoothing = smoothing_for(labelled, names, o.label_smoothing)
-        for fmt in plan.formats:
-            try:
-                rounded = round_to(
-                    labelled,
-                    fmt,
-                    method="float64",
-                    given=o.input_kind,
-                    loss=o.loss,
-                    focus=plan.settings.focus,
-                    smoothing=smoothing,
-                    ignore_class=ignore,
-                )
-            except Unrepresentable as exc:
-                raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
-            runs: Runs = {}
-            weights = 1 + int(rounded.label_extra.max(initial=0))  # a row's nonzero labels
-            for policy, variant in policy_variants(plan.policies, chosen):
-                name = variant.impl
-                reason = labels_skip(name, labelled.classes, names, smoothing, refused)
-                if reason is not None:
-                    summary.skipped[(name, fmt.name)] = Skipped(name, fmt.name, reason)
-                    continue
-                runnable, skip = runnable_modes(name, o.modes)
-                if skip is not None:
-                    summary.skipped[(name, skip.dtype)] = skip
-                for mode in runnable:
-                    outcome, grades, largest = run_shared(
-                        runs, variant, mode, rounded, o.rtol, o.timeout, policy, o.loss_scale
+    at = (-1, -1, -1)  # labels, dtype, implementation: where an error arises
+    try:
+        for i, source in enumerate(plan.sources):
+            ignore = o.ignore_class if source == "file" else None
+            refused = None if ignore is None else rejected
+            if source == "file":
+                labelled = batch
+            else:
+                # Argmax and argmin of log-probabilities and probabilities are those of logits too.
+                pick = np.argmax if source == "predicted" else np.argmin
+                labelled = Batch(batch.logits, None, pick(as_float(batch.logits), axis=1))
+            smoothing = smoothing_for(labelled, names, o.label_smoothing)
+            for j, fmt in enumerate(plan.formats):
+                at = (i, j, -1)
+                try:
+                    rounded = round_to(
+                        labelled,
+                        fmt,
+                        method="float64",
+                        given=o.input_kind,
+                        loss=o.loss,
+                        focus=plan.settings.focus,
+                        smoothing=smoothing,
+                        ignore_class=ignore,
                     )
-                    key = (source, name, variant.eps, fmt.name, policy, mode)
-                    tally = summary.tallies.setdefault(key, _Tally())
-                    tally.output_dtype = outcome.output_dtype
-                    tally.add(rows, outcome.loss, rounded.ref.loss, grades, rounded.ignored)
-                    tally.label_weights = max(tally.label_weights, weights)
-                    tally.add_scale(largest)
-                    if flagged is not None:
-                        flagged.extend(
-                            _flagged_rows(rows, key, rounded.ref.loss, outcome.loss, grades, shard)
+                except Unrepresentable as exc:
+                    raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
+                runs: Runs = {}
+                weights = 1 + int(rounded.label_extra.max(initial=0))  # a row's nonzero labels
+                for k, (policy, variant) in enumerate(policy_variants(plan.policies, chosen)):
+                    at, name = (i, j, k), variant.impl
+                    reason = labels_skip(name, labelled.classes, names, smoothing, refused)
+                    if reason is not None:
+                        summary.skipped[(name, fmt.name)] = Skipped(name, fmt.name, reason)
+                        continue
+                    runnable, skip = runnable_modes(name, o.modes)
+                    if skip is not None:
+                        summary.skipped[(name, skip.dtype)] = skip
+                    for mode in runnable:
+                        outcome, grades, largest = run_shared(
+                            runs, variant, mode, rounded, o.rtol, o.timeout, policy, o.loss_scale
                         )
+                        key = (source, name, variant.eps, fmt.name, policy, mode)
+                        if key not in summary.tallies:
+                            summary.tallies[key] = _Tally(eps=eps_used(name, variant.eps))
+                        tally = summary.tallies[key]
+                        tally.output_dtype = outcome.output_dtype
+                        tally.add(rows, outcome.loss, rounded.ref.loss, grades, rounded.ignored)
+                        tally.label_weights = max(tally.label_weights, weights)
+                        tally.add_scale(largest)
+                        if flagged is not None:
+                            flagged.extend(
+                                _flagged_rows(
+                                    rows, key, rounded.ref.loss, outcome.loss, grades, shard
+                                )
+                            )
+
+    except XentauditError as exc:
+        exc.at = at  # type: ignore[attr-defined]  # completed by _audit_shard
+        raise
 
 
 @dataclass(frozen=True)
@@ -570,6 +585,40 @@ def _plan(o: CheckOptions, settings: _Settings, logits: ArraySource, labelled: b
 
 
 Key = tuple[str, str, float, str, str, str]  # labels, impl, eps, dtype, policy, mode
+
+
+# labels, dtype, policy, implementation, clip -> where one process audits that result
+Rank = Callable[[str, str, str, str, "float | None"], tuple[int, ...]]
+
+
+def result_order(plan: _Plan) -> Rank:
+    """Where a result of (labels, dtype, policy, implementation, clip) comes in the order one
+    process audits them (``_audit_chunk``: labels, dtype, then ``policy_variants``; a result's
+    modes come together in the order run): the order the parts of a check audited apart put
+    back (``parallel``). ``clip`` is ``--eps`` (the key's or ``eps_used``) and only tells the
+    variants of an implementation clipping with it apart."""
+    pairs = policy_variants(plan.policies, plan.settings.chosen)
+    place = {
+        (source, fmt.name, policy, v.impl, _clip(v.impl, v.eps)): (i, j, k)
+        for i, source in enumerate(plan.sources)
+        for j, fmt in enumerate(plan.formats)
+        for k, (policy, v) in enumerate(pairs)
+    }
+
+    def rank(
+        source: str, dtype: str, policy: str, impl: str, clip: float | None
+    ) -> tuple[int, ...]:
+        return place[(source, dtype, policy, impl, _clip(impl, clip))]
+
+    return rank
+
+
+def _clip(impl: str, eps: float | None) -> float | None:
+    """``eps`` where ``impl`` clips with ``--eps`` (a variant per value), else None."""
+    entry = zoo.REGISTRY.get(impl)
+    return eps if entry is not None and entry.eps == "option" else None
+
+
 # per --input other than logits: the rows that cannot be audited, and the message for each
 _UNUSABLE = {
     "probabilities": (bad_probability_rows, BAD_PROBABILITIES),
@@ -589,8 +638,10 @@ class _Summary:
     bad: dict[str, list[np.ndarray]] = field(default_factory=dict)  # problem -> file rows
     ignored: int = 0  # rows left out (the model's ignore_class) or graded as ignored
     flagged: list[FlaggedRow] | None = None
-    # audited in another process: what that process audited with (``environment``)
+    # audited in another process: what that process audited with (``environment``), and
+    # whether each of its backends flushed subnormals there (``subnormal_flushes``)
     environment: dict[str, str] | None = None
+    flushes: dict[str, bool] | None = None
 
 
 def _audit_shard(
@@ -613,40 +664,56 @@ def _audit_shard(
     summary.bad = {problem: [] for problem in messages}
     flagged: list[FlaggedRow] | None = [] if on_flagged_row is not None else None
     chunks = _chunks(logits, label_source, plan.chunk_rows)
-    for offset, x, y in prefetched(chunks):
-        for problem, mask in bad_rows(x).items():
-            if mask.any():
-                summary.bad[problem].append(np.flatnonzero(mask) + first + offset)
-                scan_only = True
-        rows = np.arange(first + offset, first + offset + x.shape[0])
-        drop = None if y is None else ignored_rows(y, settings.names)
-        if drop is not None and drop.any():  # as Keras' loss does: no loss, no gradient
-            summary.ignored += int(drop.sum())
-            x, y, rows = x[~drop], y[~drop], rows[~drop]
-        if not scan_only and rows.size:
-            try:
-                batch = (
-                    prepare(
-                        x, y, rows, multi_label=settings.multi_label, ignore_class=o.ignore_class
+    # Where an error arises: the chunk's first row, then (labels, dtype, implementation) in
+    # it. With the backends audited apart (``parallel``), the first of their errors is the one
+    # one process would meet.
+    at = (first, -1, -1, -1)
+    try:
+        for offset, x, y in prefetched(chunks):
+            at = (first + offset, -1, -1, -1)
+            for problem, mask in bad_rows(x).items():
+                if mask.any():
+                    summary.bad[problem].append(np.flatnonzero(mask) + first + offset)
+                    scan_only = True
+            rows = np.arange(first + offset, first + offset + x.shape[0])
+            drop = None if y is None else ignored_rows(y, settings.names)
+            if drop is not None and drop.any():  # as Keras' loss does: no loss, no gradient
+                summary.ignored += int(drop.sum())
+                x, y, rows = x[~drop], y[~drop], rows[~drop]
+            if not scan_only and rows.size:
+                try:
+                    batch = (
+                        prepare(
+                            x,
+                            y,
+                            rows,
+                            multi_label=settings.multi_label,
+                            ignore_class=o.ignore_class,
+                        )
+                        if y is not None
+                        else Batch(x, None, None)
                     )
-                    if y is not None
-                    else Batch(x, None, None)
-                )
-            except InputError as exc:  # labels that cannot be audited: in which shard
-                raise InputError(str(exc) if shard is None else f"{shard.path}: {exc}") from None
-            if o.ignore_class is not None and batch.classes is not None:
-                summary.ignored += int((batch.classes == o.ignore_class).sum())
-            lint = _lint(batch, plan.file_fmt, o.input_kind, o.loss, o.ignore_class)
-            for flag, mask in lint.items():
-                summary.lint[flag] += int(mask.sum())
-            _audit_chunk(o, plan, batch, rows, summary, flagged, shard)
-            if flagged and on_flagged_row is not None:
-                flagged.sort(key=lambda f: f.row)  # stable: results keep their order in a row
-                for row in flagged:
-                    on_flagged_row(row)
-                flagged.clear()
-        if progress:
-            progress(min(offset + plan.chunk_rows, logits.rows), logits.rows)
+                except InputError as exc:  # labels that cannot be audited: in which shard
+                    raise InputError(
+                        str(exc) if shard is None else f"{shard.path}: {exc}"
+                    ) from None
+                if o.ignore_class is not None and batch.classes is not None:
+                    summary.ignored += int((batch.classes == o.ignore_class).sum())
+                lint = _lint(batch, plan.file_fmt, o.input_kind, o.loss, o.ignore_class)
+                for flag, mask in lint.items():
+                    summary.lint[flag] += int(mask.sum())
+                _audit_chunk(o, plan, batch, rows, summary, flagged, shard)
+                if flagged and on_flagged_row is not None:
+                    flagged.sort(key=lambda f: f.row)  # stable: results keep their order in a row
+                    for row in flagged:
+                        on_flagged_row(row)
+                    flagged.clear()
+            if progress:
+                progress(min(offset + plan.chunk_rows, logits.rows), logits.rows)
+            at = (first + offset + plan.chunk_rows, -1, -1, -1)  # the next chunk's read
+    except XentauditError as exc:
+        exc.at = (at[0], *getattr(exc, "at", at[1:]))  # type: ignore[attr-defined]
+        raise
     return summary
 
 
@@ -659,20 +726,29 @@ def _opened(
     )
 
 
-def audit_shard(o: CheckOptions, shard: Shard, info: ShardInfo, collect: bool) -> _Summary:
+def audit_shard(
+    o: CheckOptions, shard: Shard, info: ShardInfo, collect: bool, sharded: bool = True
+) -> _Summary:
     """Audit one shard of a sharded check in this process (a ``--jobs`` process or a Dask
-    worker): the audit set up anew from ``o``, the shard's rows numbered from
-    ``info.first_row``, its flagged rows kept in the summary when ``collect``."""
+    worker), or the one file of a check whose backends are audited apart (not ``sharded``):
+    the audit set up anew from ``o``, the shard's rows numbered from ``info.first_row``, its
+    flagged rows kept in the summary when ``collect``."""
     settings = _settings(o)
     logits, label_source = _opened(o, shard, None)
-    _validate(logits, label_source, settings.multi_label, shard=True)
+    _validate(logits, label_source, settings.multi_label, shard=sharded)
     plan = _plan(o, settings, logits, label_source is not None)
     flagged: list[FlaggedRow] = []
     summary = _audit_shard(
-        o, plan, logits, label_source, info, on_flagged_row=flagged.append if collect else None
+        o,
+        plan,
+        logits,
+        label_source,
+        info if sharded else None,
+        on_flagged_row=flagged.append if collect else None,
     )
     summary.flagged = flagged if collect else None
-    summary.environment = environment({zoo.backend_of(key[1]) for key in summary.tallies})
+    summary.flushes = subnormal_flushes({zoo.backend_of(key[1]) for key in summary.tallies})
+    summary.environment = environment_of(summary.flushes)
     return summary
 
 
@@ -703,6 +779,7 @@ def check_file(
     ignore_class: int | None = None,
     jobs: int = 1,
     scheduler: str | None = None,
+    apart: bool = False,
 ) -> Check:
     """Audit the logits saved in ``path`` (``.npy``, or ``.npz`` with ``logits_key``), or in the
     shards of a dump: several files, a folder or a glob (``shards.resolve``), audited as their
@@ -749,6 +826,13 @@ def check_file(
     ``Check``, and a shard that no process could audit fails the check (``ShardsLost``, exit
     code 3) naming it. With ``jobs`` or ``scheduler``, ``on_flagged_row`` gets a shard's rows
     once the shards before it are done, and ``progress`` counts whole shards.
+
+    ``apart`` (as the command line does): the implementations of each backend are audited in
+    a spawned process of their own, ``jobs`` at a time, so that no process holds more than one
+    framework and this one imports none (but for a user's loss, which it loads to check it);
+    the ``Check`` is the same. Not with ``model``, whose loss decides what every implementation
+    is graded on, nor with ``labels`` given as an array, nor on a cluster, whose workers keep
+    their frameworks imported.
     """
     o = CheckOptions(
         impls=None if impls is None else tuple(impls),
@@ -824,7 +908,14 @@ def check_file(
             f"most read at a time; pass --chunk-rows {CHUNK_ENTRIES // classes} or less"
         )
 
-    if scheduler is None and (jobs == 1 or len(shards) == 1):
+    split = (
+        apart
+        and scheduler is None
+        and o.model is None
+        and in_memory is None
+        and len({zoo.backend_of(name) for name in settings.names}) > 1
+    )
+    if not split and scheduler is None and (jobs == 1 or len(shards) == 1):
         summaries: list[_Summary] = []
         for shard_info, (logits, label_source) in zip(infos, opened, strict=True):
             shard_progress = None
@@ -849,9 +940,19 @@ def check_file(
         from xentaudit import parallel
 
         summaries = parallel.run(
-            o, settings.names, shards, infos, jobs, scheduler, on_flagged_row, progress
+            o,
+            settings.names,
+            shards,
+            infos,
+            jobs,
+            scheduler,
+            on_flagged_row,
+            progress,
+            result_order(plan),
+            apart=split,
+            sharded=sharded,
         )
-    return _merged(o, settings, given, opened, infos if sharded else (), summaries)
+    return _merged(o, plan, given, opened, infos if sharded else (), summaries)
 
 
 def refused(summary: _Summary) -> bool:
@@ -919,9 +1020,15 @@ def _environment(summaries: Sequence[_Summary], backends: set[str]) -> dict[str,
     return {key: " | ".join(values) for key, values in merged.items()}
 
 
+def _placed(key: Key) -> tuple[str, str, str, str, float]:
+    """A result's key as ``result_order`` takes it."""
+    source, name, clip, dtype, policy, _ = key
+    return source, dtype, policy, name, clip
+
+
 def _merged(
     o: CheckOptions,
-    settings: _Settings,
+    plan: _Plan,
     given: Sequence[str | Path],
     opened: list[tuple[ArraySource, ArraySource | None]],
     infos: Sequence[ShardInfo],
@@ -929,7 +1036,9 @@ def _merged(
 ) -> Check:
     """The one ``Check`` of the shards' summaries, in shard order: the same as the summary of
     their concatenation (every reduction is exact and associative), or the error naming the
-    rows that cannot be audited."""
+    rows that cannot be audited. The results come in the order one process audits them
+    (``result_order``), whoever audited them."""
+    settings = plan.settings
     tallies: dict[Key, _Tally] = {}
     skipped = {(s.impl, s.dtype): s for s in backend_skips(o.backends)}
     lint: Counter = Counter()
@@ -959,6 +1068,8 @@ def _merged(
         )
         raise InputError(f"every row has {what}; nothing to audit")
 
+    rank = result_order(plan)
+    tallies = dict(sorted(tallies.items(), key=lambda kv: rank(*_placed(kv[0]))))
     reduction = None if o.model is None else zoo.model_path(zoo.MODEL).reduction
     results = tuple(
         CheckResult(
@@ -967,7 +1078,7 @@ def _merged(
             dtype=dtype,
             mode=mode,
             output_dtype=t.output_dtype,
-            eps=eps_used(name, clip),
+            eps=t.eps,
             rows=t.rows,
             loss_mean=t.loss_mean.mean(),
             exact_mean=t.exact_mean.mean(),

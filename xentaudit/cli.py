@@ -867,7 +867,8 @@ def sweep(
     default=1,
     show_default=True,
     help="Audit the shards of a dump (several FILEs, a folder or a quoted glob) in this many "
-    "local processes.",
+    "local processes. With several backends, each is audited in processes of its own, one "
+    "backend after the other, so that no process holds two frameworks.",
 )
 @click.option(
     "--scheduler",
@@ -1026,6 +1027,7 @@ def check(
             ignore_class=ignore_class,
             jobs=jobs,
             scheduler=scheduler,
+            apart=True,
         )
     result = replace(
         result,

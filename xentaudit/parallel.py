@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +35,7 @@ from xentaudit.shards import Shard
 if TYPE_CHECKING:
     from multiprocessing.queues import SimpleQueue
 
-    from xentaudit.check import CheckOptions, FlaggedRowSink, Progress, _Summary
+    from xentaudit.check import CheckOptions, FlaggedRowSink, Progress, Rank, _Summary
     from xentaudit.results import ShardInfo
     from xentaudit.sweep import Grid, Part, Share
 
@@ -52,50 +52,66 @@ _ticks: SimpleQueue | None = None  # in a sweep's process: where its progress go
 
 
 class _Merger:
-    """Takes each shard's outcome as it comes (its summary, with the implementations named as
-    the caller gave them, ``given``; the user's error it raised; or why it was lost), passes
-    each shard's flagged rows on once the shards before it are done (so they arrive in row
-    order), and settles the run in shard order (``result``)."""
+    """Takes each unit's outcome as it comes (a shard's summary, or a backend's part of it,
+    with the implementations named as the caller gave them, ``given``; the user's error it
+    raised; or why it was lost), puts each shard's parts together once they are all in
+    (``_combined``), passes each shard's flagged rows on once the shards before it are done (so
+    they arrive in row order), and settles the run in shard order (``result``)."""
 
     def __init__(
         self,
         infos: Sequence[ShardInfo],
+        parts: int,
         given: dict[str, str],
+        rank: Rank,
         on_flagged_row: FlaggedRowSink | None,
         progress: Progress | None,
     ) -> None:
         self.infos = infos
+        self.parts = parts  # units per shard: its backends audited apart, or 1
         self.given = given
+        self.rank = rank
         self.on_flagged_row = on_flagged_row
         self.progress = progress
+        self.pieces: dict[int, dict[int, _Summary]] = {}
         self.summaries: dict[int, _Summary] = {}
         self.errors: dict[int, XentauditError] = {}
         self.lost: dict[int, str] = {}
         self.passed = 0  # shards whose flagged rows went on
         self.rows = 0
-        self.total = sum(info.rows for info in infos)
+        self.total = sum(info.rows for info in infos) * parts
 
-    def take(self, index: int, future: Future) -> bool:
-        """Take a finished shard's outcome; False when it is the user's error: the later shards
-        need not run (the error is the run's, or an earlier shard's), and are cancelled, which
-        leaves them without an outcome."""
+    def take(self, index: int, part: int, future: Future) -> bool:
+        """Take a finished unit's outcome (``part`` of shard ``index``); False when it is the
+        user's error: the later shards need not run (the error is the run's, or an earlier
+        shard's), and are cancelled, which leaves them without an outcome. Of the errors of a
+        shard's parts, the one kept is the one one process meets first (``at``, where it
+        arose: ``check._audit_shard``)."""
         if future.cancelled():
             return True
         try:
             summary = future.result()
         except XentauditError as exc:
-            self.errors[index] = exc
+            known = self.errors.get(index)
+            if known is None or getattr(exc, "at", ()) < getattr(known, "at", ()):
+                self.errors[index] = exc
             return False
         except Exception as exc:
             if not _died(exc):
                 raise  # a bug: an internal error, with its traceback
             first = str(exc).splitlines()[0] if str(exc) else ""
-            self.lost[index] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            lost = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            self.lost.setdefault(index, lost)
             return True
-        self.summaries[index] = _as_given(summary, self.given)
         self.rows += self.infos[index].rows
         if self.progress is not None:
             self.progress(self.rows, self.total)
+        pieces = self.pieces.setdefault(index, {})
+        pieces[part] = _as_given(summary, self.given)
+        if len(pieces) < self.parts:
+            return True
+        self.summaries[index] = _combined([pieces[p] for p in sorted(pieces)], self.rank)
+        del self.pieces[index]
         while self.passed in self.summaries:
             ready = self.summaries[self.passed]
             if self.on_flagged_row is not None and ready.flagged is not None:
@@ -136,6 +152,28 @@ class _Merger:
         )
 
 
+def _combined(parts: list[_Summary], rank: Rank) -> _Summary:
+    """One shard's summary from the summaries of its backends audited apart, as one process
+    would have made it: what every part counts alike (lint, unusable rows, ignored rows) once,
+    the results of all, the flagged rows by row, then in the order of the results, and the
+    record of what they audited with, made of every part's backends (the parts ran here)."""
+    from xentaudit.environment import environment_of
+
+    whole = parts[0]
+    if len(parts) == 1:
+        return whole
+    for part in parts[1:]:
+        whole.tallies.update(part.tallies)
+        whole.skipped.update(part.skipped)
+        if whole.flagged is not None and part.flagged is not None:
+            whole.flagged += part.flagged
+        whole.flushes = {**(whole.flushes or {}), **(part.flushes or {})}
+    whole.environment = environment_of(whole.flushes or {})
+    if whole.flagged is not None:
+        whole.flagged.sort(key=lambda r: (r.row, rank(r.labels, r.dtype, r.policy, r.impl, r.eps)))
+    return whole
+
+
 def _died(exc: Exception) -> bool:
     """Whether ``exc`` says that the process running a task died: a broken local pool, or a
     Dask task whose workers died on every retry."""
@@ -153,11 +191,17 @@ def run(
     scheduler: str | None,
     on_flagged_row: FlaggedRowSink | None,
     progress: Progress | None,
+    rank: Rank,
+    apart: bool = False,
+    sharded: bool = True,
 ) -> list[_Summary]:
     """The summaries of ``shards`` (numbered as ``infos`` say), audited in ``jobs`` local
     processes, or on the Dask cluster at ``scheduler``; in shard order. ``names``: the
     implementations the caller resolved, which every process audits (a worker with other
-    backends installed would otherwise audit others)."""
+    backends installed would otherwise audit others). ``apart`` (not with a cluster): each
+    backend's implementations of a shard are audited by a process of their own, which imports
+    that framework alone, and put back in the order ``rank`` gives (``check.result_order``).
+    Not ``sharded``: the one file of a check, named in no report as a shard."""
     if scheduler is not None:
         _check_address(scheduler)
     # Workers may run in another directory (Dask): they get absolute paths, and every report
@@ -168,17 +212,57 @@ def run(
         impls=tuple(given),
         model=None if options.model is None else str(Path(options.model).absolute()),
     )
-    tasks = [
-        (replace(s, path=s.path.absolute(), labels=s.labels and s.labels.absolute()), info)
-        for s, info in zip(shards, infos, strict=True)
+    absolute = {name: path for path, name in given.items()}
+    groups = [
+        tuple(absolute[name] for name in group)
+        for group in (backend_groups(names) if apart else [names])
     ]
-    merger = _Merger(infos, given, on_flagged_row, progress)
     collect = on_flagged_row is not None
+    tasks = [
+        _Unit(
+            index,
+            part,
+            replace(portable, impls=group),
+            replace(s, path=s.path.absolute(), labels=s.labels and s.labels.absolute()),
+            info,
+            collect,
+            sharded,
+        )
+        for index, (s, info) in enumerate(zip(shards, infos, strict=True))
+        for part, group in enumerate(groups)
+    ]
+    merger = _Merger(infos, len(groups), given, rank, on_flagged_row, progress)
     if scheduler is None:
-        _run_local(portable, tasks, jobs, merger, collect)
+        _run_local(tasks, jobs, merger)
     else:
-        _run_dask(portable, tasks, scheduler, merger, collect)
+        _run_dask(tasks, scheduler, merger)
     return merger.result()
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """What one process audits: a shard (``index``), or a backend's part of it (``part``)."""
+
+    index: int
+    part: int
+    options: CheckOptions
+    shard: Shard
+    info: ShardInfo
+    collect: bool
+    sharded: bool
+
+    def audit(self) -> _Summary:
+        from xentaudit.check import audit_shard
+
+        return audit_shard(self.options, self.shard, self.info, self.collect, self.sharded)
+
+
+def backend_groups(names: Sequence[str]) -> list[tuple[str, ...]]:
+    """``names`` grouped by backend, in the order they come."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(zoo.backend_of(name), []).append(name)
+    return [tuple(group) for group in groups.values()]
 
 
 def _absolute(name: str) -> str:
@@ -209,29 +293,30 @@ def _as_given(summary: _Summary, given: dict[str, str]) -> _Summary:
     return summary
 
 
-def _run_local(
-    options: CheckOptions,
-    tasks: list[tuple[Shard, ShardInfo]],
-    jobs: int,
-    merger: _Merger,
-    collect: bool,
-) -> None:
-    from xentaudit.check import audit_shard
-
-    workers = min(jobs, len(tasks))
-    threads = max(1, cores() // workers)
-    with _local_pool(workers, threads) as pool:
-        pending: dict[Future, int] = {
-            pool.submit(audit_shard, options, shard, info, collect): i
-            for i, (shard, info) in enumerate(tasks)
-        }
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                index = pending.pop(future)
-                if not merger.take(index, future):
-                    for later in [f for f, i in pending.items() if i > index]:
-                        later.cancel()  # those not handed to a process yet
+def _run_local(tasks: list[_Unit], jobs: int, merger: _Merger) -> None:
+    """Each part (a backend audited apart, or the whole audit) in processes of its own, one
+    part after the other, so that no process imports two parts' frameworks; shards after one
+    that failed with the user's error are not audited (but a part may still find an earlier
+    error in the shards up to it)."""
+    stop = len(merger.infos)
+    for part in sorted({unit.part for unit in tasks}):
+        todo = [unit for unit in tasks if unit.part == part and unit.index <= stop]
+        if not todo:
+            continue
+        workers = min(jobs, len(todo))
+        # one process at a time keeps this one's thread counts, so its report is this one's
+        # bit for bit (the frameworks split long sums by thread count); several share the cores
+        threads = None if workers == 1 else max(1, cores() // workers)
+        with _local_pool(workers, threads) as pool:
+            pending: dict[Future, _Unit] = {pool.submit(_Unit.audit, u): u for u in todo}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    unit = pending.pop(future)
+                    if not merger.take(unit.index, unit.part, future):
+                        stop = min(stop, unit.index)
+                        for later in [f for f, u in pending.items() if u.index > unit.index]:
+                            later.cancel()  # those not handed to a process yet
 
 
 def cores() -> int:
@@ -380,16 +465,8 @@ def _check_address(scheduler: str) -> None:
         ) from None
 
 
-def _run_dask(
-    options: CheckOptions,
-    tasks: list[tuple[Shard, ShardInfo]],
-    scheduler: str,
-    merger: _Merger,
-    collect: bool,
-) -> None:
+def _run_dask(tasks: list[_Unit], scheduler: str, merger: _Merger) -> None:
     from dask.distributed import Client, as_completed
-
-    from xentaudit.check import audit_shard
 
     try:
         client = Client(scheduler, timeout=CONNECT_SECONDS, set_as_default=False)
@@ -402,18 +479,12 @@ def _run_dask(
         # pure=False: each run audits the files anew, even if the same shards were audited
         # before (they may have been rewritten). The scheduler retries a task whose worker died
         # (distributed.scheduler.allowed-failures times) before it gives up on it.
-        futures = client.map(
-            audit_shard,
-            [options] * len(tasks),
-            [shard for shard, _ in tasks],
-            [info for _, info in tasks],
-            [collect] * len(tasks),
-            pure=False,
-        )
+        futures = client.map(_Unit.audit, tasks, pure=False)
         index = {future.key: i for i, future in enumerate(futures)}
         try:
             for future in as_completed(futures, loop=client.loop):  # cancelled ones too
-                if not merger.take(index[future.key], future):
+                unit = tasks[index[future.key]]
+                if not merger.take(unit.index, unit.part, future):
                     client.cancel([f for f in futures[index[future.key] + 1 :] if not f.done()])
         finally:  # an interrupt: nothing of this run is left on the cluster
             client.cancel([f for f in futures if not f.done()])
