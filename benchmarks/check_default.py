@@ -59,14 +59,17 @@ def child(cmd: list[str]) -> tuple[float, float, float]:
     """Wall seconds, peak RSS of the largest process and peak summed RSS of the process tree
     (MiB) of ``cmd`` run as a fresh process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    summed = 0
-    while process.poll() is None:
-        summed = max(summed, tree_rss(process.pid))
-        time.sleep(0.05)
-    wall = time.perf_counter() - start
-    stderr = process.stderr.read() if process.stderr else ""
+    # stderr to a file, not a pipe, which a chatty child could fill while this one samples
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        summed = 0
+        while process.poll() is None:
+            summed = max(summed, tree_rss(process.pid))
+            time.sleep(0.05)
+        wall = time.perf_counter() - start
+        log.seek(0)
+        stderr = log.read()
     if process.returncode not in (0, 1):
         sys.exit(f"{' '.join(cmd[:5])}... failed (exit {process.returncode}): {stderr[-500:]}")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

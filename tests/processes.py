@@ -1,11 +1,30 @@
 """The processes a command started, read from /proc: for the tests that end a command with a
-signal and check that its worker processes end with it."""
+signal and check that its worker processes end with it; and which frameworks a script that
+spawns processes imported itself."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
+
+
+def frameworks_imported(main: str) -> str:
+    """Run ``main`` (Python code, dedented, run as ``__main__``: processes it spawns import
+    it) in a fresh interpreter after ``import sys``; what it prints, then the frameworks it
+    imported itself, e.g. ``[]``."""
+    probe = "import sys\n\nif __name__ == '__main__':\n" + textwrap.indent(
+        textwrap.dedent(main)
+        + '\nprint(sorted(m for m in ("tensorflow", "torch", "jax") if m in sys.modules))\n',
+        "    ",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
 
 
 def children(pid: int) -> list[int]:

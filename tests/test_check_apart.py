@@ -5,19 +5,18 @@ no framework (so that no process holds more than one)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from processes import frameworks_imported
 
 import xentaudit.parallel
 from xentaudit.check import check_file
 from xentaudit.cli import cli
-from xentaudit.errors import ImplementationError
+from xentaudit.errors import ImplementationError, InputError
 from xentaudit.report.csv import line
 
 # Backends interleaved (tf, torch, tf, jax, torch): the results of one process come in this
@@ -37,19 +36,35 @@ def logits(tmp_path_factory) -> tuple[Path, Path]:
     return root / "x.npy", root / "y.npy"
 
 
-@pytest.mark.parametrize("labelled", [True, False])
-def test_backends_apart_give_the_one_process_check_and_flagged_rows(logits, labelled) -> None:
+# Class-label kernels beside soft labels (label smoothing) in two dtypes: skipped in each dtype,
+# the skips of every backend listed in one process's order, dtype by dtype.
+SPARSE = {
+    "impls": ["tf_sparse_softmax_xent", "torch_log_softmax_nll", "keras_scce_logits", "naive"],
+    "modes": ["eager"],
+    "dtypes": ["float32", "float16"],
+    "label_smoothing": 0.1,
+    "chunk_rows": 4,
+}
+
+
+@pytest.mark.parametrize(
+    ("labelled", "args"),
+    [(True, FAST), (False, FAST), (True, SPARSE)],
+    ids=["labels", "none", "skips"],
+)
+def test_backends_apart_give_the_one_process_check_and_flagged_rows(logits, labelled, args) -> None:
     x, y = logits
     labels = {"labels": str(y)} if labelled else {}
     one: list = []
     apart: list = []
-    alone = check_file(x, on_flagged_row=one.append, **labels, **FAST)
-    split = check_file(x, on_flagged_row=apart.append, apart=True, **labels, **FAST)
+    alone = check_file(x, on_flagged_row=one.append, **labels, **args)
+    split = check_file(x, on_flagged_row=apart.append, apart=True, **labels, **args)
     assert split.to_dict() == alone.to_dict()
     assert [line(r) for r in apart] == [line(r) for r in one] and one  # NaN == NaN here
     # the results interleave the backends as named, whichever process audited them
     names = list(dict.fromkeys(r.impl for r in alone.results))
-    assert names == [n for n in MIXED if n in names] and len(names) == len(MIXED)
+    assert names == [n for n in args["impls"] if n in names]
+    assert len(alone.skipped) == (6 if args is SPARSE else 0)
 
 
 # Two users' losses that fail on the chunk holding a marker logit (77 for TensorFlow's, 55 for
@@ -82,6 +97,8 @@ def torch_loss(labels, logits):
         # both in chunk 1, torch's loss first in the results, though TensorFlow's process (naive
         # comes first) is done first
         (["naive", "torch", "tf"], 5, 4, "torch saw 55"),
+        # both in chunk 0, torch's loss second in the results, TensorFlow's first in its process
+        (["torch_cross_entropy", "torch", "tf"], 1, 2, "torch saw 55"),
     ],
 )
 def test_the_error_is_the_one_one_process_meets_first(
@@ -104,22 +121,15 @@ def test_the_error_is_the_one_one_process_meets_first(
 
 def test_the_caller_imports_no_framework(logits) -> None:
     x, y = logits
-    probe = textwrap.dedent(
+    printed = frameworks_imported(
         f"""
-        import sys
         from xentaudit.check import check_file
 
-        if __name__ == "__main__":
-            check = check_file({str(x)!r}, labels={str(y)!r}, impls={MIXED!r}, apart=True)
-            assert {{r.impl for r in check.results}} == set({MIXED!r})
-            print(sorted(m for m in ("tensorflow", "torch", "jax") if m in sys.modules))
+        check = check_file({str(x)!r}, labels={str(y)!r}, impls={MIXED!r}, apart=True)
+        assert {{r.impl for r in check.results}} == set({MIXED!r})
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert printed == "[]"
 
 
 def test_the_command_audits_several_backends_apart_and_one_here(logits, monkeypatch) -> None:
@@ -139,3 +149,94 @@ def test_the_command_audits_several_backends_apart_and_one_here(logits, monkeypa
     one = CliRunner().invoke(cli, [*base, "--impl", "naive", "--impl", "clipped"])
     assert one.exit_code in (0, 1), one.output
     assert calls == [True]  # one backend: audited in this process
+
+
+def test_a_users_loss_is_named_as_given_and_nothing_after_the_error_is_audited(
+    tmp_path, monkeypatch
+) -> None:
+    """A loss given by a relative path is named so in the error, as one process names it; the
+    other backend audits only up to the chunk of the error (to find an earlier one)."""
+    (tmp_path / "losses.py").write_text(
+        textwrap.dedent(
+            """
+            def tf_loss(labels, logits):
+                raise ValueError("tf fails at once")
+
+            def torch_loss(labels, logits):
+                import torch
+
+                with open(__file__ + ".calls", "a") as calls:
+                    calls.write("x")
+                return -(labels * torch.log_softmax(logits, -1)).sum(-1)
+            """
+        )
+    )
+    np.save(tmp_path / "x.npy", np.zeros((40, 4), np.float32))
+    np.save(tmp_path / "y.npy", np.zeros(40, np.int64))
+    monkeypatch.chdir(tmp_path)
+    impls = ["tf:losses.py:tf_loss", "torch:losses.py:torch_loss"]
+    args = {"labels": "y.npy", "impls": impls, "modes": ["eager"], "chunk_rows": 2}
+    with pytest.raises(ImplementationError) as alone:
+        check_file("x.npy", **args)
+    with pytest.raises(ImplementationError) as split:
+        check_file("x.npy", apart=True, **args)
+    assert str(split.value) == str(alone.value)
+    assert str(alone.value).startswith("--impl tf:losses.py:tf_loss: ")
+    assert (tmp_path / "losses.py.calls").read_text() == "x"  # chunk 0 of 20
+
+
+def _shards(root: Path, sizes: tuple[int, ...], nan_in=(), bad_label_in=()) -> None:
+    rng = np.random.default_rng(3)
+    (root / "logits").mkdir()
+    (root / "labels").mkdir()
+    for i, n in enumerate(sizes):
+        x = (rng.standard_normal((n, 5)) * 60).astype(np.float32)
+        y = rng.integers(0, 5, n)
+        if i in nan_in:
+            x[1, 0] = np.nan
+        if i in bad_label_in:
+            y[0] = 99
+        np.save(root / "logits" / f"shard-{i}.npy", x)
+        np.save(root / "labels" / f"shard-{i}.npy", y)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_shards_apart_give_the_one_process_check(tmp_path, jobs) -> None:
+    """An empty shard among them (it runs no backend, and says nothing of the environment)."""
+    _shards(tmp_path, (5, 0, 7, 4))
+    args = {"labels": str(tmp_path / "labels"), "impls": MIXED[:2], "modes": ["eager"]}
+    one: list = []
+    apart: list = []
+    alone = check_file(str(tmp_path / "logits"), on_flagged_row=one.append, **args)
+    split = check_file(
+        str(tmp_path / "logits"), on_flagged_row=apart.append, apart=True, jobs=jobs, **args
+    )
+    assert split.to_dict() == alone.to_dict()
+    assert [line(r) for r in apart] == [line(r) for r in one] and one
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_unusable_rows_of_every_shard_are_named_despite_a_later_error(tmp_path, jobs) -> None:
+    """One process only scans the shards after one with a NaN row: the label out of range in
+    shard 2 is never read, and the NaN of shard 7 is named too (well after the error, so
+    that no process has it queued already)."""
+    _shards(tmp_path, (3,) * 8, nan_in=(1, 7), bad_label_in=(2,))
+    args = {"labels": str(tmp_path / "labels"), "impls": MIXED[:2], "modes": ["eager"]}
+    with pytest.raises(InputError, match=r"NaN in rows 4, 22 \(") as alone:
+        check_file(str(tmp_path / "logits"), **args)
+    with pytest.raises(InputError) as split:
+        check_file(str(tmp_path / "logits"), apart=True, jobs=jobs, **args)
+    assert str(split.value) == str(alone.value)
+
+
+def test_a_process_that_dies_names_its_backend(tmp_path) -> None:
+    (tmp_path / "dies.py").write_text("import os\n\ndef loss(labels, logits):\n    os._exit(1)\n")
+    x = np.zeros((4, 3), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.zeros(4, np.int64))
+    args = ["check", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
+    impls = ["--impl", "naive", "--impl", f"torch:{tmp_path / 'dies.py'}:loss", "--mode", "eager"]
+    result = CliRunner().invoke(cli, [*args, *impls])
+    assert result.exit_code == 3, result.output
+    assert "the process auditing the torch backend's implementations died" in result.output
+    assert "(--backend torch) to see why" in result.output

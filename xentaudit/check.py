@@ -439,9 +439,10 @@ def _audit_chunk(
     # file, whichever chunk holds such rows
     rejected = rejected_class(o.ignore_class, batch.shape[1])
     chosen, names = plan.settings.chosen, plan.settings.names
-    at = (-1, -1, -1)  # labels, dtype, implementation: where an error arises
+    where: Where = (None, None, None)  # where an error arises (``Order.error``)
     try:
-        for i, source in enumerate(plan.sources):
+        for source in plan.sources:
+            where = (source, None, None)
             ignore = o.ignore_class if source == "file" else None
             refused = None if ignore is None else rejected
             if source == "file":
@@ -451,8 +452,8 @@ def _audit_chunk(
                 pick = np.argmax if source == "predicted" else np.argmin
                 labelled = Batch(batch.logits, None, pick(as_float(batch.logits), axis=1))
             smoothing = smoothing_for(labelled, names, o.label_smoothing)
-            for j, fmt in enumerate(plan.formats):
-                at = (i, j, -1)
+            for fmt in plan.formats:
+                where = (source, fmt.name, None)
                 try:
                     rounded = round_to(
                         labelled,
@@ -468,15 +469,16 @@ def _audit_chunk(
                     raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
                 runs: Runs = {}
                 weights = 1 + int(rounded.label_extra.max(initial=0))  # a row's nonzero labels
-                for k, (policy, variant) in enumerate(policy_variants(plan.policies, chosen)):
-                    at, name = (i, j, k), variant.impl
+                for policy, variant in policy_variants(plan.policies, chosen):
+                    name = variant.impl
+                    where = (source, fmt.name, (policy, name, variant.eps))
                     reason = labels_skip(name, labelled.classes, names, smoothing, refused)
                     if reason is not None:
-                        summary.skipped[(name, fmt.name)] = Skipped(name, fmt.name, reason)
+                        summary.skip((name, fmt.name), Skipped(name, fmt.name, reason), where)
                         continue
                     runnable, skip = runnable_modes(name, o.modes)
                     if skip is not None:
-                        summary.skipped[(name, skip.dtype)] = skip
+                        summary.skip((name, skip.dtype), skip, where)
                     for mode in runnable:
                         outcome, grades, largest = run_shared(
                             runs, variant, mode, rounded, o.rtol, o.timeout, policy, o.loss_scale
@@ -497,7 +499,7 @@ def _audit_chunk(
                             )
 
     except XentauditError as exc:
-        exc.at = at  # type: ignore[attr-defined]  # completed by _audit_shard
+        exc.at = where  # type: ignore[attr-defined]  # completed by _audit_shard
         raise
 
 
@@ -587,30 +589,41 @@ def _plan(o: CheckOptions, settings: _Settings, logits: ArraySource, labelled: b
 Key = tuple[str, str, float, str, str, str]  # labels, impl, eps, dtype, policy, mode
 
 
-# labels, dtype, policy, implementation, clip -> where one process audits that result
-Rank = Callable[[str, str, str, str, "float | None"], tuple[int, ...]]
+# Where in one chunk a result, a skip or an error arises: labels, dtype and the run (policy,
+# implementation, clip: ``--eps``), None where not yet reached (an error in reading the labels)
+Where = tuple["str | None", "str | None", "tuple[str, str, float] | None"]
 
 
-def result_order(plan: _Plan) -> Rank:
-    """Where a result of (labels, dtype, policy, implementation, clip) comes in the order one
-    process audits them (``_audit_chunk``: labels, dtype, then ``policy_variants``; a result's
-    modes come together in the order run): the order the parts of a check audited apart put
-    back (``parallel``). ``clip`` is ``--eps`` (the key's or ``eps_used``) and only tells the
-    variants of an implementation clipping with it apart."""
-    pairs = policy_variants(plan.policies, plan.settings.chosen)
-    place = {
-        (source, fmt.name, policy, v.impl, _clip(v.impl, v.eps)): (i, j, k)
-        for i, source in enumerate(plan.sources)
-        for j, fmt in enumerate(plan.formats)
-        for k, (policy, v) in enumerate(pairs)
-    }
+class Order:
+    """The order one process audits a check in (``_audit_chunk``: labels, dtype, then
+    ``policy_variants``; a result's modes together, in the order run), which the parts of a
+    check audited apart (``parallel``) put back together: their results and skips in that
+    order, their flagged rows in it within a row, and of their errors the first."""
 
-    def rank(
-        source: str, dtype: str, policy: str, impl: str, clip: float | None
-    ) -> tuple[int, ...]:
-        return place[(source, dtype, policy, impl, _clip(impl, clip))]
+    def __init__(self, plan: _Plan) -> None:
+        pairs = policy_variants(plan.policies, plan.settings.chosen)
+        self.sources = {source: i for i, source in enumerate(plan.sources)}
+        self.dtypes = {fmt.name: j for j, fmt in enumerate(plan.formats)}
+        self.runs = {(p, v.impl, _clip(v.impl, v.eps)): k for k, (p, v) in enumerate(pairs)}
 
-    return rank
+    def place(self, where: Where) -> tuple[int, int, int]:
+        source, dtype, run = where
+        return (
+            -1 if source is None else self.sources[source],
+            -1 if dtype is None else self.dtypes[dtype],
+            -1 if run is None else self.runs[(run[0], run[1], _clip(run[1], run[2]))],
+        )
+
+    def result(self, source: str, dtype: str, policy: str, impl: str, clip: float | None) -> tuple:
+        """Where a result comes (``clip``: the key's ``--eps`` or ``eps_used``, which only
+        tells the variants of an implementation clipping with ``--eps`` apart)."""
+        return self.place((source, dtype, (policy, impl, clip)))
+
+    def error(self, exc: XentauditError) -> tuple:
+        """Where one process meets ``exc`` (``at``: the chunk's first row and ``Where`` in it,
+        set by ``_audit_shard``): () for an error of the setting up, before any chunk."""
+        at = getattr(exc, "at", None)
+        return () if at is None else (at[0], *self.place(at[1]))
 
 
 def _clip(impl: str, eps: float | None) -> float | None:
@@ -642,6 +655,11 @@ class _Summary:
     # whether each of its backends flushed subnormals there (``subnormal_flushes``)
     environment: dict[str, str] | None = None
     flushes: dict[str, bool] | None = None
+    skipped_at: dict[tuple[str, str], Where] = field(default_factory=dict)  # first met there
+
+    def skip(self, key: tuple[str, str], skipped: Skipped, where: Where) -> None:
+        self.skipped[key] = skipped
+        self.skipped_at.setdefault(key, where)
 
 
 def _audit_shard(
@@ -653,24 +671,26 @@ def _audit_shard(
     scan_only: bool = False,
     progress: Progress | None = None,
     on_flagged_row: FlaggedRowSink | None = None,
+    until: int | None = None,
 ) -> _Summary:
     """Audit one file (a shard whose first row is ``shard.first_row`` of the whole, or the
     whole) chunk by chunk. Every chunk is checked for unusable rows, linted and audited; once
     a bad row turns up (or with ``scan_only``), chunks are only scanned, so that the error
-    names every bad row. ``progress`` gets the shard's rows done."""
+    names every bad row. ``progress`` gets the shard's rows done; ``until``: as for
+    ``audit_shard``."""
     settings, first = plan.settings, 0 if shard is None else shard.first_row
     summary = _Summary()
     bad_rows, messages = _UNUSABLE.get(o.input_kind, (bad_logit_rows, BAD_LOGITS))
     summary.bad = {problem: [] for problem in messages}
     flagged: list[FlaggedRow] | None = [] if on_flagged_row is not None else None
     chunks = _chunks(logits, label_source, plan.chunk_rows)
-    # Where an error arises: the chunk's first row, then (labels, dtype, implementation) in
-    # it. With the backends audited apart (``parallel``), the first of their errors is the one
-    # one process would meet.
-    at = (first, -1, -1, -1)
+    # Where an error arises: the chunk's first row, and ``Where`` in it (``Order.error``)
+    row = first
     try:
         for offset, x, y in prefetched(chunks):
-            at = (first + offset, -1, -1, -1)
+            row = first + offset
+            if until is not None and row > until:
+                break
             for problem, mask in bad_rows(x).items():
                 if mask.any():
                     summary.bad[problem].append(np.flatnonzero(mask) + first + offset)
@@ -710,9 +730,9 @@ def _audit_shard(
                     flagged.clear()
             if progress:
                 progress(min(offset + plan.chunk_rows, logits.rows), logits.rows)
-            at = (first + offset + plan.chunk_rows, -1, -1, -1)  # the next chunk's read
+            row = first + offset + plan.chunk_rows  # the next chunk's read
     except XentauditError as exc:
-        exc.at = (at[0], *getattr(exc, "at", at[1:]))  # type: ignore[attr-defined]
+        exc.at = (row, getattr(exc, "at", (None, None, None)))  # type: ignore[attr-defined]
         raise
     return summary
 
@@ -727,12 +747,19 @@ def _opened(
 
 
 def audit_shard(
-    o: CheckOptions, shard: Shard, info: ShardInfo, collect: bool, sharded: bool = True
+    o: CheckOptions,
+    shard: Shard,
+    info: ShardInfo,
+    collect: bool,
+    sharded: bool = True,
+    until: int | None = None,
 ) -> _Summary:
     """Audit one shard of a sharded check in this process (a ``--jobs`` process or a Dask
     worker), or the one file of a check whose backends are audited apart (not ``sharded``):
     the audit set up anew from ``o``, the shard's rows numbered from ``info.first_row``, its
-    flagged rows kept in the summary when ``collect``."""
+    flagged rows kept in the summary when ``collect``; ``until``: the chunks after the one
+    that starts at this row are left out (the run's error is there: only an earlier one
+    matters)."""
     settings = _settings(o)
     logits, label_source = _opened(o, shard, None)
     _validate(logits, label_source, settings.multi_label, shard=sharded)
@@ -745,6 +772,7 @@ def audit_shard(
         label_source,
         info if sharded else None,
         on_flagged_row=flagged.append if collect else None,
+        until=until,
     )
     summary.flagged = flagged if collect else None
     summary.flushes = subnormal_flushes({zoo.backend_of(key[1]) for key in summary.tallies})
@@ -824,13 +852,15 @@ def check_file(
     cluster at ``scheduler`` (``xentaudit[dask]``; each worker reads its shards from the path
     given, so the path must be shared); either way each shard's summary is merged into the one
     ``Check``, and a shard that no process could audit fails the check (``ShardsLost``, exit
-    code 3) naming it. With ``jobs`` or ``scheduler``, ``on_flagged_row`` gets a shard's rows
-    once the shards before it are done, and ``progress`` counts whole shards.
+    code 3) naming it. With ``jobs``, ``scheduler`` or ``apart``, ``on_flagged_row`` gets a
+    shard's rows once the shards before it are done, and ``progress`` counts whole shards
+    (each backend's part of one, apart).
 
     ``apart`` (as the command line does): the implementations of each backend are audited in
     a spawned process of their own, ``jobs`` at a time, so that no process holds more than one
     framework and this one imports none (but for a user's loss, which it loads to check it);
-    the ``Check`` is the same. Not with ``model``, whose loss decides what every implementation
+    the ``Check`` is the same, and so is the error (a process that dies: ``WorkerLost``, exit
+    code 3, naming its backend). Not with ``model``, whose loss decides what every implementation
     is graded on, nor with ``labels`` given as an array, nor on a cluster, whose workers keep
     their frameworks imported.
     """
@@ -948,7 +978,7 @@ def check_file(
             scheduler,
             on_flagged_row,
             progress,
-            result_order(plan),
+            Order(plan),
             apart=split,
             sharded=sharded,
         )
@@ -1009,7 +1039,8 @@ def _in_shard(row: WorstRow, infos: Sequence[ShardInfo]) -> WorstRow:
 def _environment(summaries: Sequence[_Summary], backends: set[str]) -> dict[str, str]:
     """What the audit ran with: this process's record, or the records of the processes that
     audited the shards, each key's distinct values joined by `` | `` (Dask workers may differ)."""
-    records = [s.environment for s in summaries if s.environment is not None]
+    # a shard with no results (an empty one) ran no backend: its record says nothing
+    records = [s.environment for s in summaries if s.environment is not None and s.tallies]
     if not records:
         return environment(backends)
     merged: dict[str, list[str]] = {}
@@ -1021,7 +1052,7 @@ def _environment(summaries: Sequence[_Summary], backends: set[str]) -> dict[str,
 
 
 def _placed(key: Key) -> tuple[str, str, str, str, float]:
-    """A result's key as ``result_order`` takes it."""
+    """A result's key as ``Order.result`` takes it."""
     source, name, clip, dtype, policy, _ = key
     return source, dtype, policy, name, clip
 
@@ -1037,7 +1068,7 @@ def _merged(
     """The one ``Check`` of the shards' summaries, in shard order: the same as the summary of
     their concatenation (every reduction is exact and associative), or the error naming the
     rows that cannot be audited. The results come in the order one process audits them
-    (``result_order``), whoever audited them."""
+    (``Order``), whoever audited them."""
     settings = plan.settings
     tallies: dict[Key, _Tally] = {}
     skipped = {(s.impl, s.dtype): s for s in backend_skips(o.backends)}
@@ -1068,8 +1099,8 @@ def _merged(
         )
         raise InputError(f"every row has {what}; nothing to audit")
 
-    rank = result_order(plan)
-    tallies = dict(sorted(tallies.items(), key=lambda kv: rank(*_placed(kv[0]))))
+    order = Order(plan)
+    tallies = dict(sorted(tallies.items(), key=lambda kv: order.result(*_placed(kv[0]))))
     reduction = None if o.model is None else zoo.model_path(zoo.MODEL).reduction
     results = tuple(
         CheckResult(

@@ -35,7 +35,7 @@ from xentaudit.shards import Shard
 if TYPE_CHECKING:
     from multiprocessing.queues import SimpleQueue
 
-    from xentaudit.check import CheckOptions, FlaggedRowSink, Progress, Rank, _Summary
+    from xentaudit.check import CheckOptions, FlaggedRowSink, Order, Progress, _Summary
     from xentaudit.results import ShardInfo
     from xentaudit.sweep import Grid, Part, Share
 
@@ -61,56 +61,54 @@ class _Merger:
     def __init__(
         self,
         infos: Sequence[ShardInfo],
-        parts: int,
+        parts: list[str],
         given: dict[str, str],
-        rank: Rank,
+        order: Order,
         on_flagged_row: FlaggedRowSink | None,
         progress: Progress | None,
     ) -> None:
         self.infos = infos
-        self.parts = parts  # units per shard: its backends audited apart, or 1
+        self.parts = parts  # per unit of a shard, its backend's --backend name ("" for all)
         self.given = given
-        self.rank = rank
+        self.order = order
         self.on_flagged_row = on_flagged_row
         self.progress = progress
         self.pieces: dict[int, dict[int, _Summary]] = {}
         self.summaries: dict[int, _Summary] = {}
         self.errors: dict[int, XentauditError] = {}
-        self.lost: dict[int, str] = {}
+        self.lost: dict[int, tuple[int, str]] = {}  # shard -> the part lost first, and why
         self.passed = 0  # shards whose flagged rows went on
         self.rows = 0
-        self.total = sum(info.rows for info in infos) * parts
+        self.total = sum(info.rows for info in infos) * len(parts)
 
-    def take(self, index: int, part: int, future: Future) -> bool:
-        """Take a finished unit's outcome (``part`` of shard ``index``); False when it is the
-        user's error: the later shards need not run (the error is the run's, or an earlier
-        shard's), and are cancelled, which leaves them without an outcome. Of the errors of a
-        shard's parts, the one kept is the one one process meets first (``at``, where it
-        arose: ``check._audit_shard``)."""
+    def take(self, index: int, part: int, future: Future) -> None:
+        """Take a finished unit's outcome (``part`` of shard ``index``). Of the user's errors
+        of a shard's parts, the one kept is the one one process meets first (``Order.error``);
+        the shards after it need not run once it is the run's error (``cut``)."""
         if future.cancelled():
-            return True
+            return
         try:
             summary = future.result()
         except XentauditError as exc:
             known = self.errors.get(index)
-            if known is None or getattr(exc, "at", ()) < getattr(known, "at", ()):
+            if known is None or self.order.error(exc) < self.order.error(known):
                 self.errors[index] = exc
-            return False
+            return
         except Exception as exc:
             if not _died(exc):
                 raise  # a bug: an internal error, with its traceback
             first = str(exc).splitlines()[0] if str(exc) else ""
             lost = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-            self.lost.setdefault(index, lost)
-            return True
+            self.lost.setdefault(index, (part, lost))
+            return
         self.rows += self.infos[index].rows
         if self.progress is not None:
             self.progress(self.rows, self.total)
         pieces = self.pieces.setdefault(index, {})
         pieces[part] = _as_given(summary, self.given)
-        if len(pieces) < self.parts:
-            return True
-        self.summaries[index] = _combined([pieces[p] for p in sorted(pieces)], self.rank)
+        if len(pieces) < len(self.parts):
+            return
+        self.summaries[index] = _combined([pieces[p] for p in sorted(pieces)], self.order)
         del self.pieces[index]
         while self.passed in self.summaries:
             ready = self.summaries[self.passed]
@@ -119,7 +117,28 @@ class _Merger:
                     self.on_flagged_row(row)
             ready.flagged = None
             self.passed += 1
-        return True
+
+    def _any_part(self, index: int) -> _Summary | None:
+        """Shard ``index``'s summary, or one of its parts' (they hold its unusable rows alike)."""
+        pieces = self.pieces.get(index)
+        return self.summaries.get(index) or (next(iter(pieces.values())) if pieces else None)
+
+    def cut(self) -> tuple[int, int | None]:
+        """The last shard that still needs auditing, and the row of it after which nothing
+        does (None: the whole shard): the shard of the first error, once every shard before it
+        is known to hold no unusable row (one process would then stop at that error; after a
+        refused shard it only scans the rest, whose unusable rows the error names)."""
+        from xentaudit.check import refused
+
+        if not self.errors:
+            return len(self.infos) - 1, None
+        first = min(self.errors)
+        for index in range(first):
+            summary = self._any_part(index)
+            if summary is None or refused(summary):
+                return len(self.infos) - 1, None
+        where = self.order.error(self.errors[first])
+        return first, where[0] if where else None
 
     def result(self) -> list[_Summary]:
         """The summaries in shard order, settled as one process would: the first shard's error
@@ -132,6 +151,8 @@ class _Merger:
         scanning = False
         for index in range(len(self.infos)):
             summary = self.summaries.get(index)
+            if summary is None and scanning:  # its results are not reported: its bad rows are
+                summary = self._any_part(index)
             if summary is None:
                 if scanning:  # lost, or not audited after an error: its bad rows are unknown
                     continue
@@ -143,8 +164,18 @@ class _Merger:
             scanning |= refused(summary)
         return out
 
-    def _lost(self) -> ShardsLost:
-        missing = "; ".join(f"{self.infos[i].path} ({why})" for i, why in sorted(self.lost.items()))
+    def _lost(self) -> WorkerLost:
+        if self.parts != [""] and len(self.infos) == 1:  # one file, its backends apart
+            part, why = self.lost[0]
+            backend = self.parts[part]
+            return WorkerLost(
+                f"the process auditing the {backend} backend's implementations died ({why}), "
+                f"so the check is incomplete; check that backend alone (--backend {backend}) "
+                "to see why"
+            )
+        missing = "; ".join(
+            f"{self.infos[i].path} ({why})" for i, (_, why) in sorted(self.lost.items())
+        )
         return ShardsLost(
             f"{len(self.lost)} of {len(self.infos)} shards could not be audited, so the check "
             f"is incomplete: {missing}; audit them again (or without --jobs and --scheduler, "
@@ -152,11 +183,12 @@ class _Merger:
         )
 
 
-def _combined(parts: list[_Summary], rank: Rank) -> _Summary:
+def _combined(parts: list[_Summary], order: Order) -> _Summary:
     """One shard's summary from the summaries of its backends audited apart, as one process
     would have made it: what every part counts alike (lint, unusable rows, ignored rows) once,
-    the results of all, the flagged rows by row, then in the order of the results, and the
-    record of what they audited with, made of every part's backends (the parts ran here)."""
+    the results of all, the skips in ``order`` (the results are put in it by ``_merged``), the
+    flagged rows by row, then in ``order``, and the record of what they audited with, made of
+    every part's backends (the parts ran here)."""
     from xentaudit.environment import environment_of
 
     whole = parts[0]
@@ -165,12 +197,17 @@ def _combined(parts: list[_Summary], rank: Rank) -> _Summary:
     for part in parts[1:]:
         whole.tallies.update(part.tallies)
         whole.skipped.update(part.skipped)
+        whole.skipped_at.update(part.skipped_at)
         if whole.flagged is not None and part.flagged is not None:
             whole.flagged += part.flagged
         whole.flushes = {**(whole.flushes or {}), **(part.flushes or {})}
     whole.environment = environment_of(whole.flushes or {})
+    first = sorted(whole.skipped, key=lambda key: order.place(whole.skipped_at[key]))
+    whole.skipped = {key: whole.skipped[key] for key in first}
     if whole.flagged is not None:
-        whole.flagged.sort(key=lambda r: (r.row, rank(r.labels, r.dtype, r.policy, r.impl, r.eps)))
+        whole.flagged.sort(
+            key=lambda r: (r.row, order.result(r.labels, r.dtype, r.policy, r.impl, r.eps))
+        )
     return whole
 
 
@@ -191,7 +228,7 @@ def run(
     scheduler: str | None,
     on_flagged_row: FlaggedRowSink | None,
     progress: Progress | None,
-    rank: Rank,
+    order: Order,
     apart: bool = False,
     sharded: bool = True,
 ) -> list[_Summary]:
@@ -200,23 +237,23 @@ def run(
     implementations the caller resolved, which every process audits (a worker with other
     backends installed would otherwise audit others). ``apart`` (not with a cluster): each
     backend's implementations of a shard are audited by a process of their own, which imports
-    that framework alone, and put back in the order ``rank`` gives (``check.result_order``).
+    that framework alone, and put back together in one process's ``order``.
     Not ``sharded``: the one file of a check, named in no report as a shard."""
     if scheduler is not None:
         _check_address(scheduler)
-    # Workers may run in another directory (Dask): they get absolute paths, and every report
+    # Dask workers may run in another directory: they get the users' losses by absolute paths
+    # (a local process runs in this one, and its errors name them as given), and every report
     # names the shards and the users' losses as given (``infos``, ``_as_given``).
-    given = {_absolute(name): name for name in names}
+    sent = {name: _absolute(name) if scheduler is not None else name for name in names}
+    given = {path: name for name, path in sent.items()}
     portable = replace(
         options,
         impls=tuple(given),
         model=None if options.model is None else str(Path(options.model).absolute()),
     )
-    absolute = {name: path for path, name in given.items()}
-    groups = [
-        tuple(absolute[name] for name in group)
-        for group in (backend_groups(names) if apart else [names])
-    ]
+    grouped = backend_groups(names) if apart else [tuple(names)]
+    groups = [tuple(dict.fromkeys(sent[name] for name in group)) for group in grouped]
+    parts = [zoo.BACKENDS[zoo.backend_of(g[0])].option if apart else "" for g in grouped]
     collect = on_flagged_row is not None
     tasks = [
         _Unit(
@@ -231,7 +268,7 @@ def run(
         for index, (s, info) in enumerate(zip(shards, infos, strict=True))
         for part, group in enumerate(groups)
     ]
-    merger = _Merger(infos, len(groups), given, rank, on_flagged_row, progress)
+    merger = _Merger(infos, parts, given, order, on_flagged_row, progress)
     if scheduler is None:
         _run_local(tasks, jobs, merger)
     else:
@@ -250,11 +287,14 @@ class _Unit:
     info: ShardInfo
     collect: bool
     sharded: bool
+    until: int | None = None  # the row after which nothing need be audited (``_Merger.cut``)
 
     def audit(self) -> _Summary:
         from xentaudit.check import audit_shard
 
-        return audit_shard(self.options, self.shard, self.info, self.collect, self.sharded)
+        return audit_shard(
+            self.options, self.shard, self.info, self.collect, self.sharded, self.until
+        )
 
 
 def backend_groups(names: Sequence[str]) -> list[tuple[str, ...]]:
@@ -295,12 +335,16 @@ def _as_given(summary: _Summary, given: dict[str, str]) -> _Summary:
 
 def _run_local(tasks: list[_Unit], jobs: int, merger: _Merger) -> None:
     """Each part (a backend audited apart, or the whole audit) in processes of its own, one
-    part after the other, so that no process imports two parts' frameworks; shards after one
-    that failed with the user's error are not audited (but a part may still find an earlier
-    error in the shards up to it)."""
-    stop = len(merger.infos)
+    part after the other, so that no process imports two parts' frameworks; what comes after
+    the run's error (``_Merger.cut``) is not audited, but a later part still looks for an
+    earlier error up to it."""
     for part in sorted({unit.part for unit in tasks}):
-        todo = [unit for unit in tasks if unit.part == part and unit.index <= stop]
+        last, row = merger.cut()
+        todo = [
+            replace(unit, until=row if unit.index == last else None)
+            for unit in tasks
+            if unit.part == part and unit.index <= last
+        ]
         if not todo:
             continue
         workers = min(jobs, len(todo))
@@ -313,10 +357,10 @@ def _run_local(tasks: list[_Unit], jobs: int, merger: _Merger) -> None:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     unit = pending.pop(future)
-                    if not merger.take(unit.index, unit.part, future):
-                        stop = min(stop, unit.index)
-                        for later in [f for f, u in pending.items() if u.index > unit.index]:
-                            later.cancel()  # those not handed to a process yet
+                    merger.take(unit.index, unit.part, future)
+                    last, _ = merger.cut()
+                    for later in [f for f, u in pending.items() if u.index > last]:
+                        later.cancel()  # those not handed to a process yet
 
 
 def cores() -> int:
@@ -484,7 +528,14 @@ def _run_dask(tasks: list[_Unit], scheduler: str, merger: _Merger) -> None:
         try:
             for future in as_completed(futures, loop=client.loop):  # cancelled ones too
                 unit = tasks[index[future.key]]
-                if not merger.take(unit.index, unit.part, future):
-                    client.cancel([f for f in futures[index[future.key] + 1 :] if not f.done()])
+                merger.take(unit.index, unit.part, future)
+                last, _ = merger.cut()
+                client.cancel(
+                    [
+                        f
+                        for f, u in zip(futures, tasks, strict=True)
+                        if u.index > last and not f.done()
+                    ]
+                )
         finally:  # an interrupt: nothing of this run is left on the cluster
             client.cancel([f for f in futures if not f.done()])
