@@ -1,7 +1,7 @@
 """`check` with each backend audited in a process of its own (``apart``, what the command line
 does when several backends are audited): the same ``Check`` and flagged rows as one process,
 results in one process's order, the error one process meets first, and a caller that imports
-no framework (so that no process holds more than one)."""
+no framework (so that a process imports only its own)."""
 
 from __future__ import annotations
 
@@ -216,16 +216,27 @@ def test_shards_apart_give_the_one_process_check(tmp_path, jobs) -> None:
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_unusable_rows_of_every_shard_are_named_despite_a_later_error(tmp_path, jobs) -> None:
-    """One process only scans the shards after one with a NaN row: the label out of range in
-    shard 2 is never read, and the NaN of shard 7 is named too (well after the error, so
-    that no process has it queued already)."""
-    _shards(tmp_path, (3,) * 8, nan_in=(1, 7), bad_label_in=(2,))
+@pytest.mark.parametrize(
+    ("nan_in", "rows"),
+    [
+        # the NaN of shard 7, well after the error, so that no process has it queued already
+        ((1, 7), "4, 22"),
+        # the NaN of shard 2 itself, after its bad label: every part fails on that label
+        # first, so only a scan finds it
+        ((1, 2), "4, 7"),
+    ],
+)
+def test_unusable_rows_of_every_shard_are_named_despite_a_later_error(
+    tmp_path, jobs, nan_in, rows
+) -> None:
+    """One process only scans the shards after one with a NaN row (shard 1): the label out of
+    range in shard 2 is never read, and every later NaN is named too."""
+    _shards(tmp_path, (3,) * 8, nan_in=nan_in, bad_label_in=(2,))
     args = {"labels": str(tmp_path / "labels"), "impls": MIXED[:2], "modes": ["eager"]}
-    with pytest.raises(InputError, match=r"NaN in rows 4, 22 \(") as alone:
-        check_file(str(tmp_path / "logits"), **args)
+    with pytest.raises(InputError, match=rf"NaN in rows {rows} \(") as alone:
+        check_file(str(tmp_path / "logits"), chunk_rows=1, **args)
     with pytest.raises(InputError) as split:
-        check_file(str(tmp_path / "logits"), apart=True, jobs=jobs, **args)
+        check_file(str(tmp_path / "logits"), chunk_rows=1, apart=True, jobs=jobs, **args)
     assert str(split.value) == str(alone.value)
 
 

@@ -19,7 +19,7 @@ from processes import busy_workers, gone
 import xentaudit.parallel
 from xentaudit.check import check_file
 from xentaudit.cli import cli
-from xentaudit.errors import ConfigError, InputError
+from xentaudit.errors import ConfigError, ImplementationError, InputError
 from xentaudit.report.csv import line
 from xentaudit.shards import Shard, natural_key, resolve
 
@@ -400,6 +400,19 @@ def test_relative_paths_reach_the_workers_and_reports_keep_them(
     assert [r.impl for r in on_dask.results] == ["tf:clip.py:clip"]
     assert on_dask.to_dict() == alone.to_dict()
     assert rows and {r.impl for r in rows} == {"tf:clip.py:clip"}  # streamed as given too
+
+
+def test_a_users_loss_given_relatively_fails_on_the_cluster_as_here(
+    dump, cluster, tmp_path, monkeypatch
+) -> None:
+    """The workers get its absolute path; the error's place is still ranked under the name
+    given (it was a KeyError)."""
+    root, _ = dump
+    (tmp_path / "boom.py").write_text("def loss(labels, logits):\n    raise ValueError('boom')\n")
+    monkeypatch.chdir(tmp_path)
+    args = {"labels": str(root / "labels"), "impls": ["tf:boom.py:loss"], "modes": ["eager"]}
+    with pytest.raises(ImplementationError, match="the loss raised ValueError: boom"):
+        check_file(str(root / "logits"), scheduler=cluster, **args)
 
 
 def test_scheduler_refusals_are_one_line_exit_2(dump, monkeypatch) -> None:

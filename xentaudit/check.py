@@ -857,12 +857,13 @@ def check_file(
     (each backend's part of one, apart).
 
     ``apart`` (as the command line does): the implementations of each backend are audited in
-    a spawned process of their own, ``jobs`` at a time, so that no process holds more than one
-    framework and this one imports none (but for a user's loss, which it loads to check it);
-    the ``Check`` is the same, and so is the error (a process that dies: ``WorkerLost``, exit
-    code 3, naming its backend). Not with ``model``, whose loss decides what every implementation
-    is graded on, nor with ``labels`` given as an array, nor on a cluster, whose workers keep
-    their frameworks imported.
+    a spawned process of their own, ``jobs`` at a time, so that a process imports its own
+    framework (TensorFlow's also loads parts of JAX, when installed) and this one none (but
+    for a user's loss, which it loads to check it); the ``Check`` is the same, and so is the
+    error (a process that dies: ``WorkerLost``, exit code 3, naming its backend, or
+    ``ShardsLost`` naming the shards of a dump). Not with ``model``, whose loss decides what
+    every implementation is graded on, nor with ``labels`` given as an array, nor on a
+    cluster, whose workers keep their frameworks imported.
     """
     o = CheckOptions(
         impls=None if impls is None else tuple(impls),
@@ -979,6 +980,9 @@ def check_file(
             on_flagged_row,
             progress,
             Order(plan),
+            lambda i: _audit_shard(
+                o, plan, *opened[i], infos[i] if sharded else None, scan_only=True
+            ),
             apart=split,
             sharded=sharded,
         )

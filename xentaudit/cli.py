@@ -868,7 +868,7 @@ def sweep(
     show_default=True,
     help="Audit the shards of a dump (several FILEs, a folder or a quoted glob) in this many "
     "local processes. With several backends, each is audited in processes of its own, one "
-    "backend after the other, so that no process holds two frameworks.",
+    "backend after the other, so that a process imports one framework, not all.",
 )
 @click.option(
     "--scheduler",

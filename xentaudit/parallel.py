@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -64,6 +64,7 @@ class _Merger:
         parts: list[str],
         given: dict[str, str],
         order: Order,
+        scan: Callable[[int], _Summary],
         on_flagged_row: FlaggedRowSink | None,
         progress: Progress | None,
     ) -> None:
@@ -71,6 +72,7 @@ class _Merger:
         self.parts = parts  # per unit of a shard, its backend's --backend name ("" for all)
         self.given = given
         self.order = order
+        self.scan = scan  # scans a shard for unusable rows in this process, auditing nothing
         self.on_flagged_row = on_flagged_row
         self.progress = progress
         self.pieces: dict[int, dict[int, _Summary]] = {}
@@ -90,6 +92,11 @@ class _Merger:
         try:
             summary = future.result()
         except XentauditError as exc:
+            at = getattr(exc, "at", None)
+            if at is not None and at[1][2] is not None:  # its run, named as the caller gave it
+                policy, name, clip = at[1][2]
+                named = (policy, self.given.get(name, name), clip)
+                exc.at = (at[0], (*at[1][:2], named))  # type: ignore[attr-defined]
             known = self.errors.get(index)
             if known is None or self.order.error(exc) < self.order.error(known):
                 self.errors[index] = exc
@@ -143,19 +150,18 @@ class _Merger:
     def result(self) -> list[_Summary]:
         """The summaries in shard order, settled as one process would: the first shard's error
         is raised, unless an earlier shard had rows that cannot be audited (one process then
-        only scans the rest for more such rows, which the summaries returned hold); a lost
-        shard is ``ShardsLost`` naming every lost one."""
+        only scans the rest for more such rows, which the summaries returned hold: a part's,
+        or, for a shard no part completed, a scan here); a lost shard is ``ShardsLost`` naming
+        every lost one."""
         from xentaudit.check import refused
 
         out: list[_Summary] = []
         scanning = False
         for index in range(len(self.infos)):
             summary = self.summaries.get(index)
-            if summary is None and scanning:  # its results are not reported: its bad rows are
-                summary = self._any_part(index)
+            if scanning:  # its results are not reported: its unusable rows are
+                summary = summary or self._any_part(index) or self.scan(index)
             if summary is None:
-                if scanning:  # lost, or not audited after an error: its bad rows are unknown
-                    continue
                 if index in self.errors:
                     raise self.errors[index]
                 assert index in self.lost, index  # cancelled only after an earlier error
@@ -229,6 +235,7 @@ def run(
     on_flagged_row: FlaggedRowSink | None,
     progress: Progress | None,
     order: Order,
+    scan: Callable[[int], _Summary],
     apart: bool = False,
     sharded: bool = True,
 ) -> list[_Summary]:
@@ -237,7 +244,8 @@ def run(
     implementations the caller resolved, which every process audits (a worker with other
     backends installed would otherwise audit others). ``apart`` (not with a cluster): each
     backend's implementations of a shard are audited by a process of their own, which imports
-    that framework alone, and put back together in one process's ``order``.
+    that framework alone, and put back together in one process's ``order``. ``scan``: the
+    unusable rows of a shard, found in this process (``_Merger.result``).
     Not ``sharded``: the one file of a check, named in no report as a shard."""
     if scheduler is not None:
         _check_address(scheduler)
@@ -268,7 +276,7 @@ def run(
         for index, (s, info) in enumerate(zip(shards, infos, strict=True))
         for part, group in enumerate(groups)
     ]
-    merger = _Merger(infos, parts, given, order, on_flagged_row, progress)
+    merger = _Merger(infos, parts, given, order, scan, on_flagged_row, progress)
     if scheduler is None:
         _run_local(tasks, jobs, merger)
     else:
@@ -525,17 +533,14 @@ def _run_dask(tasks: list[_Unit], scheduler: str, merger: _Merger) -> None:
         # (distributed.scheduler.allowed-failures times) before it gives up on it.
         futures = client.map(_Unit.audit, tasks, pure=False)
         index = {future.key: i for i, future in enumerate(futures)}
+        cut = len(merger.infos) - 1
         try:
             for future in as_completed(futures, loop=client.loop):  # cancelled ones too
                 unit = tasks[index[future.key]]
                 merger.take(unit.index, unit.part, future)
                 last, _ = merger.cut()
-                client.cancel(
-                    [
-                        f
-                        for f, u in zip(futures, tasks, strict=True)
-                        if u.index > last and not f.done()
-                    ]
-                )
+                if last < cut:  # a new cut: what comes after it need not run
+                    cut = last
+                    client.cancel([f for f, u in zip(futures, tasks, strict=True) if u.index > cut])
         finally:  # an interrupt: nothing of this run is left on the cluster
             client.cancel([f for f in futures if not f.done()])
