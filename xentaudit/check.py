@@ -397,19 +397,21 @@ def _lint(
 def _flagged_rows(
     rows: np.ndarray,
     key: Key,
+    eps: float | None,
     exact: np.ndarray,
     loss: np.ndarray,
     grades: Grades,
     shard: ShardInfo | None,
 ) -> Iterator[FlaggedRow]:
-    """The rows of a chunk on which a loss or gradient flag fired, for the result ``key``,
-    each named in its ``shard`` too, if any."""
-    source, name, clip, dtype, policy, mode = key
+    """The rows of a chunk on which a loss or gradient flag fired, for the result ``key``
+    (whose implementation clipped with ``eps``: ``eps_used``), each named in its ``shard``
+    too, if any."""
+    source, name, _, dtype, policy, mode = key
     for i in np.flatnonzero(grades.flagged).tolist():
         yield FlaggedRow(
             row=int(rows[i]),
             impl=name,
-            eps=eps_used(name, clip),
+            eps=eps,
             dtype=dtype,
             policy=policy,
             mode=mode,
@@ -494,7 +496,13 @@ def _audit_chunk(
                         if flagged is not None:
                             flagged.extend(
                                 _flagged_rows(
-                                    rows, key, rounded.ref.loss, outcome.loss, grades, shard
+                                    rows,
+                                    key,
+                                    tally.eps,
+                                    rounded.ref.loss,
+                                    outcome.loss,
+                                    grades,
+                                    shard,
                                 )
                             )
 

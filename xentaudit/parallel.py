@@ -35,7 +35,7 @@ from xentaudit.shards import Shard
 if TYPE_CHECKING:
     from multiprocessing.queues import SimpleQueue
 
-    from xentaudit.check import CheckOptions, FlaggedRowSink, Order, Progress, _Summary
+    from xentaudit.check import CheckOptions, FlaggedRowSink, Order, Progress, Where, _Summary
     from xentaudit.results import ShardInfo
     from xentaudit.sweep import Grid, Part, Share
 
@@ -93,10 +93,8 @@ class _Merger:
             summary = future.result()
         except XentauditError as exc:
             at = getattr(exc, "at", None)
-            if at is not None and at[1][2] is not None:  # its run, named as the caller gave it
-                policy, name, clip = at[1][2]
-                named = (policy, self.given.get(name, name), clip)
-                exc.at = (at[0], (*at[1][:2], named))  # type: ignore[attr-defined]
+            if at is not None:  # its run, named as the caller gave it
+                exc.at = (at[0], _where_given(at[1], self.given))  # type: ignore[attr-defined]
             known = self.errors.get(index)
             if known is None or self.order.error(exc) < self.order.error(known):
                 self.errors[index] = exc
@@ -336,9 +334,19 @@ def _as_given(summary: _Summary, given: dict[str, str]) -> _Summary:
         (given.get(impl, impl), dtype): replace(skip, impl=given.get(skip.impl, skip.impl))
         for (impl, dtype), skip in summary.skipped.items()
     }
+    summary.skipped_at = {
+        (given.get(impl, impl), dtype): _where_given(where, given)
+        for (impl, dtype), where in summary.skipped_at.items()
+    }
     if summary.flagged is not None:
         summary.flagged = [replace(r, impl=given.get(r.impl, r.impl)) for r in summary.flagged]
     return summary
+
+
+def _where_given(where: Where, given: dict[str, str]) -> Where:
+    """``where`` with its run's implementation named as the caller gave it."""
+    source, dtype, run = where
+    return source, dtype, None if run is None else (run[0], given.get(run[1], run[1]), run[2])
 
 
 def _run_local(tasks: list[_Unit], jobs: int, merger: _Merger) -> None:
