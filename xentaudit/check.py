@@ -952,7 +952,7 @@ def check_file(
         and scheduler is None
         and o.model is None
         and in_memory is None
-        and len({zoo.backend_of(name) for name in settings.names}) > 1
+        and len(zoo.by_backend(settings.names, str)) > 1
     )
     if not split and scheduler is None and (jobs == 1 or len(shards) == 1):
         summaries: list[_Summary] = []

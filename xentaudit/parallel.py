@@ -257,7 +257,7 @@ def run(
         impls=tuple(given),
         model=None if options.model is None else str(Path(options.model).absolute()),
     )
-    grouped = backend_groups(names) if apart else [tuple(names)]
+    grouped = zoo.by_backend(names, str) if apart else [list(names)]
     groups = [tuple(dict.fromkeys(sent[name] for name in group)) for group in grouped]
     parts = [zoo.BACKENDS[zoo.backend_of(g[0])].option if apart else "" for g in grouped]
     collect = on_flagged_row is not None
@@ -301,14 +301,6 @@ class _Unit:
         return audit_shard(
             self.options, self.shard, self.info, self.collect, self.sharded, self.until
         )
-
-
-def backend_groups(names: Sequence[str]) -> list[tuple[str, ...]]:
-    """``names`` grouped by backend, in the order they come."""
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(zoo.backend_of(name), []).append(name)
-    return [tuple(group) for group in groups.values()]
 
 
 def _absolute(name: str) -> str:

@@ -249,12 +249,10 @@ def sweep(
     # With processes, a user's loss is imported there, not here (its framework with it).
     resolved = zoo.parse_impls(impls, backends, loss, load=jobs == 1)
     chosen = list(enumerate(variants(resolved, eps)))
-    groups: dict[str, list[tuple[int, Variant]]] = {}
-    for indexed in chosen:
-        groups.setdefault(zoo.backend_of(indexed[1].impl), []).append(indexed)
+    groups = zoo.by_backend(chosen, lambda indexed: indexed[1].impl)
     # no more processes at once than the budget has room for, each with its largest batch
     processes = min(jobs, max(1, budget // needed))
-    shares = _shares(list(groups.values()), len(formats), processes)
+    shares = _shares(groups, len(formats), processes)
     workers = min(processes, len(shares))
     grid = Grid(
         scales=tuple(scales),

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -838,6 +838,18 @@ def backend_of(name: str) -> str:
     if name in REGISTRY:
         return REGISTRY[name].backend
     return user_backend(name)[0]
+
+
+T = TypeVar("T")
+
+
+def by_backend(items: Iterable[T], name: Callable[[T], str]) -> list[list[T]]:
+    """``items`` grouped by the backend of their implementation (``name`` of an item), the
+    groups and the items in each in the order they come."""
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(backend_of(name(item)), []).append(item)
+    return list(groups.values())
 
 
 def installed(backend: str) -> bool:
