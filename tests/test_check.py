@@ -158,6 +158,38 @@ def test_chunked_results_equal_unchunked_exactly(tmp_path) -> None:
         assert_same_check(chunked, whole)
 
 
+def test_worst_rows_kept_do_not_depend_on_the_chunks_or_their_order() -> None:
+    # _Tally.add keeps the WORST_ROWS worst rows under one total order (failing first, then the
+    # larger error, then the earlier row) and lets a chunk's rows skip the heap once they cannot
+    # enter it: added whole, in chunks, or in chunks out of row order (as shards merge), the same
+    # rows stay. Errors drawn from 3 values, so that ties need the row order to break them.
+    from xentaudit.audit import ROW_FLAGS, Grades
+    from xentaudit.check import WORST_ROWS, _ExactMean, _Tally
+
+    rng = np.random.default_rng(5)
+    n = 60
+    rel = rng.choice([1e-8, 0.5, np.inf], n)
+    failing = rng.random(n) < 0.3
+    masks = {f: np.zeros(n, bool) for f in ROW_FLAGS}
+    masks["divergent"] = failing
+
+    def tally(parts) -> list:
+        t = _Tally()
+        for part in parts:
+            sub = {f: m[part] for f, m in masks.items()}
+            grades = Grades(rel[part], rel[part], rel[part], sub, False, 1e-6)
+            t.add(part, rel[part], rel[part], grades, _ExactMean())
+        return sorted(t.worst, reverse=True)
+
+    whole = tally([np.arange(n)])
+    assert len(whole) == WORST_ROWS
+    expected = sorted(range(n), key=lambda i: (failing[i], rel[i], -i), reverse=True)[:WORST_ROWS]
+    assert [row.row for _, row in whole] == expected
+    chunks = np.array_split(np.arange(n), 12)
+    assert tally(chunks) == whole
+    assert tally(chunks[::-1]) == whole
+
+
 def test_nan_rows_are_reported_with_file_row_numbers_across_chunks() -> None:
     with pytest.raises(Exception, match="NaN in rows 2, 5"):
         check_file(FIXTURES / "bad" / "nan_logits.npz", chunk_rows=2, modes=["eager"])

@@ -170,33 +170,34 @@ def grade(
     bound = rounded.bound
     loss_fn = LOSSES[rounded.loss]
     # q_i: rounding the input to the output's unit roundoff moves the loss by |dL/dx|_1 max|x|
-    l1 = loss_fn.l1_bound(rounded.logits, bound)
-    slack = out.eps / 2 * l1 * rounded.max_abs_logit if downcast else np.zeros_like(bound)
+    slack = (
+        out.eps / 2 * loss_fn.l1_bound(rounded.logits, bound) * rounded.max_abs_logit
+        if downcast
+        else np.zeros_like(bound)
+    )
 
-    exact_inf = np.isinf(ref.loss)
+    exact_inf = rounded.exact_inf
     with np.errstate(invalid="ignore"):
         abs_err = np.abs((loss - ref.loss) - ref.loss_lo)
-    # An infinite exact loss is matched only by itself; anything else but NaN is infinitely off.
-    abs_err = np.where(
-        exact_inf & ~np.isnan(loss), np.where(loss == ref.loss, 0.0, np.inf), abs_err
-    )
+    if rounded.any_exact_inf:
+        # An infinite exact loss is matched only by itself; anything else but NaN is infinitely
+        # off.
+        abs_err = np.where(
+            exact_inf & ~np.isnan(loss), np.where(loss == ref.loss, 0.0, np.inf), abs_err
+        )
     abs_err = np.where(abs_err < eff.tiny, 0.0, abs_err)
-    scale = np.maximum(np.abs(ref.loss), 1.0)
+    scale = rounded.loss_magnitude
     with np.errstate(invalid="ignore", over="ignore"):
         rel_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / scale)
-        ulps_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / fmt.ulp(ref.loss))
+        ulps_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / rounded.loss_ulp)
     if rounded.ignored is not None:  # an exact 0 has no ulp: any loss on such a row is inf ulps
         ulps_err = np.where(rounded.ignored & (abs_err > 0), np.inf, ulps_err)
-    weights = None if rounded.weights is None else as_float(rounded.weights)
-    reduction = eff.eps * loss_fn.loss_terms(
-        rounded.logits, weights, bound, ref.loss, rounded.focus, rounded.smoothing > 0
-    )
+    reduction = eff.eps * rounded.loss_terms
     # soft labels: their sums, in the order of the framework's kernels, accumulated in float32
     # at least (losses.LABEL_SUM_ULPS)
     label_loss, label_grad = np.zeros_like(bound), np.zeros_like(bound)
-    if rounded.label_extra.any():
-        terms = label_sum_terms(rounded.label_extra, rounded.top_probability, bound, ref.loss)
-        label_loss, label_grad = (label_accumulator(eff.eps) * t for t in terms)
+    if rounded.label_terms is not None:
+        label_loss, label_grad = (label_accumulator(eff.eps) * t for t in rounded.label_terms)
     allowed = tol * scale + (reduction + label_loss if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
 
@@ -223,10 +224,7 @@ def grade(
             (exact_size > VANISH_ULPS * eff.eps * bound)
             & (impl_size <= VANISH_FRACTION * exact_size),
             row_gerr
-            > RTOL_ULPS * eff.eps * bound
-            + eff.eps * loss_fn.grad_terms(rounded.logits, bound, rounded.focus)
-            + label_grad
-            + slack,
+            > RTOL_ULPS * eff.eps * bound + eff.eps * rounded.grad_terms + label_grad + slack,
         ]
     )
     masks = {
@@ -293,6 +291,46 @@ class Rounded:
         """B_i, the bound of the exact gradient's entries of each row (softmax: max(sum_j y_ij,
         1); ``losses`` for the others)."""
         return LOSSES[self.loss].bound(self.logits, self.weights, self.focus)
+
+    @cached_property
+    def exact_inf(self) -> np.ndarray:
+        """(n,) bool: the rows whose exact loss is infinite."""
+        return np.isinf(self.ref.loss)
+
+    @cached_property
+    def any_exact_inf(self) -> bool:
+        return bool(self.exact_inf.any())
+
+    @cached_property
+    def loss_magnitude(self) -> np.ndarray:
+        """max(|L_i|, 1): what a loss's relative error is relative to."""
+        return np.maximum(np.abs(self.ref.loss), 1.0)
+
+    @cached_property
+    def loss_ulp(self) -> np.ndarray:
+        """The ulp of ``fmt`` at each exact loss: the unit of a loss's error in ulps."""
+        return self.fmt.ulp(self.ref.loss)
+
+    @cached_property
+    def loss_terms(self) -> np.ndarray:
+        """The tolerance the loss adds for its reductions and products, in eps (``Loss``)."""
+        weights = None if self.weights is None else as_float(self.weights)
+        return LOSSES[self.loss].loss_terms(
+            self.logits, weights, self.bound, self.ref.loss, self.focus, self.smoothing > 0
+        )
+
+    @cached_property
+    def grad_terms(self) -> np.ndarray:
+        """The tolerance the gradient adds for its reductions and products, in eps."""
+        return LOSSES[self.loss].grad_terms(self.logits, self.bound, self.focus)
+
+    @cached_property
+    def label_terms(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The soft labels' sums' terms of the loss and the gradient, in eps of the
+        accumulator (``losses.label_sum_terms``); None without soft labels."""
+        if not self.label_extra.any():
+            return None
+        return label_sum_terms(self.label_extra, self.top_probability, self.bound, self.ref.loss)
 
     @cached_property
     def label_extra(self) -> np.ndarray:

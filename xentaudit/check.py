@@ -21,6 +21,7 @@ import numpy as np
 from xentaudit import impls as zoo
 from xentaudit.audit import (
     Grades,
+    Rounded,
     Runs,
     Unrepresentable,
     Variant,
@@ -159,7 +160,9 @@ class _ExactMean:
     def add(self, values: np.ndarray) -> None:
         self.count += values.size
         self.nan |= bool(np.isnan(values).any())
-        self.infinities.update(np.unique(values[np.isinf(values)]).tolist())
+        infinite = np.isinf(values)
+        if infinite.any():
+            self.infinities.update(np.unique(values[infinite]).tolist())
         mantissa, exponent = np.frexp(values[np.isfinite(values)])
         m = (mantissa * 2.0**53).astype(np.int64)  # exact: mantissa has 53 significant bits
         shift = exponent + _UNIT_EXPONENT - 53  # value = m 2^shift units, shift >= 0
@@ -185,6 +188,15 @@ class _ExactMean:
         if self.infinities:
             return next(iter(self.infinities))
         return self.total / (self.count << _UNIT_EXPONENT)
+
+
+def _exact_mean(rounded: Rounded) -> _ExactMean:
+    """The exact losses of a chunk rounded to a dtype summed (but the ignored class's rows),
+    for every result's ``_Tally.add``."""
+    summed = _ExactMean()
+    exact = rounded.ref.loss
+    summed.add(exact if rounded.ignored is None else exact[~rounded.ignored])
+    return summed
 
 
 @dataclass
@@ -243,15 +255,16 @@ class _Tally:
         loss: np.ndarray,
         exact: np.ndarray,
         grades: Grades,
+        exact_mean: _ExactMean,
         ignored: np.ndarray | None = None,
     ) -> None:
-        """Add a chunk's per-row results; ``rows``: their rows in the file; ``ignored``: a mask
-        of the rows of the ignored class, left out of the means."""
+        """Add a chunk's per-row results; ``rows``: their rows in the file; ``exact_mean``:
+        the chunk's exact losses summed (``_exact_mean``, once for every result); ``ignored``: a
+        mask of the rows of the ignored class, left out of the means."""
         n = loss.shape[0]
         self.rows += n
-        kept = slice(None) if ignored is None else ~ignored
-        self.loss_mean.add(loss[kept])
-        self.exact_mean.add(exact[kept])
+        self.loss_mean.add(loss if ignored is None else loss[~ignored])
+        self.exact_mean.merge(exact_mean)
         self.flagged += int(grades.flagged.sum())
         for flag, mask in grades.masks.items():
             self.counts[flag] += int(mask.sum())
@@ -262,13 +275,23 @@ class _Tally:
             self.counts["downcast"] += n
         self.counts["half-softmax"] += int(grades.half_softmax.sum())
         edges = [bound for _, bound in HISTOGRAM]
-        bucket = np.searchsorted(edges, rel, side="left")
-        for index, count in zip(*np.unique(bucket, return_counts=True), strict=True):
-            self.histogram[HISTOGRAM[int(index)][0]] += int(count)
+        buckets = np.bincount(np.searchsorted(edges, rel, side="left"), minlength=len(edges))
+        for index in np.flatnonzero(buckets).tolist():
+            self.histogram[HISTOGRAM[index][0]] += int(buckets[index])
         failing = grades.failing
         # The worst rows under one total order (failing first, then larger error, then earlier
         # row), so the K kept over all chunks do not depend on where the chunks split.
         order = np.lexsort((-rows, rel, failing))[::-1][:WORST_ROWS]
+        if len(self.worst) == WORST_ROWS:  # full: only a row above the least kept gets in
+            (least_failing, least_rel, least_row), _ = self.worst[0]
+            above = (failing[order] > least_failing) | (
+                (failing[order] == least_failing)
+                & (
+                    (rel[order] > least_rel)
+                    | ((rel[order] == least_rel) & (-rows[order] > least_row))
+                )
+            )
+            order = order[above]
         for i in order:
             key = (int(failing[i]), float(rel[i]), -int(rows[i]))
             row = WorstRow(
@@ -471,6 +494,7 @@ def _audit_chunk(
                     raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
                 runs: Runs = {}
                 weights = 1 + int(rounded.label_extra.max(initial=0))  # a row's nonzero labels
+                exact_mean = _exact_mean(rounded)
                 for policy, variant in policy_variants(plan.policies, chosen):
                     name = variant.impl
                     where = (source, fmt.name, (policy, name, variant.eps))
@@ -490,7 +514,14 @@ def _audit_chunk(
                             summary.tallies[key] = _Tally(eps=eps_used(name, variant.eps))
                         tally = summary.tallies[key]
                         tally.output_dtype = outcome.output_dtype
-                        tally.add(rows, outcome.loss, rounded.ref.loss, grades, rounded.ignored)
+                        tally.add(
+                            rows,
+                            outcome.loss,
+                            rounded.ref.loss,
+                            grades,
+                            exact_mean,
+                            rounded.ignored,
+                        )
                         tally.label_weights = max(tally.label_weights, weights)
                         tally.add_scale(largest)
                         if flagged is not None:
