@@ -16,7 +16,7 @@ from processes import frameworks_imported
 import xentaudit.parallel
 from xentaudit.check import check_file
 from xentaudit.cli import cli
-from xentaudit.errors import ImplementationError, InputError
+from xentaudit.errors import ImplementationError, InputError, XentauditError
 from xentaudit.report.csv import line
 
 # Backends interleaved (tf, torch, tf, jax, torch): the results of one process come in this
@@ -119,17 +119,59 @@ def test_the_error_is_the_one_one_process_meets_first(
     assert str(split.value) == str(alone.value)
 
 
-def test_the_caller_imports_no_framework(logits) -> None:
+def test_the_caller_imports_no_framework_nor_a_users_loss(logits, tmp_path) -> None:
+    # a user's loss is imported (with its framework) by its backend's process alone
     x, y = logits
+    (tmp_path / "own.py").write_text("import torch\n\n" + FAILING)
+    impls = [*MIXED, f"torch:{tmp_path / 'own.py'}:torch_loss"]
     printed = frameworks_imported(
         f"""
         from xentaudit.check import check_file
 
-        check = check_file({str(x)!r}, labels={str(y)!r}, impls={MIXED!r}, apart=True)
-        assert {{r.impl for r in check.results}} == set({MIXED!r})
+        check = check_file({str(x)!r}, labels={str(y)!r}, impls={impls!r}, apart=True)
+        assert {{r.impl for r in check.results}} == set({impls!r})
         """
     )
     assert printed == "[]"
+
+
+# Users' losses that fail to load: one process loads them in their order before any chunk,
+# which the processes apart, one backend's after another's, must not change.
+BROKEN = """
+def tf_loss(logits):
+    return logits
+"""
+
+
+@pytest.mark.parametrize(
+    ("order", "first"),
+    [
+        (["naive", "torch:missing", "tf:tf_loss", "torch_cross_entropy"], "missing"),
+        (["naive", "tf:tf_loss", "torch:missing", "torch_cross_entropy"], "tf_loss"),
+    ],
+)
+def test_a_users_loss_that_fails_to_load_is_the_one_one_process_meets(
+    logits, tmp_path, order, first
+) -> None:
+    x, y = logits
+    (tmp_path / "broken.py").write_text(BROKEN)
+    impls = [
+        name.replace(":", f":{tmp_path / 'broken.py'}:") if ":" in name else name for name in order
+    ]
+    with pytest.raises(XentauditError, match=first) as alone:
+        check_file(x, labels=y, impls=impls, modes=["eager"])
+    with pytest.raises(XentauditError, match=first) as split:
+        check_file(x, labels=y, impls=impls, modes=["eager"], apart=True)
+    assert (type(split.value), str(split.value)) == (type(alone.value), str(alone.value))
+
+
+def test_one_backends_users_loss_loads_before_any_file_is_read(tmp_path) -> None:
+    # with one backend nothing is split: the loss is loaded here, before the files, as ever
+    (tmp_path / "broken.py").write_text(BROKEN)
+    impls = ["naive", f"tf:{tmp_path / 'broken.py'}:tf_loss"]
+    for apart in (False, True):
+        with pytest.raises(XentauditError, match="tf_loss"):
+            check_file(tmp_path / "absent.npy", impls=impls, apart=apart)
 
 
 def test_the_command_audits_several_backends_apart_and_one_here(logits, monkeypatch) -> None:

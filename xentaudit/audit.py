@@ -552,17 +552,18 @@ def chosen_impls(
     model: str | Path | ModelPath | None,
     backends: Iterable[str] | None = None,
     loss: str = "softmax",
+    load: bool = True,
 ) -> tuple[str, ...]:
     """``impls`` expanded (``zoo.parse_impls``, ``all`` over the installed ``backends``' ones
-    of ``loss``), then, with ``model`` (a ``.keras`` file, or a ``ModelPath`` already read, e.g.
-    of a model in memory), the implementation ``model``: the loss path ``read_model_config``
-    maps, exactly as saved."""
+    of ``loss``; users' losses loaded, unless not ``load``), then, with ``model`` (a ``.keras``
+    file, or a ``ModelPath`` already read, e.g. of a model in memory), the implementation
+    ``model``: the loss path ``read_model_config`` maps, exactly as saved."""
     if model is not None and loss != "softmax":
         raise ConfigError(
             f"--model audits a model's softmax cross-entropy; --loss {loss} takes --impl only"
         )
     if model is None:
-        names = zoo.parse_impls(impls, backends, loss)
+        names = zoo.parse_impls(impls, backends, loss, load)
         if not names:
             raise ConfigError(
                 "no implementation to run: --impl, --backend (and --input) leave none; name one"

@@ -580,9 +580,11 @@ class _Settings:
     focus: Focus
 
 
-def _settings(o: CheckOptions) -> _Settings:
+def _settings(o: CheckOptions, load: bool = True) -> _Settings:
     """Check the options and set the audit up (the model's loss path read, users' losses
-    loaded), in the process that runs it."""
+    loaded), in the process that runs it; without ``load``, users' losses are checked as far as
+    they can be without importing them (``zoo.parse_impls``): the processes that run them
+    import them."""
     check_options(o.eps, o.rtol, o.modes, o.timeout, o.loss_scale, o.label_smoothing)
     multi_label = get_loss(o.loss).labels == "multi-label"
     focus = focus_of(o.loss, o.gamma, o.alpha)
@@ -593,7 +595,7 @@ def _settings(o: CheckOptions) -> _Settings:
         )
     impls = o.impls if o.impls is not None else default_impls(o.input_kind, o.backends, o.loss)
     refuse_input_kind(o.input_kind, impls, o.model, o.policies)
-    names = chosen_impls(impls, o.model, o.backends, o.loss)
+    names = chosen_impls(impls, o.model, o.backends, o.loss, load)
     check_ignore(o.ignore_class, o.loss, names)
     return _Settings(names, tuple(variants(names, o.eps)), o.impls is None, multi_label, focus)
 
@@ -644,6 +646,7 @@ class Order:
         self.sources = {source: i for i, source in enumerate(plan.sources)}
         self.dtypes = {fmt.name: j for j, fmt in enumerate(plan.formats)}
         self.runs = {(p, v.impl, _clip(v.impl, v.eps)): k for k, (p, v) in enumerate(pairs)}
+        self.names = {name: i for i, name in enumerate(plan.settings.names)}
 
     def place(self, where: Where) -> tuple[int, int, int]:
         source, dtype, run = where
@@ -660,9 +663,14 @@ class Order:
 
     def error(self, exc: XentauditError) -> tuple:
         """Where one process meets ``exc`` (``at``: the chunk's first row and ``Where`` in it,
-        set by ``_audit_shard``): () for an error of the setting up, before any chunk."""
+        set by ``_audit_shard``): () for an error of the setting up, before any chunk, but
+        loading a user's loss (``loading``, set by ``zoo.parse_impls``), which one process does
+        in their order, after the rest of the setting up and before any chunk."""
         at = getattr(exc, "at", None)
-        return () if at is None else (at[0], *self.place(at[1]))
+        if at is not None:
+            return (at[0], *self.place(at[1]))
+        loading = getattr(exc, "loading", None)
+        return () if loading is None else (-1, self.names.get(loading, len(self.names)))
 
 
 def _clip(impl: str, eps: float | None) -> float | None:
@@ -897,12 +905,12 @@ def check_file(
 
     ``apart`` (as the command line does): the implementations of each backend are audited in
     a spawned process of their own, ``jobs`` at a time, so that a process imports its own
-    framework (TensorFlow's also loads parts of JAX, when installed) and this one none (but
-    for a user's loss, which it loads to check it); the ``Check`` is the same, and so is the
-    error (a process that dies: ``WorkerLost``, exit code 3, naming its backend, or
-    ``ShardsLost`` naming the shards of a dump). Not with ``model``, whose loss decides what
-    every implementation is graded on, nor with ``labels`` given as an array, nor on a
-    cluster, whose workers keep their frameworks imported.
+    framework (TensorFlow's also loads parts of JAX, when installed) and users' losses of its
+    backend, and this one neither (an error in loading a user's loss comes after the files'
+    own); the ``Check`` is the same, and so is the error (a process that dies: ``WorkerLost``,
+    exit code 3, naming its backend, or ``ShardsLost`` naming the shards of a dump). Not with
+    ``model``, whose loss decides what every implementation is graded on, nor with ``labels``
+    given as an array, nor on a cluster, whose workers keep their frameworks imported.
     """
     o = CheckOptions(
         impls=None if impls is None else tuple(impls),
@@ -932,10 +940,17 @@ def check_file(
             "--timeout works only in a process's main thread (SIGALRM), and Dask runs tasks in "
             "worker threads: drop --timeout with --scheduler"
         )
-    settings = _settings(o)
+    in_memory = labels if isinstance(labels, np.ndarray) else None
+    apart = apart and scheduler is None and o.model is None and in_memory is None
+    # Split or not, known before any file is read: a part's process imports its users' losses
+    # (with their frameworks), which this one then need not.
+    settings = _settings(o, load=not apart)
+    split = apart and len(zoo.by_backend(settings.names, str)) > 1
+    if apart and not split:  # one process: this one, which loads them as _settings would have
+        for name in settings.names:
+            zoo.get_impl(name)
     given = [path] if isinstance(path, (str, Path)) else list(path)
     sharded = len(given) != 1 or is_sharded(given[0])
-    in_memory = labels if isinstance(labels, np.ndarray) else None
     if in_memory is not None and (sharded or scheduler is not None):
         raise ConfigError(
             "labels given as an array go with one file audited here; save them in .npy files "
@@ -978,13 +993,6 @@ def check_file(
             f"most read at a time; pass --chunk-rows {CHUNK_ENTRIES // classes} or less"
         )
 
-    split = (
-        apart
-        and scheduler is None
-        and o.model is None
-        and in_memory is None
-        and len(zoo.by_backend(settings.names, str)) > 1
-    )
     if not split and scheduler is None and (jobs == 1 or len(shards) == 1):
         summaries: list[_Summary] = []
         for shard_info, (logits, label_source) in zip(infos, opened, strict=True):

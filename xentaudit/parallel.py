@@ -95,6 +95,9 @@ class _Merger:
             at = getattr(exc, "at", None)
             if at is not None:  # its run, named as the caller gave it
                 exc.at = (at[0], _where_given(at[1], self.given))  # type: ignore[attr-defined]
+            loading = getattr(exc, "loading", None)
+            if loading is not None:  # the user's loss it failed to load, likewise
+                exc.loading = self.given.get(loading, loading)  # type: ignore[attr-defined]
             known = self.errors.get(index)
             if known is None or self.order.error(exc) < self.order.error(known):
                 self.errors[index] = exc

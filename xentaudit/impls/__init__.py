@@ -800,7 +800,11 @@ def parse_impls(
     users = tuple(n for n in names if ":" in n)
     for user in users:  # after the built-in names, as a sweep's processes load them
         if load:
-            get_impl(user)  # loaded and checked
+            try:
+                get_impl(user)  # loaded and checked
+            except XentauditError as exc:
+                exc.loading = user  # type: ignore[attr-defined]  # for check.Order.error
+                raise
         else:  # checked, not imported
             _user_file(user, _user_parts(user)[1])
     return builtin + tuple(u for u in users if u not in builtin)
