@@ -5,7 +5,9 @@ no framework (so that a process imports only its own)."""
 
 from __future__ import annotations
 
+import tempfile
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +148,13 @@ def tf_loss(logits):
 @pytest.mark.parametrize(
     ("order", "first"),
     [
-        (["naive", "torch:missing", "tf:tf_loss", "torch_cross_entropy"], "missing"),
-        (["naive", "tf:tf_loss", "torch:missing", "torch_cross_entropy"], "tf_loss"),
+        (["naive", "torch:broken:missing", "tf:broken:tf_loss", "torch_cross_entropy"], "missing"),
+        (["naive", "tf:broken:tf_loss", "torch:broken:missing", "torch_cross_entropy"], "tf_loss"),
+        # the first fails as it is imported, the next has no file: one process never gets there
+        (["naive", "tf:boom:fn", "torch:absent:fn", "torch_cross_entropy"], "boom at import"),
+        (["naive", "torch:boom:fn", "tf:broken:1x", "torch_cross_entropy"], "boom at import"),
+        # a loss named twice is loaded at its first place
+        (["naive", "tf:boom:fn", "torch:broken:missing", "tf:boom:fn"], "boom at import"),
     ],
 )
 def test_a_users_loss_that_fails_to_load_is_the_one_one_process_meets(
@@ -155,9 +162,13 @@ def test_a_users_loss_that_fails_to_load_is_the_one_one_process_meets(
 ) -> None:
     x, y = logits
     (tmp_path / "broken.py").write_text(BROKEN)
-    impls = [
-        name.replace(":", f":{tmp_path / 'broken.py'}:") if ":" in name else name for name in order
-    ]
+    (tmp_path / "boom.py").write_text("raise RuntimeError('boom at import')\n")
+
+    def spec(name: str) -> str:
+        prefix, stem, fn = name.split(":")
+        return f"{prefix}:{tmp_path / stem}.py:{fn}"
+
+    impls = [spec(name) if ":" in name else name for name in order]
     with pytest.raises(XentauditError, match=first) as alone:
         check_file(x, labels=y, impls=impls, modes=["eager"])
     with pytest.raises(XentauditError, match=first) as split:
@@ -172,6 +183,8 @@ def test_one_backends_users_loss_loads_before_any_file_is_read(tmp_path) -> None
     for apart in (False, True):
         with pytest.raises(XentauditError, match="tf_loss"):
             check_file(tmp_path / "absent.npy", impls=impls, apart=apart)
+        with pytest.raises(XentauditError, match="tf_loss"):  # before the options' checks too
+            check_file(tmp_path / "absent.npy", impls=impls, apart=apart, ignore_class=True)
 
 
 def test_the_command_audits_several_backends_apart_and_one_here(logits, monkeypatch) -> None:
@@ -293,3 +306,44 @@ def test_a_process_that_dies_names_its_backend(tmp_path) -> None:
     assert result.exit_code == 3, result.output
     assert "the process auditing the torch backend's implementations died" in result.output
     assert "(--backend torch) to see why" in result.output
+
+
+def test_a_processs_flagged_rows_come_through_a_file_read_back_in_order(
+    logits, tmp_path, monkeypatch
+) -> None:
+    # A local process writes its flagged rows to a file, a few at a time (SPILL_ROWS), instead of
+    # sending them all in its summary; the command reads them back in the same order, as they
+    # are passed on, and removes the file.
+    from xentaudit.check import CheckOptions
+    from xentaudit.parallel import _flagged_rows, _Unit
+    from xentaudit.results import ShardInfo
+    from xentaudit.shards import Shard
+
+    x, y = logits
+    monkeypatch.setattr(xentaudit.parallel, "SPILL_ROWS", 3)
+    options = CheckOptions(impls=("naive", "clipped"), modes=("eager",), eps=(1e-7, 1e-3))
+    unit = _Unit(0, 0, options, Shard(x, y), ShardInfo(str(x), str(y), 11, 0), True, False)
+    held = unit.audit()
+    assert held.flagged_file is None and len(held.flagged) > 3  # more than one batch
+    spill = tmp_path / "rows.pickle"
+    written = replace(unit, spill=str(spill)).audit()
+    assert written.flagged is None and written.flagged_file == str(spill) and spill.exists()
+    assert [line(r) for r in _flagged_rows(written, {})] == [line(r) for r in held.flagged]
+    assert not spill.exists()
+
+
+def test_no_file_of_flagged_rows_is_left_behind(logits, tmp_path, monkeypatch) -> None:
+    x, y = logits
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rows: list = []
+    check_file(x, labels=y, on_flagged_row=rows.append, apart=True, **FAST)
+    assert rows and not list(tmp_path.iterdir())
+    (tmp_path / "failing.py").write_text(FAILING)
+    z = np.load(x)
+    z[9, 1] = 55.0  # torch's loss raises on the last chunk, after rows were written
+    np.save(tmp_path / "z.npy", z)
+    impls = [*MIXED, f"torch:{tmp_path / 'failing.py'}:torch_loss"]
+    args = {**FAST, "impls": impls, "labels": y, "on_flagged_row": rows.append}
+    with pytest.raises(ImplementationError, match="torch saw 55"):
+        check_file(tmp_path / "z.npy", apart=True, **args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["failing.py", "z.npy"]

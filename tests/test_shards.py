@@ -445,7 +445,9 @@ def sleeps(labels, logits):
 
 def test_jobs_processes_end_with_the_command(dump, tmp_path) -> None:
     """SIGTERM ends the command at once (exit 143); its --jobs processes, busy in a loss, end
-    too, within the watch's poll, instead of waiting forever for work."""
+    too, within the watch's poll, instead of waiting forever for work; the folder of the rows
+    they write for --flagged-rows goes with them."""
+    import os
     import signal
     import subprocess
     import sys
@@ -453,12 +455,16 @@ def test_jobs_processes_end_with_the_command(dump, tmp_path) -> None:
     root, _ = dump
     mark = tmp_path / "started"
     (tmp_path / "sleeps.py").write_text(SLEEPS.format(mark=str(mark)))
+    (tmp_path / "tmp").mkdir()
     cmd = [
         sys.executable, "-m", "xentaudit", "check", str(root / "logits"), "--labels",
         str(root / "labels"), "--impl", f"tf:{tmp_path / 'sleeps.py'}:sleeps", "--mode", "eager",
-        "--jobs", "2",
+        "--jobs", "2", "--flagged-rows", str(tmp_path / "rows.csv"),
     ]  # fmt: skip
-    command = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    environment = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    command = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment
+    )
     workers = busy_workers(command, mark)
     assert workers
     command.send_signal(signal.SIGTERM)
@@ -467,3 +473,4 @@ def test_jobs_processes_end_with_the_command(dump, tmp_path) -> None:
     # semaphores the command left behind)
     assert command.stderr.read() == b"xentaudit: terminated\n"
     assert gone(workers, 10)  # the watch polls every second
+    assert not list((tmp_path / "tmp").glob("xentaudit-rows-*"))

@@ -261,6 +261,11 @@ def test_a_broken_file_is_the_first_error_whatever_the_processes(tmp_path) -> No
     cases = [
         ([runs_badly, f"torch:{broken}:loss", "optax_softmax_xent"], "no_such_module_here"),
         (["no_such_impl", f"torch:{broken}:loss", "optax_softmax_xent"], "'no_such_impl'"),
+        # one process never checks a loss after one that fails as it is imported
+        (
+            [f"torch:{broken}:loss", f"jax:{tmp_path / 'absent.py'}:loss", "naive"],
+            "no_such_module_here",
+        ),
     ]
     for impls, expected in cases:
         args = ["sweep", *(a for name in impls for a in ("--impl", name)), "--pattern", "seed"]

@@ -130,7 +130,11 @@ def refuse_input_kind(
             "--input probabilities cannot go with --model: the model's loss path starts from "
             "logits; check the logits (--inputs computes them) instead"
         )
-    takes_logits = [n for n in zoo.parse_impls(impls) if zoo.get_impl(n).on_probabilities is None]
+    takes_logits = [  # a user's loss takes logits, and need not be imported to know it
+        n
+        for n in zoo.parse_impls(impls, load=False)
+        if ":" in n or zoo.get_impl(n).on_probabilities is None
+    ]
     if takes_logits:
         raise ConfigError(
             f"--impl {takes_logits[0]} takes logits, not probabilities; with --input "
@@ -455,11 +459,11 @@ def _audit_chunk(
     batch: Batch,
     rows: np.ndarray,
     summary: _Summary,
-    flagged: list[FlaggedRow] | None,
+    flagged: list[Iterator[FlaggedRow]] | None,
     shard: ShardInfo | None,
 ) -> None:
-    """Audit one chunk into ``summary``; its flagged rows are appended to ``flagged`` (unless
-    None) in the order of the results, named by ``shard`` if any."""
+    """Audit one chunk into ``summary``; each result's flagged rows are appended to
+    ``flagged`` (unless None) in the order of the results, by row, named by ``shard`` if any."""
     # a sparse kernel that cannot take an ignored class outside [0, C) is skipped for the whole
     # file, whichever chunk holds such rows
     rejected = rejected_class(o.ignore_class, batch.shape[1])
@@ -525,7 +529,7 @@ def _audit_chunk(
                         tally.label_weights = max(tally.label_weights, weights)
                         tally.add_scale(largest)
                         if flagged is not None:
-                            flagged.extend(
+                            flagged.append(
                                 _flagged_rows(
                                     rows,
                                     key,
@@ -578,13 +582,15 @@ class _Settings:
     pin: bool  # no implementation named: the verdict may offer to pin one
     multi_label: bool
     focus: Focus
+    split: bool = False  # each backend's implementations audited in a process of their own
 
 
-def _settings(o: CheckOptions, load: bool = True) -> _Settings:
+def _settings(o: CheckOptions, apart: bool = False) -> _Settings:
     """Check the options and set the audit up (the model's loss path read, users' losses
-    loaded), in the process that runs it; without ``load``, users' losses are checked as far as
-    they can be without importing them (``zoo.parse_impls``): the processes that run them
-    import them."""
+    loaded), in the process that runs it. ``apart``: each backend's implementations are to be
+    audited in a process of their own, which imports the users' losses of its backend: with
+    several backends (``split``) they are not imported here, only the first one checked as far
+    as it can be without importing it (``zoo.parse_impls``)."""
     check_options(o.eps, o.rtol, o.modes, o.timeout, o.loss_scale, o.label_smoothing)
     multi_label = get_loss(o.loss).labels == "multi-label"
     focus = focus_of(o.loss, o.gamma, o.alpha)
@@ -595,9 +601,14 @@ def _settings(o: CheckOptions, load: bool = True) -> _Settings:
         )
     impls = o.impls if o.impls is not None else default_impls(o.input_kind, o.backends, o.loss)
     refuse_input_kind(o.input_kind, impls, o.model, o.policies)
-    names = chosen_impls(impls, o.model, o.backends, o.loss, load)
+    names = chosen_impls(impls, o.model, o.backends, o.loss, load=not apart)
+    split = apart and len(zoo.by_backend(names, str)) > 1
+    if apart and not split:  # audited here after all: loaded in order, as one process does
+        for name in names:
+            zoo.get_impl(name)
     check_ignore(o.ignore_class, o.loss, names)
-    return _Settings(names, tuple(variants(names, o.eps)), o.impls is None, multi_label, focus)
+    chosen = tuple(variants(names, o.eps))
+    return _Settings(names, chosen, o.impls is None, multi_label, focus, split)
 
 
 @dataclass(frozen=True)
@@ -646,7 +657,9 @@ class Order:
         self.sources = {source: i for i, source in enumerate(plan.sources)}
         self.dtypes = {fmt.name: j for j, fmt in enumerate(plan.formats)}
         self.runs = {(p, v.impl, _clip(v.impl, v.eps)): k for k, (p, v) in enumerate(pairs)}
-        self.names = {name: i for i, name in enumerate(plan.settings.names)}
+        self.names: dict[str, int] = {}  # a name given twice is loaded at its first place
+        for i, name in enumerate(plan.settings.names):
+            self.names.setdefault(name, i)
 
     def place(self, where: Where) -> tuple[int, int, int]:
         source, dtype, run = where
@@ -689,8 +702,8 @@ _UNUSABLE = {
 @dataclass
 class _Summary:
     """A shard's audit, reduced: what ``_merged`` makes one ``Check`` of. Small but for
-    ``flagged``, which holds the shard's flagged rows only when a process other than the
-    caller's audited it."""
+    ``flagged``, which holds the shard's flagged rows only when a Dask worker audited it (a
+    local process writes them to ``flagged_file``)."""
 
     tallies: dict[Key, _Tally] = field(default_factory=dict)
     skipped: dict[tuple[str, str], Skipped] = field(default_factory=dict)
@@ -698,6 +711,8 @@ class _Summary:
     bad: dict[str, list[np.ndarray]] = field(default_factory=dict)  # problem -> file rows
     ignored: int = 0  # rows left out (the model's ignore_class) or graded as ignored
     flagged: list[FlaggedRow] | None = None
+    # or the file a local process wrote them to, by row, then by result (``parallel``)
+    flagged_file: str | None = None
     # audited in another process: what that process audited with (``environment``), and
     # whether each of its backends flushed subnormals there (``subnormal_flushes``)
     environment: dict[str, str] | None = None
@@ -729,7 +744,8 @@ def _audit_shard(
     summary = _Summary()
     bad_rows, messages = _UNUSABLE.get(o.input_kind, (bad_logit_rows, BAD_LOGITS))
     summary.bad = {problem: [] for problem in messages}
-    flagged: list[FlaggedRow] | None = [] if on_flagged_row is not None else None
+    # per result of a chunk, its flagged rows, made one at a time as they are passed on
+    flagged: list[Iterator[FlaggedRow]] | None = [] if on_flagged_row is not None else None
     chunks = _chunks(logits, label_source, plan.chunk_rows)
     # Where an error arises: the chunk's first row, and ``Where`` in it (``Order.error``)
     row = first
@@ -771,9 +787,9 @@ def _audit_shard(
                     summary.lint[flag] += int(mask.sum())
                 _audit_chunk(o, plan, batch, rows, summary, flagged, shard)
                 if flagged and on_flagged_row is not None:
-                    flagged.sort(key=lambda f: f.row)  # stable: results keep their order in a row
-                    for row in flagged:
-                        on_flagged_row(row)
+                    # by row; in a row, in the results' order (merge keeps its inputs' order)
+                    for flagged_row in heapq.merge(*flagged, key=lambda f: f.row):
+                        on_flagged_row(flagged_row)
                     flagged.clear()
             if progress:
                 progress(min(offset + plan.chunk_rows, logits.rows), logits.rows)
@@ -797,31 +813,29 @@ def audit_shard(
     o: CheckOptions,
     shard: Shard,
     info: ShardInfo,
-    collect: bool,
+    on_flagged_row: FlaggedRowSink | None,
     sharded: bool = True,
     until: int | None = None,
 ) -> _Summary:
     """Audit one shard of a sharded check in this process (a ``--jobs`` process or a Dask
     worker), or the one file of a check whose backends are audited apart (not ``sharded``):
     the audit set up anew from ``o``, the shard's rows numbered from ``info.first_row``, its
-    flagged rows kept in the summary when ``collect``; ``until``: the chunks after the one
-    that starts at this row are left out (the run's error is there: only an earlier one
-    matters)."""
+    flagged rows passed to ``on_flagged_row`` (by row, then by result); ``until``: the chunks
+    after the one that starts at this row are left out (the run's error is there: only an
+    earlier one matters)."""
     settings = _settings(o)
     logits, label_source = _opened(o, shard, None)
     _validate(logits, label_source, settings.multi_label, shard=sharded)
     plan = _plan(o, settings, logits, label_source is not None)
-    flagged: list[FlaggedRow] = []
     summary = _audit_shard(
         o,
         plan,
         logits,
         label_source,
         info if sharded else None,
-        on_flagged_row=flagged.append if collect else None,
+        on_flagged_row=on_flagged_row,
         until=until,
     )
-    summary.flagged = flagged if collect else None
     summary.flushes = subnormal_flushes({zoo.backend_of(key[1]) for key in summary.tallies})
     summary.environment = environment_of(summary.flushes)
     return summary
@@ -906,11 +920,13 @@ def check_file(
     ``apart`` (as the command line does): the implementations of each backend are audited in
     a spawned process of their own, ``jobs`` at a time, so that a process imports its own
     framework (TensorFlow's also loads parts of JAX, when installed) and users' losses of its
-    backend, and this one neither (an error in loading a user's loss comes after the files'
-    own); the ``Check`` is the same, and so is the error (a process that dies: ``WorkerLost``,
-    exit code 3, naming its backend, or ``ShardsLost`` naming the shards of a dump). Not with
-    ``model``, whose loss decides what every implementation is graded on, nor with ``labels``
-    given as an array, nor on a cluster, whose workers keep their frameworks imported.
+    backend, and this one neither (it checks the first user's loss without importing it; an
+    error in loading one comes after the options' and the files' own, and of several, it is
+    the one one process meets first); the ``Check`` is the same, and so is the error (a
+    process that dies: ``WorkerLost``, exit code 3, naming its backend, or ``ShardsLost``
+    naming the shards of a dump). Not with ``model``, whose loss decides what every
+    implementation is graded on, nor with ``labels`` given as an array, nor on a cluster,
+    whose workers keep their frameworks imported.
     """
     o = CheckOptions(
         impls=None if impls is None else tuple(impls),
@@ -941,14 +957,9 @@ def check_file(
             "worker threads: drop --timeout with --scheduler"
         )
     in_memory = labels if isinstance(labels, np.ndarray) else None
-    apart = apart and scheduler is None and o.model is None and in_memory is None
     # Split or not, known before any file is read: a part's process imports its users' losses
     # (with their frameworks), which this one then need not.
-    settings = _settings(o, load=not apart)
-    split = apart and len(zoo.by_backend(settings.names, str)) > 1
-    if apart and not split:  # one process: this one, which loads them as _settings would have
-        for name in settings.names:
-            zoo.get_impl(name)
+    settings = _settings(o, apart and scheduler is None and o.model is None and in_memory is None)
     given = [path] if isinstance(path, (str, Path)) else list(path)
     sharded = len(given) != 1 or is_sharded(given[0])
     if in_memory is not None and (sharded or scheduler is not None):
@@ -993,7 +1004,7 @@ def check_file(
             f"most read at a time; pass --chunk-rows {CHUNK_ENTRIES // classes} or less"
         )
 
-    if not split and scheduler is None and (jobs == 1 or len(shards) == 1):
+    if not settings.split and scheduler is None and (jobs == 1 or len(shards) == 1):
         summaries: list[_Summary] = []
         for shard_info, (logits, label_source) in zip(infos, opened, strict=True):
             shard_progress = None
@@ -1030,7 +1041,7 @@ def check_file(
             lambda i: _audit_shard(
                 o, plan, *opened[i], infos[i] if sharded else None, scan_only=True
             ),
-            apart=split,
+            apart=settings.split,
             sharded=sharded,
         )
     return _merged(o, plan, given, opened, infos if sharded else (), summaries)

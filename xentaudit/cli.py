@@ -98,7 +98,8 @@ def one_line(message: str) -> str:
 
 class _Signals:
     """SIGINT and SIGTERM end a command at once: the temporary files of --output and
-    --flagged-rows are removed, one line goes to stderr and the process exits 130 or 143 with
+    --flagged-rows, and the flagged rows its processes wrote (``parallel.spill_folders``), are
+    removed, one line goes to stderr and the process exits 130 or 143 with
     ``os._exit``.
 
     No exception unwinds the stack: one raised while Python runs a finalizer or a thread's
@@ -119,6 +120,9 @@ class _Signals:
         for path in self.temporary:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        parallel = sys.modules.get("xentaudit.parallel")  # imported when processes ran
+        for folder in list(parallel.spill_folders) if parallel is not None else ():
+            shutil.rmtree(folder, ignore_errors=True)
         # On a terminal: clear the line (the ^C echo, a progress bar) and show the cursor again,
         # which the progress bar hid and would have restored on a normal exit.
         stderr = stderr_fd()  # not /dev/null, while TensorFlow loads quietly

@@ -15,10 +15,14 @@ it) is lost: the check raises ``ShardsLost`` naming it, never a partial report.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import multiprocessing
 import os
+import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
     from multiprocessing.queues import SimpleQueue
 
     from xentaudit.check import CheckOptions, FlaggedRowSink, Order, Progress, Where, _Summary
-    from xentaudit.results import ShardInfo
+    from xentaudit.results import FlaggedRow, ShardInfo
     from xentaudit.sweep import Grid, Part, Share
 
 CONNECT_SECONDS = 30  # how long to wait for a --scheduler to answer
@@ -49,6 +53,13 @@ _TICK_S = 0.1  # how often a sweep's progress is read from its processes
 # JAX compiles an XLA program per implementation, dtype and class count.
 SWEEP_ORDER = ("jax", "tensorflow", "torch")
 _ticks: SimpleQueue | None = None  # in a sweep's process: where its progress goes
+# A local process writes a shard's flagged rows to a file of the command's, pickled this many at
+# a time, and the command reads them back as it passes them on: a shard's rows are never all in
+# memory. Only such files are unpickled: written by this command's own processes, in a folder of
+# its own (mode 0700, ``spill_folders``), removed when the check ends (by the command line's
+# signal handler too).
+SPILL_ROWS = 4096
+spill_folders: set[str] = set()
 
 
 class _Merger:
@@ -77,6 +88,7 @@ class _Merger:
         self.progress = progress
         self.pieces: dict[int, dict[int, _Summary]] = {}
         self.summaries: dict[int, _Summary] = {}
+        self.flagged: dict[int, list[Iterator[FlaggedRow]]] = {}  # per shard, its parts' rows
         self.errors: dict[int, XentauditError] = {}
         self.lost: dict[int, tuple[int, str]] = {}  # shard -> the part lost first, and why
         self.passed = 0  # shards whose flagged rows went on
@@ -116,14 +128,15 @@ class _Merger:
         pieces[part] = _as_given(summary, self.given)
         if len(pieces) < len(self.parts):
             return
-        self.summaries[index] = _combined([pieces[p] for p in sorted(pieces)], self.order)
+        parts = [pieces[p] for p in sorted(pieces)]
+        self.flagged[index] = [_flagged_rows(part, self.given) for part in parts]
+        self.summaries[index] = _combined(parts, self.order)
         del self.pieces[index]
         while self.passed in self.summaries:
-            ready = self.summaries[self.passed]
-            if self.on_flagged_row is not None and ready.flagged is not None:
-                for row in ready.flagged:
+            streams = self.flagged.pop(self.passed)
+            if self.on_flagged_row is not None:
+                for row in _in_order(streams, self.order):
                     self.on_flagged_row(row)
-            ready.flagged = None
             self.passed += 1
 
     def _any_part(self, index: int) -> _Summary | None:
@@ -193,9 +206,9 @@ class _Merger:
 def _combined(parts: list[_Summary], order: Order) -> _Summary:
     """One shard's summary from the summaries of its backends audited apart, as one process
     would have made it: what every part counts alike (lint, unusable rows, ignored rows) once,
-    the results of all, the skips in ``order`` (the results are put in it by ``_merged``), the
-    flagged rows by row, then in ``order``, and the record of what they audited with, made of
-    every part's backends (the parts ran here)."""
+    the results of all, the skips in ``order`` (the results are put in it by ``_merged``), and
+    the record of what they audited with, made of every part's backends (the parts ran here).
+    Not the flagged rows, which ``_in_order`` merges as they are passed on."""
     from xentaudit.environment import environment_of
 
     whole = parts[0]
@@ -205,17 +218,38 @@ def _combined(parts: list[_Summary], order: Order) -> _Summary:
         whole.tallies.update(part.tallies)
         whole.skipped.update(part.skipped)
         whole.skipped_at.update(part.skipped_at)
-        if whole.flagged is not None and part.flagged is not None:
-            whole.flagged += part.flagged
         whole.flushes = {**(whole.flushes or {}), **(part.flushes or {})}
     whole.environment = environment_of(whole.flushes or {})
     first = sorted(whole.skipped, key=lambda key: order.place(whole.skipped_at[key]))
     whole.skipped = {key: whole.skipped[key] for key in first}
-    if whole.flagged is not None:
-        whole.flagged.sort(
-            key=lambda r: (r.row, order.result(r.labels, r.dtype, r.policy, r.impl, r.eps))
-        )
     return whole
+
+
+def _flagged_rows(part: _Summary, given: dict[str, str]) -> Iterator[FlaggedRow]:
+    """A part's flagged rows (by row, then by result), named as the caller gave them: held in
+    its summary, or read from its file (``SPILL_ROWS``) when asked for, which is then removed."""
+    if part.flagged_file is None:
+        yield from part.flagged or ()  # named as given by ``_as_given``
+        return
+    with open(part.flagged_file, "rb") as rows:
+        while True:
+            try:
+                batch = pickle.load(rows)  # this command's own file (SPILL_ROWS)
+            except EOFError:
+                break
+            for row in batch:
+                yield replace(row, impl=given.get(row.impl, row.impl))
+    os.remove(part.flagged_file)
+
+
+def _in_order(streams: list[Iterator[FlaggedRow]], order: Order) -> Iterator[FlaggedRow]:
+    """A shard's flagged rows from its parts' ``streams``, each by row then by result, as one
+    process passes them on: by row, then in ``order``."""
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(
+        *streams, key=lambda r: (r.row, order.result(r.labels, r.dtype, r.policy, r.impl, r.eps))
+    )
 
 
 def _died(exc: Exception) -> bool:
@@ -264,6 +298,8 @@ def run(
     groups = [tuple(dict.fromkeys(sent[name] for name in group)) for group in grouped]
     parts = [zoo.BACKENDS[zoo.backend_of(g[0])].option if apart else "" for g in grouped]
     collect = on_flagged_row is not None
+    # a Dask worker sends its flagged rows with its summary; a local process writes them here
+    spill = tempfile.mkdtemp(prefix="xentaudit-rows-") if collect and scheduler is None else None
     tasks = [
         _Unit(
             index,
@@ -273,16 +309,24 @@ def run(
             info,
             collect,
             sharded,
+            None if spill is None else os.path.join(spill, f"{index}-{part}.pickle"),
         )
         for index, (s, info) in enumerate(zip(shards, infos, strict=True))
         for part, group in enumerate(groups)
     ]
     merger = _Merger(infos, parts, given, order, scan, on_flagged_row, progress)
-    if scheduler is None:
-        _run_local(tasks, jobs, merger)
-    else:
-        _run_dask(tasks, scheduler, merger)
-    return merger.result()
+    try:
+        if spill is not None:
+            spill_folders.add(spill)
+        if scheduler is None:
+            _run_local(tasks, jobs, merger)
+        else:
+            _run_dask(tasks, scheduler, merger)
+        return merger.result()
+    finally:
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
+            spill_folders.discard(spill)
 
 
 @dataclass(frozen=True)
@@ -294,16 +338,40 @@ class _Unit:
     options: CheckOptions
     shard: Shard
     info: ShardInfo
-    collect: bool
+    collect: bool  # the flagged rows are asked for: sent with the summary, or written to
     sharded: bool
+    spill: str | None = None  # this file (``SPILL_ROWS``)
     until: int | None = None  # the row after which nothing need be audited (``_Merger.cut``)
 
     def audit(self) -> _Summary:
         from xentaudit.check import audit_shard
 
-        return audit_shard(
-            self.options, self.shard, self.info, self.collect, self.sharded, self.until
-        )
+        def audit(on_flagged_row: FlaggedRowSink | None) -> _Summary:
+            return audit_shard(
+                self.options, self.shard, self.info, on_flagged_row, self.sharded, self.until
+            )
+
+        if not self.collect:
+            return audit(None)
+        if self.spill is None:
+            rows: list[FlaggedRow] = []
+            summary = audit(rows.append)
+            summary.flagged = rows
+            return summary
+        batch: list[FlaggedRow] = []
+        with open(self.spill, "wb") as out:
+
+            def write(row: FlaggedRow) -> None:
+                batch.append(row)
+                if len(batch) == SPILL_ROWS:
+                    pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+                    batch.clear()
+
+            summary = audit(write)
+            if batch:
+                pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+        summary.flagged_file = self.spill
+        return summary
 
 
 def _absolute(name: str) -> str:

@@ -765,9 +765,11 @@ def parse_impls(
 
     Naming an implementation of a backend that is not installed is an error that gives the
     install command. A value with a colon is a user's loss (``file.py:fn``, ``module:fn``,
-    ``torch:file.py:fn``), loaded and checked here (without ``load``: checked as far as it
-    can be without importing it, which its first run does); it is taken whole (a path may
-    contain commas).
+    ``torch:file.py:fn``), loaded and checked here; it is taken whole (a path may contain
+    commas). Without ``load``, the processes that run them load them (each its own, and raises
+    the error one process meets first: ``exc.loading`` names the loss): here only the first is
+    checked as far as it can be without importing it, since a later one's error would come after
+    the import of an earlier one.
     """
     names = list(names)
     for name in names:
@@ -805,7 +807,7 @@ def parse_impls(
             except XentauditError as exc:
                 exc.loading = user  # type: ignore[attr-defined]  # for check.Order.error
                 raise
-        else:  # checked, not imported
+        elif user == users[0]:  # checked, not imported
             _user_file(user, _user_parts(user)[1])
     return builtin + tuple(u for u in users if u not in builtin)
 
