@@ -347,3 +347,38 @@ def test_no_file_of_flagged_rows_is_left_behind(logits, tmp_path, monkeypatch) -
     with pytest.raises(ImplementationError, match="torch saw 55"):
         check_file(tmp_path / "z.npy", apart=True, **args)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["failing.py", "z.npy"]
+
+
+def test_flagged_rows_held_in_a_summary_are_let_go_as_they_are_passed_on() -> None:
+    # a Dask worker's rows travel in its summary: once passed on, the merger holds none
+    from xentaudit.check import _Summary
+    from xentaudit.parallel import _flagged_rows
+
+    part = _Summary(flagged=["row 0", "row 1"])  # type: ignore[list-item]
+    assert list(_flagged_rows(part, {})) == ["row 0", "row 1"] and part.flagged is None
+
+
+def test_a_folder_that_cannot_take_the_flagged_rows_is_one_line(
+    logits, tmp_path, monkeypatch
+) -> None:
+    from xentaudit.check import CheckOptions
+    from xentaudit.errors import ConfigError
+    from xentaudit.parallel import _Unit
+    from xentaudit.results import ShardInfo
+    from xentaudit.shards import Shard
+
+    x, y = logits
+    options = CheckOptions(impls=("naive",), modes=("eager",))
+    info = ShardInfo(str(x), str(y), 11, 0)
+    gone = str(tmp_path / "gone" / "rows.pickle")
+    unit = _Unit(0, 0, options, Shard(x, y), info, True, False, gone)
+    with pytest.raises(ConfigError, match=r"cannot write the flagged rows .* in .*gone"):
+        unit.audit()
+
+    def full(*args, **kwargs) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(xentaudit.parallel.pickle, "dump", full)
+    unit = replace(unit, spill=str(tmp_path / "rows.pickle"))
+    with pytest.raises(ConfigError, match=r"\(No space left on device\); free space there"):
+        unit.audit()

@@ -170,3 +170,14 @@ def test_what_cannot_be_probabilities_is_a_one_line_error(
     result = CliRunner().invoke(cli, ["check", str(tmp_path / "p.npy"), *args])
     assert result.exit_code == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_users_loss_on_probabilities_is_refused_without_importing_it(tmp_path: Path) -> None:
+    # a user's loss takes logits: refused as one, not imported to find out
+    (tmp_path / "boom.py").write_text("raise RuntimeError('boom at import')\n")
+    np.save(tmp_path / "p.npy", np.full((2, 4), 0.25, np.float32))
+    with pytest.raises(Exception, match="takes logits, not probabilities") as refused:
+        check_file(
+            tmp_path / "p.npy", input_kind="probabilities", impls=[f"tf:{tmp_path}/boom.py:fn"]
+        )
+    assert "RuntimeError" not in str(refused.value)

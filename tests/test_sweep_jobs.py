@@ -276,6 +276,15 @@ def test_a_broken_file_is_the_first_error_whatever_the_processes(tmp_path) -> No
         assert expected in apart.stderr and len(apart.stderr.splitlines()) == 1
 
 
+def test_a_bad_gamma_is_refused_before_a_users_loss_is_loaded(tmp_path) -> None:
+    # options first, whatever the processes: the command loads no user's loss with --jobs
+    boom = tmp_path / "boom.py"
+    boom.write_text("raise RuntimeError('boom at import')\n")
+    for jobs in (1, 2):
+        with pytest.raises(ConfigError, match="--gamma must be"):
+            sweep(impls=[f"tf:{boom}:fn"], loss="focal", gamma=-1.0, jobs=jobs, patterns=["seed"])
+
+
 def test_a_loaded_loss_keeps_its_relative_path_after_a_change_of_directory(
     tmp_path, monkeypatch
 ) -> None:

@@ -920,9 +920,10 @@ def check_file(
     ``apart`` (as the command line does): the implementations of each backend are audited in
     a spawned process of their own, ``jobs`` at a time, so that a process imports its own
     framework (TensorFlow's also loads parts of JAX, when installed) and users' losses of its
-    backend, and this one neither (it checks the first user's loss without importing it; an
-    error in loading one comes after the options' and the files' own, and of several, it is
-    the one one process meets first); the ``Check`` is the same, and so is the error (a
+    backend, and this one neither (it checks the first user's loss's name, prefix and file
+    without importing it, before the options and the files; any other error in loading one
+    comes after the options' and the files' own, and of several, it is the one one process
+    meets first); the ``Check`` is the same, and so is the error (a
     process that dies: ``WorkerLost``, exit code 3, naming its backend, or ``ShardsLost``
     naming the shards of a dump). Not with ``model``, whose loss decides what every
     implementation is graded on, nor with ``labels`` given as an array, nor on a cluster,

@@ -229,7 +229,8 @@ def _flagged_rows(part: _Summary, given: dict[str, str]) -> Iterator[FlaggedRow]
     """A part's flagged rows (by row, then by result), named as the caller gave them: held in
     its summary, or read from its file (``SPILL_ROWS``) when asked for, which is then removed."""
     if part.flagged_file is None:
-        yield from part.flagged or ()  # named as given by ``_as_given``
+        rows, part.flagged = part.flagged or [], None  # let them go as they are passed on
+        yield from rows  # named as given by ``_as_given``
         return
     with open(part.flagged_file, "rb") as rows:
         while True:
@@ -359,19 +360,40 @@ class _Unit:
             summary.flagged = rows
             return summary
         batch: list[FlaggedRow] = []
-        with open(self.spill, "wb") as out:
+        with _spilling(self.spill):
+            out = open(self.spill, "wb")  # noqa: SIM115  # closed below, where a write may fail
 
-            def write(row: FlaggedRow) -> None:
-                batch.append(row)
-                if len(batch) == SPILL_ROWS:
+        def write(row: FlaggedRow) -> None:
+            batch.append(row)
+            if len(batch) == SPILL_ROWS:
+                with _spilling(self.spill):
                     pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
-                    batch.clear()
+                batch.clear()
 
+        try:
             summary = audit(write)
-            if batch:
-                pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+            with _spilling(self.spill):
+                if batch:
+                    pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+                out.close()
+        finally:
+            with contextlib.suppress(OSError):
+                out.close()
         summary.flagged_file = self.spill
         return summary
+
+
+@contextlib.contextmanager
+def _spilling(path: str) -> Iterator[None]:
+    """Where a process writes its flagged rows to ``path``: a folder that fails it (full, or
+    not writable) is one line, not a bug's traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the flagged rows to a temporary file in {os.path.dirname(path)} "
+            f"({exc.strerror or exc}); free space there, or set TMPDIR to a folder with room"
+        ) from None
 
 
 def _absolute(name: str) -> str:

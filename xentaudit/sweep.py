@@ -246,6 +246,7 @@ def sweep(
         raise ConfigError(f"--max-memory must be a positive number of bytes, got {budget}")
     _fits(needed, budget)
     built = tuple(make_pattern(p, seed=seed, **sizes) for p in names)
+    focus = focus_of(loss, gamma, alpha)  # refused before any user's loss is, whatever the jobs
     # With processes, a user's loss is imported there, not here (its framework with it).
     resolved = zoo.parse_impls(impls, backends, loss, load=jobs == 1)
     chosen = list(enumerate(variants(resolved, eps)))
@@ -265,7 +266,7 @@ def sweep(
         loss_scale=1.0 if loss_scale is None else loss_scale,
         loss=loss,
         label_smoothing=label_smoothing,
-        focus=focus_of(loss, gamma, alpha),
+        focus=focus,
     )
     if workers > 1:
         from xentaudit.parallel import sweep_parts
