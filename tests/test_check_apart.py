@@ -382,3 +382,15 @@ def test_a_folder_that_cannot_take_the_flagged_rows_is_one_line(
     unit = replace(unit, spill=str(tmp_path / "rows.pickle"))
     with pytest.raises(ConfigError, match=r"\(No space left on device\); free space there"):
         unit.audit()
+
+
+def test_the_progress_moves_a_chunk_at_a_time_in_every_process(logits) -> None:
+    # 11 rows in chunks of 4 (4, 8, 11), two backends apart: 22 rows to audit in all, each
+    # process's chunks counted as they are done, not its part once it is whole
+    x, y = logits
+    seen: list[tuple[int, int]] = []
+    impls = ["naive", "torch_cross_entropy"]
+    check_file(x, labels=y, impls=impls, modes=["eager"], chunk_rows=4, apart=True,
+               progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert [done for done, _ in seen] == [4, 8, 11, 15, 19, 22]
+    assert {total for _, total in seen} == {22}

@@ -816,13 +816,14 @@ def audit_shard(
     on_flagged_row: FlaggedRowSink | None,
     sharded: bool = True,
     until: int | None = None,
+    progress: Progress | None = None,
 ) -> _Summary:
     """Audit one shard of a sharded check in this process (a ``--jobs`` process or a Dask
     worker), or the one file of a check whose backends are audited apart (not ``sharded``):
     the audit set up anew from ``o``, the shard's rows numbered from ``info.first_row``, its
     flagged rows passed to ``on_flagged_row`` (by row, then by result); ``until``: the chunks
     after the one that starts at this row are left out (the run's error is there: only an
-    earlier one matters)."""
+    earlier one matters); ``progress`` gets the shard's rows audited, a chunk at a time."""
     settings = _settings(o)
     logits, label_source = _opened(o, shard, None)
     _validate(logits, label_source, settings.multi_label, shard=sharded)
@@ -833,6 +834,7 @@ def audit_shard(
         logits,
         label_source,
         info if sharded else None,
+        progress=progress,
         on_flagged_row=on_flagged_row,
         until=until,
     )
@@ -914,8 +916,9 @@ def check_file(
     given, so the path must be shared); either way each shard's summary is merged into the one
     ``Check``, and a shard that no process could audit fails the check (``ShardsLost``, exit
     code 3) naming it. With ``jobs``, ``scheduler`` or ``apart``, ``on_flagged_row`` gets a
-    shard's rows once the shards before it are done, and ``progress`` counts whole shards
-    (each backend's part of one, apart).
+    shard's rows once the shards before it are done, and ``progress`` counts the rows of every
+    part audited (a shard's, or each backend's part of one, apart): a chunk at a time in local
+    processes, a shard at a time on a cluster.
 
     ``apart`` (as the command line does): the implementations of each backend are audited in
     a spawned process of their own, ``jobs`` at a time, so that a process imports its own

@@ -48,11 +48,11 @@ CONNECT_SECONDS = 30  # how long to wait for a --scheduler to answer
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
 DASK_INSTALL = "pip install 'xentaudit[dask]'"
 _PARENT_POLL_S = 1.0  # how often a --jobs process checks that the process it serves is alive
-_TICK_S = 0.1  # how often a sweep's progress is read from its processes
+_TICK_S = 0.1  # how often the progress of a sweep's or a check's processes is read
 # The order a sweep's backends start in, the longest first so that 2 processes finish together:
 # JAX compiles an XLA program per implementation, dtype and class count.
 SWEEP_ORDER = ("jax", "tensorflow", "torch")
-_ticks: SimpleQueue | None = None  # in a sweep's process: where its progress goes
+_ticks: SimpleQueue | None = None  # in a --jobs process: where its progress goes
 # A local process writes a shard's flagged rows to a file of the command's, pickled this many at
 # a time, and the command reads them back as it passes them on: a shard's rows are never all in
 # memory. Only such files are unpickled: written by this command's own processes, in a folder of
@@ -92,8 +92,15 @@ class _Merger:
         self.errors: dict[int, XentauditError] = {}
         self.lost: dict[int, tuple[int, str]] = {}  # shard -> the part lost first, and why
         self.passed = 0  # shards whose flagged rows went on
-        self.rows = 0
+        self.done: dict[tuple[int, int], int] = {}  # (shard, part) -> its rows audited
         self.total = sum(info.rows for info in infos) * len(parts)
+
+    def tick(self, index: int, part: int, rows: int) -> None:
+        """``rows`` of ``part`` of shard ``index`` audited: the progress moves on."""
+        if rows > self.done.get((index, part), 0):
+            self.done[(index, part)] = rows
+            if self.progress is not None:
+                self.progress(sum(self.done.values()), self.total)
 
     def take(self, index: int, part: int, future: Future) -> None:
         """Take a finished unit's outcome (``part`` of shard ``index``). Of the user's errors
@@ -121,9 +128,7 @@ class _Merger:
             lost = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
             self.lost.setdefault(index, (part, lost))
             return
-        self.rows += self.infos[index].rows
-        if self.progress is not None:
-            self.progress(self.rows, self.total)
+        self.tick(index, part, self.infos[index].rows)
         pieces = self.pieces.setdefault(index, {})
         pieces[part] = _as_given(summary, self.given)
         if len(pieces) < len(self.parts):
@@ -349,7 +354,13 @@ class _Unit:
 
         def audit(on_flagged_row: FlaggedRowSink | None) -> _Summary:
             return audit_shard(
-                self.options, self.shard, self.info, on_flagged_row, self.sharded, self.until
+                self.options,
+                self.shard,
+                self.info,
+                on_flagged_row,
+                self.sharded,
+                self.until,
+                None if _ticks is None else self.tick,
             )
 
         if not self.collect:
@@ -381,6 +392,11 @@ class _Unit:
                 out.close()
         summary.flagged_file = self.spill
         return summary
+
+    def tick(self, rows: int, _: int) -> None:
+        """In a local process: ``rows`` of the shard audited, sent to the command."""
+        assert _ticks is not None
+        _ticks.put((self.index, self.part, rows))
 
 
 @contextlib.contextmanager
@@ -438,30 +454,43 @@ def _run_local(tasks: list[_Unit], jobs: int, merger: _Merger) -> None:
     """Each part (a backend audited apart, or the whole audit) in processes of its own, one
     part after the other, so that no process imports two parts' frameworks; what comes after
     the run's error (``_Merger.cut``) is not audited, but a later part still looks for an
-    earlier error up to it."""
-    for part in sorted({unit.part for unit in tasks}):
-        last, row = merger.cut()
-        todo = [
-            replace(unit, until=row if unit.index == last else None)
-            for unit in tasks
-            if unit.part == part and unit.index <= last
-        ]
-        if not todo:
-            continue
-        workers = min(jobs, len(todo))
-        # one process at a time keeps this one's thread counts, so its report is this one's
-        # bit for bit (the frameworks split long sums by thread count); several share the cores
-        threads = None if workers == 1 else max(1, cores() // workers)
-        with _local_pool(workers, threads) as pool:
-            pending: dict[Future, _Unit] = {pool.submit(_Unit.audit, u): u for u in todo}
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    unit = pending.pop(future)
-                    merger.take(unit.index, unit.part, future)
-                    last, _ = merger.cut()
-                    for later in [f for f, u in pending.items() if u.index > last]:
-                        later.cancel()  # those not handed to a process yet
+    earlier error up to it. With a progress to report, the processes send their rows audited
+    a chunk at a time."""
+    ticks = multiprocessing.get_context("spawn").SimpleQueue() if merger.progress else None
+    try:
+        for part in sorted({unit.part for unit in tasks}):
+            last, row = merger.cut()
+            todo = [
+                replace(unit, until=row if unit.index == last else None)
+                for unit in tasks
+                if unit.part == part and unit.index <= last
+            ]
+            if todo:
+                _run_part(todo, jobs, merger, ticks)
+    finally:
+        if ticks is not None:
+            ticks.close()
+
+
+def _run_part(todo: list[_Unit], jobs: int, merger: _Merger, ticks: SimpleQueue | None) -> None:
+    """``_run_local``'s units of one part, in at most ``jobs`` processes."""
+    workers = min(jobs, len(todo))
+    # one process at a time keeps this one's thread counts, so its report is this one's bit for
+    # bit (the frameworks split long sums by thread count); several share the cores
+    threads = None if workers == 1 else max(1, cores() // workers)
+    with _local_pool(workers, threads, ticks) as pool:
+        pending: dict[Future, _Unit] = {pool.submit(_Unit.audit, u): u for u in todo}
+        while pending:
+            finished, _ = wait(pending, timeout=_TICK_S, return_when=FIRST_COMPLETED)
+            # a unit's ticks are sent before its outcome: read them first
+            while ticks is not None and not ticks.empty():
+                merger.tick(*ticks.get())
+            for future in finished:
+                unit = pending.pop(future)
+                merger.take(unit.index, unit.part, future)
+                last, _ = merger.cut()
+                for later in [f for f, u in pending.items() if u.index > last]:
+                    later.cancel()  # those not handed to a process yet
 
 
 def cores() -> int:
@@ -577,7 +606,7 @@ def _start_worker(parent: int, threads: int | None, ticks: SimpleQueue | None) -
     run), end when that process is gone (killed, or ended by a signal without waiting for us),
     share the cores (``THREAD_VARIABLES``: ``threads`` per operation, unless set or None),
     quiet the frameworks as the command line does (``quiet_python_logs``: TensorFlow loads
-    quietly when a task first needs it), and send a sweep's progress to ``ticks``."""
+    quietly when a task first needs it), and send a sweep's or a check's progress to ``ticks``."""
     global _ticks
     _ticks = ticks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
