@@ -474,3 +474,14 @@ def test_jobs_processes_end_with_the_command(dump, tmp_path) -> None:
     assert command.stderr.read() == b"xentaudit: terminated\n"
     assert gone(workers, 10)  # the watch polls every second
     assert not list((tmp_path / "tmp").glob("xentaudit-rows-*"))
+
+
+def test_the_progress_of_jobs_moves_a_chunk_at_a_time_up_to_the_total(dump) -> None:
+    # two processes at once: their chunks counted as they are done, the sum only going up
+    root, _ = dump
+    seen: list[tuple[int, int]] = []
+    check_file(root / "logits", labels=root / "labels", jobs=2, chunk_rows=1,
+               progress=lambda done, total: seen.append((done, total)), **FAST)  # fmt: skip
+    done = [d for d, _ in seen]
+    assert done == sorted(set(done)) and seen[-1] == (sum(SIZES), sum(SIZES))
+    assert len(done) > len(SIZES)  # more often than once a shard

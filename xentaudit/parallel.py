@@ -456,20 +456,22 @@ def _run_local(tasks: list[_Unit], jobs: int, merger: _Merger) -> None:
     the run's error (``_Merger.cut``) is not audited, but a later part still looks for an
     earlier error up to it. With a progress to report, the processes send their rows audited
     a chunk at a time."""
-    ticks = multiprocessing.get_context("spawn").SimpleQueue() if merger.progress else None
-    try:
-        for part in sorted({unit.part for unit in tasks}):
-            last, row = merger.cut()
-            todo = [
-                replace(unit, until=row if unit.index == last else None)
-                for unit in tasks
-                if unit.part == part and unit.index <= last
-            ]
-            if todo:
-                _run_part(todo, jobs, merger, ticks)
-    finally:
-        if ticks is not None:
-            ticks.close()
+    for part in sorted({unit.part for unit in tasks}):
+        last, row = merger.cut()
+        todo = [
+            replace(unit, until=row if unit.index == last else None)
+            for unit in tasks
+            if unit.part == part and unit.index <= last
+        ]
+        if not todo:
+            continue
+        # a queue of the part's own: a process that died writing to it may leave its lock held
+        ticks = multiprocessing.get_context("spawn").SimpleQueue() if merger.progress else None
+        try:
+            _run_part(todo, jobs, merger, ticks)
+        finally:
+            if ticks is not None:
+                ticks.close()
 
 
 def _run_part(todo: list[_Unit], jobs: int, merger: _Merger, ticks: SimpleQueue | None) -> None:
@@ -481,7 +483,8 @@ def _run_part(todo: list[_Unit], jobs: int, merger: _Merger, ticks: SimpleQueue 
     with _local_pool(workers, threads, ticks) as pool:
         pending: dict[Future, _Unit] = {pool.submit(_Unit.audit, u): u for u in todo}
         while pending:
-            finished, _ = wait(pending, timeout=_TICK_S, return_when=FIRST_COMPLETED)
+            timeout = None if ticks is None else _TICK_S  # no progress: nothing to poll for
+            finished, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
             # a unit's ticks are sent before its outcome: read them first
             while ticks is not None and not ticks.empty():
                 merger.tick(*ticks.get())
@@ -547,7 +550,8 @@ def sweep_parts(
             futures = {i: pool.submit(_sweep_part, grid, shares[i], i) for i in order}
             pending = set(futures.values())
             while pending:
-                _, pending = wait(pending, timeout=_TICK_S, return_when=FIRST_COMPLETED)
+                timeout = None if ticks is None else _TICK_S  # no progress: nothing to poll
+                _, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
                 while ticks is not None and progress is not None and not ticks.empty():
                     index, count = ticks.get()
                     done[index] = count
