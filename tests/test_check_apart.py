@@ -353,9 +353,14 @@ def test_flagged_rows_held_in_a_summary_are_let_go_as_they_are_passed_on() -> No
     # a Dask worker's rows travel in its summary: once passed on, the merger holds none
     from xentaudit.check import _Summary
     from xentaudit.parallel import _flagged_rows
+    from xentaudit.results import FlaggedRow
 
-    part = _Summary(flagged=["row 0", "row 1"])  # type: ignore[list-item]
-    assert list(_flagged_rows(part, {})) == ["row 0", "row 1"] and part.flagged is None
+    fields = {"eps": None, "dtype": "float32", "policy": "float32", "mode": "eager"}
+    fields |= {"labels": "file", "flags": ("nan",), "exact": 1.0, "loss": 2.0, "rel_err": 1.0}
+    rows = [FlaggedRow(row=i, impl="sent", grad_err=0.0, **fields) for i in (0, 1)]
+    part = _Summary(flagged=rows)
+    passed = list(_flagged_rows(part, {"sent": "given"}))  # named as given, too
+    assert passed == [replace(r, impl="given") for r in rows] and part.flagged is None
 
 
 def test_a_folder_that_cannot_take_the_flagged_rows_is_one_line(

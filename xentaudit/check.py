@@ -604,8 +604,7 @@ def _settings(o: CheckOptions, apart: bool = False) -> _Settings:
     names = chosen_impls(impls, o.model, o.backends, o.loss, load=not apart)
     split = apart and len(zoo.by_backend(names, str)) > 1
     if apart and not split:  # audited here after all: loaded in order, as one process does
-        for name in names:
-            zoo.get_impl(name)
+        zoo.load_users(names)
     check_ignore(o.ignore_class, o.loss, names)
     chosen = tuple(variants(names, o.eps))
     return _Settings(names, chosen, o.impls is None, multi_label, focus, split)

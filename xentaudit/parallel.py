@@ -231,21 +231,27 @@ def _combined(parts: list[_Summary], order: Order) -> _Summary:
 
 
 def _flagged_rows(part: _Summary, given: dict[str, str]) -> Iterator[FlaggedRow]:
-    """A part's flagged rows (by row, then by result), named as the caller gave them: held in
-    its summary, or read from its file (``SPILL_ROWS``) when asked for, which is then removed."""
+    """A part's flagged rows (by row, then by result), named as the caller gave them as they
+    are passed on: held in its summary (let go then), or read from its file (``SPILL_ROWS``),
+    which is then removed."""
     if part.flagged_file is None:
-        rows, part.flagged = part.flagged or [], None  # let them go as they are passed on
-        yield from rows  # named as given by ``_as_given``
-        return
-    with open(part.flagged_file, "rb") as rows:
+        rows, part.flagged = part.flagged or [], None
+    else:
+        rows = _spilled(part.flagged_file)
+    for row in rows:
+        yield replace(row, impl=given.get(row.impl, row.impl))
+
+
+def _spilled(path: str) -> Iterator[FlaggedRow]:
+    """The flagged rows a process wrote to ``path``, which is removed once they are read."""
+    with open(path, "rb") as rows:
         while True:
             try:
                 batch = pickle.load(rows)  # this command's own file (SPILL_ROWS)
             except EOFError:
                 break
-            for row in batch:
-                yield replace(row, impl=given.get(row.impl, row.impl))
-    os.remove(part.flagged_file)
+            yield from batch
+    os.remove(path)
 
 
 def _in_order(streams: list[Iterator[FlaggedRow]], order: Order) -> Iterator[FlaggedRow]:
@@ -439,8 +445,6 @@ def _as_given(summary: _Summary, given: dict[str, str]) -> _Summary:
         (given.get(impl, impl), dtype): _where_given(where, given)
         for (impl, dtype), where in summary.skipped_at.items()
     }
-    if summary.flagged is not None:
-        summary.flagged = [replace(r, impl=given.get(r.impl, r.impl)) for r in summary.flagged]
     return summary
 
 

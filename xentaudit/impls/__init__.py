@@ -800,16 +800,22 @@ def parse_impls(
         UnknownImplementationError,
     )
     users = tuple(n for n in names if ":" in n)
-    for user in users:  # after the built-in names, as a sweep's processes load them
-        if load:
-            try:
-                get_impl(user)  # loaded and checked
-            except XentauditError as exc:
-                exc.loading = user  # type: ignore[attr-defined]  # for check.Order.error
-                raise
-        elif user == users[0]:  # checked, not imported
-            _user_file(user, _user_parts(user)[1])
+    if load:  # after the built-in names, as a sweep's processes load them
+        load_users(users)
+    elif users:  # checked, not imported
+        _user_file(users[0], _user_parts(users[0])[1])
     return builtin + tuple(u for u in users if u not in builtin)
+
+
+def load_users(names: Iterable[str]) -> None:
+    """Load and check the users' losses among ``names``, in order; the error of one names it
+    (``exc.loading``, for ``check.Order.error``)."""
+    for user in (name for name in names if ":" in name):
+        try:
+            get_impl(user)
+        except XentauditError as exc:
+            exc.loading = user  # type: ignore[attr-defined]
+            raise
 
 
 def parse_policies(names: Iterable[str]) -> tuple[str, ...]:
