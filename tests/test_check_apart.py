@@ -5,6 +5,8 @@ no framework (so that a process imports only its own)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 import textwrap
 from dataclasses import replace
@@ -324,11 +326,12 @@ def test_a_processs_flagged_rows_come_through_a_file_read_back_in_order(
     options = CheckOptions(impls=("naive", "clipped"), modes=("eager",), eps=(1e-7, 1e-3))
     unit = _Unit(0, 0, options, Shard(x, y), ShardInfo(str(x), str(y), 11, 0), True, False)
     held = unit.audit()
-    assert held.flagged_file is None and len(held.flagged) > 3  # more than one batch
+    assert not held.spilled and len(held.flagged) > 3  # more than one batch
     spill = tmp_path / "rows.pickle"
     written = replace(unit, spill=str(spill)).audit()
-    assert written.flagged is None and written.flagged_file == str(spill) and spill.exists()
-    assert [line(r) for r in _flagged_rows(written, {})] == [line(r) for r in held.flagged]
+    assert written.flagged is None and written.spilled and spill.exists()
+    passed = _flagged_rows(written, {}, str(spill))
+    assert [line(r) for r in passed] == [line(r) for r in held.flagged]
     assert not spill.exists()
 
 
@@ -359,8 +362,64 @@ def test_flagged_rows_held_in_a_summary_are_let_go_as_they_are_passed_on() -> No
     fields |= {"labels": "file", "flags": ("nan",), "exact": 1.0, "loss": 2.0, "rel_err": 1.0}
     rows = [FlaggedRow(row=i, impl="sent", grad_err=0.0, **fields) for i in (0, 1)]
     part = _Summary(flagged=rows)
-    passed = list(_flagged_rows(part, {"sent": "given"}))  # named as given, too
+    passed = list(_flagged_rows(part, {"sent": "given"}, None))  # named as given, too
     assert passed == [replace(r, impl="given") for r in rows] and part.flagged is None
+
+
+def test_the_folder_of_flagged_rows_is_registered_before_it_exists(tmp_path, monkeypatch) -> None:
+    # a signal between its making and its registration would leave it behind
+    from xentaudit.parallel import _spill_folder, remove_spill_folder, spill_folders
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made: list[tuple[str, bool]] = []
+    mkdir = os.mkdir
+
+    def watched(path: str, mode: int = 0o777) -> None:
+        made.append((path, path in spill_folders))
+        mkdir(path, mode)
+
+    monkeypatch.setattr(xentaudit.parallel.os, "mkdir", watched)
+    folder = _spill_folder()
+    assert made == [(folder, True)] and os.path.isdir(folder)
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    remove_spill_folder(folder)
+    assert folder not in spill_folders and not list(tmp_path.iterdir())
+
+
+def test_no_file_can_be_added_to_the_folder_of_flagged_rows_while_it_is_removed(
+    tmp_path, monkeypatch
+) -> None:
+    # a --jobs process may start its next file while a signal's handler empties the folder
+    from xentaudit.parallel import _spill_folder, remove_spill_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = _spill_folder()
+    Path(folder, "0-0.pickle").write_bytes(b"rows")
+    rmtree = shutil.rmtree
+    late: list[BaseException] = []
+
+    def racing(path: str, **kwargs: object) -> None:
+        try:  # a process's next file, once the removal has begun
+            Path(folder, "1-0.pickle").write_bytes(b"rows")
+        except OSError as exc:
+            late.append(exc)
+        rmtree(path, **kwargs)
+
+    monkeypatch.setattr(xentaudit.parallel.shutil, "rmtree", racing)
+    remove_spill_folder(folder)
+    assert [type(exc) for exc in late] == [FileNotFoundError]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_temporary_folder_that_cannot_be_written_is_one_line(logits, tmp_path, monkeypatch):
+    from xentaudit.errors import ConfigError
+    from xentaudit.parallel import spill_folders
+
+    x, y = logits
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"cannot write the flagged rows .* in .*missing"):
+        check_file(x, labels=y, on_flagged_row=list().append, apart=True, **FAST)
+    assert not spill_folders
 
 
 def test_a_folder_that_cannot_take_the_flagged_rows_is_one_line(

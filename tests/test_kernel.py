@@ -125,6 +125,27 @@ np.savez(sys.argv[2], **out)
 """
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast2sum_gives_the_bits_of_twosum(dtype: type) -> None:
+    # A row's running sums take Fast2Sum once every lane's reaches 1 (exact then: each term is
+    # at most 1); kept on TwoSum, the sums must be the same bits. 5000 classes at scale 0.1:
+    # terms near 1, so the lanes reach 1 within the first block of 1024 and Fast2Sum adds most.
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((24, 5000)) * rng.choice([0.1, 3.0], (24, 1))).astype(dtype)
+    k = rng.integers(0, 5000, 24)
+    soft = rng.random((24, 5000)) * (rng.random((24, 5000)) < 0.3)
+    for labels in (k, soft):
+        fast = cross_entropy(x, labels, "float64")
+        _kernel._set_fast2sum(False)
+        try:
+            kept = cross_entropy(x, labels, "float64")
+        finally:
+            _kernel._set_fast2sum(True)
+        for field in ("loss", "grad", "grad_size"):
+            assert np.array_equal(getattr(fast, field), getattr(kept, field)), field
+
+
 def clone_inputs() -> dict[str, np.ndarray]:
     """Adversarial rows, a few thousand random ones (float32 and float64, classes and soft
     labels, -inf logits, terms and gradients down to subnormal), gradients to compare."""
@@ -182,6 +203,44 @@ def test_every_clone_gives_the_same_bits(tmp_path: Path) -> None:
     for isa, result in zip(isas[1:], results[1:], strict=True):
         for name, value in result.items():
             assert value.tobytes() == results[0][name].tobytes(), (isa, name)
+
+
+@needs_kernel
+def test_no_clone_overflows_a_signed_integer_or_shifts_one_out(tmp_path: Path) -> None:
+    # The exponent arithmetic works on the bits of doubles, in lanes whose results are thrown
+    # away too (below the underflow, -inf): built with UBSan, which aborts at its first
+    # report, every clone runs the clone test's adversarial inputs to the end.
+    repo = Path(__file__).parents[1]
+    source = repo / "xentaudit" / "_kernel.c"
+    if not source.exists():
+        pytest.skip("the kernel's source is not beside the tests")
+    shutil.copytree(
+        repo / "xentaudit", tmp_path / "xentaudit", ignore=shutil.ignore_patterns("*.so")
+    )
+    shutil.copy(repo / "setup.py", tmp_path)
+    flags = "-fsanitize=shift,signed-integer-overflow -fno-sanitize-recover=all"
+    build = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        env={**os.environ, "CFLAGS": flags},
+        capture_output=True,
+        text=True,
+    )
+    if not list((tmp_path / "xentaudit").glob("_kernel*.so")):
+        pytest.skip(f"this compiler cannot build the kernel with UBSan: {build.stderr[-300:]}")
+    np.savez(tmp_path / "in.npz", **clone_inputs())
+    env = {k: v for k, v in os.environ.items() if k != "XENTAUDIT_REFERENCE"}
+    for isa in _kernel.supported_isas():
+        run = [sys.executable, "-c", CLONE_RUN, str(tmp_path / "in.npz"), str(tmp_path / "o.npz")]
+        done = subprocess.run(
+            run,
+            env={**env, "PYTHONPATH": str(tmp_path), "XENTAUDIT_KERNEL_ISA": isa},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0 and "runtime error" not in done.stderr, (isa, done.stderr)
+        assert str(np.load(tmp_path / "o.npz")["isa"]) == isa
 
 
 @needs_kernel

@@ -391,28 +391,62 @@ def test_relative_paths_reach_the_workers_and_reports_keep_them(
         "    return -tf.reduce_sum(labels * tf.math.log(p), axis=-1)\n"
     )
     monkeypatch.chdir(tmp_path)
-    args = {"labels": str(root / "labels"), "impls": ["tf:clip.py:clip"], "modes": ["eager"]}
+    # three spellings of one file, each a result of its own in one process: on the cluster too
+    # (their absolute paths were one, and the three results one)
+    spellings = ["tf:clip.py:clip", "tf:./clip.py:clip", f"tf:{tmp_path / 'clip.py'}:clip"]
+    args = {"labels": str(root / "labels"), "impls": spellings, "modes": ["eager"]}
     rows: list = []
     on_dask = check_file(
         str(root / "logits"), scheduler=cluster, on_flagged_row=rows.append, **args
     )
     alone = check_file(str(root / "logits"), **args)
-    assert [r.impl for r in on_dask.results] == ["tf:clip.py:clip"]
+    assert [r.impl for r in on_dask.results] == spellings
     assert on_dask.to_dict() == alone.to_dict()
-    assert rows and {r.impl for r in rows} == {"tf:clip.py:clip"}  # streamed as given too
+    assert rows and {r.impl for r in rows} == set(spellings)  # streamed as given too
 
 
 def test_a_users_loss_given_relatively_fails_on_the_cluster_as_here(
     dump, cluster, tmp_path, monkeypatch
 ) -> None:
     """The workers get its absolute path; the error's place is still ranked under the name
-    given (it was a KeyError)."""
+    given (it was a KeyError), and the error names the loss as given, as one process does (it
+    named its absolute path); so does an error in importing one."""
     root, _ = dump
     (tmp_path / "boom.py").write_text("def loss(labels, logits):\n    raise ValueError('boom')\n")
+    (tmp_path / "bad.py").write_text("import no_such_module_here\n")
     monkeypatch.chdir(tmp_path)
-    args = {"labels": str(root / "labels"), "impls": ["tf:boom.py:loss"], "modes": ["eager"]}
-    with pytest.raises(ImplementationError, match="the loss raised ValueError: boom"):
-        check_file(str(root / "logits"), scheduler=cluster, **args)
+    args = {"labels": str(root / "labels"), "modes": ["eager"]}
+    for impl, error in (("tf:boom.py:loss", ImplementationError), ("tf:./bad.py:f", ConfigError)):
+        with pytest.raises(error) as alone:
+            check_file(str(root / "logits"), impls=[impl], **args)
+        with pytest.raises(error) as on_dask:
+            check_file(str(root / "logits"), impls=[impl], scheduler=cluster, **args)
+        assert str(on_dask.value) == str(alone.value)
+        assert impl in str(alone.value) and str(tmp_path) not in str(alone.value)
+    # a module the workers lack, which the command has: only a worker fails to import the file
+    (tmp_path / "lacks.py").write_text(WORKER_LACKS)
+    with pytest.raises(ConfigError) as on_dask:
+        check_file(str(root / "logits"), impls=["tf:./lacks.py:loss"], scheduler=cluster, **args)
+    assert str(tmp_path) not in str(on_dask.value)
+    assert "'tf:./lacks.py:loss': importing ./lacks.py raised ModuleNotFoundError" in str(
+        on_dask.value
+    )
+
+
+WORKER_LACKS = """
+import distributed
+
+try:
+    distributed.get_worker()
+except ValueError:  # not on a worker
+    pass
+else:
+    import no_such_module_on_the_workers
+
+
+def loss(labels, logits):
+    return labels[:, 0]
+"""
 
 
 def test_scheduler_refusals_are_one_line_exit_2(dump, monkeypatch) -> None:

@@ -88,15 +88,6 @@ static const double EXP_POLY[] = {
         (s) = t_;                                                              \
     } while (0)
 
-/* fma lane by lane: one instruction per vector where the instruction set has it. */
-#define VFMA(a, b, c)                                                          \
-    ({                                                                         \
-        __typeof__(a) r_ = (a), b_ = (b), c_ = (c);                            \
-        for (int l_ = 0; l_ < (int)(sizeof r_ / sizeof r_[0]); l_++)           \
-            r_[l_] = fma(r_[l_], b_[l_], c_[l_]);                              \
-        r_;                                                                    \
-    })
-
 /* (mask & a) | (~mask & b), mask lanes all ones or all zeros, for vectors of any element type */
 #define SELECT(mask, a, b)                                                     \
     ((__typeof__(a))(((__typeof__(mask))(a) & (mask)) | ((__typeof__(mask))(b) & ~(mask))))
@@ -137,7 +128,17 @@ static int exact_f64(double mt, double mn, double tiny) {
 /* The vector types of a clone whose vectors are BYTES wide. */
 #define TYPES_DEF(SUFFIX, BYTES)                                                \
     typedef double vd_##SUFFIX __attribute__((vector_size(BYTES)));            \
-    typedef int64_t vi_##SUFFIX __attribute__((vector_size(BYTES)));
+    typedef int64_t vi_##SUFFIX __attribute__((vector_size(BYTES)));           \
+    typedef uint64_t vu_##SUFFIX __attribute__((vector_size(BYTES)));
+
+/* a * b + c lane by lane, each rounded once: one instruction per vector where the instruction
+   set has fma. A function, not a macro: nested calls name no temporary twice. */
+#define VFMA_DEF(SUFFIX, TARGET)                                                \
+    TARGET static INLINE vd_##SUFFIX vfma_##SUFFIX(vd_##SUFFIX a, vd_##SUFFIX b, \
+                                                   vd_##SUFFIX c) {             \
+        for (int l = 0; l < (int)(sizeof a / sizeof a[0]); l++) a[l] = fma(a[l], b[l], c[l]); \
+        return a;                                                               \
+    }
 
 /* exp(d) lane by lane, for d <= 0: d >= NORMAL_MIN unless FULL, which takes any d (-inf
    included) and rounds subnormal results once; normal results get the same bits either way. */
@@ -145,43 +146,47 @@ static int exact_f64(double mt, double mn, double tiny) {
     TARGET static INLINE vd_##SUFFIX exp_##SUFFIX(vd_##SUFFIX d, int full) {   \
         typedef vd_##SUFFIX VD;                                                 \
         typedef vi_##SUFFIX VI;                                                 \
-        VD kd = VFMA(d, (VD){0} + INV_LN2, (VD){0} + SHIFTER);                  \
+        typedef vu_##SUFFIX VU; /* bits shifted and added: no signed overflow */ \
+        VD kd = vfma_##SUFFIX(d, (VD){0} + INV_LN2, (VD){0} + SHIFTER);         \
         /* k = round(d / ln2), in [-1077, 0], is kd's bits minus SHIFTER's */   \
         VI kbits = (VI)kd;                                                      \
         kd -= SHIFTER;                                                          \
-        VD rh = VFMA(-kd, (VD){0} + LN2_HI, d);                                 \
-        VD r = VFMA(-kd, (VD){0} + LN2_LO, rh);                                 \
-        VD r_lo = VFMA(-kd, (VD){0} + LN2_LO, rh - r); /* r + r_lo = d - k ln2 to ~2^-100 */ \
+        VD rh = vfma_##SUFFIX(-kd, (VD){0} + LN2_HI, d);                        \
+        VD r = vfma_##SUFFIX(-kd, (VD){0} + LN2_LO, rh);                        \
+        /* r + r_lo = d - k ln2 to ~2^-100 */                                   \
+        VD r_lo = vfma_##SUFFIX(-kd, (VD){0} + LN2_LO, rh - r);                 \
         /* r^2 (c_0 + ... + c_9 r^9) = L r^2 + Q r^6: L = c_0 + c_1 r + c_2 r^2 + c_3 r^3 by     \
            Horner (the terms that matter, rounded as in Horner's scheme) and Q by Estrin's, in   \
            parallel: a short dependency chain. */                               \
         const double *c = EXP_POLY;                                             \
         VD r2 = r * r, r4 = r2 * r2;                                            \
-        VD L = VFMA(VFMA(VFMA(r, (VD){0} + c[3], (VD){0} + c[2]), r, (VD){0} + c[1]), r,  \
-                    (VD){0} + c[0]);                                            \
-        VD Q = VFMA(VFMA(r, (VD){0} + c[9], (VD){0} + c[8]), r4,                \
-                    VFMA(VFMA(r, (VD){0} + c[7], (VD){0} + c[6]), r2,           \
-                         VFMA(r, (VD){0} + c[5], (VD){0} + c[4])));             \
-        /* exp(r + r_lo) = (1 + r) + r^2 p + r_lo exp(r): 1 + r split exactly (Fast2Sum,     \
+        VD L = vfma_##SUFFIX(                                                   \
+            vfma_##SUFFIX(vfma_##SUFFIX(r, (VD){0} + c[3], (VD){0} + c[2]), r, (VD){0} + c[1]), \
+            r, (VD){0} + c[0]);                                                 \
+        VD Q = vfma_##SUFFIX(vfma_##SUFFIX(r, (VD){0} + c[9], (VD){0} + c[8]), r4, \
+                             vfma_##SUFFIX(vfma_##SUFFIX(r, (VD){0} + c[7], (VD){0} + c[6]), \
+                                           r2, vfma_##SUFFIX(r, (VD){0} + c[5], (VD){0} + c[4]))); \
+        /* exp(r + r_lo) = (1 + r) + r^2 p + r_lo exp(r): 1 + r split exactly (Fast2Sum, \
            |r| < 1) so that the only rounding of size 1/2 ulp is the last addition. */       \
         VD s = 1.0 + r;                                                         \
         VD s_lo = r - (s - 1.0);                                                \
-        VD t = VFMA(L, r2, VFMA(Q, r4 * r2, VFMA(r_lo, s, s_lo)));              \
+        VD t = vfma_##SUFFIX(L, r2, vfma_##SUFFIX(Q, r4 * r2, vfma_##SUFFIX(r_lo, s, s_lo))); \
         VD y = s + t; /* in [0.7, 1.42] */                                      \
         /* y 2^k, exact while normal: SHIFTER's lowest 52 bits are 0, so k << 52 is kbits << 52 */ \
-        VD normal = (VD)((VI)y + (kbits << 52));                                \
+        VD normal = (VD)((VU)y + ((VU)kbits << 52));                            \
         VI low = (VI)(d < NORMAL_MIN);                                          \
         int any = 0;                                                            \
         for (int l = 0; l < (int)(sizeof low / sizeof low[0]); l++) any |= low[l] != 0; \
         if (!full || !any) return normal;                                       \
-        VI k = kbits - SHIFTER_BITS, k1 = k >> 1;                               \
-        VD v = (VD)((VI)y + (k1 << 52)) * (VD)((k - k1 + 1023) << 52); /* y 2^k1 exact */ \
+        VI k = (VI)((VU)kbits - (uint64_t)SHIFTER_BITS), k1 = k / 2; /* halves: same bits */ \
+        /* y 2^k1 exact, then one rounding */                                   \
+        VD v = (VD)((VU)y + ((VU)k1 << 52)) * (VD)(((VU)k - (VU)k1 + 1023) << 52); \
         /* A subnormal v has rounded y a second time. Instead y + y_lo, y_lo the error of y's \
            rounding (Fast2Sum, |s| >= |t|), is rounded once to the subnormal grid: scaled by   \
            2^(k + 64) (exact), where the grid is G = 2^-1010, by adding 2^52 G (above every    \
            scaled value, so the sum's ulp is G), the rounding's error e taken exactly and      \
            y_lo's part added by moving to the neighbour beyond a midpoint. */   \
-        VD y_lo = t - (y - s), scale = (VD)((k + 64 + 1023) << 52);             \
+        VD y_lo = t - (y - s), scale = (VD)(((VU)k + 64 + 1023) << 52);         \
         VD z = y * scale, z_lo = y_lo * scale, S = z + 0x1p-958, e = z - (S - 0x1p-958); \
         S += SELECT((VI)((e - 0x1p-1011) + z_lo > 0.0), (VD){0} + 0x1p-1010, (VD){0}); \
         S -= SELECT((VI)((e + 0x1p-1011) + z_lo < 0.0), (VD){0} + 0x1p-1010, (VD){0}); \
@@ -267,9 +272,12 @@ static int exact_f64(double mt, double mn, double tiny) {
         VD q = exp_##SUFFIX(d, full);                                           \
         if (!twosum) return q;                                                  \
         VD bb = d - xv;                                                         \
-        VD qe = VFMA(q, (xv - (d - bb)) + (-m - bb), q);                        \
+        VD qe = vfma_##SUFFIX(q, (xv - (d - bb)) + (-m - bb), q);               \
         return full ? SELECT((vi_##SUFFIX)(q != 0.0), qe, q) : qe; /* exp(-inf): e is NaN */ \
     }
+
+/* Whether lanes_add may take Fast2Sum: always, but while a test compares it with TwoSum. */
+static int fast2sum = 1;
 
 /* s + c += v[0..n) lane by lane, error-free, v[j] in [0, 1] into lane j % LANES: TwoSum, or
    Fast2Sum (the same results) once every s >= 1. The lanes' sums s[] and their errors c[] are in
@@ -286,7 +294,7 @@ static int exact_f64(double mt, double mn, double tiny) {
             memcpy(&vs[u], s + u * W, sizeof q);                                \
             memcpy(&vc[u], c + u * W, sizeof q);                                \
         }                                                                       \
-        int big = 1;                                                            \
+        int big = fast2sum;                                                     \
         for (int l = 0; l < LANES; l++) big &= s[l] >= 1.0;                     \
         if (big) /* v_j <= 1 <= s: Fast2Sum is exact, with 4 additions, not 6 */ \
             for (Py_ssize_t j = 0; j < n; j += LANES) {                         \
@@ -495,6 +503,7 @@ static double lanes_total(const double *s, const double *c) {
 /* Every entry point compiled for one instruction set, named with SUFFIX, BYTES its vector width. */
 #define KERNELS_DEF(SUFFIX, TARGET, BYTES, LOAD_F32)                                    \
     TYPES_DEF(SUFFIX, BYTES)                                                    \
+    VFMA_DEF(SUFFIX, TARGET)                                                    \
     EXP_DEF(SUFFIX, TARGET)                                                     \
     LOAD_DEF(SUFFIX, TARGET, LOAD_F32)                                          \
     EXTREMES_DEF(SUFFIX, f32, float, int32_t, uint32_t, TARGET, BYTES)          \
@@ -695,6 +704,13 @@ static PyObject *isa(PyObject *self, PyObject *args) {
     return PyUnicode_FromString(active->name);
 }
 
+static PyObject *set_fast2sum(PyObject *self, PyObject *on) {
+    int truth = PyObject_IsTrue(on);
+    if (truth < 0) return NULL;
+    fast2sum = truth;
+    Py_RETURN_NONE;
+}
+
 static PyObject *supported_isas(PyObject *self, PyObject *args) {
     PyObject *names = PyList_New(0);
     for (int i = 0; names != NULL && i < N_ISAS; i++) {
@@ -739,6 +755,9 @@ static PyMethodDef methods[] = {
      "exp_array(n, d, out): the kernel's exp of n float64 d <= 0, to test it against mpmath"},
     {"isa", isa, METH_NOARGS,
      "isa(): the instruction-set clone in use, e.g. 'x86-64-v3' (see XENTAUDIT_KERNEL_ISA)"},
+    {"_set_fast2sum", set_fast2sum, METH_O,
+     "_set_fast2sum(on): let the running sums take Fast2Sum once they reach 1 (the default), or\n"
+     "keep TwoSum throughout, which gives the same bits (for the tests)"},
     {"supported_isas", supported_isas, METH_NOARGS,
      "supported_isas(): the clones this CPU can run, best first (the first is the default)"},
     {NULL, NULL, 0, NULL},

@@ -702,7 +702,7 @@ _UNUSABLE = {
 class _Summary:
     """A shard's audit, reduced: what ``_merged`` makes one ``Check`` of. Small but for
     ``flagged``, which holds the shard's flagged rows only when a Dask worker audited it (a
-    local process writes them to ``flagged_file``)."""
+    local process writes them to the file the command gave it: ``spilled``)."""
 
     tallies: dict[Key, _Tally] = field(default_factory=dict)
     skipped: dict[tuple[str, str], Skipped] = field(default_factory=dict)
@@ -710,8 +710,9 @@ class _Summary:
     bad: dict[str, list[np.ndarray]] = field(default_factory=dict)  # problem -> file rows
     ignored: int = 0  # rows left out (the model's ignore_class) or graded as ignored
     flagged: list[FlaggedRow] | None = None
-    # or the file a local process wrote them to, by row, then by result (``parallel``)
-    flagged_file: str | None = None
+    # or a local process wrote them to the file the command gave it, by row, then by result
+    # (``parallel``: the command reads that file, not one a summary could name)
+    spilled: bool = False
     # audited in another process: what that process audited with (``environment``), and
     # whether each of its backends flushed subnormals there (``subnormal_flushes``)
     environment: dict[str, str] | None = None

@@ -122,7 +122,7 @@ class _Signals:
                 os.unlink(path)
         parallel = sys.modules.get("xentaudit.parallel")  # imported when processes ran
         for folder in list(parallel.spill_folders) if parallel is not None else ():
-            shutil.rmtree(folder, ignore_errors=True)
+            parallel.remove_spill_folder(folder)
         # On a terminal: clear the line (the ^C echo, a progress bar) and show the cursor again,
         # which the progress bar hid and would have restored on a normal exit.
         stderr = stderr_fd()  # not /dev/null, while TensorFlow loads quietly

@@ -19,13 +19,15 @@ import heapq
 import multiprocessing
 import os
 import pickle
+import re
+import secrets
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -55,9 +57,9 @@ SWEEP_ORDER = ("jax", "tensorflow", "torch")
 _ticks: SimpleQueue | None = None  # in a --jobs process: where its progress goes
 # A local process writes a shard's flagged rows to a file of the command's, pickled this many at
 # a time, and the command reads them back as it passes them on: a shard's rows are never all in
-# memory. Only such files are unpickled: written by this command's own processes, in a folder of
-# its own (mode 0700, ``spill_folders``), removed when the check ends (by the command line's
-# signal handler too).
+# memory. Only such files are unpickled: the paths this command gave its own processes (never one
+# a summary names), in a folder of its own (mode 0700, ``spill_folders``), removed when the check
+# ends (by the command line's signal handler too).
 SPILL_ROWS = 4096
 spill_folders: set[str] = set()
 
@@ -73,6 +75,7 @@ class _Merger:
         self,
         infos: Sequence[ShardInfo],
         parts: list[str],
+        spills: dict[tuple[int, int], str | None],
         given: dict[str, str],
         order: Order,
         scan: Callable[[int], _Summary],
@@ -81,6 +84,7 @@ class _Merger:
     ) -> None:
         self.infos = infos
         self.parts = parts  # per unit of a shard, its backend's --backend name ("" for all)
+        self.spills = spills  # (shard, part) -> the file its process was given for its rows
         self.given = given
         self.order = order
         self.scan = scan  # scans a shard for unusable rows in this process, auditing nothing
@@ -111,12 +115,7 @@ class _Merger:
         try:
             summary = future.result()
         except XentauditError as exc:
-            at = getattr(exc, "at", None)
-            if at is not None:  # its run, named as the caller gave it
-                exc.at = (at[0], _where_given(at[1], self.given))  # type: ignore[attr-defined]
-            loading = getattr(exc, "loading", None)
-            if loading is not None:  # the user's loss it failed to load, likewise
-                exc.loading = self.given.get(loading, loading)  # type: ignore[attr-defined]
+            _error_as_given(exc, self.given)
             known = self.errors.get(index)
             if known is None or self.order.error(exc) < self.order.error(known):
                 self.errors[index] = exc
@@ -134,7 +133,10 @@ class _Merger:
         if len(pieces) < len(self.parts):
             return
         parts = [pieces[p] for p in sorted(pieces)]
-        self.flagged[index] = [_flagged_rows(part, self.given) for part in parts]
+        self.flagged[index] = [
+            _flagged_rows(piece, self.given, self.spills[(index, p)])
+            for p, piece in enumerate(parts)
+        ]
         self.summaries[index] = _combined(parts, self.order)
         del self.pieces[index]
         while self.passed in self.summaries:
@@ -230,14 +232,15 @@ def _combined(parts: list[_Summary], order: Order) -> _Summary:
     return whole
 
 
-def _flagged_rows(part: _Summary, given: dict[str, str]) -> Iterator[FlaggedRow]:
+def _flagged_rows(part: _Summary, given: dict[str, str], spill: str | None) -> Iterator[FlaggedRow]:
     """A part's flagged rows (by row, then by result), named as the caller gave them as they
-    are passed on: held in its summary (let go then), or read from its file (``SPILL_ROWS``),
-    which is then removed."""
-    if part.flagged_file is None:
+    are passed on: held in its summary (let go then), or read from the file ``spill`` its
+    process was given (``SPILL_ROWS``), which is then removed."""
+    if not part.spilled:
         rows, part.flagged = part.flagged or [], None
     else:
-        rows = _spilled(part.flagged_file)
+        assert spill is not None  # only a process given a file writes to one
+        rows = _spilled(spill)
     for row in rows:
         yield replace(row, impl=given.get(row.impl, row.impl))
 
@@ -298,8 +301,10 @@ def run(
         _check_address(scheduler)
     # Dask workers may run in another directory: they get the users' losses by absolute paths
     # (a local process runs in this one, and its errors name them as given), and every report
-    # names the shards and the users' losses as given (``infos``, ``_as_given``).
-    sent = {name: _absolute(name) if scheduler is not None else name for name in names}
+    # and error names the shards and the users' losses as given (``infos``, ``_as_given``).
+    sent: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        sent[name] = _absolute(name, sent.values()) if scheduler is not None else name
     given = {path: name for name, path in sent.items()}
     portable = replace(
         options,
@@ -311,25 +316,24 @@ def run(
     parts = [zoo.BACKENDS[zoo.backend_of(g[0])].option if apart else "" for g in grouped]
     collect = on_flagged_row is not None
     # a Dask worker sends its flagged rows with its summary; a local process writes them here
-    spill = tempfile.mkdtemp(prefix="xentaudit-rows-") if collect and scheduler is None else None
-    tasks = [
-        _Unit(
-            index,
-            part,
-            replace(portable, impls=group),
-            replace(s, path=s.path.absolute(), labels=s.labels and s.labels.absolute()),
-            info,
-            collect,
-            sharded,
-            None if spill is None else os.path.join(spill, f"{index}-{part}.pickle"),
-        )
-        for index, (s, info) in enumerate(zip(shards, infos, strict=True))
-        for part, group in enumerate(groups)
-    ]
-    merger = _Merger(infos, parts, given, order, scan, on_flagged_row, progress)
+    spill = _spill_folder() if collect and scheduler is None else None
     try:
-        if spill is not None:
-            spill_folders.add(spill)
+        tasks = [
+            _Unit(
+                index,
+                part,
+                replace(portable, impls=group),
+                replace(s, path=s.path.absolute(), labels=s.labels and s.labels.absolute()),
+                info,
+                collect,
+                sharded,
+                None if spill is None else os.path.join(spill, f"{index}-{part}.pickle"),
+            )
+            for index, (s, info) in enumerate(zip(shards, infos, strict=True))
+            for part, group in enumerate(groups)
+        ]
+        spills = {(task.index, task.part): task.spill for task in tasks}
+        merger = _Merger(infos, parts, spills, given, order, scan, on_flagged_row, progress)
         if scheduler is None:
             _run_local(tasks, jobs, merger)
         else:
@@ -337,8 +341,7 @@ def run(
         return merger.result()
     finally:
         if spill is not None:
-            shutil.rmtree(spill, ignore_errors=True)
-            spill_folders.discard(spill)
+            remove_spill_folder(spill)
 
 
 @dataclass(frozen=True)
@@ -396,13 +399,43 @@ class _Unit:
         finally:
             with contextlib.suppress(OSError):
                 out.close()
-        summary.flagged_file = self.spill
+        summary.spilled = True
         return summary
 
     def tick(self, rows: int, _: int) -> None:
         """In a local process: ``rows`` of the shard audited, sent to the command."""
         assert _ticks is not None
         _ticks.put((self.index, self.part, rows))
+
+
+def _spill_folder() -> str:
+    """A new folder (mode 0700) for the local processes' flagged rows, put in ``spill_folders``
+    before it exists: no signal can end the command between its making and its registration."""
+    while True:
+        folder = os.path.join(tempfile.gettempdir(), f"xentaudit-rows-{secrets.token_hex(8)}")
+        spill_folders.add(folder)
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:  # not ours: another name
+            spill_folders.discard(folder)
+            continue
+        except OSError:
+            spill_folders.discard(folder)
+            with _spilling(os.path.join(folder, "rows")):
+                raise
+        return folder
+
+
+def remove_spill_folder(folder: str) -> None:
+    """Remove ``folder`` and the files in it, renamed first: a process still running cannot
+    add a file to it while it is emptied (its next file's folder is gone)."""
+    removed = f"{folder}.removed"
+    try:
+        os.rename(folder, removed)
+    except OSError:  # gone already
+        removed = folder
+    shutil.rmtree(removed, ignore_errors=True)
+    spill_folders.discard(folder)
 
 
 @contextlib.contextmanager
@@ -418,9 +451,11 @@ def _spilling(path: str) -> Iterator[None]:
         ) from None
 
 
-def _absolute(name: str) -> str:
-    """A user's loss ``[tf:|torch:|jax:]path/to/file.py:fn`` with its path absolute; any other
-    implementation name as it is."""
+def _absolute(name: str, taken: Collection[str]) -> str:
+    """A user's loss ``[tf:|torch:|jax:]path/to/file.py:fn`` with its path absolute, and unlike
+    those ``taken``: another spelling of the same file (``loss.py``, ``./loss.py``) gets one
+    more ``./`` before its file name, so that each spelling stays a result of its own, as in
+    one process. Any other implementation name as it is."""
     if ":" not in name:
         return name
     located = zoo.user_backend(name)[1]
@@ -428,7 +463,11 @@ def _absolute(name: str) -> str:
     if not (target.endswith(".py") or os.sep in target):
         return name  # package.module:fn, imported by name
     prefix = name[: len(name) - len(located)]  # "tf:", "torch:", "jax:" or nothing
-    return f"{prefix}{Path(target).absolute()}:{fn}"
+    path = Path(target).absolute()
+    hops = ""
+    while (absolute := f"{prefix}{path.parent}{os.sep}{hops}{path.name}:{fn}") in taken:
+        hops += "." + os.sep
+    return absolute
 
 
 def _as_given(summary: _Summary, given: dict[str, str]) -> _Summary:
@@ -446,6 +485,30 @@ def _as_given(summary: _Summary, given: dict[str, str]) -> _Summary:
         for (impl, dtype), where in summary.skipped_at.items()
     }
     return summary
+
+
+def _error_as_given(exc: XentauditError, given: dict[str, str]) -> None:
+    """``exc`` naming the users' losses as the caller gave them: its message (a Dask worker's
+    names them, and their files, by their absolute paths), its run (``at``) and the loss it
+    failed to load (``loading``)."""
+    spelled = {sent: name for sent, name in given.items() if sent != name}
+    for sent, name in list(spelled.items()):
+        spelled[_file(sent)] = _file(name)
+    if spelled:  # one pass, the longest first: no name is renamed twice
+        pattern = "|".join(re.escape(sent) for sent in sorted(spelled, key=len, reverse=True))
+        message = re.sub(pattern, lambda m: spelled[m.group()], str(exc))
+        exc.args = (message, *exc.args[1:])
+    at = getattr(exc, "at", None)
+    if at is not None:
+        exc.at = (at[0], _where_given(at[1], given))  # type: ignore[attr-defined]
+    loading = getattr(exc, "loading", None)
+    if loading is not None:
+        exc.loading = given.get(loading, loading)  # type: ignore[attr-defined]
+
+
+def _file(name: str) -> str:
+    """The file of a user's loss ``[tf:|torch:|jax:]path/to/file.py:fn``."""
+    return zoo.user_backend(name)[1].rpartition(":")[0]
 
 
 def _where_given(where: Where, given: dict[str, str]) -> Where:

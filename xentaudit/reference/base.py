@@ -105,16 +105,14 @@ def grad_error(
     reference's (float64); the differences are taken in float64, by the kernel if it is built
     (``method="float64"``) or by numpy (``"float64-numpy"``): the results are the same.
     """
-    n, c = grad.shape
+    n = grad.shape[0]
     grad = np.ascontiguousarray(as_float(grad))
     exact = np.ascontiguousarray(exact, dtype=np.float64)
     err, size = np.empty(n), np.empty(n)
-    errors = _GRAD_ERROR[float64_method(method)]
-
-    def work(lo: int, hi: int) -> None:
-        errors(grad[lo:hi], exact[lo:hi], err[lo:hi], size[lo:hi])
-
-    in_blocks(n, c, work)
+    # One thread, unlike the reference's rows (``in_blocks``): reading two arrays once is bound
+    # by memory, and it runs right after a framework's run whose own threads still spin; a
+    # default `check` of 4096 x 32000 on 2 cores spent 0.85 s in it so against 1.03 s in blocks.
+    _GRAD_ERROR[float64_method(method)](grad, exact, err, size)
     return err, size
 
 
