@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from processes import busy_workers, gone
+from processes import busy_workers, frameworks_imported, gone
 
 import xentaudit.parallel
 from xentaudit.check import check_file
@@ -258,6 +258,56 @@ def test_jobs_give_the_single_process_report_and_flagged_rows(dump) -> None:
     parallel = check_file(str(root / "logits"), on_flagged_row=two.append, jobs=2, **args)
     assert parallel.to_dict() == alone.to_dict()
     assert [line(r) for r in two] == [line(r) for r in one] and one  # NaN == NaN here
+
+
+TORCH_LOSS = """
+import torch
+
+
+def loss(labels, logits):
+    return -(labels * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
+"""
+
+
+def test_jobs_leave_a_users_loss_and_its_framework_to_the_processes(dump, tmp_path) -> None:
+    # each shard's process imports the loss (and torch); the command imported it too, only to
+    # check it, which cost it the framework's memory
+    root, _ = dump
+    (tmp_path / "own.py").write_text(TORCH_LOSS)
+    impl = f"torch:{tmp_path / 'own.py'}:loss"
+    printed = frameworks_imported(
+        f"""
+        from xentaudit.check import check_file
+
+        check = check_file({str(root / "logits")!r}, labels={str(root / "labels")!r},
+                           impls=[{impl!r}], modes=["eager"], jobs=2)
+        assert [r.impl for r in check.results] == [{impl!r}] and check.rows == {sum(SIZES)}
+        """
+    )
+    assert printed == "[]"
+
+
+def test_jobs_report_a_users_loss_that_fails_to_load_as_one_process(dump, tmp_path) -> None:
+    # loaded by the shards' processes, or here before the audit when the shards are one: the
+    # error is the one one process gives, before a NaN row's too
+    root, _ = dump
+    (tmp_path / "bad.py").write_text("import no_such_module_here\n")
+    nan = np.zeros((3, CLASSES), np.float32)
+    nan[0, 1] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "nan-labels.npy", np.zeros(3, np.int64))
+    impls = [f"tf:{tmp_path / 'bad.py'}:f"]
+    for files, labels in (
+        (root / "logits", root / "labels"),  # shards in two processes
+        (root / "logits" / "shard-2.npy", root / "labels" / "shard-2.npy"),  # one, here
+        (tmp_path / "nan.npy", tmp_path / "nan-labels.npy"),
+    ):
+        with pytest.raises(ConfigError) as alone:
+            check_file(str(files), labels=str(labels), impls=impls)
+        with pytest.raises(ConfigError) as parallel:
+            check_file(str(files), labels=str(labels), impls=impls, jobs=2)
+        assert str(parallel.value) == str(alone.value)
+        assert "raised ModuleNotFoundError" in str(alone.value)
 
 
 DIES = """

@@ -583,14 +583,17 @@ class _Settings:
     multi_label: bool
     focus: Focus
     split: bool = False  # each backend's implementations audited in a process of their own
+    loaded: bool = True  # the users' losses are loaded (else their processes load them)
 
 
-def _settings(o: CheckOptions, apart: bool = False) -> _Settings:
+def _settings(o: CheckOptions, apart: bool = False, elsewhere: bool = False) -> _Settings:
     """Check the options and set the audit up (the model's loss path read, users' losses
     loaded), in the process that runs it. ``apart``: each backend's implementations are to be
     audited in a process of their own, which imports the users' losses of its backend: with
     several backends (``split``) they are not imported here, only the first one checked as far
-    as it can be without importing it (``zoo.parse_impls``)."""
+    as it can be without importing it (``zoo.parse_impls``). ``elsewhere`` (--jobs,
+    --scheduler): the shards may be audited in other processes, which import them; not here
+    either (not ``loaded``: loaded before the audit if it runs here after all)."""
     check_options(o.eps, o.rtol, o.modes, o.timeout, o.loss_scale, o.label_smoothing)
     multi_label = get_loss(o.loss).labels == "multi-label"
     focus = focus_of(o.loss, o.gamma, o.alpha)
@@ -601,13 +604,15 @@ def _settings(o: CheckOptions, apart: bool = False) -> _Settings:
         )
     impls = o.impls if o.impls is not None else default_impls(o.input_kind, o.backends, o.loss)
     refuse_input_kind(o.input_kind, impls, o.model, o.policies)
-    names = chosen_impls(impls, o.model, o.backends, o.loss, load=not apart)
+    names = chosen_impls(impls, o.model, o.backends, o.loss, load=not (apart or elsewhere))
     split = apart and len(zoo.by_backend(names, str)) > 1
-    if apart and not split:  # audited here after all: loaded in order, as one process does
+    loaded = not (apart or elsewhere)
+    if apart and not split and not elsewhere:  # audited here: loaded in order, as one process
         zoo.load_users(names)
+        loaded = True
     check_ignore(o.ignore_class, o.loss, names)
     chosen = tuple(variants(names, o.eps))
-    return _Settings(names, chosen, o.impls is None, multi_label, focus, split)
+    return _Settings(names, chosen, o.impls is None, multi_label, focus, split, loaded)
 
 
 @dataclass(frozen=True)
@@ -913,7 +918,10 @@ def check_file(
 
     Shards are audited one after another, or in ``jobs`` local processes, or on the Dask
     cluster at ``scheduler`` (``xentaudit[dask]``; each worker reads its shards from the path
-    given, so the path must be shared); either way each shard's summary is merged into the one
+    given, so the path must be shared), which import the users' losses, this one then not (an
+    error in loading one comes after the options' and the files' own, as ``apart`` says below;
+    a single shard audited here loads them before it); either way each shard's summary is
+    merged into the one
     ``Check``, and a shard that no process could audit fails the check (``ShardsLost``, exit
     code 3) naming it. With ``jobs``, ``scheduler`` or ``apart``, ``on_flagged_row`` gets a
     shard's rows once the shards before it are done, and ``progress`` counts the rows of every
@@ -962,8 +970,13 @@ def check_file(
         )
     in_memory = labels if isinstance(labels, np.ndarray) else None
     # Split or not, known before any file is read: a part's process imports its users' losses
-    # (with their frameworks), which this one then need not.
-    settings = _settings(o, apart and scheduler is None and o.model is None and in_memory is None)
+    # (with their frameworks), which this one then need not; so does a shard's (--jobs,
+    # --scheduler), unless the shards turn out to be one, audited here.
+    settings = _settings(
+        o,
+        apart and scheduler is None and o.model is None and in_memory is None,
+        jobs > 1 or scheduler is not None,
+    )
     given = [path] if isinstance(path, (str, Path)) else list(path)
     sharded = len(given) != 1 or is_sharded(given[0])
     if in_memory is not None and (sharded or scheduler is not None):
@@ -1009,6 +1022,8 @@ def check_file(
         )
 
     if not settings.split and scheduler is None and (jobs == 1 or len(shards) == 1):
+        if not settings.loaded:
+            zoo.load_users(settings.names)
         summaries: list[_Summary] = []
         for shard_info, (logits, label_source) in zip(infos, opened, strict=True):
             shard_progress = None
