@@ -122,7 +122,7 @@ def main() -> None:
                 start = time.perf_counter()
                 for batch in batches:
                     _run(r.impl, eps, r.mode, batch, None, r.policy, 1.0)
-                seconds.setdefault((r.impl, r.mode, r.policy), []).append(
+                seconds.setdefault((r.impl, eps, r.mode, r.policy), []).append(
                     time.perf_counter() - start
                 )
             return sum(v[-1] for v in seconds.values())
@@ -149,17 +149,18 @@ def main() -> None:
     )
     print(f"  frameworks' own fwd+bwd on the whole array, summed over the results: {summed:.2f} s")
     medians = {key: statistics.median(v) for key, v in per_result.items()}
-    for (impl, mode, policy), seconds in sorted(medians.items(), key=lambda kv: -kv[1])[:5]:
-        print(f"    e.g. {impl} {mode} {policy}: {seconds:.2f} s")
+    for (impl, eps, mode, policy), seconds in sorted(medians.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"    e.g. {impl} (eps {eps:g}) {mode} {policy}: {seconds:.2f} s")
     print(
         f"  the same on check's {len(chunks)} chunks of {step} rows: {chunked:.2f} s "
         f"({chunked / summed:.2f}x the whole array's)"
     )
     print(
-        f"  check_file in this process (warm): {tool:.2f} s = {ratio:.2f}x the whole array's "
-        f"(each round: {', '.join(f'{r:.2f}x' for r in ratios)}; target <= 1.2x: "
+        f"  check_file in this process (warm): {tool:.2f} s; the median of the rounds' ratios to "
+        f"the whole array's: {ratio:.2f}x (each round: {', '.join(f'{r:.2f}x' for r in ratios)}; "
+        "target <= 1.2x: "
         f"{'met' if ratio <= 1.2 else 'NOT met'}), "
-        f"{statistics.median(r[0] / r[2] for r in rounds):.2f}x the chunks'"
+        f"and to the chunks': {statistics.median(r[0] / r[2] for r in rounds):.2f}x"
     )
     print(
         f"  xentaudit check, fresh process: {cli_wall:.2f} s wall (importing the frameworks "

@@ -499,6 +499,41 @@ def loss(labels, logits):
 """
 
 
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ["tf:{abs}/clip.py:a", "tf:clip.py:b"],  # the absolute one's name left as it is
+        ["tf:clip.py:a", "tf:./clip.py:b", "torch:./clip.py:c"],  # one file, three spellings
+        ["tf:clip.py:a", "tf:{abs}/clip.py:a", "clip.py:a", "tf:we\\ird/clip.py:a"],
+        ["tf:x.py:f", "tf:/outer{abs}/x.py:g"],  # the first's file, sent, ends the second's
+    ],
+)
+def test_a_workers_error_names_each_users_loss_and_file_as_given(
+    spellings, tmp_path, monkeypatch
+) -> None:
+    # the workers get every spelling of a file by an absolute path of its own; an error names
+    # the loss (quoted, as ``{spec!r}``) and its file as sent, which must read as given
+    from xentaudit.errors import UnknownImplementationError
+    from xentaudit.impls import user_backend
+    from xentaudit.parallel import _absolute, _error_as_given
+
+    monkeypatch.chdir(tmp_path)
+    names = [name.format(abs=tmp_path) for name in spellings]
+    files: dict[str, str] = {}
+    sent = {name: _absolute(name, files) for name in names}
+    assert len(set(sent.values())) == len(names)  # one result per spelling
+
+    def error(name: str) -> str:  # as the loader words it
+        target = user_backend(name)[1].rpartition(":")[0]
+        return f"--impl {name!r}: importing {target} raised ImportError: no module {target}"
+
+    given = {path: name for name, path in sent.items()}
+    for name in names:
+        exc = UnknownImplementationError(error(sent[name]))
+        _error_as_given(exc, given)
+        assert str(exc) == error(name)
+
+
 def test_scheduler_refusals_are_one_line_exit_2(dump, monkeypatch) -> None:
     root, _ = dump
     args = ["check", str(root / "logits"), "--labels", str(root / "labels"), "--impl", "naive"]

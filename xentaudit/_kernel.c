@@ -178,7 +178,8 @@ static int exact_f64(double mt, double mn, double tiny) {
         int any = 0;                                                            \
         for (int l = 0; l < (int)(sizeof low / sizeof low[0]); l++) any |= low[l] != 0; \
         if (!full || !any) return normal;                                       \
-        VI k = (VI)((VU)kbits - (uint64_t)SHIFTER_BITS), k1 = k / 2; /* halves: same bits */ \
+        /* k1 = floor(k / 2): an arithmetic shift, as GCC and Clang shift negative integers */ \
+        VI k = (VI)((VU)kbits - (uint64_t)SHIFTER_BITS), k1 = k >> 1;               \
         /* y 2^k1 exact, then one rounding */                                   \
         VD v = (VD)((VU)y + ((VU)k1 << 52)) * (VD)(((VU)k - (VU)k1 + 1023) << 52); \
         /* A subnormal v has rounded y a second time. Instead y + y_lo, y_lo the error of y's \
@@ -276,7 +277,8 @@ static int exact_f64(double mt, double mn, double tiny) {
         return full ? SELECT((vi_##SUFFIX)(q != 0.0), qe, q) : qe; /* exp(-inf): e is NaN */ \
     }
 
-/* Whether lanes_add may take Fast2Sum: always, but while a test compares it with TwoSum. */
+/* Whether lanes_add may take Fast2Sum: always, but while a test compares it with TwoSum (set
+   between calls, never while one runs). */
 static int fast2sum = 1;
 
 /* s + c += v[0..n) lane by lane, error-free, v[j] in [0, 1] into lane j % LANES: TwoSum, or

@@ -194,9 +194,9 @@ class _ExactMean:
         return self.total / (self.count << _UNIT_EXPONENT)
 
 
-def _exact_mean(rounded: Rounded) -> _ExactMean:
-    """The exact losses of a chunk rounded to a dtype summed (but the ignored class's rows),
-    for every result's ``_Tally.add``."""
+def _exact_losses(rounded: Rounded) -> _ExactMean:
+    """The exact losses of a chunk rounded to a dtype summed exactly (but the ignored class's
+    rows), for every result's ``_Tally.add``: an accumulator, unlike ``Rounded.exact_mean``."""
     summed = _ExactMean()
     exact = rounded.ref.loss
     summed.add(exact if rounded.ignored is None else exact[~rounded.ignored])
@@ -259,16 +259,16 @@ class _Tally:
         loss: np.ndarray,
         exact: np.ndarray,
         grades: Grades,
-        exact_mean: _ExactMean,
+        exact_losses: _ExactMean,
         ignored: np.ndarray | None = None,
     ) -> None:
-        """Add a chunk's per-row results; ``rows``: their rows in the file; ``exact_mean``:
-        the chunk's exact losses summed (``_exact_mean``, once for every result); ``ignored``: a
+        """Add a chunk's per-row results; ``rows``: their rows in the file; ``exact_losses``:
+        the chunk's exact losses summed (``_exact_losses``, once for every result); ``ignored``: a
         mask of the rows of the ignored class, left out of the means."""
         n = loss.shape[0]
         self.rows += n
         self.loss_mean.add(loss if ignored is None else loss[~ignored])
-        self.exact_mean.merge(exact_mean)
+        self.exact_mean.merge(exact_losses)
         self.flagged += int(grades.flagged.sum())
         for flag, mask in grades.masks.items():
             self.counts[flag] += int(mask.sum())
@@ -498,7 +498,7 @@ def _audit_chunk(
                     raise InputError(f"{exc}; drop --dtype {fmt.name} or rescale") from None
                 runs: Runs = {}
                 weights = 1 + int(rounded.label_extra.max(initial=0))  # a row's nonzero labels
-                exact_mean = _exact_mean(rounded)
+                exact_losses = _exact_losses(rounded)
                 for policy, variant in policy_variants(plan.policies, chosen):
                     name = variant.impl
                     where = (source, fmt.name, (policy, name, variant.eps))
@@ -523,7 +523,7 @@ def _audit_chunk(
                             outcome.loss,
                             rounded.ref.loss,
                             grades,
-                            exact_mean,
+                            exact_losses,
                             rounded.ignored,
                         )
                         tally.label_weights = max(tally.label_weights, weights)

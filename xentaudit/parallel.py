@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -240,12 +240,12 @@ def _flagged_rows(part: _Summary, given: dict[str, str], spill: str | None) -> I
         rows, part.flagged = part.flagged or [], None
     else:
         assert spill is not None  # only a process given a file writes to one
-        rows = _spilled(spill)
+        rows = _read_spill(spill)
     for row in rows:
         yield replace(row, impl=given.get(row.impl, row.impl))
 
 
-def _spilled(path: str) -> Iterator[FlaggedRow]:
+def _read_spill(path: str) -> Iterator[FlaggedRow]:
     """The flagged rows a process wrote to ``path``, which is removed once they are read."""
     with open(path, "rb") as rows:
         while True:
@@ -302,9 +302,11 @@ def run(
     # Dask workers may run in another directory: they get the users' losses by absolute paths
     # (a local process runs in this one, and its errors name them as given), and every report
     # and error names the shards and the users' losses as given (``infos``, ``_as_given``).
-    sent: dict[str, str] = {}
-    for name in dict.fromkeys(names):
-        sent[name] = _absolute(name, sent.values()) if scheduler is not None else name
+    files: dict[str, str] = {}  # a user's loss file as given -> as sent
+    sent = {
+        name: _absolute(name, files) if scheduler is not None else name
+        for name in dict.fromkeys(names)
+    }
     given = {path: name for name, path in sent.items()}
     portable = replace(
         options,
@@ -421,20 +423,21 @@ def _spill_folder() -> str:
             continue
         except OSError:
             spill_folders.discard(folder)
-            with _spilling(os.path.join(folder, "rows")):
+            with _spilling(folder):  # names the temporary folder it could not be made in
                 raise
         return folder
 
 
 def remove_spill_folder(folder: str) -> None:
     """Remove ``folder`` and the files in it, renamed first: a process still running cannot
-    add a file to it while it is emptied (its next file's folder is gone)."""
+    add a file to it while it is emptied (its next file's folder is gone). Both names are
+    removed, and only then is the folder let go of: a signal's handler that interrupts a
+    removal under way finishes it."""
     removed = f"{folder}.removed"
-    try:
+    with contextlib.suppress(OSError):  # renamed already (the removal interrupted), or gone
         os.rename(folder, removed)
-    except OSError:  # gone already
-        removed = folder
     shutil.rmtree(removed, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
     spill_folders.discard(folder)
 
 
@@ -451,23 +454,25 @@ def _spilling(path: str) -> Iterator[None]:
         ) from None
 
 
-def _absolute(name: str, taken: Collection[str]) -> str:
-    """A user's loss ``[tf:|torch:|jax:]path/to/file.py:fn`` with its path absolute, and unlike
-    those ``taken``: another spelling of the same file (``loss.py``, ``./loss.py``) gets one
-    more ``./`` before its file name, so that each spelling stays a result of its own, as in
-    one process. Any other implementation name as it is."""
-    if ":" not in name:
+def _absolute(name: str, files: dict[str, str]) -> str:
+    """A user's loss ``[tf:|torch:|jax:]path/to/file.py:fn`` with its file's path absolute, one
+    per spelling of the file (``files``: as given -> as sent): another spelling of a file
+    already sent (``loss.py``, ``./loss.py``, its absolute path) gets one more ``./`` before
+    the file's name. So each spelling is a result of its own, as in one process, and each name
+    and file sent stands for one given (``_error_as_given``). Any other name as it is."""
+    target = _loss_file(name)
+    if target is None:
         return name
     located = zoo.user_backend(name)[1]
-    target, _, fn = located.rpartition(":")
-    if not (target.endswith(".py") or os.sep in target):
-        return name  # package.module:fn, imported by name
+    fn = located.rpartition(":")[2]
     prefix = name[: len(name) - len(located)]  # "tf:", "torch:", "jax:" or nothing
-    path = Path(target).absolute()
-    hops = ""
-    while (absolute := f"{prefix}{path.parent}{os.sep}{hops}{path.name}:{fn}") in taken:
-        hops += "." + os.sep
-    return absolute
+    if target not in files:
+        path = Path(target).absolute()
+        hops = ""
+        while (absolute := os.path.join(path.parent, hops + path.name)) in files.values():
+            hops += "." + os.sep
+        files[target] = absolute
+    return f"{prefix}{files[target]}:{fn}"
 
 
 def _as_given(summary: _Summary, given: dict[str, str]) -> _Summary:
@@ -491,10 +496,16 @@ def _error_as_given(exc: XentauditError, given: dict[str, str]) -> None:
     """``exc`` naming the users' losses as the caller gave them: its message (a Dask worker's
     names them, and their files, by their absolute paths), its run (``at``) and the loss it
     failed to load (``loading``)."""
-    spelled = {sent: name for sent, name in given.items() if sent != name}
-    for sent, name in list(spelled.items()):
-        spelled[_file(sent)] = _file(name)
-    if spelled:  # one pass, the longest first: no name is renamed twice
+    # every user's loss sent by its file's path, and that file, as sent -> as given (itself
+    # where unchanged, so that no longer name is renamed inside it); quoted too (``{spec!r}``)
+    spelled: dict[str, str] = {}
+    for sent, name in given.items():
+        if _loss_file(name) is not None:
+            for sent_as, name_as in ((sent, name), (_loss_file(sent), _loss_file(name))):
+                assert sent_as is not None and name_as is not None
+                spelled[sent_as] = name_as
+                spelled[repr(sent_as)[1:-1]] = repr(name_as)[1:-1]
+    if any(sent != name for sent, name in spelled.items()):  # one pass, the longest first
         pattern = "|".join(re.escape(sent) for sent in sorted(spelled, key=len, reverse=True))
         message = re.sub(pattern, lambda m: spelled[m.group()], str(exc))
         exc.args = (message, *exc.args[1:])
@@ -506,9 +517,13 @@ def _error_as_given(exc: XentauditError, given: dict[str, str]) -> None:
         exc.loading = given.get(loading, loading)  # type: ignore[attr-defined]
 
 
-def _file(name: str) -> str:
-    """The file of a user's loss ``[tf:|torch:|jax:]path/to/file.py:fn``."""
-    return zoo.user_backend(name)[1].rpartition(":")[0]
+def _loss_file(name: str) -> str | None:
+    """The file of a user's loss ``[tf:|torch:|jax:]path/to/file.py:fn``; None for any other
+    name (``package.module:fn`` too, imported by name)."""
+    if ":" not in name:
+        return None
+    target = zoo.user_backend(name)[1].rpartition(":")[0]
+    return target if target.endswith(".py") or os.sep in target else None
 
 
 def _where_given(where: Where, given: dict[str, str]) -> Where:

@@ -111,7 +111,8 @@ def grad_error(
     err, size = np.empty(n), np.empty(n)
     # One thread, unlike the reference's rows (``in_blocks``): reading two arrays once is bound
     # by memory, and it runs right after a framework's run whose own threads still spin; a
-    # default `check` of 4096 x 32000 on 2 cores spent 0.85 s in it so against 1.03 s in blocks.
+    # default `check` of 4096 x 32000 on 2 cores spent 0.85 s in it so, against 1.03 s in
+    # blocks (measured on that machine only).
     _GRAD_ERROR[float64_method(method)](grad, exact, err, size)
     return err, size
 
