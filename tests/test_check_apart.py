@@ -435,14 +435,17 @@ def test_a_removal_interrupted_by_a_signal_is_finished_by_its_handler(
     with pytest.raises(Exited):
         remove_spill_folder(folder)
     assert not list(tmp_path.iterdir()) and folder not in spill_folders
-    # a rename that fails (the name taken by a removal that died): both go all the same
+    # a rename that fails otherwise (the name taken: not ours): the folder goes as it is, the
+    # other stays
     monkeypatch.setattr(xentaudit.parallel.shutil, "rmtree", rmtree)
     folder = _spill_folder()
     Path(folder, "0-0.pickle").write_bytes(b"rows")
     Path(folder + ".removed").mkdir()
-    Path(folder + ".removed", "1-0.pickle").write_bytes(b"rows")
+    Path(folder + ".removed", "theirs").write_bytes(b"kept")
     remove_spill_folder(folder)
-    assert not list(tmp_path.iterdir()) and folder not in spill_folders
+    assert [p.name for p in tmp_path.iterdir()] == [Path(folder).name + ".removed"]
+    assert Path(folder + ".removed", "theirs").read_bytes() == b"kept"
+    assert folder not in spill_folders
 
 
 def test_a_temporary_folder_that_cannot_be_written_is_one_line(logits, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -285,6 +286,22 @@ def test_jobs_leave_a_users_loss_and_its_framework_to_the_processes(dump, tmp_pa
         """
     )
     assert printed == "[]"
+    # beside a saved model's loss too (the model read from its file: no framework either)
+    inputs = keras.Input(shape=(CLASSES,))
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(inputs))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.save(tmp_path / "m.keras")
+    printed = frameworks_imported(
+        f"""
+        from xentaudit.check import check_file
+
+        check = check_file({str(root / "logits")!r}, labels={str(root / "labels")!r},
+                           impls=[{impl!r}], modes=["eager"], jobs=2,
+                           model={str(tmp_path / "m.keras")!r})
+        assert [r.impl for r in check.results] == [{impl!r}, "model"]
+        """
+    )
+    assert printed == "[]"
 
 
 def test_jobs_report_a_users_loss_that_fails_to_load_as_one_process(dump, tmp_path) -> None:
@@ -296,9 +313,11 @@ def test_jobs_report_a_users_loss_that_fails_to_load_as_one_process(dump, tmp_pa
     nan[0, 1] = np.nan
     np.save(tmp_path / "nan.npy", nan)
     np.save(tmp_path / "nan-labels.npy", np.zeros(3, np.int64))
+    _shards(tmp_path / "nans", tmp_path / "nan-labels", nan_at=2)  # a NaN in shard 1
     impls = [f"tf:{tmp_path / 'bad.py'}:f"]
     for files, labels in (
         (root / "logits", root / "labels"),  # shards in two processes
+        (tmp_path / "nans", tmp_path / "nan-labels"),
         (root / "logits" / "shard-2.npy", root / "labels" / "shard-2.npy"),  # one, here
         (tmp_path / "nan.npy", tmp_path / "nan-labels.npy"),
     ):
@@ -500,38 +519,51 @@ def loss(labels, logits):
 
 
 @pytest.mark.parametrize(
-    "spellings",
+    ("cwd", "spellings"),
     [
-        ["tf:{abs}/clip.py:a", "tf:clip.py:b"],  # the absolute one's name left as it is
-        ["tf:clip.py:a", "tf:./clip.py:b", "torch:./clip.py:c"],  # one file, three spellings
-        ["tf:clip.py:a", "tf:{abs}/clip.py:a", "clip.py:a", "tf:we\\ird/clip.py:a"],
-        ["tf:x.py:f", "tf:/outer{abs}/x.py:g"],  # the first's file, sent, ends the second's
+        ("", ["tf:{abs}/clip.py:a", "tf:clip.py:b"]),  # the absolute one's name left as it is
+        ("", ["tf:clip.py:a", "tf:./clip.py:b", "torch:./clip.py:c"]),  # one file, 3 spellings
+        ("", ["tf:clip.py:a", "tf:{abs}/clip.py:a", "clip.py:a", "tf:we\\ird/clip.py:a"]),
+        ("", ["tf:x.py:f", "tf:/outer{abs}/x.py:g"]),  # the first's file, sent, ends the second's
+        ("", ["tf:a.py:f", "tf:{abs}/a.py.py:g"]),  # the first's file begins the second's
+        ("it's", ["tf:x.py:f", "tf:./x.py:g"]),  # sent quoted in double quotes, given in single
     ],
 )
 def test_a_workers_error_names_each_users_loss_and_file_as_given(
-    spellings, tmp_path, monkeypatch
+    cwd, spellings, tmp_path, monkeypatch
 ) -> None:
-    # the workers get every spelling of a file by an absolute path of its own; an error names
-    # the loss (quoted, as ``{spec!r}``) and its file as sent, which must read as given
+    # The workers get every spelling of a file by an absolute path of its own; the loader's
+    # errors name the loss (quoted, ``{spec!r}``) and its file as sent, which must read as
+    # given, the rest of the message (the user's own words) as the worker wrote it.
     from xentaudit.errors import UnknownImplementationError
     from xentaudit.impls import user_backend
     from xentaudit.parallel import _absolute, _error_as_given
 
-    monkeypatch.chdir(tmp_path)
-    names = [name.format(abs=tmp_path) for name in spellings]
+    (tmp_path / cwd).mkdir(exist_ok=True)
+    monkeypatch.chdir(tmp_path / cwd)
+    names = [name.format(abs=tmp_path / cwd) for name in spellings]
     files: dict[str, str] = {}
     sent = {name: _absolute(name, files) for name in names}
     assert len(set(sent.values())) == len(names)  # one result per spelling
 
-    def error(name: str) -> str:  # as the loader words it
-        target = user_backend(name)[1].rpartition(":")[0]
-        return f"--impl {name!r}: importing {target} raised ImportError: no module {target}"
+    def errors(name: str, words: str) -> list[str]:  # as the loader words them
+        file = user_backend(name)[1].rpartition(":")[0]
+        return [
+            f"--impl {name!r}: importing {file} raised ValueError: {words}",
+            f"--impl {name!r}: no such file: {Path(file)}; check the path",
+            f"--impl {name!r}: {file} has no function f",
+            f"--impl {name!r}: the loss raised ValueError: {words}",
+            f"--impl {name!r}: {Path(file)} is a directory, not a file; pass a .py file",
+            f"--impl {name!r}: cannot read {Path(file)} (Permission denied); check the path",
+        ]
 
     given = {path: name for name, path in sent.items()}
     for name in names:
-        exc = UnknownImplementationError(error(sent[name]))
-        _error_as_given(exc, given)
-        assert str(exc) == error(name)
+        words = user_backend(sent[name])[1]  # e.g. the worker's __file__: left as it is
+        for worker, here in zip(errors(sent[name], words), errors(name, words), strict=True):
+            exc = UnknownImplementationError(worker)
+            _error_as_given(exc, given)
+            assert str(exc) == here
 
 
 def test_scheduler_refusals_are_one_line_exit_2(dump, monkeypatch) -> None:

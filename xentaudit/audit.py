@@ -573,7 +573,7 @@ def chosen_impls(
 
     zoo.use_model(model if isinstance(model, ModelPath) else read_model_config(model))
     names = [name for name in impls if name != zoo.MODEL]  # `--impl model` is implied
-    return (*(zoo.parse_impls(names, backends) if names else ()), zoo.MODEL)
+    return (*(zoo.parse_impls(names, backends, load=load) if names else ()), zoo.MODEL)
 
 
 def runnable_modes(name: str, modes: Iterable[str]) -> tuple[tuple[str, ...], Skipped | None]:

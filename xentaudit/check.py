@@ -921,12 +921,11 @@ def check_file(
     given, so the path must be shared), which import the users' losses, this one then not (an
     error in loading one comes after the options' and the files' own, as ``apart`` says below;
     a single shard audited here loads them before it); either way each shard's summary is
-    merged into the one
-    ``Check``, and a shard that no process could audit fails the check (``ShardsLost``, exit
-    code 3) naming it. With ``jobs``, ``scheduler`` or ``apart``, ``on_flagged_row`` gets a
-    shard's rows once the shards before it are done, and ``progress`` counts the rows of every
-    part audited (a shard's, or each backend's part of one, apart): a chunk at a time in local
-    processes, a shard at a time on a cluster.
+    merged into the one ``Check``, and a shard that no process could audit fails the check
+    (``ShardsLost``, exit code 3) naming it. With ``jobs``, ``scheduler`` or ``apart``,
+    ``on_flagged_row`` gets a shard's rows once the shards before it are done, and ``progress``
+    counts the rows of every part audited (a shard's, or each backend's part of one, apart): a
+    chunk at a time in local processes, a shard at a time on a cluster.
 
     ``apart`` (as the command line does): the implementations of each backend are audited in
     a spawned process of their own, ``jobs`` at a time, so that a process imports its own

@@ -430,14 +430,17 @@ def _spill_folder() -> str:
 
 def remove_spill_folder(folder: str) -> None:
     """Remove ``folder`` and the files in it, renamed first: a process still running cannot
-    add a file to it while it is emptied (its next file's folder is gone). Both names are
-    removed, and only then is the folder let go of: a signal's handler that interrupts a
-    removal under way finishes it."""
+    add a file to it while it is emptied (its next file's folder is gone). The folder is let
+    go of only once removed: a signal's handler that interrupts a removal under way (the folder
+    renamed already) finishes it."""
     removed = f"{folder}.removed"
-    with contextlib.suppress(OSError):  # renamed already (the removal interrupted), or gone
+    try:
         os.rename(folder, removed)
+    except FileNotFoundError:  # renamed already, by the removal this one interrupts, or gone
+        pass
+    except OSError:  # cannot be renamed: removed as it is, and nothing else
+        removed = folder
     shutil.rmtree(removed, ignore_errors=True)
-    shutil.rmtree(folder, ignore_errors=True)
     spill_folders.discard(folder)
 
 
@@ -496,15 +499,29 @@ def _error_as_given(exc: XentauditError, given: dict[str, str]) -> None:
     """``exc`` naming the users' losses as the caller gave them: its message (a Dask worker's
     names them, and their files, by their absolute paths), its run (``at``) and the loss it
     failed to load (``loading``)."""
-    # every user's loss sent by its file's path, and that file, as sent -> as given (itself
-    # where unchanged, so that no longer name is renamed inside it); quoted too (``{spec!r}``)
+    # The loader's words about a user's loss (zoo: ``--impl {spec!r}: ...``, the file as
+    # typed, or as a Path where it is checked), from the name and file sent to the ones given;
+    # the quoted names alone after that, longest first. A path elsewhere in the message (the
+    # user's own words) is left as the worker saw it.
     spelled: dict[str, str] = {}
     for sent, name in given.items():
-        if _loss_file(name) is not None:
-            for sent_as, name_as in ((sent, name), (_loss_file(sent), _loss_file(name))):
-                assert sent_as is not None and name_as is not None
-                spelled[sent_as] = name_as
-                spelled[repr(sent_as)[1:-1]] = repr(name_as)[1:-1]
+        sent_file, name_file = _loss_file(sent), _loss_file(name)
+        if name_file is None or sent_file is None:
+            continue
+        quoted, given_quoted = repr(sent), repr(name)
+        sent_path, name_path = Path(sent_file), Path(name_file)
+        for sent_as, name_as in (
+            (f"{quoted}: importing {sent_file} ", f"{given_quoted}: importing {name_file} "),
+            (f"{quoted}: {sent_file} has no ", f"{given_quoted}: {name_file} has no "),
+            (
+                f"{quoted}: no such file: {sent_path};",
+                f"{given_quoted}: no such file: {name_path};",
+            ),
+            (f"{quoted}: cannot read {sent_path} (", f"{given_quoted}: cannot read {name_path} ("),
+            (f"{quoted}: {sent_path} is ", f"{given_quoted}: {name_path} is "),
+            (quoted, given_quoted),
+        ):
+            spelled[sent_as] = name_as
     if any(sent != name for sent, name in spelled.items()):  # one pass, the longest first
         pattern = "|".join(re.escape(sent) for sent in sorted(spelled, key=len, reverse=True))
         message = re.sub(pattern, lambda m: spelled[m.group()], str(exc))
