@@ -552,7 +552,7 @@ def test_a_workers_error_names_each_users_loss_and_file_as_given(
             f"--impl {name!r}: importing {file} raised ValueError: {words}",
             f"--impl {name!r}: no such file: {Path(file)}; check the path",
             f"--impl {name!r}: {file} has no function f",
-            f"--impl {name!r}: the loss raised ValueError: {words}",
+            f"--impl {name}: the loss raised ValueError: {words}",
             f"--impl {name!r}: {Path(file)} is a directory, not a file; pass a .py file",
             f"--impl {name!r}: cannot read {Path(file)} (Permission denied); check the path",
         ]

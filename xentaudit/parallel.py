@@ -499,9 +499,9 @@ def _error_as_given(exc: XentauditError, given: dict[str, str]) -> None:
     """``exc`` naming the users' losses as the caller gave them: its message (a Dask worker's
     names them, and their files, by their absolute paths), its run (``at``) and the loss it
     failed to load (``loading``)."""
-    # The loader's words about a user's loss (zoo: ``--impl {spec!r}: ...``, the file as
-    # typed, or as a Path where it is checked), from the name and file sent to the ones given;
-    # the quoted names alone after that, longest first. A path elsewhere in the message (the
+    # xentaudit's words about a user's loss (the loader's ``--impl {spec!r}: ...``, the file as
+    # typed, or as a Path where it is checked; a run's ``--impl {name}: ...``), from the name
+    # and file sent to the ones given, longest first. A path elsewhere in the message (the
     # user's own words) is left as the worker saw it.
     spelled: dict[str, str] = {}
     for sent, name in given.items():
@@ -520,6 +520,7 @@ def _error_as_given(exc: XentauditError, given: dict[str, str]) -> None:
             (f"{quoted}: cannot read {sent_path} (", f"{given_quoted}: cannot read {name_path} ("),
             (f"{quoted}: {sent_path} is ", f"{given_quoted}: {name_path} is "),
             (quoted, given_quoted),
+            (f"--impl {sent}", f"--impl {name}"),  # a run's words: ``--impl {name}: ...``
         ):
             spelled[sent_as] = name_as
     if any(sent != name for sent, name in spelled.items()):  # one pass, the longest first
