@@ -44,7 +44,7 @@ from typing import Any
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError
 from xentaudit.flags import FLAGS
-from xentaudit.impls import BACKENDS, BY_OPTION, POLICIES, REGISTRY, user_backend
+from xentaudit.impls import BACKENDS, BY_OPTION, POLICIES, REGISTRY, names_a_file, user_backend
 from xentaudit.io import regular_file
 
 if sys.version_info >= (3, 11):
@@ -261,7 +261,7 @@ def _code(entry: str, source: Path, trusted: bool) -> str:
     target, _, function = located.rpartition(":")
     if not function.isidentifier():
         raise ConfigError(f"{where}: expected [tf:|torch:|jax:]path/to/file.py:function")
-    if not (target.endswith(".py") or os.sep in target):
+    if not names_a_file(target):
         raise ConfigError(
             f"{where} imports a module, which a configuration may not (what it imports depends "
             "on sys.path); pass it with --impl, or name a file.py beside the configuration"

@@ -541,7 +541,7 @@ def _loss_file(name: str) -> str | None:
     if ":" not in name:
         return None
     target = zoo.user_backend(name)[1].rpartition(":")[0]
-    return target if target.endswith(".py") or os.sep in target else None
+    return target if zoo.names_a_file(target) else None
 
 
 def _where_given(where: Where, given: dict[str, str]) -> Where:

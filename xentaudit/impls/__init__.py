@@ -534,6 +534,12 @@ def user_backend(spec: str) -> tuple[str, str]:
     return "tensorflow", spec
 
 
+def names_a_file(target: str) -> bool:
+    """Whether a user's loss's ``target`` (``target:fn``) names a file (``file.py``, or a path),
+    not a module imported by name."""
+    return target.endswith(".py") or os.sep in target
+
+
 def _user_parts(spec: str) -> tuple[str, str, str]:
     """A user's loss ``[tf:|torch:|jax:]target:fn`` split and checked: its backend (installed),
     target and function name."""
@@ -555,7 +561,7 @@ def _user_parts(spec: str) -> tuple[str, str, str]:
 def _user_file(spec: str, target: str) -> Path | None:
     """The file a user's loss ``spec`` names as its ``target`` (a regular file), or None for a
     module name."""
-    path = Path(target) if target.endswith(".py") or os.sep in target else None
+    path = Path(target) if names_a_file(target) else None
     if path is not None:
         regular_file(path, f"--impl {spec!r}", "a .py file", UnknownImplementationError)
     return path
@@ -773,7 +779,7 @@ def parse_impls(
     """
     names = list(names)
     for name in names:
-        if ":" not in name and (name.endswith(".py") or os.sep in name):
+        if ":" not in name and names_a_file(name):
             raise UnknownImplementationError(
                 f"--impl {name!r}: expected path/to/file.py:function (name the function)"
             )
