@@ -5,7 +5,10 @@ Expected numbers are closed forms computed here (Keras' clip in float32), never 
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
+import weakref
 from pathlib import Path
 
 import ml_dtypes
@@ -156,6 +159,41 @@ def test_chunked_results_equal_unchunked_exactly(tmp_path) -> None:
     for rows in (1, 5, 36):
         chunked = check_file(tmp_path / "x.npz", modes=["eager"], chunk_rows=rows).to_dict()
         assert_same_check(chunked, whole)
+
+
+def test_a_chunks_runs_are_graded_once_all_have_run_without_their_gradients(
+    tmp_path, monkeypatch
+) -> None:
+    # audit.Graded: each run's gradient is summed up by its row maxima as soon as it is computed
+    # and let go; the rest of the grading waits until every run on the chunk in that dtype is
+    # done, so that numpy's small calls run back to back instead of each after a framework's
+    # run. (With --loss-scale, max_loss_scale's runs come in between too; not counted here.)
+    audit = sys.modules["xentaudit.audit"]  # the module, not the function xentaudit.audit
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((12, 7)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", logits=x, labels=rng.integers(0, 7, 12))
+    events: list[str] = []
+    gradients: list[weakref.ref] = []
+    run, grade_maxima = audit._run, audit.grade_maxima
+
+    def logged_run(*args, **kwargs):
+        outcome = run(*args, **kwargs)
+        events.append("run")
+        gradients.append(weakref.ref(outcome.grad))
+        return outcome
+
+    def logged_grade(*args, **kwargs):
+        events.append("grade")
+        gc.collect()
+        assert all(alive() is None for alive in gradients), "a graded run kept its gradient"
+        return grade_maxima(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "_run", logged_run)
+    monkeypatch.setattr(audit, "grade_maxima", logged_grade)
+    impls = ["naive", "shifted", "tf_softmax_xent"]
+    check = check_file(tmp_path / "x.npz", impls=impls, modes=["eager"], chunk_rows=5)
+    assert len(check.results) == 3
+    assert events == (["run"] * 3 + ["grade"] * 3) * 3  # 3 chunks of 5, 5 and 2 rows
 
 
 def test_worst_rows_kept_do_not_depend_on_the_chunks_or_their_order() -> None:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from xentaudit import audit
 from xentaudit.cli import cli
 from xentaudit.errors import ConfigError, ImplementationError
-from xentaudit.impls import time_limit
+from xentaudit.impls import Expired, time_limit
 
 SEED = str(Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz")
 LOSSES = """
@@ -159,6 +159,31 @@ def test_an_alarm_set_by_the_caller_is_resumed_after_the_time_limit() -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_alarm_that_fires_as_the_limit_is_set_still_disarms_it(monkeypatch) -> None:
+    # A limit so short that its alarm fires before the block has begun (setitimer's own
+    # return): the block's cleanup must still run, or the repeating alarm and its handler stay
+    # installed and raise Expired into whatever runs next. The alarm is raised by hand as the
+    # limit is set, so that it comes at that point every time.
+    real = signal.setitimer
+
+    def at_once(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        old = real(which, seconds, interval)
+        if seconds:
+            signal.raise_signal(signal.SIGALRM)
+        return old
+
+    before = signal.getsignal(signal.SIGALRM)
+    monkeypatch.setattr(signal, "setitimer", at_once)
+    try:
+        with pytest.raises(Expired), time_limit(30):
+            pass
+        assert real(signal.ITIMER_REAL, 0) == (0.0, 0.0)  # disarmed: nothing was left to stop
+        assert signal.getsignal(signal.SIGALRM) is before
+    finally:
+        real(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
 
 
 def test_a_real_ctrl_c_in_a_loss_stays_a_keyboard_interrupt_in_the_api(losses) -> None:

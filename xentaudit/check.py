@@ -20,6 +20,7 @@ import numpy as np
 
 from xentaudit import impls as zoo
 from xentaudit.audit import (
+    Graded,
     Grades,
     Rounded,
     Runs,
@@ -499,6 +500,7 @@ def _audit_chunk(
                 runs: Runs = {}
                 weights = 1 + int(rounded.label_extra.max(initial=0))  # a row's nonzero labels
                 exact_losses = _exact_losses(rounded)
+                ran: list[tuple[Where, Key, Graded]] = []  # graded once all have run (``Graded``)
                 for policy, variant in policy_variants(plan.policies, chosen):
                     name = variant.impl
                     where = (source, fmt.name, (policy, name, variant.eps))
@@ -510,36 +512,28 @@ def _audit_chunk(
                     if skip is not None:
                         summary.skip((name, skip.dtype), skip, where)
                     for mode in runnable:
-                        outcome, grades, largest = run_shared(
+                        shared = run_shared(
                             runs, variant, mode, rounded, o.rtol, o.timeout, policy, o.loss_scale
                         )
                         key = (source, name, variant.eps, fmt.name, policy, mode)
                         if key not in summary.tallies:
                             summary.tallies[key] = _Tally(eps=eps_used(name, variant.eps))
-                        tally = summary.tallies[key]
-                        tally.output_dtype = outcome.output_dtype
-                        tally.add(
-                            rows,
-                            outcome.loss,
-                            rounded.ref.loss,
-                            grades,
-                            exact_losses,
-                            rounded.ignored,
-                        )
-                        tally.label_weights = max(tally.label_weights, weights)
-                        tally.add_scale(largest)
-                        if flagged is not None:
-                            flagged.append(
-                                _flagged_rows(
-                                    rows,
-                                    key,
-                                    tally.eps,
-                                    rounded.ref.loss,
-                                    outcome.loss,
-                                    grades,
-                                    shard,
-                                )
+                        ran.append((where, key, shared))
+                for at, key, shared in ran:
+                    where = at  # an error in grading is the run's
+                    tally, outcome, grades = summary.tallies[key], shared.outcome, shared.grades
+                    tally.output_dtype = outcome.output_dtype
+                    tally.add(
+                        rows, outcome.loss, rounded.ref.loss, grades, exact_losses, rounded.ignored
+                    )
+                    tally.label_weights = max(tally.label_weights, weights)
+                    tally.add_scale(shared.largest)
+                    if flagged is not None:
+                        flagged.append(
+                            _flagged_rows(
+                                rows, key, tally.eps, rounded.ref.loss, outcome.loss, grades, shard
                             )
+                        )
 
     except XentauditError as exc:
         exc.at = where  # type: ignore[attr-defined]  # completed by _audit_shard

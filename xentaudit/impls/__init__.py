@@ -93,7 +93,8 @@ BY_OPTION = {backend.option: name for name, backend in BACKENDS.items()}
 @dataclass(frozen=True)
 class Outcome:
     """What one implementation computed: per-row losses (float64) and the gradient (float32 or
-    float64, as computed; None once graded and kept: ``audit.run_shared`` lets it go), and the
+    float64, as computed; None once its row maxima are taken: ``audit.run_shared`` lets it go),
+    and the
     dtype its loss came out in."""
 
     loss: np.ndarray
@@ -712,10 +713,12 @@ def time_limit(seconds: float | None) -> Iterator[None]:
             "--timeout works only in the main thread (it uses SIGALRM); call from the main "
             "thread or pass no timeout"
         )
-    previous = signal.signal(signal.SIGALRM, _expire)
+    outer, interval = signal.getitimer(signal.ITIMER_REAL)
     started = time.monotonic()
-    outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds, RETRY_ALARM)
-    try:
+    previous = signal.getsignal(signal.SIGALRM)
+    try:  # armed inside: an alarm that fires at once still finds the block's cleanup
+        signal.signal(signal.SIGALRM, _expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds, RETRY_ALARM)
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
