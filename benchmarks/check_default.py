@@ -4,12 +4,14 @@ reports, and its peak memory (issue "Speed on the CPUs CI runs on ...", target 3
 that summed time, peak RSS under 1 GB whatever the number of implementations).
 
 Measured in this run, in --runs rounds after one warm-up round, each round timing one after the
-other (so that the machine's drift, large on a shared VM, moves all three alike; the ratios are
+other (so that the machine's drift, large on a shared VM, moves them alike; the ratios are
 taken within a round, and their median reported):
-  - `check_file` in this process (the frameworks imported and traced by the warm-up);
   - the baseline: for every result the check reports (implementation, mode, policy), the
     framework's forward and autodiff backward on the whole in-memory array, through the same
     adapter `check` calls (logits in, per-row losses and the gradient out as numpy), summed;
+    timed just before and just after `check_file`, and the two averaged, so that a drift
+    steady over the round cancels out of the ratio;
+  - `check_file` in this process (the frameworks imported and traced by the warm-up);
   - the same on the chunks `check` reads (``CHUNK_ENTRIES`` logits each, which the memory target
     sets): what the frameworks' own runs cost at that size, apart from xentaudit's own work;
   - `xentaudit check` as a fresh process: wall time, and peak RSS: the largest process's
@@ -130,10 +132,14 @@ def main() -> None:
         rounds: list[tuple[float, float, float]] = []
         per_result: dict = {}
         for i in range(args.runs + 1):  # round 0 warms up
+            before = own([whole], per_result)
             start = time.perf_counter()
             check_file(path, backends=backends)
             took = time.perf_counter() - start
-            measured = (took, own([whole], per_result), own(chunks, {}))
+            after = own([whole], per_result)
+            # the baseline on both sides of check_file: a drift that is steady over the round
+            # moves their mean as it moves check_file
+            measured = (took, (before + after) / 2, own(chunks, {}))
             if i:
                 rounds.append(measured)
             else:
