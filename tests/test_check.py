@@ -174,7 +174,7 @@ def test_a_chunks_runs_are_graded_once_all_have_run_without_their_gradients(
     np.savez(tmp_path / "x.npz", logits=x, labels=rng.integers(0, 7, 12))
     events: list[str] = []
     gradients: list[weakref.ref] = []
-    run, grade_maxima = audit._run, audit.grade_maxima
+    run, grade = audit._run, audit.grade
 
     def logged_run(*args, **kwargs):
         outcome = run(*args, **kwargs)
@@ -186,10 +186,10 @@ def test_a_chunks_runs_are_graded_once_all_have_run_without_their_gradients(
         events.append("grade")
         gc.collect()
         assert all(alive() is None for alive in gradients), "a graded run kept its gradient"
-        return grade_maxima(*args, **kwargs)
+        return grade(*args, **kwargs)
 
     monkeypatch.setattr(audit, "_run", logged_run)
-    monkeypatch.setattr(audit, "grade_maxima", logged_grade)
+    monkeypatch.setattr(audit, "grade", logged_grade)
     impls = ["naive", "shifted", "tf_softmax_xent"]
     check = check_file(tmp_path / "x.npz", impls=impls, modes=["eager"], chunk_rows=5)
     assert len(check.results) == 3

@@ -142,30 +142,16 @@ GradMaxima = tuple[np.ndarray, np.ndarray]
 
 def grade(
     loss: np.ndarray,
-    grad: np.ndarray,
+    grad: np.ndarray | GradMaxima,
     output_dtype: str,
     rounded: Rounded,
     rtol: float | None = None,
     compute_dtype: str | None = None,
     keras_layer: bool = True,
 ) -> Grades:
-    """Grade per-row ``loss`` (float64) and ``grad`` of an implementation run on ``rounded``
-    (``grade_maxima`` of the gradient's row maxima)."""
-    maxima = grad_error(grad, rounded.ref.grad)
-    return grade_maxima(loss, maxima, output_dtype, rounded, rtol, compute_dtype, keras_layer)
-
-
-def grade_maxima(
-    loss: np.ndarray,
-    maxima: GradMaxima,
-    output_dtype: str,
-    rounded: Rounded,
-    rtol: float | None = None,
-    compute_dtype: str | None = None,
-    keras_layer: bool = True,
-) -> Grades:
-    """Grade per-row ``loss`` (float64) of an implementation run on ``rounded``, and its
-    gradient by its row maxima (``grad_error``: they are all the gradient's flags need).
+    """Grade per-row ``loss`` (float64) and ``grad`` of an implementation run on ``rounded``:
+    its gradient (n, C), or the gradient's row maxima already taken (``grad_error``: they are
+    all its flags need).
 
     ``compute_dtype``: the dtype its Keras layers computed in under the dtype policy, or the one
     it rounds the logits to (None: neither). A compute dtype narrower than the input narrows the
@@ -233,7 +219,7 @@ def grade_maxima(
     )
 
     # Row maxima propagate NaN (and inf), so two of them tell everything the flags need.
-    row_gerr, impl_size = maxima
+    row_gerr, impl_size = grad if isinstance(grad, tuple) else grad_error(grad, ref.grad)
     row_gerr = np.where(row_gerr < eff.tiny, 0.0, row_gerr)
     exact_size = ref.grad_size
     g_nan, g_inf, blowup, vanish, wrong = _first_match(
@@ -545,9 +531,7 @@ def _grading(
     maxima = grad_error(outcome.grad, rounded.ref.grad)
     compute = zoo.computes_in(name, policy)
     layer = zoo.get_impl(name).keras_layer
-    return partial(
-        grade_maxima, outcome.loss, maxima, outcome.output_dtype, rounded, rtol, compute, layer
-    )
+    return partial(grade, outcome.loss, maxima, outcome.output_dtype, rounded, rtol, compute, layer)
 
 
 def eps_used(name: str, eps: float) -> float | None:
