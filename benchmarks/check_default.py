@@ -4,8 +4,9 @@ reports, and its peak memory (issue "Speed on the CPUs CI runs on ...", target 3
 that summed time, peak RSS under 1 GB whatever the number of implementations).
 
 Measured in this run, in --runs rounds after one warm-up round, each round timing one after the
-other (so that the machine's drift, large on a shared VM, moves them alike; the ratios are
-taken within a round, and their median reported):
+other (so that the machine's drift, large on a shared VM, moves them alike, the passes on
+chunks, timed once a round, less so; the ratios are taken within a round, and their median
+reported):
   - the baseline: for every result the check reports (implementation, mode, policy), the
     framework's forward and autodiff backward on the whole in-memory array, through the same
     adapter `check` calls (logits in, per-row losses and the gradient out as numpy), summed;

@@ -756,10 +756,9 @@ class Graded:
     The gradient's row maxima were taken as soon as it was computed (``_grading``), so that it
     is not kept; the rest waits for ``grades``. ``check`` grades the runs on a chunk in one
     dtype (and labels) back to back once they have all run: numpy's many small calls then find
-    their code and data in the
-    caches, which a framework's run in between evicts (a default ``check --backend tf`` of
-    4096 x 32000 on 2 cores spent 0.65 s in the rest of grading and in its tallies between
-    runs, 0.17 s after them).
+    their code and data in the caches, which a framework's run in between evicts (a default
+    ``check --backend tf`` of 4096 x 32000 on 2 cores spent 0.65 s in the rest of grading and
+    in its tallies between runs, 0.18 s after them).
     """
 
     outcome: Outcome
@@ -788,11 +787,11 @@ def run_shared(
     """``run_graded`` under ``policy`` (gradient of ``loss_scale`` times the loss; None: 1),
     and with a ``loss_scale``, ``max_loss_scale`` too, as a ``Graded``: the gradient's row
     maxima taken at once, the rest of the grading when ``grades`` is first read; once per
-    distinct computation on
-    ``rounded``: an implementation without Keras layers computes the same under every policy,
-    so ``runs`` (a cache for one rounded batch) hands back its first run. ``mean``: as for
-    ``run_graded``. The outcome comes without its gradient, which its row maxima sum up:
-    ``runs`` would otherwise hold the batch's gradients of every implementation at once."""
+    distinct computation on ``rounded``: an implementation without Keras layers computes the
+    same under every policy, so ``runs`` (a cache for one rounded batch) hands back its first
+    run. ``mean``: as for ``run_graded``. The outcome comes without its gradient, which its row
+    maxima sum up: ``runs`` would otherwise hold the batch's gradients of every implementation
+    at once."""
     name = variant.impl
     key = (name, variant.eps, mode, zoo.computes_in(name, policy), mean)
     if key not in runs:

@@ -94,8 +94,7 @@ BY_OPTION = {backend.option: name for name, backend in BACKENDS.items()}
 class Outcome:
     """What one implementation computed: per-row losses (float64) and the gradient (float32 or
     float64, as computed; None once its row maxima are taken: ``audit.run_shared`` lets it go),
-    and the
-    dtype its loss came out in."""
+    and the dtype its loss came out in."""
 
     loss: np.ndarray
     grad: np.ndarray | None
