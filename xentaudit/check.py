@@ -598,9 +598,9 @@ def _settings(o: CheckOptions, apart: bool = False, elsewhere: bool = False) -> 
         )
     impls = o.impls if o.impls is not None else default_impls(o.input_kind, o.backends, o.loss)
     refuse_input_kind(o.input_kind, impls, o.model, o.policies)
-    names = chosen_impls(impls, o.model, o.backends, o.loss, load=not (apart or elsewhere))
-    split = apart and len(zoo.by_backend(names, str)) > 1
     loaded = not (apart or elsewhere)
+    names = chosen_impls(impls, o.model, o.backends, o.loss, load=loaded)
+    split = apart and len(zoo.by_backend(names, str)) > 1
     if apart and not split and not elsewhere:  # audited here: loaded in order, as one process
         zoo.load_users(names)
         loaded = True
