@@ -12,7 +12,12 @@ reported):
     adapter `check` calls (logits in, per-row losses and the gradient out as numpy), summed;
     timed just before and just after `check_file`, and the two averaged, so that a drift
     steady over the round cancels out of the ratio;
-  - `check_file` in this process (the frameworks imported and traced by the warm-up);
+  - `check_file` in this process (the frameworks imported and traced by the warm-up), and
+    within it the frameworks' own passes as it makes them: its runs of the implementations
+    (``audit._run``, the adapter the baseline calls), less TensorFlow's copies of each chunk
+    into tensors (``tf_zoo._tensors``: check's own work, which the baseline makes once, in
+    the warm-up); timed in the same seconds as `check_file`, they take the machine's drift
+    with it, and the rest is check's own work (reading, the reference, grading);
   - the same on the chunks `check` reads (``CHUNK_ENTRIES`` logits each, which the memory target
     sets): what the frameworks' own runs cost at that size, apart from xentaudit's own work;
   - `xentaudit check` as a fresh process: wall time, and peak RSS: the largest process's
@@ -27,6 +32,7 @@ reported):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -34,7 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 from machine import apply_isa, describe, isa_option, saved_logits
 
@@ -86,6 +94,37 @@ def child(cmd: list[str]) -> tuple[float, float, float]:
     return wall, max(peak, before) / 1024, max(summed, peak) / 1024
 
 
+def timing(fn: Callable, spent: dict[str, float], key: str) -> Callable:
+    """``fn``, adding the seconds of each call to ``spent[key]``."""
+
+    def timed(*args: object, **kwargs: object) -> object:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - start
+
+    return timed
+
+
+@contextlib.contextmanager
+def frameworks_inside(backends: list[str]) -> Iterator[dict[str, float]]:
+    """While the block runs, the seconds of every implementation's run (``audit._run``) in
+    ``spent["runs"]``, and of TensorFlow's copies into tensors within them in
+    ``spent["copies"]``."""
+    spent = {"runs": 0.0, "copies": 0.0}
+    targets = [(sys.modules["xentaudit.audit"], "_run", "runs")]
+    if "tf" in backends:
+        from xentaudit.impls import tf_zoo
+
+        targets.append((tf_zoo, "_tensors", "copies"))
+    with contextlib.ExitStack() as stack:
+        for module, name, key in targets:
+            wrapped = timing(getattr(module, name), spent, key)
+            stack.enter_context(mock.patch.object(module, name, wrapped))
+        yield spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -132,23 +171,25 @@ def main() -> None:
                 total += took
             return total
 
-        rounds: list[tuple[float, float, float]] = []
+        rounds: list[tuple[float, float, float, float]] = []
         per_result: dict = {}
         for i in range(args.runs + 1):  # round 0 warms up
             before = own([whole], per_result)
-            start = time.perf_counter()
-            check_file(path, backends=backends)
-            took = time.perf_counter() - start
+            with frameworks_inside(backends) as spent:
+                start = time.perf_counter()
+                check_file(path, backends=backends)
+                took = time.perf_counter() - start
             after = own([whole], per_result)
             # the baseline on both sides of check_file: a drift that is steady over the round
             # moves their mean as it moves check_file
-            measured = (took, (before + after) / 2, own(chunks, {}))
+            inside = spent["runs"] - spent["copies"]
+            measured = (took, (before + after) / 2, own(chunks, {}), inside)
             if i:
                 rounds.append(measured)
             else:
                 per_result.clear()
 
-    tool, summed, chunked = (statistics.median(r[i] for r in rounds) for i in range(3))
+    tool, summed, chunked, inside = (statistics.median(r[i] for r in rounds) for i in range(4))
     ratios = sorted(r[0] / r[1] for r in rounds)
     ratio = statistics.median(ratios)
     print(
@@ -170,6 +211,16 @@ def main() -> None:
         "target <= 1.2x: "
         f"{'met' if ratio <= 1.2 else 'NOT met'}), "
         f"and to the chunks': {statistics.median(r[0] / r[2] for r in rounds):.2f}x"
+    )
+    split = sorted(r[0] / r[3] for r in rounds)
+    print(
+        f"  within check_file: the frameworks' own passes {inside:.2f} s "
+        f"({statistics.median(r[3] / r[2] for r in rounds):.2f}x the same passes on the chunks "
+        f"timed alone), check's own work {statistics.median(r[0] - r[3] for r in rounds):.2f} s; "
+        f"check_file / the frameworks' passes within it: median {statistics.median(split):.2f}x "
+        "(each round: "
+        f"{', '.join(f'{r:.2f}x' for r in split)}; it leaves out how much check slows the "
+        "frameworks' passes, which the ratio to the whole array's above counts)"
     )
     print(
         f"  xentaudit check, fresh process: {cli_wall:.2f} s wall (importing the frameworks "
