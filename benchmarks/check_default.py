@@ -4,9 +4,8 @@ reports, and its peak memory (issue "Speed on the CPUs CI runs on ...", target 3
 that summed time, peak RSS under 1 GB whatever the number of implementations).
 
 Measured in this run, in --runs rounds after one warm-up round, each round timing one after the
-other (so that the machine's drift, large on a shared VM, moves them alike, the passes on
-chunks, timed once a round, less so; the ratios are taken within a round, and their median
-reported):
+other (so that the machine's drift, large on a shared VM, moves them alike; the ratios are
+taken within a round, and their median reported):
   - the baseline: for every result the check reports (implementation, mode, policy), the
     framework's forward and autodiff backward on the whole in-memory array, through the same
     adapter `check` calls (logits in, per-row losses and the gradient out as numpy), summed;
@@ -14,12 +13,17 @@ reported):
     steady over the round cancels out of the ratio;
   - `check_file` in this process (the frameworks imported and traced by the warm-up), and
     within it the frameworks' own passes as it makes them: its runs of the implementations
-    (``audit._run``, the adapter the baseline calls), less TensorFlow's copies of each chunk
-    into tensors (``tf_zoo._tensors``: check's own work, which the baseline makes once, in
-    the warm-up); timed in the same seconds as `check_file`, they take the machine's drift
-    with it, and the rest is check's own work (reading, the reference, grading);
-  - the same on the chunks `check` reads (``CHUNK_ENTRIES`` logits each, which the memory target
-    sets): what the frameworks' own runs cost at that size, apart from xentaudit's own work;
+    (``audit._run``, the adapter the baseline calls; a default check makes one per result
+    and chunk, as the baseline does), less TensorFlow's copies of each chunk into tensors
+    (``tf_zoo._tensors``: check's own work, which the baseline makes once, in the warm-up);
+    timed in the same seconds as `check_file`, so that the machine's drift moves both. It
+    splits wall time, not work: whatever slows those runs inside `check_file` (the order of
+    its runs, the reader thread beside them, the caches its own work evicts) counts in
+    them, and the rest is check's own work (the reference, the gradients' comparison,
+    grading, the copies);
+  - the same passes on the chunks `check` reads (``CHUNK_ENTRIES`` logits each, which the
+    memory target sets), timed first and last in the round and averaged: what the frameworks'
+    own runs cost at that size, apart from xentaudit's own work;
   - `xentaudit check` as a fresh process: wall time, and peak RSS: the largest process's
     (ru_maxrss of the children) and the whole process tree's, summed over its processes at
     each sample (every 50 ms, of /proc/*/status: the memory the machine must have at once;
@@ -171,25 +175,35 @@ def main() -> None:
                 total += took
             return total
 
-        rounds: list[tuple[float, float, float, float]] = []
+        rounds: list[tuple[float, float, float, float, float]] = []
         per_result: dict = {}
         for i in range(args.runs + 1):  # round 0 warms up
+            chunks_before = own(chunks, {})
             before = own([whole], per_result)
             with frameworks_inside(backends) as spent:
                 start = time.perf_counter()
                 check_file(path, backends=backends)
                 took = time.perf_counter() - start
             after = own([whole], per_result)
-            # the baseline on both sides of check_file: a drift that is steady over the round
+            chunks_after = own(chunks, {})
+            # each pass on both sides of check_file: a drift that is steady over the round
             # moves their mean as it moves check_file
             inside = spent["runs"] - spent["copies"]
-            measured = (took, (before + after) / 2, own(chunks, {}), inside)
+            measured = (
+                took,
+                (before + after) / 2,
+                (chunks_before + chunks_after) / 2,
+                inside,
+                spent["copies"],
+            )
             if i:
                 rounds.append(measured)
             else:
                 per_result.clear()
 
-    tool, summed, chunked, inside = (statistics.median(r[i] for r in rounds) for i in range(4))
+    tool, summed, chunked, inside, copies = (
+        statistics.median(r[i] for r in rounds) for i in range(5)
+    )
     ratios = sorted(r[0] / r[1] for r in rounds)
     ratio = statistics.median(ratios)
     print(
@@ -203,7 +217,7 @@ def main() -> None:
         print(f"    e.g. {impl} (eps {eps:g}) {mode} {policy}: {seconds:.2f} s")
     print(
         f"  the same on check's {len(chunks)} chunks of {step} rows: {chunked:.2f} s "
-        f"({chunked / summed:.2f}x the whole array's)"
+        f"({statistics.median(r[2] / r[1] for r in rounds):.2f}x the whole array's)"
     )
     print(
         f"  check_file in this process (warm): {tool:.2f} s; the median of the rounds' ratios to "
@@ -216,11 +230,12 @@ def main() -> None:
     print(
         f"  within check_file: the frameworks' own passes {inside:.2f} s "
         f"({statistics.median(r[3] / r[2] for r in rounds):.2f}x the same passes on the chunks "
-        f"timed alone), check's own work {statistics.median(r[0] - r[3] for r in rounds):.2f} s; "
-        f"check_file / the frameworks' passes within it: median {statistics.median(split):.2f}x "
-        "(each round: "
-        f"{', '.join(f'{r:.2f}x' for r in split)}; it leaves out how much check slows the "
-        "frameworks' passes, which the ratio to the whole array's above counts)"
+        f"timed alone), check's own work {statistics.median(r[0] - r[3] for r in rounds):.2f} s "
+        f"(TensorFlow's copies of the chunks into tensors {copies:.2f} s of it); check_file / "
+        f"the frameworks' passes within it: median {statistics.median(split):.2f}x (each "
+        f"round: {', '.join(f'{r:.2f}x' for r in split)}; it leaves out how much slower the "
+        "frameworks' passes run inside check_file, which the ratio to the whole array's "
+        "above counts)"
     )
     print(
         f"  xentaudit check, fresh process: {cli_wall:.2f} s wall (importing the frameworks "
