@@ -14,6 +14,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -621,6 +622,11 @@ class _Plan:
     chunk_rows: int
     file_fmt: FloatFormat
 
+    @cached_property
+    def order(self) -> Order:
+        """The order one process audits this check in, made once."""
+        return Order(self)
+
 
 def _plan(o: CheckOptions, settings: _Settings, logits: ArraySource, labelled: bool) -> _Plan:
     formats = tuple(get_format(d) for d in parse_dtypes(o.dtypes or [logits.dtype.name]))
@@ -1049,7 +1055,7 @@ def check_file(
             scheduler,
             on_flagged_row,
             progress,
-            Order(plan),
+            plan.order,
             lambda i: _audit_shard(
                 o, plan, *opened[i], infos[i] if sharded else None, scan_only=True
             ),
@@ -1173,7 +1179,7 @@ def _merged(
         )
         raise InputError(f"every row has {what}; nothing to audit")
 
-    order = Order(plan)
+    order = plan.order
     tallies = dict(sorted(tallies.items(), key=lambda kv: order.result(*_placed(kv[0]))))
     reduction = None if o.model is None else zoo.model_path(zoo.MODEL).reduction
     results = tuple(
