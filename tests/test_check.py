@@ -164,10 +164,11 @@ def test_chunked_results_equal_unchunked_exactly(tmp_path) -> None:
 def test_a_chunks_runs_are_graded_once_all_have_run_without_their_gradients(
     tmp_path, monkeypatch
 ) -> None:
-    # audit.Graded: each run's gradient is summed up by its row maxima as soon as it is computed
-    # and let go; the rest of the grading waits until every run on the chunk in that dtype is
-    # done, so that numpy's small calls run back to back instead of each after a framework's
-    # run. (With --loss-scale, max_loss_scale's runs come in between too; not counted here.)
+    # audit.Graded: each run's gradient is summed up by its row maxima as soon as the
+    # implementation has run in the modes asked for (here one) and let go; the rest of the
+    # grading waits until every run on the chunk in that dtype is done, so that numpy's small
+    # calls run back to back instead of each after a framework's run. (With --loss-scale,
+    # max_loss_scale's runs come in between too; not counted here.)
     audit = sys.modules["xentaudit.audit"]  # the module, not the function xentaudit.audit
     rng = np.random.default_rng(4)
     x = rng.standard_normal((12, 7)).astype(np.float32)
@@ -194,6 +195,55 @@ def test_a_chunks_runs_are_graded_once_all_have_run_without_their_gradients(
     check = check_file(tmp_path / "x.npz", impls=impls, modes=["eager"], chunk_rows=5)
     assert len(check.results) == 3
     assert events == (["run"] * 3 + ["grade"] * 3) * 3  # 3 chunks of 5, 5 and 2 rows
+
+
+def test_an_implementations_modes_are_compared_with_the_exact_gradient_in_one_pass(
+    tmp_path, monkeypatch
+) -> None:
+    # audit.run_shared runs an implementation in each mode, then takes the row maxima of all
+    # their gradients in one grad_errors call, which reads the exact gradient once for them:
+    # the gradients alive at any run are at most those of the implementation's earlier modes.
+    audit = sys.modules["xentaudit.audit"]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12, 7)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", logits=x, labels=rng.integers(0, 7, 12))
+    compared: list[int] = []
+    gradients: list[weakref.ref] = []
+    alive_at_runs: list[int] = []
+    run, grad_errors = audit._run, audit.grad_errors
+
+    def logged_run(*args, **kwargs):
+        gc.collect()
+        alive_at_runs.append(sum(alive() is not None for alive in gradients))
+        outcome = run(*args, **kwargs)
+        gradients.append(weakref.ref(outcome.grad))
+        return outcome
+
+    def logged_grad_errors(grads, exact, *args):
+        compared.append(len(grads))
+        return grad_errors(grads, exact, *args)
+
+    monkeypatch.setattr(audit, "_run", logged_run)
+    monkeypatch.setattr(audit, "grad_errors", logged_grad_errors)
+    impls = ["naive", "shifted", "tf_softmax_xent"]
+    paired = check_file(tmp_path / "x.npz", impls=impls, chunk_rows=5)
+    assert compared == [2] * 9  # 3 implementations on 3 chunks, both modes in one pass each
+    assert alive_at_runs == [0, 1] * 9
+    # with a loss scale, max_loss_scale's runs follow both modes' and find no gradient alive
+    compared.clear(), gradients.clear(), alive_at_runs.clear()
+    check_file(tmp_path / "x.npz", impls=impls, chunk_rows=5, loss_scale=2.0**10)
+    assert compared == [2] * 9
+    assert alive_at_runs.count(1) == 9 and max(alive_at_runs) == 1
+    assert len(alive_at_runs) > 18  # the searches ran
+    monkeypatch.undo()
+    apart = [
+        check_file(tmp_path / "x.npz", impls=impls, modes=[mode], chunk_rows=5).to_dict()
+        for mode in ("eager", "graph")
+    ]
+    results = [r for one in apart for r in one["results"]]
+    order = {(r["impl"], r["mode"]): i for i, r in enumerate(paired.to_dict()["results"])}
+    results.sort(key=lambda r: order[(r["impl"], r["mode"])])
+    assert paired.to_dict()["results"] == results
 
 
 def test_worst_rows_kept_do_not_depend_on_the_chunks_or_their_order() -> None:

@@ -311,3 +311,14 @@ def test_kernel_refuses_mismatched_buffers() -> None:
         _kernel.cross_entropy(2, 3, x, np.zeros(2, np.int64), np.empty(2), np.empty(5), np.empty(2))
     with pytest.raises(ValueError, match="out of range"):
         _kernel.cross_entropy(2, 3, x, np.array([0, 3]), np.empty(2), np.empty((2, 3)), np.empty(2))
+    g, exact = np.zeros((2, 3), dtype=np.float32), np.zeros((2, 3))
+    with pytest.raises(ValueError, match="as many err and size as grads"):
+        _kernel.grad_error(2, 3, (g, g), exact, (np.empty(2),), (np.empty(2), np.empty(2)))
+    with pytest.raises(ValueError, match="as many err and size as grads"):
+        _kernel.grad_error(2, 3, (), exact, (), ())
+    # the second gradient's buffer is the wrong size: refused, the buffers borrowed before it
+    # (exact's, the first gradient's) released: their reference counts are back
+    counts = sys.getrefcount(g), sys.getrefcount(exact)
+    with pytest.raises(ValueError, match="grad must hold 6 items"):
+        _kernel.grad_error(2, 3, (g, g[:1]), exact, (np.empty(2),) * 2, (np.empty(2),) * 2)
+    assert (sys.getrefcount(g), sys.getrefcount(exact)) == counts

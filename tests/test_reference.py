@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xentaudit import reference
-from xentaudit.reference import base, cross_entropy, grad_error
+from xentaudit.reference import base, cross_entropy, grad_error, grad_errors
 
 EPS64 = np.finfo(np.float64).eps
 DIGITS = 1200
@@ -364,3 +364,29 @@ def test_grad_error_is_numpys_max_of_absolute_differences(dtype: type, method: s
     assert np.array_equal(err, want_err, equal_nan=True)
     assert np.array_equal(size, want_size, equal_nan=True)
     assert np.isnan(err[1]) and np.isnan(size[1]) and err[2] == np.inf and size[3] == np.inf
+
+
+@pytest.mark.parametrize("method", FLOAT64_METHODS)
+def test_grad_errors_of_several_gradients_are_each_ones_alone(method: str) -> None:
+    # The kernel compares each row of the exact gradient with every gradient's row in turn
+    # (one read of it for them all); each (row, gradient) is the same reduction as for one
+    # gradient alone, so what it finds must be what numpy finds on each gradient alone, bit
+    # for bit. Gradients of either dtype (distinct, so that a swapped index shows), NaN and inf
+    # in different rows of each.
+    rng = np.random.default_rng(3)
+    exact_grad = rng.standard_normal((9, 1001))
+    single = (exact_grad + rng.normal(0, 1e-3, exact_grad.shape)).astype(np.float32)
+    double = exact_grad + rng.normal(0, 1e-12, exact_grad.shape)
+    single[1, 5], single[4, 1000] = np.nan, -np.inf
+    double[2, 0], double[4, 3] = np.inf, np.nan
+    grads = [single, double, single.copy()]
+    got = grad_errors(grads, exact_grad, method)
+    assert len(got) == 3
+    with np.errstate(invalid="ignore"):
+        for g, (err, size) in zip(grads, got, strict=True):
+            wide = g.astype(np.float64)
+            assert np.array_equal(err, np.abs(wide - exact_grad).max(axis=1), equal_nan=True)
+            assert np.array_equal(size, np.abs(wide).max(axis=1), equal_nan=True)
+    assert grad_errors([], exact_grad, method) == []
+    with pytest.raises(ValueError, match="shapes"):  # not broadcast
+        grad_errors([single[:1]], exact_grad, method)

@@ -662,31 +662,55 @@ static PyObject *cross_entropy(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* grad_error over k gradients of one exact gradient, row by row: each row of `exact` is read
+   from memory once for all k (it stays in L2 while the k rows are compared with it). */
 static PyObject *grad_error(PyObject *self, PyObject *args) {
-    PyObject *go, *eo, *erro, *so;
+    PyObject *gs, *eo, *es, *ss;
     Py_ssize_t n, c;
-    if (!PyArg_ParseTuple(args, "nnOOOO", &n, &c, &go, &eo, &erro, &so)) return NULL;
+    if (!PyArg_ParseTuple(args, "nnO!OO!O!", &n, &c, &PyTuple_Type, &gs, &eo, &PyTuple_Type, &es,
+                          &PyTuple_Type, &ss))
+        return NULL;
     if (c < 1 || n < 0) return PyErr_Format(PyExc_ValueError, "_kernel: bad shape");
-    int f32 = is_format(go, 'f');
-    Want want[] = {
-        {go, 0, f32 ? "f" : "d", n * c, "grad"},
-        {eo, 0, "d", n * c, "exact"},
-        {erro, 1, "d", n, "err"},
-        {so, 1, "d", n, "size"},
-    };
-    Py_buffer b[4];
-    if (!get_all(want, b, 4)) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const double *exact = (const double *)b[1].buf + i * c;
-        double *err = (double *)b[2].buf + i, *size = (double *)b[3].buf + i;
-        if (f32)
-            active->grad_error_f32((const float *)b[0].buf + i * c, exact, c, err, size);
-        else
-            active->grad_error_f64((const double *)b[0].buf + i * c, exact, c, err, size);
+    Py_ssize_t k = PyTuple_GET_SIZE(gs);
+    if (k < 1 || k > 1024 || PyTuple_GET_SIZE(es) != k || PyTuple_GET_SIZE(ss) != k)
+        return PyErr_Format(PyExc_ValueError,
+                            "_kernel: as many err and size as grads (1 to 1024 of them)");
+    int count = (int)(3 * k + 1);
+    Want *want = PyMem_Calloc(count, sizeof(Want));
+    Py_buffer *b = PyMem_Calloc(count, sizeof(Py_buffer));
+    int *f32 = PyMem_Calloc(k, sizeof(int));
+    if (want == NULL || b == NULL || f32 == NULL) {
+        PyMem_Free(want), PyMem_Free(b), PyMem_Free(f32);
+        return PyErr_NoMemory();
     }
-    Py_END_ALLOW_THREADS
-    release_all(b, 4);
+    want[0] = (Want){eo, 0, "d", n * c, "exact"};
+    for (Py_ssize_t m = 0; m < k; m++) {
+        PyObject *go = PyTuple_GET_ITEM(gs, m);
+        f32[m] = is_format(go, 'f');
+        want[1 + 3 * m] = (Want){go, 0, f32[m] ? "f" : "d", n * c, "grad"};
+        want[2 + 3 * m] = (Want){PyTuple_GET_ITEM(es, m), 1, "d", n, "err"};
+        want[3 + 3 * m] = (Want){PyTuple_GET_ITEM(ss, m), 1, "d", n, "size"};
+    }
+    int got = get_all(want, b, count);
+    if (got) {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const double *exact = (const double *)b[0].buf + i * c;
+            for (Py_ssize_t m = 0; m < k; m++) {
+                double *err = (double *)b[2 + 3 * m].buf + i, *size = (double *)b[3 + 3 * m].buf + i;
+                if (f32[m])
+                    active->grad_error_f32((const float *)b[1 + 3 * m].buf + i * c, exact, c, err,
+                                           size);
+                else
+                    active->grad_error_f64((const double *)b[1 + 3 * m].buf + i * c, exact, c, err,
+                                           size);
+            }
+        }
+        Py_END_ALLOW_THREADS
+        release_all(b, count);
+    }
+    PyMem_Free(want), PyMem_Free(b), PyMem_Free(f32);
+    if (!got) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -751,8 +775,9 @@ static PyMethodDef methods[] = {
      "cross_entropy(n, c, logits, labels, loss, grad, grad_size): exact loss, gradient and\n"
      "max |gradient| of n rows of c logits (float32/float64) against classes or weights"},
     {"grad_error", grad_error, METH_VARARGS,
-     "grad_error(n, c, grad, exact, err, size): per row max |grad - exact| and max |grad|\n"
-     "(NaN where grad has a NaN); grad float32 or float64, exact float64"},
+     "grad_error(n, c, grads, exact, errs, sizes): for each grad of the tuple grads, per row\n"
+     "max |grad - exact| and max |grad| (NaN where grad has a NaN) into the same item of the\n"
+     "tuples errs and sizes; each grad float32 or float64, exact float64, read once a row"},
     {"exp_array", exp_array, METH_VARARGS,
      "exp_array(n, d, out): the kernel's exp of n float64 d <= 0, to test it against mpmath"},
     {"isa", isa, METH_NOARGS,

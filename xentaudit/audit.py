@@ -63,7 +63,7 @@ from xentaudit.losses import (
     label_accumulator,
     label_sum_terms,
 )
-from xentaudit.reference import Reference, grad_error
+from xentaudit.reference import Reference, grad_error, grad_errors
 from xentaudit.results import Audit, ImplResult, Skipped
 
 if TYPE_CHECKING:
@@ -520,15 +520,20 @@ def run_graded(
     run may take at most ``timeout`` seconds (None: no limit). ``mean``: also take the
     framework's own mean of its losses (``Outcome.mean``)."""
     outcome = _run(name, eps, mode, rounded, timeout, policy, loss_scale, mean)
-    return outcome, _grading(name, outcome, rounded, rtol, policy)()
+    maxima = grad_error(outcome.grad, rounded.ref.grad)
+    return outcome, _grading(name, outcome, maxima, rounded, rtol, policy)()
 
 
 def _grading(
-    name: str, outcome: Outcome, rounded: Rounded, rtol: float | None, policy: str
+    name: str,
+    outcome: Outcome,
+    maxima: GradMaxima,
+    rounded: Rounded,
+    rtol: float | None,
+    policy: str,
 ) -> Callable[[], Grades]:
-    """Take the row maxima of ``outcome``'s gradient now (``grad_error``); the rest of the
-    grading of implementation ``name``'s run under ``policy`` when called."""
-    maxima = grad_error(outcome.grad, rounded.ref.grad)
+    """The grading of implementation ``name``'s run under ``policy``, its gradient's row
+    maxima (``grad_error``) already taken, when called."""
     compute = zoo.computes_in(name, policy)
     layer = zoo.get_impl(name).keras_layer
     return partial(grade, outcome.loss, maxima, outcome.output_dtype, rounded, rtol, compute, layer)
@@ -753,12 +758,13 @@ def policy_variants(
 class Graded:
     """A run's outcome, without its gradient, and its grades, graded when first asked for.
 
-    The gradient's row maxima were taken as soon as it was computed (``_grading``), so that it
-    is not kept; the rest waits for ``grades``. ``check`` grades the runs on a chunk in one
-    dtype (and labels) back to back once they have all run: numpy's many small calls then find
-    their code and data in the caches, which a framework's run in between evicts (a default
-    ``check --backend tf`` of 4096 x 32000 on 2 cores spent 0.65 s in the rest of grading and
-    in its tallies between runs, 0.18 s after them).
+    The gradient's row maxima were taken as soon as the implementation had run in the modes
+    asked for together (``run_shared``), so that it is not kept; the rest waits for
+    ``grades``. ``check`` grades the runs on a chunk in one dtype (and labels) back to back
+    once they have all run: numpy's many small calls then find their code and data in the
+    caches, which a framework's run in between evicts (a default ``check --backend tf`` of
+    4096 x 32000 on 2 cores spent 0.65 s in the rest of grading and in its tallies between
+    runs, 0.18 s after them).
     """
 
     outcome: Outcome
@@ -776,34 +782,45 @@ Runs = dict[tuple[str, float, str, str | None, bool], Graded]
 def run_shared(
     runs: Runs,
     variant: Variant,
-    mode: str,
+    modes: Sequence[str],
     rounded: Rounded,
     rtol: float | None,
     timeout: float | None,
     policy: str,
     loss_scale: float | None,
     mean: bool = False,
-) -> Graded:
-    """``run_graded`` under ``policy`` (gradient of ``loss_scale`` times the loss; None: 1),
-    and with a ``loss_scale``, ``max_loss_scale`` too, as a ``Graded``: the gradient's row
-    maxima taken at once, the rest of the grading when ``grades`` is first read; once per
-    distinct computation on ``rounded``: an implementation without Keras layers computes the
-    same under every policy, so ``runs`` (a cache for one rounded batch) hands back its first
-    run. ``mean``: as for ``run_graded``. The outcome comes without its gradient, which its row
-    maxima sum up: ``runs`` would otherwise hold the batch's gradients of every implementation
-    at once."""
+) -> list[Graded]:
+    """``run_graded`` in each of ``modes`` under ``policy`` (gradient of ``loss_scale`` times
+    the loss; None: 1), and with a ``loss_scale``, ``max_loss_scale`` too, as a ``Graded`` per
+    mode: the gradients' row maxima taken once the modes have run, the rest of the grading
+    when ``grades`` is first read; once per distinct computation on ``rounded``: an
+    implementation without Keras layers computes the same under every policy, so ``runs`` (a
+    cache for one rounded batch) hands back its first run. ``mean``: as for ``run_graded``.
+
+    The modes' gradients are compared with the exact one in one pass (``grad_errors``), which
+    reads the exact gradient once for them all; so the gradients of the earlier modes are held
+    while the later ones run (``check``'s chunks: one more chunk's gradient; on a whole batch,
+    ask for one mode at a time). The outcomes come without their gradients, which their row
+    maxima sum up, let go before any further run: ``runs`` would otherwise hold the batch's
+    gradients of every implementation at once."""
     name = variant.impl
-    key = (name, variant.eps, mode, zoo.computes_in(name, policy), mean)
-    if key not in runs:
-        scale = 1.0 if loss_scale is None else loss_scale
-        outcome = _run(name, variant.eps, mode, rounded, timeout, policy, scale, mean)
-        grading = _grading(name, outcome, rounded, rtol, policy)
-        outcome = replace(outcome, grad=None)
+    keys = {mode: (name, variant.eps, mode, zoo.computes_in(name, policy), mean) for mode in modes}
+    scale = 1.0 if loss_scale is None else loss_scale
+    fresh = {
+        mode: _run(name, variant.eps, mode, rounded, timeout, policy, scale, mean)
+        for mode in modes
+        if keys[mode] not in runs
+    }
+    maxima = grad_errors([outcome.grad for outcome in fresh.values()], rounded.ref.grad)
+    # the gradients let go before any further run (``max_loss_scale``)
+    fresh = {mode: replace(outcome, grad=None) for mode, outcome in fresh.items()}
+    for (mode, outcome), row_maxima in zip(fresh.items(), maxima, strict=True):
         largest = None
         if loss_scale is not None:
             largest = max_loss_scale(variant, mode, rounded, timeout, policy)
-        runs[key] = Graded(outcome, largest, grading)
-    return runs[key]
+        grading = _grading(name, outcome, row_maxima, rounded, rtol, policy)
+        runs[keys[mode]] = Graded(outcome, largest, grading)
+    return [runs[keys[mode]] for mode in modes]
 
 
 def max_loss_scale(
@@ -1035,8 +1052,9 @@ def audit(
             if skip is not None and skip not in skipped:
                 skipped.append(skip)
             for mode in runnable:
-                shared = run_shared(
-                    runs, variant, mode, rounded, rtol, timeout, policy, loss_scale, mean=True
+                # one mode at a time: a whole batch's gradients are not held two at once
+                (shared,) = run_shared(
+                    runs, variant, [mode], rounded, rtol, timeout, policy, loss_scale, mean=True
                 )
                 outcome, g, largest = shared.outcome, shared.grades, shared.largest
                 spacing, mean_flags = mean_grades(outcome, rounded)

@@ -512,10 +512,10 @@ def _audit_chunk(
                     runnable, skip = runnable_modes(name, o.modes)
                     if skip is not None:
                         summary.skip((name, skip.dtype), skip, where)
-                    for mode in runnable:
-                        shared = run_shared(
-                            runs, variant, mode, rounded, o.rtol, o.timeout, policy, o.loss_scale
-                        )
+                    graded = run_shared(
+                        runs, variant, runnable, rounded, o.rtol, o.timeout, policy, o.loss_scale
+                    )
+                    for mode, shared in zip(runnable, graded, strict=True):
                         key = (source, name, variant.eps, fmt.name, policy, mode)
                         if key not in summary.tallies:
                             summary.tallies[key] = _Tally(eps=eps_used(name, variant.eps))

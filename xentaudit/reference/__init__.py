@@ -15,6 +15,7 @@ from xentaudit.reference.base import (
     MPMATH_MAX_ENTRIES,
     Reference,
     grad_error,
+    grad_errors,
 )
 from xentaudit.reference.focal import binary_focal_cross_entropy, focal_cross_entropy
 from xentaudit.reference.sigmoid import sigmoid_cross_entropy
@@ -29,5 +30,6 @@ __all__ = [
     "cross_entropy",
     "focal_cross_entropy",
     "grad_error",
+    "grad_errors",
     "sigmoid_cross_entropy",
 ]
