@@ -316,6 +316,9 @@ def test_kernel_refuses_mismatched_buffers() -> None:
         _kernel.grad_error(2, 3, (g, g), exact, (np.empty(2),), (np.empty(2), np.empty(2)))
     with pytest.raises(ValueError, match="as many err and size as grads"):
         _kernel.grad_error(2, 3, (), exact, (), ())
+    many = base.MAX_GRADS + 1  # the kernel's bound is the Python side's
+    with pytest.raises(ValueError, match=f"1 to {many - 1} of them"):
+        _kernel.grad_error(2, 3, (g,) * many, exact, (np.empty(2),) * many, (np.empty(2),) * many)
     # the second gradient's buffer is the wrong size: refused, the buffers borrowed before it
     # (exact's, the first gradient's) released: their reference counts are back
     counts = sys.getrefcount(g), sys.getrefcount(exact)

@@ -390,3 +390,6 @@ def test_grad_errors_of_several_gradients_are_each_ones_alone(method: str) -> No
     assert grad_errors([], exact_grad, method) == []
     with pytest.raises(ValueError, match="shapes"):  # not broadcast
         grad_errors([single[:1]], exact_grad, method)
+    assert len(grad_errors([double] * base.MAX_GRADS, exact_grad, method)) == base.MAX_GRADS
+    with pytest.raises(ValueError, match="at most"):  # the kernel's bound, on both methods
+        grad_errors([double] * (base.MAX_GRADS + 1), exact_grad, method)

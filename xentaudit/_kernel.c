@@ -662,8 +662,9 @@ static PyObject *cross_entropy(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* grad_error over k gradients of one exact gradient, row by row: each row of `exact` is read
-   from memory once for all k (it stays in L2 while the k rows are compared with it). */
+/* grad_error over k <= MAX_GRADS gradients of one exact gradient, row by row: each row of
+   `exact` is read from memory once for all k (it stays in L2 while the k rows are compared). */
+#define MAX_GRADS 8
 static PyObject *grad_error(PyObject *self, PyObject *args) {
     PyObject *gs, *eo, *es, *ss;
     Py_ssize_t n, c;
@@ -672,18 +673,11 @@ static PyObject *grad_error(PyObject *self, PyObject *args) {
         return NULL;
     if (c < 1 || n < 0) return PyErr_Format(PyExc_ValueError, "_kernel: bad shape");
     Py_ssize_t k = PyTuple_GET_SIZE(gs);
-    if (k < 1 || k > 1024 || PyTuple_GET_SIZE(es) != k || PyTuple_GET_SIZE(ss) != k)
+    if (k < 1 || k > MAX_GRADS || PyTuple_GET_SIZE(es) != k || PyTuple_GET_SIZE(ss) != k)
         return PyErr_Format(PyExc_ValueError,
-                            "_kernel: as many err and size as grads (1 to 1024 of them)");
-    int count = (int)(3 * k + 1);
-    Want *want = PyMem_Calloc(count, sizeof(Want));
-    Py_buffer *b = PyMem_Calloc(count, sizeof(Py_buffer));
-    int *f32 = PyMem_Calloc(k, sizeof(int));
-    if (want == NULL || b == NULL || f32 == NULL) {
-        PyMem_Free(want), PyMem_Free(b), PyMem_Free(f32);
-        return PyErr_NoMemory();
-    }
-    want[0] = (Want){eo, 0, "d", n * c, "exact"};
+                            "_kernel: as many err and size as grads (1 to %d of them)", MAX_GRADS);
+    int count = (int)(3 * k + 1), f32[MAX_GRADS];
+    Want want[3 * MAX_GRADS + 1] = {{eo, 0, "d", n * c, "exact"}};
     for (Py_ssize_t m = 0; m < k; m++) {
         PyObject *go = PyTuple_GET_ITEM(gs, m);
         f32[m] = is_format(go, 'f');
@@ -691,26 +685,22 @@ static PyObject *grad_error(PyObject *self, PyObject *args) {
         want[2 + 3 * m] = (Want){PyTuple_GET_ITEM(es, m), 1, "d", n, "err"};
         want[3 + 3 * m] = (Want){PyTuple_GET_ITEM(ss, m), 1, "d", n, "size"};
     }
-    int got = get_all(want, b, count);
-    if (got) {
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0; i < n; i++) {
-            const double *exact = (const double *)b[0].buf + i * c;
-            for (Py_ssize_t m = 0; m < k; m++) {
-                double *err = (double *)b[2 + 3 * m].buf + i, *size = (double *)b[3 + 3 * m].buf + i;
-                if (f32[m])
-                    active->grad_error_f32((const float *)b[1 + 3 * m].buf + i * c, exact, c, err,
-                                           size);
-                else
-                    active->grad_error_f64((const double *)b[1 + 3 * m].buf + i * c, exact, c, err,
-                                           size);
-            }
+    Py_buffer b[3 * MAX_GRADS + 1];
+    if (!get_all(want, b, count)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *exact = (const double *)b[0].buf + i * c;
+        for (Py_ssize_t m = 0; m < k; m++) {
+            const void *grad = (const char *)b[1 + 3 * m].buf + i * c * b[1 + 3 * m].itemsize;
+            double *err = (double *)b[2 + 3 * m].buf + i, *size = (double *)b[3 + 3 * m].buf + i;
+            if (f32[m])
+                active->grad_error_f32(grad, exact, c, err, size);
+            else
+                active->grad_error_f64(grad, exact, c, err, size);
         }
-        Py_END_ALLOW_THREADS
-        release_all(b, count);
     }
-    PyMem_Free(want), PyMem_Free(b), PyMem_Free(f32);
-    if (!got) return NULL;
+    Py_END_ALLOW_THREADS
+    release_all(b, count);
     Py_RETURN_NONE;
 }
 

@@ -108,15 +108,21 @@ def grad_error(
     return grad_errors([grad], exact, method)[0]
 
 
+MAX_GRADS = 8  # the kernel's MAX_GRADS: gradients compared in one pass
+
+
 def grad_errors(
     grads: Sequence[np.ndarray], exact: np.ndarray, method: str = "float64"
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``grad_error`` of each gradient of ``grads`` against the same ``exact``, in one pass
     over ``exact`` with the kernel: each of its rows is read from memory once for all of them,
     then compared with each gradient's row while it is in cache. The results are those of
-    ``grad_error`` on each gradient alone, bit for bit."""
+    ``grad_error`` on each gradient alone, bit for bit. At most ``MAX_GRADS`` gradients (the
+    kernel's bound, on both methods)."""
     if not grads:
         return []
+    if len(grads) > MAX_GRADS:
+        raise ValueError(f"{len(grads)} gradients, at most {MAX_GRADS} at once")
     if any(g.shape != exact.shape for g in grads):
         raise ValueError(f"gradients of shapes {[g.shape for g in grads]}, exact {exact.shape}")
     n = exact.shape[0]
