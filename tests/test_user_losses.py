@@ -186,6 +186,38 @@ def test_an_alarm_that_fires_as_the_limit_is_set_still_disarms_it(monkeypatch) -
         signal.signal(signal.SIGALRM, before)
 
 
+def test_an_alarm_that_fires_as_the_block_ends_still_lets_the_limit_disarm(monkeypatch) -> None:
+    # The alarm goes off as the block has ended, while its cleanup disarms the timer: Python
+    # raises Expired right after that call returns, before the handler is put back. The cleanup
+    # must still finish (else _expire stays installed and the caller's alarm is never resumed)
+    # and the block, over in time, is not failed. Raised by hand at that point, every time.
+    real, rang = signal.setitimer, []
+
+    def late(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        old = real(which, seconds, interval)
+        if not seconds and not rang:
+            rang.append("late")
+            signal.raise_signal(signal.SIGALRM)
+        return old
+
+    def callers(signum: int, frame: object) -> None:
+        rang.append("caller's")
+
+    before = signal.signal(signal.SIGALRM, callers)
+    monkeypatch.setattr(signal, "setitimer", late)
+    try:
+        real(signal.ITIMER_REAL, 30)
+        with time_limit(10):
+            pass
+        assert rang == ["late"]  # it went off, in the cleanup, and was dropped there
+        assert signal.getsignal(signal.SIGALRM) is callers  # the caller's handler, back
+        left, _ = real(signal.ITIMER_REAL, 0)
+        assert 25 < left <= 30  # the caller's alarm resumed
+    finally:
+        real(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
 def test_a_real_ctrl_c_in_a_loss_stays_a_keyboard_interrupt_in_the_api(losses) -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(KeyboardInterrupt) as caught:

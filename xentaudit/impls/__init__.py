@@ -720,8 +720,17 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, seconds, RETRY_ALARM)
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        # An alarm that goes off as the block ends raises Expired in here, once the call it
+        # interrupts has returned (Python runs handlers between bytecodes, at calls among
+        # them): the block is over, so it is dropped and the disarming done again, never left
+        # half done with _expire still installed.
+        while True:
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+                break
+            except Expired:
+                pass
         if outer:
             left = outer - (time.monotonic() - started)
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
