@@ -4,6 +4,8 @@ past --timeout is one line naming the implementation, exit 2. A real Ctrl-C stay
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 from pathlib import Path
 
@@ -187,15 +189,16 @@ def test_an_alarm_that_fires_as_the_limit_is_set_still_disarms_it(monkeypatch) -
 
 
 def test_an_alarm_that_fires_as_the_block_ends_still_lets_the_limit_disarm(monkeypatch) -> None:
-    # The alarm goes off as the block has ended, while its cleanup disarms the timer: Python
-    # raises Expired right after that call returns, before the handler is put back. The cleanup
-    # must still finish (else _expire stays installed and the caller's alarm is never resumed)
-    # and the block, over in time, is not failed. Raised by hand at that point, every time.
+    # The alarm goes off as the block has ended, while its cleanup disarms the timer (raised by
+    # hand inside that call, every time): its handler runs there, before the caller's handler is
+    # put back. It must be dropped, not fail the block, over in time, and the cleanup must still
+    # finish (else _expire stays installed and the caller's alarm is never resumed).
     real, rang = signal.setitimer, []
 
     def late(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
         old = real(which, seconds, interval)
-        if not seconds and not rang:
+        # the disarming's call: not the one suspending the caller's alarm as the limit is set
+        if not seconds and signal.getsignal(signal.SIGALRM) is not callers and not rang:
             rang.append("late")
             signal.raise_signal(signal.SIGALRM)
         return old
@@ -216,6 +219,115 @@ def test_an_alarm_that_fires_as_the_block_ends_still_lets_the_limit_disarm(monke
     finally:
         real(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, before)
+
+
+def test_an_alarm_handled_as_the_block_ends_is_dropped() -> None:
+    # The alarm is raised by C code that Python calls without checking for signals after it:
+    # libc's raise(), called by map inside a list display (LIST_EXTEND runs no handler). So the
+    # first point where Python runs the handler is the first step of the limit's __exit__, the
+    # block's last bytecode being that display: the block has ended, and the alarm must be
+    # dropped, the limit disarmed and the caller's alarm resumed.
+    libc_raise = getattr(ctypes.CDLL(None), "raise")
+    rang: list[str] = []
+    before = signal.signal(signal.SIGALRM, lambda signum, frame: rang.append("caller's"))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        with time_limit(10):
+            [*map(libc_raise, [signal.SIGALRM])]
+        assert rang == []  # dropped, not passed to the caller's handler either
+        left, _ = signal.setitimer(signal.ITIMER_REAL, 0)
+        assert 25 < left <= 30  # the caller's alarm resumed
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def test_an_alarm_raised_in_the_block_still_times_it_out() -> None:
+    # The other side: handled inside the block (os.kill runs the handler before it returns),
+    # the alarm is the block's timeout, and the limit is disarmed all the same.
+    before = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(Expired), time_limit(10):
+        os.kill(os.getpid(), signal.SIGALRM)
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_an_interrupt_as_the_callers_alarm_is_suspended_still_resumes_it(monkeypatch) -> None:
+    # Ctrl-C handled right after the call that suspends the caller's alarm returns, before its
+    # result is kept: the interrupt goes through, and the caller's alarm is resumed all the same.
+    real, interrupts = signal.setitimer, []
+
+    def interrupted(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        old = real(which, seconds, interval)
+        if not seconds and not interrupts:  # the first call that stops a timer: the suspension
+            interrupts.append(old)
+            raise KeyboardInterrupt
+        return old
+
+    def callers(signum: int, frame: object) -> None:
+        pass
+
+    before = signal.signal(signal.SIGALRM, callers)
+    monkeypatch.setattr(signal, "setitimer", interrupted)
+    try:
+        real(signal.ITIMER_REAL, 30)
+        with pytest.raises(KeyboardInterrupt), time_limit(10):
+            pass
+        assert interrupts[0][0] > 25  # it was the caller's alarm that the interrupt followed
+        assert signal.getsignal(signal.SIGALRM) is callers
+        left, _ = real(signal.ITIMER_REAL, 0)
+        assert 25 < left <= 30
+    finally:
+        real(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def test_a_limit_left_armed_is_disarmed_when_let_go() -> None:
+    # Under a tracer (a debugger, coverage), an alarm handled in the tracer's code between the
+    # block's end and its __exit__ escapes as Expired without that call: the limit, let go as
+    # the exception unwinds, must disarm itself then. Entered by hand and let go unexited here.
+    def callers(signum: int, frame: object) -> None:
+        pass
+
+    before = signal.signal(signal.SIGALRM, callers)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        limit = time_limit(10)
+        limit.__enter__()
+        assert signal.getsignal(signal.SIGALRM) is not callers  # armed
+        del limit
+        assert signal.getsignal(signal.SIGALRM) is callers
+        left, interval = signal.setitimer(signal.ITIMER_REAL, 0)
+        assert 25 < left <= 30 and interval == 0  # the caller's alarm, not the limit's
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def test_the_callers_alarm_is_suspended_before_the_limits_handler_goes_in(monkeypatch) -> None:
+    # Otherwise the caller's alarm, going off in between, would be taken for the timeout.
+    real, running = signal.signal, []
+
+    def callers(signum: int, frame: object) -> None:
+        pass
+
+    def install(signum: int, handler: object) -> object:
+        if handler is not callers:  # the limit's own
+            running.append(signal.getitimer(signal.ITIMER_REAL))
+        return real(signum, handler)
+
+    before = real(signal.SIGALRM, callers)
+    monkeypatch.setattr(signal, "signal", install)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        with time_limit(10):
+            pass
+        assert running == [(0.0, 0.0)]  # no timer ran as the limit's handler went in
+        left, _ = signal.setitimer(signal.ITIMER_REAL, 0)
+        assert 25 < left <= 30
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        real(signal.SIGALRM, before)
 
 
 def test_a_real_ctrl_c_in_a_loss_stays_a_keyboard_interrupt_in_the_api(losses) -> None:

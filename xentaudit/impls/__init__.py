@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType, ModuleType
+from types import FrameType, MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -656,7 +656,13 @@ def _interrupt(signum: int, frame: object) -> None:
     raise _Interrupted
 
 
-def _expire(signum: int, frame: object) -> None:
+def _expire(signum: int, frame: FrameType | None) -> None:
+    # An alarm handled once a limit's block is over, while the limit disarms (its ``__exit__``
+    # on the stack, from that call's first step), is dropped: the block ran in time.
+    while frame is not None:
+        if frame.f_code is _DISARMING:
+            return
+        frame = frame.f_back
     raise Expired
 
 
@@ -694,8 +700,7 @@ def _did(exc: BaseException) -> str:
     return f"raised {type(exc).__name__}: {lines[0]}" if lines else f"raised {type(exc).__name__}"
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
+def time_limit(seconds: float | None) -> contextlib.AbstractContextManager[None]:
     """Raise ``Expired`` into the code running in this block once ``seconds`` have passed (None:
     no limit), and again every ``RETRY_ALARM`` seconds until the block ends.
 
@@ -705,35 +710,62 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     already set (by the caller) is suspended meanwhile and resumed afterwards.
     """
     if seconds is None:
-        yield
-        return
+        return contextlib.nullcontext()
     if not _in_main_thread():
         raise ConfigError(
             "--timeout works only in the main thread (it uses SIGALRM); call from the main "
             "thread or pass no timeout"
         )
-    outer, interval = signal.getitimer(signal.ITIMER_REAL)
-    started = time.monotonic()
-    previous = signal.getsignal(signal.SIGALRM)
-    try:  # armed inside: an alarm that fires at once still finds the block's cleanup
-        signal.signal(signal.SIGALRM, _expire)
-        signal.setitimer(signal.ITIMER_REAL, seconds, RETRY_ALARM)
-        yield
-    finally:
-        # An alarm that goes off as the block ends raises Expired in here, once the call it
-        # interrupts has returned (Python runs handlers between bytecodes, at calls among
-        # them): the block is over, so it is dropped and the disarming done again, never left
-        # half done with _expire still installed.
-        while True:
-            try:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, previous)
-                break
-            except Expired:
-                pass
+    return _TimeLimit(seconds)
+
+
+class _TimeLimit:
+    """``time_limit``'s context manager. A class, not a generator: Python runs a signal's handler
+    only where it checks for signals (after a call returns, on a backward jump, on entering a
+    function), so an alarm the block's own steps did not handle is handled at the first step of
+    ``__exit__`` at the latest, and ``_expire`` drops any alarm handled with ``__exit__`` on the
+    stack. (A generator's cleanup came after contextlib's ``__exit__`` and the generator's
+    resumption, where an alarm escaped.)"""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.armed = False
+
+    def __enter__(self) -> None:
+        self.started = time.monotonic()
+        self.previous = signal.getsignal(signal.SIGALRM)
+        # read first, should the suspension below be interrupted before its result is kept
+        self.outer = signal.getitimer(signal.ITIMER_REAL)
+        self.armed = True
+        try:  # an alarm that fires at once raises here: the limit is disarmed before it escapes
+            # the caller's alarm suspended before _expire is installed, so it never raises Expired
+            self.outer = signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, _expire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds, RETRY_ALARM)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        # the timer stopped before the handler is put back: an alarm already on its way is
+        # handled here, by _expire, which drops it, never by the caller's handler
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.previous)
+        outer, interval = self.outer
         if outer:
-            left = outer - (time.monotonic() - started)
+            left = outer - (time.monotonic() - self.started)
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
+        self.armed = False
+
+    def __del__(self) -> None:
+        # An Expired that escaped without ``__exit__`` (handled in a tracer's code, a debugger's
+        # or coverage's, between the block's end and that call) drops the last reference as it
+        # unwinds: the limit is disarmed then, not left to raise into whatever runs next.
+        if self.armed and _in_main_thread():
+            self.__exit__()
+
+
+_DISARMING = _TimeLimit.__exit__.__code__
 
 
 def get_impl(name: str) -> Impl:
