@@ -5,6 +5,7 @@ past --timeout is one line naming the implementation, exit 2. A real Ctrl-C stay
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 from pathlib import Path
@@ -301,6 +302,41 @@ def test_a_limit_left_armed_is_disarmed_when_let_go() -> None:
         assert 25 < left <= 30 and interval == 0  # the caller's alarm, not the limit's
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def test_the_callers_alarm_that_came_due_meanwhile_goes_off_once(monkeypatch) -> None:
+    # The caller's alarm came due while the limit ran: resumed at once, it goes off inside the
+    # limit's __exit__, and its handler raises there (raised by hand as it is resumed, every
+    # time). Once that exception, which keeps the limit alive, is let go, the limit must not
+    # resume the alarm a second time.
+    real, rang = signal.setitimer, []
+
+    class CallersAlarm(Exception):
+        pass
+
+    def callers(signum: int, frame: object) -> None:
+        rang.append(signum)
+        raise CallersAlarm
+
+    def due(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        if seconds and signal.getsignal(signal.SIGALRM) is callers:  # the resumption
+            signal.raise_signal(signal.SIGALRM)  # went off at once; not armed again
+            return (0.0, 0.0)
+        return real(which, seconds, interval)
+
+    before = signal.signal(signal.SIGALRM, callers)
+    try:
+        real(signal.ITIMER_REAL, 30)
+        monkeypatch.setattr(signal, "setitimer", due)
+        with pytest.raises(CallersAlarm) as caught, time_limit(10):
+            pass
+        del caught
+        gc.collect()  # the limit, held by the exception's traceback, let go
+        assert rang == [signal.SIGALRM]  # once
+        assert real(signal.ITIMER_REAL, 0) == (0.0, 0.0)
+    finally:
+        real(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, before)
 
 

@@ -721,7 +721,7 @@ def time_limit(seconds: float | None) -> contextlib.AbstractContextManager[None]
 
 class _TimeLimit:
     """``time_limit``'s context manager. A class, not a generator: Python runs a signal's handler
-    only where it checks for signals (after a call returns, on a backward jump, on entering a
+    only where it checks for signals (after most calls, on a backward jump, on entering a
     function), so an alarm the block's own steps did not handle is handled at the first step of
     ``__exit__`` at the latest, and ``_expire`` drops any alarm handled with ``__exit__`` on the
     stack. (A generator's cleanup came after contextlib's ``__exit__`` and the generator's
@@ -752,10 +752,12 @@ class _TimeLimit:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self.previous)
         outer, interval = self.outer
-        if outer:
-            left = outer - (time.monotonic() - self.started)
-            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
-        self.armed = False
+        try:  # the caller's alarm, resumed once: its handler may raise as it goes off in here
+            if outer:
+                left = outer - (time.monotonic() - self.started)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
+        finally:
+            self.armed = False
 
     def __del__(self) -> None:
         # An Expired that escaped without ``__exit__`` (handled in a tracer's code, a debugger's
