@@ -1,9 +1,13 @@
 """How long `xentaudit --help` and every command's `--help` take, as fresh processes.
 
 Target (issue "Speed on the CPUs CI runs on"): each under 300 ms. Every `--help` is run --runs
-times, interleaved with a bare `python -c pass` (the interpreter's own start-up, measured in the
-same run as the baseline), and the medians are printed. The first line names the CPU and the
-reference kernel's clone (no `--help` loads the kernel or any framework).
+times, interleaved with a bare `python -c pass` (the interpreter's own start-up, measured in
+the same run as the baseline), and the medians are printed. The first line names the CPU and
+the reference kernel's clone (a `--help` loads the kernel, but computes nothing with it, and
+loads no framework); the second says whether the Python modules of xentaudit a `--help` imports
+have their compiled bytecode cached: an install made by pip has it, while a source checkout run
+with PYTHONDONTWRITEBYTECODE set compiles them in every process, which the figures then
+include.
 
     python benchmarks/help_speed.py [--runs 9]
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 
 from machine import describe, wall
@@ -20,11 +25,39 @@ TARGET_S = 0.300
 COMMANDS = ("", "sweep", "compare", "check", "list", "lint")
 
 
+# In a process like the ones timed: the xentaudit modules in Python `--help` imports (not the
+# compiled kernel), and which of them have no bytecode cached
+UNCACHED = """
+import os, sys
+import xentaudit.cli
+mods = [
+    m for n, m in sys.modules.items()
+    if n.split(".")[0] == "xentaudit" and (getattr(m, "__file__", None) or "").endswith(".py")
+]
+cached = [m for m in mods if getattr(m, "__cached__", None) and os.path.exists(m.__cached__)]
+print(len(mods), len(mods) - len(cached))
+"""
+
+
+def bytecode() -> str:
+    """One line: whether the xentaudit modules a `--help` imports have cached bytecode."""
+    out = subprocess.run([sys.executable, "-c", UNCACHED], capture_output=True, text=True)
+    modules, uncached = map(int, out.stdout.split())
+    if not uncached:
+        return f"bytecode: cached for all {modules} Python modules of xentaudit a --help imports"
+    return (
+        f"bytecode: NOT cached for {uncached} of the {modules} Python modules of xentaudit a "
+        "--help imports: every run compiles them (an install made by pip has them compiled; "
+        "so has a checkout run without PYTHONDONTWRITEBYTECODE, or after python -m compileall)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
     print(describe())
+    print(bytecode())
     helps = {c: [sys.executable, "-m", "xentaudit", *filter(None, [c]), "--help"] for c in COMMANDS}
     for cmd in helps.values():  # warm the file cache once, discarded
         wall(cmd)
