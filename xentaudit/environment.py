@@ -4,7 +4,6 @@ machines or upgrades say what changed."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,6 +26,8 @@ def cpu_model() -> str:
 
 
 def _version(package: str) -> str:
+    import importlib.metadata  # here, not at the top: a --help never reads a version
+
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:

@@ -37,7 +37,8 @@ s_j = sigmoid(x_j) sigmoid(-x_j) / u_j in [0, 1] (the limit sigmoid(+-x_j) where
 
 from __future__ import annotations
 
-import mpmath
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from xentaudit.io import as_float
@@ -58,6 +59,9 @@ from xentaudit.reference.sigmoid import (
     terms,
 )
 from xentaudit.reference.softmax import mp_separated, separated
+
+if TYPE_CHECKING:  # mpmath itself is imported where it computes
+    import mpmath
 
 
 def focal_cross_entropy(
@@ -148,6 +152,8 @@ def _focal_float64(x: np.ndarray, y: np.ndarray, gamma: float, alpha: float) -> 
 
 
 def _focal_mpmath(x: np.ndarray, y: np.ndarray, gamma: float, alpha: float) -> Reference:
+    import mpmath  # here, not at the top: no --help or float64 audit needs it
+
     n, c = x.shape
     loss, loss_lo, grad = np.empty(n), np.empty(n), np.empty((n, c))
     with mpmath.workdps(MPMATH_DIGITS):
@@ -176,6 +182,8 @@ def _focal_mpmath(x: np.ndarray, y: np.ndarray, gamma: float, alpha: float) -> R
 def _binary_focal_element(
     v: mpmath.mpf, w: mpmath.mpf, gamma: float, alpha: float | None
 ) -> tuple[mpmath.mpf, mpmath.mpf]:
+    import mpmath  # here, not at the top: no --help or float64 audit needs it
+
     bce, up, down = mp_parts(v, w)
     u = w * down + (1 - w) * up
     weight = 1 if alpha is None else alpha * w + (1 - alpha) * (1 - w)

@@ -24,13 +24,19 @@ from exp(-|x|) (no overflow), so its absolute error is a few ulps of max(y, 1 - 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import mpmath
 import numpy as np
 
 from xentaudit.io import as_float
 from xentaudit.reference.base import MPMATH_DIGITS, Reference, auto_method
+
+if TYPE_CHECKING:  # mpmath itself is imported where it computes
+    from collections.abc import Callable
+
+    import mpmath
+
+    Element = Callable[[mpmath.mpf, mpmath.mpf], tuple[mpmath.mpf, mpmath.mpf]]
 
 
 def sigmoid_cross_entropy(
@@ -62,13 +68,12 @@ def float64_rows(elements: np.ndarray, grads: np.ndarray) -> Reference:
     return Reference(loss, np.zeros_like(loss), grad, size, "float64-numpy")
 
 
-Element = Callable[[mpmath.mpf, mpmath.mpf], tuple[mpmath.mpf, mpmath.mpf]]
-
-
 def mpmath_rows(x: np.ndarray, y: np.ndarray, element: Element) -> Reference:
     """The Reference of an elementwise loss at ``MPMATH_DIGITS`` digits: ``element(x, y)`` gives
     one label's loss and its derivative; a row's loss is their mean, its gradient the
     derivatives over C."""
+    import mpmath  # here, not at the top: no --help or float64 audit needs it
+
     n, c = x.shape
     loss, loss_lo, grad = np.empty(n), np.empty(n), np.empty((n, c))
     with mpmath.workdps(MPMATH_DIGITS):
@@ -88,6 +93,8 @@ def mpmath_rows(x: np.ndarray, y: np.ndarray, element: Element) -> Reference:
 def mp_parts(v: mpmath.mpf, w: mpmath.mpf) -> tuple[mpmath.mpf, mpmath.mpf, mpmath.mpf]:
     """One label's binary cross-entropy, sigmoid(v) and sigmoid(-v), at mpmath's precision:
     the same non-negative parts as ``terms``, each relatively exact to the working digits."""
+    import mpmath  # here, not at the top: no --help or float64 audit needs it
+
     weight = (1 - w) if v >= 0 else w
     linear = weight * abs(v) if weight != 0 else mpmath.mpf(0)
     up, down = 1 / (1 + mpmath.exp(-v)), 1 / (1 + mpmath.exp(v))

@@ -42,7 +42,8 @@ The methods, the kernel and the environment variables that choose them are in ``
 
 from __future__ import annotations
 
-import mpmath
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from xentaudit.io import as_float
@@ -56,6 +57,9 @@ from xentaudit.reference.base import (
     kernel,
     two_sum,
 )
+
+if TYPE_CHECKING:  # mpmath itself is imported where it computes
+    import mpmath
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray, method: str = "auto") -> Reference:
@@ -179,6 +183,8 @@ def mp_separated(
     """``separated`` for one row at mpmath's working precision: the row and its weights as
     mpf, the (first) largest logit's class ``a``, ``m = x_a``, ``q_j = exp(x_j - m)`` (``q_a =
     1``) and ``t = sum_(j != a) q_j``."""
+    import mpmath  # here, not at the top: no --help or float64 audit needs it
+
     row = [mpmath.mpf(float(v)) for v in x]
     w = [mpmath.mpf(float(v)) for v in y]
     a = int(np.argmax(x))
@@ -189,6 +195,8 @@ def mp_separated(
 
 
 def _cross_entropy_mpmath(x: np.ndarray, y: np.ndarray) -> Reference:
+    import mpmath  # here, not at the top: no --help or float64 audit needs it
+
     n, c = x.shape
     loss = np.empty(n)
     loss_lo = np.empty(n)
