@@ -5,9 +5,9 @@ times, interleaved with a bare `python -c pass` (the interpreter's own start-up,
 the same run as the baseline), and the medians are printed. The first line names the CPU and
 the reference kernel's clone (a `--help` loads the kernel, but computes nothing with it, and
 loads no framework); the second says whether the Python modules of xentaudit a `--help` imports
-have their compiled bytecode cached: an install made by pip has it, while a source checkout run
-with PYTHONDONTWRITEBYTECODE set compiles them in every process, which the figures then
-include.
+have their compiled bytecode cached and up to date: a regular pip install (not -e nor
+--no-compile) has it, while a source checkout run with PYTHONDONTWRITEBYTECODE set compiles
+them in every process, which the figures then include.
 
     python benchmarks/help_speed.py [--runs 9]
 """
@@ -26,29 +26,48 @@ COMMANDS = ("", "sweep", "compare", "check", "list", "lint")
 
 
 # In a process like the ones timed: the xentaudit modules in Python `--help` imports (not the
-# compiled kernel), and which of them have no bytecode cached
+# compiled kernel), and how many of them have no valid bytecode cached: a .pyc of this Python
+# (its magic number), hash-based (flags not 0), or whose recorded mtime and size are the source's
 UNCACHED = """
-import os, sys
+import importlib.util, os, sys
 import xentaudit.cli
+
+def valid(m):
+    try:
+        with open(m.__cached__, "rb") as f:
+            head = f.read(16)
+    except (OSError, TypeError):
+        return False
+    st = os.stat(m.__file__)
+    return head[:4] == importlib.util.MAGIC_NUMBER and (
+        head[4:8] != bytes(4)
+        or (
+            int.from_bytes(head[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+            and int.from_bytes(head[12:16], "little") == st.st_size & 0xFFFFFFFF
+        )
+    )
+
 mods = [
     m for n, m in sys.modules.items()
     if n.split(".")[0] == "xentaudit" and (getattr(m, "__file__", None) or "").endswith(".py")
 ]
-cached = [m for m in mods if getattr(m, "__cached__", None) and os.path.exists(m.__cached__)]
-print(len(mods), len(mods) - len(cached))
+print(len(mods), sum(not valid(m) for m in mods))
 """
 
 
 def bytecode() -> str:
-    """One line: whether the xentaudit modules a `--help` imports have cached bytecode."""
+    """One line: whether the xentaudit modules a `--help` imports have valid cached bytecode."""
     out = subprocess.run([sys.executable, "-c", UNCACHED], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"importing xentaudit.cli failed: {out.stderr.strip().splitlines()[-1:]}")
     modules, uncached = map(int, out.stdout.split())
     if not uncached:
         return f"bytecode: cached for all {modules} Python modules of xentaudit a --help imports"
     return (
         f"bytecode: NOT cached for {uncached} of the {modules} Python modules of xentaudit a "
-        "--help imports: every run compiles them (an install made by pip has them compiled; "
-        "so has a checkout run without PYTHONDONTWRITEBYTECODE, or after python -m compileall)"
+        "--help imports: every run compiles them (a regular pip install, not -e nor --no-compile, "
+        "has them compiled; so has a checkout run without PYTHONDONTWRITEBYTECODE, or after "
+        "python -m compileall)"
     )
 
 
