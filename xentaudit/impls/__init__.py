@@ -704,10 +704,11 @@ def time_limit(seconds: float | None) -> contextlib.AbstractContextManager[None]
     """Raise ``Expired`` into the code running in this block once ``seconds`` have passed (None:
     no limit), and again every ``RETRY_ALARM`` seconds until the block ends.
 
-    SIGALRM from ``setitimer``: Python runs the handler in the main thread between bytecodes, so
-    a loop stuck in Python is interrupted; a single long C++ operation (a TensorFlow kernel, a
-    whole ``tf.function`` graph) only when it returns, and ``os._exit`` not at all. An alarm
-    already set (by the caller) is suspended meanwhile and resumed afterwards.
+    SIGALRM from ``setitimer``: Python runs the handler in the main thread where it checks for
+    signals (after most calls, on backward jumps), so a loop stuck in Python is interrupted; a
+    single long C++ operation (a TensorFlow kernel, a whole ``tf.function`` graph) only when it
+    returns, and ``os._exit`` not at all. An alarm already set (by the caller) is suspended
+    meanwhile and resumed afterwards.
     """
     if seconds is None:
         return contextlib.nullcontext()
@@ -760,9 +761,9 @@ class _TimeLimit:
             self.armed = False
 
     def __del__(self) -> None:
-        # An Expired that escaped without ``__exit__`` (handled in a tracer's code, a debugger's
-        # or coverage's, between the block's end and that call) drops the last reference as it
-        # unwinds: the limit is disarmed then, not left to raise into whatever runs next.
+        # An Expired that escaped without ``__exit__`` (handled in the code of a tracer written
+        # in Python, pdb's say, between the block's end and that call) drops the last reference
+        # as it unwinds: the limit is disarmed then, not left to raise into whatever runs next.
         if self.armed and _in_main_thread():
             self.__exit__()
 
