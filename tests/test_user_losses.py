@@ -8,6 +8,7 @@ import ctypes
 import gc
 import os
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,38 @@ def one_line(args: list[str]) -> str:
     return lines[0]
 
 
+class CallersAlarm:
+    """What a caller of ``time_limit`` may have set: their own SIGALRM handler (``handler``, one
+    object throughout, so that tests can tell it by identity), which records each alarm it gets
+    in ``rang`` and raises ``raises`` if set, and a 30 s alarm of theirs."""
+
+    def __init__(self, setitimer: Callable) -> None:
+        self.rang: list[str] = []
+        self.raises: type[BaseException] | None = None
+        self.handler = self._handle
+        self._setitimer = setitimer
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.rang.append("caller's")
+        if self.raises is not None:
+            raise self.raises
+
+    def stop(self) -> tuple[float, float]:
+        """Stop the alarm (with the real setitimer, whatever the test patched); what it had left."""
+        return self._setitimer(signal.ITIMER_REAL, 0)
+
+
+@pytest.fixture
+def callers_alarm() -> Iterator[CallersAlarm]:
+    setitimer, install = signal.setitimer, signal.signal  # the real ones, before any patch
+    alarm = CallersAlarm(setitimer)
+    before = install(signal.SIGALRM, alarm.handler)
+    setitimer(signal.ITIMER_REAL, 30)
+    yield alarm
+    setitimer(signal.ITIMER_REAL, 0)
+    install(signal.SIGALRM, before)
+
+
 @pytest.mark.parametrize("mode", ["eager", "graph"])
 @pytest.mark.parametrize(
     ("fn", "did"),
@@ -150,18 +183,11 @@ def test_timeout_in_the_api_bounds_built_in_runs_too_and_restores_the_alarm(loss
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-def test_an_alarm_set_by_the_caller_is_resumed_after_the_time_limit() -> None:
-    rang = []
-    previous = signal.signal(signal.SIGALRM, lambda signum, frame: rang.append(signum))
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 30)
-        with time_limit(10):
-            pass
-        left, _ = signal.getitimer(signal.ITIMER_REAL)
-        assert 25 < left <= 30 and rang == []
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def test_an_alarm_set_by_the_caller_is_resumed_after_the_time_limit(callers_alarm) -> None:
+    with time_limit(10):
+        pass
+    left, _ = signal.getitimer(signal.ITIMER_REAL)
+    assert 25 < left <= 30 and callers_alarm.rang == []
 
 
 def test_an_alarm_that_fires_as_the_limit_is_set_still_disarms_it(monkeypatch) -> None:
@@ -189,12 +215,14 @@ def test_an_alarm_that_fires_as_the_limit_is_set_still_disarms_it(monkeypatch) -
         signal.signal(signal.SIGALRM, before)
 
 
-def test_an_alarm_that_fires_as_the_block_ends_still_lets_the_limit_disarm(monkeypatch) -> None:
+def test_an_alarm_that_fires_as_the_block_ends_still_lets_the_limit_disarm(
+    monkeypatch, callers_alarm
+) -> None:
     # The alarm goes off as the block has ended, while its cleanup disarms the timer (raised by
     # hand inside that call, every time): its handler runs there, before the caller's handler is
     # put back. It must be dropped, not fail the block, over in time, and the cleanup must still
     # finish (else _expire stays installed and the caller's alarm is never resumed).
-    real, rang = signal.setitimer, []
+    real, rang, callers = signal.setitimer, callers_alarm.rang, callers_alarm.handler
 
     def late(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
         old = real(which, seconds, interval)
@@ -204,43 +232,27 @@ def test_an_alarm_that_fires_as_the_block_ends_still_lets_the_limit_disarm(monke
             signal.raise_signal(signal.SIGALRM)
         return old
 
-    def callers(signum: int, frame: object) -> None:
-        rang.append("caller's")
-
-    before = signal.signal(signal.SIGALRM, callers)
     monkeypatch.setattr(signal, "setitimer", late)
-    try:
-        real(signal.ITIMER_REAL, 30)
-        with time_limit(10):
-            pass
-        assert rang == ["late"]  # it went off, in the cleanup, and was dropped there
-        assert signal.getsignal(signal.SIGALRM) is callers  # the caller's handler, back
-        left, _ = real(signal.ITIMER_REAL, 0)
-        assert 25 < left <= 30  # the caller's alarm resumed
-    finally:
-        real(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, before)
+    with time_limit(10):
+        pass
+    assert rang == ["late"]  # it went off, in the cleanup, and was dropped there
+    assert signal.getsignal(signal.SIGALRM) is callers  # the caller's handler, back
+    left, _ = callers_alarm.stop()
+    assert 25 < left <= 30  # the caller's alarm resumed
 
 
-def test_an_alarm_handled_as_the_block_ends_is_dropped() -> None:
+def test_an_alarm_handled_as_the_block_ends_is_dropped(callers_alarm) -> None:
     # The alarm is raised by C code that Python calls without checking for signals after it:
     # libc's raise(), called by map inside a list display (LIST_EXTEND runs no handler). So the
     # first point where Python runs the handler is the first step of the limit's __exit__, the
     # block's last bytecode being that display: the block has ended, and the alarm must be
     # dropped, the limit disarmed and the caller's alarm resumed.
     libc_raise = getattr(ctypes.CDLL(None), "raise")
-    rang: list[str] = []
-    before = signal.signal(signal.SIGALRM, lambda signum, frame: rang.append("caller's"))
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 30)
-        with time_limit(10):
-            [*map(libc_raise, [signal.SIGALRM])]
-        assert rang == []  # dropped, not passed to the caller's handler either
-        left, _ = signal.setitimer(signal.ITIMER_REAL, 0)
-        assert 25 < left <= 30  # the caller's alarm resumed
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, before)
+    with time_limit(10):
+        [*map(libc_raise, [signal.SIGALRM])]
+    assert callers_alarm.rang == []  # dropped, not passed to the caller's handler either
+    left, _ = callers_alarm.stop()
+    assert 25 < left <= 30  # the caller's alarm resumed
 
 
 def test_an_alarm_raised_in_the_block_still_times_it_out() -> None:
@@ -253,7 +265,9 @@ def test_an_alarm_raised_in_the_block_still_times_it_out() -> None:
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-def test_an_interrupt_as_the_callers_alarm_is_suspended_still_resumes_it(monkeypatch) -> None:
+def test_an_interrupt_as_the_callers_alarm_is_suspended_still_resumes_it(
+    monkeypatch, callers_alarm
+) -> None:
     # Ctrl-C handled right after the call that suspends the caller's alarm returns, before its
     # result is kept: the interrupt goes through, and the caller's alarm is resumed all the same.
     real, interrupts = signal.setitimer, []
@@ -265,105 +279,73 @@ def test_an_interrupt_as_the_callers_alarm_is_suspended_still_resumes_it(monkeyp
             raise KeyboardInterrupt
         return old
 
-    def callers(signum: int, frame: object) -> None:
-        pass
-
-    before = signal.signal(signal.SIGALRM, callers)
     monkeypatch.setattr(signal, "setitimer", interrupted)
-    try:
-        real(signal.ITIMER_REAL, 30)
-        with pytest.raises(KeyboardInterrupt), time_limit(10):
-            pass
-        assert interrupts[0][0] > 25  # it was the caller's alarm that the interrupt followed
-        assert signal.getsignal(signal.SIGALRM) is callers
-        left, _ = real(signal.ITIMER_REAL, 0)
-        assert 25 < left <= 30
-    finally:
-        real(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, before)
+    with pytest.raises(KeyboardInterrupt), time_limit(10):
+        pass
+    assert interrupts[0][0] > 25  # it was the caller's alarm that the interrupt followed
+    assert signal.getsignal(signal.SIGALRM) is callers_alarm.handler
+    left, _ = callers_alarm.stop()
+    assert 25 < left <= 30
 
 
-def test_a_limit_left_armed_is_disarmed_when_let_go() -> None:
-    # Under a tracer (a debugger, coverage), an alarm handled in the tracer's code between the
+def test_a_limit_left_armed_is_disarmed_when_let_go(callers_alarm) -> None:
+    # Under a tracer written in Python (pdb's), an alarm handled in the tracer's code between the
     # block's end and its __exit__ escapes as Expired without that call: the limit, let go as
     # the exception unwinds, must disarm itself then. Entered by hand and let go unexited here.
-    def callers(signum: int, frame: object) -> None:
-        pass
-
-    before = signal.signal(signal.SIGALRM, callers)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 30)
-        limit = time_limit(10)
-        limit.__enter__()
-        assert signal.getsignal(signal.SIGALRM) is not callers  # armed
-        del limit
-        assert signal.getsignal(signal.SIGALRM) is callers
-        left, interval = signal.setitimer(signal.ITIMER_REAL, 0)
-        assert 25 < left <= 30 and interval == 0  # the caller's alarm, not the limit's
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, before)
+    limit = time_limit(10)
+    limit.__enter__()
+    assert signal.getsignal(signal.SIGALRM) is not callers_alarm.handler  # armed
+    del limit
+    assert signal.getsignal(signal.SIGALRM) is callers_alarm.handler
+    left, interval = callers_alarm.stop()
+    assert 25 < left <= 30 and interval == 0  # the caller's alarm, not the limit's
 
 
-def test_the_callers_alarm_that_came_due_meanwhile_goes_off_once(monkeypatch) -> None:
+def test_the_callers_alarm_that_came_due_meanwhile_goes_off_once(
+    monkeypatch, callers_alarm
+) -> None:
     # The caller's alarm came due while the limit ran: resumed at once, it goes off inside the
     # limit's __exit__, and its handler raises there (raised by hand as it is resumed, every
     # time). Once that exception, which keeps the limit alive, is let go, the limit must not
     # resume the alarm a second time.
-    real, rang = signal.setitimer, []
+    real = signal.setitimer
 
-    class CallersAlarm(Exception):
+    class Raised(Exception):
         pass
 
-    def callers(signum: int, frame: object) -> None:
-        rang.append(signum)
-        raise CallersAlarm
-
     def due(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
-        if seconds and signal.getsignal(signal.SIGALRM) is callers:  # the resumption
+        if seconds and signal.getsignal(signal.SIGALRM) is callers_alarm.handler:  # resumption
             signal.raise_signal(signal.SIGALRM)  # went off at once; not armed again
             return (0.0, 0.0)
         return real(which, seconds, interval)
 
-    before = signal.signal(signal.SIGALRM, callers)
-    try:
-        real(signal.ITIMER_REAL, 30)
-        monkeypatch.setattr(signal, "setitimer", due)
-        with pytest.raises(CallersAlarm) as caught, time_limit(10):
-            pass
-        del caught
-        gc.collect()  # the limit, held by the exception's traceback, let go
-        assert rang == [signal.SIGALRM]  # once
-        assert real(signal.ITIMER_REAL, 0) == (0.0, 0.0)
-    finally:
-        real(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, before)
+    callers_alarm.raises = Raised
+    monkeypatch.setattr(signal, "setitimer", due)
+    with pytest.raises(Raised) as caught, time_limit(10):
+        pass
+    del caught
+    gc.collect()  # the limit, held by the exception's traceback, let go
+    assert callers_alarm.rang == ["caller's"]  # once
+    assert callers_alarm.stop() == (0.0, 0.0)
 
 
-def test_the_callers_alarm_is_suspended_before_the_limits_handler_goes_in(monkeypatch) -> None:
+def test_the_callers_alarm_is_suspended_before_the_limits_handler_goes_in(
+    monkeypatch, callers_alarm
+) -> None:
     # Otherwise the caller's alarm, going off in between, would be taken for the timeout.
     real, running = signal.signal, []
 
-    def callers(signum: int, frame: object) -> None:
-        pass
-
     def install(signum: int, handler: object) -> object:
-        if handler is not callers:  # the limit's own
+        if handler is not callers_alarm.handler:  # the limit's own
             running.append(signal.getitimer(signal.ITIMER_REAL))
         return real(signum, handler)
 
-    before = real(signal.SIGALRM, callers)
     monkeypatch.setattr(signal, "signal", install)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 30)
-        with time_limit(10):
-            pass
-        assert running == [(0.0, 0.0)]  # no timer ran as the limit's handler went in
-        left, _ = signal.setitimer(signal.ITIMER_REAL, 0)
-        assert 25 < left <= 30
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        real(signal.SIGALRM, before)
+    with time_limit(10):
+        pass
+    assert running == [(0.0, 0.0)]  # no timer ran as the limit's handler went in
+    left, _ = callers_alarm.stop()
+    assert 25 < left <= 30
 
 
 def test_a_real_ctrl_c_in_a_loss_stays_a_keyboard_interrupt_in_the_api(losses) -> None:
