@@ -36,7 +36,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def test_constant_logits_have_no_lag_and_attenuate_by_one_minus_d(tmp_path: Path) -> None:
     z = np.tile(np.float32([[1.5, -0.5, 0.25]]), (12, 1, 1))
-    result = ema(_save(tmp_path / "t.npz", z, np.array([2])), decays=(0.9, 0.5))
+    result = ema(_save(tmp_path / "t.npz", z, np.array([2])), decays=(0.9, 0.5), impls=())
     for d in result.decays:
         # e_t = d z + (1 - d) z rounds back to z in float32 exactly: the same gradient
         assert d.lag == 0 and d.mean_cosine == pytest.approx(1, abs=1e-15)
@@ -48,7 +48,7 @@ def test_constant_logits_have_no_lag_and_attenuate_by_one_minus_d(tmp_path: Path
 def test_linear_logits_lag_by_d_over_one_minus_d(tmp_path: Path, decay: float) -> None:
     steps, slope = 200, 0.05
     z = _linear(steps, slope)
-    (d,) = ema(_save(tmp_path / "t.npz", z, np.array([0])), decays=(decay,)).decays
+    (d,) = ema(_save(tmp_path / "t.npz", z, np.array([0])), decays=(decay,), impls=()).decays
     assert d.lag == round(decay / (1 - decay))  # 1, 3, 9 steps
     t = 150
     e = z[t, 0] - decay / (1 - decay) * (1 - decay**t) * np.array([0, slope, 0])
@@ -87,12 +87,14 @@ def test_a_lag_at_the_search_limit_is_a_bound_and_integer_logits_are_not_truncat
     tmp_path: Path,
 ) -> None:
     # d = 0.99 trails by 99 steps, more than half of 60 steps: the lag found is the limit
-    (d,) = ema(_save(tmp_path / "t.npz", _linear(60, 0.2), np.array([0])), decays=(0.99,)).decays
+    (d,) = ema(
+        _save(tmp_path / "t.npz", _linear(60, 0.2), np.array([0])), decays=(0.99,), impls=()
+    ).decays
     assert (d.lag, d.lag_limit) == (30, 30)
     # integer logits [0, 0] then [1, 0]: the EMA (1 - 0.5^t) is no integer and is not truncated
     z = np.zeros((4, 1, 2), np.int64)
     z[1:, 0, 0] = 1
-    (half,) = ema(_save(tmp_path / "i.npz", z, np.array([1])), decays=(0.5,)).decays
+    (half,) = ema(_save(tmp_path / "i.npz", z, np.array([1])), decays=(0.5,), impls=()).decays
     for s in half.steps:
         e0 = 1 - 0.5**s.step
         assert s.ema_loss == pytest.approx(math.log1p(math.exp(e0)), rel=1e-12)
@@ -100,12 +102,12 @@ def test_a_lag_at_the_search_limit_is_a_bound_and_integer_logits_are_not_truncat
 
 def test_a_folder_of_steps_is_the_same_trajectory(tmp_path: Path) -> None:
     z = _linear(20, 0.3)
-    whole = ema(_save(tmp_path / "t.npz", z, np.array([0])), decays=(0.75,))
+    whole = ema(_save(tmp_path / "t.npz", z, np.array([0])), decays=(0.75,), impls=())
     folder = tmp_path / "steps"
     folder.mkdir()
     for t in range(20):
         _save(folder / f"step{t:04d}.npz", z[t], np.array([0]))
-    assert ema(folder, decays=(0.75,)).decays == whole.decays
+    assert ema(folder, decays=(0.75,), impls=()).decays == whole.decays
 
 
 def test_the_command_writes_json_and_refuses_bad_input(tmp_path: Path) -> None:
@@ -128,3 +130,18 @@ def test_the_command_writes_json_and_refuses_bad_input(tmp_path: Path) -> None:
     refused = runner.invoke(cli, ["ema", str(flat), "--impl", ""])
     assert refused.exit_code == 2 and "a trajectory is (steps, rows, classes)" in refused.stderr
     assert len(refused.stderr.splitlines()) == 1
+
+
+def test_the_api_and_the_command_default_to_the_same_implementations(tmp_path: Path) -> None:
+    path = _save(tmp_path / "t.npz", _linear(3, 0.2), np.array([0]))
+    command = CliRunner().invoke(cli, ["ema", str(path), "--decay", "0.5", "--format", "json"])
+    assert command.exit_code == 0, command.output
+    api = ema(path, decays=(0.5,))
+    assert (
+        api.impls
+        == tuple(json.loads(command.output)["impls"])
+        == (
+            "tf_softmax_xent",
+            "keras_cce_probs",
+        )
+    )

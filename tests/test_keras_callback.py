@@ -79,7 +79,10 @@ def _exact(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("audit")
     x, y = _sample()
-    callback = AuditCallback(x, y, save_dir=folder / "logits", log_dir=folder / "tb")
+    # stop_training: the model's own loss never fires here (below), so fit runs every epoch
+    callback = AuditCallback(
+        x, y, save_dir=folder / "logits", log_dir=folder / "tb", stop_training=True
+    )
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         history = _fit(callback)
@@ -115,7 +118,7 @@ def test_model_loss_and_fused_loss_stay_clean(run):
     for record in callback.records:
         # Keras recovers the logits from a float32 Softmax layer's output (the loss is then
         # computed from logits): within the divergent tolerance, 9 float32 eps of the loss.
-        assert record.flagged_rows["model"] == 0
+        assert record.flagged_rows["model"] == 0 and record.model_failing == ()
         assert record.flagged_rows["tf_softmax_xent"] == 0
         assert record.model_loss == pytest.approx(record.exact_loss, rel=9 * 2.0**-23)
 
@@ -158,7 +161,17 @@ def test_one_stderr_line_per_new_flag(run):
     lines = stderr.strip().splitlines()
     assert len(lines) == len(fired) > 0
     for name, flag in fired:
-        assert sum(f": {name} fired {flag}; " in line for line in lines) == 1
+        (line,) = [line for line in lines if f": {name} fired {flag}; " in line]
+        # every one here is an alternative's (the model's own loss stays clean)
+        assert name != "model" and line.endswith(" (an alternative, not the model's loss)")
+
+
+def test_stop_training_ignores_the_alternatives_flags(run):
+    # `clipped` fires (test_flag_fires_first_when_the_gap_passes_the_clip) while the model's own
+    # loss stays clean: a callback with stop_training=True lets fit run every epoch.
+    callback, history, _, _ = run
+    assert callback.stop and any(r.failing for r in callback.records)
+    assert len(history.epoch) == EPOCHS
 
 
 def test_saved_logits_are_what_check_reads(run):
@@ -176,7 +189,7 @@ def test_saved_logits_are_what_check_reads(run):
 
 def test_the_save_folder_is_an_ema_trajectory(run):
     callback, _, folder, _ = run
-    result = xentaudit.ema(folder / "logits", decays=[0.5])
+    result = xentaudit.ema(folder / "logits", decays=[0.5], impls=())
     assert (result.steps, result.rows, result.classes) == (EPOCHS, SAMPLE, 2)
     (decay,) = result.decays
     for step, record in zip(decay.steps, callback.records, strict=True):
@@ -200,14 +213,19 @@ def test_tensorboard_scalars_are_the_records(run):
             assert written[key, record.epoch - 1] == float(np.float32(expected)), key
 
 
-def test_stop_training_stops_at_the_first_flag():
-    x, y = _sample()
-    callback = AuditCallback(x, y, stop_training=True)
-    with contextlib.redirect_stderr(io.StringIO()):
+def test_stop_training_stops_at_the_models_first_flag():
+    # Rows the model classifies right, zero-loss named in fail_on: the model's own loss (Keras
+    # recovers the logits, so a float32 log-softmax) rounds log(1 + e^-g) to 0 once the margin g
+    # passes about -ln(2^-24) = 16.6 while the exact loss is e^-g > 0; fit stops at that epoch.
+    x, y, _ = _data()
+    callback = AuditCallback(x[:SAMPLE], y[:SAMPLE], fail_on=["zero-loss"], stop_training=True)
+    with contextlib.redirect_stderr(io.StringIO()) as stderr:
         history = _fit(callback)
-    assert callback.records[-1].failing
-    assert not any(r.failing for r in callback.records[:-1])
+    assert callback.records[-1].model_failing == ("zero-loss",)
+    assert not any(r.model_failing for r in callback.records[:-1])
     assert len(history.epoch) == callback.records[-1].epoch < EPOCHS
+    (line,) = [line for line in stderr.getvalue().splitlines() if ": model fired " in line]
+    assert line.endswith(f"(max logit gap {callback.records[-1].max_logit_gap:.4g})")
 
 
 def test_every_two_audits_even_epochs_counted_from_one():

@@ -553,7 +553,16 @@ def test_cli_diff_and_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         "tf.math.log(tf.nn.softmax(x, axis=-1))", "tf.nn.log_softmax(x, axis=-1)"
     )
     assert script.stat().st_mode & 0o777 == 0o755
-    assert run("--diff", "train.py").exit_code == 0  # nothing left to rewrite
+    # nothing left to rewrite, but XA103 is still a finding: exit 1, as without --diff
+    left = run("--diff", "train.py")
+    assert (left.exit_code, left.stdout) == (1, "")
+    assert left.stderr == (
+        "xentaudit: 1 finding(s) with no rewrite; run without --diff to list them\n"
+    )
+    (tmp_path / "broken.py").write_text("def (:\n")  # a file that does not parse: exit 2
+    broken = run("--diff", "broken.py")
+    assert broken.exit_code == 2 and len(broken.stderr.splitlines()) == 1
+    assert "could not be parsed" in broken.stderr
 
 
 def test_lint_imports_no_framework_and_no_libcst(tmp_path: Path) -> None:

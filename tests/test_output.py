@@ -142,3 +142,20 @@ def test_a_written_report_gets_the_mode_of_any_new_file(tmp_path) -> None:
         os.umask(previous)
     assert result.exit_code == 0, result.output
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize(
+    ("columns", "widest"), [(None, 160), ("abc", 160), ("0", 160), ("400", 400)]
+)
+def test_a_report_to_a_file_is_160_columns_wide_unless_columns_says_another(
+    tmp_path, monkeypatch, columns: str | None, widest: int
+) -> None:
+    # The header's line of the flags check fails on (about 190 characters) wraps at the width.
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    report = tmp_path / "report.txt"
+    assert check(str(report)).exit_code == 0  # the fused sparse loss passes the seed
+    longest = max(len(line) for line in report.read_text().splitlines())
+    assert longest <= widest and (longest > 160) == (widest > 160)

@@ -94,6 +94,31 @@ def test_check_table_formats_the_verdict() -> None:
     assert "PASS: None of the 6 results fire a --fail-on flag. Trustworthy here: fused." in passed
 
 
+NARROW = 40  # narrower than any table's columns of numbers alone
+
+
+@pytest.mark.parametrize(
+    "render",
+    [
+        lambda width: table.render(compare_case(), title="t", width=width),
+        lambda width: table.render_check(check_case(), CHECK_FAIL_ON, width=width),
+        lambda width: table.render_sweep(sweep_case(), width=width),
+    ],
+    ids=["compare", "check", "sweep"],
+)
+def test_a_table_wider_than_the_width_runs_past_it_rather_than_cut_a_number(render) -> None:
+    # A report in a CI log or a file is 160 columns wide: a table that does not fit wraps its
+    # flags, and beyond that its lines run long; no number may end in an ellipsis.
+    wide, narrow = render(WIDTH), render(NARROW)
+    assert "\u2026" not in narrow
+    assert max(len(line) for line in narrow.splitlines()) > NARROW
+
+    def numbers(text: str) -> set[str]:
+        return {t for t in text.split() if t.replace(".", "", 1).replace("e-", "", 1).isdigit()}
+
+    assert numbers(wide) and numbers(wide) <= numbers(narrow)
+
+
 def test_sweep_table_ends_with_the_summary() -> None:
     sweep = sweep_case()
     out = lines(table.render_sweep(sweep, width=WIDTH))

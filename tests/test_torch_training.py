@@ -10,16 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from xentaudit.errors import ConfigError  # noqa: E402
+from xentaudit.errors import ConfigError, ImplementationError  # noqa: E402
 from xentaudit.torch import audit_batch  # noqa: E402
 
 FLOAT32_MAX_LOG = math.log(np.finfo(np.float32).max)  # 88.72: 1/p overflows past e^-88.72
 SMALLEST_NORMAL_LOG = -math.log(np.finfo(np.float32).tiny)  # 87.34
-
-
-def _own(record_flags: dict) -> str:
-    (name,) = [n for n in record_flags if n.startswith("torch:")]
-    return name
 
 
 def test_the_loops_own_reducing_loss_is_audited_per_row() -> None:
@@ -28,8 +23,9 @@ def test_the_loops_own_reducing_loss_is_audited_per_row() -> None:
     r = audit_batch(
         torch.tensor([[0.0, 50.0, 0.0]]), torch.tensor([0]), torch.nn.CrossEntropyLoss()
     )
-    own = _own(r.flags)
-    assert r.flags[own] == () and r.model_loss == pytest.approx(50.0, rel=2**-23)
+    # the loop's loss is `model`, as the Keras callback names the compiled one
+    assert sorted(r.flags) == ["model", "torch_cross_entropy", "torch_softmax_log"]
+    assert r.flags["model"] == () and r.model_loss == pytest.approx(50.0, rel=2**-23)
     assert r.exact_loss == pytest.approx(50.0 + math.log1p(2 * math.exp(-50.0)), rel=1e-15)
     assert r.max_logit_gap == 50.0
     # softmax then log breaks once 1/p (p = e^-gap) overflows float32, gap > 88.72, and not
@@ -37,7 +33,7 @@ def test_the_loops_own_reducing_loss_is_audited_per_row() -> None:
     # (gap 70.7) passes and s = 2 (gap 100) fails
     assert 50 * math.sqrt(2) < SMALLEST_NORMAL_LOG < FLOAT32_MAX_LOG < 50 * 2
     assert r.headroom["torch_softmax_log"] == 2.0
-    assert r.headroom["torch_cross_entropy"] == math.inf and r.headroom[own] == math.inf
+    assert r.headroom["torch_cross_entropy"] == math.inf and r.headroom["model"] == math.inf
 
 
 def test_a_breaking_batch_is_flagged_and_counted() -> None:
@@ -61,3 +57,30 @@ def test_probability_targets_and_bad_shapes() -> None:
     assert r.model_loss == pytest.approx(want, rel=2**-20)  # float32: a few roundings
     with pytest.raises(ConfigError, match="pass \\(rows, classes\\)"):
         audit_batch(torch.zeros(3), torch.tensor([0]), torch.nn.CrossEntropyLoss())
+
+
+def test_a_loss_of_the_loop_that_fails_is_named_as_the_loop_passes_it() -> None:
+    # A function returning the batch's mean (no per-row losses, no `reduction` to ask them of)
+    def my_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits, target)
+
+    with pytest.raises(ImplementationError) as error:
+        audit_batch(torch.zeros((4, 3)), torch.tensor([0, 1, 2, 0]), my_loss)
+    assert str(error.value) == (
+        "audit_batch: loss_fn my_loss: the loss returned shape (); it must return one loss per "
+        "row, shape (4,) (no reduction)"
+    )
+
+
+def test_the_loops_loss_failing_is_models_and_other_flags_stay_apart() -> None:
+    """softmax then log as the loop's own loss, on the gap-120 row: NaN (as above), recorded
+    under `model`; the fused loss beside it stays clean."""
+
+    def softmax_log(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(logits, dim=-1)
+        return -torch.log(p.gather(1, target[:, None]))[:, 0]
+
+    logits = torch.tensor([[120.0, 0.0, 0.0]])
+    r = audit_batch(logits, torch.tensor([1]), softmax_log, impls=["torch_cross_entropy"])
+    assert "inf" in r.model_failing and ("model", "inf") in r.failing
+    assert r.flags["torch_cross_entropy"] == () and r.headroom["model"] == 1.0

@@ -13,6 +13,7 @@ from factories import check_case, compare_case, sweep_case
 
 from xentaudit.flags import CHECK_FAIL_ON, FLAGS
 from xentaudit.report import json as json_report
+from xentaudit.report import table
 from xentaudit.results import Audit, Check, FailingResult, ModeDifference, RowAtRisk
 
 
@@ -87,6 +88,20 @@ def test_check_verdict_on_the_default_fail_on_leaves_grad_wrong_and_lint_out() -
     assert (
         v.message == "2 of 6 results fire a --fail-on flag (keras, naive). Trustworthy here: fused."
     )
+
+
+def test_a_gated_check_still_tells_the_alternatives_modes_apart() -> None:
+    # `check --model`: only the gated results judge, but every result is shown, so an
+    # alternative whose eager run diverges where its graph run (model.fit's) does not is two
+    # rows and a difference, never one "eager=graph" row with the eager numbers.
+    gated = replace(check_case(), gate=("fused",))
+    v = gated.verdict()
+    assert v.failing == ()  # fused fires only zero-loss, not a default --fail-on flag
+    assert v.mode_differences == (ModeDifference("keras", "float32", "file"),)
+    text = table.render_check(gated, CHECK_FAIL_ON)
+    keras_rows = [line.split()[:3] for line in text.splitlines() if line.startswith("keras ")]
+    assert keras_rows == [["keras", "file", "eager"], ["keras", "file", "graph"]]
+    assert "Eager and tf.function differ for: keras" in text
 
 
 def test_check_verdict_follows_fail_on_lint_included() -> None:

@@ -32,6 +32,7 @@ from click.core import ParameterSource
 from xentaudit import __version__
 from xentaudit.audit import MAX_TIMEOUT, audit, chosen_impls
 from xentaudit.dtypes import FORMATS, get_format, parse_dtypes
+from xentaudit.ema import DEFAULT_IMPLS as EMA_IMPLS
 from xentaudit.errors import ConfigError, XentauditError
 from xentaudit.flags import CHECK_FAIL_ON, FLAGS
 from xentaudit.grid import (
@@ -664,9 +665,15 @@ def _scaled(x: np.ndarray, scale: float, dtypes: Sequence[str]) -> np.ndarray:
 
 
 def _color_and_width(stream: object) -> tuple[bool, int]:
+    """Colour and width for a report to ``stream`` (None: a file): a terminal's own, else
+    ``COLUMNS`` when set to a positive width, else ``table_report.REPORT_WIDTH``."""
     tty = bool(getattr(stream, "isatty", lambda: False)())
     color = tty and "NO_COLOR" not in os.environ
-    return color, shutil.get_terminal_size().columns if tty else 160
+    if tty:
+        return color, shutil.get_terminal_size().columns
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() else 0
+    return color, width if width > 0 else table_report.REPORT_WIDTH
 
 
 @cli.command()
@@ -1148,7 +1155,7 @@ def _computed_logits(
     "impls",
     multiple=True,
     metavar="NAME",
-    default=("tf_softmax_xent", "keras_cce_probs"),
+    default=EMA_IMPLS,
     show_default=True,
     help="Implementations run on the raw and the EMA logits of every step, to list the "
     "failing flags the EMA hides or shows; repeatable (none: --impl '').",

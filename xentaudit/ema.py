@@ -156,10 +156,15 @@ def _failing(impls: Sequence[str], x: np.ndarray, labels: np.ndarray) -> set[str
     return {f for r in result.results for f in r.flags if f in FAILING}
 
 
+# The implementations whose failing flags the EMA may hide or show, unless others are named: the
+# fused loss on logits and Keras' loss on probabilities (which clips them eagerly).
+DEFAULT_IMPLS = ("tf_softmax_xent", "keras_cce_probs")
+
+
 def ema(
     path: str | Path,
     decays: Iterable[float] = (0.9, 0.99, 0.999),
-    impls: Iterable[str] = (),
+    impls: Iterable[str] = DEFAULT_IMPLS,
 ) -> Ema:
     """Measure the EMA-of-logits cross-entropy on the trajectory in ``path``
     (``read_trajectory``) for each decay in (0, 1); ``impls`` (names) also run on the raw and

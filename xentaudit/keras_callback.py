@@ -43,7 +43,8 @@ class AuditCallback(keras.callbacks.Callback):
         every: audit epochs ``every``, ``2 * every``, ... counted from 1 (Keras' "Epoch 1/N").
         loss: a Keras loss (object, name or config) to audit instead of the compiled one.
         fail_on: the flags that count as failures (warned about, stop training, headroom).
-        stop_training: set ``model.stop_training`` when a ``fail_on`` flag fires.
+        stop_training: set ``model.stop_training`` when the model's own loss (``model``) fires
+            a ``fail_on`` flag (the ``impls`` beside it are alternatives: theirs do not stop it).
         log_dir: write the numeric records as TensorBoard scalars there (step: Keras' epoch).
         save_dir: save each audited epoch's sample logits there as ``epoch_0001.npz``
             (``logits``, ``labels``), which ``xentaudit check`` and ``xentaudit ema`` read.
@@ -165,13 +166,14 @@ class AuditCallback(keras.callbacks.Callback):
             if item not in self._seen:
                 self._seen.add(item)
                 name, flag = item
+                whose = "" if name == zoo.MODEL else " (an alternative, not the model's loss)"
                 print(
                     f"xentaudit: epoch {number}: {name} fired {flag}; "
                     f"{record.flagged_rows.get(name, 0)} of {len(self.x)} sample rows fail "
-                    f"(max logit gap {record.max_logit_gap:.4g})",
+                    f"(max logit gap {record.max_logit_gap:.4g}){whose}",
                     file=sys.stderr,
                 )
-        if self.stop and record.failing:
+        if self.stop and record.model_failing:
             self.model.stop_training = True
 
     def _scalars(self, entries: dict[str, float], step: int) -> None:

@@ -486,6 +486,8 @@ class Check:
         verdict = _verdict(self.gated, fail_on, self.lint, "fire a --fail-on flag")
         if self.gate is not None:
             verdict = _with_alternatives(verdict, self.results, self.gate, fail_on)
+            # the alternatives are shown beside the gated results, their modes apart too
+            verdict = replace(verdict, mode_differences=_mode_differences(self.results))
         failing = {f.impl for f in verdict.failing}
         if self.pinnable and failing and not failing & set(self.pinnable):
             verdict = replace(verdict, message=_pin_hint(self.pinnable) + verdict.message)

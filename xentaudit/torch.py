@@ -10,13 +10,15 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from xentaudit.audit import audit
-from xentaudit.errors import ConfigError
+from xentaudit.errors import ConfigError, ImplementationError
+from xentaudit.impls import MODEL
 from xentaudit.io import as_array
 from xentaudit.results import Audit
 from xentaudit.testing import register
@@ -57,7 +59,7 @@ def _registered(loss_fn: Callable, classes: bool) -> str:
             # one-hot rows give their class back exactly
             return unreduced(logits, labels.argmax(dim=-1) if classes else labels)
 
-        loop_loss.__qualname__ = f"loop_{getattr(loss_fn, '__name__', type(loss_fn).__name__)}"
+        loop_loss.__qualname__ = f"loop_{_label(loss_fn)}"
         _PER_ROW[key] = (loss_fn, register(loop_loss, "torch"))
     return _PER_ROW[key][1]
 
@@ -78,9 +80,10 @@ def audit_batch(
 
     Returns the record the Keras callback keeps per epoch (``xentaudit.training.EpochRecord``,
     ``epoch`` = ``step``): exact and the loop's mean loss, largest logit gap, flags and rows
-    flagged per implementation, and the headroom (the logit scale factor to the first
-    ``fail_on`` flag). Call it every few hundred steps on a detached batch of at most
-    ``MAX_ROWS`` rows.
+    flagged per implementation (the loop's loss named ``model``, as the Keras callback names
+    the compiled one), and the headroom (the logit scale factor to the first ``fail_on``
+    flag). An error of the loop's loss names it as ``loss_fn``. Call it every few hundred
+    steps on a detached batch of at most ``MAX_ROWS`` rows.
     """
     x = as_array(logits)
     y = as_array(target)
@@ -96,4 +99,32 @@ def audit_batch(
     def run(values: np.ndarray) -> Audit:
         return audit(values, y, impls=names, dtypes=(values.dtype.name,), modes=("eager",))
 
-    return record(step, x, run, names, own, fail_on)
+    try:
+        found = record(step, x, run, names, own, fail_on)
+    except ImplementationError as exc:  # named as the loop names it, not by its registration
+        said = str(exc).removeprefix(f"--impl {own}")
+        if said == str(exc):
+            raise
+        raise ImplementationError(f"audit_batch: loss_fn {_label(loss_fn)}{said}") from None
+    return _own_as_model(found, own)
+
+
+def _label(loss_fn: Callable) -> str:
+    """How the loop names its loss: a function's name, a module's class."""
+    return getattr(loss_fn, "__name__", type(loss_fn).__name__)
+
+
+def _own_as_model(found: EpochRecord, own: str) -> EpochRecord:
+    """``found`` with the loop's loss (registered as ``own``) named ``model``, as the Keras
+    callback names the model's compiled loss."""
+
+    def named(by_impl: dict) -> dict:
+        return {MODEL if name == own else name: value for name, value in by_impl.items()}
+
+    return replace(
+        found,
+        flags=named(found.flags),
+        flagged_rows=named(found.flagged_rows),
+        headroom=named(found.headroom),
+        failing=tuple((MODEL if name == own else name, flag) for name, flag in found.failing),
+    )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xentaudit.flags import FAILING
+from xentaudit.impls import MODEL
 from xentaudit.results import Audit
 
 Auditor = Callable[[np.ndarray], Audit]  # logits (in their dtype) -> the audit of them
@@ -47,6 +48,12 @@ class EpochRecord:
     headroom: dict[str, float]
     seconds: float  # wall time of this audit (logits, audit, headroom, files)
     failing: tuple[tuple[str, str], ...] = field(default=())  # (impl, flag): fail_on flags fired
+
+    @property
+    def model_failing(self) -> tuple[str, ...]:
+        """The ``fail_on`` flags the loss training uses (``model``) fired: what stops it (the
+        other implementations are alternatives audited beside it)."""
+        return tuple(flag for name, flag in self.failing if name == MODEL)
 
     def logs(self) -> dict[str, float]:
         """The record as the numeric ``logs`` entries Keras keeps (``xentaudit/...``)."""

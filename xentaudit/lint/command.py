@@ -114,15 +114,21 @@ def lint(
     for warning in warnings:
         click.echo(f"xentaudit: warning: {warning}", err=True)
     result = lint_paths(paths, _codes(select) or chosen, (*skipped, *_codes(ignore)))
-    if show_diff:
-        patch, _ = _fix(result, write=False)
+    if show_diff:  # the rewrites alone on stdout (a patch), the exit code of every finding
+        patch, left = _fix(result, write=False)
         click.echo(patch, nl=False)
-        return 1 if patch else 0
-    if fix:
-        before = len(result.findings)
-        _, result = _fix(result, write=True)
-        click.echo(f"xentaudit: fixed {before - len(result.findings)} finding(s)", err=True)
-    click.echo(RENDERERS[fmt](result), nl=False)
+        if left.findings:
+            click.echo(
+                f"xentaudit: {len(left.findings)} finding(s) with no rewrite; run without --diff "
+                "to list them",
+                err=True,
+            )
+    else:
+        if fix:
+            before = len(result.findings)
+            _, result = _fix(result, write=True)
+            click.echo(f"xentaudit: fixed {before - len(result.findings)} finding(s)", err=True)
+        click.echo(RENDERERS[fmt](result), nl=False)
     if result.errors:
         first = result.errors[0]
         raise InputError(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -85,14 +86,32 @@ def _console(color: bool, width: int) -> Console:
     )
 
 
+REPORT_WIDTH = 160  # the width of a report to a file or a pipe (the CLI: unless COLUMNS is set)
+WRAPPING = ("flags", "rows flagged")  # the columns of words, which wrap on a narrow width
+UNBOUNDED = 1 << 16  # a width no cell reaches: a cell measured at it is measured whole
+
+
 def _columns(*columns: tuple[str, str]) -> Table:
     """A borderless table with these (header, justify) columns, none of them wrapping but the
-    flags (a list of words: on a narrow terminal a row's flags go on to a second line rather
-    than every number being cut)."""
+    flags (``WRAPPING``, a list of words: on a narrow terminal a row's flags go on to a second
+    line rather than every number being cut)."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for header, justify in columns:
-        table.add_column(header, justify=justify, no_wrap=header != "flags")  # type: ignore[arg-type]
+        table.add_column(header, justify=justify, no_wrap=header not in WRAPPING)  # type: ignore[arg-type]
     return table
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """Print ``table`` with no cell of a column that does not wrap cut short: where those
+    columns do not fit the width even with the others wrapped, its lines run past the width (a
+    terminal wraps them, a log or a file keeps them whole) rather than a number ending in an
+    ellipsis."""
+    whole = console.options.update_width(UNBOUNDED)
+    for column in table.columns:
+        if column.no_wrap:
+            cells = (column.header, *column.cells)
+            column.min_width = max(Measurement.get(console, whole, c).maximum for c in cells)
+    console.print(table, crop=False)
 
 
 def _audited_with(console: Console, record: dict[str, str]) -> None:
@@ -163,7 +182,7 @@ def _ignored_line(run: Audit | Check) -> str:
     return line + "; the implementations' own means are graded by `xentaudit compare`"
 
 
-def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -> str:
+def render(audit: Audit, *, title: str, color: bool = False, width: int = REPORT_WIDTH) -> str:
     """The full table report as text (ANSI-coloured when ``color``)."""
     verdict = audit.verdict()
     console = _console(color, width)
@@ -220,7 +239,7 @@ def render(audit: Audit, *, title: str, color: bool = False, width: int = 160) -
             *([power_of_two(r.max_loss_scale)] if scaled else []),
             _flags_text(r.flags),
         )
-    console.print(table)
+    _print_table(console, table)
 
     risks = {(w.impl, w.eps, w.dtype, w.policy, w.mode): w for w in verdict.rows_at_risk}
     shown = [
@@ -307,7 +326,7 @@ def _break_text(points: Sequence[BreakingPoint]) -> Text:
     return Text(f"{where} ") + Text(first.flag or "", style=FLAG_STYLES.get(first.flag or "", ""))
 
 
-def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
+def render_sweep(sweep: Sweep, *, color: bool = False, width: int = REPORT_WIDTH) -> str:
     """The sweep as text: a grid per dtype, the epsilon grid, breaking points and a summary."""
     console = _console(color, width)
     patterns = ", ".join(f"{p.name} ({p.rows}x{p.classes})" for p in sweep.patterns)
@@ -391,7 +410,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = 160) -> str:
                 table.add_row(backend_of(v[0]), name, Text(dtype_label(*dtype)), *texts)
         if not broke:
             never.append(label)
-    console.print(table)
+    _print_table(console, table)
     if never:
         console.print(Text(f"Never break in this sweep: {', '.join(never)}.", style="green"))
     for s in sweep.skipped:
@@ -426,7 +445,7 @@ def _reduction_line(check: Check) -> str:
 
 
 def render_check(
-    check: Check, fail_on: Sequence[str], *, color: bool = False, width: int = 160
+    check: Check, fail_on: Sequence[str], *, color: bool = False, width: int = REPORT_WIDTH
 ) -> str:
     """The check as text: flag counts per implementation, rows at risk, verdict, what to do."""
     verdict = check.verdict(fail_on)
@@ -502,7 +521,7 @@ def render_check(
             _num(r.grad_max_abs_err, 2),
             *([power_of_two(r.max_loss_scale)] if check.loss_scale is not None else []),
         )
-    console.print(table)
+    _print_table(console, table)
     if verdict.rows_at_risk:
         console.print(Text("Rows at risk (worst rows of each failing result):", style="bold"))
         for risk in verdict.rows_at_risk:
@@ -522,7 +541,7 @@ def render_check(
 # --- ema -------------------------------------------------------------------------------------
 
 
-def render_ema(result: Ema, color: bool = False, width: int = 160) -> str:
+def render_ema(result: Ema, color: bool = False, width: int = REPORT_WIDTH) -> str:
     """The EMA audit: a summary line per decay, then its steps (at most 20, evenly spaced)."""
     console = _console(color, width)
     console.print(
@@ -568,5 +587,5 @@ def render_ema(result: Ema, color: bool = False, width: int = 160) -> str:
                 " ".join(s.hidden),
                 " ".join(s.shown),
             )
-        console.print(table)
+        _print_table(console, table)
     return console.file.getvalue()  # type: ignore[attr-defined]
