@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -436,3 +439,28 @@ def test_the_report_names_the_configuration_used_and_warnings_reach_stderr(
     assert result.stderr.startswith("xentaudit: warning: ignoring ")
     assert len(result.stderr.splitlines()) == 1
     assert json.loads(result.stdout)["config"] is None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH is Python 3.11's")
+def test_modules_planted_in_the_working_directory_never_run_in_the_processes_started(
+    tmp_path: Path,
+) -> None:
+    # spawn starts a process as `python -c ...`, which puts the working directory first on
+    # sys.path while multiprocessing imports itself: a checkout's selectors.py or multiprocessing/
+    # would run there (and the command fail with exit 3). Two shards, two processes.
+    command = Path(sys.executable).parent / "xentaudit"
+    if not command.exists():
+        pytest.skip("no xentaudit console script beside this interpreter")
+    rng = np.random.default_rng(0)
+    for name in ("x1.npy", "x2.npy"):
+        np.save(tmp_path / name, rng.normal(size=(4, 3)).astype(np.float32))
+    ran = "import pathlib\npathlib.Path({!r}).write_text('ran')\n"
+    write(tmp_path / "selectors.py", ran.format(str(tmp_path / "ran_selectors")))
+    (tmp_path / "multiprocessing").mkdir()
+    write(tmp_path / "multiprocessing" / "__init__.py", ran.format(str(tmp_path / "ran_mp")))
+    args = ["check", "x*.npy", "--backend", "tf", "--impl", "tf_softmax_xent", "--mode", "eager"]
+    result = subprocess.run(
+        [str(command), *args, "--jobs", "2"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert not list(tmp_path.glob("ran_*"))

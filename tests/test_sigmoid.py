@@ -423,3 +423,46 @@ def test_a_baseline_of_another_loss_is_refused(multi_label_file, tmp_path) -> No
     result, _ = run_cli("check", str(path), "--impl", "tf_softmax_xent", "--baseline", str(base))
     assert result.exit_code == 2
     assert "it was written for loss 'sigmoid', this run has 'softmax'" in result.stderr
+
+
+def _flipped_sigmoid(labels, logits):
+    """The fused sigmoid loss, mean over the labels, whose gradient has the wrong sign (a
+    custom_gradient bug): training would climb the loss."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def per_row(x):
+        value = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=x), -1)
+
+        def grad(upstream):
+            classes = tf.cast(tf.shape(x)[-1], x.dtype)
+            return -upstream[:, None] * (tf.sigmoid(x) - labels) / classes
+
+        return value, grad
+
+    return per_row(logits)
+
+
+def test_a_float16_gradient_below_float16s_smallest_normal_still_counts() -> None:
+    # 4,096 labels: the gradient (sigmoid(x) - y) / C is at most 0.1 / 4096 = 2.4e-5, below
+    # float16's smallest normal 6.1e-5 (which float16 keeps: it computes in float32). The
+    # flipped gradient is 2 |g| off, up to 4.9e-5, far past the grad-wrong threshold
+    # (8 eps16 + u16 max|x|) / C ~ 2.1e-6 plus 8 half subnormal spacings (2^-22 = 2.4e-7);
+    # TensorFlow's own fused loss rounds within it.
+    from xentaudit.testing import register
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4096)) * 0.5
+    y = np.clip(1 / (1 + np.exp(-x)) + rng.uniform(-0.1, 0.1, x.shape), 0.0, 1.0)
+    xr, yr = x.astype(np.float16).astype(np.float64), y.astype(np.float16).astype(np.float64)
+    exact = (1 / (1 + np.exp(-xr)) - yr) / x.shape[1]  # the closed form, float64
+    assert 2 * np.abs(exact).max() > 2e-5 and np.abs(exact).max() < 2.0**-14
+    flipped = register(_flipped_sigmoid, "tf")
+    result = audit(
+        x, y, loss="sigmoid", impls=[flipped, "tf_sigmoid_xent"], dtypes=["float16"],
+        modes=["eager"],
+    )  # fmt: skip
+    by_impl = {r.impl: r for r in result.results}
+    assert "grad-wrong" in by_impl[flipped].flags
+    assert by_impl[flipped].grad_max_abs_err == pytest.approx(2 * np.abs(exact).max(), rel=0.01)
+    assert not [f for f in by_impl["tf_sigmoid_xent"].flags if f.startswith("grad")]

@@ -191,7 +191,13 @@ def grade(
         abs_err = np.where(
             exact_inf & ~np.isnan(loss), np.where(loss == ref.loss, 0.0, np.inf), abs_err
         )
-    abs_err = np.where(abs_err < eff.tiny, 0.0, abs_err)
+    # Subnormals: the frameworks flush those of the dtype they compute in, float32 at least on
+    # a CPU (float16 computes in float32 and keeps its own subnormals), so a difference below
+    # that dtype's smallest normal is no error; float16's, spaced eps * tiny apart, round by up
+    # to half that each: RTOL_ULPS such roundings on the gradient's tolerance.
+    flushed = min(eff.tiny, FORMATS["float32"].tiny)
+    subnormal = RTOL_ULPS * eff.eps * eff.tiny / 2 if eff.tiny > flushed else 0.0
+    abs_err = np.where(abs_err < flushed, 0.0, abs_err)
     scale = rounded.loss_magnitude
     with np.errstate(invalid="ignore", over="ignore"):
         rel_err = np.where((abs_err == 0) | exact_inf, abs_err, abs_err / scale)
@@ -220,7 +226,7 @@ def grade(
 
     # Row maxima propagate NaN (and inf), so two of them tell everything the flags need.
     row_gerr, impl_size = grad if isinstance(grad, tuple) else grad_error(grad, ref.grad)
-    row_gerr = np.where(row_gerr < eff.tiny, 0.0, row_gerr)
+    row_gerr = np.where(row_gerr < flushed, 0.0, row_gerr)
     exact_size = ref.grad_size
     g_nan, g_inf, blowup, vanish, wrong = _first_match(
         [
@@ -230,7 +236,11 @@ def grade(
             (exact_size > VANISH_ULPS * eff.eps * bound)
             & (impl_size <= VANISH_FRACTION * exact_size),
             row_gerr
-            > RTOL_ULPS * eff.eps * bound + eff.eps * rounded.grad_terms + label_grad + slack,
+            > RTOL_ULPS * eff.eps * bound
+            + eff.eps * rounded.grad_terms
+            + label_grad
+            + slack
+            + subnormal,
         ]
     )
     masks = {

@@ -614,21 +614,45 @@ def _local_pool(
     # spawn, not fork: TensorFlow's and torch's threads do not survive a fork
     context = multiprocessing.get_context("spawn")
     _start_resource_tracker()
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_start_worker,
-        initargs=(os.getpid(), threads, ticks),
-    )
+    with _environ(SAFE_PATH):  # the pool starts its processes as tasks are submitted
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(os.getpid(), threads, ticks),
+        )
+        try:
+            yield pool
+        finally:  # every task done (the processes idle), or the block raised
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            for process in processes:
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.join()
+
+
+# What the processes xentaudit starts are given: spawn's `python -c` would put the working
+# directory first on sys.path while multiprocessing imports itself (selectors, pickle, ...),
+# so a file planted there (selectors.py) would run; PYTHONSAFEPATH (Python 3.11+, `python -P`)
+# keeps it off. A process gets the caller's sys.path back before it imports anything else.
+SAFE_PATH = {"PYTHONSAFEPATH": "1"}
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set for the block, read by the processes started in it,
+    then as it was."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
-        yield pool
-    finally:  # every task done (the processes idle), or the block raised
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        for process in processes:
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.join()
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def sweep_parts(
@@ -694,15 +718,9 @@ def _start_resource_tracker() -> None:
     after the command's one line."""
     from multiprocessing import resource_tracker
 
-    saved = os.environ.get("PYTHONWARNINGS")
-    os.environ["PYTHONWARNINGS"] = "ignore::UserWarning"  # read by the tracker as it starts
-    try:
+    # PYTHONWARNINGS: read by the tracker as it starts; SAFE_PATH: its `python -c` too
+    with _environ({"PYTHONWARNINGS": "ignore::UserWarning", **SAFE_PATH}):
         resource_tracker.ensure_running()
-    finally:
-        if saved is None:
-            del os.environ["PYTHONWARNINGS"]
-        else:
-            os.environ["PYTHONWARNINGS"] = saved
 
 
 def _start_worker(parent: int, threads: int | None, ticks: SimpleQueue | None) -> None:
