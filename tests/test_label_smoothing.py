@@ -13,6 +13,7 @@ import pytest
 
 from xentaudit import audit
 from xentaudit.errors import ConfigError
+from xentaudit.flags import CHECK_FAIL_ON
 from xentaudit.sweep import sweep
 
 SEED = np.array([[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]) * 10
@@ -186,3 +187,47 @@ def test_correct_losses_on_large_smoothed_rows_are_not_flagged() -> None:
         result = audit(x, np.arange(x.shape[0]), label_smoothing=0.1, dtypes=["float32"],
                        modes=["eager"], impls=impls)  # fmt: skip
         assert [(r.impl, r.flags) for r in result.results] == [(r.impl, ()) for r in result.results]
+
+
+def _underweighted(labels, logits):
+    """The fused loss on the labels handed, with 10 % of their off-label mass dropped."""
+    import tensorflow as tf
+
+    kept = tf.where(labels > 0.5, labels, 0.9 * labels)
+    return tf.nn.softmax_cross_entropy_with_logits(labels=kept, logits=logits)
+
+
+def test_float16_smoothed_labels_rounded_subnormal_are_not_the_losss_fault() -> None:
+    # 32,000 classes, a = 0.01: a / C = 3.125e-7 is a float16 subnormal, 2.98e-7 (-4.6 %). The
+    # labelled class dominates (the others 100 to 500 below), so the loss is nearly all the
+    # smoothing's: the fused loss, exact on the labels it is handed, reads 4.6 % low, past
+    # float16's tolerance of the exact smoothed loss but within it of the exact loss of its
+    # labels (mpmath, below). A loss off by more than the labels' rounding is still divergent.
+    from xentaudit.testing import register
+
+    classes, a = 32000, 0.01
+    rng = np.random.default_rng(2)
+    x = -100.0 - np.abs(rng.standard_normal((1, classes))) * 100.0
+    x[0, 0] = 0.0
+    under = register(_underweighted, "tf")
+    result = audit(
+        x, np.array([0]), impls=["tf_softmax_xent", under], dtypes=["float16"], modes=["eager"],
+        label_smoothing=a,
+    )  # fmt: skip
+    by_impl = {r.impl: r for r in result.results}
+    mpmath.mp.dps = 30
+    xs = [mpmath.mpf(float(v)) for v in x[0].astype(np.float16).astype(np.float64)]
+    top = max(xs)
+    lse = top + mpmath.log(mpmath.fsum(mpmath.exp(v - top) for v in xs))
+    one_hot = np.zeros(classes)
+    one_hot[0] = 1.0
+    handed = (one_hot * (1 - a) + a / classes).astype(np.float16).astype(np.float64)
+    terms = (mpmath.mpf(float(w)) * (lse - v) for w, v in zip(handed, xs, strict=True))
+    on_handed = float(mpmath.fsum(terms))
+    exact = by_impl["tf_softmax_xent"].reference
+    assert exact - on_handed > 0.08  # the labels' rounding moves the exact loss by 4.6 %
+    fused = by_impl["tf_softmax_xent"]
+    # float16's rounding of the loss: eps16 relative; none of check's failing flags fires
+    assert fused.loss == pytest.approx(on_handed, rel=2.0**-10)
+    assert not set(fused.flags) & set(CHECK_FAIL_ON), fused.flags
+    assert "divergent" in by_impl[under].flags

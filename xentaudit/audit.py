@@ -148,6 +148,7 @@ def grade(
     rtol: float | None = None,
     compute_dtype: str | None = None,
     keras_layer: bool = True,
+    handed: bool = True,
 ) -> Grades:
     """Grade per-row ``loss`` (float64) and ``grad`` of an implementation run on ``rounded``:
     its gradient (n, C), or the gradient's row maxima already taken (``grad_error``: they are
@@ -157,7 +158,9 @@ def grade(
     it rounds the logits to (None: neither). A compute dtype narrower than the input narrows the
     computation as a narrower output does (``downcast``, tolerances of the narrower dtype); a
     Keras layer (``keras_layer``) in half precision is ``half-softmax`` where a failing flag
-    fires.
+    fires. ``handed``: it was handed the smoothed labels rounded to the dtype (not smoothing
+    them itself), whose shift of the exact loss and gradient (``Rounded.label_shift``) it may
+    show.
     """
     fmt, ref = rounded.fmt, rounded.ref
     out = min(
@@ -210,7 +213,11 @@ def grade(
     label_loss, label_grad = np.zeros_like(bound), np.zeros_like(bound)
     if rounded.label_terms is not None:
         label_loss, label_grad = (label_accumulator(eff.eps) * t for t in rounded.label_terms)
-    allowed = tol * scale + (reduction + label_loss if rtol is None else 0.0) + slack
+    # smoothed labels rounded to the dtype: what that moves the exact values by (any tolerance)
+    shift_loss, shift_grad = (
+        rounded.label_shift if handed and rounded.label_shift is not None else (0.0, 0.0)
+    )
+    allowed = tol * scale + (reduction + label_loss if rtol is None else 0.0) + slack + shift_loss
     allowed = np.where(exact_inf, 0.0, allowed)
 
     ignored = np.zeros_like(exact_inf) if rounded.ignored is None else rounded.ignored
@@ -240,7 +247,8 @@ def grade(
             + eff.eps * rounded.grad_terms
             + label_grad
             + slack
-            + subnormal,
+            + subnormal
+            + shift_grad,
         ]
     )
     masks = {
@@ -295,6 +303,10 @@ class Rounded:
     # jax.nn.one_hot write them (a class outside [0, C), -100, is a row of zeros)
     ignored: np.ndarray | None = None
     ignore_class: int | None = None
+    # with smoothing: per row, how far rounding the smoothed labels to fmt (``weights``) moves
+    # the exact loss and the gradient (its largest entry), the labels' fault and not that of an
+    # implementation handed them: a float16 a / C below 6.1e-5 is subnormal, off by up to 100 %
+    label_shift: tuple[np.ndarray, np.ndarray] | None = None
 
     @cached_property
     def tensors(self) -> dict:
@@ -451,11 +463,28 @@ def round_to(
         with np.errstate(divide="ignore"):
             ref_logits = np.log(as_float(x).astype(np.float64))
     ref = LOSSES[loss].reference(ref_logits, ref_labels, method, focus)  # type: ignore[arg-type]
+    shift = None
+    if smoothing:
+        handed = as_float(y).astype(np.float64)  # type: ignore[arg-type]
+        if not np.array_equal(handed, ref_labels):
+            rounded_ref = LOSSES[loss].reference(ref_logits, handed, method, focus)
+            shift = _shift(ref, rounded_ref)
     if ignored is not None:
         ref = without_rows(ref, ignored)
+        shift = None if shift is None else (np.where(ignored, 0.0, shift[0]), shift[1])
     return Rounded(
-        fmt, x, y, batch.classes, ref, given, loss, focus, smoothing, given_y, ignored, ignore_class
-    )
+        fmt, x, y, batch.classes, ref, given, loss, focus, smoothing, given_y, ignored,
+        ignore_class, shift,
+    )  # fmt: skip
+
+
+def _shift(ref: Reference, other: Reference) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, |L' - L| and max_j |g'_j - g_j| of two exact references of the same logits
+    (an infinite loss equal in both: no shift)."""
+    with np.errstate(invalid="ignore"):
+        loss = np.where(other.loss == ref.loss, 0.0, np.abs(other.loss - ref.loss))
+        grad = np.abs(other.grad - ref.grad).max(axis=1)
+    return loss, grad
 
 
 def one_hot(classes: np.ndarray, count: int) -> np.ndarray:
@@ -545,8 +574,11 @@ def _grading(
     """The grading of implementation ``name``'s run under ``policy``, its gradient's row
     maxima (``grad_error``) already taken, when called."""
     compute = zoo.computes_in(name, policy)
-    layer = zoo.get_impl(name).keras_layer
-    return partial(grade, outcome.loss, maxima, outcome.output_dtype, rounded, rtol, compute, layer)
+    impl = zoo.get_impl(name)
+    return partial(
+        grade, outcome.loss, maxima, outcome.output_dtype, rounded, rtol, compute,
+        impl.keras_layer, not impl.smooths,
+    )  # fmt: skip
 
 
 def eps_used(name: str, eps: float) -> float | None:
