@@ -112,6 +112,7 @@ def test_the_baseline_may_be_rewritten_in_place(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("{", "is not JSON"),
+        ("[" * 100_000 + "]" * 100_000, "is nested too deeply for a report"),  # json recurses
         ('{"schema": 1, "command": "compare"}', "is not a check report"),
         ('{"schema": 9, "command": "check"}', "has schema 9, not 1"),
         ('{"schema": 1, "command": "check", "results": 3, "lint": {}}', "has no results"),

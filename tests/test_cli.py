@@ -408,3 +408,14 @@ def test_compare_audits_a_file_in_its_own_dtype_unless_told(tmp_path) -> None:
     assert dtypes("--logits", str(tmp_path / "b.npy")) == ["bfloat16"]
     assert dtypes("--logits", str(tmp_path / "h.npy"), "--dtype", "float64") == ["float64"]
     assert dtypes("--logits", "[[30, 10, 10], [-10, 20, 50]]") == ["float32"]  # inline: float32
+
+
+def test_check_refuses_a_labels_key_the_npz_lacks() -> None:
+    # a key named on purpose and missing (a typo) is an error, as in compare: never an audit
+    # of the file without its labels that passes the gate
+    result = CliRunner().invoke(cli, ["check", SEED, "--labels-key", "lables", *FAST])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"xentaudit: error: {SEED} has no array 'lables' for the labels (it has labels, "
+        "logits); pass --labels-key with one of them\n"
+    )

@@ -269,6 +269,9 @@ def test_a_code_file_must_be_a_regular_file_others_cannot_write(tmp_path: Path) 
          "offset 30)"),
         ("[tool.xentaudit\n", "cannot read {path}: invalid TOML: Expected ']' at the end of a "
          "table declaration (at line 1, column 16)"),
+        # tomllib recurses into nesting: past Python's limit it is malformed, not a crash
+        ("a = " + "[" * 3000 + "]" * 3000 + "\n", "cannot read {path}: invalid TOML: nested too "
+         "deeply"),
         ("tool = 1\n", "{path}: tool must be a table ([tool]), got 1"),
         ("[tool]\nxentaudit = 'on'\n", "{path}: tool.xentaudit must be a table ([tool.xentaudit]),"
          " got 'on'"),

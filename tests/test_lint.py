@@ -365,6 +365,14 @@ def test_code_nested_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
     (tmp_path / "deeper.py").write_text("y = " + " + ".join(["a"] * 10_000) + "\n")
     [error] = lint_paths([tmp_path]).errors
     assert error.message == "nested too deeply to lint"
+    # 100,000 unary minus signs: ast.parse itself raises MemoryError; a notebook's JSON nested
+    # past the limit is no notebook: both are XA000 too
+    (tmp_path / "deeper.py").write_text("x = " + "-" * 100_000 + "1\n")
+    [error] = lint_paths([tmp_path / "deeper.py"]).errors
+    assert error.message == "nested too deeply to lint"
+    (tmp_path / "deep.ipynb").write_text("[" * 100_000 + "]" * 100_000)
+    [error] = lint_paths([tmp_path / "deep.ipynb"]).errors
+    assert error.message == "not a Jupyter notebook (no JSON list of cells)"
 
 
 def test_folders_are_walked_skipping_hidden_and_environment_folders(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import tensorflow as tf
 from keras.src.losses import LossFunctionWrapper
 
 from xentaudit import model as xm
-from xentaudit.errors import XentauditError
+from xentaudit.errors import InputError, XentauditError
 from xentaudit.losses import LOSSES
 
 ROWS, FEATURES, CLASSES = 16, 4, 3
@@ -331,6 +331,29 @@ def test_a_config_without_dtype_uses_the_global_policy() -> None:
     path = xm.parse_model_config(config)
     assert path.policy is None
     assert path.describe() == "Softmax[global] -> SparseCategoricalCrossentropy(from_logits=False)"
+
+
+@pytest.mark.parametrize(
+    ("ignore", "message"),
+    [(1.5, "ignore_class=1.5, not an integer"), (2**64, f"ignore_class={2**64}, outside int64")],
+)
+def test_an_ignore_class_no_label_can_hold_is_refused(ignore: object, message: str) -> None:
+    # read from config.json alone: a class id is an int64 tensor in the loss
+    config = {
+        "class_name": "Sequential",
+        "config": {
+            "layers": [{"module": "keras.layers", "class_name": "Softmax", "config": {"name": "s"}}]
+        },
+        "compile_config": {
+            "loss": {
+                "module": "keras.losses",
+                "class_name": "SparseCategoricalCrossentropy",
+                "config": {"from_logits": False, "ignore_class": ignore},
+            }
+        },
+    }
+    with pytest.raises(InputError, match=message):
+        xm.parse_model_config(config)
 
 
 def test_importing_the_module_imports_no_tensorflow() -> None:

@@ -49,8 +49,14 @@ def read_baseline(path: str | Path, command: str = "check") -> dict[str, Any]:
         raise InputError(f"--baseline {path} is larger than {MAX_BASELINE_BYTES} bytes")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read --baseline {path}: {exc.strerror}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"--baseline {path} is not JSON ({exc}); write it again") from None
+    except RecursionError:  # json recurses into nested arrays and objects
+        raise InputError(
+            f"--baseline {path} is nested too deeply for a report; write it again"
+        ) from None
     if not isinstance(doc, dict) or doc.get("command") != command:
         raise InputError(
             f"--baseline {path} is not a {command} report; write one with {command} "

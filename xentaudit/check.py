@@ -55,6 +55,7 @@ from xentaudit.io import (
     BAD_LOGITS,
     BAD_PROBABILITIES,
     CHUNK_ENTRIES,
+    DEFAULT_LABELS_KEY,
     SHOWN_ROWS,
     ArraySource,
     Batch,
@@ -565,7 +566,7 @@ class CheckOptions:
     alpha: float | None = None
     ignore_class: int | None = None
     logits_key: str = "logits"
-    labels_key: str = "labels"
+    labels_key: str = DEFAULT_LABELS_KEY
 
 
 @dataclass(frozen=True)
@@ -853,7 +854,7 @@ def check_file(
     *,
     labels: str | Path | np.ndarray | None = None,
     logits_key: str = "logits",
-    labels_key: str = "labels",
+    labels_key: str = DEFAULT_LABELS_KEY,
     impls: Iterable[str] | None = None,
     dtypes: Iterable[str] | None = None,
     modes: Iterable[str] = zoo.MODES,

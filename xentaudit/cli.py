@@ -53,7 +53,7 @@ from xentaudit.impls import (
     quiet_python_logs,
     stderr_fd,
 )
-from xentaudit.io import file_or_json, load_inputs, names_a_file
+from xentaudit.io import DEFAULT_LABELS_KEY, file_or_json, load_inputs, names_a_file
 from xentaudit.lint.command import lint
 from xentaudit.losses import LOSSES, NO_FOCUS, focus_of
 from xentaudit.report import csv as csv_report
@@ -333,7 +333,10 @@ def label_options(default: str, shards: str = "") -> Callable[[Callable], Callab
             "--logits-key", default="logits", show_default=True, help="Array name in a .npz."
         ),
         click.option(
-            "--labels-key", default="labels", show_default=True, help="Array name in a .npz."
+            "--labels-key",
+            default=DEFAULT_LABELS_KEY,
+            show_default=True,
+            help="Array name in a .npz.",
         ),
     ]
     return _stacked(options)
@@ -1002,7 +1005,8 @@ def check(
             chosen_impls(wanted, model, backends or None)
             assert not isinstance(label_input, str)  # _check_sources: one FILE of labels
             computed = stack.enter_context(_computed_logits(model, inputs, label_input, saved))
-            paths, label_input, logits_key, labels_key = (str(computed),), None, "logits", "labels"
+            paths, label_input = (str(computed),), None
+            logits_key, labels_key = "logits", DEFAULT_LABELS_KEY
         on_flagged_row = None
         if csv_target is not None:
             write = stack.enter_context(_written_atomically(csv_target, "--flagged-rows"))

@@ -215,6 +215,8 @@ def _section(path: Path) -> dict[str, Any] | None:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"cannot read {path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise ConfigError(f"cannot read {path}: invalid TOML: nested too deeply") from None
     tool = document.get("tool", {})
     if not isinstance(tool, dict):
         raise ConfigError(f"{path}: tool must be a table ([tool]), got {tool!r}")

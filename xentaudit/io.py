@@ -35,6 +35,8 @@ import numpy as np
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import InputError, XentauditError
 
+DEFAULT_LABELS_KEY = "labels"  # the .npz array read as the labels unless another is named
+
 SHOWN_ROWS = 5  # how many offending row indices an error message lists
 T = TypeVar("T")
 
@@ -147,7 +149,10 @@ def inline_list(spec: str) -> bool:
 
 
 def load_inputs(
-    logits: str, labels: str | None, logits_key: str = "logits", labels_key: str = "labels"
+    logits: str,
+    labels: str | None,
+    logits_key: str = "logits",
+    labels_key: str = DEFAULT_LABELS_KEY,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The logits and labels given as ``--logits`` and ``--labels``: each a file or inline JSON.
 
@@ -756,4 +761,10 @@ def open_arrays(
     logits = _header(path, f"{logits_key}.npy", f"{path}[{logits_key}]")
     if label_source is None and f"{labels_key}.npy" in members:
         label_source = _labels(_header(path, f"{labels_key}.npy", f"{path}[{labels_key}]"))
+    elif label_source is None and labels_key != DEFAULT_LABELS_KEY:
+        # a key named on purpose: a typo must not audit the file without its labels
+        raise InputError(
+            f"{path} has no array {labels_key!r} for the labels (it has {', '.join(keys)}); "
+            "pass --labels-key with one of them"
+        )
     return logits, label_source

@@ -23,6 +23,8 @@ import numpy as np
 from xentaudit.errors import InputError
 from xentaudit.io import regular_file
 
+INT64 = np.iinfo(np.int64)  # the range of a class id: labels go to the loss as int64
+
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json larger than this is refused unread
 MODEL_CLASSES = ("Sequential", "Functional")
 # Policies whose layers compute in a float dtype (keras/src/dtype_policies/dtype_policy.py);
@@ -331,6 +333,10 @@ def _check_loss(fields: dict[str, Any], where: str) -> None:
     ignore = fields.get("ignore_class")
     if ignore is not None and (isinstance(ignore, bool) or not isinstance(ignore, int)):
         raise InputError(f"{where}: {label} has ignore_class={_name(ignore)}, not an integer")
+    if ignore is not None and not INT64.min <= ignore <= INT64.max:
+        raise InputError(
+            f"{where}: {label} has ignore_class={ignore}, outside int64; save the model again"
+        )
     if fields["reduction"] is not None and not isinstance(fields["reduction"], str):
         raise InputError(f"{where}: {label} has a malformed reduction; save the model again")
 

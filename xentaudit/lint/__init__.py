@@ -147,7 +147,7 @@ def notebook_source(text: str) -> tuple[str, list[tuple[int, int]]]:
     try:
         cells = json.loads(text)["cells"]
         sources = [(n, c["source"]) for n, c in enumerate(cells, 1) if c.get("cell_type") == "code"]
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise ValueError("not a Jupyter notebook (no JSON list of cells)") from None
     lines: list[str] = []
     starts = []
@@ -182,7 +182,7 @@ def _lint_file(path: Path, rules: tuple[str, ...]) -> tuple[list[Finding], int, 
             return [], 0, ParseError(name, 1, 1, str(exc))
     try:
         found, suppressed = lint_source(text, name, rules)
-    except RecursionError:
+    except (RecursionError, MemoryError):  # ast.parse raises MemoryError on deep nesting too
         return [], 0, ParseError(name, 1, 1, "nested too deeply to lint")
     except SyntaxError as exc:
         line, col = exc.lineno or 1, exc.offset or 1
