@@ -419,3 +419,23 @@ def test_check_refuses_a_labels_key_the_npz_lacks() -> None:
         f"xentaudit: error: {SEED} has no array 'lables' for the labels (it has labels, "
         "logits); pass --labels-key with one of them\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.arange(6, dtype=np.int32).reshape(2, 3), "has dtype int32; logits must be float16"),
+        (np.ones((2, 3), dtype=bool), "has dtype bool; logits must be float16"),
+        (np.ones(3, dtype=np.float32), "has shape (3,); logits must be [..., classes]"),
+    ],
+    ids=["int32", "bool", "1-D"],
+)
+def test_compare_reads_a_file_of_logits_as_check_does(tmp_path, array, message) -> None:
+    # inline JSON may hold integers (the seed does); a file of them is refused by both commands
+    path = tmp_path / "x.npy"
+    np.save(path, array)
+    for command in (["compare", "--logits", str(path), "--labels", "0"], ["check", str(path)]):
+        result = CliRunner().invoke(cli, [*command, *FAST])
+        assert result.exit_code == 2 and result.stdout == "", command
+        assert result.stderr.startswith(f"xentaudit: error: {path} {message}"), command
+        assert len(result.stderr.splitlines()) == 1, command

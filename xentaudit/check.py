@@ -67,6 +67,7 @@ from xentaudit.io import (
     open_arrays,
     prefetched,
     prepare,
+    refuse_unauditable,
 )
 from xentaudit.losses import Focus, focus_of, get_loss
 from xentaudit.results import (
@@ -329,16 +330,7 @@ def _validate(
 ) -> None:
     """Refuse logits and labels that cannot be audited, from their headers; a ``shard`` of a
     dump may be empty (the dump may not: ``check_file``)."""
-    if logits.dtype.name not in FORMATS:
-        raise InputError(
-            f"{logits.label} has dtype {logits.dtype}; logits must be float16, bfloat16, "
-            "float32 or float64 (cast them before saving)"
-        )
-    if len(logits.shape) < 2 or logits.shape[-1] < 1 or (logits.rows == 0 and not shard):
-        raise InputError(
-            f"{logits.label} has shape {logits.shape}; logits must be [..., classes] with at "
-            "least one row (a 1-D array is one row: save it as x[None])"
-        )
+    refuse_unauditable(logits, shard)
     if logits.shape[-1] > CHUNK_ENTRIES:
         # The exact reference needs a whole row at once, and no chunk exceeds the budget.
         raise InputError(

@@ -163,6 +163,7 @@ def load_inputs(
     y = None if labels is None else file_or_json(labels, "--labels")
     if isinstance(x, Path):
         logits_source, labels_source = open_arrays(x, y, logits_key, labels_key)
+        refuse_unauditable(logits_source)  # inline JSON may hold integers: a file may not
     else:
         logits_source, labels_source = _source(x, "--logits"), _labels_source(y)
     if labels_source is None and isinstance(x, Path) and x.suffix == ".npz":
@@ -172,6 +173,22 @@ def load_inputs(
     if labels_source is None:
         raise InputError("--logits came without labels; pass --labels too (or a .npz of both)")
     return logits_source.read(), labels_source.read()
+
+
+def refuse_unauditable(logits: ArraySource, shard: bool = False) -> None:
+    """Refuse a file's logits that cannot be audited, from the header: a dtype other than the
+    four floats, fewer than two dimensions, no classes, or no rows (a ``shard`` of a dump may be
+    empty)."""
+    if logits.dtype.name not in FORMATS:
+        raise InputError(
+            f"{logits.label} has dtype {logits.dtype}; logits must be float16, bfloat16, "
+            "float32 or float64 (cast them before saving)"
+        )
+    if len(logits.shape) < 2 or logits.shape[-1] < 1 or (logits.rows == 0 and not shard):
+        raise InputError(
+            f"{logits.label} has shape {logits.shape}; logits must be [..., classes] with at "
+            "least one row (a 1-D array is one row: save it as x[None])"
+        )
 
 
 def describe_rows(rows: np.ndarray) -> str:

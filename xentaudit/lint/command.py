@@ -95,7 +95,8 @@ def lint(
 
     Parses the code (never runs it): log(softmax(x)), probabilities given to a loss on logits,
     clipped or epsilon-shifted probabilities under a log, a softmax's output given to a
-    from_logits=False Keras loss, log(sum(exp(x))). Suppress a line with '# noqa: XA101'.
+    from_logits=False Keras loss, log(sum(exp(x))), log(sigmoid(x)). Suppress a line with
+    '# noqa: XA101'.
     Exit codes: 0 nothing found, 1 a finding, 2 usage or input error (a file that does not
     parse: XA000, reported with the rest).
     """
