@@ -159,3 +159,22 @@ def test_a_report_to_a_file_is_160_columns_wide_unless_columns_says_another(
     assert check(str(report)).exit_code == 0  # the fused sparse loss passes the seed
     longest = max(len(line) for line in report.read_text().splitlines())
     assert longest <= widest and (longest > 160) == (widest > 160)
+
+
+def test_a_check_that_fails_after_its_audit_writes_none_of_its_files(tmp_path) -> None:
+    # stdout full once the audit is done: the rows' CSV, the HTML, the new baseline and the
+    # step summary were all ready, and none may be left (exit 2 is an error, never a verdict)
+    files = {n: tmp_path / n for n in ("rows.csv", "report.html", "base.json", "summary.md")}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "xentaudit", "check", SEED, "--impl", "clipped", "--mode",
+                "eager", "--flagged-rows", str(files["rows.csv"]), "--html",
+                str(files["report.html"]), "--write-baseline", str(files["base.json"]),
+            ],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, cwd=tmp_path,
+            env={**os.environ, "GITHUB_STEP_SUMMARY": str(files["summary.md"])},
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.endswith("free space or redirect stdout\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -996,86 +996,102 @@ def check(
     )
     defaults = default_impls(input_kind, backends or None, loss)
     _load_keras(model)  # also with shards audited in other processes: read here too
-    with contextlib.ExitStack() as stack:
-        if inputs is not None:
-            assert model is not None and label_input is not None  # _check_sources
-            # refused before the model runs
-            wanted = impls or defaults
-            refuse_input_kind(input_kind, wanted, model, policies or None)
-            chosen_impls(wanted, model, backends or None)
-            assert not isinstance(label_input, str)  # _check_sources: one FILE of labels
-            computed = stack.enter_context(_computed_logits(model, inputs, label_input, saved))
-            paths, label_input = (str(computed),), None
-            logits_key, labels_key = "logits", DEFAULT_LABELS_KEY
-        on_flagged_row = None
-        if csv_target is not None:
-            write = stack.enter_context(_written_atomically(csv_target, "--flagged-rows"))
-            write(csv_report.header())
+    # Every file written is committed together once the last of them is (and the report is
+    # printed): an error on the way (a baseline refused, stdout or --output unwritable) leaves
+    # none of them (--save-logits, the audit's input, stays).
+    with contextlib.ExitStack() as outputs:
+        writers: list[Callable[..., None]] = []
+        with contextlib.ExitStack() as stack:
+            if inputs is not None:
+                assert model is not None and label_input is not None  # _check_sources
+                # refused before the model runs
+                wanted = impls or defaults
+                refuse_input_kind(input_kind, wanted, model, policies or None)
+                chosen_impls(wanted, model, backends or None)
+                assert not isinstance(label_input, str)  # _check_sources: one FILE of labels
+                computed = stack.enter_context(_computed_logits(model, inputs, label_input, saved))
+                paths, label_input = (str(computed),), None
+                logits_key, labels_key = "logits", DEFAULT_LABELS_KEY
+            on_flagged_row = None
+            if csv_target is not None:
+                write_row = outputs.enter_context(_written_atomically(csv_target, "--flagged-rows"))
+                writers.append(write_row)
+                write_row(csv_report.header())
 
-            def on_flagged_row(row: FlaggedRow) -> None:
-                write(csv_report.line(row))
+                def on_flagged_row(row: FlaggedRow) -> None:
+                    write_row(csv_report.line(row))
 
-        progress = stack.enter_context(_progress())
-        result = check_file(
-            paths,
-            labels=label_input,
-            logits_key=logits_key,
-            labels_key=labels_key,
-            impls=impls or None,
-            dtypes=dtypes or None,
-            modes=(mode,),
-            eps=eps,
-            rtol=rtol,
-            chunk_rows=chunk_rows,
-            timeout=timeout,
-            progress=progress,
-            policies=policies or None,
-            backends=backends or None,
-            loss_scale=loss_scale,
-            on_flagged_row=on_flagged_row,
-            model=model,
-            input_kind=input_kind,
-            loss=loss,
-            label_smoothing=label_smoothing,
-            gamma=gamma,
-            alpha=alpha,
-            ignore_class=ignore_class,
-            jobs=jobs,
-            scheduler=scheduler,
-            apart=True,
+            progress = stack.enter_context(_progress())
+            result = check_file(
+                paths,
+                labels=label_input,
+                logits_key=logits_key,
+                labels_key=labels_key,
+                impls=impls or None,
+                dtypes=dtypes or None,
+                modes=(mode,),
+                eps=eps,
+                rtol=rtol,
+                chunk_rows=chunk_rows,
+                timeout=timeout,
+                progress=progress,
+                policies=policies or None,
+                backends=backends or None,
+                loss_scale=loss_scale,
+                on_flagged_row=on_flagged_row,
+                model=model,
+                input_kind=input_kind,
+                loss=loss,
+                label_smoothing=label_smoothing,
+                gamma=gamma,
+                alpha=alpha,
+                ignore_class=ignore_class,
+                jobs=jobs,
+                scheduler=scheduler,
+                apart=True,
+            )
+        result = replace(
+            result,
+            path=result.path if inputs is None else f"{inputs} through {model}",
+            labels=result.labels if inputs is None else f"--labels {labels}",
+            config=None if used.path is None else str(used.path),
+            flagged_rows_path=flagged_rows,
+            # an explicit --fail-on judges every implementation, as without --model
+            gate=result.gate if unset("fail_on") and "fail-on" not in table else None,
         )
-    result = replace(
-        result,
-        path=result.path if inputs is None else f"{inputs} through {model}",
-        labels=result.labels if inputs is None else f"--labels {labels}",
-        config=None if used.path is None else str(used.path),
-        flagged_rows_path=flagged_rows,
-        # an explicit --fail-on judges every implementation, as without --model
-        gate=result.gate if unset("fail_on") and "fail-on" not in table else None,
-    )
-    if old_baseline is not None:
-        assert baseline_path is not None
-        comparison = compare_baseline(result, old_baseline, fail_flags, baseline_path)
-        result = replace(result, baseline=comparison)
-    if new_baseline is not None:
-        with _written_atomically(new_baseline, "--write-baseline") as write:
+        if old_baseline is not None:
+            assert baseline_path is not None
+            comparison = compare_baseline(result, old_baseline, fail_flags, baseline_path)
+            result = replace(result, baseline=comparison)
+        if new_baseline is not None:
+            write = outputs.enter_context(_written_atomically(new_baseline, "--write-baseline"))
+            writers.append(write)
             write(json_report.render(result, command="check", fail_on=list(fail_flags)))
-    if fmt == "json":
-        text = json_report.render(result, command="check", fail_on=list(fail_flags))
-    elif fmt == "junit":
-        text = junit_report.render(result, fail_flags)
-    elif fmt == "github":
-        text = github_report.render(result, fail_flags)
-    else:
-        color, width = _color_and_width(sys.stdout if output is None else None)
-        text = table_report.render_check(result, fail_flags, color=color, width=width)
-    if html_target is not None:
-        from xentaudit.report import html as html_report
+        if fmt == "json":
+            text = json_report.render(result, command="check", fail_on=list(fail_flags))
+        elif fmt == "junit":
+            text = junit_report.render(result, fail_flags)
+        elif fmt == "github":
+            text = github_report.render(result, fail_flags)
+        else:
+            color, width = _color_and_width(sys.stdout if output is None else None)
+            text = table_report.render_check(result, fail_flags, color=color, width=width)
+        if html_target is not None:
+            from xentaudit.report import html as html_report
 
-        with _written_atomically(html_target, "--html") as write:
+            write = outputs.enter_context(_written_atomically(html_target, "--html"))
+            writers.append(write)
             write(html_report.render_check(result, fail_flags))
+        if target is not None:
+            write = outputs.enter_context(_written_atomically(target, "--output"))
+            writers.append(write)
+            write(text)
+        for write in writers:  # each file whole on disk before the report says anything
+            write("", flush=True)
+        if target is None:
+            _print_report(text)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
+    if summary:  # appended once the run's files are written: a failed run appends nothing
         pointer = (
             ""
             if html_target is None
@@ -1087,11 +1103,6 @@ def check(
                 stream.write(markdown_report.render(result, fail_flags) + pointer)
         except OSError as exc:
             click.echo(f"xentaudit: warning: cannot append to GITHUB_STEP_SUMMARY: {exc}", err=True)
-    if target is None:
-        _print_report(text)
-    else:
-        with _written_atomically(target, "--output") as write:
-            write(text)
     return result.exit_code(fail_flags)
 
 
@@ -1316,11 +1327,12 @@ def _temporary(path: Path, suffix: str = ".tmp") -> Iterator[tuple[int, str]]:
 
 
 @contextlib.contextmanager
-def _written_atomically(path: Path, option: str) -> Iterator[Callable[[str | bytes], None]]:
-    """A ``write(text)`` (text in UTF-8, or bytes as they are: a figure) into a temporary file
-    beside ``path``, renamed onto it when the block ends without an exception, removed
-    otherwise (and on SIGINT or SIGTERM): ``path`` is written whole or not at all. A write,
-    flush or rename that fails is one line naming ``option``."""
+def _written_atomically(path: Path, option: str) -> Iterator[Callable[..., None]]:
+    """A ``write(text)`` (text in UTF-8, or bytes as they are: a figure; ``flush=True``: all
+    of it to the file now) into a temporary file beside ``path``, renamed onto it when the
+    block ends without an exception, removed otherwise (and on SIGINT or SIGTERM): ``path`` is
+    written whole or not at all. A write, flush or rename that fails is one line naming
+    ``option``."""
 
     def failed(exc: OSError) -> ConfigError:
         return ConfigError(f"{option}: cannot write {path} ({exc.strerror}); pick a writable path")
@@ -1328,12 +1340,14 @@ def _written_atomically(path: Path, option: str) -> Iterator[Callable[[str | byt
     with _temporary(path) as (fd, tmp):
         stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
 
-        def write(text: str | bytes) -> None:
+        def write(text: str | bytes, flush: bool = False) -> None:
             try:
                 if isinstance(text, bytes):
                     stream.buffer.write(text)
                 else:
                     stream.write(text)
+                if flush:  # a full disk fails here, not at the rename
+                    stream.flush()
             except OSError as exc:
                 raise failed(exc) from None
 
