@@ -178,3 +178,15 @@ def test_a_check_that_fails_after_its_audit_writes_none_of_its_files(tmp_path) -
     assert done.returncode == 2, done.stderr
     assert done.stderr.endswith("free space or redirect stdout\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--output", "--flagged-rows", "--write-baseline"])
+def test_an_output_naming_a_file_the_run_reads_is_refused(tmp_path, option: str) -> None:
+    logits = tmp_path / "logits.npz"
+    logits.write_bytes(Path(SEED).read_bytes())
+    before = logits.read_bytes()
+    result = CliRunner().invoke(cli, ["check", str(logits), *FAST, option, str(logits)])
+    assert one_line(result) == (
+        f"xentaudit: error: {option} {logits} is a file this run reads; give another name"
+    )
+    assert logits.read_bytes() == before

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -965,13 +965,16 @@ def check(
     new_baseline = None if write_baseline is None else _writable(write_baseline, "--write-baseline")
     # read before anything runs (and before --write-baseline may replace the same file)
     old_baseline = None if baseline_path is None else read_baseline(baseline_path)
-    _distinct(
+    written = (
         ("--output", target),
         ("--html", html_target),
         ("--flagged-rows", csv_target),
         ("--save-logits", saved),
         ("--write-baseline", new_baseline),
     )
+    _distinct(*written)
+    # (--baseline and --write-baseline may name one file: the ratchet reads it first)
+    _not_read(written, (*paths, labels, inputs, model, config_path))
     used = config.load(Path(config_path) if config_path else None)
     for warning in used.warnings:
         click.echo(f"xentaudit: warning: {warning}", err=True)
@@ -1273,6 +1276,15 @@ def _print_report(text: str) -> None:
         raise ConfigError(
             f"cannot write the report to stdout ({exc.strerror}); free space or redirect stdout"
         ) from None
+
+
+def _not_read(targets: Sequence[tuple[str, Path | None]], read: Iterable[str | None]) -> None:
+    """Refuse an output option (given as (option, path); None: not given) naming a file the
+    command reads: the report would replace its own input."""
+    inputs = {Path(p).resolve() for p in read if p is not None and Path(p).is_file()}
+    for option, path in targets:
+        if path is not None and path.resolve() in inputs:
+            raise ConfigError(f"{option} {path} is a file this run reads; give another name")
 
 
 def _distinct(*named: tuple[str, Path | None]) -> None:
