@@ -14,6 +14,8 @@ eps (1 + p_j) from -1/p_j times p_j: 8 eps absolutely.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 
 import ml_dtypes
@@ -243,3 +245,26 @@ def test_a_users_loss_from_a_file_compiles(tmp_path) -> None:
     name = get_impl(f"{tmp_path / 'file_losses.py'}:good").name
     out = torch_zoo.run(name, 0.0, "graph", X.astype(np.float32), None, CLASSES)
     assert out.loss.shape == (3,)
+
+
+def test_a_users_compiled_loss_leaves_inductors_disk_cache_to_the_zoo(tmp_path) -> None:
+    # A file's loss is the module `_xentaudit_<stem>` of its own process only: its compiled
+    # graph, cached on disk, made a later process compiling the same graph for a built-in loss
+    # (softmax then log, as here) warn with a traceback that it could not unpickle it.
+    needs_graph("graph")
+    (tmp_path / "own.py").write_text(
+        "import torch\n\n\ndef fn(labels, logits):\n"
+        "    return -(labels * torch.log(torch.softmax(logits, -1))).sum(-1)\n"
+    )
+    run = (
+        "import numpy as np, xentaudit\n"
+        "x = np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 0.0]], np.float32)\n"
+        "xentaudit.audit(x, np.array([0, 1]), impls=[{!r}], modes=['graph'], backends=['torch'])\n"
+    )
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    for impl in (f"torch:{tmp_path / 'own.py'}:fn", "torch_softmax_log"):
+        done = subprocess.run(
+            [sys.executable, "-c", run.format(impl)], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert "unable to load compiled graph" not in done.stderr, impl

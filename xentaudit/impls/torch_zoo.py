@@ -208,7 +208,13 @@ def _compiled(name: str, dtype: str, smoothing: float, ignore: int | None) -> Lo
         # dynamic=True: one graph whatever the batch shape. fullgraph=True for the zoo, which has
         # no graph breaks: an error rather than a silent fall-back to eager; a user's loss may
         # break the graph, as torch.compile lets it by default.
-        _GRAPH_CACHE[key] = torch.compile(_own_code(fn), dynamic=True, fullgraph=not users)
+        # A user's loss stays out of Inductor's on-disk FX graph cache: its compiled graph refers
+        # to the module its file was loaded as (``_xentaudit_<stem>``), which no other process
+        # has, so a built-in loss of the same graph that found it there warned with a traceback.
+        options = {"fx_graph_cache": False} if users else None
+        _GRAPH_CACHE[key] = torch.compile(
+            _own_code(fn), dynamic=True, fullgraph=not users, options=options
+        )
     return _GRAPH_CACHE[key]
 
 
