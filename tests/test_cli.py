@@ -439,3 +439,12 @@ def test_compare_reads_a_file_of_logits_as_check_does(tmp_path, array, message) 
         assert result.exit_code == 2 and result.stdout == "", command
         assert result.stderr.startswith(f"xentaudit: error: {path} {message}"), command
         assert len(result.stderr.splitlines()) == 1, command
+
+
+def test_no_command_is_one_line_naming_the_commands() -> None:
+    result = CliRunner().invoke(cli, [])
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"xentaudit: error: no command given; pick one of {', '.join(cli.list_commands(None))}; "
+        "see 'xentaudit --help'\n"
+    )

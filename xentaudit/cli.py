@@ -161,6 +161,10 @@ class _Signals:
 _SIGNALS = _Signals()
 
 
+# click 8.2+ raises it for a group called without a command (its message: the whole help)
+_NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _OneLineErrors(click.Group):
     """Report usage and input errors as one line and exit 2, bugs as one line and exit 3."""
 
@@ -175,6 +179,9 @@ class _OneLineErrors(click.Group):
         except click.ClickException as exc:
             message = exc.format_message().rstrip(".")
             ctx = getattr(exc, "ctx", None)
+            if isinstance(exc, _NO_ARGS) and ctx is not None:
+                # a bare `xentaudit`: click's message is the whole help
+                message = f"no command given; pick one of {', '.join(self.list_commands(ctx))}"
             suggested = "Did you mean" in message  # click's own how-to-fix
             how = f"; see '{ctx.command_path} --help'" if ctx and not suggested else ""
             click.echo(f"xentaudit: error: {one_line(message)}{how}", err=True)
