@@ -636,3 +636,15 @@ def test_the_progress_of_jobs_moves_a_chunk_at_a_time_up_to_the_total(dump) -> N
     done = [d for d, _ in seen]
     assert done == sorted(set(done)) and seen[-1] == (sum(SIZES), sum(SIZES))
     assert len(done) > len(SIZES)  # more often than once a shard
+
+
+def test_labels_that_do_not_fit_their_shard_are_named(tmp_path) -> None:
+    # among many shards, the one pair whose labels are short is the one the error names
+    _shards(tmp_path / "logits", tmp_path / "labels")
+    short = tmp_path / "labels" / "shard-2.npy"
+    np.save(short, np.load(short)[:-1])
+    with pytest.raises(InputError) as error:
+        check_file(tmp_path / "logits", labels=tmp_path / "labels", **FAST)
+    message = str(error.value)
+    assert f"({short}) do not fit logits" in message
+    assert f"({tmp_path / 'logits' / 'shard-2.npy'})" in message

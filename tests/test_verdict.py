@@ -236,3 +236,10 @@ def test_the_verdict_offers_to_pin_the_fused_losses_when_only_others_fail() -> N
     # A failing fused loss, or implementations the user named (nothing pinnable): no hint.
     assert not replace(base, pinnable=("naive",)).verdict().message.startswith("Only")
     assert not base.verdict().message.startswith("Only")
+
+
+def test_a_sweep_in_which_nothing_ran_says_so_and_claims_no_flag() -> None:
+    empty = replace(sweep_case(), cells=(), breaking_points=())
+    assert empty.summary == (
+        "Nothing ran: every cell of this sweep was skipped (the skipped cells say why).",
+    )

@@ -346,7 +346,8 @@ def _validate(
         )
     if labels is not None and labels.shape not in (logits.shape, logits.shape[:-1]):
         raise InputError(
-            f"labels of shape {labels.shape} do not fit logits of shape {logits.shape}: pass "
+            f"labels of shape {labels.shape} ({labels.label}) do not fit logits of shape "
+            f"{logits.shape} ({logits.label}): pass "
             f"class indices of shape {logits.shape[:-1]} or label weights of shape {logits.shape}"
         )
 

@@ -567,6 +567,11 @@ def regular_file(
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
+        if path.is_symlink():
+            raise error(
+                f"{prefix}{path} is a dangling link (to {os.readlink(path)}), not a file; "
+                f"pass {wanted}"
+            ) from None
         raise error(f"{prefix}no such file: {path}; check the path") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:

@@ -734,6 +734,8 @@ def variant_label(impl: str, eps: float | None, with_eps: bool) -> str:
 
 
 def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
+    if not sweep.cells:  # every scale skipped (or every implementation): nothing to say of them
+        return ("Nothing ran: every cell of this sweep was skipped (the skipped cells say why).",)
     lines: list[str] = []
     variants = list(dict.fromkeys((c.impl, c.eps) for c in sweep.cells))
     multi_eps = several_eps(variants)
