@@ -467,3 +467,18 @@ def test_modules_planted_in_the_working_directory_never_run_in_the_processes_sta
     )
     assert result.returncode == 0, result.stderr
     assert not list(tmp_path.glob("ran_*"))
+    # with progress (a terminal's stderr), the progress queue's lock starts the resource
+    # tracker: the API the same way, from a script elsewhere (its own folder on its path)
+    script = tmp_path / "caller" / "run.py"
+    script.parent.mkdir()
+    script.write_text(
+        "from xentaudit import check_file\n\n"
+        "if __name__ == '__main__':\n"
+        "    check_file(['x1.npy', 'x2.npy'], impls=['tf_softmax_xent'], modes=['eager'],"
+        " backends=['tf'], jobs=2, progress=lambda done, total: None)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert not list(tmp_path.glob("ran_*"))

@@ -189,12 +189,21 @@ def test_correct_losses_on_large_smoothed_rows_are_not_flagged() -> None:
         assert [(r.impl, r.flags) for r in result.results] == [(r.impl, ()) for r in result.results]
 
 
-def _underweighted(labels, logits):
-    """The fused loss on the labels handed, with 10 % of their off-label mass dropped."""
-    import tensorflow as tf
+def _reweighted(factor: float):
+    """The fused loss on the labels handed, their off-label mass times ``factor`` (in float32,
+    where float16's subnormal labels would round the factor away), returned in their dtype."""
 
-    kept = tf.where(labels > 0.5, labels, 0.9 * labels)
-    return tf.nn.softmax_cross_entropy_with_logits(labels=kept, logits=logits)
+    def loss(labels, logits):
+        import tensorflow as tf
+
+        wide = tf.cast(labels, tf.float32)
+        kept = tf.where(wide > 0.5, wide, factor * wide)
+        wide_logits = tf.cast(logits, tf.float32)
+        out = tf.nn.softmax_cross_entropy_with_logits(labels=kept, logits=wide_logits)
+        return tf.cast(out, logits.dtype)
+
+    loss.__qualname__ = f"reweighted_{round(factor * 100)}"
+    return loss
 
 
 def test_float16_smoothed_labels_rounded_subnormal_are_not_the_losss_fault() -> None:
@@ -202,17 +211,19 @@ def test_float16_smoothed_labels_rounded_subnormal_are_not_the_losss_fault() -> 
     # labelled class dominates (the others 100 to 500 below), so the loss is nearly all the
     # smoothing's: the fused loss, exact on the labels it is handed, reads 4.6 % low, past
     # float16's tolerance of the exact smoothed loss but within it of the exact loss of its
-    # labels (mpmath, below). A loss off by more than the labels' rounding is still divergent.
+    # labels (mpmath, below). A loss off its labels' exact loss, and the exactly smoothed one,
+    # by more than the tolerance is still divergent: 10 % of the smoothing mass dropped (past
+    # both), or added (nearer the exactly smoothed loss, 0.088 off it: still past 0.032).
     from xentaudit.testing import register
 
     classes, a = 32000, 0.01
     rng = np.random.default_rng(2)
     x = -100.0 - np.abs(rng.standard_normal((1, classes))) * 100.0
     x[0, 0] = 0.0
-    under = register(_underweighted, "tf")
+    under, over = register(_reweighted(0.9), "tf"), register(_reweighted(1.1), "tf")
     result = audit(
-        x, np.array([0]), impls=["tf_softmax_xent", under], dtypes=["float16"], modes=["eager"],
-        label_smoothing=a,
+        x, np.array([0]), impls=["tf_softmax_xent", under, over], dtypes=["float16"],
+        modes=["eager"], label_smoothing=a,
     )  # fmt: skip
     by_impl = {r.impl: r for r in result.results}
     mpmath.mp.dps = 30
@@ -230,4 +241,4 @@ def test_float16_smoothed_labels_rounded_subnormal_are_not_the_losss_fault() -> 
     # float16's rounding of the loss: eps16 relative; none of check's failing flags fires
     assert fused.loss == pytest.approx(on_handed, rel=2.0**-10)
     assert not set(fused.flags) & set(CHECK_FAIL_ON), fused.flags
-    assert "divergent" in by_impl[under].flags
+    assert "divergent" in by_impl[under].flags and "divergent" in by_impl[over].flags

@@ -103,8 +103,12 @@ NARROW = 40  # narrower than any table's columns of numbers alone
         lambda width: table.render(compare_case(), title="t", width=width),
         lambda width: table.render_check(check_case(), CHECK_FAIL_ON, width=width),
         lambda width: table.render_sweep(sweep_case(), width=width),
+        # a grid of 24 scales (3.16e3 and the like): wider than 160 columns
+        lambda width: table.render_sweep(
+            replace(sweep_case(), scales=tuple(10 ** (k / 4) for k in range(-4, 20))), width=width
+        ),
     ],
-    ids=["compare", "check", "sweep"],
+    ids=["compare", "check", "sweep", "sweep-grid"],
 )
 def test_a_table_wider_than_the_width_runs_past_it_rather_than_cut_a_number(render) -> None:
     # A report in a CI log or a file is 160 columns wide: a table that does not fit wraps its

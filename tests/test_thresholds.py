@@ -408,14 +408,17 @@ def test_labels_smoothed_in_a_dtype_widen_the_sigmoid_loss_tolerance() -> None:
     exact = x * a / 2
     np.testing.assert_allclose(rounded.ref.loss, exact, rtol=2.0**-50)
     threshold = EPS32 * (8 * np.maximum(exact, 1.0) + 2.0 * x * (1 - a / 2))
-    # an implementation smoothing the labels itself (Keras): that; one handed the labels xentaudit
-    # smoothed and rounded to float32 may also show what their rounding moves the exact loss by
+    # an implementation smoothing the labels itself (Keras): that, around L; one handed the
+    # labels xentaudit smoothed and rounded to float32: that around L' = L + shift, the exact
+    # loss of the labels it got (here moved away from L, so that L is no nearer)
     assert rounded.label_shift is not None
-    handed = threshold + rounded.label_shift[0]
+    shift = rounded.label_shift[0]
+    away = np.where(shift >= 0, 1.0, -1.0)
     for factor, flagged in ((INSIDE, False), (PAST, True)):
         own = grade(exact + factor * threshold, rounded.ref.grad, "float32", rounded, handed=False)
         assert own.masks["divergent"].all() is np.bool_(flagged), factor
-        given = grade(exact + factor * handed, rounded.ref.grad, "float32", rounded)
+        loss = exact + shift + away * factor * threshold
+        given = grade(loss, rounded.ref.grad, "float32", rounded)
         assert given.masks["divergent"].all() is np.bool_(flagged), factor
 
 

@@ -73,8 +73,9 @@ def test_a_loss_of_the_loop_that_fails_is_named_as_the_loop_passes_it() -> None:
 
 
 def test_the_loops_loss_failing_is_models_and_other_flags_stay_apart() -> None:
-    """softmax then log as the loop's own loss, on the gap-120 row: NaN (as above), recorded
-    under `model`; the fused loss beside it stays clean."""
+    """softmax then log as the loop's own loss, on the gap-120 row: p underflows to 0 and its
+    log is -inf, so the loss is inf, recorded under `model`; the fused loss beside it stays
+    clean."""
 
     def softmax_log(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = torch.softmax(logits, dim=-1)

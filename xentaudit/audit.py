@@ -187,7 +187,8 @@ def grade(
 
     exact_inf = rounded.exact_inf
     with np.errstate(invalid="ignore"):
-        abs_err = np.abs((loss - ref.loss) - ref.loss_lo)
+        signed = (loss - ref.loss) - ref.loss_lo
+    abs_err = np.abs(signed)
     if rounded.any_exact_inf:
         # An infinite exact loss is matched only by itself; anything else but NaN is infinitely
         # off.
@@ -213,11 +214,15 @@ def grade(
     label_loss, label_grad = np.zeros_like(bound), np.zeros_like(bound)
     if rounded.label_terms is not None:
         label_loss, label_grad = (label_accumulator(eff.eps) * t for t in rounded.label_terms)
-    # smoothed labels rounded to the dtype: what that moves the exact values by (any tolerance)
-    shift_loss, shift_grad = (
-        rounded.label_shift if handed and rounded.label_shift is not None else (0.0, 0.0)
-    )
-    allowed = tol * scale + (reduction + label_loss if rtol is None else 0.0) + slack + shift_loss
+    # Smoothed labels rounded to the dtype (``Rounded.label_shift``): an implementation handed
+    # them is judged against the exact loss of the labels it got, L' = L + shift, or of those
+    # smoothed exactly, L, whichever it is nearer; its gradient may be off by theirs apart.
+    judged, shift_grad = abs_err, 0.0
+    if handed and rounded.label_shift is not None:
+        shift, shift_grad = rounded.label_shift
+        with np.errstate(invalid="ignore"):
+            judged = np.where(exact_inf, abs_err, np.minimum(abs_err, np.abs(signed - shift)))
+    allowed = tol * scale + (reduction + label_loss if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
 
     ignored = np.zeros_like(exact_inf) if rounded.ignored is None else rounded.ignored
@@ -226,7 +231,7 @@ def grade(
             np.isnan(loss),
             np.isinf(loss) & ~exact_inf,
             ignored & (loss != 0),  # a row whose exact loss is 0 because it is ignored
-            abs_err > allowed,
+            judged > allowed,
             (loss == 0) & (ref.loss >= eff.tiny),
         ]
     )
@@ -304,8 +309,9 @@ class Rounded:
     ignored: np.ndarray | None = None
     ignore_class: int | None = None
     # with smoothing: per row, how far rounding the smoothed labels to fmt (``weights``) moves
-    # the exact loss and the gradient (its largest entry), the labels' fault and not that of an
-    # implementation handed them: a float16 a / C below 6.1e-5 is subnormal, off by up to 100 %
+    # the exact loss (L' - L, signed) and the gradient (max_j |g'_j - g_j|), the labels' fault
+    # and not that of an implementation handed them: a float16 a / C below 6.1e-5 is
+    # subnormal, off by up to 100 %
     label_shift: tuple[np.ndarray, np.ndarray] | None = None
 
     @cached_property
@@ -467,11 +473,16 @@ def round_to(
     if smoothing:
         handed = as_float(y).astype(np.float64)  # type: ignore[arg-type]
         if not np.array_equal(handed, ref_labels):
-            rounded_ref = LOSSES[loss].reference(ref_logits, handed, method, focus)
-            shift = _shift(ref, rounded_ref)
+            # a tolerance's term: float64's few ulps are enough (no second mpmath pass)
+            cheap = "float64" if method == "mpmath" else method
+            shift = _shift(ref, LOSSES[loss].reference(ref_logits, handed, cheap, focus))
     if ignored is not None:
         ref = without_rows(ref, ignored)
-        shift = None if shift is None else (np.where(ignored, 0.0, shift[0]), shift[1])
+        shift = (
+            None
+            if shift is None
+            else (np.where(ignored, 0.0, shift[0]), np.where(ignored, 0.0, shift[1]))
+        )
     return Rounded(
         fmt, x, y, batch.classes, ref, given, loss, focus, smoothing, given_y, ignored,
         ignore_class, shift,
@@ -479,10 +490,10 @@ def round_to(
 
 
 def _shift(ref: Reference, other: Reference) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, |L' - L| and max_j |g'_j - g_j| of two exact references of the same logits
-    (an infinite loss equal in both: no shift)."""
+    """Per row, L' - L and max_j |g'_j - g_j| of two exact references of the same logits (an
+    infinite loss equal in both: no shift)."""
     with np.errstate(invalid="ignore"):
-        loss = np.where(other.loss == ref.loss, 0.0, np.abs(other.loss - ref.loss))
+        loss = np.where(other.loss == ref.loss, 0.0, other.loss - ref.loss)
         grad = np.abs(other.grad - ref.grad).max(axis=1)
     return loss, grad
 

@@ -50,7 +50,7 @@ def read_baseline(path: str | Path, command: str = "check") -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise InputError(f"cannot read --baseline {path}: {exc.strerror}") from None
+        raise InputError(f"cannot read --baseline {path}: {exc.strerror}; check the path") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"--baseline {path} is not JSON ({exc}); write it again") from None
     except RecursionError:  # json recurses into nested arrays and objects

@@ -1006,9 +1006,9 @@ def check(
     )
     defaults = default_impls(input_kind, backends or None, loss)
     _load_keras(model)  # also with shards audited in other processes: read here too
-    # Every file written is committed together once the last of them is (and the report is
-    # printed): an error on the way (a baseline refused, stdout or --output unwritable) leaves
-    # none of them (--save-logits, the audit's input, stays).
+    # The files written are whole on disk before the report is printed and renamed into place
+    # one after another after it: an error on the way (a baseline refused, stdout or --output
+    # unwritable) leaves none of them (--save-logits, the audit's input, stays).
     with contextlib.ExitStack() as outputs:
         writers: list[Callable[..., None]] = []
         with contextlib.ExitStack() as stack:
@@ -1098,8 +1098,12 @@ def check(
             write(text)
         for write in writers:  # each file whole on disk before the report says anything
             write("", flush=True)
+        broken = None
         if target is None:
-            _print_report(text)
+            try:
+                _print_report(text)
+            except BrokenPipeError as exc:  # the reader stopped reading (`| head`): files stand
+                broken = exc
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:  # appended once the run's files are written: a failed run appends nothing
         pointer = (
@@ -1113,6 +1117,8 @@ def check(
                 stream.write(markdown_report.render(result, fail_flags) + pointer)
         except OSError as exc:
             click.echo(f"xentaudit: warning: cannot append to GITHUB_STEP_SUMMARY: {exc}", err=True)
+    if broken is not None:
+        raise broken
     return result.exit_code(fail_flags)
 
 
@@ -1288,7 +1294,14 @@ def _print_report(text: str) -> None:
 def _not_read(targets: Sequence[tuple[str, Path | None]], read: Iterable[str | None]) -> None:
     """Refuse an output option (given as (option, path); None: not given) naming a file the
     command reads: the report would replace its own input."""
-    inputs = {Path(p).resolve() for p in read if p is not None and Path(p).is_file()}
+
+    def is_file(name: str) -> bool:
+        try:
+            return Path(name).is_file()
+        except OSError:  # inline JSON longer than a file name may be
+            return False
+
+    inputs = {Path(p).resolve() for p in read if p is not None and is_file(p)}
     for option, path in targets:
         if path is not None and path.resolve() in inputs:
             raise ConfigError(f"{option} {path} is a file this run reads; give another name")

@@ -566,7 +566,7 @@ def _run_local(tasks: list[_Unit], jobs: int, merger: _Merger) -> None:
         if not todo:
             continue
         # a queue of the part's own: a process that died writing to it may leave its lock held
-        ticks = multiprocessing.get_context("spawn").SimpleQueue() if merger.progress else None
+        ticks = _spawn_queue() if merger.progress else None
         try:
             _run_part(todo, jobs, merger, ticks)
         finally:
@@ -614,12 +614,12 @@ def _local_pool(
     # spawn, not fork: TensorFlow's and torch's threads do not survive a fork
     context = multiprocessing.get_context("spawn")
     _start_resource_tracker()
-    with _environ(SAFE_PATH):  # the pool starts its processes as tasks are submitted
+    with _environ(SAFE_PATH) as before:  # the pool starts its processes as tasks come
         pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=context,
             initializer=_start_worker,
-            initargs=(os.getpid(), threads, ticks),
+            initargs=(os.getpid(), threads, ticks, before),
         )
         try:
             yield pool
@@ -639,20 +639,36 @@ def _local_pool(
 SAFE_PATH = {"PYTHONSAFEPATH": "1"}
 
 
+_ENVIRON_LOCK = threading.Lock()
+# name -> [blocks of _environ setting it now, its value before the first of them]
+_environ_set: dict[str, list] = {}
+
+
 @contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``values`` set for the block, read by the processes started in it,
-    then as it was."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
+def _environ(values: dict[str, str]) -> Iterator[dict[str, str | None]]:
+    """``os.environ`` with ``values`` set for the block, read by the processes started in it;
+    a name is as it was once the last block setting it ends (pools in several threads of an
+    API caller). Yields each name's value before: what those processes restore."""
+    with _ENVIRON_LOCK:
+        before = {}
+        for name, value in values.items():
+            entry = _environ_set.setdefault(name, [0, os.environ.get(name)])
+            entry[0] += 1
+            before[name] = entry[1]
+            os.environ[name] = value
     try:
-        yield
+        yield before
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        with _ENVIRON_LOCK:
+            for name in values:
+                entry = _environ_set[name]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    del _environ_set[name]
+                    if entry[1] is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = entry[1]
 
 
 def sweep_parts(
@@ -665,7 +681,7 @@ def sweep_parts(
     meets first); a process that died is ``WorkerLost``."""
     from xentaudit.sweep import total_runs
 
-    ticks = multiprocessing.get_context("spawn").SimpleQueue() if progress else None
+    ticks = _spawn_queue() if progress else None
     order = sorted(range(len(shares)), key=lambda i: SWEEP_ORDER.index(_backend(shares[i])))
     total = sum(total_runs(grid, share) for share in shares)
     done = [0] * len(shares)
@@ -711,6 +727,12 @@ def _sweep_part(grid: Grid, share: Share, index: int) -> Part:
     return run_part(grid, share, tick if _ticks is not None else None)
 
 
+def _spawn_queue() -> SimpleQueue:
+    """A queue for spawned processes; its lock starts the resource tracker, so that first."""
+    _start_resource_tracker()
+    return multiprocessing.get_context("spawn").SimpleQueue()
+
+
 def _start_resource_tracker() -> None:
     """Start multiprocessing's resource tracker (unless it runs), which removes the semaphores
     of a process pool its command left behind, quietly: a command ended by a signal leaves
@@ -723,13 +745,21 @@ def _start_resource_tracker() -> None:
         resource_tracker.ensure_running()
 
 
-def _start_worker(parent: int, threads: int | None, ticks: SimpleQueue | None) -> None:
-    """A --jobs process, before any task: leave Ctrl-C to the process it serves (which ends the
-    run), end when that process is gone (killed, or ended by a signal without waiting for us),
-    share the cores (``THREAD_VARIABLES``: ``threads`` per operation, unless set or None),
-    quiet the frameworks as the command line does (``quiet_python_logs``: TensorFlow loads
-    quietly when a task first needs it), and send a sweep's or a check's progress to ``ticks``."""
+def _start_worker(
+    parent: int, threads: int | None, ticks: SimpleQueue | None, environ: dict[str, str | None]
+) -> None:
+    """A --jobs process, before any task: take back the caller's ``environ`` (``SAFE_PATH``
+    was for its start only), leave Ctrl-C to the process it serves (which ends the run), end
+    when that process is gone (killed, or ended by a signal without waiting for us), share the
+    cores (``THREAD_VARIABLES``: ``threads`` per operation, unless set or None), quiet the
+    frameworks as the command line does (``quiet_python_logs``: TensorFlow loads quietly when
+    a task first needs it), and send a sweep's or a check's progress to ``ticks``."""
     global _ticks
+    for name, value in environ.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     _ticks = ticks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

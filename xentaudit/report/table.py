@@ -111,6 +111,11 @@ def _print_table(console: Console, table: Table) -> None:
         if column.no_wrap:
             cells = (column.header, *column.cells)
             column.min_width = max(Measurement.get(console, whole, c).maximum for c in cells)
+    # narrowest with those whole and the others wrapped: past the width, the table takes it
+    # (rich would otherwise shrink every column, to nothing at last)
+    narrowest = Measurement.get(console, whole, table).minimum
+    if narrowest > console.width:
+        table.width = narrowest
     console.print(table, crop=False)
 
 
@@ -356,7 +361,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = REPORT_WIDTH
         for v in main:
             cells = [c for c in sweep.cells if (c.impl, c.eps, (c.dtype, c.policy)) == (*v, dtype)]
             rows += _mode_rows(cells, variant_label(*v, with_eps))
-        console.print(_grid_table(Text(dtype_label(*dtype)), sweep.scales, rows))
+        _print_table(console, _grid_table(Text(dtype_label(*dtype)), sweep.scales, rows))
     for impl, epsilons in clipping.items():
         if len(epsilons) < 2:
             continue
@@ -369,7 +374,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = REPORT_WIDTH
                     if (c.impl, c.eps, (c.dtype, c.policy)) == (impl, eps, dtype)
                 ]
                 rows += _mode_rows(cells, f"eps={eps:g} {dtype_label(*dtype)}")
-        console.print(_grid_table(f"{impl}: epsilon x dtype", sweep.scales, rows))
+        _print_table(console, _grid_table(f"{impl}: epsilon x dtype", sweep.scales, rows))
 
     table = Table(
         title="Breaking points: first scale at which a failing flag fires (3 digits)",
