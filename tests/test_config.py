@@ -482,3 +482,18 @@ def test_modules_planted_in_the_working_directory_never_run_in_the_processes_sta
     )
     assert result.returncode == 0, result.stderr
     assert not list(tmp_path.glob("ran_*"))
+
+
+def test_the_environment_set_for_starting_processes_is_given_back_in_any_order() -> None:
+    # two pools (an API caller's threads) set it and end in either order: the variable stays
+    # while either may still start processes, and is as it was once both have ended
+    from xentaudit.parallel import _environ
+
+    name = "XENTAUDIT_TEST_VARIABLE"
+    os.environ.pop(name, None)
+    outer, inner = _environ({name: "1"}), _environ({name: "1"})
+    assert outer.__enter__() == inner.__enter__() == {name: None}
+    outer.__exit__(None, None, None)
+    assert os.environ[name] == "1"
+    inner.__exit__(None, None, None)
+    assert name not in os.environ

@@ -420,6 +420,10 @@ def test_labels_smoothed_in_a_dtype_widen_the_sigmoid_loss_tolerance() -> None:
         loss = exact + shift + away * factor * threshold
         given = grade(loss, rounded.ref.grad, "float32", rounded)
         assert given.masks["divergent"].all() is np.bool_(flagged), factor
+        # the other way from L, away from L' too: the threshold around L alone, not widened
+        loss = exact - away * factor * threshold
+        given = grade(loss, rounded.ref.grad, "float32", rounded)
+        assert given.masks["divergent"].all() is np.bool_(flagged), factor
 
 
 def test_keras_smoothing_in_float32_is_within_the_tolerance_and_needs_its_term() -> None:

@@ -220,8 +220,12 @@ def grade(
     judged, shift_grad = abs_err, 0.0
     if handed and rounded.label_shift is not None:
         shift, shift_grad = rounded.label_shift
+        shift_grad = np.nan_to_num(shift_grad, nan=0.0)  # never a NaN that silences grad-wrong
         with np.errstate(invalid="ignore"):
-            judged = np.where(exact_inf, abs_err, np.minimum(abs_err, np.abs(signed - shift)))
+            near = np.abs(signed - shift)
+        near = np.where(near < flushed, 0.0, near)
+        # fmin: a NaN distance to L' (none expected) leaves the distance to L to judge
+        judged = np.where(exact_inf, abs_err, np.fmin(abs_err, near))
     allowed = tol * scale + (reduction + label_loss if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
 
@@ -474,7 +478,7 @@ def round_to(
         handed = as_float(y).astype(np.float64)  # type: ignore[arg-type]
         if not np.array_equal(handed, ref_labels):
             # a tolerance's term: float64's few ulps are enough (no second mpmath pass)
-            cheap = "float64" if method == "mpmath" else method
+            cheap = method if method.startswith("float64") else "float64"
             shift = _shift(ref, LOSSES[loss].reference(ref_logits, handed, cheap, focus))
     if ignored is not None:
         ref = without_rows(ref, ignored)

@@ -649,18 +649,18 @@ def _environ(values: dict[str, str]) -> Iterator[dict[str, str | None]]:
     """``os.environ`` with ``values`` set for the block, read by the processes started in it;
     a name is as it was once the last block setting it ends (pools in several threads of an
     API caller). Yields each name's value before: what those processes restore."""
-    with _ENVIRON_LOCK:
-        before = {}
-        for name, value in values.items():
-            entry = _environ_set.setdefault(name, [0, os.environ.get(name)])
-            entry[0] += 1
-            before[name] = entry[1]
-            os.environ[name] = value
+    before: dict[str, str | None] = {}  # the names set so far, undone however the block ends
     try:
+        with _ENVIRON_LOCK:
+            for name, value in values.items():
+                entry = _environ_set.setdefault(name, [0, os.environ.get(name)])
+                entry[0] += 1
+                before[name] = entry[1]
+                os.environ[name] = value
         yield before
     finally:
         with _ENVIRON_LOCK:
-            for name in values:
+            for name in before:
                 entry = _environ_set[name]
                 entry[0] -= 1
                 if entry[0] == 0:
