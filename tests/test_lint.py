@@ -599,3 +599,32 @@ def test_pre_commit_hook_and_action() -> None:
     assert action["runs"]["using"] == "composite"
     commands = " ".join(step.get("run", "") for step in action["runs"]["steps"])
     assert "xentaudit lint" in commands and "xentaudit check" in commands
+
+
+def test_sources_are_read_in_their_own_encoding_and_fixed_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as Python reads them (PEP 263): a byte-order mark, a latin-1 coding line; a coding
+    # Python does not know is a file that does not parse
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".git").mkdir()
+    body = b"import tensorflow as tf\ny = tf.math.log(tf.nn.softmax(x))\n"
+    sources = {
+        "bom.py": b"\xef\xbb\xbf" + body,
+        "latin.py": b"# -*- coding: latin-1 -*-\n# caf\xe9\n" + body,
+    }
+    for name, raw in sources.items():
+        (tmp_path / name).write_bytes(raw)
+    (tmp_path / "bogus.py").write_bytes(b"# -*- coding: bogus-codec -*-\nimport os\n")
+    result = lint_paths([tmp_path])
+    assert [(Path(f.path).name, f.code, f.line) for f in result.findings] == [
+        ("bom.py", "XA101", 2),
+        ("latin.py", "XA101", 4),
+    ]
+    assert [(Path(e.path).name, e.message) for e in result.errors] == [
+        ("bogus.py", "syntax error: unknown encoding: bogus-codec")
+    ]
+    assert run("--fix", "bom.py", "latin.py").exit_code == 0
+    for name, raw in sources.items():  # rewritten in the file's own encoding, mark and all
+        fixed = raw.replace(b"tf.math.log(tf.nn.softmax(x))", b"tf.nn.log_softmax(x)")
+        assert (tmp_path / name).read_bytes() == fixed, name

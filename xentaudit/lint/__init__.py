@@ -166,14 +166,34 @@ def _in_cell(line: int, starts: list[tuple[int, int]]) -> tuple[int, int]:
     return number, line - first + 1
 
 
+def source_encoding(raw: bytes) -> str:
+    """The encoding Python reads a source file's ``raw`` bytes in (PEP 263): its coding line's,
+    else UTF-8, "utf-8-sig" behind a byte-order mark. An unknown coding, or one a byte-order
+    mark contradicts, is a SyntaxError, as for Python."""
+    try:
+        return tokenize.detect_encoding(io.BytesIO(raw).readline)[0]
+    except SyntaxError as exc:
+        if exc.msg.startswith("invalid or missing encoding declaration"):
+            return "utf-8"  # no coding line and bytes that are not UTF-8: decoding says where
+        raise
+
+
 def _lint_file(path: Path, rules: tuple[str, ...]) -> tuple[list[Finding], int, ParseError | None]:
     name = str(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc.strerror}") from None
+    encoding = "utf-8"  # a notebook is JSON
+    try:
+        if path.suffix != ".ipynb":
+            encoding = source_encoding(raw)
+        text = raw.decode(encoding)
+    except SyntaxError as exc:
+        return [], 0, ParseError(name, 1, 1, f"syntax error: {exc.msg}")
     except UnicodeDecodeError as exc:
-        return [], 0, ParseError(name, 1, 1, f"not UTF-8 (byte at offset {exc.start})")
+        shown = "UTF-8" if encoding.startswith("utf-8") else encoding
+        return [], 0, ParseError(name, 1, 1, f"not {shown} (byte at offset {exc.start})")
     starts = None
     if path.suffix == ".ipynb":
         try:

@@ -38,7 +38,7 @@ def _fix(result: LintResult, write: bool) -> tuple[str, LintResult]:
         path = Path(fix.path).resolve()  # a symlink stays a link to the fixed file
         mode = path.stat().st_mode
         with _written_atomically(path, "--fix") as out:
-            out(fix.after)
+            out(fix.after.encode(fix.encoding))  # a byte-order mark or a coding line kept
         os.chmod(path, mode)  # a script stays executable
     fixed = {f for fix in fixes for f in fix.fixed}
     left = tuple(f for f in result.findings if f not in fixed)

@@ -21,7 +21,7 @@ from pathlib import Path
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from xentaudit.lint import LintResult
+from xentaudit.lint import LintResult, source_encoding
 from xentaudit.lint.detect import Finding
 
 _SPACE = cst.SimpleWhitespace(" ")
@@ -127,6 +127,7 @@ class FileFix:
     before: str
     after: str
     fixed: tuple[Finding, ...]
+    encoding: str = "utf-8"  # the file's (``source_encoding``), which the rewrite keeps
 
     @property
     def diff(self) -> str:
@@ -150,8 +151,10 @@ def fix_result(result: LintResult) -> list[FileFix]:
             by_file.setdefault(f.path, []).append(f)
     fixes = []
     for name, findings in by_file.items():
-        before = Path(name).read_bytes().decode("utf-8")
+        raw = Path(name).read_bytes()
+        encoding = source_encoding(raw)  # as linted: it parsed
+        before = raw.decode(encoding)
         after, done = fix_source(before, findings)
         if done:
-            fixes.append(FileFix(name, before, after, tuple(done)))
+            fixes.append(FileFix(name, before, after, tuple(done), encoding))
     return fixes
