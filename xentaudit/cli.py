@@ -1011,6 +1011,13 @@ def check(
     # unwritable) leaves none of them (--save-logits, the audit's input, stays).
     with contextlib.ExitStack() as outputs:
         writers: list[Callable[..., None]] = []
+
+        def written(path: Path, option: str) -> Callable[..., None]:
+            """A file of the run, renamed into place when ``outputs`` ends without error."""
+            write = outputs.enter_context(_written_atomically(path, option))
+            writers.append(write)
+            return write
+
         with contextlib.ExitStack() as stack:
             if inputs is not None:
                 assert model is not None and label_input is not None  # _check_sources
@@ -1024,8 +1031,7 @@ def check(
                 logits_key, labels_key = "logits", DEFAULT_LABELS_KEY
             on_flagged_row = None
             if csv_target is not None:
-                write_row = outputs.enter_context(_written_atomically(csv_target, "--flagged-rows"))
-                writers.append(write_row)
+                write_row = written(csv_target, "--flagged-rows")
                 write_row(csv_report.header())
 
                 def on_flagged_row(row: FlaggedRow) -> None:
@@ -1074,9 +1080,9 @@ def check(
             comparison = compare_baseline(result, old_baseline, fail_flags, baseline_path)
             result = replace(result, baseline=comparison)
         if new_baseline is not None:
-            write = outputs.enter_context(_written_atomically(new_baseline, "--write-baseline"))
-            writers.append(write)
-            write(json_report.render(result, command="check", fail_on=list(fail_flags)))
+            written(new_baseline, "--write-baseline")(
+                json_report.render(result, command="check", fail_on=list(fail_flags))
+            )
         if fmt == "json":
             text = json_report.render(result, command="check", fail_on=list(fail_flags))
         elif fmt == "junit":
@@ -1089,13 +1095,9 @@ def check(
         if html_target is not None:
             from xentaudit.report import html as html_report
 
-            write = outputs.enter_context(_written_atomically(html_target, "--html"))
-            writers.append(write)
-            write(html_report.render_check(result, fail_flags))
+            written(html_target, "--html")(html_report.render_check(result, fail_flags))
         if target is not None:
-            write = outputs.enter_context(_written_atomically(target, "--output"))
-            writers.append(write)
-            write(text)
+            written(target, "--output")(text)
         for write in writers:  # each file whole on disk before the report says anything
             write("", flush=True)
         broken = None
@@ -1294,14 +1296,10 @@ def _print_report(text: str) -> None:
 def _not_read(targets: Sequence[tuple[str, Path | None]], read: Iterable[str | None]) -> None:
     """Refuse an output option (given as (option, path); None: not given) naming a file the
     command reads: the report would replace its own input."""
-
-    def is_file(name: str) -> bool:
-        try:
-            return Path(name).is_file()
-        except OSError:  # inline JSON longer than a file name may be
-            return False
-
-    inputs = {Path(p).resolve() for p in read if p is not None and is_file(p)}
+    # names_a_file: inline JSON is no file (never asked of the file system); is_file: nor is a
+    # symlink loop, which the reader names later
+    files = [Path(p) for p in read if p is not None and names_a_file(p)]
+    inputs = {p.resolve() for p in files if p.is_file()}
     for option, path in targets:
         if path is not None and path.resolve() in inputs:
             raise ConfigError(f"{option} {path} is a file this run reads; give another name")

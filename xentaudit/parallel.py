@@ -665,10 +665,16 @@ def _environ(values: dict[str, str]) -> Iterator[dict[str, str | None]]:
                 entry[0] -= 1
                 if entry[0] == 0:
                     del _environ_set[name]
-                    if entry[1] is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = entry[1]
+                    _put_environ({name: entry[1]})
+
+
+def _put_environ(values: dict[str, str | None]) -> None:
+    """Set each of ``values`` in ``os.environ``; None: unset it."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def sweep_parts(
@@ -755,11 +761,7 @@ def _start_worker(
     frameworks as the command line does (``quiet_python_logs``: TensorFlow loads quietly when
     a task first needs it), and send a sweep's or a check's progress to ``ticks``."""
     global _ticks
-    for name, value in environ.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    _put_environ(environ)
     _ticks = ticks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
