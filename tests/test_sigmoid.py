@@ -466,3 +466,23 @@ def test_a_float16_gradient_below_float16s_smallest_normal_still_counts() -> Non
     assert "grad-wrong" in by_impl[flipped].flags
     assert by_impl[flipped].grad_max_abs_err == pytest.approx(2 * np.abs(exact).max(), rel=0.01)
     assert not [f for f in by_impl["tf_sigmoid_xent"].flags if f.startswith("grad")]
+
+
+def test_a_float16_sigmoid_gradient_tolerance_counts_float16_subnormals() -> None:
+    # 65,536 labels: B = 1/C = 1.5e-5, so (8 eps16 + u16 max|x|) B = 1.5e-7 is below float16's
+    # smallest normal 6.1e-5; float16 keeps subnormals (spaced eps16 tiny16 = 2^-24 apart), so
+    # the tolerance adds 8 roundings to them, 8 * 2^-25 = 2^-22, and nothing below float16's
+    # smallest normal is ignored (only below float32's, which TensorFlow flushes)
+    classes = 2**16
+    x = np.tile(np.array([0.5, -1.0, 2.0, 3.0], np.float16), classes // 4)[None, :]
+    y = np.tile(np.array([1.0, 0.0, 0.25, 1.0], np.float16), classes // 4)[None, :]
+    rounded = round_to(prepare(x, y, multi_label=True), get_format("float16"), loss="sigmoid")
+    eps, tiny = 2.0**-10, 2.0**-14
+    assert rounded.bound.tolist() == [1 / classes]
+    allowed = (8 * eps + eps / 2 * 3.0) / classes + 8 * eps * tiny / 2
+    assert allowed < tiny
+    g = rounded.ref.grad.copy()
+    g[0, 2] += 1.05 * allowed
+    assert grade(rounded.ref.loss, g, "float16", rounded).masks["grad-wrong"].all()
+    g[0, 2] = rounded.ref.grad[0, 2] + 0.95 * allowed
+    assert not grade(rounded.ref.loss, g, "float16", rounded).masks["grad-wrong"].any()
