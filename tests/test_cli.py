@@ -421,6 +421,22 @@ def test_check_refuses_a_labels_key_the_npz_lacks() -> None:
     )
 
 
+def test_an_npz_without_labels_is_refused_only_when_labels_is_named(tmp_path) -> None:
+    # --labels-key labels, named on purpose, is required like any other key; left out, a file
+    # without labels is audited against each row's predicted and worst-case class
+    path = tmp_path / "x.npz"
+    np.savez(path, logits=np.array([[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]], dtype=np.float32))
+    named = CliRunner().invoke(cli, ["check", str(path), "--labels-key", "labels", *FAST])
+    assert named.exit_code == 2 and named.stdout == ""
+    assert named.stderr == (
+        f"xentaudit: error: {path} has no array 'labels' for the labels (it has logits); pass "
+        "--labels-key with one of them\n"
+    )
+    left_out = CliRunner().invoke(cli, ["check", str(path), *FAST])
+    assert left_out.exit_code == 0, left_out.output
+    assert "labels: none" in left_out.stdout
+
+
 @pytest.mark.parametrize(
     ("array", "message"),
     [
@@ -447,4 +463,29 @@ def test_no_command_is_one_line_naming_the_commands() -> None:
     assert result.stderr == (
         f"xentaudit: error: no command given; pick one of {', '.join(cli.list_commands(None))}; "
         "see 'xentaudit --help'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (["check", ""], "[FILE]..."),
+        (["check", SEED, ""], "[FILE]..."),
+        (["check", SEED, "--config", ""], "--config"),
+        (["check", SEED, "--baseline", ""], "--baseline"),
+        (["check", "--model", "", "--inputs", SEED], "--model"),
+        (["check", "--inputs", "", "--model", SEED], "--inputs"),
+        (["sweep", "--baseline", ""], "--baseline"),
+        (["ema", ""], "TRAJECTORY"),
+        (["lint", ""], "PATH..."),
+    ],
+)
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(args, name) -> None:
+    # Path("") is "."; `lint "$SRC"` with SRC unset linted the working directory and passed
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    command = args[0]
+    assert result.stderr == (
+        f"xentaudit: error: Invalid value for '{name}': an empty name; name a file or folder; "
+        f"see 'xentaudit {command} --help'\n"
     )

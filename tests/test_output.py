@@ -13,10 +13,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
+import click
 import pytest
 from click.testing import CliRunner
 
+from xentaudit import cli_common
 from xentaudit.cli import cli
 
 SEED = str(Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz")
@@ -110,10 +113,14 @@ def test_a_written_report_leaves_no_temporary_file(tmp_path) -> None:
     assert "tf_sparse_softmax_xent" in target.read_text()
 
 
-def test_a_full_stdout_is_one_line_and_exit_2() -> None:
+@pytest.mark.parametrize(
+    "args", [["list"], ["--help"], ["check", "--help"], ["lint", "--help"], ["--version"]]
+)
+def test_a_full_stdout_is_one_line_and_exit_2(args: list[str]) -> None:
+    # --help and --version too: click's own writers raised a traceback, exit 1
     with open("/dev/full", "w") as full:
         done = subprocess.run(
-            [sys.executable, "-m", "xentaudit", "list"],
+            [sys.executable, "-m", "xentaudit", *args],
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
@@ -121,9 +128,74 @@ def test_a_full_stdout_is_one_line_and_exit_2() -> None:
         )
     assert done.returncode == 2
     assert done.stderr == (
-        "xentaudit: error: cannot write the report to stdout (No space left on device); free "
-        "space or redirect stdout\n"
+        "xentaudit: error: cannot write to stdout (No space left on device); free space or "
+        "redirect stdout\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "code"),
+    [("import tensorflow as tf\nloss = tf.math.log(tf.nn.softmax(x))\n", 1), ("x = 1\n", 0)],
+)
+def test_a_reader_that_stops_reading_leaves_the_exit_code_and_stderr_alone(
+    tmp_path, source: str, code: int
+) -> None:
+    # The pipe's read end is closed before the command writes: every write is EPIPE. The
+    # verdict stands (click made it 1, a flag's code, and Python's flush at exit complained).
+    path = tmp_path / "train.py"
+    path.write_text(source)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "xentaudit", "lint", str(path)],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (code, "")
+
+
+def test_help_to_a_reader_that_stops_reading_exits_0() -> None:
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "xentaudit", "--help"],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+@pytest.mark.parametrize(("impl", "code"), [("clipped", 1), ("tf_sparse_softmax_xent", 0)])
+def test_a_check_whose_reader_stops_reading_keeps_its_verdict_and_files(
+    tmp_path, monkeypatch, impl: str, code: int
+) -> None:
+    # in this process: stdout's write fails as a closed pipe's does (`| head`)
+    echo = click.echo
+
+    def closed(message=None, file=None, nl=True, err=False, color=None) -> None:
+        if not err:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        echo(message, file, nl, err, color)
+
+    monkeypatch.setattr(cli_common.click, "echo", closed)
+    rows = tmp_path / "rows.csv"
+    result = CliRunner().invoke(
+        cli, ["check", SEED, "--impl", impl, "--mode", "eager", "--flagged-rows", str(rows)]
+    )
+    assert (result.exit_code, result.stderr) == (code, ""), result.output
+    assert rows.read_text().startswith("row,impl,")  # renamed into place: the files stand
+
+
+def test_a_broken_pipe_that_is_not_stdouts_is_an_internal_error(monkeypatch) -> None:
+    # a worker's or a socket's broken pipe inside a command: a bug to report, never a verdict
+    monkeypatch.setattr("xentaudit.cli._list_table", mock.Mock(side_effect=BrokenPipeError))
+    result = CliRunner().invoke(cli, ["list"])
+    assert result.exit_code == 3
+    assert result.stderr.startswith("xentaudit: internal error: BrokenPipeError")
 
 
 def test_a_written_report_gets_the_mode_of_any_new_file(tmp_path) -> None:

@@ -55,7 +55,6 @@ from xentaudit.io import (
     BAD_LOGITS,
     BAD_PROBABILITIES,
     CHUNK_ENTRIES,
-    DEFAULT_LABELS_KEY,
     SHOWN_ROWS,
     ArraySource,
     Batch,
@@ -559,7 +558,7 @@ class CheckOptions:
     alpha: float | None = None
     ignore_class: int | None = None
     logits_key: str = "logits"
-    labels_key: str = DEFAULT_LABELS_KEY
+    labels_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -847,7 +846,7 @@ def check_file(
     *,
     labels: str | Path | np.ndarray | None = None,
     logits_key: str = "logits",
-    labels_key: str = DEFAULT_LABELS_KEY,
+    labels_key: str | None = None,
     impls: Iterable[str] | None = None,
     dtypes: Iterable[str] | None = None,
     modes: Iterable[str] = zoo.MODES,
@@ -877,7 +876,7 @@ def check_file(
 
     Labels come from ``labels`` (a ``.npy`` file; for shards a file, folder or glob of them,
     paired with the shards by name; for one file, an array such as inline JSON gives), else
-    from each ``.npz``'s ``labels_key``;
+    from each ``.npz``'s ``labels_key`` (which it must have; None: its ``labels``, if any);
     without labels every row is audited against its predicted class and against its worst-case
     class (the smallest logit, which maximises the loss). ``impls`` default to every registered
     implementation but the deliberate misuse ``double_softmax``; ``dtypes`` to the file's own;

@@ -31,6 +31,7 @@ from click.core import ParameterSource
 
 from xentaudit import __version__
 from xentaudit.audit import MAX_TIMEOUT, audit, chosen_impls
+from xentaudit.cli_common import HelpToStdout, not_empty, version_option, write_stdout
 from xentaudit.dtypes import FORMATS, get_format, parse_dtypes
 from xentaudit.ema import DEFAULT_IMPLS as EMA_IMPLS
 from xentaudit.errors import ConfigError, XentauditError
@@ -88,7 +89,6 @@ _PASSED_ON = (  # exceptions click or the handlers of `main` deal with: not bugs
     click.exceptions.Exit,
     click.exceptions.Abort,
     XentauditError,
-    BrokenPipeError,
 )
 
 
@@ -165,8 +165,10 @@ _SIGNALS = _Signals()
 _NO_ARGS: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-class _OneLineErrors(click.Group):
+class _OneLineErrors(HelpToStdout, click.Group):
     """Report usage and input errors as one line and exit 2, bugs as one line and exit 3."""
+
+    command_class = HelpToStdout
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -341,9 +343,8 @@ def label_options(default: str, shards: str = "") -> Callable[[Callable], Callab
         ),
         click.option(
             "--labels-key",
-            default=DEFAULT_LABELS_KEY,
-            show_default=True,
-            help="Array name in a .npz.",
+            show_default=DEFAULT_LABELS_KEY,
+            help="Array name in a .npz (named, it must be there; by default read if there).",
         ),
     ]
     return _stacked(options)
@@ -399,6 +400,7 @@ def baseline_options(regression: str) -> Callable:
         return click.option(
             "--baseline",
             "baseline_path",
+            callback=not_empty,
             metavar="FILE.json",
             help="Compare with this earlier report (--write-baseline): exit 1 only on a "
             f"regression ({regression}), 0 otherwise.",
@@ -412,6 +414,7 @@ def model_option() -> Callable:
     return click.option(
         "--model",
         metavar="FILE.keras",
+        callback=not_empty,
         help="Audit this saved model's own loss path (final activation under its dtype policy, "
         "then its compiled loss, read from config.json alone) as the implementation `model`.",
     )
@@ -504,7 +507,7 @@ def format_option(*formats: str) -> Callable:
 @click.group(
     name="xentaudit", cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]}
 )
-@click.version_option(__version__, prog_name="xentaudit")
+@version_option(__version__)
 @click.option(
     "-v",
     "--verbose",
@@ -573,7 +576,7 @@ def compare(
     logits: str | None,
     labels: str | None,
     logits_key: str,
-    labels_key: str,
+    labels_key: str | None,
     scale: float | None,
     dtypes: tuple[str, ...],
     impls: tuple[str, ...],
@@ -655,7 +658,7 @@ def compare(
     else:
         color, width = _color_and_width(sys.stdout)
         text = table_report.render(result, title=title, color=color, width=width)
-    _print_report(text)
+    write_stdout(text)
     return result.exit_code(fail_flags)
 
 
@@ -829,12 +832,12 @@ def sweep(
         text = json_report.render(result, command="sweep")
     else:
         text = table_report.render_sweep(result, color=color, width=width)
-    _print_report(text)
+    write_stdout(text)
     return result.exit_code(fail_flags)
 
 
 @cli.command()
-@click.argument("paths", metavar="[FILE]...", nargs=-1)
+@click.argument("paths", metavar="[FILE]...", nargs=-1, callback=not_empty)
 @label_options(
     "the .npz's --labels-key array",
     "; for shards, a folder or quoted glob of .npy files, paired with them by file name",
@@ -868,6 +871,7 @@ def sweep(
 @click.option(
     "--inputs",
     metavar="X.npy",
+    callback=not_empty,
     help="With --model and --labels, instead of FILE: compute the logits from these inputs in "
     "batches (the model loaded in Keras' safe mode) and audit them.",
 )
@@ -912,6 +916,7 @@ def sweep(
     "--config",
     "config_path",
     metavar="PYPROJECT",
+    callback=not_empty,
     help="Read [tool.xentaudit] from this file (default: nearest pyproject.toml upwards).",
 )
 @shared_options(CHECK_FAIL_ON)
@@ -920,7 +925,7 @@ def check(
     paths: tuple[str, ...],
     labels: str | None,
     logits_key: str,
-    labels_key: str,
+    labels_key: str | None,
     impls: tuple[str, ...],
     dtypes: tuple[str, ...],
     policies: tuple[str, ...],
@@ -1028,7 +1033,7 @@ def check(
                 assert not isinstance(label_input, str)  # _check_sources: one FILE of labels
                 computed = stack.enter_context(_computed_logits(model, inputs, label_input, saved))
                 paths, label_input = (str(computed),), None
-                logits_key, labels_key = "logits", DEFAULT_LABELS_KEY
+                logits_key, labels_key = "logits", None
             on_flagged_row = None
             if csv_target is not None:
                 write_row = written(csv_target, "--flagged-rows")
@@ -1100,12 +1105,8 @@ def check(
             written(target, "--output")(text)
         for write in writers:  # each file whole on disk before the report says anything
             write("", flush=True)
-        broken = None
         if target is None:
-            try:
-                _print_report(text)
-            except BrokenPipeError as exc:  # the reader stopped reading (`| head`): files stand
-                broken = exc
+            write_stdout(text)  # a reader that stops reading (`| head`): the files stand
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:  # appended once the run's files are written: a failed run appends nothing
         pointer = (
@@ -1119,8 +1120,6 @@ def check(
                 stream.write(markdown_report.render(result, fail_flags) + pointer)
         except OSError as exc:
             click.echo(f"xentaudit: warning: cannot append to GITHUB_STEP_SUMMARY: {exc}", err=True)
-    if broken is not None:
-        raise broken
     return result.exit_code(fail_flags)
 
 
@@ -1173,7 +1172,7 @@ def _computed_logits(
 
 
 @cli.command()
-@click.argument("trajectory", metavar="TRAJECTORY")
+@click.argument("trajectory", metavar="TRAJECTORY", callback=not_empty)
 @click.option(
     "--decay",
     "decays",
@@ -1216,9 +1215,9 @@ def ema(trajectory: str, decays: tuple[str, ...], impls: tuple[str, ...], fmt: s
         body = result.to_dict()
         document = {"schema": body.pop("schema"), "command": "ema", **body}
         text = json.dumps(document, indent=2, allow_nan=False)
-        _print_report(text + "\n")
+        write_stdout(text + "\n")
     else:
-        _print_report(table_report.render_ema(result, *_color_and_width(sys.stdout)))
+        write_stdout(table_report.render_ema(result, *_color_and_width(sys.stdout)))
     return 0
 
 
@@ -1241,7 +1240,7 @@ def list_impls(loss: str | None, fmt: str) -> int:
         text = json.dumps(document, indent=2) + "\n"
     else:
         text = _list_table(rows, *_color_and_width(sys.stdout))
-    _print_report(text)
+    write_stdout(text)
     return EXIT_OK
 
 
@@ -1279,18 +1278,6 @@ def list_cell(row: dict[str, str | list[str]], column: str) -> str:
     if column == "dtypes" and value == list(FORMATS):
         return "all"
     return ", ".join(value) if isinstance(value, list) else value
-
-
-def _print_report(text: str) -> None:
-    """Write a report to stdout: one that cannot take it (a full disk) is a usage error."""
-    try:
-        click.echo(text, nl=False)
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write the report to stdout ({exc.strerror}); free space or redirect stdout"
-        ) from None
 
 
 def _not_read(targets: Sequence[tuple[str, Path | None]], read: Iterable[str | None]) -> None:

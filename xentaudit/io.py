@@ -152,12 +152,13 @@ def load_inputs(
     logits: str,
     labels: str | None,
     logits_key: str = "logits",
-    labels_key: str = DEFAULT_LABELS_KEY,
+    labels_key: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The logits and labels given as ``--logits`` and ``--labels``: each a file or inline JSON.
 
     ``logits`` may name a ``.npz``: its ``logits_key`` array is read, and its ``labels_key``
-    array gives the labels when ``labels`` is ``None``. Files are read as ``check`` reads them.
+    array (None: ``labels``) gives the labels when ``labels`` is ``None``. Files are read as
+    ``check`` reads them.
     """
     x = file_or_json(logits, "--logits")
     y = None if labels is None else file_or_json(labels, "--labels")
@@ -168,7 +169,8 @@ def load_inputs(
         logits_source, labels_source = _source(x, "--logits"), _labels_source(y)
     if labels_source is None and isinstance(x, Path) and x.suffix == ".npz":
         raise InputError(
-            f"{x} has no array {labels_key!r} for the labels; pass --labels, or --labels-key"
+            f"{x} has no array {labels_key or DEFAULT_LABELS_KEY!r} for the labels; pass --labels, "
+            "or --labels-key"
         )
     if labels_source is None:
         raise InputError("--logits came without labels; pass --labels too (or a .npz of both)")
@@ -754,10 +756,11 @@ def _labels_source(labels: Path | np.ndarray | None) -> ArraySource | None:
 
 
 def open_arrays(
-    path: Path, labels: Path | np.ndarray | None, logits_key: str, labels_key: str
+    path: Path, labels: Path | np.ndarray | None, logits_key: str, labels_key: str | None
 ) -> tuple[ArraySource, ArraySource | None]:
     """The logits (and labels, if any) of ``path`` (``.npy`` or ``.npz``), plus ``labels`` (a
-    ``.npy`` file, or an array in memory), which take the place of the ``.npz``'s own.
+    ``.npy`` file, or an array in memory), which take the place of the ``.npz``'s own: its
+    ``labels_key`` array, which must be there, or with None its ``labels`` array if it has one.
 
     Only headers are read: every shape, dtype and size is checked before any data is."""
     regular_file(path, None)
@@ -781,10 +784,11 @@ def open_arrays(
             "pass --logits-key"
         )
     logits = _header(path, f"{logits_key}.npy", f"{path}[{logits_key}]")
-    if label_source is None and f"{labels_key}.npy" in members:
-        label_source = _labels(_header(path, f"{labels_key}.npy", f"{path}[{labels_key}]"))
-    elif label_source is None and labels_key != DEFAULT_LABELS_KEY:
-        # a key named on purpose: a typo must not audit the file without its labels
+    key = DEFAULT_LABELS_KEY if labels_key is None else labels_key
+    if label_source is None and f"{key}.npy" in members:
+        label_source = _labels(_header(path, f"{key}.npy", f"{path}[{key}]"))
+    elif label_source is None and labels_key is not None:
+        # a key named on purpose, "labels" too: a typo must not audit the file without labels
         raise InputError(
             f"{path} has no array {labels_key!r} for the labels (it has {', '.join(keys)}); "
             "pass --labels-key with one of them"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from xentaudit.cli_common import HelpToStdout, not_empty, write_stdout
 from xentaudit.config import load
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.lint import LintResult, lint_paths, settings
@@ -45,8 +46,8 @@ def _fix(result: LintResult, write: bool) -> tuple[str, LintResult]:
     return "".join(fix.diff for fix in fixes), replace(result, findings=left)
 
 
-@click.command()
-@click.argument("paths", nargs=-1, metavar="PATH...", type=click.Path(path_type=Path))
+@click.command(cls=HelpToStdout)
+@click.argument("paths", nargs=-1, metavar="PATH...", type=click.Path(), callback=not_empty)
 @click.option(
     "--format",
     "fmt",
@@ -83,7 +84,7 @@ def _fix(result: LintResult, write: bool) -> tuple[str, LintResult]:
     help="Say what rule CODE flags, run the engine for its breaking points per dtype, and exit.",
 )
 def lint(
-    paths: tuple[Path, ...],
+    paths: tuple[str, ...],
     fmt: str,
     select: tuple[str, ...],
     ignore: tuple[str, ...],
@@ -105,7 +106,7 @@ def lint(
 
         if paths or fix or show_diff:
             raise ConfigError("--explain takes a rule code alone; drop the paths and options")
-        click.echo(run(explain.strip().upper()), nl=False)
+        write_stdout(run(explain.strip().upper()))
         return 0
     if not paths:
         raise ConfigError("lint needs a PATH (a .py file, a notebook or a folder)")
@@ -117,7 +118,7 @@ def lint(
     result = lint_paths(paths, _codes(select) or chosen, (*skipped, *_codes(ignore)))
     if show_diff:  # the rewrites alone on stdout (a patch), the exit code of every finding
         patch, left = _fix(result, write=False)
-        click.echo(patch, nl=False)
+        write_stdout(patch)
         if left.findings:
             click.echo(
                 f"xentaudit: {len(left.findings)} finding(s) with no rewrite; run without --diff "
@@ -129,7 +130,7 @@ def lint(
             before = len(result.findings)
             _, result = _fix(result, write=True)
             click.echo(f"xentaudit: fixed {before - len(result.findings)} finding(s)", err=True)
-        click.echo(RENDERERS[fmt](result), nl=False)
+        write_stdout(RENDERERS[fmt](result))
     if result.errors:
         first = result.errors[0]
         raise InputError(
