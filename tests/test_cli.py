@@ -245,6 +245,11 @@ def test_check_eps_is_repeatable_from_the_command_line_and_the_config(tmp_path) 
             ["--scale", "1e307", "--dtype", "float64", "--logits", "[[100, 1]]", "--labels", "[0]"],
             "--scale 1e+307 makes logits up to inf, which overflow float64",
         ),
+        (  # no --scale given: the dtype is at fault, not a scale of 1
+            ["--dtype", "float16", "--logits", "[[1e6, 1]]", "--labels", "[0]"],
+            "logits reach 1e+06, which overflow float16 (max 65504); pass a wider --dtype, or a "
+            "--scale below 1",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -387,6 +387,8 @@ def test_folders_are_walked_skipping_hidden_and_environment_folders(tmp_path: Pa
         lint_paths([tmp_path / "missing.py"])
     with pytest.raises(InputError, match=r"not a \.py file"):
         lint_paths([tmp_path / "f.txt"])
+    with pytest.raises(InputError, match=r"^/dev/null: not a file or folder; name a \.py file"):
+        lint_paths(["/dev/null"])  # a device is there: never "no such file"
 
 
 def expected(path: Path) -> set[tuple[int, str]]:

@@ -105,6 +105,15 @@ def test_a_file_size_limit_fails_the_write_in_one_line(tmp_path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+def test_a_name_near_the_file_systems_limit_is_written(tmp_path) -> None:
+    # 255 bytes is NAME_MAX here; the temporary file beside it (a dot, the name, a dot, a random
+    # part, .tmp) was over it, and a valid name was refused as "File name too long"
+    target = tmp_path / ("r" * (os.pathconf(tmp_path, "PC_NAME_MAX") - len(".json")) + ".json")
+    result = check(str(target))
+    assert result.exit_code == 0, result.output
+    assert os.listdir(tmp_path) == [target.name]
+
+
 def test_a_written_report_leaves_no_temporary_file(tmp_path) -> None:
     target = tmp_path / "report.txt"
     result = check(str(target))

@@ -170,7 +170,9 @@ def test_empty_shards_are_audited_as_nothing_but_an_empty_dump_is_refused(tmp_pa
     assert with_empty.to_dict()["results"] == without.to_dict()["results"]  # NaN == NaN
     for i in (1, 2, 3):
         np.save(tmp_path / "logits" / f"shard-{i}.npy", np.zeros((0, CLASSES), np.float32))
-    with pytest.raises(InputError, match="is empty; nothing to audit"):
+    with pytest.raises(
+        InputError, match="is empty, so there is nothing to audit; check the folder or glob"
+    ):
         check_file(str(tmp_path / "logits"), **FAST)
 
 

@@ -1079,7 +1079,10 @@ def audit(
     if ignore_class is not None and batch.classes is not None:
         ignored = int((batch.classes == ignore_class).sum())
         if ignored == batch.shape[0]:
-            raise InputError(f"every row has the ignored class {ignore_class}; nothing to audit")
+            raise InputError(
+                f"every row has the ignored class {ignore_class}, so there is nothing to audit; "
+                "check the labels"
+            )
 
     results: list[ImplResult] = []
     skipped = backend_skips(backends)

@@ -990,7 +990,8 @@ def check_file(
     total = first_row
     if total == 0:
         raise InputError(
-            f"every shard of {', '.join(str(g) for g in given)} is empty; nothing to audit"
+            f"every shard of {', '.join(str(g) for g in given)} is empty, so there is nothing to "
+            "audit; check the folder or glob"
         )
     ignores = None if o.model is None else zoo.model_path(zoo.MODEL).ignore_class
     if first_labels is None and ignores is not None:
@@ -1170,7 +1171,7 @@ def _merged(
             if o.ignore_class is None
             else f"the ignored class {o.ignore_class} (--ignore-class)"
         )
-        raise InputError(f"every row has {what}; nothing to audit")
+        raise InputError(f"every row has {what}, so there is nothing to audit; check the labels")
 
     order = plan.order
     tallies = dict(sorted(tallies.items(), key=lambda kv: order.result(*_placed(kv[0]))))

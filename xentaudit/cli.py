@@ -83,6 +83,7 @@ SIGNAL_EXITS = {
     signal.SIGTERM: (EXIT_TERMINATED, "terminated"),
 }
 HTML_SUFFIXES = (".html", ".htm")
+MAX_TEMPORARY_STEM = 64  # of a target's name in its temporary file's (``_temporary``)
 BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _PASSED_ON = (  # exceptions click or the handlers of `main` deal with: not bugs
     click.ClickException,
@@ -605,6 +606,7 @@ def compare(
     """
     fail_flags = parse_flags(fail_on)
     html_target = None if html_path is None else _writable(html_path, "--html")
+    scale_given = scale is not None
     if logits is None:
         if labels is not None:
             raise ConfigError(
@@ -619,7 +621,7 @@ def compare(
             dtypes = (x.dtype.name,)  # a file is audited in its own dtype, as `check` does
     dtypes = dtypes or ("float32",)
     if x.dtype.kind in "biuf" or x.dtype.name == "bfloat16":  # audit refuses anything else
-        x = _scaled(x, scale, dtypes)
+        x = _scaled(x, scale, dtypes, scale_given)
     _load_keras(model)
     result = audit(
         x,
@@ -662,13 +664,19 @@ def compare(
     return result.exit_code(fail_flags)
 
 
-def _scaled(x: np.ndarray, scale: float, dtypes: Sequence[str]) -> np.ndarray:
-    """``x * scale`` in float64, refused when it overflows even the widest of ``dtypes``: that
-    is the scale's doing, not the input's (a narrower dtype it overflows is skipped)."""
+def _scaled(x: np.ndarray, scale: float, dtypes: Sequence[str], given: bool) -> np.ndarray:
+    """``x * scale`` in float64, refused when it overflows even the widest of ``dtypes`` (a
+    narrower dtype it overflows is skipped): the scale's doing if ``given`` (--scale), else the
+    dtype's."""
     wide = x.astype(np.float64)
     finite = np.abs(wide[np.isfinite(wide)])
     top = float(finite.max(initial=0.0)) * scale  # a Python float: inf, no warning
     widest = max((get_format(d) for d in parse_dtypes(dtypes)), key=lambda f: f.max)
+    if top > widest.max and not given:
+        raise ConfigError(
+            f"logits reach {top:.4g}, which overflow {widest.name} (max {widest.max:.5g}); pass "
+            "a wider --dtype, or a --scale below 1"
+        )
     if top > widest.max:
         raise ConfigError(
             f"--scale {scale:g} makes logits up to {top:.4g}, which overflow {widest.name} "
@@ -1329,7 +1337,10 @@ def _temporary(path: Path, suffix: str = ".tmp") -> Iterator[tuple[int, str]]:
     """A new temporary file beside ``path``, as (descriptor, name) ending in ``suffix``: removed
     at the end of the block, or on SIGINT or SIGTERM, unless renamed by then."""
     with _SIGNALS.held():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        # the target's name, cut short: a name near the file system's limit must not be refused
+        # for its temporary's prefix and suffix
+        prefix = f".{path.name[:MAX_TEMPORARY_STEM]}."
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
         _SIGNALS.temporary.add(tmp)
     # mkstemp makes the file private (0600); a report or logits file gets the mode any new file
     # gets here (0666 less the umask), as if it had been written in place.

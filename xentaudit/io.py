@@ -210,7 +210,10 @@ def _rows(mask: np.ndarray, offset: int | np.ndarray = 0) -> str:
 BAD_LOGITS = {  # what makes a row of logits unauditable, and the one-line message for it
     "NaN": "logits contain NaN in {rows}; find where the model first produces them",
     "+inf": "logits contain +inf in {rows}; the loss is undefined there (clip or rescale them)",
-    "-inf only": "every logit is -inf in {rows}; softmax is undefined",
+    "-inf only": (
+        "every logit is -inf in {rows}, where softmax is undefined; keep a finite logit in "
+        "each row (a row masked whole has no loss: drop it)"
+    ),
 }
 
 

@@ -237,8 +237,10 @@ def python_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             if path.suffix not in SUFFIXES:
                 raise InputError(f"{path}: not a .py file or .ipynb notebook")
             yield path
+        elif path.exists():
+            raise InputError(f"{path}: not a file or folder; name a .py file, notebook or folder")
         else:
-            raise InputError(f"no such file or folder: {path}")
+            raise InputError(f"no such file or folder: {path}; check the path")
 
 
 def lint_paths(
