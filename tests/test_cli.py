@@ -422,7 +422,7 @@ def test_check_refuses_a_labels_key_the_npz_lacks() -> None:
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == (
         f"xentaudit: error: {SEED} has no array 'lables' for the labels (it has labels, "
-        "logits); pass --labels-key with one of them\n"
+        "logits); pass --labels-key with one of them, or --labels\n"
     )
 
 
@@ -435,7 +435,7 @@ def test_an_npz_without_labels_is_refused_only_when_labels_is_named(tmp_path) ->
     assert named.exit_code == 2 and named.stdout == ""
     assert named.stderr == (
         f"xentaudit: error: {path} has no array 'labels' for the labels (it has logits); pass "
-        "--labels-key with one of them\n"
+        "--labels-key with one of them, or --labels\n"
     )
     left_out = CliRunner().invoke(cli, ["check", str(path), *FAST])
     assert left_out.exit_code == 0, left_out.output

@@ -130,6 +130,14 @@ def test_the_command_writes_json_and_refuses_bad_input(tmp_path: Path) -> None:
     refused = runner.invoke(cli, ["ema", str(flat), "--impl", ""])
     assert refused.exit_code == 2 and "a trajectory is (steps, rows, classes)" in refused.stderr
     assert len(refused.stderr.splitlines()) == 1
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, logits=_linear(3, 0.2))
+    missing = runner.invoke(cli, ["ema", str(unlabelled), "--impl", ""])
+    assert (missing.exit_code, missing.stderr) == (
+        2,
+        f"xentaudit: error: {unlabelled} has no array 'labels'; save the labels beside the "
+        "logits\n",
+    )  # ema has no --labels-key to point to
 
 
 def test_the_api_and_the_command_default_to_the_same_implementations(tmp_path: Path) -> None:

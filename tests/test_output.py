@@ -105,10 +105,13 @@ def test_a_file_size_limit_fails_the_write_in_one_line(tmp_path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-def test_a_name_near_the_file_systems_limit_is_written(tmp_path) -> None:
-    # 255 bytes is NAME_MAX here; the temporary file beside it (a dot, the name, a dot, a random
-    # part, .tmp) was over it, and a valid name was refused as "File name too long"
-    target = tmp_path / ("r" * (os.pathconf(tmp_path, "PC_NAME_MAX") - len(".json")) + ".json")
+@pytest.mark.parametrize("char", ["r", "\N{GRINNING FACE}"])  # 1 and 4 bytes in UTF-8
+def test_a_name_near_the_file_systems_limit_is_written(tmp_path, char: str) -> None:
+    # NAME_MAX (255 bytes here) counts bytes; the temporary file beside the target (a dot, the
+    # name, a dot, a random part, .tmp) was over it, and a valid name was refused as "File name
+    # too long"
+    room = os.pathconf(tmp_path, "PC_NAME_MAX") - len(".json")
+    target = tmp_path / (char * (room // len(char.encode())) + ".json")
     result = check(str(target))
     assert result.exit_code == 0, result.output
     assert os.listdir(tmp_path) == [target.name]
@@ -123,7 +126,8 @@ def test_a_written_report_leaves_no_temporary_file(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["list"], ["--help"], ["check", "--help"], ["lint", "--help"], ["--version"]]
+    "args",
+    [["list"], ["--help"], ["-h"], ["check", "--help"], ["lint", "--help"], ["--version"]],
 )
 def test_a_full_stdout_is_one_line_and_exit_2(args: list[str]) -> None:
     # --help and --version too: click's own writers raised a traceback, exit 1
@@ -144,7 +148,11 @@ def test_a_full_stdout_is_one_line_and_exit_2(args: list[str]) -> None:
 
 @pytest.mark.parametrize(
     ("source", "code"),
-    [("import tensorflow as tf\nloss = tf.math.log(tf.nn.softmax(x))\n", 1), ("x = 1\n", 0)],
+    [
+        ("import tensorflow as tf\nloss = tf.math.log(tf.nn.softmax(x))\n", 1),
+        ("x = 1\n", 0),
+        ("def (:\n", 2),  # XA000: its one line goes to stderr
+    ],
 )
 def test_a_reader_that_stops_reading_leaves_the_exit_code_and_stderr_alone(
     tmp_path, source: str, code: int
@@ -162,7 +170,10 @@ def test_a_reader_that_stops_reading_leaves_the_exit_code_and_stderr_alone(
         )  # fmt: skip
     finally:
         os.close(write)
-    assert (done.returncode, done.stderr) == (code, "")
+    assert done.returncode == code
+    # nothing on stderr but XA000's one line: no traceback, no complaint at exit
+    assert done.stderr.startswith("xentaudit: error: 1 file(s) could not be parsed") == (code == 2)
+    assert len(done.stderr.splitlines()) == (code == 2)
 
 
 def test_help_to_a_reader_that_stops_reading_exits_0() -> None:

@@ -83,7 +83,7 @@ SIGNAL_EXITS = {
     signal.SIGTERM: (EXIT_TERMINATED, "terminated"),
 }
 HTML_SUFFIXES = (".html", ".htm")
-MAX_TEMPORARY_STEM = 64  # of a target's name in its temporary file's (``_temporary``)
+MAX_TEMPORARY_STEM = 64  # bytes of a target's name in its temporary file's (``_temporary``)
 BYTE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _PASSED_ON = (  # exceptions click or the handlers of `main` deal with: not bugs
     click.ClickException,
@@ -344,8 +344,8 @@ def label_options(default: str, shards: str = "") -> Callable[[Callable], Callab
         ),
         click.option(
             "--labels-key",
-            show_default=DEFAULT_LABELS_KEY,
-            help="Array name in a .npz (named, it must be there; by default read if there).",
+            help=f"Array name in a .npz (default: {DEFAULT_LABELS_KEY}, read if there; named, it "
+            "must be there).",
         ),
     ]
     return _stacked(options)
@@ -1337,9 +1337,9 @@ def _temporary(path: Path, suffix: str = ".tmp") -> Iterator[tuple[int, str]]:
     """A new temporary file beside ``path``, as (descriptor, name) ending in ``suffix``: removed
     at the end of the block, or on SIGINT or SIGTERM, unless renamed by then."""
     with _SIGNALS.held():
-        # the target's name, cut short: a name near the file system's limit must not be refused
-        # for its temporary's prefix and suffix
-        prefix = f".{path.name[:MAX_TEMPORARY_STEM]}."
+        # the target's name cut short, in bytes: a name near the file system's limit (255 bytes)
+        # must not be refused for its temporary's prefix and suffix
+        prefix = f".{os.fsdecode(os.fsencode(path.name)[:MAX_TEMPORARY_STEM])}."
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
         _SIGNALS.temporary.add(tmp)
     # mkstemp makes the file private (0600); a report or logits file gets the mode any new file

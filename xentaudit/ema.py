@@ -107,7 +107,7 @@ def read_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    logits, labels = open_arrays(path, None, "logits", "labels")
+    logits, labels = open_arrays(path, None, "logits", None)
     if labels is None:
         raise InputError(f"{path} has no array 'labels'; save the labels beside the logits")
     entries = math.prod(logits.shape)

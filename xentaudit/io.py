@@ -794,6 +794,6 @@ def open_arrays(
         # a key named on purpose, "labels" too: a typo must not audit the file without labels
         raise InputError(
             f"{path} has no array {labels_key!r} for the labels (it has {', '.join(keys)}); "
-            "pass --labels-key with one of them"
+            "pass --labels-key with one of them, or --labels"
         )
     return logits, label_source
