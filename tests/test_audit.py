@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import mpmath
 import numpy as np
 import pytest
 
-from xentaudit import audit
+from xentaudit import audit, check_file, sweep
 from xentaudit.audit import grade, round_to
 from xentaudit.dtypes import FORMATS
+from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS
 from xentaudit.io import prepare
 from xentaudit.reference import cross_entropy
+
+SEED = str(Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz")
 
 SEED = np.array([[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]])
 SEED_LABELS = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -386,3 +390,38 @@ def test_an_array_changed_in_place_between_audits_is_audited_anew() -> None:
     for result in again.results:
         # float32: a few roundings in exp, sum and log, 8 eps of the loss is ample
         assert result.loss_rows[0] == pytest.approx(exact, rel=8 * 2.0**-23)
+
+
+@pytest.mark.parametrize(
+    ("entry", "option"),
+    [
+        (lambda **kw: audit([[1.0, 2.0]], [0], **kw), "modes"),
+        (lambda **kw: audit([[1.0, 2.0]], [0], **kw), "dtypes"),
+        (lambda **kw: audit([[1.0, 2.0]], [0], **kw), "policies"),
+        (lambda **kw: audit([[1.0, 2.0]], [0], **kw), "backends"),
+        (lambda **kw: sweep(**kw), "patterns"),
+        (lambda **kw: sweep(**kw), "dtypes"),
+        (lambda **kw: sweep(**kw), "impls"),
+        (lambda **kw: check_file(SEED, **kw), "modes"),
+        (lambda **kw: check_file(SEED, **kw), "dtypes"),
+    ],
+)
+def test_an_empty_list_option_is_refused_not_run_as_nothing_that_passes(entry, option) -> None:
+    with pytest.raises(ConfigError, match=rf"^{option}=\[\] names nothing to run; name one"):
+        entry(**{option: []})
+
+
+def test_a_string_option_is_one_comma_list_not_its_characters() -> None:
+    result = audit([[1.0, 2.0]], [0], impls="naive", dtypes="float32,float64", modes="eager")
+    assert [(r.impl, r.dtype, r.mode) for r in result.results] == [
+        ("naive", "float32", "eager"),
+        ("naive", "float64", "eager"),
+    ]
+
+
+def test_an_audit_where_nothing_could_run_is_refused_not_passed() -> None:
+    # 1e6 overflows float16, the only dtype asked for: every run skipped, nothing graded
+    with pytest.raises(InputError, match=r"^nothing could be audited \(naive in float16: logits"):
+        audit([[1e6, 1.0]], [0], impls=["naive"], dtypes=["float16"], modes=["eager"])
+    with pytest.raises(InputError, match=r"needs one-hot or integer labels\); pick"):
+        audit([[1.0, 2.0]], [[0.5, 0.5]], impls=["tf_sparse_softmax_xent"], modes=["eager"])

@@ -16,9 +16,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import xentaudit
 from xentaudit import SCHEMA_VERSION, __version__
 from xentaudit.cli import cli
+from xentaudit.errors import XentauditError
 from xentaudit.flags import CHECK_FAIL_ON
+from xentaudit.lint import lint_paths
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 SEED = str(FIXTURES / "seed_scale10.npz")
@@ -62,6 +65,7 @@ def test_compare_json_shape() -> None:
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
     assert doc["schema"] == SCHEMA_VERSION and doc["command"] == "compare"
+    assert doc["fail_on"] == []  # compare fails on nothing unless asked
     assert doc["reference_method"] == "mpmath" and (doc["rows"], doc["classes"]) == (2, 3)
     assert {r["impl"] for r in doc["results"]} >= {"naive", "keras_cce_probs", "double_softmax"}
     for item in doc["results"]:
@@ -229,7 +233,7 @@ def test_check_eps_is_repeatable_from_the_command_line_and_the_config(tmp_path) 
         (["--rtol", "nan"], "Invalid value for '--rtol': 'nan' is not a finite number"),
         (["--timeout", "0"], "Invalid value for '--timeout': 0.0 is not in the range 0<x<=1000000"),
         (["--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a finite number"),
-        (["--fail-on", "oops"], "unknown flag 'oops'"),
+        (["--fail-on", "oops"], "unknown flag in --fail-on 'oops'; choose from nan, inf,"),
         (["--mode", "lazy"], "Invalid value for '--mode'"),
         (["--zzz"], "No such option '--zzz'; see 'xentaudit compare --help'"),
         (["--logit", "[[1]]"], "No such option '--logit'. (Did you mean one of: '--logits'"),
@@ -494,3 +498,17 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(args, name) -> 
         f"xentaudit: error: Invalid value for '{name}': an empty name; name a file or folder; "
         f"see 'xentaudit {command} --help'\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: xentaudit.ema(""), "an empty trajectory name; name a .npz file"),
+        (lambda: lint_paths([""]), "an empty path; name a .py file"),
+        (lambda: xentaudit.check_file(""), "an empty FILE name; name a file, folder or glob"),
+        (lambda: xentaudit.check_file([SEED, ""]), "an empty FILE name"),
+    ],
+)
+def test_the_api_refuses_an_empty_path_too(call, message: str) -> None:
+    with pytest.raises(XentauditError, match=f"^{message}"):
+        call()

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from xentaudit.cli import cli
 from xentaudit.ema import ema
+from xentaudit.reference import FLOAT64_METHOD
 
 
 def _save(path: Path, logits: np.ndarray, labels: np.ndarray) -> Path:
@@ -117,6 +118,7 @@ def test_the_command_writes_json_and_refuses_bad_input(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)
     assert (doc["command"], doc["steps"], doc["decays"][0]["lag"]) == ("ema", 30, 1)
+    assert doc["reference_method"] == FLOAT64_METHOD  # the kernel where it is built
     table = runner.invoke(cli, ["ema", str(path), "--decay", "0.5", "--impl", ""])
     assert "decay 0.5: lags 1 steps" in table.output
     both = runner.invoke(

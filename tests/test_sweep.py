@@ -155,6 +155,7 @@ def test_sweep_json_and_fail_on() -> None:
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
     assert doc["command"] == "sweep" and len(doc["cells"]) == 3
+    assert doc["fail_on"] == ["nan"]  # what the exit code was judged on, as check records it
     assert run(*args, "--scales", "0.1,1", "--fail-on", "nan").exit_code == 0
 
 

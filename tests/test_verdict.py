@@ -9,9 +9,11 @@ import json
 import math
 from dataclasses import replace
 
+import pytest
 from factories import check_case, compare_case, sweep_case
 
-from xentaudit.flags import CHECK_FAIL_ON, FLAGS
+from xentaudit.errors import ConfigError
+from xentaudit.flags import CHECK_FAIL_ON, FLAGS, fail_on_flags
 from xentaudit.report import json as json_report
 from xentaudit.report import table
 from xentaudit.results import Audit, Check, FailingResult, ModeDifference, RowAtRisk
@@ -243,3 +245,31 @@ def test_a_sweep_in_which_nothing_ran_says_so_and_claims_no_flag() -> None:
     assert empty.summary == (
         "Nothing ran: every cell of this sweep was skipped (the skipped cells say why).",
     )
+
+
+def test_fail_on_given_as_a_string_is_a_comma_list_not_its_characters() -> None:
+    # `exit_code("nan")` was set("nan") = {"n", "a"}: it failed on nothing, whatever fired
+    audit, check, sweep = compare_case(), check_case(), sweep_case()
+    fired = {f for r in audit.results for f in r.flags}
+    assert "nan" in fired
+    assert audit.exit_code("nan") == audit.exit_code(["nan"]) == 1
+    assert check.exit_code("grad-wrong") == check.exit_code(["grad-wrong"]) == 1
+    assert check.verdict("grad-wrong") == check.verdict(["grad-wrong"])
+    assert check.verdict("grad-wrong").status == "fail"
+    cells = {f for c in sweep.cells for f in c.flags}
+    assert sweep.exit_code(",".join(sorted(cells))) == 1
+    assert audit.exit_code("none") == audit.exit_code("") == audit.exit_code([]) == 0
+
+
+@pytest.mark.parametrize("fail_on", [["nann"], "nan,bogus", [None], 5, ["nan", 1]])
+def test_fail_on_that_names_no_flag_is_refused_not_failing_on_nothing(fail_on) -> None:
+    with pytest.raises(ConfigError, match=r"fail_on"):
+        compare_case().exit_code(fail_on)
+    with pytest.raises(ConfigError, match=r"fail_on"):
+        check_case().verdict(fail_on)
+
+
+def test_fail_on_flags_reads_all_none_and_comma_lists_in_order() -> None:
+    assert fail_on_flags("divergent, nan,divergent") == ("divergent", "nan")
+    assert fail_on_flags(["none"]) == fail_on_flags("") == ()
+    assert fail_on_flags("all") == tuple(FLAGS)

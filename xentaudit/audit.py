@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xentaudit import impls as zoo
+from xentaudit.choices import names_given
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.environment import environment
 from xentaudit.errors import ConfigError, InputError
@@ -1062,7 +1063,10 @@ def audit(
     ``labels`` may be numpy arrays, torch tensors or jax arrays.
     Returns an ``Audit``; prints nothing.
     """
-    modes = tuple(modes)
+    # an empty list would run nothing, and pass
+    modes, impls = names_given(modes, "modes") or (), names_given(impls, "impls") or ()
+    dtypes, policies = names_given(dtypes, "dtypes") or (), names_given(policies, "policies") or ()
+    backends = names_given(backends, "backends")
     eps = eps_values(eps)
     check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
     multi_label = get_loss(loss).labels == "multi-label"
@@ -1141,6 +1145,12 @@ def audit(
                         mean_spacing=spacing,
                     )
                 )
+    if not results:  # everything skipped (overflowing dtypes, labels a kernel cannot take)
+        why = "".join(f" ({s.impl} in {s.dtype}: {s.reason})" for s in skipped[:1])
+        raise InputError(
+            f"nothing could be audited{why}; pick implementations and dtypes that can run on "
+            "these inputs"
+        )
     return Audit(
         batch.shape[0],
         batch.shape[1],

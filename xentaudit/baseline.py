@@ -25,6 +25,7 @@ from xentaudit import impls as zoo
 from xentaudit.audit import RTOL_ULPS
 from xentaudit.dtypes import FORMATS, FloatFormat, dtype_label
 from xentaudit.errors import InputError
+from xentaudit.flags import fail_on_flags
 from xentaudit.io import regular_file
 from xentaudit.losses import label_accumulator, label_sum_terms, reduction_depth
 from xentaudit.results import SCHEMA_VERSION, Check, Comparison, Sweep
@@ -193,8 +194,9 @@ def compare(
     check: Check, baseline: dict[str, Any], fail_on: Iterable[str], path: str
 ) -> Comparison:
     """``check`` against ``baseline`` (``read_baseline``), judged on the flags ``fail_on``."""
+    fail_on = fail_on_flags(fail_on)
     wanted = set(fail_on)
-    now = check.to_dict(tuple(fail_on))
+    now = check.to_dict(fail_on)
     refuse_other_input(now, baseline, ("input", "classes", "file_dtype", "loss", "ignore_class"))
     worse, better = _flag_changes("input", now["lint"], baseline["lint"], wanted)
     before = {_key(r): r for r in baseline["results"]}

@@ -46,6 +46,7 @@ from xentaudit.audit import (
     variants,
     worst,
 )
+from xentaudit.choices import names_given
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.environment import environment, environment_of, subnormal_flushes
 from xentaudit.errors import ConfigError, InputError, XentauditError
@@ -932,19 +933,19 @@ def check_file(
     implementation is graded on, nor with ``labels`` given as an array, nor on a cluster,
     whose workers keep their frameworks imported.
     """
-    o = CheckOptions(
-        impls=None if impls is None else tuple(impls),
-        dtypes=None if dtypes is None else tuple(dtypes),
-        modes=tuple(modes),
+    o = CheckOptions(  # an empty list (``names_given``) would run nothing, and pass
+        impls=names_given(impls, "impls"),
+        dtypes=names_given(dtypes, "dtypes"),
+        modes=names_given(modes, "modes") or (),
         eps=eps_values(eps),
         rtol=rtol,
         chunk_rows=chunk_rows,
         timeout=timeout,
-        policies=None if policies is None else tuple(policies),
+        policies=names_given(policies, "policies"),
         loss_scale=loss_scale,
         model=None if model is None else str(model),
         input_kind=input_kind,
-        backends=None if backends is None else tuple(backends),
+        backends=names_given(backends, "backends"),
         loss=loss,
         label_smoothing=label_smoothing,
         gamma=gamma,

@@ -26,3 +26,15 @@ def expand(
                 raise error(unknown(what, part, choices))
             out.extend(c for c in (choices if part == "all" else (part,)) if c not in out)
     return tuple(out)
+
+
+def names_given(values: Iterable[str] | str | None, what: str) -> tuple[str, ...] | None:
+    """An API option's names as a tuple: a string is one value (a comma list, never its
+    characters), None is left for the caller's default, and an empty list is refused: it would
+    run nothing, and a run of nothing passes."""
+    if values is None:
+        return None
+    names = (values,) if isinstance(values, str) else tuple(values)
+    if not names:
+        raise ConfigError(f"{what}=[] names nothing to run; name one or more, or leave it out")
+    return names

@@ -35,7 +35,7 @@ from xentaudit.cli_common import HelpToStdout, not_empty, version_option, write_
 from xentaudit.dtypes import FORMATS, get_format, parse_dtypes
 from xentaudit.ema import DEFAULT_IMPLS as EMA_IMPLS
 from xentaudit.errors import ConfigError, XentauditError
-from xentaudit.flags import CHECK_FAIL_ON, FLAGS
+from xentaudit.flags import CHECK_FAIL_ON, fail_on_flags
 from xentaudit.grid import (
     DEFAULT_EPS,
     DEFAULT_SCALES,
@@ -257,15 +257,6 @@ class ReportFile(click.ParamType):
         if Path(str(value)).suffix.lower() not in suffixes:
             self.fail(f"{value!r} does not end in {', '.join(suffixes)}", param, ctx)
         return str(value)
-
-
-def parse_flags(value: str) -> tuple[str, ...]:
-    """A comma-separated list of flag names (empty or "none" for no flag)."""
-    names = tuple(p.strip() for p in value.split(",") if p.strip() and p.strip() != "none")
-    for name in names:
-        if name not in FLAGS:
-            raise ConfigError(f"unknown flag {name!r} in --fail-on; choose from {', '.join(FLAGS)}")
-    return names
 
 
 def _stacked(options: Sequence[Callable]) -> Callable[[Callable], Callable]:
@@ -604,7 +595,7 @@ def compare(
     probabilities read 8.06 instead of 15.0. With --loss sigmoid: the logits [[20], [-20]]
     labelled [[0], [1]], where Keras' clipped sigmoid reads 15.94 and 16.12 instead of 20.
     """
-    fail_flags = parse_flags(fail_on)
+    fail_flags = fail_on_flags(fail_on, "--fail-on")
     html_target = None if html_path is None else _writable(html_path, "--html")
     scale_given = scale is not None
     if logits is None:
@@ -656,7 +647,7 @@ def compare(
         with _written_atomically(html_target, "--html") as write:
             write(html_report.render(result, title=title))
     if fmt == "json":
-        text = json_report.render(result, command="compare", scale=scale)
+        text = json_report.render(result, command="compare", fail_on=list(fail_flags), scale=scale)
     else:
         color, width = _color_and_width(sys.stdout)
         text = table_report.render(result, title=title, color=color, width=width)
@@ -787,7 +778,7 @@ def sweep(
     from xentaudit.parallel import cores
     from xentaudit.sweep import sweep as run_sweep
 
-    fail_flags = parse_flags(fail_on)
+    fail_flags = fail_on_flags(fail_on, "--fail-on")
     new_baseline = None if write_baseline is None else _writable(write_baseline, "--write-baseline")
     plot_target = None if plot_path is None else _writable(plot_path, "--plot")
     html_target = None if html_path is None else _writable(html_path, "--html")
@@ -825,7 +816,7 @@ def sweep(
         result = replace(result, baseline=compare_sweep(result, old_baseline, baseline_path))
     if new_baseline is not None:
         with _written_atomically(new_baseline, "--write-baseline") as write:
-            write(json_report.render(result, command="sweep"))
+            write(json_report.render(result, command="sweep", fail_on=list(fail_flags)))
     if plot_target is not None:
         from xentaudit.report import plot
 
@@ -837,7 +828,7 @@ def sweep(
         with _written_atomically(html_target, "--html") as write:
             write(html_report.render_sweep(result, fail_flags))
     if fmt == "json":
-        text = json_report.render(result, command="sweep")
+        text = json_report.render(result, command="sweep", fail_on=list(fail_flags))
     else:
         text = table_report.render_sweep(result, color=color, width=width)
     write_stdout(text)
@@ -1013,7 +1004,7 @@ def check(
     rtol = rtol if rtol is not None else table.get("rtol")
     if unset("eps") and "eps" in table:
         eps = tuple(table["eps"]) if isinstance(table["eps"], list) else (table["eps"],)
-    fail_flags = parse_flags(fail_on)
+    fail_flags = fail_on_flags(fail_on, "--fail-on")
     label_input = (
         labels if labels is None or is_sharded(labels) else file_or_json(labels, "--labels")
     )

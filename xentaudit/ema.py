@@ -24,6 +24,7 @@ import numpy as np
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FAILING
 from xentaudit.io import as_float, open_arrays, prepare
+from xentaudit.losses import LOSSES
 from xentaudit.reference import cross_entropy
 from xentaudit.results import SCHEMA_VERSION, to_json
 
@@ -67,6 +68,7 @@ class Ema:
     classes: int
     impls: tuple[str, ...]
     decays: tuple[EmaDecay, ...]
+    reference_method: str  # "float64" (the compiled kernel) or "float64-numpy"
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]
@@ -76,6 +78,8 @@ def read_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """``logits`` (steps, rows, classes) and ``labels`` (rows,) or (rows, classes) from a
     ``.npz``, or from a folder of per-step ``.npz`` files (sorted by name) of ``logits`` (rows,
     classes) and the same ``labels``. Read as `check` reads files: never unpickled."""
+    if path == "":  # Path("") is the current folder
+        raise ConfigError("an empty trajectory name; name a .npz file or a folder of them")
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.npz"))
@@ -225,4 +229,5 @@ def ema(
                 tuple(records),
             )
         )
-    return Ema(str(path), steps, rows, classes, impls, tuple(out))
+    method = LOSSES["softmax"].float64_method  # the one ``_gradients`` runs
+    return Ema(str(path), steps, rows, classes, impls, tuple(out), method)

@@ -5,7 +5,11 @@ Flag names are a public contract: they appear in tables, JSON, ``--fail-on`` and
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from xentaudit.choices import expand
+from xentaudit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -268,3 +272,18 @@ LOSS_ADVICE["binary-focal"] = {
 def explained(name: str, loss: str = "softmax") -> Advice:
     """What flag ``name`` means and what to do about it, worded for ``loss``."""
     return LOSS_ADVICE.get(loss, {}).get(name, FLAGS[name].explained)
+
+
+def fail_on_flags(fail_on: Iterable[str] | str, what: str = "fail_on") -> tuple[str, ...]:
+    """The flag names ``fail_on`` gives, in order, without repeats: a string is one comma list
+    (never its characters), ``all`` every flag, ``none`` or "" no flag. Anything else is a
+    ``ConfigError`` naming ``what``: an unknown name, a typo, would fail on nothing."""
+    values = [fail_on] if isinstance(fail_on, str) else fail_on
+    try:
+        values = list(values)
+    except TypeError:
+        raise ConfigError(f"{what} must be flag names, got {fail_on!r}") from None
+    if not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{what} must be flag names, got {fail_on!r}")
+    parts = [p.strip() for v in values for p in v.split(",")]
+    return expand([p for p in parts if p not in ("", "none")], list(FLAGS), f"flag in {what}")

@@ -23,7 +23,7 @@ import numpy as np
 from xentaudit import impls as zoo
 from xentaudit.audit import audit
 from xentaudit.errors import ConfigError
-from xentaudit.flags import FLAGS
+from xentaudit.flags import fail_on_flags
 from xentaudit.model import ModelPath, logits_model, parse_model_config
 from xentaudit.results import Audit
 from xentaudit.training import DEFAULT_FAIL_ON, PREFIX, EpochRecord, record
@@ -82,13 +82,7 @@ class AuditCallback(keras.callbacks.Callback):
             )
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"AuditCallback: every={every!r}; pass a positive whole number")
-        self.fail_on = (fail_on,) if isinstance(fail_on, str) else tuple(fail_on)
-        unknown = [f for f in self.fail_on if f not in FLAGS]
-        if unknown:
-            raise ConfigError(
-                f"AuditCallback: unknown flag {unknown[0]!r} in fail_on; choose from "
-                f"{', '.join(FLAGS)}"
-            )
+        self.fail_on = fail_on_flags(fail_on, "AuditCallback's fail_on")
         impls = [impls] if isinstance(impls, str) else impls
         names = [name for name in impls if name != zoo.MODEL]  # `model` is always audited
         self.impls = zoo.parse_impls(names) if names else ()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import cached_property
 
 from xentaudit.dtypes import FORMATS, dtype_label
-from xentaudit.flags import CHECK_FAIL_ON, FAILING, FLAGS, Advice, explained
+from xentaudit.flags import CHECK_FAIL_ON, FAILING, FLAGS, Advice, explained, fail_on_flags
 from xentaudit.impls import FORMULAS, REGISTRY
 
 SCHEMA_VERSION = 1
@@ -52,7 +52,7 @@ def to_json(value: object) -> object:
 
 def exit_code(fail_on: Iterable[str], flag_sets: Iterable[Iterable[str]]) -> int:
     """The exit-code rule of every command: 1 if any ``fail_on`` flag fired in any result."""
-    wanted = set(fail_on)
+    wanted = set(fail_on_flags(fail_on))
     return EXIT_FLAGGED if any(wanted.intersection(flags) for flags in flag_sets) else EXIT_OK
 
 
@@ -482,7 +482,7 @@ class Check:
         got. With a ``gate``, it says for each alternative which of the gated results' failing
         flags switching to it would remove. Its message ends saying where the flagged rows
         were written, if they were."""
-        fail_on = tuple(fail_on)
+        fail_on = fail_on_flags(fail_on)
         verdict = _verdict(self.gated, fail_on, self.lint, "fire a --fail-on flag")
         if self.gate is not None:
             verdict = _with_alternatives(verdict, self.results, self.gate, fail_on)

@@ -87,6 +87,8 @@ def _expand(spec: str, option: str) -> list[_Named]:
     last two in natural order of their paths (``natural_key``). Entries are not opened here:
     one that is no readable file (a dangling link, a folder named ``x.npy``) is refused by the
     reader as a single file would be."""
+    if not spec:  # Path("") is the current folder
+        raise ConfigError(f"an empty {option.strip() or 'FILE'} name; name a file, folder or glob")
     if not is_sharded(spec):
         path = Path(spec)
         return [_Named(path, "")]

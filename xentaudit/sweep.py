@@ -33,6 +33,7 @@ from xentaudit.audit import (
     variants,
     worst,
 )
+from xentaudit.choices import names_given
 from xentaudit.dtypes import FloatFormat, get_format, parse_dtypes
 from xentaudit.environment import environment_of, subnormal_flushes
 from xentaudit.errors import ConfigError, XentauditError
@@ -231,7 +232,10 @@ def sweep(
     """
     scales = list(check_scales(scales))
     eps = eps_values(eps)
-    modes = tuple(modes)
+    # an empty list would run nothing, and pass
+    modes, impls = names_given(modes, "modes") or (), names_given(impls, "impls") or ()
+    dtypes, policies = names_given(dtypes, "dtypes") or (), names_given(policies, "policies") or ()
+    patterns, backends = names_given(patterns, "patterns") or (), names_given(backends, "backends")
     check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")

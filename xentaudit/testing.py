@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from xentaudit import impls as zoo
-from xentaudit.choices import expand
 from xentaudit.dtypes import FORMATS, dtype_label
 from xentaudit.errors import ConfigError
-from xentaudit.flags import FAILING, FLAGS
+from xentaudit.flags import FAILING, FLAGS, fail_on_flags
 from xentaudit.grid import PATTERNS, parse_scales
 from xentaudit.results import BreakingPoint, Sweep, SweepCell
 
@@ -91,10 +90,6 @@ def _names(values: Iterable[str] | str) -> list[str]:
     """Option values as ``expand`` takes them: a string is one value (a comma list), not its
     characters."""
     return [values] if isinstance(values, str) else list(values)
-
-
-def _flags(fail_on: Iterable[str] | str) -> tuple[str, ...]:
-    return expand(_names(fail_on), list(FLAGS), "flag in fail_on")
 
 
 def _number(value: float) -> str:
@@ -234,7 +229,7 @@ def assert_stable(
     from xentaudit.sweep import sweep
 
     spec = register(loss_fn, backend)
-    flags = _flags(fail_on)
+    flags = fail_on_flags(fail_on)
     result = sweep(
         scales=_scales(scales),
         dtypes=_names(dtypes),

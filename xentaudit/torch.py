@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 
 from xentaudit.audit import audit
 from xentaudit.errors import ConfigError, ImplementationError
+from xentaudit.flags import fail_on_flags
 from xentaudit.impls import MODEL
 from xentaudit.io import as_array
 from xentaudit.results import Audit
@@ -71,7 +72,7 @@ def audit_batch(
     *,
     step: int = 0,
     impls: Sequence[str] = DEFAULT_IMPLS,
-    fail_on: Sequence[str] = DEFAULT_FAIL_ON,
+    fail_on: Iterable[str] | str = DEFAULT_FAIL_ON,
 ) -> EpochRecord:
     """Audit ``logits`` (rows, classes; the input of the loss, in their dtype) against
     ``target`` (class indices, or probabilities per row) with the loop's own ``loss_fn``
@@ -85,6 +86,7 @@ def audit_batch(
     flag). An error of the loop's loss names it as ``loss_fn``. Call it every few hundred
     steps on a detached batch of at most ``MAX_ROWS`` rows.
     """
+    fail_on = fail_on_flags(fail_on, "audit_batch's fail_on")
     x = as_array(logits)
     y = as_array(target)
     if x.ndim != 2 or x.shape[0] > MAX_ROWS:

@@ -225,6 +225,8 @@ def python_files(paths: Iterable[str | Path]) -> Iterator[Path]:
     """The files named and the ``.py`` and ``.ipynb`` files under the folders named, sorted
     within each folder; hidden folders and ``SKIPPED`` are not entered."""
     for given in paths:
+        if isinstance(given, str) and not given:  # Path("") is the current folder
+            raise InputError("an empty path; name a .py file, a notebook or a folder")
         path = Path(given)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
