@@ -425,3 +425,11 @@ def test_an_audit_where_nothing_could_run_is_refused_not_passed() -> None:
         audit([[1e6, 1.0]], [0], impls=["naive"], dtypes=["float16"], modes=["eager"])
     with pytest.raises(InputError, match=r"needs one-hot or integer labels\); pick"):
         audit([[1.0, 2.0]], [[0.5, 0.5]], impls=["tf_sparse_softmax_xent"], modes=["eager"])
+
+
+def test_eps_is_any_real_number_and_a_string_is_refused() -> None:
+    # a numpy scalar was "not iterable"; a string was read character by character
+    result = audit([[1.0, 2.0]], [0], impls=["clipped"], modes=["eager"], eps=np.float32(1e-3))
+    assert [r.eps for r in result.results] == [float(np.float32(1e-3))]
+    with pytest.raises(ConfigError, match=r"^--eps must be a number or a list of numbers"):
+        audit([[1.0, 2.0]], [0], impls=["clipped"], eps="1e-7")

@@ -318,7 +318,7 @@ def test_bfloat16_roundtrip_value_is_what_ml_dtypes_wrote(tmp_path) -> None:
     np.save(tmp_path / "b.npy", values.astype(ml_dtypes.bfloat16))
     from xentaudit.io import open_arrays
 
-    logits, _ = open_arrays(tmp_path / "b.npy", None, "logits", "labels")
+    logits, _ = open_arrays(tmp_path / "b.npy", None, "logits", None)
     (chunk,) = logits.chunks(1, 3)
     assert np.array_equal(
         chunk.astype(np.float64), values.astype(ml_dtypes.bfloat16).astype(np.float64)

@@ -121,6 +121,8 @@ def test_the_command_writes_json_and_refuses_bad_input(tmp_path: Path) -> None:
     assert doc["reference_method"] == FLOAT64_METHOD  # the kernel where it is built
     table = runner.invoke(cli, ["ema", str(path), "--decay", "0.5", "--impl", ""])
     assert "decay 0.5: lags 1 steps" in table.output
+    alone = ema(path, decays=0.5, impls=())  # one number is one decay
+    assert [d.decay for d in alone.decays] == [0.5]
     both = runner.invoke(
         cli, ["ema", str(path), "--decay", "0.5,0.75", "--impl", "", "--format", "json"]
     )

@@ -12,6 +12,7 @@ from xentaudit.grid import (
     DEFAULT_SCALES,
     REFINE_MAX_POINTS,
     REFINE_REL,
+    check_scales,
     make_pattern,
     parse_patterns,
     parse_scales,
@@ -108,3 +109,12 @@ def test_refine_finds_each_threshold_with_shared_calls(points: int) -> None:
     # Both kinds share every call: no more rounds than one bracket needs on its own.
     rounds = math.ceil(math.log(math.log(3.16) / math.log1p(REFINE_REL), points + 1)) + 1
     assert len(calls) <= rounds + 1
+
+
+def test_the_api_takes_scales_as_the_command_line_does_and_refuses_non_numbers() -> None:
+    # sweep(scales="1:100:3") iterated the string's characters: a TypeError, not the range
+    assert check_scales("1:100:3") == (1.0, 10.0, 100.0)
+    assert check_scales("10,0.5") == check_scales([np.float32(0.5), 10]) == (0.5, 10.0)
+    for bad in (["a"], None, 5):
+        with pytest.raises(ConfigError, match=r"^--scales must be numbers, got"):
+            check_scales(bad)

@@ -280,7 +280,7 @@ def test_2d_fortran_files_stream_through_tiles_in_files_and_zip_members(
         fortran = audited(tmp_path / "f.npy", labels=tmp_path / "y.npy", chunk_rows=chunk_rows)
         assert_same_check(fortran, c_ordered)
         assert_same_check(audited(tmp_path / "f.npz", chunk_rows=chunk_rows), c_ordered)
-    source = reader.open_arrays(tmp_path / "f.npy", None, "logits", "labels")[0]
+    source = reader.open_arrays(tmp_path / "f.npy", None, "logits", None)[0]
     assert np.array_equal(np.concatenate(list(source.chunks(5, 10))), x)
 
 

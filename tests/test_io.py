@@ -50,13 +50,18 @@ def test_npz_labels_keys_and_bfloat16_are_read_as_check_reads_them(tmp_path) -> 
     np.savez(tmp_path / "k.npz", a=x.astype(np.float32), b=np.array([1]))
     got, labels = load_inputs(str(tmp_path / "k.npz"), None, "a", "b")
     assert got.tolist() == [[1.5, -2.25, 3.0]] and labels.tolist() == [1]
-    # --labels wins over the .npz's own labels
-    assert load_inputs(str(tmp_path / "k.npz"), "[0]", "a", "b")[1].tolist() == [0]
+    # --labels wins over the .npz's own labels; with --labels-key named too, the two conflict
+    np.savez(tmp_path / "l.npz", logits=x.astype(np.float32), labels=np.array([1]))
+    assert load_inputs(str(tmp_path / "l.npz"), "[0]")[1].tolist() == [0]
+    with pytest.raises(InputError, match=r"^--labels-key 'b' names no array: --labels gives"):
+        load_inputs(str(tmp_path / "k.npz"), "[0]", "a", "b")
+    with pytest.raises(InputError, match=r"^--labels-key 'labels' names no array: .*b\.npy is no"):
+        load_inputs(str(tmp_path / "b.npy"), None, labels_key="labels")
 
 
 def test_arrays_in_memory_are_chunked_like_files(tmp_path) -> None:
     np.save(tmp_path / "x.npy", np.zeros((5, 2), dtype=np.float32))
-    _, from_memory = open_arrays(tmp_path / "x.npy", np.arange(5), "logits", "labels")
+    _, from_memory = open_arrays(tmp_path / "x.npy", np.arange(5), "logits", None)
     assert from_memory is not None and from_memory.label == "--labels"
     assert [c.ravel().tolist() for c in from_memory.chunks(2, 1)] == [[0, 1], [2, 3], [4]]
     assert ArraySource.of(np.arange(3), "y").read().tolist() == [0, 1, 2]
@@ -126,7 +131,7 @@ def test_label_dtypes_are_checked_before_reading_for_arrays_in_memory_too(tmp_pa
     np.save(tmp_path / "x.npy", np.zeros((3, 2), np.float32))
     for labels in (np.zeros(3, np.complex64), np.array(["0", "1", "0"]), np.zeros(3, object)):
         with pytest.raises(InputError, match="labels must be integer classes or weights"):
-            open_arrays(tmp_path / "x.npy", labels, "logits", "labels")
+            open_arrays(tmp_path / "x.npy", labels, "logits", None)
 
 
 def test_sparse_dense_and_soft_labels() -> None:

@@ -289,3 +289,16 @@ def test_too_many_rows_is_a_one_line_error():
     with pytest.raises(ConfigError) as error:
         AuditCallback(x, np.zeros(MAX_ROWS + 1, dtype="int64"))
     assert "\n" not in str(error.value) and str(MAX_ROWS) in str(error.value)
+
+
+def test_a_bad_loss_or_save_dir_is_refused_when_the_callback_is_made_not_inside_fit(
+    tmp_path,
+) -> None:
+    # both raised from on_train_begin, inside model.fit, as a Keras ValueError and an OSError
+    x, y = np.zeros((2, 3), np.float32), np.array([0, 1])
+    with pytest.raises(ConfigError, match=r"^AuditCallback: loss='nope': .*; pass a Keras loss"):
+        AuditCallback(x, y, loss="nope")
+    taken = tmp_path / "a_file"
+    taken.write_text("")
+    with pytest.raises(ConfigError, match=r"^AuditCallback: save_dir=.* is a file; name a folder"):
+        AuditCallback(x, y, save_dir=taken)

@@ -41,6 +41,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
+from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -954,7 +955,10 @@ def mean_grades(outcome: Outcome, rounded: Rounded) -> tuple[float, tuple[str, .
 
 def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
     """``--eps`` as a tuple: one value or several (``clipped`` runs at each), at least one."""
-    values = (float(eps),) if isinstance(eps, int | float) else tuple(float(e) for e in eps)
+    try:  # numpy's scalars are numbers.Real too
+        values = (float(eps),) if isinstance(eps, Real) else tuple(float(e) for e in eps)
+    except (TypeError, ValueError):  # a string is no list of numbers either
+        raise ConfigError(f"--eps must be a number or a list of numbers, got {eps!r}") from None
     if not values:
         raise ConfigError("--eps needs at least one value")
     return values

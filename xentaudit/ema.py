@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +175,10 @@ def ema(
     (``read_trajectory``) for each decay in (0, 1); ``impls`` (names) also run on the raw and
     the EMA logits of every step, in the logits' dtype, eagerly, to list the failing flags the
     EMA hides or shows. The EMA is computed in float64 and rounded to the logits' dtype."""
-    decays = tuple(float(d) for d in decays)
+    try:  # one number is one decay
+        decays = (float(decays),) if isinstance(decays, Real) else tuple(float(d) for d in decays)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--decay must be numbers in (0, 1), got {decays!r}") from None
     for d in decays:
         if not 0 < d < 1:  # NaN fails too
             raise ConfigError(f"--decay must lie in (0, 1), got {d:g}")

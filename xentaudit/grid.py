@@ -69,10 +69,16 @@ def parse_scales(spec: str) -> tuple[float, ...]:
     return check_scales(scales)
 
 
-def check_scales(scales: Iterable[float]) -> tuple[float, ...]:
-    """The scales sorted without repeats, once each is known positive and finite and there are
-    1 to ``MAX_SCALES`` of them."""
-    values = sorted(set(scales))
+def check_scales(scales: Iterable[float] | str) -> tuple[float, ...]:
+    """The scales (numbers, or a string as ``--scales`` takes it: ``parse_scales``) sorted
+    without repeats, once each is known positive and finite and there are 1 to ``MAX_SCALES``
+    of them."""
+    try:
+        values = sorted(
+            set(parse_scales(scales) if isinstance(scales, str) else map(float, scales))
+        )
+    except (TypeError, ValueError):
+        raise ConfigError(f"--scales must be numbers, got {scales!r}") from None
     if not values:
         raise ConfigError("--scales is empty; give at least one positive scale")
     bad = [s for s in values if not (0 < s < math.inf)]

@@ -767,6 +767,10 @@ def open_arrays(
 
     Only headers are read: every shape, dtype and size is checked before any data is."""
     regular_file(path, None)
+    if labels_key is not None and (labels is not None or path.suffix != ".npz"):
+        # named on purpose, and no array it could name: a typo must not audit without labels
+        where = "--labels gives the labels" if labels is not None else f"{path} is no .npz"
+        raise InputError(f"--labels-key {labels_key!r} names no array: {where}; drop it")
     label_source = _labels_source(labels)
     if path.suffix != ".npz":
         return _header(path, None, str(path)), label_source

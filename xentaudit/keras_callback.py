@@ -91,6 +91,15 @@ class AuditCallback(keras.callbacks.Callback):
         self.stop = stop_training
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.save_dir = None if save_dir is None else Path(save_dir)
+        if self.save_dir is not None and self.save_dir.exists() and not self.save_dir.is_dir():
+            raise ConfigError(f"AuditCallback: save_dir={str(save_dir)!r} is a file; name a folder")
+        if loss is not None:  # refused here, not from inside fit
+            try:
+                keras.losses.get(loss)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"AuditCallback: loss={loss!r}: {exc}; pass a Keras loss"
+                ) from None
         self.logits_layer = logits_layer
         self.records: list[EpochRecord] = []
         self.path: ModelPath | None = None

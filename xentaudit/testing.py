@@ -23,7 +23,7 @@ from xentaudit import impls as zoo
 from xentaudit.dtypes import FORMATS, dtype_label
 from xentaudit.errors import ConfigError
 from xentaudit.flags import FAILING, FLAGS, fail_on_flags
-from xentaudit.grid import PATTERNS, parse_scales
+from xentaudit.grid import PATTERNS
 from xentaudit.results import BreakingPoint, Sweep, SweepCell
 
 # Defaults: one call takes about a second for a TensorFlow loss, and catches a hand-written
@@ -80,16 +80,6 @@ def register(loss_fn: Loss, backend: str = "tf") -> str:
     spec = f"{backend}:{__name__}:{_name_of(loss_fn)}"
     zoo.get_impl(spec)  # loads and checks it (signature, backend installed) like --impl
     return spec
-
-
-def _scales(scales: Iterable[float] | str) -> tuple[float, ...]:
-    return parse_scales(scales) if isinstance(scales, str) else tuple(float(s) for s in scales)
-
-
-def _names(values: Iterable[str] | str) -> list[str]:
-    """Option values as ``expand`` takes them: a string is one value (a comma list), not its
-    characters."""
-    return [values] if isinstance(values, str) else list(values)
 
 
 def _number(value: float) -> str:
@@ -231,12 +221,12 @@ def assert_stable(
     spec = register(loss_fn, backend)
     flags = fail_on_flags(fail_on)
     result = sweep(
-        scales=_scales(scales),
-        dtypes=_names(dtypes),
+        scales=scales,
+        dtypes=dtypes,
         impls=[spec],
-        patterns=_names(patterns),
+        patterns=patterns,
         classes=classes,
-        modes=DEFAULT_MODES[backend] if modes is None else _names(modes),
+        modes=DEFAULT_MODES[backend] if modes is None else modes,
         rtol=rtol,
         timeout=timeout,
         loss_scale=loss_scale,
