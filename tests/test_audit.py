@@ -20,7 +20,7 @@ from xentaudit.flags import FLAGS
 from xentaudit.io import prepare
 from xentaudit.reference import cross_entropy
 
-SEED = str(Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz")
+SEED_FILE = str(Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz")
 
 SEED = np.array([[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]])
 SEED_LABELS = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -402,13 +402,42 @@ def test_an_array_changed_in_place_between_audits_is_audited_anew() -> None:
         (lambda **kw: sweep(**kw), "patterns"),
         (lambda **kw: sweep(**kw), "dtypes"),
         (lambda **kw: sweep(**kw), "impls"),
-        (lambda **kw: check_file(SEED, **kw), "modes"),
-        (lambda **kw: check_file(SEED, **kw), "dtypes"),
+        (lambda **kw: check_file(SEED_FILE, **kw), "modes"),
+        (lambda **kw: check_file(SEED_FILE, **kw), "dtypes"),
     ],
 )
 def test_an_empty_list_option_is_refused_not_run_as_nothing_that_passes(entry, option) -> None:
     with pytest.raises(ConfigError, match=rf"^{option}=\[\] names nothing to run; name one"):
         entry(**{option: []})
+
+
+def test_none_is_an_options_default_not_nothing() -> None:
+    # `names_given(x) or ()` once ran nothing for None, and passed
+    given = audit([[1.0, 2.0]], [0], impls=["naive"], modes=None, dtypes=None, policies=None)
+    default = audit([[1.0, 2.0]], [0], impls=["naive"])
+    runs = [(r.impl, r.dtype, r.mode, r.policy) for r in default.results]
+    assert [(r.impl, r.dtype, r.mode, r.policy) for r in given.results] == runs
+    assert runs == [
+        ("naive", "float32", "eager", "float32"),
+        ("naive", "float32", "graph", "float32"),
+    ]
+    options = {"impls": ["naive"], "scales": [1.0], "modes": ["eager"]}
+    swept = sweep(dtypes=None, patterns=None, policies=None, **options)
+    default_sweep = sweep(**options)
+    cells = {(c.dtype, c.pattern) for c in default_sweep.cells}
+    assert {(c.dtype, c.pattern) for c in swept.cells} == cells
+    assert {d for d, _ in cells} == {"float16", "bfloat16", "float32", "float64"}
+    assert [r.mode for r in check_file(SEED_FILE, impls=["naive"], modes=None).results] == [
+        "eager",
+        "graph",
+    ]
+
+
+def test_modes_take_a_comma_list_and_all() -> None:
+    result = audit([[1.0, 2.0]], [0], impls=["naive"], modes="graph,eager")
+    assert [r.mode for r in result.results] == ["graph", "eager"]
+    result = audit([[1.0, 2.0]], [0], impls=["naive"], modes=["all"])
+    assert [r.mode for r in result.results] == ["eager", "graph"]
 
 
 def test_a_string_option_is_one_comma_list_not_its_characters() -> None:
@@ -425,6 +454,16 @@ def test_an_audit_where_nothing_could_run_is_refused_not_passed() -> None:
         audit([[1e6, 1.0]], [0], impls=["naive"], dtypes=["float16"], modes=["eager"])
     with pytest.raises(InputError, match=r"needs one-hot or integer labels\); pick"):
         audit([[1.0, 2.0]], [[0.5, 0.5]], impls=["tf_sparse_softmax_xent"], modes=["eager"])
+
+
+def test_a_check_where_nothing_could_run_is_refused_not_passed(tmp_path: Path) -> None:
+    # soft labels, which the only implementation asked for cannot take: every run skipped
+    np.save(tmp_path / "x.npy", np.array([[1.0, 2.0]]))
+    soft = np.array([[0.5, 0.5]])
+    with pytest.raises(InputError, match=r"^nothing could be audited \(tf_sparse_softmax_xent"):
+        check_file(
+            tmp_path / "x.npy", labels=soft, impls=["tf_sparse_softmax_xent"], modes=["eager"]
+        )
 
 
 def test_eps_is_any_real_number_and_a_string_is_refused() -> None:

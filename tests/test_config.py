@@ -295,7 +295,7 @@ def test_a_code_file_must_be_a_regular_file_others_cannot_write(tmp_path: Path) 
          "has unknown name 'mixed_float64'; choose from float32, mixed_float16, mixed_bfloat16, "
          "all"),
         ("[tool.xentaudit]\nfail-on = ['nans']\n", "{path}: [tool.xentaudit] fail-on has unknown "
-         "name 'nans'; choose from {flags}, none"),
+         "name 'nans'; choose from {flags}, none, all"),
         ("[tool.xentaudit]\nrtol = 'small'\n", "{path}: [tool.xentaudit] rtol must be a number, "
          "finite and > 0, got 'small'"),
         ("[tool.xentaudit]\nrtol = true\n", "{path}: [tool.xentaudit] rtol must be a number, "
@@ -352,6 +352,8 @@ eps = 0.49
     assert loaded("[tool.xentaudit]\neps = [1e-300, 1e-7]\n", tmp_path).table == {
         "eps": [1e-300, 1e-7]
     }
+    # every flag, as `--fail-on all` on the command line
+    assert loaded('[tool.xentaudit]\nfail-on = ["all"]\n', tmp_path).table == {"fail-on": ["all"]}
 
 
 # --- through the command line ---

@@ -76,8 +76,8 @@ def test_the_steps_where_the_ema_hides_keras_clip(tmp_path: Path) -> None:
     assert all(abs(s - cap) > 0.01 for s in lagged.values())
     assert all(abs(slope * t - cap) > 0.01 for t in range(steps))
     result = ema(
-        _save(tmp_path / "t.npz", z, np.array([0])), decays=(d,), impls=["keras_cce_probs"]
-    )
+        _save(tmp_path / "t.npz", z, np.array([0])), decays=(d,), impls="keras_cce_probs"
+    )  # one string is one comma list, not its characters
     (decay,) = result.decays
     assert {s.step for s in decay.steps if s.hidden} == raw - ema_fires
     assert all(s.hidden == ("divergent", "grad-vanish") for s in decay.steps if s.hidden)

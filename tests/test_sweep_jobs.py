@@ -350,7 +350,8 @@ def test_ctrl_c_ends_the_sweep_and_its_processes(tmp_path) -> None:
 
 def test_an_unknown_mode_names_every_one() -> None:
     with pytest.raises(
-        ConfigError, match=r"^unknown mode 'fast'; choose from eager, graph, both, training$"
+        ConfigError,
+        match=r"^unknown mode 'fast'; choose from eager, graph, both, training or 'all'$",
     ):
         sweep(modes=["fast"])
 

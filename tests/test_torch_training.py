@@ -82,6 +82,8 @@ def test_the_loops_loss_failing_is_models_and_other_flags_stay_apart() -> None:
         return -torch.log(p.gather(1, target[:, None]))[:, 0]
 
     logits = torch.tensor([[120.0, 0.0, 0.0]])
-    r = audit_batch(logits, torch.tensor([1]), softmax_log, impls=["torch_cross_entropy"])
+    r = audit_batch(
+        logits, torch.tensor([1]), softmax_log, impls="torch_cross_entropy"
+    )  # one comma list
     assert "inf" in r.model_failing and ("model", "inf") in r.failing
     assert r.flags["torch_cross_entropy"] == () and r.headroom["model"] == 1.0

@@ -16,7 +16,7 @@ from xentaudit.errors import ConfigError
 from xentaudit.flags import CHECK_FAIL_ON, FLAGS, fail_on_flags
 from xentaudit.report import json as json_report
 from xentaudit.report import table
-from xentaudit.results import Audit, Check, FailingResult, ModeDifference, RowAtRisk
+from xentaudit.results import Audit, Check, Comparison, FailingResult, ModeDifference, RowAtRisk
 
 
 def test_compare_verdict_names_what_fails_who_is_trustworthy_and_the_worst_rows() -> None:
@@ -267,6 +267,15 @@ def test_fail_on_that_names_no_flag_is_refused_not_failing_on_nothing(fail_on) -
         compare_case().exit_code(fail_on)
     with pytest.raises(ConfigError, match=r"fail_on"):
         check_case().verdict(fail_on)
+    # against a baseline the exit code reads regressions, but a misspelt flag is still refused
+    against = Comparison(path="base.json", regressions=(), improvements=())
+    for result in (
+        replace(check_case(), baseline=against),
+        replace(sweep_case(), baseline=against),
+    ):
+        assert result.exit_code(["nan"]) == 0
+        with pytest.raises(ConfigError, match=r"fail_on"):
+            result.exit_code(fail_on)
 
 
 def test_fail_on_flags_reads_all_none_and_comma_lists_in_order() -> None:

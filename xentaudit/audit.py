@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xentaudit import impls as zoo
-from xentaudit.choices import names_given
+from xentaudit.choices import EVERY, names_given
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.environment import environment
 from xentaudit.errors import ConfigError, InputError
@@ -77,6 +77,7 @@ GRAD_FLAGS = ("grad-nan", "grad-inf", "grad-blowup", "grad-vanish", "grad-wrong"
 ROW_FLAGS = LOSS_FLAGS + GRAD_FLAGS
 RTOL_ULPS = 8  # default loss and gradient tolerance, in eps of the effective dtype
 VANISH_ULPS = 32  # an exact gradient above this many eps (times B) is clearly non-zero
+DEFAULT_DTYPES = ("float32",)  # what ``audit`` and ``compare`` round the logits to
 MAX_TIMEOUT = 1_000_000  # seconds (11.6 days): any longer is no bound
 BLOWUP_FACTOR = 10.0
 VANISH_FRACTION = 0.1
@@ -625,6 +626,16 @@ def variants(names: Iterable[str], eps: tuple[float, ...]) -> list[Variant]:
     return out
 
 
+def nothing_audited(skipped: Sequence[Skipped]) -> InputError:
+    """The error of an audit whose every run was skipped (overflowing dtypes, labels no
+    implementation asked for takes): an empty result would pass."""
+    why = "".join(f" ({s.impl} in {s.dtype}: {s.reason})" for s in skipped[:1])
+    return InputError(
+        f"nothing could be audited{why}; pick implementations and dtypes that can run on these "
+        "inputs"
+    )
+
+
 def chosen_impls(
     impls: Iterable[str],
     model: str | Path | ModelPath | None,
@@ -988,7 +999,6 @@ def check_ignore(ignore_class: int | None, loss: str, names: Iterable[str]) -> N
 def check_options(
     eps: Iterable[float],
     rtol: float | None,
-    modes: Iterable[str],
     timeout: float | None = None,
     loss_scale: float | None = None,
     label_smoothing: float = 0.0,
@@ -1003,9 +1013,6 @@ def check_options(
             raise ConfigError(f"--eps must lie in (0, 0.5), got {e}")
     if rtol is not None and not (0 < rtol < math.inf):
         raise ConfigError(f"--rtol must be a positive number, got {rtol}")
-    for mode in modes:
-        if mode not in zoo.MODE_NAMES:
-            raise ConfigError(f"unknown mode {mode!r}; choose from {', '.join(zoo.MODE_NAMES)}")
     if timeout is not None and not (0 < timeout <= MAX_TIMEOUT):
         raise ConfigError(
             f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}], got {timeout}"
@@ -1016,13 +1023,13 @@ def audit(
     logits: np.ndarray,
     labels: np.ndarray,
     *,
-    impls: Iterable[str] = ("all",),
-    dtypes: Iterable[str] = ("float32",),
-    modes: Iterable[str] = zoo.MODES,
+    impls: Iterable[str] | None = EVERY,
+    dtypes: Iterable[str] | None = DEFAULT_DTYPES,
+    modes: Iterable[str] | None = zoo.MODES,
     eps: float | Iterable[float] = 1e-7,
     rtol: float | None = None,
     timeout: float | None = None,
-    policies: Iterable[str] = ("float32",),
+    policies: Iterable[str] | None = zoo.FLOAT32_POLICY,
     loss_scale: float | None = None,
     model: str | Path | ModelPath | None = None,
     backends: Iterable[str] | None = None,
@@ -1067,12 +1074,14 @@ def audit(
     ``labels`` may be numpy arrays, torch tensors or jax arrays.
     Returns an ``Audit``; prints nothing.
     """
-    # an empty list would run nothing, and pass
-    modes, impls = names_given(modes, "modes") or (), names_given(impls, "impls") or ()
-    dtypes, policies = names_given(dtypes, "dtypes") or (), names_given(policies, "policies") or ()
+    # None is the default; an empty list would run nothing, and pass
+    modes = zoo.parse_modes(names_given(modes, "modes", zoo.MODES))
+    impls = names_given(impls, "impls", EVERY, empty_ok=model is not None)  # the model's runs
+    dtypes = names_given(dtypes, "dtypes", DEFAULT_DTYPES)
+    policies = names_given(policies, "policies", zoo.FLOAT32_POLICY)
     backends = names_given(backends, "backends")
     eps = eps_values(eps)
-    check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
+    check_options(eps, rtol, timeout, loss_scale, label_smoothing)
     multi_label = get_loss(loss).labels == "multi-label"
     focus = focus_of(loss, gamma, alpha)
     names = chosen_impls(impls, model, backends, loss)
@@ -1149,12 +1158,8 @@ def audit(
                         mean_spacing=spacing,
                     )
                 )
-    if not results:  # everything skipped (overflowing dtypes, labels a kernel cannot take)
-        why = "".join(f" ({s.impl} in {s.dtype}: {s.reason})" for s in skipped[:1])
-        raise InputError(
-            f"nothing could be audited{why}; pick implementations and dtypes that can run on "
-            "these inputs"
-        )
+    if not results:
+        raise nothing_audited(skipped)
     return Audit(
         batch.shape[0],
         batch.shape[1],

@@ -37,6 +37,7 @@ from xentaudit.audit import (
     labels_skip,
     mean_spacing,
     model_description,
+    nothing_audited,
     policy_variants,
     rejected_class,
     round_to,
@@ -124,7 +125,7 @@ def refuse_input_kind(
         raise ConfigError(f"--input {input_kind!r}: expected one of {', '.join(zoo.INPUTS)}")
     if input_kind != "probabilities":
         return
-    if tuple(policies or ()) not in ((), ("float32",)):
+    if tuple(policies or ()) not in ((), zoo.FLOAT32_POLICY):
         raise ConfigError(
             "--policy: probabilities reach the losses as saved, no Keras layer computes them; "
             "leave --policy out with --input probabilities"
@@ -150,7 +151,11 @@ def refuse_input_kind(
 def default_policies(file_dtype: str) -> tuple[str, ...]:
     """The Keras dtype policies ``check`` audits a file of ``file_dtype`` under: float32, and
     for a float16 or bfloat16 file (what a mixed-precision model dumps) its mixed policy too."""
-    return ("float32", zoo.MIXED[file_dtype]) if file_dtype in zoo.MIXED else ("float32",)
+    return (
+        (*zoo.FLOAT32_POLICY, zoo.MIXED[file_dtype])
+        if file_dtype in zoo.MIXED
+        else zoo.FLOAT32_POLICY
+    )
 
 
 @dataclass
@@ -583,7 +588,7 @@ def _settings(o: CheckOptions, apart: bool = False, elsewhere: bool = False) -> 
     as it can be without importing it (``zoo.parse_impls``). ``elsewhere`` (--jobs,
     --scheduler): the shards may be audited in other processes, which import them; not here
     either (not ``loaded``: loaded before the audit if it runs here after all)."""
-    check_options(o.eps, o.rtol, o.modes, o.timeout, o.loss_scale, o.label_smoothing)
+    check_options(o.eps, o.rtol, o.timeout, o.loss_scale, o.label_smoothing)
     multi_label = get_loss(o.loss).labels == "multi-label"
     focus = focus_of(o.loss, o.gamma, o.alpha)
     if o.loss != "softmax" and o.input_kind != "logits":
@@ -628,7 +633,9 @@ def _plan(o: CheckOptions, settings: _Settings, logits: ArraySource, labelled: b
     policies = zoo.parse_policies(
         o.policies
         or (
-            default_policies(logits.dtype.name) if o.input_kind != "probabilities" else ("float32",)
+            default_policies(logits.dtype.name)
+            if o.input_kind != "probabilities"
+            else zoo.FLOAT32_POLICY
         )
     )
     chunk_rows = o.chunk_rows or max(1, CHUNK_ENTRIES // logits.shape[-1])
@@ -850,7 +857,7 @@ def check_file(
     labels_key: str | None = None,
     impls: Iterable[str] | None = None,
     dtypes: Iterable[str] | None = None,
-    modes: Iterable[str] = zoo.MODES,
+    modes: Iterable[str] | None = zoo.MODES,
     eps: float | Iterable[float] = 1e-7,
     rtol: float | None = None,
     chunk_rows: int | None = None,
@@ -933,10 +940,10 @@ def check_file(
     implementation is graded on, nor with ``labels`` given as an array, nor on a cluster,
     whose workers keep their frameworks imported.
     """
-    o = CheckOptions(  # an empty list (``names_given``) would run nothing, and pass
-        impls=names_given(impls, "impls"),
+    o = CheckOptions(  # None is the default; an empty list would run nothing, and pass
+        impls=names_given(impls, "impls", empty_ok=model is not None),  # the model's runs
         dtypes=names_given(dtypes, "dtypes"),
-        modes=names_given(modes, "modes") or (),
+        modes=zoo.parse_modes(names_given(modes, "modes", zoo.MODES)),
         eps=eps_values(eps),
         rtol=rtol,
         chunk_rows=chunk_rows,
@@ -1203,6 +1210,8 @@ def _merged(
         )
         for (source, name, clip, dtype, policy, mode), t in tallies.items()
     )
+    if not results:
+        raise nothing_audited(tuple(skipped.values()))
     names = settings.names
     if label_source is None:
         labels = "none: each row against its predicted and its worst-case class"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import overload
 
 from xentaudit.errors import ConfigError
+
+EVERY = ("all",)  # an option's value naming every choice
 
 
 def unknown(what: str, value: str, choices: Iterable[str]) -> str:
@@ -28,13 +31,33 @@ def expand(
     return tuple(out)
 
 
-def names_given(values: Iterable[str] | str | None, what: str) -> tuple[str, ...] | None:
+@overload
+def names_given(
+    values: Iterable[str] | str | None,
+    what: str,
+    default: tuple[str, ...],
+    empty_ok: bool = False,
+) -> tuple[str, ...]: ...
+@overload
+def names_given(
+    values: Iterable[str] | str | None,
+    what: str,
+    default: None = None,
+    empty_ok: bool = False,
+) -> tuple[str, ...] | None: ...
+def names_given(
+    values: Iterable[str] | str | None,
+    what: str,
+    default: tuple[str, ...] | None = None,
+    empty_ok: bool = False,
+) -> tuple[str, ...] | None:
     """An API option's names as a tuple: a string is one value (a comma list, never its
-    characters), None is left for the caller's default, and an empty list is refused: it would
-    run nothing, and a run of nothing passes."""
+    characters), None is the option's ``default``, and an empty list is refused unless
+    ``empty_ok`` (something else runs, a model's loss): it would run nothing, and a run of
+    nothing passes."""
     if values is None:
-        return None
+        return default
     names = (values,) if isinstance(values, str) else tuple(values)
-    if not names:
+    if not names and not empty_ok:
         raise ConfigError(f"{what}=[] names nothing to run; name one or more, or leave it out")
     return names

@@ -30,7 +30,7 @@ import numpy as np
 from click.core import ParameterSource
 
 from xentaudit import __version__
-from xentaudit.audit import MAX_TIMEOUT, audit, chosen_impls
+from xentaudit.audit import DEFAULT_DTYPES, MAX_TIMEOUT, audit, chosen_impls
 from xentaudit.cli_common import HelpToStdout, not_empty, version_option, write_stdout
 from xentaudit.dtypes import FORMATS, get_format, parse_dtypes
 from xentaudit.ema import DEFAULT_IMPLS as EMA_IMPLS
@@ -610,7 +610,7 @@ def compare(
         scale = 1.0 if scale is None else scale
         if not dtypes and names_a_file(logits) and x.dtype.name in FORMATS:
             dtypes = (x.dtype.name,)  # a file is audited in its own dtype, as `check` does
-    dtypes = dtypes or ("float32",)
+    dtypes = dtypes or DEFAULT_DTYPES
     if x.dtype.kind in "biuf" or x.dtype.name == "bfloat16":  # audit refuses anything else
         x = _scaled(x, scale, dtypes, scale_given)
     _load_keras(model)
@@ -621,13 +621,13 @@ def compare(
         label_smoothing=label_smoothing,
         gamma=gamma,
         alpha=alpha,
-        impls=impls or ("all",),
+        impls=impls or None,
         dtypes=dtypes,
         modes=(mode,),
         eps=eps,
         rtol=rtol,
         timeout=timeout,
-        policies=policies or ("float32",),
+        policies=policies or None,
         backends=backends or None,
         loss_scale=loss_scale,
         model=model,
@@ -793,10 +793,10 @@ def sweep(
             gamma=gamma,
             alpha=alpha,
             scales=scales,
-            dtypes=dtypes or ("all",),
-            impls=impls or ("all",),
+            dtypes=dtypes or None,
+            impls=impls or None,
             eps=eps,
-            patterns=patterns or ("all",),
+            patterns=patterns or None,
             classes=classes,
             rows=rows,
             vocab_rows=vocab_rows,
@@ -806,7 +806,7 @@ def sweep(
             timeout=timeout,
             max_memory=max_memory,
             progress=progress,
-            policies=policies or ("float32",),
+            policies=policies or None,
             backends=backends or None,
             loss_scale=loss_scale,
             jobs=jobs or cores(),

@@ -97,7 +97,7 @@ CHOICES = {  # key -> the names its entries may use (comma lists allowed, as on 
     "dtypes": (*FORMATS, "all"),
     "policies": (*POLICIES, "all"),
     "backends": (*BY_OPTION, "all"),
-    "fail-on": (*FLAGS, "none"),
+    "fail-on": (*FLAGS, "none", "all"),
 }
 
 

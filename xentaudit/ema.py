@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xentaudit.choices import names_given
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FAILING
 from xentaudit.io import as_float, open_arrays, prepare
@@ -69,7 +70,7 @@ class Ema:
     classes: int
     impls: tuple[str, ...]
     decays: tuple[EmaDecay, ...]
-    reference_method: str  # "float64" (the compiled kernel) or "float64-numpy"
+    reference_method: str = "float64"  # "float64" (the compiled kernel) or "float64-numpy"
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]
@@ -169,7 +170,7 @@ DEFAULT_IMPLS = ("tf_softmax_xent", "keras_cce_probs")
 def ema(
     path: str | Path,
     decays: Iterable[float] = (0.9, 0.99, 0.999),
-    impls: Iterable[str] = DEFAULT_IMPLS,
+    impls: Iterable[str] | str = DEFAULT_IMPLS,
 ) -> Ema:
     """Measure the EMA-of-logits cross-entropy on the trajectory in ``path``
     (``read_trajectory``) for each decay in (0, 1); ``impls`` (names) also run on the raw and
@@ -182,7 +183,7 @@ def ema(
     for d in decays:
         if not 0 < d < 1:  # NaN fails too
             raise ConfigError(f"--decay must lie in (0, 1), got {d:g}")
-    impls = tuple(impls)
+    impls = names_given(impls, "impls", empty_ok=True)  # a string is one comma list
     z, labels = read_trajectory(path)
     steps, rows, classes = z.shape
     if labels.shape not in ((rows,), (rows, classes)):

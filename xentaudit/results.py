@@ -283,6 +283,7 @@ class Sweep:
         """0 when none of ``fail_on`` fired in any cell, 1 otherwise; against a ``baseline``,
         1 only for a regression."""
         if self.baseline is not None:
+            fail_on_flags(fail_on)  # a misspelt flag is refused here too
             return EXIT_FLAGGED if self.baseline.regressions else EXIT_OK
         return exit_code(fail_on, (c.flags for c in self.cells))
 
@@ -473,6 +474,7 @@ class Check:
         """0 when none of ``fail_on`` fired on any row of a gated result (lint included), 1
         otherwise; against a ``baseline``, 1 only for a regression."""
         if self.baseline is not None:
+            fail_on_flags(fail_on)  # a misspelt flag is refused here too
             return EXIT_FLAGGED if self.baseline.regressions else EXIT_OK
         return exit_code(fail_on, [tuple(self.lint), *(r.flags for r in self.gated)])
 

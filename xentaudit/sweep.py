@@ -33,7 +33,7 @@ from xentaudit.audit import (
     variants,
     worst,
 )
-from xentaudit.choices import names_given
+from xentaudit.choices import EVERY, names_given
 from xentaudit.dtypes import FloatFormat, get_format, parse_dtypes
 from xentaudit.environment import environment_of, subnormal_flushes
 from xentaudit.errors import ConfigError, XentauditError
@@ -56,6 +56,7 @@ from xentaudit.losses import Focus, focus_of, get_loss
 from xentaudit.reference import FLOAT64_METHOD
 from xentaudit.results import BreakingPoint, PatternInfo, Skipped, Sweep, SweepCell
 
+MODES = (zoo.TRAINING,)  # by default each backend's training modes
 KINDS = {
     "loss": tuple(f for f in LOSS_FLAGS if FLAGS[f].failing),
     "grad": tuple(f for f in GRAD_FLAGS if FLAGS[f].failing),
@@ -186,20 +187,20 @@ class Part:
 def sweep(
     *,
     scales: Iterable[float] = DEFAULT_SCALES,
-    dtypes: Iterable[str] = ("all",),
-    impls: Iterable[str] = ("all",),
+    dtypes: Iterable[str] | None = EVERY,
+    impls: Iterable[str] | None = EVERY,
     eps: Iterable[float] = DEFAULT_EPS,
-    patterns: Iterable[str] = ("all",),
+    patterns: Iterable[str] | None = EVERY,
     classes: int = 16384,
     rows: int = 4,
     vocab_rows: int = 1,
     seed: int = 0,
-    modes: Iterable[str] = (zoo.TRAINING,),
+    modes: Iterable[str] | None = MODES,
     rtol: float | None = None,
     timeout: float | None = None,
     max_memory: int | None = None,
     progress: Progress | None = None,
-    policies: Iterable[str] = ("float32",),
+    policies: Iterable[str] | None = zoo.FLOAT32_POLICY,
     loss_scale: float | None = None,
     backends: Iterable[str] | None = None,
     loss: str = "softmax",
@@ -232,11 +233,14 @@ def sweep(
     """
     scales = list(check_scales(scales))
     eps = eps_values(eps)
-    # an empty list would run nothing, and pass
-    modes, impls = names_given(modes, "modes") or (), names_given(impls, "impls") or ()
-    dtypes, policies = names_given(dtypes, "dtypes") or (), names_given(policies, "policies") or ()
-    patterns, backends = names_given(patterns, "patterns") or (), names_given(backends, "backends")
-    check_options(eps, rtol, modes, timeout, loss_scale, label_smoothing)
+    # None is the default; an empty list would run nothing, and pass
+    modes = zoo.parse_modes(names_given(modes, "modes", MODES))
+    impls = names_given(impls, "impls", EVERY)
+    dtypes = names_given(dtypes, "dtypes", EVERY)
+    policies = names_given(policies, "policies", zoo.FLOAT32_POLICY)
+    patterns = names_given(patterns, "patterns", EVERY)
+    backends = names_given(backends, "backends")
+    check_options(eps, rtol, timeout, loss_scale, label_smoothing)
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     formats = [get_format(d) for d in parse_dtypes(dtypes)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from xentaudit.audit import audit
+from xentaudit.choices import names_given
 from xentaudit.errors import ConfigError, ImplementationError
 from xentaudit.flags import fail_on_flags
 from xentaudit.impls import MODEL
@@ -71,7 +72,7 @@ def audit_batch(
     loss_fn: Callable,
     *,
     step: int = 0,
-    impls: Sequence[str] = DEFAULT_IMPLS,
+    impls: Iterable[str] | str = DEFAULT_IMPLS,
     fail_on: Iterable[str] | str = DEFAULT_FAIL_ON,
 ) -> EpochRecord:
     """Audit ``logits`` (rows, classes; the input of the loss, in their dtype) against
@@ -96,7 +97,7 @@ def audit_batch(
         )
     classes = y.ndim == 1
     own = _registered(loss_fn, classes)
-    names = (*impls, own)
+    names = (*names_given(impls, "impls", empty_ok=True), own)  # a string is one comma list
 
     def run(values: np.ndarray) -> Audit:
         return audit(values, y, impls=names, dtypes=(values.dtype.name,), modes=("eager",))

@@ -58,6 +58,7 @@ FORMULAS = {
 # it and computes in it; a loss computes in its own dtype, keras.config.floatx() (float32), and
 # casts what it is given to that (keras/src/layers/layer.py, keras/src/losses/loss.py).
 POLICIES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+FLOAT32_POLICY = ("float32",)  # Keras' default policy, as a ``policies`` option
 MIXED = {compute: name for name, compute in POLICIES.items() if name != compute}  # dtype -> policy
 # What a `check` file holds (--input): log-probabilities are logits (their softmax is the
 # probabilities); probabilities are graded through the implementations that take them.
@@ -873,6 +874,13 @@ def load_users(names: Iterable[str]) -> None:
 def parse_policies(names: Iterable[str]) -> tuple[str, ...]:
     """Expand Keras dtype policy names (comma lists allowed; ``all`` is every one), in order."""
     return expand(names, list(POLICIES), "policy")
+
+
+def parse_modes(names: Iterable[str]) -> tuple[str, ...]:
+    """Expand mode names (``MODE_NAMES``; comma lists allowed, ``all`` is ``both``: eager and
+    graph), in order."""
+    parts = (part.strip() for name in names for part in name.split(","))
+    return expand(["both" if part == "all" else part for part in parts], MODE_NAMES, "mode")
 
 
 def computes_in(name: str, policy: str) -> str | None:
