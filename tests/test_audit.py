@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from xentaudit import audit, check_file, sweep
-from xentaudit.audit import grade, round_to
+from xentaudit.audit import grade, nothing_audited, round_to
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS
 from xentaudit.io import prepare
 from xentaudit.reference import cross_entropy
+from xentaudit.results import Skipped
 
 SEED_FILE = str(Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz")
 
@@ -399,11 +400,15 @@ def test_an_array_changed_in_place_between_audits_is_audited_anew() -> None:
         (lambda **kw: audit([[1.0, 2.0]], [0], **kw), "dtypes"),
         (lambda **kw: audit([[1.0, 2.0]], [0], **kw), "policies"),
         (lambda **kw: audit([[1.0, 2.0]], [0], **kw), "backends"),
+        (lambda **kw: audit([[1.0, 2.0]], [0], **kw), "impls"),
         (lambda **kw: sweep(**kw), "patterns"),
         (lambda **kw: sweep(**kw), "dtypes"),
         (lambda **kw: sweep(**kw), "impls"),
         (lambda **kw: check_file(SEED_FILE, **kw), "modes"),
         (lambda **kw: check_file(SEED_FILE, **kw), "dtypes"),
+        (lambda **kw: check_file(SEED_FILE, **kw), "policies"),
+        (lambda **kw: check_file(SEED_FILE, **kw), "backends"),
+        (lambda **kw: check_file(SEED_FILE, **kw), "impls"),
     ],
 )
 def test_an_empty_list_option_is_refused_not_run_as_nothing_that_passes(entry, option) -> None:
@@ -433,6 +438,20 @@ def test_none_is_an_options_default_not_nothing() -> None:
     ]
 
 
+def test_a_progress_that_cannot_be_called_is_refused_before_any_work() -> None:
+    # it was a TypeError from inside the run, after the frameworks were loaded
+    for run in (lambda **kw: sweep(**kw), lambda **kw: check_file(SEED_FILE, **kw)):
+        with pytest.raises(
+            ConfigError, match=r"^progress must be a function taking \(done, total\), got a list$"
+        ):
+            run(impls=["naive"], progress=[])
+
+
+def test_names_that_are_not_strings_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^modes must be names \(strings\), got \[None\]$"):
+        audit([[1.0, 2.0]], [0], impls=["naive"], modes=[None])
+
+
 def test_modes_take_a_comma_list_and_all() -> None:
     result = audit([[1.0, 2.0]], [0], impls=["naive"], modes="graph,eager")
     assert [r.mode for r in result.results] == ["graph", "eager"]
@@ -454,6 +473,25 @@ def test_an_audit_where_nothing_could_run_is_refused_not_passed() -> None:
         audit([[1e6, 1.0]], [0], impls=["naive"], dtypes=["float16"], modes=["eager"])
     with pytest.raises(InputError, match=r"needs one-hot or integer labels\); pick"):
         audit([[1.0, 2.0]], [[0.5, 0.5]], impls=["tf_sparse_softmax_xent"], modes=["eager"])
+
+
+def test_a_sweep_where_nothing_could_run_is_refused_not_passed() -> None:
+    # torch has no focal implementation: nothing to run, which once swept nothing and passed
+    with pytest.raises(ConfigError, match=r"^no implementation to run"):
+        sweep(loss="focal", backends="torch", scales=[1.0])
+    # every scale overflows the only dtype: every cell skipped
+    with pytest.raises(
+        InputError, match=r"^nothing could be audited \(all in float16: .* overflows"
+    ):
+        sweep(scales=[1e6], dtypes="float16", impls=["naive"], modes=["eager"])
+
+
+def test_nothing_audited_names_a_run_not_a_backend_missing() -> None:
+    missing = Skipped("torch", "all", "the torch backend is not installed; install it with: ...")
+    labels = Skipped("tf_sparse_softmax_xent", "float32", "needs one-hot or integer labels")
+    message = str(nothing_audited([missing, labels]))
+    assert message.startswith("nothing could be audited (tf_sparse_softmax_xent in float32: ")
+    assert str(nothing_audited([missing])).startswith("nothing could be audited (torch in all: ")
 
 
 def test_a_check_where_nothing_could_run_is_refused_not_passed(tmp_path: Path) -> None:

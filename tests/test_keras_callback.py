@@ -291,6 +291,14 @@ def test_too_many_rows_is_a_one_line_error():
     assert "\n" not in str(error.value) and str(MAX_ROWS) in str(error.value)
 
 
+def test_impls_none_is_the_default_and_a_string_one_comma_list() -> None:
+    from xentaudit.keras_callback import DEFAULT_IMPLS
+
+    x, y = np.zeros((2, 3), np.float32), np.array([0, 1])
+    assert AuditCallback(x, y, impls=None).impls == AuditCallback(x, y).impls == DEFAULT_IMPLS
+    assert AuditCallback(x, y, impls="naive,log_softmax").impls == ("naive", "log_softmax")
+
+
 def test_a_bad_loss_or_save_dir_is_refused_when_the_callback_is_made_not_inside_fit(
     tmp_path,
 ) -> None:

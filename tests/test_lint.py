@@ -338,6 +338,16 @@ def test_notebook_code_cells_are_linted_and_located_by_cell(tmp_path: Path) -> N
     assert source.splitlines()[0] == ""  # the magic is blanked, its line kept
 
 
+def test_one_path_is_one_path_and_no_path_is_refused(tmp_path: Path) -> None:
+    # a string was iterated as its characters; an empty list linted nothing and passed
+    path = tmp_path / "train.py"
+    path.write_text("import torch\ny = torch.log(torch.softmax(x, 1))\n")
+    for given in (str(path), path):
+        assert [f.code for f in lint_paths(given).findings] == ["XA101"]
+    with pytest.raises(ConfigError, match=r"^lint_paths needs a path"):
+        lint_paths([])
+
+
 def test_files_that_do_not_parse_are_reported_and_the_others_linted(tmp_path: Path) -> None:
     (tmp_path / "a.ipynb").write_text("{not json")
     (tmp_path / "b.py").write_bytes(b"x = '\xff'\n")

@@ -340,6 +340,21 @@ def test_a_model_alone_is_audited_with_no_other_implementation(
     assert [r.impl for r in checked.results] == ["model"]
 
 
+def test_a_model_none_of_whose_runs_ran_fails_the_check_not_passes(
+    saved: dict, data: tuple, tmp_path: Path
+) -> None:
+    """A sparse loss cannot take soft labels: the model's runs are skipped while the zoo's run,
+    and the verdict, which judges the model alone, once passed on nothing."""
+    from xentaudit.check import check_file
+
+    _, path = saved["dense_softmax"]
+    x, _ = data
+    np.save(tmp_path / "logits.npy", np.concatenate(list(xm.logits_from_inputs(path, x))))
+    soft = np.full((ROWS, CLASSES), 1 / CLASSES)
+    with pytest.raises(InputError, match=r"^nothing could be audited \(model in "):
+        check_file(tmp_path / "logits.npy", labels=soft, model=path, backends="tf", modes="eager")
+
+
 def test_a_config_without_dtype_uses_the_global_policy() -> None:
     """Keras builds a layer saved with no dtype under the global policy (layers/layer.py), and
     compile() accepts a one-element list of losses, or the class name as a string."""

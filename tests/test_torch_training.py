@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from xentaudit.errors import ConfigError, ImplementationError  # noqa: E402
-from xentaudit.torch import audit_batch  # noqa: E402
+from xentaudit.torch import DEFAULT_IMPLS, audit_batch  # noqa: E402
 
 FLOAT32_MAX_LOG = math.log(np.finfo(np.float32).max)  # 88.72: 1/p overflows past e^-88.72
 SMALLEST_NORMAL_LOG = -math.log(np.finfo(np.float32).tiny)  # 87.34
@@ -87,3 +87,5 @@ def test_the_loops_loss_failing_is_models_and_other_flags_stay_apart() -> None:
     )  # one comma list
     assert "inf" in r.model_failing and ("model", "inf") in r.failing
     assert r.flags["torch_cross_entropy"] == () and r.headroom["model"] == 1.0
+    default = audit_batch(logits, torch.tensor([1]), softmax_log, impls=None)  # the default
+    assert set(default.flags) == {*DEFAULT_IMPLS, "model"}

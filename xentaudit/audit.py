@@ -77,6 +77,7 @@ GRAD_FLAGS = ("grad-nan", "grad-inf", "grad-blowup", "grad-vanish", "grad-wrong"
 ROW_FLAGS = LOSS_FLAGS + GRAD_FLAGS
 RTOL_ULPS = 8  # default loss and gradient tolerance, in eps of the effective dtype
 VANISH_ULPS = 32  # an exact gradient above this many eps (times B) is clearly non-zero
+Progress = Callable[[int, int], None]  # called with units of work done, and their total
 DEFAULT_DTYPES = ("float32",)  # what ``audit`` and ``compare`` round the logits to
 MAX_TIMEOUT = 1_000_000  # seconds (11.6 days): any longer is no bound
 BLOWUP_FACTOR = 10.0
@@ -629,7 +630,8 @@ def variants(names: Iterable[str], eps: tuple[float, ...]) -> list[Variant]:
 def nothing_audited(skipped: Sequence[Skipped]) -> InputError:
     """The error of an audit whose every run was skipped (overflowing dtypes, labels no
     implementation asked for takes): an empty result would pass."""
-    why = "".join(f" ({s.impl} in {s.dtype}: {s.reason})" for s in skipped[:1])
+    real = [s for s in skipped if s.impl not in zoo.BY_OPTION] or skipped  # not a backend's
+    why = "".join(f" ({s.impl} in {s.dtype}: {s.reason})" for s in real[:1])
     return InputError(
         f"nothing could be audited{why}; pick implementations and dtypes that can run on these "
         "inputs"
@@ -993,6 +995,14 @@ def check_ignore(ignore_class: int | None, loss: str, names: Iterable[str]) -> N
         raise ConfigError(
             "--ignore-class applies to --impl; the model's loss ignores as it was saved "
             f"(ignore_class={path.ignore_class})"
+        )
+
+
+def check_progress(progress: Progress | None) -> None:
+    """Refuse a ``progress`` that cannot be called with (done, total), before any work."""
+    if progress is not None and not callable(progress):
+        raise ConfigError(
+            f"progress must be a function taking (done, total), got a {type(progress).__name__}"
         )
 
 

@@ -23,6 +23,7 @@ from xentaudit import impls as zoo
 from xentaudit.audit import (
     Graded,
     Grades,
+    Progress,
     Rounded,
     Runs,
     Unrepresentable,
@@ -30,6 +31,7 @@ from xentaudit.audit import (
     backend_skips,
     check_ignore,
     check_options,
+    check_progress,
     chosen_impls,
     eps_used,
     eps_values,
@@ -92,7 +94,6 @@ HISTOGRAM = (  # buckets of the relative loss error, by upper bound (NaN counts 
     ("<=1", 1.0),
     (">1", math.inf),
 )
-Progress = Callable[[int, int], None]
 FlaggedRowSink = Callable[[FlaggedRow], None]
 # Every finite float64 is an integer multiple of 2^-1074, and of 2^-1126 once written as
 # m 2^(e - 53) with m an integer of 53 bits and e >= -1073 (np.frexp's exponent).
@@ -961,6 +962,7 @@ def check_file(
         logits_key=logits_key,
         labels_key=labels_key,
     )
+    check_progress(progress)
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     if scheduler is not None and timeout is not None:
@@ -1210,8 +1212,11 @@ def _merged(
         )
         for (source, name, clip, dtype, policy, mode), t in tallies.items()
     )
-    if not results:
-        raise nothing_audited(tuple(skipped.values()))
+    # the verdict judges the gate alone (the model's loss): with none of its runs, nothing
+    gate = (zoo.MODEL,) if o.model is not None and settings.pin else None
+    judged = [r for r in results if gate is None or r.impl in gate]
+    if not judged:
+        raise nothing_audited([s for s in skipped.values() if gate is None or s.impl in gate])
     names = settings.names
     if label_source is None:
         labels = "none: each row against its predicted and its worst-case class"
@@ -1231,7 +1236,7 @@ def _merged(
         reference_method=get_loss(o.loss).float64_method,
         loss_scale=o.loss_scale,
         flagged_rows=sum(t.flagged for t in tallies.values()),
-        gate=(zoo.MODEL,) if o.model is not None and settings.pin else None,
+        gate=gate,
         model=model_description(names),
         # No implementation named and no model: the user's own loss is unknown. The fused
         # losses on logits are the ones a model most likely uses (see Check.verdict).

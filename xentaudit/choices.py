@@ -58,6 +58,8 @@ def names_given(
     if values is None:
         return default
     names = (values,) if isinstance(values, str) else tuple(values)
+    if not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{what} must be names (strings), got {list(names)!r}")
     if not names and not empty_ok:
         raise ConfigError(f"{what}=[] names nothing to run; name one or more, or leave it out")
     return names

@@ -70,7 +70,9 @@ class Ema:
     classes: int
     impls: tuple[str, ...]
     decays: tuple[EmaDecay, ...]
-    reference_method: str = "float64"  # "float64" (the compiled kernel) or "float64-numpy"
+    # "float64" (the compiled kernel) or "float64-numpy"; a default, as Check's and Sweep's, for
+    # an Ema made by hand
+    reference_method: str = "float64"
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA_VERSION, **to_json(self)}  # type: ignore[dict-item]
@@ -170,7 +172,7 @@ DEFAULT_IMPLS = ("tf_softmax_xent", "keras_cce_probs")
 def ema(
     path: str | Path,
     decays: Iterable[float] = (0.9, 0.99, 0.999),
-    impls: Iterable[str] | str = DEFAULT_IMPLS,
+    impls: Iterable[str] | str | None = DEFAULT_IMPLS,
 ) -> Ema:
     """Measure the EMA-of-logits cross-entropy on the trajectory in ``path``
     (``read_trajectory``) for each decay in (0, 1); ``impls`` (names) also run on the raw and
@@ -183,7 +185,7 @@ def ema(
     for d in decays:
         if not 0 < d < 1:  # NaN fails too
             raise ConfigError(f"--decay must lie in (0, 1), got {d:g}")
-    impls = names_given(impls, "impls", empty_ok=True)  # a string is one comma list
+    names = names_given(impls, "impls", DEFAULT_IMPLS, empty_ok=True)  # a string: a comma list
     z, labels = read_trajectory(path)
     steps, rows, classes = z.shape
     if labels.shape not in ((rows,), (rows, classes)):
@@ -195,7 +197,7 @@ def ema(
     z = as_float(z)  # integer logits would truncate the EMA: it is rounded to this dtype
     dtype = z.dtype
     raw = [_gradients(z[t], labels) for t in range(steps)]
-    raw_flags = [_failing(impls, z[t], labels) for t in range(steps)]
+    raw_flags = [_failing(names, z[t], labels) for t in range(steps)]
     out = []
     for d in decays:
         e = z[0].astype(np.float64)
@@ -210,7 +212,7 @@ def ema(
             n_raw, n_ema = np.linalg.norm(g_raw), np.linalg.norm(g_ema)
             attenuation = (1 - d) * n_ema / n_raw if n_raw else math.nan
             cosine = float(np.sum(g_raw * g_ema) / (n_raw * n_ema)) if n_raw and n_ema else math.nan
-            flags = _failing(impls, rounded, labels)
+            flags = _failing(names, rounded, labels)
             records.append(
                 EmaStep(
                     t,
@@ -235,4 +237,4 @@ def ema(
             )
         )
     method = LOSSES["softmax"].float64_method  # the one ``_gradients`` runs
-    return Ema(str(path), steps, rows, classes, impls, tuple(out), method)
+    return Ema(str(path), steps, rows, classes, names, tuple(out), method)

@@ -22,6 +22,7 @@ import numpy as np
 
 from xentaudit import impls as zoo
 from xentaudit.audit import audit
+from xentaudit.choices import names_given
 from xentaudit.errors import ConfigError
 from xentaudit.flags import fail_on_flags
 from xentaudit.model import ModelPath, logits_model, parse_model_config
@@ -64,7 +65,7 @@ class AuditCallback(keras.callbacks.Callback):
         log_dir: str | Path | None = None,
         save_dir: str | Path | None = None,
         logits_layer: str | None = None,
-        impls: Iterable[str] = DEFAULT_IMPLS,
+        impls: Iterable[str] | str | None = DEFAULT_IMPLS,
     ) -> None:
         super().__init__()
         self.x = np.asarray(x)
@@ -83,8 +84,8 @@ class AuditCallback(keras.callbacks.Callback):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"AuditCallback: every={every!r}; pass a positive whole number")
         self.fail_on = fail_on_flags(fail_on, "AuditCallback's fail_on")
-        impls = [impls] if isinstance(impls, str) else impls
-        names = [name for name in impls if name != zoo.MODEL]  # `model` is always audited
+        given = names_given(impls, "impls", DEFAULT_IMPLS, empty_ok=True)  # a comma list
+        names = [name for name in given if name != zoo.MODEL]  # `model` is always audited
         self.impls = zoo.parse_impls(names) if names else ()
         self.every = every
         self.loss = loss

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +20,17 @@ from xentaudit.audit import (
     GRAD_FLAGS,
     LOSS_FLAGS,
     Grades,
+    Progress,
     Rounded,
     Variant,
     backend_skips,
     check_options,
+    check_progress,
+    chosen_impls,
     eps_used,
     eps_values,
     labels_skip,
+    nothing_audited,
     round_to,
     run_graded,
     runnable_modes,
@@ -56,12 +60,11 @@ from xentaudit.losses import Focus, focus_of, get_loss
 from xentaudit.reference import FLOAT64_METHOD
 from xentaudit.results import BreakingPoint, PatternInfo, Skipped, Sweep, SweepCell
 
-MODES = (zoo.TRAINING,)  # by default each backend's training modes
+SWEEP_MODES = (zoo.TRAINING,)  # by default each backend's training modes
 KINDS = {
     "loss": tuple(f for f in LOSS_FLAGS if FLAGS[f].failing),
     "grad": tuple(f for f in GRAD_FLAGS if FLAGS[f].failing),
 }
-Progress = Callable[[int, int], None]
 # Peak memory per logit of one batch (every scale of a pattern stacked), as bytes per byte of the
 # dtype: the float64 scaled logits, reference and errors, plus the implementation's tensors
 # (logits, one-hot labels, intermediates, gradient) in the dtype. Measured peaks: 114 B per
@@ -195,7 +198,7 @@ def sweep(
     rows: int = 4,
     vocab_rows: int = 1,
     seed: int = 0,
-    modes: Iterable[str] | None = MODES,
+    modes: Iterable[str] | None = SWEEP_MODES,
     rtol: float | None = None,
     timeout: float | None = None,
     max_memory: int | None = None,
@@ -234,13 +237,14 @@ def sweep(
     scales = list(check_scales(scales))
     eps = eps_values(eps)
     # None is the default; an empty list would run nothing, and pass
-    modes = zoo.parse_modes(names_given(modes, "modes", MODES))
+    modes = zoo.parse_modes(names_given(modes, "modes", SWEEP_MODES))
     impls = names_given(impls, "impls", EVERY)
     dtypes = names_given(dtypes, "dtypes", EVERY)
     policies = names_given(policies, "policies", zoo.FLOAT32_POLICY)
     patterns = names_given(patterns, "patterns", EVERY)
     backends = names_given(backends, "backends")
     check_options(eps, rtol, timeout, loss_scale, label_smoothing)
+    check_progress(progress)
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
@@ -256,7 +260,7 @@ def sweep(
     built = tuple(make_pattern(p, seed=seed, **sizes) for p in names)
     focus = focus_of(loss, gamma, alpha)  # refused before any user's loss is, whatever the jobs
     # With processes, a user's loss is imported there, not here (its framework with it).
-    resolved = zoo.parse_impls(impls, backends, loss, load=jobs == 1)
+    resolved = chosen_impls(impls, None, backends, loss, load=jobs == 1)  # refuses none
     chosen = list(enumerate(variants(resolved, eps)))
     groups = zoo.by_backend(chosen, lambda indexed: indexed[1].impl)
     # no more processes at once than the budget has room for, each with its largest batch
@@ -426,6 +430,11 @@ def _merge(
     for _, skip in sorted((s for part in parts for s in part.skipped), key=lambda s: s[0]):
         if skip not in skipped:
             skipped.append(skip)
+    cells = tuple(
+        c for _, c in sorted((c for part in parts for c in part.cells), key=lambda c: c[0])
+    )
+    if not cells:  # every scale overflowing every dtype, or labels no implementation takes
+        raise nothing_audited(skipped)
     flushes = {b: f for part in parts for b, f in part.flushes.items()}
     info = tuple(
         PatternInfo(p.name, p.description, p.logits.shape[0], p.logits.shape[1])
@@ -434,7 +443,7 @@ def _merge(
     return Sweep(
         grid.scales,
         info,
-        tuple(c for _, c in sorted((c for part in parts for c in part.cells), key=lambda c: c[0])),
+        cells,
         tuple(b for _, b in sorted((b for part in parts for b in part.points), key=lambda b: b[0])),
         tuple(skipped),
         next((part.method for part in parts if part.method is not None), FLOAT64_METHOD),

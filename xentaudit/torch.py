@@ -72,7 +72,7 @@ def audit_batch(
     loss_fn: Callable,
     *,
     step: int = 0,
-    impls: Iterable[str] | str = DEFAULT_IMPLS,
+    impls: Iterable[str] | str | None = DEFAULT_IMPLS,
     fail_on: Iterable[str] | str = DEFAULT_FAIL_ON,
 ) -> EpochRecord:
     """Audit ``logits`` (rows, classes; the input of the loss, in their dtype) against
@@ -97,7 +97,7 @@ def audit_batch(
         )
     classes = y.ndim == 1
     own = _registered(loss_fn, classes)
-    names = (*names_given(impls, "impls", empty_ok=True), own)  # a string is one comma list
+    names = (*names_given(impls, "impls", DEFAULT_IMPLS, empty_ok=True), own)  # a comma list
 
     def run(values: np.ndarray) -> Audit:
         return audit(values, y, impls=names, dtypes=(values.dtype.name,), modes=("eager",))

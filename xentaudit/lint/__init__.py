@@ -246,11 +246,17 @@ def python_files(paths: Iterable[str | Path]) -> Iterator[Path]:
 
 
 def lint_paths(
-    paths: Iterable[str | Path], select: Iterable[str] = (), ignore: Iterable[str] = ()
+    paths: Iterable[str | Path] | str | Path,
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
 ) -> LintResult:
-    """Lint the files and folders ``paths`` with the rules ``select`` (codes or prefixes;
-    default all) minus ``ignore``. A missing path or an unreadable file is an ``InputError``;
-    a file that does not parse is a ``ParseError`` in the result."""
+    """Lint the files and folders ``paths`` (one path, or several; none is a ``ConfigError``:
+    a lint of nothing would pass) with the rules ``select`` (codes or prefixes; default all)
+    minus ``ignore``. A missing path or an unreadable file is an ``InputError``; a file that
+    does not parse is a ``ParseError`` in the result."""
+    paths = (paths,) if isinstance(paths, str | Path) else tuple(paths)
+    if not paths:
+        raise ConfigError("lint_paths needs a path (a .py file, a notebook or a folder)")
     try:
         rules = enabled(select, ignore)
     except ValueError as exc:
