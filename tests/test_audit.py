@@ -479,11 +479,22 @@ def test_a_sweep_where_nothing_could_run_is_refused_not_passed() -> None:
     # torch has no focal implementation: nothing to run, which once swept nothing and passed
     with pytest.raises(ConfigError, match=r"^no implementation to run"):
         sweep(loss="focal", backends="torch", scales=[1.0])
+    with pytest.raises(ConfigError, match=r"^modes must be names \(strings\), got \[5\]$"):
+        sweep(modes=5)
     # every scale overflows the only dtype: every cell skipped
     with pytest.raises(
         InputError, match=r"^nothing could be audited \(all in float16: .* overflows"
     ):
         sweep(scales=[1e6], dtypes="float16", impls=["naive"], modes=["eager"])
+
+
+def test_no_implementation_names_the_backend_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xentaudit import impls as zoo
+
+    monkeypatch.setattr(zoo, "missing_backends", lambda wanted: ("torch",))
+    monkeypatch.setattr(zoo, "parse_impls", lambda *args: ())
+    with pytest.raises(ConfigError, match=r"^no implementation to run: the torch backend is not "):
+        sweep(backends="torch", scales=[1.0])
 
 
 def test_nothing_audited_names_a_run_not_a_backend_missing() -> None:

@@ -238,11 +238,11 @@ def test_no_more_processes_run_than_the_memory_budget_has_room_for() -> None:
         sweep(impls=impls, jobs=2, max_memory=needed - 1, **small)
 
 
-def test_a_sweep_with_nothing_to_run_lists_what_it_skipped() -> None:
-    # torch has no focal loss: nothing is left to sweep, whatever --jobs
+def test_a_sweep_with_nothing_to_run_is_refused() -> None:
+    # torch has no focal loss: nothing is left to sweep, whatever --jobs (it once passed empty)
     for jobs in (1, 2):
-        result = sweep(backends=["torch"], loss="focal", jobs=jobs, patterns=["seed"])
-        assert result.cells == () and result.breaking_points == ()
+        with pytest.raises(ConfigError, match=r"^no implementation to run: --impl, --backend"):
+            sweep(backends=["torch"], loss="focal", jobs=jobs, patterns=["seed"])
 
 
 def test_a_broken_file_is_the_first_error_whatever_the_processes(tmp_path) -> None:

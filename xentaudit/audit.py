@@ -51,7 +51,7 @@ from xentaudit import impls as zoo
 from xentaudit.choices import EVERY, names_given
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.environment import environment
-from xentaudit.errors import ConfigError, InputError
+from xentaudit.errors import ConfigError, InputError, NothingAudited
 from xentaudit.flags import FLAGS
 from xentaudit.impls import Outcome
 from xentaudit.io import Batch, as_float, describe_rows, prepare
@@ -627,14 +627,15 @@ def variants(names: Iterable[str], eps: tuple[float, ...]) -> list[Variant]:
     return out
 
 
-def nothing_audited(skipped: Sequence[Skipped]) -> InputError:
+def nothing_audited(skipped: Sequence[Skipped]) -> NothingAudited:
     """The error of an audit whose every run was skipped (overflowing dtypes, labels no
     implementation asked for takes): an empty result would pass."""
     real = [s for s in skipped if s.impl not in zoo.BY_OPTION] or skipped  # not a backend's
     why = "".join(f" ({s.impl} in {s.dtype}: {s.reason})" for s in real[:1])
-    return InputError(
+    return NothingAudited(
         f"nothing could be audited{why}; pick implementations and dtypes that can run on these "
-        "inputs"
+        "inputs",
+        tuple(skipped),
     )
 
 
@@ -656,9 +657,13 @@ def chosen_impls(
     if model is None:
         names = zoo.parse_impls(impls, backends, loss, load)
         if not names:
-            raise ConfigError(
-                "no implementation to run: --impl, --backend (and --input) leave none; name one"
+            missing = backend_skips(backends)  # say how to install what was asked for
+            why = (
+                missing[0].reason
+                if missing
+                else "--impl, --backend, --loss (and --input) leave none"
             )
+            raise ConfigError(f"no implementation to run: {why}; name one (xentaudit list)")
         return names
     from xentaudit.model import ModelPath, read_model_config
 

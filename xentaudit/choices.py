@@ -57,7 +57,10 @@ def names_given(
     nothing passes."""
     if values is None:
         return default
-    names = (values,) if isinstance(values, str) else tuple(values)
+    try:
+        names = (values,) if isinstance(values, str) else tuple(values)
+    except TypeError:  # not iterable: one number, say
+        names = (values,)  # type: ignore[assignment]
     if not all(isinstance(name, str) for name in names):
         raise ConfigError(f"{what} must be names (strings), got {list(names)!r}")
     if not names and not empty_ok:

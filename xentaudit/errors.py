@@ -20,6 +20,14 @@ class InputError(XentauditError):
     """Logits or labels that cannot be audited (malformed, wrong shape, NaN, out of range)."""
 
 
+class NothingAudited(InputError):
+    """Every run was skipped (``skipped`` says why): an empty result would pass."""
+
+    def __init__(self, message: str, skipped: tuple = ()) -> None:
+        super().__init__(message)
+        self.skipped = skipped  # the results.Skipped of the runs
+
+
 class ConfigError(XentauditError):
     """An option value that makes no sense (unknown dtype, negative tolerance, ...)."""
 

@@ -21,10 +21,10 @@ from typing import Any
 
 from xentaudit import impls as zoo
 from xentaudit.dtypes import FORMATS, dtype_label
-from xentaudit.errors import ConfigError
+from xentaudit.errors import ConfigError, NothingAudited
 from xentaudit.flags import FAILING, FLAGS, fail_on_flags
 from xentaudit.grid import PATTERNS
-from xentaudit.results import BreakingPoint, Sweep, SweepCell
+from xentaudit.results import BreakingPoint, Skipped, Sweep, SweepCell
 
 # Defaults: one call takes about a second for a TensorFlow loss, and catches a hand-written
 # softmax+log in every dtype while a fused loss passes. Scales stop at 1e3 (logits up to about
@@ -186,6 +186,13 @@ def _breaking_lines(
     return lines
 
 
+def _warn_skipped(name: str, skipped: Iterable[Skipped]) -> None:
+    """A warning per run skipped: a scale that overflows a dtype; torch.compile without a
+    compiler."""
+    for skip in skipped:
+        warnings.warn(f"xentaudit: {name}: not run: {skip.reason}", stacklevel=3)
+
+
 def assert_stable(
     loss_fn: Loss,
     *,
@@ -220,26 +227,26 @@ def assert_stable(
 
     spec = register(loss_fn, backend)
     flags = fail_on_flags(fail_on)
-    result = sweep(
-        scales=scales,
-        dtypes=dtypes,
-        impls=[spec],
-        patterns=patterns,
-        classes=classes,
-        modes=DEFAULT_MODES[backend] if modes is None else modes,
-        rtol=rtol,
-        timeout=timeout,
-        loss_scale=loss_scale,
-        backends=[backend],
-    )
     name = spec.rpartition(":")[2]
-    for skip in result.skipped:  # a scale that overflows a dtype; torch.compile without a compiler
-        warnings.warn(f"xentaudit: {name}: not run: {skip.reason}", stacklevel=2)
-    if not result.cells:
-        raise AssertionError(
-            f"xentaudit ran nothing for {name}: "
-            + "; ".join(s.reason for s in result.skipped or ())
+    try:
+        result = sweep(
+            scales=scales,
+            dtypes=dtypes,
+            impls=[spec],
+            patterns=patterns,
+            classes=classes,
+            modes=DEFAULT_MODES[backend] if modes is None else modes,
+            rtol=rtol,
+            timeout=timeout,
+            loss_scale=loss_scale,
+            backends=[backend],
         )
+    except NothingAudited as exc:  # a test of nothing fails: the skips say why
+        _warn_skipped(name, exc.skipped)
+        raise AssertionError(
+            f"xentaudit ran nothing for {name}: " + "; ".join(s.reason for s in exc.skipped)
+        ) from None
+    _warn_skipped(name, result.skipped)
     message = failure_message(result, flags, f"loss {name} ({backend})")
     if message is not None:
         raise AssertionError(message)
