@@ -55,6 +55,43 @@ def test_what_fired_already_passes_and_what_is_new_fails(tmp_path: Path) -> None
     assert "keras_cce_probs float32 eager (file labels): divergent gone (was on 1 rows)" in improved
 
 
+def test_what_the_baseline_judged_and_this_run_did_not_audit_regresses(tmp_path: Path) -> None:
+    # a lost backend or a dropped implementation once passed on what it no longer audited
+    one = _file(tmp_path, "one.npz", 1)
+    base = tmp_path / "base.json"
+    _check(one, *FAST, "--write-baseline", base)
+    fewer = _check(one, *FAST[2:], "--baseline", base, "--format", "json")
+    assert fewer.exit_code == 1
+    comparison = json.loads(fewer.output)["baseline"]
+    assert comparison["regressions"] == ["1 result of the baseline was not audited this time"]
+    assert comparison["unmatched"] == ["keras_cce_probs float32 eager (file labels)"]
+
+
+def test_a_gated_baseline_loses_only_what_it_judged() -> None:
+    """With a gate (``check --model``) the alternatives were never judged: one not audited
+    again is listed, not a regression; a gated result not audited again regresses."""
+    from dataclasses import replace
+
+    from factories import check_case
+
+    from xentaudit.baseline import compare
+    from xentaudit.report import json as json_report
+
+    gated = replace(check_case(), gate=("fused",))
+    base = json.loads(json_report.render(gated, command="check"))
+
+    def without(impl: str, mode: str):
+        kept = tuple(r for r in gated.results if (r.impl, r.mode) != (impl, mode))
+        return compare(replace(gated, results=kept), base, ["nan"], "b.json")
+
+    alternative = without("naive", "eager")
+    assert alternative.regressions == ()
+    assert alternative.unmatched == ("naive float32 eager (file labels)",)
+    assert without("fused", "graph").regressions == (
+        "1 result of the baseline was not audited this time",
+    )
+
+
 def _with_error(base: Path, impl: str, error: float) -> None:
     doc = json.loads(base.read_text())
     for r in doc["results"]:
@@ -179,6 +216,23 @@ def test_a_sweep_regresses_where_a_breaking_point_moves_down(tmp_path: Path) -> 
     assert json.loads(better.output)["baseline"]["improvements"] == [
         "log_softmax float32 eager on seed (loss): no longer breaks, was 50"
     ]
+    # a cell the baseline did not sweep that breaks regresses; one it swept and this run did
+    # not is lost
+    narrower = CliRunner().invoke(
+        cli, ["sweep", *SWEEP[2:], "--baseline", base, "--format", "json"]
+    )
+    assert narrower.exit_code == 1
+    lost = json.loads(narrower.output)["baseline"]
+    assert lost["regressions"] == ["2 breaking points of the baseline were not swept this time"]
+    assert all(name.startswith("naive float32 eager on seed") for name in lost["unmatched"])
+    _edit_point(base, "naive", "loss", now)
+    doc = json.loads(base.read_text())
+    doc["breaking_points"] = [p for p in doc["breaking_points"] if p["impl"] != "naive"]
+    base.write_text(json.dumps(doc))
+    new = json.loads(_sweep("--baseline", base, "--format", "json").output)["baseline"]
+    loss_point = f"naive float32 eager on seed (loss): breaks at scale {now:g}, not swept before"
+    assert loss_point in new["regressions"]  # and its gradient's, which breaks too
+    assert all(r.endswith(", not swept before") for r in new["regressions"])
     refused = _sweep("--baseline", tmp_path / "nothing.json")
     assert refused.exit_code == 2 and len(refused.stderr.splitlines()) == 1
 

@@ -225,6 +225,12 @@ def compare(
                 worse.append(f"{name}: {what} {a:.3g}, was {b_:.3g}")
             elif _grew(b_, a, floor):
                 better.append(f"{name}: {what} {a:.3g}, was {b_:.3g}")
+    # A gate that audits less than its baseline did (a backend lost, an implementation dropped)
+    # would pass on what it no longer looks at: what the baseline judged and this run did not
+    # audit regresses; the baseline's alternatives (`--model`) were never judged.
+    judged = baseline.get("gate")
+    lost = [r for r in before.values() if not isinstance(judged, list) or r["impl"] in judged]
+    worse += _not_again(len(lost), "result", "audited")
     return Comparison(
         path,
         tuple(worse),
@@ -232,6 +238,15 @@ def compare(
         _environment_changes(now, baseline),
         tuple(_name(r) for r in before.values()),
     )
+
+
+def _not_again(n: int, what: str, done: str) -> list[str]:
+    """The one regression line for ``n`` of the baseline's entries this run did not produce
+    (``Comparison.unmatched`` names them)."""
+    if not n:
+        return []
+    were = "were" if n != 1 else "was"
+    return [f"{n} {what}{'s' * (n != 1)} of the baseline {were} not {done} this time"]
 
 
 def _environment_changes(now: dict[str, Any], baseline: dict[str, Any]) -> dict[str, str]:
@@ -265,15 +280,19 @@ def compare_sweep(sweep: Sweep, baseline: dict[str, Any], path: str) -> Comparis
     worse, better = [], []
     for p in now["breaking_points"]:
         old = before.pop(_point(p), None)
-        if old is None:
-            continue  # not swept before: nothing to compare with
-        name, a, b = _point_name(p), p["scale"], old["scale"]
+        name, a = _point_name(p), p["scale"]
+        if old is None:  # not swept before: a new cell that breaks regresses, as in `check`
+            if a is not None:
+                worse.append(f"{name}: breaks at scale {a:g}, not swept before")
+            continue
+        b = old["scale"]
         if a is not None and (b is None or a < b * (1 - SCALE_SLACK)):
             was = "did not before" if b is None else f"was {b:g}"
             worse.append(f"{name}: breaks at scale {a:g}, {was}")
         elif b is not None and (a is None or a > b * (1 + SCALE_SLACK)):
             now_at = "no longer breaks" if a is None else f"breaks at scale {a:g}"
             better.append(f"{name}: {now_at}, was {b:g}")
+    worse += _not_again(len(before), "breaking point", "swept")
     return Comparison(
         path,
         tuple(worse),
