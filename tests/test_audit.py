@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from xentaudit import audit, check_file, sweep
-from xentaudit.audit import grade, nothing_audited, round_to
+from xentaudit.audit import eps_values, grade, nothing_audited, round_to
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FLAGS
@@ -445,6 +445,8 @@ def test_a_progress_that_cannot_be_called_is_refused_before_any_work() -> None:
             ConfigError, match=r"^progress must be a function taking \(done, total\), got a list$"
         ):
             run(impls=["naive"], progress=[])
+    with pytest.raises(ConfigError, match=r"^on_flagged_row must be a function taking a Flagged"):
+        check_file(SEED_FILE, impls=["naive"], on_flagged_row="rows.csv")
 
 
 def test_names_that_are_not_strings_are_refused() -> None:
@@ -495,6 +497,14 @@ def test_no_implementation_names_the_backend_to_install(monkeypatch: pytest.Monk
     monkeypatch.setattr(zoo, "parse_impls", lambda *args: ())
     with pytest.raises(ConfigError, match=r"^no implementation to run: the torch backend is not "):
         sweep(backends="torch", scales=[1.0])
+    # torch has no focal loss: installing it would not help
+    with pytest.raises(ConfigError, match=r"^no implementation to run: --impl, --backend, --loss"):
+        sweep(backends="torch", scales=[1.0], loss="focal")
+
+
+def test_a_repeated_eps_runs_once() -> None:
+    # a sweep of --eps X --eps X had two identical breaking points, which a baseline mistook
+    assert eps_values([1e-7, 1e-3, 1e-7]) == (1e-7, 1e-3)
 
 
 def test_nothing_audited_names_a_run_not_a_backend_missing() -> None:

@@ -657,7 +657,9 @@ def chosen_impls(
     if model is None:
         names = zoo.parse_impls(impls, backends, loss, load)
         if not names:
-            missing = backend_skips(backends)  # say how to install what was asked for
+            # say how to install what was asked for, if it has an implementation of the loss
+            having = {i.backend for i in zoo.REGISTRY.values() if i.loss == loss}
+            missing = [s for s in backend_skips(backends) if zoo.BY_OPTION[s.impl] in having]
             why = (
                 missing[0].reason
                 if missing
@@ -979,7 +981,7 @@ def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
         raise ConfigError(f"--eps must be a number or a list of numbers, got {eps!r}") from None
     if not values:
         raise ConfigError("--eps needs at least one value")
-    return values
+    return tuple(dict.fromkeys(values))  # each once: a repeat would run twice
 
 
 def check_ignore(ignore_class: int | None, loss: str, names: Iterable[str]) -> None:
@@ -1003,11 +1005,12 @@ def check_ignore(ignore_class: int | None, loss: str, names: Iterable[str]) -> N
         )
 
 
-def check_progress(progress: Progress | None) -> None:
-    """Refuse a ``progress`` that cannot be called with (done, total), before any work."""
-    if progress is not None and not callable(progress):
+def check_callback(callback: object, what: str, takes: str) -> None:
+    """Refuse a ``callback`` option (``what``) that cannot be called with ``takes``, before any
+    work: it would fail mid-run, or be ignored when empty."""
+    if callback is not None and not callable(callback):
         raise ConfigError(
-            f"progress must be a function taking (done, total), got a {type(progress).__name__}"
+            f"{what} must be a function taking {takes}, got a {type(callback).__name__}"
         )
 
 

@@ -73,6 +73,9 @@ def read_baseline(path: str | Path, command: str = "check") -> dict[str, Any]:
         command == "check" and not isinstance(doc.get("lint"), dict)
     ):
         raise InputError(f"--baseline {path} has no results; write it again")
+    gate = doc.get("gate")
+    if gate is not None and not (isinstance(gate, list) and gate and all(map(_text, gate))):
+        raise InputError(f"--baseline {path} has a malformed gate; write it again")
     entries = doc["results"] if command == "check" else doc["breaking_points"]
     fields = _RESULT_FIELDS if command == "check" else _POINT_FIELDS
     for entry in entries:
@@ -226,11 +229,23 @@ def compare(
             elif _grew(b_, a, floor):
                 better.append(f"{name}: {what} {a:.3g}, was {b_:.3g}")
     # A gate that audits less than its baseline did (a backend lost, an implementation dropped)
-    # would pass on what it no longer looks at: what the baseline judged and this run did not
-    # audit regresses; the baseline's alternatives (`--model`) were never judged.
-    judged = baseline.get("gate")
-    lost = [r for r in before.values() if not isinstance(judged, list) or r["impl"] in judged]
-    worse += _not_again(len(lost), "result", "audited")
+    # would pass on what it no longer looks at: what the baseline judged, and this run would
+    # judge, and this run did not audit regresses (alternatives, `--model`, are never judged).
+    gates = (baseline.get("gate"), check.gate)
+    lost = [r for r in before.values() if all(g is None or r["impl"] in g for g in gates)]
+    if lost:
+        why = {  # the skips of this run that say why: the result's own, or its backend's
+            f"{s.impl}: {s.reason}"
+            for r in lost
+            for s in check.skipped
+            if s.dtype in (r["dtype"], "all")
+            and (s.impl == r["impl"] or zoo.BY_OPTION.get(s.impl) == zoo.backend_of(r["impl"]))
+        }
+        n = len(lost)
+        worse.append(
+            f"{n} result{'s' * (n != 1)} of the baseline not audited"
+            + (f" ({'; '.join(sorted(why))})" if why else "")
+        )
     return Comparison(
         path,
         tuple(worse),
@@ -238,15 +253,6 @@ def compare(
         _environment_changes(now, baseline),
         tuple(_name(r) for r in before.values()),
     )
-
-
-def _not_again(n: int, what: str, done: str) -> list[str]:
-    """The one regression line for ``n`` of the baseline's entries this run did not produce
-    (``Comparison.unmatched`` names them)."""
-    if not n:
-        return []
-    were = "were" if n != 1 else "was"
-    return [f"{n} {what}{'s' * (n != 1)} of the baseline {were} not {done} this time"]
 
 
 def _environment_changes(now: dict[str, Any], baseline: dict[str, Any]) -> dict[str, str]:
@@ -280,19 +286,18 @@ def compare_sweep(sweep: Sweep, baseline: dict[str, Any], path: str) -> Comparis
     worse, better = [], []
     for p in now["breaking_points"]:
         old = before.pop(_point(p), None)
-        name, a = _point_name(p), p["scale"]
-        if old is None:  # not swept before: a new cell that breaks regresses, as in `check`
-            if a is not None:
-                worse.append(f"{name}: breaks at scale {a:g}, not swept before")
+        if old is None:  # not swept before (a backend gained): every cell breaks somewhere
             continue
-        b = old["scale"]
+        name, a, b = _point_name(p), p["scale"], old["scale"]
         if a is not None and (b is None or a < b * (1 - SCALE_SLACK)):
             was = "did not before" if b is None else f"was {b:g}"
             worse.append(f"{name}: breaks at scale {a:g}, {was}")
         elif b is not None and (a is None or a > b * (1 + SCALE_SLACK)):
             now_at = "no longer breaks" if a is None else f"breaks at scale {a:g}"
             better.append(f"{name}: {now_at}, was {b:g}")
-    worse += _not_again(len(before), "breaking point", "swept")
+    if before:  # a sweep that searches less than its baseline did would pass on the rest
+        n = len(before)
+        worse.append(f"{n} breaking point{'s' * (n != 1)} of the baseline not searched")
     return Comparison(
         path,
         tuple(worse),

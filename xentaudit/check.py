@@ -29,9 +29,9 @@ from xentaudit.audit import (
     Unrepresentable,
     Variant,
     backend_skips,
+    check_callback,
     check_ignore,
     check_options,
-    check_progress,
     chosen_impls,
     eps_used,
     eps_values,
@@ -962,7 +962,8 @@ def check_file(
         logits_key=logits_key,
         labels_key=labels_key,
     )
-    check_progress(progress)
+    check_callback(progress, "progress", "(done, total)")
+    check_callback(on_flagged_row, "on_flagged_row", "a FlaggedRow")
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     if scheduler is not None and timeout is not None:

@@ -211,6 +211,7 @@ class Audit:
     def to_dict(self) -> dict:
         return {
             "schema": SCHEMA_VERSION,
+            "command": "compare",  # the command whose report this is (a --baseline)
             **to_json(self),  # type: ignore[dict-item]
             "verdict": to_json(self.verdict()),
         }
@@ -295,6 +296,7 @@ class Sweep:
     def to_dict(self) -> dict:
         return {
             "schema": SCHEMA_VERSION,
+            "command": "sweep",  # the command whose report this is (a --baseline)
             **to_json(self),  # type: ignore[dict-item]
             "summary": list(self.summary),
         }
@@ -517,6 +519,7 @@ class Check:
     def to_dict(self, fail_on: Iterable[str] = CHECK_FAIL_ON) -> dict:
         return {
             "schema": SCHEMA_VERSION,
+            "command": "check",  # the command whose report this is (a --baseline)
             **to_json(self),  # type: ignore[dict-item]
             "verdict": to_json(self.verdict(fail_on)),
         }

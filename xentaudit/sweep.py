@@ -24,8 +24,8 @@ from xentaudit.audit import (
     Rounded,
     Variant,
     backend_skips,
+    check_callback,
     check_options,
-    check_progress,
     chosen_impls,
     eps_used,
     eps_values,
@@ -244,7 +244,7 @@ def sweep(
     patterns = names_given(patterns, "patterns", EVERY)
     backends = names_given(backends, "backends")
     check_options(eps, rtol, timeout, loss_scale, label_smoothing)
-    check_progress(progress)
+    check_callback(progress, "progress", "(done, total)")
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     formats = [get_format(d) for d in parse_dtypes(dtypes)]
