@@ -130,6 +130,29 @@ def test_sweep_table_ends_with_the_summary() -> None:
     assert out[out.index("Summary") + 1 :] == [f"- {line}" for line in sweep.summary]
 
 
+def test_junit_against_a_baseline_fails_on_its_regressions_alone() -> None:
+    # it failed the results that fired before (exit 0) and passed lost results (exit 1)
+    from dataclasses import replace
+
+    from xentaudit.results import Comparison
+
+    def suite(regressions: tuple[str, ...]) -> ET.Element:
+        against = Comparison("b.json", regressions, ())
+        return ET.fromstring(junit.render(replace(check_case(), baseline=against), CHECK_FAIL_ON))
+
+    passed = suite(())
+    assert passed.get("failures") == "0" and list(passed.iter("failure")) == []
+    naive = next(c for c in passed.iter("testcase") if c.get("name") == "naive float32 eager")
+    assert naive.find("system-out").text.startswith("nan on ")  # shown, not failed
+    failed = suite(("1 result of the baseline not audited",))
+    assert failed.get("failures") == "1"
+    (failure,) = failed.iter("failure")
+    assert failure.get("message") == "1 regression"
+    assert failure.text == "1 result of the baseline not audited"
+    case = next(c for c in failed.iter("testcase") if c.get("classname") == "xentaudit.baseline")
+    assert case.get("name") == "against b.json"
+
+
 def test_junit_carries_the_verdict_as_properties_and_system_out() -> None:
     root = ET.fromstring(junit.render(check_case(), CHECK_FAIL_ON))
     suite = root.find("testsuite")
@@ -279,6 +302,19 @@ def test_github_levels_lint_and_the_verdict() -> None:
         .splitlines()[-1]
         .startswith("::notice file=logits.npz,title=xentaudit verdict::PASS: ")
     )
+
+
+def test_github_against_a_baseline_errors_only_on_the_verdict() -> None:
+    # what fired before passes: its annotations are warnings; the verdict carries the regressions
+    from xentaudit.results import Comparison
+
+    against = Comparison("b.json", ("1 result of the baseline not audited",), ())
+    out = github.render(replace(check_case(), baseline=against), ["soft-labels-unnormalized"])
+    levels = [line.split(" ", 1)[0] for line in out.splitlines()]
+    assert levels[:-1] == [
+        "::warning", "::warning", "::notice", "::notice", "::notice", "::warning", "::warning",
+    ]  # fmt: skip
+    assert levels[-1] == "::error" and "1 result of the baseline not audited" in out
 
 
 def test_every_report_names_the_policy_of_a_result() -> None:

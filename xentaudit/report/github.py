@@ -2,7 +2,8 @@
 ``--fail-on`` flag fired, ``::warning`` for results with other failing-kind flags (not asked to
 fail the job), ``::notice`` for informational flags only (``zero-loss``, ``downcast``); last, the
 verdict (``::error`` when it fails, ``::notice`` when it passes) with its rows at risk and what
-each fired flag means and what to do instead.
+each fired flag means and what to do instead. Against a ``--baseline`` only a regression fails
+(the verdict names them): the flags of results and of the input are ``::warning`` at most.
 See "Workflow commands for GitHub Actions" for the escaping rules applied here."""
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ def _property(text: str) -> str:
 
 def render(check: Check, fail_on: Sequence[str]) -> str:
     verdict = check.verdict(fail_on)
-    failing = {case_name(f) for f in verdict.failing}
+    judged = check.baseline is None  # against a baseline, only its regressions fail
+    failing = {case_name(f) for f in verdict.failing} if judged else set()
+    failing_lint = verdict.failing_lint if judged else ()
     file = _property(check.path)
     lines = [
-        f"::{'error' if flag in verdict.failing_lint else 'warning'} file={file},"
+        f"::{'error' if flag in failing_lint else 'warning'} file={file},"
         f"title={_property('xentaudit input: ' + flag)}::"
         + _data(f"{flag} on {rows} of {check.rows} rows: {verdict.advice[flag].text}")
         for flag, rows in check.lint.items()
