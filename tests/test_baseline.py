@@ -113,7 +113,8 @@ def test_a_gated_baseline_loses_only_what_it_judged() -> None:
     kept = tuple(r for r in gated.results if (r.impl, r.mode) != ("fused", "graph"))
     lost = compare(replace(gated, results=kept, skipped=skips), base, ["nan"], "b.json")
     assert lost.regressions == (
-        "1 result of the baseline not audited (fused: graph mode: no C++ compiler)",
+        "1 result of the baseline not audited; this run skipped fused (graph mode: no C++ "
+        "compiler)",
     )
 
 
@@ -253,14 +254,19 @@ def test_a_sweep_regresses_where_a_breaking_point_moves_down(tmp_path: Path) -> 
     lost = json.loads(narrower.output)["baseline"]
     assert lost["regressions"] == ["2 breaking points of the baseline not searched"]
     assert all(name.startswith("naive float32 eager on seed") for name in lost["unmatched"])
-    # a cell the baseline lacks is no regression, though it breaks (a backend gained): every
-    # implementation breaks somewhere in a wide enough sweep
+    # a cell the baseline lacks that breaks regresses, as a new check result that fires does;
+    # one that never breaks does not (log_softmax here)
     _edit_point(base, "naive", "loss", now)
     doc = json.loads(base.read_text())
-    doc["breaking_points"] = [p for p in doc["breaking_points"] if p["impl"] != "naive"]
+    doc["breaking_points"] = [p for p in doc["breaking_points"] if p["impl"] == "naive"]
     base.write_text(json.dumps(doc))
-    new = _sweep("--baseline", base, "--format", "json")
-    assert new.exit_code == 0 and json.loads(new.output)["baseline"]["regressions"] == []
+    assert _sweep("--baseline", base).exit_code == 0
+    doc["breaking_points"] = [p for p in doc["breaking_points"] if p["kind"] != "loss"]
+    base.write_text(json.dumps(doc))
+    new = json.loads(_sweep("--baseline", base, "--format", "json").output)["baseline"]
+    assert new["regressions"] == [
+        f"naive float32 eager on seed (loss): breaks at scale {now:g}, not swept before"
+    ]
     refused = _sweep("--baseline", tmp_path / "nothing.json")
     assert refused.exit_code == 2 and len(refused.stderr.splitlines()) == 1
 

@@ -138,12 +138,16 @@ def test_junit_against_a_baseline_fails_on_its_regressions_alone() -> None:
 
     def suite(regressions: tuple[str, ...]) -> ET.Element:
         against = Comparison("b.json", regressions, ())
-        return ET.fromstring(junit.render(replace(check_case(), baseline=against), CHECK_FAIL_ON))
+        fail_on = [*CHECK_FAIL_ON, "soft-labels-unnormalized"]  # the input's lint fails too
+        return ET.fromstring(junit.render(replace(check_case(), baseline=against), fail_on))
 
     passed = suite(())
     assert passed.get("failures") == "0" and list(passed.iter("failure")) == []
+    assert passed.get("tests") == str(len(list(passed.iter("testcase")))) == "8"
     naive = next(c for c in passed.iter("testcase") if c.get("name") == "naive float32 eager")
     assert naive.find("system-out").text.startswith("nan on ")  # shown, not failed
+    lint = next(c for c in passed.iter("testcase") if c.get("name") == "input lint")
+    assert lint.find("system-out").text.startswith("soft-labels-unnormalized on 3 of 8 rows")
     failed = suite(("1 result of the baseline not audited",))
     assert failed.get("failures") == "1"
     (failure,) = failed.iter("failure")
@@ -309,7 +313,10 @@ def test_github_against_a_baseline_errors_only_on_the_verdict() -> None:
     from xentaudit.results import Comparison
 
     against = Comparison("b.json", ("1 result of the baseline not audited",), ())
-    out = github.render(replace(check_case(), baseline=against), ["soft-labels-unnormalized"])
+    fail_on = ["soft-labels-unnormalized", "nan", "divergent"]  # lint, keras eager and naive
+    alone = [line.split(" ", 1)[0] for line in github.render(check_case(), fail_on).splitlines()]
+    assert alone.count("::error") == 4  # without a baseline: lint, keras, naive, the verdict
+    out = github.render(replace(check_case(), baseline=against), fail_on)
     levels = [line.split(" ", 1)[0] for line in out.splitlines()]
     assert levels[:-1] == [
         "::warning", "::warning", "::notice", "::notice", "::notice", "::warning", "::warning",

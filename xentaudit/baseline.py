@@ -234,8 +234,10 @@ def compare(
     gates = (baseline.get("gate"), check.gate)
     lost = [r for r in before.values() if all(g is None or r["impl"] in g for g in gates)]
     if lost:
-        why = {  # the skips of this run that say why: the result's own, or its backend's
-            f"{s.impl}: {s.reason}"
+        # what this run skipped of the lost results' implementations or backends: a likely
+        # reason (a skip names no mode or label source, so it is not claimed as the cause)
+        skips = {
+            f"{s.impl} ({s.reason})"
             for r in lost
             for s in check.skipped
             if s.dtype in (r["dtype"], "all")
@@ -244,7 +246,7 @@ def compare(
         n = len(lost)
         worse.append(
             f"{n} result{'s' * (n != 1)} of the baseline not audited"
-            + (f" ({'; '.join(sorted(why))})" if why else "")
+            + (f"; this run skipped {', '.join(sorted(skips))}" if skips else "")
         )
     return Comparison(
         path,
@@ -286,9 +288,12 @@ def compare_sweep(sweep: Sweep, baseline: dict[str, Any], path: str) -> Comparis
     worse, better = [], []
     for p in now["breaking_points"]:
         old = before.pop(_point(p), None)
-        if old is None:  # not swept before (a backend gained): every cell breaks somewhere
+        name, a = _point_name(p), p["scale"]
+        if old is None:  # not swept before: a new cell that breaks regresses, as in `check`
+            if a is not None:
+                worse.append(f"{name}: breaks at scale {a:g}, not swept before")
             continue
-        name, a, b = _point_name(p), p["scale"], old["scale"]
+        b = old["scale"]
         if a is not None and (b is None or a < b * (1 - SCALE_SLACK)):
             was = "did not before" if b is None else f"was {b:g}"
             worse.append(f"{name}: breaks at scale {a:g}, {was}")

@@ -18,5 +18,6 @@ def render(audit: Audit | Sweep | Check, **context: object) -> str:
         body = audit.to_dict(fail_on)  # type: ignore[arg-type]
     else:
         body = audit.to_dict()
-    document = {"schema": body.pop("schema"), **context, **body}
+    head = {"schema": body.pop("schema"), "command": body.pop("command")}
+    document = {**head, **context, **body}  # schema and command first, whoever names it
     return json.dumps(document, indent=2, allow_nan=False) + "\n"

@@ -25,14 +25,15 @@ def _failed(case: ET.Element, message: str, kind: str, text: str, fails: bool) -
     else:
         ET.SubElement(
             case, "system-out"
-        ).text = f"{message} (against a baseline, its case fails)\n{text}"
+        ).text = f"{message} (against a baseline only a regression fails: see its case)\n{text}"
 
 
 def render(check: Check, fail_on: Sequence[str]) -> str:
     verdict = check.verdict(fail_on)
     failing = {case_name(f): f for f in verdict.failing}
     against = check.baseline
-    tests = str(len(check.results) + 1 + (against is not None))  # + the input lint, the baseline
+    # every case: the results, the input lint, the baseline, the skipped
+    tests = str(len(check.results) + 1 + (against is not None) + len(check.skipped))
     if against is None:
         failures = str(len(failing) + bool(verdict.failing_lint))
     else:  # what fired already passes: only a regression fails
