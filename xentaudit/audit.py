@@ -41,14 +41,13 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
-from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xentaudit import impls as zoo
-from xentaudit.choices import EVERY, names_given
+from xentaudit.choices import EVERY, names_given, numbers_given
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.environment import environment
 from xentaudit.errors import ConfigError, InputError, NothingAudited
@@ -975,10 +974,7 @@ def mean_grades(outcome: Outcome, rounded: Rounded) -> tuple[float, tuple[str, .
 
 def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
     """``--eps`` as a tuple: one value or several (``clipped`` runs at each), at least one."""
-    try:  # numpy's scalars are numbers.Real too
-        values = (float(eps),) if isinstance(eps, Real) else tuple(float(e) for e in eps)
-    except (TypeError, ValueError):  # a string is no list of numbers either
-        raise ConfigError(f"--eps must be a number or a list of numbers, got {eps!r}") from None
+    values = numbers_given(eps, "--eps must be a number or a list of numbers")
     if not values:
         raise ConfigError("--eps needs at least one value")
     return tuple(dict.fromkeys(values))  # each once: a repeat would run twice

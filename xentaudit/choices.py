@@ -1,8 +1,10 @@
-"""Option values that name things (dtypes, implementations, patterns): one way to expand them."""
+"""Option values that name things (dtypes, implementations, patterns), or give numbers: one way
+to read them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from numbers import Real
 from typing import overload
 
 from xentaudit.errors import ConfigError
@@ -29,6 +31,16 @@ def expand(
                 raise error(unknown(what, part, choices))
             out.extend(c for c in (choices if part == "all" else (part,)) if c not in out)
     return tuple(out)
+
+
+def numbers_given(values: float | Iterable[float], message: str) -> tuple[float, ...]:
+    """An API option's numbers as a tuple of floats: one number (numpy's scalars are
+    ``numbers.Real`` too) or an iterable of them; anything else (a string is no list of numbers)
+    is a ``ConfigError``: ``message``, then ``got`` the value."""
+    try:
+        return (float(values),) if isinstance(values, Real) else tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{message}, got {values!r}") from None
 
 
 @overload

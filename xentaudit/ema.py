@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from numbers import Real
 from pathlib import Path
 
 import numpy as np
 
-from xentaudit.choices import names_given
+from xentaudit.choices import names_given, numbers_given
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FAILING
 from xentaudit.io import as_float, open_arrays, prepare
@@ -178,10 +177,7 @@ def ema(
     (``read_trajectory``) for each decay in (0, 1); ``impls`` (names) also run on the raw and
     the EMA logits of every step, in the logits' dtype, eagerly, to list the failing flags the
     EMA hides or shows. The EMA is computed in float64 and rounded to the logits' dtype."""
-    try:  # one number is one decay
-        decays = (float(decays),) if isinstance(decays, Real) else tuple(float(d) for d in decays)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--decay must be numbers in (0, 1), got {decays!r}") from None
+    decays = numbers_given(decays, "--decay must be numbers in (0, 1)")  # one number: one decay
     for d in decays:
         if not 0 < d < 1:  # NaN fails too
             raise ConfigError(f"--decay must lie in (0, 1), got {d:g}")

@@ -50,9 +50,17 @@ def to_json(value: object) -> object:
     return value
 
 
-def exit_code(fail_on: Iterable[str], flag_sets: Iterable[Iterable[str]]) -> int:
-    """The exit-code rule of every command: 1 if any ``fail_on`` flag fired in any result."""
+def exit_code(
+    fail_on: Iterable[str],
+    flag_sets: Iterable[Iterable[str]],
+    baseline: Comparison | None = None,
+) -> int:
+    """The exit-code rule of every command: 1 if any ``fail_on`` flag fired in any result;
+    against a ``baseline``, 1 only for a regression (``fail_on`` is checked either way: a
+    misspelt flag is refused)."""
     wanted = set(fail_on_flags(fail_on))
+    if baseline is not None:
+        return EXIT_FLAGGED if baseline.regressions else EXIT_OK
     return EXIT_FLAGGED if any(wanted.intersection(flags) for flags in flag_sets) else EXIT_OK
 
 
@@ -283,10 +291,7 @@ class Sweep:
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired in any cell, 1 otherwise; against a ``baseline``,
         1 only for a regression."""
-        if self.baseline is not None:
-            fail_on_flags(fail_on)  # a misspelt flag is refused here too
-            return EXIT_FLAGGED if self.baseline.regressions else EXIT_OK
-        return exit_code(fail_on, (c.flags for c in self.cells))
+        return exit_code(fail_on, (c.flags for c in self.cells), self.baseline)
 
     @cached_property
     def summary(self) -> tuple[str, ...]:
@@ -475,10 +480,7 @@ class Check:
     def exit_code(self, fail_on: Iterable[str]) -> int:
         """0 when none of ``fail_on`` fired on any row of a gated result (lint included), 1
         otherwise; against a ``baseline``, 1 only for a regression."""
-        if self.baseline is not None:
-            fail_on_flags(fail_on)  # a misspelt flag is refused here too
-            return EXIT_FLAGGED if self.baseline.regressions else EXIT_OK
-        return exit_code(fail_on, [tuple(self.lint), *(r.flags for r in self.gated)])
+        return exit_code(fail_on, [tuple(self.lint), *(r.flags for r in self.gated)], self.baseline)
 
     def verdict(self, fail_on: Iterable[str] = CHECK_FAIL_ON) -> Verdict:
         """The verdict on ``fail_on`` (the exit code's flags): a gated result fails when one of
