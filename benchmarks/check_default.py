@@ -30,6 +30,9 @@ taken within a round, and their median reported):
     with several backends, `check` audits each in a process of its own, one at a time), beside
     a fresh process that only imports the frameworks.
 
+TensorFlow's tensors come from its BFC pool in this process, as in the command line's
+(``pool_tensorflow_memory``), unless TF_CPU_ALLOCATOR_USE_BFC is set: `=false` measures malloc's.
+
     python benchmarks/check_default.py [--runs 3] [--backend tf] [--isa x86-64-v3]
 """
 
@@ -138,6 +141,9 @@ def main() -> None:
     apply_isa(args)
     print(describe())
     backends = args.backend.split(",")
+    from xentaudit.impls import pool_tensorflow_memory
+
+    pool_tensorflow_memory()  # TensorFlow's allocator as `xentaudit check` has it, for all here
 
     from xentaudit.audit import Batch, Rounded, _run, round_to
     from xentaudit.check import CHUNK_ENTRIES, check_file

@@ -9,18 +9,24 @@ import pytest
 
 import xentaudit.check
 
-_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+# TensorFlow's variables that this process's imports (below) and the CLI run in it set
+_TF_AT_START = {
+    name: os.environ.get(name) for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPU_ALLOCATOR_USE_BFC")
+}
 
 
 @pytest.fixture(autouse=True)
-def _tf_log_level_as_at_start():
+def _tf_variables_as_at_start():
     """Importing TensorFlow in this process imports JAX where it is installed, and JAX sets
     TF_CPP_MIN_LOG_LEVEL (jax/__init__.py); the CLI in a subprocess would take that for the
-    user's own setting and show TensorFlow's start-up log. Each test starts as the run did."""
-    if _TF_LOG_LEVEL is None:
-        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    else:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = _TF_LOG_LEVEL
+    user's own setting and show TensorFlow's start-up log. The CLI run in this process (click's
+    runner) sets TF_CPU_ALLOCATOR_USE_BFC (``pool_tensorflow_memory``), which a test of a
+    process started without it must not pass on. Each test starts as the run did."""
+    for name, value in _TF_AT_START.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     yield
 
 

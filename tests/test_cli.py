@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import xentaudit
-from xentaudit import SCHEMA_VERSION, __version__
+from xentaudit import SCHEMA_VERSION, __version__, parallel
 from xentaudit.cli import cli
 from xentaudit.errors import XentauditError
 from xentaudit.flags import CHECK_FAIL_ON
@@ -361,9 +361,11 @@ def test_the_python_api_leaves_the_environment_and_stderr_alone() -> None:
         "os.write(2, b'fd 2 still reaches stderr\\n')\n"
         "print('tensorflow' in sys.modules, 'TF_CPP_MIN_LOG_LEVEL' in os.environ,\n"
         "      (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino),\n"
-        "      logging.getLogger('tensorflow').level)\n"
+        "      logging.getLogger('tensorflow').level,\n"
+        "      'TF_CPU_ALLOCATOR_USE_BFC' in os.environ)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)  # the API's caller chooses TensorFlow's allocator
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
@@ -381,8 +383,56 @@ def test_the_python_api_leaves_the_environment_and_stderr_alone() -> None:
         check=True,
     )
     baseline = frameworks.stdout.split()[-1]
-    assert out.stdout.split() == ["True", baseline, "True", str(0)]  # logging.NOTSET
+    assert out.stdout.split() == ["True", baseline, "True", str(0), "False"]  # logging.NOTSET
     assert "fd 2 still reaches stderr" in out.stderr
+
+
+@pytest.mark.parametrize("users", [None, "false"])
+def test_the_command_line_and_its_processes_pool_tensorflows_memory_unless_told(
+    monkeypatch, users
+) -> None:
+    # TensorFlow reads the variable when it first makes its CPU allocator, later than these
+    # processes set it (the CLI before any command imports TensorFlow; a --jobs process before
+    # any task); the user's own value stands.
+    name = "TF_CPU_ALLOCATOR_USE_BFC"
+    monkeypatch.setenv(name, "unset after the test")  # and at its end, as it was
+    if users is None:
+        monkeypatch.delenv(name)
+    else:
+        monkeypatch.setenv(name, users)
+    expected = "true" if users is None else users
+    assert run("list").exit_code == 0
+    assert os.environ.get(name) == expected
+    if users is None:  # a process of the API's pool, whose caller did not set it
+        monkeypatch.delenv(name)
+    with parallel._local_pool(1, None) as pool:
+        assert pool.submit(os.getenv, name).result() == expected
+
+
+def test_tensorflows_pool_places_tensors_and_changes_no_result(tmp_path) -> None:
+    # The same check on the other allocator (this process's is whichever TensorFlow made when
+    # it first ran here: its pool keeps statistics, malloc does not) gives the same report.
+    import tensorflow as tf
+
+    tf.zeros(1)  # TensorFlow's allocator made, if no test ran TensorFlow before
+    try:
+        tf.config.experimental.get_memory_info("CPU:0")
+        pooled = True
+    except ValueError:  # "Allocator stats not available": malloc's
+        pooled = False
+    rng = np.random.default_rng(5)
+    path = tmp_path / "logits.npz"
+    logits = rng.standard_normal((96, 3000)).astype(np.float32) * np.float32(40)
+    np.savez(path, logits=logits, labels=rng.integers(0, 3000, 96))
+    args = ["check", str(path), "--backend", "tf", "--mode", "both", "--dtype", "float16,float32"]
+    args += ["--chunk-rows", "40", "--format", "json"]
+    here = run(*args)
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "false" if pooled else "true"}
+    there = subprocess.run(
+        [sys.executable, "-m", "xentaudit", *args], capture_output=True, text=True, env=env
+    )
+    assert here.exit_code == there.returncode == 1, there.stderr  # flags fire: numbers compared
+    assert json.loads(here.stdout) == json.loads(there.stdout)
 
 
 def test_a_path_with_line_breaks_is_still_one_line(tmp_path) -> None:

@@ -51,6 +51,7 @@ from xentaudit.impls import (
     REGISTRY,
     TRAINING,
     load_tf,
+    pool_tensorflow_memory,
     quiet_python_logs,
     stderr_fd,
 )
@@ -517,6 +518,7 @@ def cli(verbose: bool) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     quiet_python_logs()
+    pool_tensorflow_memory()
 
 
 def _load_keras(model: str | None) -> None:
