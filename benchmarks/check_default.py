@@ -144,6 +144,8 @@ def main() -> None:
     from xentaudit.impls import pool_tensorflow_memory
 
     pool_tensorflow_memory()  # TensorFlow's allocator as `xentaudit check` has it, for all here
+    pooled = os.environ["TF_CPU_ALLOCATOR_USE_BFC"].lower() in ("true", "1")
+    print(f"TensorFlow's CPU tensors: {'its BFC pool' if pooled else 'malloc'} (in every process)")
 
     from xentaudit.audit import Batch, Rounded, _run, round_to
     from xentaudit.check import CHUNK_ENTRIES, check_file

@@ -9,7 +9,7 @@ import pytest
 
 import xentaudit.check
 
-# TensorFlow's variables that this process's imports (below) and the CLI run in it set
+# TensorFlow's variables that importing TensorFlow here and the CLI run here (click's runner) set
 _TF_AT_START = {
     name: os.environ.get(name) for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPU_ALLOCATOR_USE_BFC")
 }
@@ -21,7 +21,9 @@ def _tf_variables_as_at_start():
     TF_CPP_MIN_LOG_LEVEL (jax/__init__.py); the CLI in a subprocess would take that for the
     user's own setting and show TensorFlow's start-up log. The CLI run in this process (click's
     runner) sets TF_CPU_ALLOCATOR_USE_BFC (``pool_tensorflow_memory``), which a test of a
-    process started without it must not pass on. Each test starts as the run did."""
+    process started without it must not pass on. Each test starts as the run did. (This
+    process's own allocator is whichever TensorFlow made at its first op here: no test
+    depends on which.)"""
     for name, value in _TF_AT_START.items():
         if value is None:
             os.environ.pop(name, None)
