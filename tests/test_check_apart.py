@@ -23,10 +23,28 @@ from xentaudit.cli import cli
 from xentaudit.errors import ImplementationError, InputError, XentauditError
 from xentaudit.report.csv import line
 
-# Backends interleaved (tf, torch, tf, jax, torch): the results of one process come in this
-# order, which the parts audited apart must be put back in; clipped at two epsilons.
-MIXED = ["naive", "torch_cross_entropy", "clipped", "optax_softmax_xent", "torch_log_softmax_nll"]
+# Backends interleaved (torch, jax, torch, jax, torch): the results of one process come in this
+# order, which the parts audited apart must be put back in. The apart machinery is the same
+# whatever the backends, and a process that imports torch or jax starts far sooner than one that
+# imports TensorFlow; both softmax-then-log ones flag rows.
+MIXED = [
+    "torch_softmax_log",
+    "optax_softmax_xent",
+    "torch_cross_entropy",
+    "jax_softmax_log",
+    "torch_log_softmax_nll",
+]
 FAST = {"impls": MIXED, "modes": ["training"], "eps": [1e-7, 1e-3], "chunk_rows": 4}
+# With TensorFlow among them (tf, torch, tf, jax, torch), clipped at two epsilons (a result per
+# epsilon): a TensorFlow process apart, compared with the one-process check.
+MIXED_TF = [
+    "naive",
+    "torch_cross_entropy",
+    "clipped",
+    "optax_softmax_xent",
+    "torch_log_softmax_nll",
+]
+FAST_TF = {**FAST, "impls": MIXED_TF}
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +59,16 @@ def logits(tmp_path_factory) -> tuple[Path, Path]:
 
 
 # Class-label kernels beside soft labels (label smoothing) in two dtypes: skipped in each dtype,
-# the skips of every backend listed in one process's order, dtype by dtype.
+# the skips of every backend (jax's, torch's) listed in one process's order, dtype by dtype, not
+# one process's after the other's; the results too (torch's first, though jax's process, whose
+# kernel comes first, is done first).
 SPARSE = {
-    "impls": ["tf_sparse_softmax_xent", "torch_log_softmax_nll", "keras_scce_logits", "naive"],
+    "impls": [
+        "optax_softmax_xent_int",
+        "torch_log_softmax_nll",
+        "torch_cross_entropy",
+        "jax_softmax_log",
+    ],
     "modes": ["eager"],
     "dtypes": ["float32", "float16"],
     "label_smoothing": 0.1,
@@ -53,7 +78,7 @@ SPARSE = {
 
 @pytest.mark.parametrize(
     ("labelled", "args"),
-    [(True, FAST), (False, FAST), (True, SPARSE)],
+    [(True, FAST_TF), (False, FAST), (True, SPARSE)],
     ids=["labels", "none", "skips"],
 )
 def test_backends_apart_give_the_one_process_check_and_flagged_rows(logits, labelled, args) -> None:
@@ -68,19 +93,20 @@ def test_backends_apart_give_the_one_process_check_and_flagged_rows(logits, labe
     # the results interleave the backends as named, whichever process audited them
     names = list(dict.fromkeys(r.impl for r in alone.results))
     assert names == [n for n in args["impls"] if n in names]
-    assert len(alone.skipped) == (6 if args is SPARSE else 0)
+    assert len(alone.skipped) == (4 if args is SPARSE else 0)
 
 
-# Two users' losses that fail on the chunk holding a marker logit (77 for TensorFlow's, 55 for
-# torch's): which error one process meets first depends on the chunk, then on the order of the
-# results in it, not on which backend's process is done first.
+# Two users' losses that fail on the chunk holding a marker logit (77 for jax's, 55 for torch's):
+# which error one process meets first depends on the chunk, then on the order of the results in
+# it, not on which backend's process is done first.
 FAILING = """
-def tf_loss(labels, logits):
-    import tensorflow as tf
+def jax_loss(labels, logits):
+    import jax
+    import jax.numpy as jnp
 
-    if bool(tf.reduce_any(logits == 77.0)):
-        raise ValueError("tf saw 77")
-    return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+    if bool(jnp.any(logits == 77.0)):
+        raise ValueError("jax saw 77")
+    return -(labels * jax.nn.log_softmax(logits)).sum(-1)
 
 
 def torch_loss(labels, logits):
@@ -93,26 +119,26 @@ def torch_loss(labels, logits):
 
 
 @pytest.mark.parametrize(
-    ("order", "tf_row", "torch_row", "first"),
+    ("order", "jax_row", "torch_row", "first"),
     [
-        (["tf", "torch"], 9, 2, "torch saw 55"),  # torch's in chunk 0, TensorFlow's in chunk 2
-        (["tf", "torch"], 1, 6, "tf saw 77"),  # TensorFlow's in chunk 0, torch's in chunk 1
-        (["tf", "torch"], 5, 4, "tf saw 77"),  # both in chunk 1: TensorFlow's loss runs first
-        # both in chunk 1, torch's loss first in the results, though TensorFlow's process (naive
-        # comes first) is done first
-        (["naive", "torch", "tf"], 5, 4, "torch saw 55"),
-        # both in chunk 0, torch's loss second in the results, TensorFlow's first in its process
-        (["torch_cross_entropy", "torch", "tf"], 1, 2, "torch saw 55"),
+        (["jax", "torch"], 9, 2, "torch saw 55"),  # torch's in chunk 0, jax's in chunk 2
+        (["jax", "torch"], 1, 6, "jax saw 77"),  # jax's in chunk 0, torch's in chunk 1
+        (["jax", "torch"], 5, 4, "jax saw 77"),  # both in chunk 1: jax's loss runs first
+        # both in chunk 1, torch's loss first in the results, though jax's process
+        # (optax_softmax_xent comes first) is done first
+        (["optax_softmax_xent", "torch", "jax"], 5, 4, "torch saw 55"),
+        # both in chunk 0, torch's loss second in the results, jax's first in its process
+        (["torch_cross_entropy", "torch", "jax"], 1, 2, "torch saw 55"),
     ],
 )
 def test_the_error_is_the_one_one_process_meets_first(
-    tmp_path, order, tf_row, torch_row, first
+    tmp_path, order, jax_row, torch_row, first
 ) -> None:
     (tmp_path / "failing.py").write_text(FAILING)
     x = np.zeros((11, 6), np.float32)
-    x[tf_row, 0], x[torch_row, 1] = 77.0, 55.0
+    x[jax_row, 0], x[torch_row, 1] = 77.0, 55.0
     np.save(tmp_path / "x.npy", x)
-    users = {b: f"{b}:{tmp_path / 'failing.py'}:{b}_loss" for b in ("tf", "torch")}
+    users = {b: f"{b}:{tmp_path / 'failing.py'}:{b}_loss" for b in ("jax", "torch")}
     impls = [users.get(name, name) for name in order]
     args = {"labels": np.zeros(11, np.int64), "impls": impls, "modes": ["eager"], "chunk_rows": 4}
     with pytest.raises(ImplementationError, match=first) as alone:
@@ -124,10 +150,11 @@ def test_the_error_is_the_one_one_process_meets_first(
 
 
 def test_the_caller_imports_no_framework_nor_a_users_loss(logits, tmp_path) -> None:
-    # a user's loss is imported (with its framework) by its backend's process alone
+    # a user's loss is imported (with its framework) by its backend's process alone; TensorFlow
+    # among the backends, which the caller imports no more than the others
     x, y = logits
     (tmp_path / "own.py").write_text("import torch\n\n" + FAILING)
-    impls = [*MIXED, f"torch:{tmp_path / 'own.py'}:torch_loss"]
+    impls = [*MIXED_TF, f"torch:{tmp_path / 'own.py'}:torch_loss"]
     printed = frameworks_imported(
         f"""
         from xentaudit.check import check_file
@@ -140,23 +167,29 @@ def test_the_caller_imports_no_framework_nor_a_users_loss(logits, tmp_path) -> N
 
 
 # Users' losses that fail to load: one process loads them in their order before any chunk,
-# which the processes apart, one backend's after another's, must not change.
+# which the processes apart, one backend's after another's (jax's first: optax_softmax_xent
+# comes first), must not change.
 BROKEN = """
 def tf_loss(logits):
     return logits
+
+
+def jax_loss(logits):
+    return logits
 """
+FIRST = "optax_softmax_xent"  # jax's
 
 
 @pytest.mark.parametrize(
     ("order", "first"),
     [
-        (["naive", "torch:broken:missing", "tf:broken:tf_loss", "torch_cross_entropy"], "missing"),
-        (["naive", "tf:broken:tf_loss", "torch:broken:missing", "torch_cross_entropy"], "tf_loss"),
+        ([FIRST, "torch:broken:missing", "jax:broken:jax_loss", "torch_cross_entropy"], "missing"),
+        ([FIRST, "jax:broken:jax_loss", "torch:broken:missing", "torch_cross_entropy"], "jax_loss"),
         # the first fails as it is imported, the next has no file: one process never gets there
-        (["naive", "tf:boom:fn", "torch:absent:fn", "torch_cross_entropy"], "boom at import"),
-        (["naive", "torch:boom:fn", "tf:broken:1x", "torch_cross_entropy"], "boom at import"),
+        ([FIRST, "jax:boom:fn", "torch:absent:fn", "torch_cross_entropy"], "boom at import"),
+        ([FIRST, "torch:boom:fn", "jax:broken:1x", "torch_cross_entropy"], "boom at import"),
         # a loss named twice is loaded at its first place
-        (["naive", "tf:boom:fn", "torch:broken:missing", "tf:boom:fn"], "boom at import"),
+        ([FIRST, "jax:boom:fn", "torch:broken:missing", "jax:boom:fn"], "boom at import"),
     ],
 )
 def test_a_users_loss_that_fails_to_load_is_the_one_one_process_meets(
@@ -200,10 +233,14 @@ def test_the_command_audits_several_backends_apart_and_one_here(logits, monkeypa
 
     monkeypatch.setattr(xentaudit.parallel, "run", spy)
     base = ["check", str(x), "--labels", str(y), "--mode", "eager", "--format", "json"]
-    two = CliRunner().invoke(cli, [*base, "--impl", "naive", "--impl", "torch_cross_entropy"])
+    two = CliRunner().invoke(
+        cli, [*base, "--impl", "optax_softmax_xent", "--impl", "torch_cross_entropy"]
+    )
     assert two.exit_code in (0, 1), two.output
     assert calls == [True]
-    one = CliRunner().invoke(cli, [*base, "--impl", "naive", "--impl", "clipped"])
+    one = CliRunner().invoke(
+        cli, [*base, "--impl", "torch_cross_entropy", "--impl", "torch_log_softmax_nll"]
+    )
     assert one.exit_code in (0, 1), one.output
     assert calls == [True]  # one backend: audited in this process
 
@@ -216,8 +253,8 @@ def test_a_users_loss_is_named_as_given_and_nothing_after_the_error_is_audited(
     (tmp_path / "losses.py").write_text(
         textwrap.dedent(
             """
-            def tf_loss(labels, logits):
-                raise ValueError("tf fails at once")
+            def jax_loss(labels, logits):
+                raise ValueError("jax fails at once")
 
             def torch_loss(labels, logits):
                 import torch
@@ -231,14 +268,14 @@ def test_a_users_loss_is_named_as_given_and_nothing_after_the_error_is_audited(
     np.save(tmp_path / "x.npy", np.zeros((40, 4), np.float32))
     np.save(tmp_path / "y.npy", np.zeros(40, np.int64))
     monkeypatch.chdir(tmp_path)
-    impls = ["tf:losses.py:tf_loss", "torch:losses.py:torch_loss"]
+    impls = ["jax:losses.py:jax_loss", "torch:losses.py:torch_loss"]
     args = {"labels": "y.npy", "impls": impls, "modes": ["eager"], "chunk_rows": 2}
     with pytest.raises(ImplementationError) as alone:
         check_file("x.npy", **args)
     with pytest.raises(ImplementationError) as split:
         check_file("x.npy", apart=True, **args)
     assert str(split.value) == str(alone.value)
-    assert str(alone.value).startswith("--impl tf:losses.py:tf_loss: ")
+    assert str(alone.value).startswith("--impl jax:losses.py:jax_loss: ")
     assert (tmp_path / "losses.py.calls").read_text() == "x"  # chunk 0 of 20
 
 
@@ -303,7 +340,8 @@ def test_a_process_that_dies_names_its_backend(tmp_path) -> None:
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", np.zeros(4, np.int64))
     args = ["check", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
-    impls = ["--impl", "naive", "--impl", f"torch:{tmp_path / 'dies.py'}:loss", "--mode", "eager"]
+    dies = f"torch:{tmp_path / 'dies.py'}:loss"  # after jax's process
+    impls = ["--impl", "optax_softmax_xent", "--impl", dies, "--mode", "eager"]
     result = CliRunner().invoke(cli, [*args, *impls])
     assert result.exit_code == 3, result.output
     assert "the process auditing the torch backend's implementations died" in result.output
@@ -490,7 +528,7 @@ def test_the_progress_moves_a_chunk_at_a_time_in_every_process(logits) -> None:
     # process's chunks counted as they are done, not its part once it is whole
     x, y = logits
     seen: list[tuple[int, int]] = []
-    impls = ["naive", "torch_cross_entropy"]
+    impls = ["optax_softmax_xent", "torch_cross_entropy"]
     check_file(x, labels=y, impls=impls, modes=["eager"], chunk_rows=4, apart=True,
                progress=lambda done, total: seen.append((done, total)))  # fmt: skip
     assert [done for done, _ in seen] == [4, 8, 11, 15, 19, 22]

@@ -387,8 +387,10 @@ def test_cli_never_reads_a_file_planted_above_the_project_root(
     marker = root.parent / "marker"
     plant(root.parent, marker, f"{root.parent / 'planted.py'}:fn")  # absolute: found from anywhere
     monkeypatch.chdir(root)
-    # no --impl: the command line would override the planted impls and hide a regression
-    result = check("--format", "json")
+    # no --impl: the command line would override the planted impls and hide a regression; the
+    # planted loss is TensorFlow's, so --backend tf (one process, no backend's process apart)
+    # would still load it
+    result = check("--format", "json", "--backend", "tf")
     assert result.exit_code == 0, result.stderr
     assert "planted" not in result.stdout and not marker.exists()
 
@@ -431,7 +433,8 @@ def test_the_report_names_the_configuration_used_and_warnings_reach_stderr(
         project / "pyproject.toml", '[tool.xentaudit]\nimpls = ["tf_sparse_softmax_xent"]\n'
     )
     monkeypatch.chdir(project)
-    args = ["check", CLEAN, "--mode", "eager", "--format", "json"]
+    # --backend tf: the ignored configuration's run below audits in this process alone
+    args = ["check", CLEAN, "--mode", "eager", "--format", "json", "--backend", "tf"]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

@@ -27,6 +27,12 @@ from xentaudit.shards import Shard, natural_key, resolve
 SIZES = (7, 5, 9)  # rows per shard
 CLASSES = 6
 FAST = {"impls": ["naive", "clipped", "tf_softmax_xent"], "modes": ["eager"]}
+# What the tests that start processes audit where the backend is incidental (the merging of
+# shards, errors, retries, progress do not depend on it): a process imports the frameworks of
+# what it audits, JAX in about a second, TensorFlow in seven. The naive softmax-then-log (its
+# rows flagged on the dump's large logits) and a fused loss; compiled, once per process. Two
+# tests still audit FAST (TensorFlow) in other processes: --jobs and a Dask cluster.
+SPAWN = {"impls": ["jax_softmax_log", "optax_softmax_xent"], "modes": ["graph"]}
 
 
 def _shards(folder: Path, labels_folder: Path | None = None, nan_at: int | None = None):
@@ -62,6 +68,14 @@ def _without_shards(doc: dict) -> dict:
         row.pop("shard")
         row.pop("shard_row")
     return doc
+
+
+@pytest.fixture(scope="module")
+def jax() -> None:
+    """The tests that audit JAX's implementations in other processes (SPAWN, a user's
+    ``jax:`` loss) skip where JAX is not installed."""
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +320,7 @@ def test_jobs_leave_a_users_loss_and_its_framework_to_the_processes(dump, tmp_pa
     assert printed == "[]"
 
 
-def test_jobs_report_a_users_loss_that_fails_to_load_as_one_process(dump, tmp_path) -> None:
+def test_jobs_report_a_users_loss_that_fails_to_load_as_one_process(dump, jax, tmp_path) -> None:
     # loaded by the shards' processes, or here before the audit when the shards are one: the
     # error is the one one process gives, before a NaN row's too
     root, _ = dump
@@ -316,7 +330,7 @@ def test_jobs_report_a_users_loss_that_fails_to_load_as_one_process(dump, tmp_pa
     np.save(tmp_path / "nan.npy", nan)
     np.save(tmp_path / "nan-labels.npy", np.zeros(3, np.int64))
     _shards(tmp_path / "nans", tmp_path / "nan-labels", nan_at=2)  # a NaN in shard 1
-    impls = [f"tf:{tmp_path / 'bad.py'}:f"]
+    impls = [f"jax:{tmp_path / 'bad.py'}:f"]
     for files, labels in (
         (root / "logits", root / "labels"),  # shards in two processes
         (tmp_path / "nans", tmp_path / "nan-labels"),
@@ -335,7 +349,7 @@ DIES = """
 import os
 from pathlib import Path
 
-import tensorflow as tf
+import jax
 
 MARK = Path({mark!r})
 
@@ -348,7 +362,7 @@ def dies(labels, logits):
     try:
         os.close(os.open(MARK, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
-        return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+        return -(labels * jax.nn.log_softmax(logits)).sum(-1)
     MARK.write_text("died")
     os._exit(1)
 """
@@ -357,16 +371,16 @@ def dies(labels, logits):
 def _dying_loss(tmp_path: Path) -> tuple[str, Path]:
     mark = tmp_path / "mark"
     (tmp_path / "dies.py").write_text(DIES.format(mark=str(mark)))
-    return f"tf:{tmp_path / 'dies.py'}:dies", mark
+    return f"jax:{tmp_path / 'dies.py'}:dies", mark
 
 
-def test_errors_in_processes_are_the_single_process_errors(tmp_path) -> None:
+def test_errors_in_processes_are_the_single_process_errors(jax, tmp_path) -> None:
     """Shard 1 holds a NaN logit, shard 3 a label out of range: one process names the NaN (it
     only scans the shards after it), and so do two."""
     _shards(tmp_path / "logits", tmp_path / "labels", nan_at=2)
     np.save(tmp_path / "labels" / "shard-3.npy", np.full(SIZES[2], CLASSES, np.int64))
     args = ["check", str(tmp_path / "logits"), "--labels", str(tmp_path / "labels")]
-    fast = ["--impl", "naive", "--mode", "eager"]
+    fast = ["--impl", "jax_softmax_log", "--mode", "graph"]  # as SPAWN
     alone = CliRunner().invoke(cli, [*args, *fast])
     parallel = CliRunner().invoke(cli, [*args, *fast, "--jobs", "2"])
     assert alone.exit_code == parallel.exit_code == 2
@@ -378,7 +392,7 @@ def test_errors_in_processes_are_the_single_process_errors(tmp_path) -> None:
     assert "shard-3.npy: " in parallel.output and "out of range" in parallel.output
 
 
-def test_a_local_process_that_dies_fails_the_check_naming_the_shards(dump, tmp_path) -> None:
+def test_a_local_process_that_dies_fails_the_check_naming_the_shards(dump, jax, tmp_path) -> None:
     root, _ = dump
     loss, mark = _dying_loss(tmp_path)
     mark.write_text("always")
@@ -416,7 +430,7 @@ def test_a_dask_cluster_gives_the_single_process_report(dump, cluster) -> None:
 
 
 def test_a_worker_that_dies_once_is_retried_and_the_report_is_complete(
-    dump, cluster, tmp_path
+    dump, cluster, jax, tmp_path
 ) -> None:
     root, _ = dump
     loss, mark = _dying_loss(tmp_path)
@@ -427,7 +441,7 @@ def test_a_worker_that_dies_once_is_retried_and_the_report_is_complete(
     assert on_dask.to_dict() == alone.to_dict()
 
 
-def test_a_shard_whose_worker_always_dies_fails_with_exit_3(dump, cluster, tmp_path) -> None:
+def test_a_shard_whose_worker_always_dies_fails_with_exit_3(dump, cluster, jax, tmp_path) -> None:
     root, _ = dump
     loss, mark = _dying_loss(tmp_path)
     mark.write_text("always")
@@ -452,19 +466,19 @@ def test_labels_in_memory_go_with_one_file_audited_here(dump) -> None:
 
 
 def test_relative_paths_reach_the_workers_and_reports_keep_them(
-    dump, cluster, tmp_path, monkeypatch
+    dump, cluster, jax, tmp_path, monkeypatch
 ) -> None:
     root, _ = dump
     # Keras' recipe by hand: p clipped to [1e-7, 1], divergent on the dump's large logits
     (tmp_path / "clip.py").write_text(
-        "import tensorflow as tf\n\n\ndef clip(labels, logits):\n"
-        "    p = tf.clip_by_value(tf.nn.softmax(logits), 1e-7, 1.0)\n"
-        "    return -tf.reduce_sum(labels * tf.math.log(p), axis=-1)\n"
+        "import jax\nimport jax.numpy as jnp\n\n\ndef clip(labels, logits):\n"
+        "    p = jnp.clip(jax.nn.softmax(logits), 1e-7, 1.0)\n"
+        "    return -jnp.sum(labels * jnp.log(p), axis=-1)\n"
     )
     monkeypatch.chdir(tmp_path)
     # three spellings of one file, each a result of its own in one process: on the cluster too
     # (their absolute paths were one, and the three results one)
-    spellings = ["tf:clip.py:clip", "tf:./clip.py:clip", f"tf:{tmp_path / 'clip.py'}:clip"]
+    spellings = ["jax:clip.py:clip", "jax:./clip.py:clip", f"jax:{tmp_path / 'clip.py'}:clip"]
     args = {"labels": str(root / "labels"), "impls": spellings, "modes": ["eager"]}
     rows: list = []
     on_dask = check_file(
@@ -477,7 +491,7 @@ def test_relative_paths_reach_the_workers_and_reports_keep_them(
 
 
 def test_a_users_loss_given_relatively_fails_on_the_cluster_as_here(
-    dump, cluster, tmp_path, monkeypatch
+    dump, cluster, jax, tmp_path, monkeypatch
 ) -> None:
     """The workers get its absolute path; the error's place is still ranked under the name
     given (it was a KeyError), and the error names the loss as given, as one process does (it
@@ -487,7 +501,7 @@ def test_a_users_loss_given_relatively_fails_on_the_cluster_as_here(
     (tmp_path / "bad.py").write_text("import no_such_module_here\n")
     monkeypatch.chdir(tmp_path)
     args = {"labels": str(root / "labels"), "modes": ["eager"]}
-    for impl, error in (("tf:boom.py:loss", ImplementationError), ("tf:./bad.py:f", ConfigError)):
+    for impl, error in (("jax:boom.py:loss", ImplementationError), ("jax:./bad.py:f", ConfigError)):
         with pytest.raises(error) as alone:
             check_file(str(root / "logits"), impls=[impl], **args)
         with pytest.raises(error) as on_dask:
@@ -497,9 +511,9 @@ def test_a_users_loss_given_relatively_fails_on_the_cluster_as_here(
     # a module the workers lack, which the command has: only a worker fails to import the file
     (tmp_path / "lacks.py").write_text(WORKER_LACKS)
     with pytest.raises(ConfigError) as on_dask:
-        check_file(str(root / "logits"), impls=["tf:./lacks.py:loss"], scheduler=cluster, **args)
+        check_file(str(root / "logits"), impls=["jax:./lacks.py:loss"], scheduler=cluster, **args)
     assert str(tmp_path) not in str(on_dask.value)
-    assert "'tf:./lacks.py:loss': importing ./lacks.py raised ModuleNotFoundError" in str(
+    assert "'jax:./lacks.py:loss': importing ./lacks.py raised ModuleNotFoundError" in str(
         on_dask.value
     )
 
@@ -586,17 +600,17 @@ SLEEPS = """
 import time
 from pathlib import Path
 
-import tensorflow as tf
+import jax
 
 
 def sleeps(labels, logits):
     Path({mark!r}).touch()
     time.sleep(120)
-    return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+    return -(labels * jax.nn.log_softmax(logits)).sum(-1)
 """
 
 
-def test_jobs_processes_end_with_the_command(dump, tmp_path) -> None:
+def test_jobs_processes_end_with_the_command(dump, jax, tmp_path) -> None:
     """SIGTERM ends the command at once (exit 143); its --jobs processes, busy in a loss, end
     too, within the watch's poll, instead of waiting forever for work; the folder of the rows
     they write for --flagged-rows goes with them."""
@@ -611,7 +625,7 @@ def test_jobs_processes_end_with_the_command(dump, tmp_path) -> None:
     (tmp_path / "tmp").mkdir()
     cmd = [
         sys.executable, "-m", "xentaudit", "check", str(root / "logits"), "--labels",
-        str(root / "labels"), "--impl", f"tf:{tmp_path / 'sleeps.py'}:sleeps", "--mode", "eager",
+        str(root / "labels"), "--impl", f"jax:{tmp_path / 'sleeps.py'}:sleeps", "--mode", "eager",
         "--jobs", "2", "--flagged-rows", str(tmp_path / "rows.csv"),
     ]  # fmt: skip
     environment = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
@@ -629,12 +643,12 @@ def test_jobs_processes_end_with_the_command(dump, tmp_path) -> None:
     assert not list((tmp_path / "tmp").glob("xentaudit-rows-*"))
 
 
-def test_the_progress_of_jobs_moves_a_chunk_at_a_time_up_to_the_total(dump) -> None:
+def test_the_progress_of_jobs_moves_a_chunk_at_a_time_up_to_the_total(dump, jax) -> None:
     # two processes at once: their chunks counted as they are done, the sum only going up
     root, _ = dump
     seen: list[tuple[int, int]] = []
     check_file(root / "logits", labels=root / "labels", jobs=2, chunk_rows=1,
-               progress=lambda done, total: seen.append((done, total)), **FAST)  # fmt: skip
+               progress=lambda done, total: seen.append((done, total)), **SPAWN)  # fmt: skip
     done = [d for d, _ in seen]
     assert done == sorted(set(done)) and seen[-1] == (sum(SIZES), sum(SIZES))
     assert len(done) > len(SIZES)  # more often than once a shard

@@ -349,11 +349,16 @@ def test_the_callers_alarm_is_suspended_before_the_limits_handler_goes_in(
 
 
 def test_a_real_ctrl_c_in_a_loss_stays_a_keyboard_interrupt_in_the_api(losses) -> None:
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with pytest.raises(KeyboardInterrupt) as caught:
-        audit([[1.0, 2.0]], [0], impls=[f"{losses}:ctrl_c"], modes=["eager"])
-    assert not isinstance(caught.value, ImplementationError)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own handler, as an interactive caller has it (a pytest started in the background
+    # by a shell inherits SIGINT ignored): the API must leave it in place.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            audit([[1.0, 2.0]], [0], impls=[f"{losses}:ctrl_c"], modes=["eager"])
+        assert not isinstance(caught.value, ImplementationError)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_bad_timeouts_are_refused_before_any_work() -> None:
