@@ -455,10 +455,12 @@ def test_modules_planted_in_the_working_directory_never_run_in_the_processes_sta
 ) -> None:
     # spawn starts a process as `python -c ...`, which puts the working directory first on
     # sys.path while multiprocessing imports itself: a checkout's selectors.py or multiprocessing/
-    # would run there (and the command fail with exit 3). Two shards, two processes.
+    # would run there (and the command fail with exit 3). Two shards, two processes, auditing
+    # JAX's loss (what a process imports does not matter here, and JAX loads in a second).
     command = Path(sys.executable).parent / "xentaudit"
     if not command.exists():
         pytest.skip("no xentaudit console script beside this interpreter")
+    pytest.importorskip("optax")
     rng = np.random.default_rng(0)
     for name in ("x1.npy", "x2.npy"):
         np.save(tmp_path / name, rng.normal(size=(4, 3)).astype(np.float32))
@@ -466,7 +468,16 @@ def test_modules_planted_in_the_working_directory_never_run_in_the_processes_sta
     write(tmp_path / "selectors.py", ran.format(str(tmp_path / "ran_selectors")))
     (tmp_path / "multiprocessing").mkdir()
     write(tmp_path / "multiprocessing" / "__init__.py", ran.format(str(tmp_path / "ran_mp")))
-    args = ["check", "x*.npy", "--backend", "tf", "--impl", "tf_softmax_xent", "--mode", "eager"]
+    args = [
+        "check",
+        "x*.npy",
+        "--backend",
+        "jax",
+        "--impl",
+        "optax_softmax_xent",
+        "--mode",
+        "graph",
+    ]
     result = subprocess.run(
         [str(command), *args, "--jobs", "2"], cwd=tmp_path, capture_output=True, text=True
     )
@@ -479,8 +490,8 @@ def test_modules_planted_in_the_working_directory_never_run_in_the_processes_sta
     script.write_text(
         "from xentaudit import check_file\n\n"
         "if __name__ == '__main__':\n"
-        "    check_file(['x1.npy', 'x2.npy'], impls=['tf_softmax_xent'], modes=['eager'],"
-        " backends=['tf'], jobs=2, progress=lambda done, total: None)\n"
+        "    check_file(['x1.npy', 'x2.npy'], impls=['optax_softmax_xent'], modes=['graph'],"
+        " backends=['jax'], jobs=2, progress=lambda done, total: None)\n"
     )
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True
