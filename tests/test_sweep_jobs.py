@@ -374,8 +374,12 @@ def test_a_backend_split_by_dtype_gives_the_one_process_sweep() -> None:
     # softmax then log breaks on the seed in both of JAX's modes (eager and jax.jit), at other
     # scales in each; its dtypes go to 2 processes (JAX's: a TensorFlow process would cost ~6x
     # its import, and the split does not depend on the backend)
-    grid = {"patterns": ["seed"], "scales": [1.0, 30.0], "dtypes": ["float16", "float32"]}
-    grid["modes"] = ["eager", "graph"]
+    grid = {
+        "patterns": ["seed"],
+        "scales": [1.0, 30.0],
+        "dtypes": ["float16", "float32"],
+        "modes": ["eager", "graph"],
+    }
     impls = ["jax_softmax_log", "optax_softmax_xent"]
     apart, together = (sweep(impls=impls, jobs=j, **grid) for j in (2, 1))
     assert json_report.render(apart, command="sweep") == json_report.render(
