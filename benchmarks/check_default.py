@@ -31,7 +31,7 @@ taken within a round, and their median reported):
     a fresh process that only imports the frameworks.
 
 TensorFlow's tensors come from its BFC pool in this process, as in the command line's
-(``pool_tensorflow_memory``), unless TF_CPU_ALLOCATOR_USE_BFC is set: `=false` measures malloc's.
+(``processes.as_command_line``), unless TF_CPU_ALLOCATOR_USE_BFC is set: `=false` measures malloc's.
 
     python benchmarks/check_default.py [--runs 3] [--backend tf] [--isa x86-64-v3]
 """
@@ -141,9 +141,9 @@ def main() -> None:
     apply_isa(args)
     print(describe())
     backends = args.backend.split(",")
-    from xentaudit.impls import pool_tensorflow_memory
+    from xentaudit.processes import as_command_line
 
-    pool_tensorflow_memory()  # TensorFlow's allocator as `xentaudit check` has it, for all here
+    as_command_line()  # TensorFlow's allocator (and logs) as `xentaudit check` has it, for all here
     pooled = os.environ["TF_CPU_ALLOCATOR_USE_BFC"].lower() in ("true", "1")
     print(f"TensorFlow's CPU tensors: {'its BFC pool' if pooled else 'malloc'} (in every process)")
 

@@ -1,14 +1,14 @@
 """How long `xentaudit --help` and every command's `--help` take, as fresh processes.
 
 Target (issue "Speed on the CPUs CI runs on"): each under 300 ms. Every `--help` is run --runs
-times, interleaved with a bare `python -c pass` (the interpreter's own start-up, measured in
-the same run as the baseline), and the medians are printed. The first line names the CPU and
-the reference kernel's clone (a `--help` loads the kernel, but computes nothing with it, and
-loads no framework); the second says whether the Python modules of xentaudit a `--help` imports
-are compiled from source in the timed processes (importlib finds no valid cached bytecode): a
-regular pip install (not -e nor --no-compile) has their bytecode, while a source checkout run
-with PYTHONDONTWRITEBYTECODE set compiles them in every process, which the figures then
-include.
+times, interleaved with a bare `python -c pass` (the interpreter's own start-up, measured in the
+same run as the baseline), and the medians are printed. The first line names the CPU and the
+reference kernel's clone (a `--help` imports neither the kernel nor numpy, nor any framework:
+tests/test_cli.py checks it); the second says whether the Python modules of xentaudit a `--help`
+imports are compiled from source in the timed processes (importlib finds no valid cached
+bytecode): a regular pip install (not -e nor --no-compile) has their bytecode, while a source
+checkout run with PYTHONDONTWRITEBYTECODE set compiles them in every process, which the figures
+then include.
 
     python benchmarks/help_speed.py [--runs 9]
 """
@@ -23,7 +23,7 @@ import sys
 from machine import describe, wall
 
 TARGET_S = 0.300
-COMMANDS = ("", "sweep", "compare", "check", "list", "lint")
+COMMANDS = ("", "sweep", "compare", "check", "list", "lint", "ema")
 
 
 # In a process like the ones timed: the xentaudit modules in Python a `--help` imports (not the

@@ -20,7 +20,7 @@ def _tf_variables_as_at_start():
     """Importing TensorFlow in this process imports JAX where it is installed, and JAX sets
     TF_CPP_MIN_LOG_LEVEL (jax/__init__.py); the CLI in a subprocess would take that for the
     user's own setting and show TensorFlow's start-up log. The CLI run in this process (click's
-    runner) sets TF_CPU_ALLOCATOR_USE_BFC (``pool_tensorflow_memory``), which a test of a
+    runner) sets TF_CPU_ALLOCATOR_USE_BFC (``processes.as_command_line``), which a test of a
     process started without it must not pass on. Each test starts as the run did. (This
     process's own allocator is whichever TensorFlow made at its first op here: no test
     depends on which.)"""

@@ -265,7 +265,7 @@ def test_a_bug_is_one_line_and_exit_3_and_verbose_shows_the_traceback(monkeypatc
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("the reader fell over\nsecond line of detail")
 
-    monkeypatch.setattr("xentaudit.cli.load_inputs", broken)
+    monkeypatch.setattr("xentaudit.io.load_inputs", broken)
     args = ("compare", "--logits", "[[1, 2]]", "--labels", "[0]")
     line = one_line_error(run(*args), 3)
     assert line == (
@@ -284,7 +284,7 @@ def test_user_errors_stay_exit_2_and_ctrl_c_exit_130(monkeypatch) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("xentaudit.cli.load_inputs", interrupted)
+    monkeypatch.setattr("xentaudit.io.load_inputs", interrupted)
     result = run("compare", "--logits", "[[1, 2]]", "--labels", "[0]")
     assert result.exit_code == 130 and "xentaudit: aborted" in result.stderr
 
@@ -337,6 +337,54 @@ def test_help_and_list_do_not_import_a_framework() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("clean")
     assert "compare" in out.stdout and "--scales" in out.stdout and "keras_cce_probs" in out.stdout
+
+
+def test_every_help_imports_no_numpy_and_the_api_loads_its_names_on_use() -> None:
+    # A --help runs the group's callback and parses options, and nothing more: whatever it
+    # imports is start-up time (issue "Speed on the CPUs CI runs on", item 4: under 300 ms).
+    commands = [c for c in cli.commands if c != "list"]  # list's output imports its registry
+    code = (
+        "import sys\n"
+        "from xentaudit.cli import cli\n"
+        f"for args in (['--help'], *([c, '--help'] for c in {commands!r})):\n"
+        "    try:\n"
+        "        cli(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, (args, exc.code)\n"
+        "    heavy = ('numpy', 'ml_dtypes', 'rich', 'xentaudit._kernel', 'xentaudit.impls')\n"
+        "    print(args[0], *(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr.splitlines() == ["--help", *commands], out.stderr
+    assert {"sweep", "compare", "check", "lint", "ema"} <= set(commands)
+    # The API: `import xentaudit` imports no numpy either; each name comes from its module when
+    # used, and the functions named like their modules stay functions once the command line
+    # (or a user) has imported those modules.
+    code = (
+        "import sys, types\n"
+        "import xentaudit\n"
+        "print('numpy' in sys.modules)\n"
+        "import xentaudit.audit, xentaudit.ema, xentaudit.sweep, xentaudit.check\n"
+        "import importlib\n"
+        "homes = {n: importlib.import_module(m) for n, m in xentaudit._HOMES.items()}\n"
+        "results = importlib.import_module('xentaudit.results')\n"
+        "wrong = [n for n in xentaudit.__all__ if n != '__version__' and\n"
+        "         getattr(xentaudit, n) is not getattr(homes.get(n, results), n)]\n"
+        "print(wrong, [n for n in ('audit', 'ema', 'sweep')\n"
+        "              if isinstance(getattr(xentaudit, n), types.ModuleType)])\n"
+        "from xentaudit import *\n"
+        "print(callable(audit) and callable(sweep) and callable(ema) and callable(check_file))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["False", "[] []", "True"]
+
+
+def test_the_loss_options_choices_are_the_losses() -> None:
+    # choices.py spells what --help shows without importing the library: the same names
+    from xentaudit.choices import LOSS_NAMES
+    from xentaudit.losses import LOSSES
+
+    assert tuple(LOSSES) == LOSS_NAMES
 
 
 def test_python_dash_m_runs_the_cli_without_tensorflow_noise() -> None:

@@ -85,11 +85,11 @@ def test_the_steps_where_the_ema_hides_keras_clip(tmp_path: Path) -> None:
 
 
 def test_impls_none_is_the_default(tmp_path: Path) -> None:
-    from xentaudit.ema import DEFAULT_IMPLS
+    from xentaudit.choices import EMA_IMPLS
 
     path = _save(tmp_path / "t.npz", _linear(2, 1.0), np.array([0]))
     # it once ran nothing and reported no flag, hidden or shown
-    assert ema(path, decays=0.5, impls=None).impls == DEFAULT_IMPLS
+    assert ema(path, decays=0.5, impls=None).impls == EMA_IMPLS
 
 
 def test_a_lag_at_the_search_limit_is_a_bound_and_integer_logits_are_not_truncated(

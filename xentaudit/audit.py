@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xentaudit import impls as zoo
-from xentaudit.choices import EVERY, names_given, numbers_given
+from xentaudit.choices import DEFAULT_DTYPES, EVERY, MAX_TIMEOUT, names_given, numbers_given
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.environment import environment
 from xentaudit.errors import ConfigError, InputError, NothingAudited
@@ -77,8 +77,6 @@ ROW_FLAGS = LOSS_FLAGS + GRAD_FLAGS
 RTOL_ULPS = 8  # default loss and gradient tolerance, in eps of the effective dtype
 VANISH_ULPS = 32  # an exact gradient above this many eps (times B) is clearly non-zero
 Progress = Callable[[int, int], None]  # called with units of work done, and their total
-DEFAULT_DTYPES = ("float32",)  # what ``audit`` and ``compare`` round the logits to
-MAX_TIMEOUT = 1_000_000  # seconds (11.6 days): any longer is no bound
 BLOWUP_FACTOR = 10.0
 VANISH_FRACTION = 0.1
 MAX_SCALE_LOG2 = 64  # the largest loss scale max_loss_scale tries: 2^64 (Keras starts at 2^15)
@@ -300,7 +298,7 @@ class Rounded:
     weights: np.ndarray | None  # label weights in fmt, as the implementations receive them
     classes: np.ndarray | None
     ref: Reference
-    given: str = "logits"  # what ``logits`` hold (``zoo.INPUTS``): probabilities, at `check`
+    given: str = "logits"  # what ``logits`` hold (``choices.INPUTS``): probabilities, at `check`
     loss: str = "softmax"  # LOSSES: what ``ref`` is the exact value of
     focus: Focus = NO_FOCUS  # the focal losses' gamma and alpha
     # label smoothing a: ``weights`` are the labels smoothed (in float64, then rounded to fmt)

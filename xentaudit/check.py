@@ -49,7 +49,7 @@ from xentaudit.audit import (
     variants,
     worst,
 )
-from xentaudit.choices import names_given
+from xentaudit.choices import INPUTS, names_given
 from xentaudit.dtypes import FORMATS, FloatFormat, get_format, parse_dtypes
 from xentaudit.environment import environment, environment_of, subnormal_flushes
 from xentaudit.errors import ConfigError, InputError, XentauditError
@@ -122,8 +122,8 @@ def refuse_input_kind(
     policies: Iterable[str] | None = None,
 ) -> None:
     """Refuse what cannot run on a file holding ``input_kind``: before ``model`` is read."""
-    if input_kind not in zoo.INPUTS:
-        raise ConfigError(f"--input {input_kind!r}: expected one of {', '.join(zoo.INPUTS)}")
+    if input_kind not in INPUTS:
+        raise ConfigError(f"--input {input_kind!r}: expected one of {', '.join(INPUTS)}")
     if input_kind != "probabilities":
         return
     if tuple(policies or ()) not in ((), zoo.FLOAT32_POLICY):
@@ -905,7 +905,7 @@ def check_file(
     (``audit.chosen_impls``), under its own dtype policy; with ``impls`` None the ``Check``
     gates on ``model`` alone (``gate``), the zoo beside it as alternatives.
 
-    ``input_kind`` says what the file holds (``zoo.INPUTS``): "logits"; "log-probabilities",
+    ``input_kind`` says what the file holds (``INPUTS``): "logits"; "log-probabilities",
     audited as logits (their softmax is the probabilities); or "probabilities", which the
     implementations that take probabilities are handed (by default every one but
     ``double_softmax``), graded against the exact loss of the given p, renormalised as Keras

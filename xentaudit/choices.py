@@ -1,5 +1,6 @@
 """Option values that name things (dtypes, implementations, patterns), or give numbers: one way
-to read them."""
+to read them; and the names, defaults and bounds the options of the command line show in their
+--help, here because this module imports nothing heavy (a --help imports no numpy)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,24 @@ from typing import overload
 from xentaudit.errors import ConfigError
 
 EVERY = ("all",)  # an option's value naming every choice
+MODES = ("eager", "graph")
+# `--mode training`: the modes a loss trains in (impls.TRAINING_MODES).
+TRAINING = "training"
+MODE_NAMES = (*MODES, "both", TRAINING)  # what a `modes` list may hold
+# What a `check` file holds (--input): log-probabilities are logits (their softmax is the
+# probabilities); probabilities are graded through the implementations that take them.
+INPUTS = ("logits", "probabilities", "log-probabilities")
+LOSS_NAMES = ("softmax", "sigmoid", "focal", "binary-focal")  # losses.LOSSES' keys, in order
+DEFAULT_DTYPES = ("float32",)  # what ``audit`` and ``compare`` round the logits to
+MAX_TIMEOUT = 1_000_000  # seconds (11.6 days): any longer is no bound
+DEFAULT_LABELS_KEY = "labels"  # the .npz array read as the labels unless another is named
+DEFAULT_EPS = (1e-7, 1e-12, 1e-30)  # the sweep's epsilons of `clipped`
+# Bounds of the sweep's options (the memory budget bounds their product).
+MAX_SCALES = 1000
+MAX_CLASSES = 1 << 24
+MAX_ROWS = 1 << 20  # of the random pattern and of the vocab pattern
+MAX_SEED = 2**32 - 1
+EMA_IMPLS = ("tf_softmax_xent", "keras_cce_probs")  # what ``ema`` audits by default
 
 
 def unknown(what: str, value: str, choices: Iterable[str]) -> str:

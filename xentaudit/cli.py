@@ -23,49 +23,38 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
 from click.core import ParameterSource
 
 from xentaudit import __version__
-from xentaudit.audit import DEFAULT_DTYPES, MAX_TIMEOUT, audit, chosen_impls
-from xentaudit.cli_common import HelpToStdout, not_empty, version_option, write_stdout
-from xentaudit.dtypes import FORMATS, get_format, parse_dtypes
-from xentaudit.ema import DEFAULT_IMPLS as EMA_IMPLS
-from xentaudit.errors import ConfigError, XentauditError
-from xentaudit.flags import CHECK_FAIL_ON, fail_on_flags
-from xentaudit.grid import (
+from xentaudit.choices import (
+    DEFAULT_DTYPES,
     DEFAULT_EPS,
-    DEFAULT_SCALES,
+    DEFAULT_LABELS_KEY,
+    EMA_IMPLS,
+    INPUTS,
+    LOSS_NAMES,
     MAX_CLASSES,
     MAX_ROWS,
     MAX_SCALES,
     MAX_SEED,
-    parse_scales,
-)
-from xentaudit.impls import (
-    INPUTS,
+    MAX_TIMEOUT,
     MODE_NAMES,
-    REGISTRY,
     TRAINING,
-    load_tf,
-    pool_tensorflow_memory,
-    quiet_python_logs,
-    stderr_fd,
 )
-from xentaudit.io import DEFAULT_LABELS_KEY, file_or_json, load_inputs, names_a_file
+from xentaudit.cli_common import HelpToStdout, not_empty, version_option, write_stdout
+from xentaudit.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ConfigError, XentauditError
+from xentaudit.flags import CHECK_FAIL_ON, fail_on_flags
 from xentaudit.lint.command import lint
-from xentaudit.losses import LOSSES, NO_FOCUS, focus_of
-from xentaudit.report import csv as csv_report
-from xentaudit.report import github as github_report
-from xentaudit.report import json as json_report
-from xentaudit.report import junit as junit_report
-from xentaudit.report import markdown as markdown_report
-from xentaudit.report import table as table_report
-from xentaudit.results import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, SCHEMA_VERSION, FlaggedRow
-from xentaudit.shards import is_sharded
+from xentaudit.processes import as_command_line, stderr_fd
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# The commands' bodies import the library (numpy, the reports, rich) when they run: a --help
+# imports none of it (issue "Speed on the CPUs CI runs on", item 4).
 
 SEED_LOGITS = [[3.0, 1.0, 1.0], [-1.0, 2.0, 5.0]]
 SEED_LABELS = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
@@ -419,7 +408,7 @@ def loss_options() -> Callable[[Callable], Callable]:
         [
             click.option(
                 "--loss",
-                type=click.Choice(tuple(LOSSES)),
+                type=click.Choice(LOSS_NAMES),
                 default="softmax",
                 show_default=True,
                 help="The loss audited, against its own exact reference, by its implementations "
@@ -517,13 +506,14 @@ def cli(verbose: bool) -> None:
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    quiet_python_logs()
-    pool_tensorflow_memory()
+    as_command_line()
 
 
 def _load_keras(model: str | None) -> None:
     """Import TensorFlow before a saved ``model`` is read in Keras, which imports it as it is
     (``load_tf`` is quiet in the command line's processes; Keras alone is not)."""
+    from xentaudit.impls import load_tf
+
     if model is not None:
         load_tf()
 
@@ -597,6 +587,15 @@ def compare(
     probabilities read 8.06 instead of 15.0. With --loss sigmoid: the logits [[20], [-20]]
     labelled [[0], [1]], where Keras' clipped sigmoid reads 15.94 and 16.12 instead of 20.
     """
+    import numpy as np
+
+    from xentaudit.audit import audit
+    from xentaudit.dtypes import FORMATS
+    from xentaudit.io import load_inputs, names_a_file
+    from xentaudit.losses import LOSSES, NO_FOCUS, focus_of
+    from xentaudit.report import json as json_report
+    from xentaudit.report import table as table_report
+
     fail_flags = fail_on_flags(fail_on, "--fail-on")
     html_target = None if html_path is None else _writable(html_path, "--html")
     scale_given = scale is not None
@@ -661,6 +660,10 @@ def _scaled(x: np.ndarray, scale: float, dtypes: Sequence[str], given: bool) -> 
     """``x * scale`` in float64, refused when it overflows even the widest of ``dtypes`` (a
     narrower dtype it overflows is skipped): the scale's doing if ``given`` (--scale), else the
     dtype's."""
+    import numpy as np
+
+    from xentaudit.dtypes import get_format, parse_dtypes
+
     wide = x.astype(np.float64)
     finite = np.abs(wide[np.isfinite(wide)])
     top = float(finite.max(initial=0.0)) * scale  # a Python float: inf, no warning
@@ -681,6 +684,8 @@ def _scaled(x: np.ndarray, scale: float, dtypes: Sequence[str], given: bool) -> 
 def _color_and_width(stream: object) -> tuple[bool, int]:
     """Colour and width for a report to ``stream`` (None: a file): a terminal's own, else
     ``COLUMNS`` when set to a positive width, else ``table_report.REPORT_WIDTH``."""
+    from xentaudit.report import table as table_report
+
     tty = bool(getattr(stream, "isatty", lambda: False)())
     color = tty and "NO_COLOR" not in os.environ
     if tty:
@@ -777,7 +782,10 @@ def sweep(
     implementation (the first scale at which a failing flag fires) and a summary.
     """
     from xentaudit.baseline import compare_sweep, read_baseline
+    from xentaudit.grid import DEFAULT_SCALES, parse_scales
     from xentaudit.parallel import cores
+    from xentaudit.report import json as json_report
+    from xentaudit.report import table as table_report
     from xentaudit.sweep import sweep as run_sweep
 
     fail_flags = fail_on_flags(fail_on, "--fail-on")
@@ -966,9 +974,19 @@ def check(
     a verdict) or for shards no process could audit.
     """
     from xentaudit import config
+    from xentaudit.audit import chosen_impls
     from xentaudit.baseline import compare as compare_baseline
     from xentaudit.baseline import read_baseline
     from xentaudit.check import check_file, default_impls, refuse_input_kind
+    from xentaudit.io import file_or_json
+    from xentaudit.report import csv as csv_report
+    from xentaudit.report import github as github_report
+    from xentaudit.report import json as json_report
+    from xentaudit.report import junit as junit_report
+    from xentaudit.report import markdown as markdown_report
+    from xentaudit.report import table as table_report
+    from xentaudit.results import FlaggedRow
+    from xentaudit.shards import is_sharded
 
     _check_sources(paths, model, inputs, labels, save_logits)
     target = None if output is None else _writable(output, "--output")
@@ -1133,6 +1151,8 @@ def _check_sources(
 ) -> None:
     """Refuse a `check` without exactly one source of logits: FILEs, or --inputs (with --model
     and --labels, one file or inline JSON); --save-logits only with --inputs, and named .npz."""
+    from xentaudit.shards import is_sharded
+
     if paths and inputs is not None:
         raise ConfigError("FILE and --inputs both give logits; pass one of them")
     if inputs is not None and labels is not None and is_sharded(labels):
@@ -1203,6 +1223,7 @@ def ema(trajectory: str, decays: tuple[str, ...], impls: tuple[str, ...], fmt: s
     per decay, the lag in steps and the flags the EMA hides or shows. Exit 0 (it measures).
     """
     from xentaudit.ema import ema as run_ema
+    from xentaudit.report import table as table_report
 
     impls = tuple(i for i in impls if i)
     parsed = []
@@ -1225,7 +1246,7 @@ def ema(trajectory: str, decays: tuple[str, ...], impls: tuple[str, ...], fmt: s
 @cli.command("list")
 @click.option(
     "--loss",
-    type=click.Choice(tuple(LOSSES)),
+    type=click.Choice(LOSS_NAMES),
     help="Only the implementations of this loss (default: every one).",
 )
 @format_option("table", "json")
@@ -1235,6 +1256,9 @@ def list_impls(loss: str | None, fmt: str) -> int:
     For each: what it is, its backend and family, what it takes (logits or probabilities), the
     label kinds and dtypes it accepts, and where its clip comes from. Imports no TensorFlow.
     """
+    from xentaudit.impls import REGISTRY
+    from xentaudit.results import SCHEMA_VERSION
+
     rows = [impl.describe() for impl in REGISTRY.values() if loss in (None, impl.loss)]
     if fmt == "json":
         document = {"schema": SCHEMA_VERSION, "command": "list", "implementations": rows}
@@ -1249,6 +1273,8 @@ def _list_table(rows: list[dict[str, str | list[str]]], color: bool, width: int)
     from rich import box
     from rich.table import Table
     from rich.text import Text
+
+    from xentaudit.report import table as table_report
 
     console = table_report._console(color, width)
     console.print(f"xentaudit list: {len(rows)} built-in implementations")
@@ -1275,6 +1301,8 @@ def _list_table(rows: list[dict[str, str | list[str]]], color: bool, width: int)
 def list_cell(row: dict[str, str | list[str]], column: str) -> str:
     """A cell of `xentaudit list`'s table (and of the README's): lists joined by commas, and
     every dtype as ``all``, the word ``--dtype`` uses for them."""
+    from xentaudit.dtypes import FORMATS
+
     value = row[column]
     if column == "dtypes" and value == list(FORMATS):
         return "all"
@@ -1284,6 +1312,8 @@ def list_cell(row: dict[str, str | list[str]], column: str) -> str:
 def _not_read(targets: Sequence[tuple[str, Path | None]], read: Iterable[str | None]) -> None:
     """Refuse an output option (given as (option, path); None: not given) naming a file the
     command reads: the report would replace its own input."""
+    from xentaudit.io import names_a_file
+
     # names_a_file: inline JSON is no file (never asked of the file system); is_file: nor is a
     # symlink loop, which the reader names later
     files = [Path(p) for p in read if p is not None and names_a_file(p)]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xentaudit.choices import names_given, numbers_given
+from xentaudit.choices import EMA_IMPLS, names_given, numbers_given
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.flags import FAILING
 from xentaudit.io import as_float, open_arrays, prepare
@@ -165,13 +165,12 @@ def _failing(impls: Sequence[str], x: np.ndarray, labels: np.ndarray) -> set[str
 
 # The implementations whose failing flags the EMA may hide or show, unless others are named: the
 # fused loss on logits and Keras' loss on probabilities (which clips them eagerly).
-DEFAULT_IMPLS = ("tf_softmax_xent", "keras_cce_probs")
 
 
 def ema(
     path: str | Path,
     decays: Iterable[float] = (0.9, 0.99, 0.999),
-    impls: Iterable[str] | str | None = DEFAULT_IMPLS,
+    impls: Iterable[str] | str | None = EMA_IMPLS,
 ) -> Ema:
     """Measure the EMA-of-logits cross-entropy on the trajectory in ``path``
     (``read_trajectory``) for each decay in (0, 1); ``impls`` (names) also run on the raw and
@@ -181,7 +180,7 @@ def ema(
     for d in decays:
         if not 0 < d < 1:  # NaN fails too
             raise ConfigError(f"--decay must lie in (0, 1), got {d:g}")
-    names = names_given(impls, "impls", DEFAULT_IMPLS, empty_ok=True)  # a string: a comma list
+    names = names_given(impls, "impls", EMA_IMPLS, empty_ok=True)  # a string: a comma list
     z, labels = read_trajectory(path)
     steps, rows, classes = z.shape
     if labels.shape not in ((rows,), (rows, classes)):

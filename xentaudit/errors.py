@@ -9,6 +9,11 @@ report).
 
 from __future__ import annotations
 
+EXIT_OK = 0
+EXIT_FLAGGED = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3  # an unexpected exception: a bug, never a verdict
+
 
 class XentauditError(Exception):
     """Something the user can fix: the message says what is wrong and how to fix it."""

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xentaudit.choices import expand, unknown
+from xentaudit.choices import MAX_CLASSES, MAX_ROWS, MAX_SCALES, MAX_SEED, expand, unknown
 from xentaudit.errors import ConfigError
 
 DEFAULT_SCALES = tuple(float(s) for s in np.logspace(-1, 4, 11))  # 0.1 ... 1e4, 2 per decade
-DEFAULT_EPS = (1e-7, 1e-12, 1e-30)
 PATTERNS = ("seed", "random", "dominant", "vocab")  # of the softmax loss
 MULTILABEL_PATTERNS = ("multilabel", "soft-multilabel")
 LOSS_PATTERNS = {
@@ -23,11 +22,6 @@ LOSS_PATTERNS = {
 }
 MULTILABEL_LOGITS = [3.0, -2.0, 1.0, -1.0]
 RANDOM_CLASSES = 10
-# Bounds of the sweep's options (the memory budget bounds their product).
-MAX_SCALES = 1000
-MAX_CLASSES = 1 << 24
-MAX_ROWS = 1 << 20  # of the random pattern and of the vocab pattern
-MAX_SEED = 2**32 - 1
 # Refinement: each round evaluates `points` scales inside the bracket in one batched call,
 # shrinking its log-width (points + 1)x; stop once the bracket is narrower than REFINE_REL, so the
 # first breaking scale is right to 3 significant digits. A call costs ~5 ms of TensorFlow

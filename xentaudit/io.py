@@ -32,10 +32,9 @@ from typing import IO, Any, TypeVar
 import ml_dtypes
 import numpy as np
 
+from xentaudit.choices import DEFAULT_LABELS_KEY
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import InputError, XentauditError
-
-DEFAULT_LABELS_KEY = "labels"  # the .npz array read as the labels unless another is named
 
 SHOWN_ROWS = 5  # how many offending row indices an error message lists
 T = TypeVar("T")

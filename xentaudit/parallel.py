@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xentaudit import impls as zoo
+from xentaudit import processes
 from xentaudit.errors import ConfigError, ShardsLost, WorkerLost, XentauditError
 from xentaudit.shards import Shard
 
@@ -758,9 +759,9 @@ def _start_worker(
     was for its start only), leave Ctrl-C to the process it serves (which ends the run), end
     when that process is gone (killed, or ended by a signal without waiting for us), share the
     cores (``THREAD_VARIABLES``: ``threads`` per operation, unless set or None), quiet the
-    frameworks and pool TensorFlow's memory as the command line does (``quiet_python_logs``,
-    ``pool_tensorflow_memory``: TensorFlow loads when a task first needs it), and send a
-    sweep's or a check's progress to ``ticks``."""
+    frameworks and pool TensorFlow's memory as the command line does (``as_command_line``:
+    TensorFlow loads when a task first needs it), and send a sweep's or a check's progress to
+    ``ticks``."""
     global _ticks
     _put_environ(environ)
     _ticks = ticks
@@ -774,8 +775,7 @@ def _start_worker(
     threading.Thread(target=watch, name="xentaudit-parent", daemon=True).start()
     for variable in THREAD_VARIABLES if threads is not None else ():
         os.environ.setdefault(variable, str(threads))
-    zoo.quiet_python_logs()
-    zoo.pool_tensorflow_memory()
+    processes.as_command_line()
 
 
 def _check_address(scheduler: str) -> None:

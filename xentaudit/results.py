@@ -15,16 +15,12 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import cached_property
 
 from xentaudit.dtypes import FORMATS, dtype_label
+from xentaudit.errors import EXIT_FLAGGED, EXIT_OK
 from xentaudit.flags import CHECK_FAIL_ON, FAILING, FLAGS, Advice, explained, fail_on_flags
 from xentaudit.impls import FORMULAS, REGISTRY
 
 SCHEMA_VERSION = 1
 MODE_NOTE = "model.fit runs the tf.function path"  # why an eager/graph difference matters
-
-EXIT_OK = 0
-EXIT_FLAGGED = 1
-EXIT_USAGE = 2
-EXIT_INTERNAL = 3  # an unexpected exception: a bug, never a verdict
 
 
 def json_number(value: float) -> float | str:

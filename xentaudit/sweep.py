@@ -37,13 +37,12 @@ from xentaudit.audit import (
     variants,
     worst,
 )
-from xentaudit.choices import EVERY, names_given
+from xentaudit.choices import DEFAULT_EPS, EVERY, names_given
 from xentaudit.dtypes import FloatFormat, get_format, parse_dtypes
 from xentaudit.environment import environment_of, subnormal_flushes
 from xentaudit.errors import ConfigError, XentauditError
 from xentaudit.flags import FLAGS
 from xentaudit.grid import (
-    DEFAULT_EPS,
     DEFAULT_SCALES,
     Bracket,
     Pattern,

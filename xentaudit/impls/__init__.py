@@ -11,7 +11,6 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
-import logging
 import os
 import signal
 import sys
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from xentaudit.choices import expand, unknown
+from xentaudit.choices import MODE_NAMES, MODES, TRAINING, expand, unknown
 from xentaudit.dtypes import FORMATS, dtype_label
 from xentaudit.errors import (
     ConfigError,
@@ -35,18 +34,16 @@ from xentaudit.errors import (
 )
 from xentaudit.io import regular_file
 from xentaudit.losses import LOSSES
+from xentaudit.processes import import_backend
 
 if TYPE_CHECKING:
     from xentaudit.model import ModelPath
 
-MODES = ("eager", "graph")
-# `--mode training`: the modes a loss trains in. Keras runs the loss inside tf.function
+# `--mode training` (TRAINING): the modes a loss trains in. Keras runs the loss inside tf.function
 # (model.fit) or eagerly (run_eagerly, a GradientTape loop); torch trains eagerly unless
 # compiled (torch.compile costs seconds per graph); JAX trains under jax.jit (op by op, JAX
 # compiles every primitive anew for each shape and dtype: a debugging mode).
-TRAINING = "training"
 TRAINING_MODES = MappingProxyType({"tf": MODES, "torch": ("eager",), "jax": ("graph",)})
-MODE_NAMES = (*MODES, "both", TRAINING)  # what a `modes` list may hold
 # Formulas that several backends implement: `compare` names where they disagree on one.
 FORMULAS = {
     "fused": "fused cross-entropy",
@@ -60,9 +57,6 @@ FORMULAS = {
 POLICIES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 FLOAT32_POLICY = ("float32",)  # Keras' default policy, as a ``policies`` option
 MIXED = {compute: name for name, compute in POLICIES.items() if name != compute}  # dtype -> policy
-# What a `check` file holds (--input): log-probabilities are logits (their softmax is the
-# probabilities); probabilities are graded through the implementations that take them.
-INPUTS = ("logits", "probabilities", "log-probabilities")
 LABEL_KINDS = ("class", "one-hot", "soft")  # integer classes, one-hot rows, any label weights
 KERAS_DEFAULT_EPSILON = 1e-7  # keras.config.epsilon() unless set in ~/.keras/keras.json
 CLIPS = {  # Impl.eps -> where the clip of the probabilities comes from, as users read it
@@ -929,45 +923,16 @@ def installed(backend: str) -> bool:
     return all(importlib.util.find_spec(p) is not None for p in BACKENDS[backend].packages)
 
 
-_stderr = 2  # stderr's file descriptor (``stderr_fd``)
-
-
 def load_backend(backend: str) -> ModuleType:
     """The zoo module of ``backend`` ("tensorflow", "torch", "jax"), imported on first use with
     its framework: ``run(name, eps, mode, logits, labels, classes, timeout, policy,
-    loss_scale, given) -> Outcome`` in each.
-
-    For the API's callers a plain import: the library never touches the process's environment,
-    logging or file descriptors. In a command line's process (``quiet_python_logs``) at
-    TF_CPP_MIN_LOG_LEVEL 3, TensorFlow's C++ start-up lines, which ignore that level and bypass
-    Python, go to /dev/null, wherever TensorFlow is first needed.
-    """
+    loss_scale, given) -> Outcome`` in each. In a command line's process TensorFlow loads
+    quietly (``processes.import_backend``)."""
     if not installed(backend):
         raise UnknownImplementationError(
             f"the {backend} backend is not installed; install it with: {BACKENDS[backend].install}"
         )
-    global _stderr
-    module = f"xentaudit.impls.{BACKENDS[backend].module}"
-    loud = "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3"
-    if backend != "tensorflow" or not _quiet or loud:
-        return importlib.import_module(module)
-    sys.stderr.flush()
-    _stderr = os.dup(2)  # set first: a signal's line goes there from now on (``stderr_fd``)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        return importlib.import_module(module)
-    finally:
-        os.dup2(_stderr, 2)
-        saved, _stderr = _stderr, 2
-        os.close(devnull)
-        os.close(saved)
-
-
-def stderr_fd() -> int:
-    """The file descriptor of the process's stderr: 2, or a copy of it while TensorFlow loads
-    quietly (``load_backend``), where a line that must be seen (a signal's) is written."""
-    return _stderr
+    return import_backend(f"xentaudit.impls.{BACKENDS[backend].module}", backend == "tensorflow")
 
 
 def modes_of(name: str, modes: Iterable[str]) -> tuple[str, ...]:
@@ -991,28 +956,3 @@ def mode_unavailable(name: str, mode: str) -> str | None:
 def load_tf() -> ModuleType:
     """The TensorFlow implementations (and TensorFlow with them), imported on first use."""
     return load_backend("tensorflow")
-
-
-_quiet = False  # a command line's process (``quiet_python_logs``): TensorFlow loads quietly
-
-
-def pool_tensorflow_memory() -> None:
-    """Unless the user set it: TensorFlow's CPU tensors from its BFC pool, which reuses the
-    memory of freed tensors, rather than from malloc, whose heap the chunk-sized tensors of a
-    check fragment (a default `check --backend tf` of 4096 x 32000 float32 on a 2-core AVX2
-    CPU peaked at 1384 MiB with malloc, 871 MiB with the pool, and `check_file` ran 1.15x
-    faster). It places tensors, it computes nothing (a check's JSON report is the same either
-    way: tested). Read when TensorFlow makes its allocator, at its first op; for the command
-    line's processes and those ``parallel`` starts (the API's too), never the API's caller's."""
-    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-
-
-def quiet_python_logs() -> None:
-    """Unless TF_CPP_MIN_LOG_LEVEL is "0" (the command line's -v): TensorFlow's Python logger
-    (retracing notices and the like) at ERROR; TensorFlow does not reset the level; and
-    TensorFlow loaded quietly from now on (``load_backend``). For the command line's
-    processes (and those of ``parallel``), never the API's."""
-    global _quiet
-    _quiet = True
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") != "0":
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)

@@ -12,7 +12,6 @@ from pathlib import Path
 import click
 
 from xentaudit.cli_common import HelpToStdout, not_empty, write_stdout
-from xentaudit.config import load
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.lint import LintResult, lint_paths, settings
 from xentaudit.lint.formats import FORMATS, RENDERERS
@@ -25,6 +24,8 @@ def _codes(values: tuple[str, ...]) -> tuple[str, ...]:
 def _configured() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """``select``, ``ignore`` from ``[tool.xentaudit.lint]`` (found as for every command),
     and the warnings of the search."""
+    from xentaudit.config import load  # here: `lint --help` imports no numpy
+
     found = load()  # checks that a "lint" entry is a table
     return (*settings(found.table.get("lint", {}), found.path), found.warnings)
 

@@ -16,8 +16,6 @@ from xentaudit import __version__
 from xentaudit.lint import LintResult, ParseError
 from xentaudit.lint.detect import Finding
 from xentaudit.lint.rules import RULES
-from xentaudit.report.github import _data, _property
-from xentaudit.results import SCHEMA_VERSION
 
 FORMATS = ("text", "json", "sarif", "github")
 PARSE_ERROR = "XA000"  # the code a file that does not parse is reported under
@@ -73,6 +71,8 @@ def _finding_dict(f: Finding) -> dict[str, Any]:
 
 def as_json(result: LintResult) -> str:
     """The result as strict JSON (schema documented in the README)."""
+    from xentaudit.results import SCHEMA_VERSION  # here: `lint --help` imports no numpy
+
     document = {
         "schema": SCHEMA_VERSION,
         "command": "lint",
@@ -176,6 +176,8 @@ def sarif(result: LintResult) -> str:
 def github(result: LintResult) -> str:
     """GitHub Actions workflow commands: one ``::error`` annotation per finding and per file
     that does not parse."""
+    from xentaudit.report.github import _data, _property  # here: as SCHEMA_VERSION above
+
     lines = []
     for item in (*result.errors, *result.findings):
         place = f"file={_property(item.path)}"
