@@ -9,6 +9,14 @@ import pytest
 
 import xentaudit.check
 
+# The processes the tests start (`python -c`, `python -m xentaudit`, and the processes those
+# start) import xentaudit as this run imports it: installed. Run from the checkout, Python puts
+# the working directory first on their sys.path, so they imported the checkout's sources, which
+# after the README's `pip install .` hold no compiled kernel: the exact reference ran in numpy
+# there, and every process compiled the sources again. A test of what a process does with the
+# working directory on its path removes the variable for its processes (test_config).
+os.environ["PYTHONSAFEPATH"] = "1"
+
 # TensorFlow's variables that importing TensorFlow here and the CLI run here (click's runner) set
 _TF_AT_START = {
     name: os.environ.get(name) for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPU_ALLOCATOR_USE_BFC")

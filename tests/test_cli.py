@@ -364,6 +364,9 @@ def test_every_help_imports_no_numpy_and_the_api_loads_its_names_on_use() -> Non
         "import sys, types\n"
         "import xentaudit\n"
         "print('numpy' in sys.modules)\n"
+        # the README's dotted paths: a submodule is an attribute once asked for
+        "print(xentaudit.reference.cross_entropy.__name__,\n"
+        "      xentaudit.errors.NothingAudited.__name__)\n"
         "import xentaudit.audit, xentaudit.ema, xentaudit.sweep, xentaudit.check\n"
         "import importlib\n"
         "homes = {n: importlib.import_module(m) for n, m in xentaudit._HOMES.items()}\n"
@@ -376,7 +379,7 @@ def test_every_help_imports_no_numpy_and_the_api_loads_its_names_on_use() -> Non
         "print(callable(audit) and callable(sweep) and callable(ema) and callable(check_file))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines() == ["False", "[] []", "True"]
+    assert out.stdout.splitlines() == ["False", "cross_entropy NothingAudited", "[] []", "True"]
 
 
 def test_the_loss_options_choices_are_the_losses() -> None:

@@ -8,6 +8,7 @@ imports the frameworks it runs.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from typing import TYPE_CHECKING, Any
@@ -86,17 +87,22 @@ _HOMES = {
 
 
 def __getattr__(name: str) -> Any:
-    """An API name, imported from its module on first use (PEP 562)."""
+    """An API name, imported from its module on first use (PEP 562); or a submodule, as
+    ``xentaudit.reference`` after ``import xentaudit`` (importing it binds it here)."""
     module = _HOMES.get(name, "xentaudit.results" if name in __all__ else None)
-    if module is None:
-        raise AttributeError(f"module 'xentaudit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    """The API, the module's own dunders and the submodules imported so far."""
+    own = {n for n, v in globals().items() if getattr(v, "__name__", "") == f"{__name__}.{n}"}
+    return sorted({*__all__, *own, *(n for n in globals() if n.startswith("__"))})
 
 
 class _Package(types.ModuleType):

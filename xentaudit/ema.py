@@ -163,10 +163,6 @@ def _failing(impls: Sequence[str], x: np.ndarray, labels: np.ndarray) -> set[str
     return {f for r in result.results for f in r.flags if f in FAILING}
 
 
-# The implementations whose failing flags the EMA may hide or show, unless others are named: the
-# fused loss on logits and Keras' loss on probabilities (which clips them eagerly).
-
-
 def ema(
     path: str | Path,
     decays: Iterable[float] = (0.9, 0.99, 0.999),

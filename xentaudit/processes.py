@@ -3,8 +3,8 @@ API's callers never get: its Python logs quiet, its C++ start-up lines hidden wh
 CPU tensors pooled. For the API's callers the library never touches the process's environment,
 logging or file descriptors.
 
-Imports nothing heavy: the command line calls it before it parses a command's options, so it
-runs before any --help.
+Imports nothing heavy: the command line imports it for every command, --help included, and
+calls it before it parses a command's options.
 """
 
 from __future__ import annotations
