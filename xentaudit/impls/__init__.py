@@ -569,8 +569,14 @@ def _load_user_loss(spec: str) -> Impl:
     backend, target, fn_name = _user_parts(spec)
     if spec not in _USER_LOSSES:
         path = _user_file(spec, target)
-        if backend == "tensorflow":  # before their `import tensorflow` (quietly, in the CLI)
-            load_tf()
+        # The backend (its framework) before the user's code: TensorFlow quietly, in the CLI;
+        # and the framework's modules before the user's in sys.modules, where pickle looks for
+        # the module of an object that names none (whichmodule: torch.contiguous_format, as
+        # `torch.contiguous_format` of the first module with a `torch`). Imported first, the
+        # user's module was that one, and Inductor's on-disk caches kept graphs of built-in
+        # losses naming `_xentaudit_<stem>`, which no other process has: each later process
+        # compiling them warned with a traceback.
+        load_backend(backend)
         with user_code(f"--impl {spec!r}: importing {target}", UnknownImplementationError):
             if path is not None:
                 module_spec = importlib.util.spec_from_file_location(
