@@ -277,21 +277,21 @@ def test_jobs_give_the_single_process_report_and_flagged_rows(dump) -> None:
     assert [line(r) for r in two] == [line(r) for r in one] and one  # NaN == NaN here
 
 
-TORCH_LOSS = """
-import torch
+JAX_LOSS = """
+import jax
 
 
 def loss(labels, logits):
-    return -(labels * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
+    return -(labels * jax.nn.log_softmax(logits, axis=-1)).sum(axis=-1)
 """
 
 
-def test_jobs_leave_a_users_loss_and_its_framework_to_the_processes(dump, tmp_path) -> None:
-    # each shard's process imports the loss (and torch); the command imported it too, only to
+def test_jobs_leave_a_users_loss_and_its_framework_to_the_processes(dump, jax, tmp_path) -> None:
+    # each shard's process imports the loss (and JAX); the command imported it too, only to
     # check it, which cost it the framework's memory
     root, _ = dump
-    (tmp_path / "own.py").write_text(TORCH_LOSS)
-    impl = f"torch:{tmp_path / 'own.py'}:loss"
+    (tmp_path / "own.py").write_text(JAX_LOSS)
+    impl = f"jax:{tmp_path / 'own.py'}:loss"
     printed = frameworks_imported(
         f"""
         from xentaudit.check import check_file
