@@ -512,9 +512,9 @@ def cli(verbose: bool) -> None:
 def _load_keras(model: str | None) -> None:
     """Import TensorFlow before a saved ``model`` is read in Keras, which imports it as it is
     (``load_tf`` is quiet in the command line's processes; Keras alone is not)."""
-    from xentaudit.impls import load_tf
-
     if model is not None:
+        from xentaudit.impls import load_tf
+
         load_tf()
 
 
