@@ -48,12 +48,27 @@ def test_what_fired_already_passes_and_what_is_new_fails(tmp_path: Path) -> None
     more = _check(one, *FAST, "--impl", "clipped", "--baseline", base, "--format", "json")
     assert more.exit_code == 1
     assert json.loads(more.output)["baseline"]["regressions"] == [
-        "clipped float32 eager (file labels): new result, fires divergent, grad-vanish"
+        "clipped eps=1e-07 float32 eager (file labels): new result, fires divergent, grad-vanish"
     ]
     better = _check(_file(tmp_path, "zero.npz", 0), *FAST, "--baseline", base, "--format", "json")
     assert better.exit_code == 0
     improved = json.loads(better.output)["baseline"]["improvements"]
     assert "keras_cce_probs float32 eager (file labels): divergent gone (was on 1 rows)" in improved
+
+
+def test_a_regression_names_its_clip(tmp_path: Path) -> None:
+    # clipped at two epsilons is two results: each regression says which (the clip caps the loss
+    # at -log(eps), 16.1 and 6.9 here, against an exact 30: divergent at both)
+    base = tmp_path / "base.json"
+    clips = ["--impl", "clipped", "--eps", "1e-7", "--eps", "1e-3", "--mode", "eager"]
+    assert _check(_file(tmp_path, "one.npz", 1), *clips, "--write-baseline", base).exit_code == 1
+    two = _check(_file(tmp_path, "two.npz", 2), *clips, "--baseline", base, "--format", "json")
+    assert two.exit_code == 1
+    regressions = json.loads(two.output)["baseline"]["regressions"]
+    named = {r.split(":")[0] for r in regressions}
+    assert named == {
+        f"clipped eps={eps} float32 eager (file labels)" for eps in ("1e-07", "0.001")
+    }, regressions
 
 
 def test_what_the_baseline_judged_and_this_run_did_not_audit_regresses(tmp_path: Path) -> None:
@@ -269,6 +284,23 @@ def test_a_sweep_regresses_where_a_breaking_point_moves_down(tmp_path: Path) -> 
     ]
     refused = _sweep("--baseline", tmp_path / "nothing.json")
     assert refused.exit_code == 2 and len(refused.stderr.splitlines()) == 1
+
+
+def test_a_sweeps_regression_names_its_clip(tmp_path: Path) -> None:
+    # two clips, two breaking points of clipped's loss: baselines where neither broke name each
+    base = tmp_path / "sweep.json"
+    clips = ["--impl", "clipped", "--eps", "1e-7", "--eps", "1e-3", "--dtype", "float32"]
+    args = [*clips, "--mode", "eager", "--pattern", "seed", "--scales", "1:100:7"]
+    run = CliRunner().invoke(cli, ["sweep", *args, "--write-baseline", str(base)])
+    assert run.exit_code == 0, run.output
+    doc = json.loads(base.read_text())
+    for point in doc["breaking_points"]:
+        point["scale"] = None
+    base.write_text(json.dumps(doc))
+    now = CliRunner().invoke(cli, ["sweep", *args, "--baseline", str(base), "--format", "json"])
+    regressions = json.loads(now.output)["baseline"]["regressions"]
+    loss = {r.split(":")[0] for r in regressions if "(loss)" in r}
+    assert loss == {f"clipped eps={e} float32 eager on seed (loss)" for e in ("1e-07", "0.001")}
 
 
 def test_the_error_floor_is_the_grading_tolerance_of_the_computed_dtype() -> None:

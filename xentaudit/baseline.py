@@ -28,7 +28,7 @@ from xentaudit.errors import InputError
 from xentaudit.flags import fail_on_flags
 from xentaudit.io import regular_file
 from xentaudit.losses import label_accumulator, label_sum_terms, reduction_depth
-from xentaudit.results import SCHEMA_VERSION, Check, Comparison, Sweep
+from xentaudit.results import SCHEMA_VERSION, Check, Comparison, Sweep, variant_label
 
 FACTOR = 2.0  # an error counts as grown (or shrunk) when it more than doubles (halves)
 # Errors within the grading tolerance are rounding: (RTOL_ULPS + k) eps of the narrowest dtype
@@ -148,7 +148,10 @@ def _key(r: dict[str, Any]) -> tuple:
 
 
 def _name(r: dict[str, Any]) -> str:
-    return f"{r['impl']} {dtype_label(r['dtype'], r['policy'])} {r['mode']} ({r['labels']} labels)"
+    """``clipped eps=0.001 float32 eager (file labels)``: a clip is named, as a run may have
+    several (``variant_label``)."""
+    impl = variant_label(r["impl"], r["eps"], True)
+    return f"{impl} {dtype_label(r['dtype'], r['policy'])} {r['mode']} ({r['labels']} labels)"
 
 
 def _floors(narrowest: FloatFormat, k: int, weights: int) -> dict[str, float]:
@@ -275,7 +278,8 @@ def _point(p: dict[str, Any]) -> tuple:
 
 def _point_name(p: dict[str, Any]) -> str:
     where = dtype_label(p["dtype"], p["policy"])
-    return f"{p['impl']} {where} {p['mode']} on {p['pattern']} ({p['kind']})"
+    impl = variant_label(p["impl"], p["eps"], True)
+    return f"{impl} {where} {p['mode']} on {p['pattern']} ({p['kind']})"
 
 
 def compare_sweep(sweep: Sweep, baseline: dict[str, Any], path: str) -> Comparison:
