@@ -153,8 +153,8 @@ static int exact_f64(double mt, double mn, double tiny) {
 /* exp(d) lane by lane, for d <= 0: d >= NORMAL_MIN unless FULL, which takes any d (-inf
    included) and rounds subnormal results once; normal results get the same bits either way.
    exp_parts gives, for P <= 4 vectors d[p], kbits (k = round(d / ln2) in the bits of SHIFTER + k)
-   and s + t = exp(r + r_lo) (y = s + t rounds it, in [0.7, 1.42]); exps_normal the results of
-   P vectors with d >= NORMAL_MIN. */
+   and s + t = exp(r + r_lo) (y = s + t rounds it, in [0.7, 1.42]); scaled y 2^k while normal;
+   exps_normal the results of P vectors with d >= NORMAL_MIN. */
 #define EXP_DEF(SUFFIX, TARGET)                                                 \
     TARGET static INLINE void exp_parts_##SUFFIX(const vd_##SUFFIX *d, vi_##SUFFIX *kbits,   \
                                                  vd_##SUFFIX *s, vd_##SUFFIX *t, int P) {   \
@@ -186,29 +186,30 @@ static int exact_f64(double mt, double mn, double tiny) {
         STEP(t[p] = vfma_##SUFFIX(L[p], r2[p], vfma_##SUFFIX(Q[p], r4[p] * r2[p],           \
                                   vfma_##SUFFIX(r_lo[p], s[p], s_lo[p]))))      \
     }                                                                           \
+    /* y 2^k, exact while normal: SHIFTER's lowest 52 bits are 0, so k << 52 is kbits << 52 (bits \
+       shifted and added unsigned: no signed overflow) */                       \
+    TARGET static INLINE vd_##SUFFIX scaled_##SUFFIX(vd_##SUFFIX y, vi_##SUFFIX kbits) { \
+        return (vd_##SUFFIX)((vu_##SUFFIX)y + ((vu_##SUFFIX)kbits << 52));      \
+    }                                                                           \
     TARGET static INLINE void exps_normal_##SUFFIX(const vd_##SUFFIX *d, vd_##SUFFIX *out, \
                                                    int P) {                     \
-        typedef vu_##SUFFIX VU; /* bits shifted and added: no signed overflow */ \
         vi_##SUFFIX kbits[4];                                                   \
         vd_##SUFFIX s[4], t[4];                                                 \
         exp_parts_##SUFFIX(d, kbits, s, t, P);                                  \
-        /* y 2^k, exact while normal: SHIFTER's lowest 52 bits are 0, so k << 52 is kbits << 52 */ \
-        STEP(out[p] = (vd_##SUFFIX)((VU)(s[p] + t[p]) + ((VU)kbits[p] << 52)))  \
+        STEP(out[p] = scaled_##SUFFIX(s[p] + t[p], kbits[p]))                   \
     }                                                                           \
     TARGET static INLINE vd_##SUFFIX exp_##SUFFIX(vd_##SUFFIX d, int full) {   \
         typedef vd_##SUFFIX VD;                                                 \
         typedef vi_##SUFFIX VI;                                                 \
         typedef vu_##SUFFIX VU;                                                 \
-        VD normal;                                                              \
-        exps_normal_##SUFFIX(&d, &normal, 1);                                   \
+        VI kbits;                                                               \
+        VD s, t;                                                                \
+        exp_parts_##SUFFIX(&d, &kbits, &s, &t, 1);                              \
+        VD y = s + t, normal = scaled_##SUFFIX(y, kbits);                       \
         VI low = (VI)(d < NORMAL_MIN);                                          \
         int any = 0;                                                            \
         for (int l = 0; l < (int)(sizeof low / sizeof low[0]); l++) any |= low[l] != 0; \
         if (!full || !any) return normal;                                       \
-        VI kbits;                                                               \
-        VD s, t;                                                                \
-        exp_parts_##SUFFIX(&d, &kbits, &s, &t, 1);                              \
-        VD y = s + t;                                                           \
         /* k1 = floor(k / 2): an arithmetic shift, as GCC and Clang shift negative integers */ \
         VI k = (VI)((VU)kbits - (uint64_t)SHIFTER_BITS), k1 = k >> 1;               \
         /* y 2^k1 exact, then one rounding */                                   \
