@@ -79,8 +79,13 @@ def test_what_the_baseline_judged_and_this_run_did_not_audit_regresses(tmp_path:
     fewer = _check(one, *FAST[2:], "--baseline", base, "--format", "json")
     assert fewer.exit_code == 1
     comparison = json.loads(fewer.output)["baseline"]
-    assert comparison["regressions"] == ["1 result of the baseline not audited"]
-    assert comparison["unmatched"] == ["keras_cce_probs float32 eager (file labels)"]
+    lost = "keras_cce_probs float32 eager (file labels)"
+    # the line names what was lost (it once only counted it, the names a sentence later)
+    assert comparison["regressions"] == [f"1 result of the baseline not audited: {lost}"]
+    assert comparison["unmatched"] == comparison["regressed"] == [lost]
+    verdict = json.loads(fewer.output)["verdict"]["message"]
+    assert verdict.count(lost) == 1, verdict  # named once, not again as "Not audited this time"
+    assert verdict.startswith(f"Against the baseline {base}: 1 result regressed: 1 result of ")
 
 
 def test_a_results_dict_from_the_api_is_a_baseline(tmp_path: Path) -> None:
@@ -118,7 +123,9 @@ def test_a_gated_baseline_loses_only_what_it_judged() -> None:
     alternative = without("naive", "eager")
     assert alternative.regressions == ()
     assert alternative.unmatched == ("naive float32 eager (file labels)",)
-    assert without("fused", "graph").regressions == ("1 result of the baseline not audited",)
+    assert without("fused", "graph").regressions == (
+        "1 result of the baseline not audited: fused float32 graph (file labels)",
+    )
     # a baseline with no gate judged everything, but this run judges its gate alone
     ungated = json.loads(json_report.render(replace(gated, gate=None), command="check"))
     kept = tuple(r for r in gated.results if (r.impl, r.mode) != ("naive", "eager"))
@@ -128,9 +135,39 @@ def test_a_gated_baseline_loses_only_what_it_judged() -> None:
     kept = tuple(r for r in gated.results if (r.impl, r.mode) != ("fused", "graph"))
     lost = compare(replace(gated, results=kept, skipped=skips), base, ["nan"], "b.json")
     assert lost.regressions == (
-        "1 result of the baseline not audited; this run skipped fused (graph mode: no C++ "
-        "compiler)",
+        "1 result of the baseline not audited: fused float32 graph (file labels); this run "
+        "skipped fused (graph mode: no C++ compiler)",
     )
+
+
+def test_regressions_are_counted_by_what_regressed() -> None:
+    """A result with several regression lines is one regressed result: the count once read
+    "8 regressions" for the input and two results."""
+    from factories import check_case
+
+    from xentaudit.baseline import compare
+    from xentaudit.flags import CHECK_FAIL_ON
+    from xentaudit.report import json as json_report
+
+    check = check_case()
+    base = json.loads(json_report.render(check, command="check"))
+    base["lint"] = {}  # the input's soft-labels-unnormalized is new
+    for r in base["results"]:
+        if r["mode"] == "eager" and r["impl"] in ("keras", "naive"):
+            r["flag_counts"], r["max_rel_err"] = {}, 1e-7  # clean then: new flags, grown error
+    fail_on = [*CHECK_FAIL_ON, "soft-labels-unnormalized"]
+    against = compare(check, base, fail_on, "b.json")
+    keras, naive = "keras float32 eager (file labels)", "naive float32 eager (file labels)"
+    assert against.regressed == ("input", keras, naive)
+    assert len(against.lines_of(keras)) == 3  # divergent, grad-vanish, loss error
+    assert len(against.lines_of(naive)) == 4  # nan, divergent, grad-nan, loss error
+    assert len(against.regressions) == 1 + 3 + 4
+    assert against.count() == "the input and 2 results regressed"
+    assert against.message().startswith("Against the baseline b.json: the input and 2 results ")
+    same = json.loads(json_report.render(check, command="check"))
+    assert compare(check, same, fail_on, "b.json").count() == "no regression"
+    # a grown error regresses whatever --fail-on says: naive's NaN error is one without its flags
+    assert compare(check, base, ["grad-vanish"], "b.json").count() == "2 results regressed"
 
 
 def _with_error(base: Path, impl: str, error: float) -> None:
@@ -267,7 +304,11 @@ def test_a_sweep_regresses_where_a_breaking_point_moves_down(tmp_path: Path) -> 
     )
     assert narrower.exit_code == 1
     lost = json.loads(narrower.output)["baseline"]
-    assert lost["regressions"] == ["2 breaking points of the baseline not searched"]
+    assert lost["regressions"] == [
+        "2 breaking points of the baseline not searched: naive float32 eager on seed (loss), "
+        "naive float32 eager on seed (grad)"
+    ]
+    assert lost["regressed"] == lost["unmatched"] and len(lost["regressed"]) == 2
     assert all(name.startswith("naive float32 eager on seed") for name in lost["unmatched"])
     # a cell the baseline lacks that breaks regresses, as a new check result that fires does;
     # one that never breaks does not (log_softmax here)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -130,31 +131,138 @@ def test_sweep_table_ends_with_the_summary() -> None:
     assert out[out.index("Summary") + 1 :] == [f"- {line}" for line in sweep.summary]
 
 
+# the input's lint fails too
+BASELINE_FAIL_ON = [*CHECK_FAIL_ON, "soft-labels-unnormalized"]
+
+
+def _against(edit: Callable[[dict], None]) -> Check:
+    """``check_case()`` against its own JSON report, edited by ``edit``."""
+    from xentaudit.baseline import compare
+
+    check = check_case()
+    base = json.loads(json_report.render(check, command="check"))
+    edit(base)
+    return replace(check, baseline=compare(check, base, BASELINE_FAIL_ON, "b.json"))
+
+
+def _naive_was_clean(base: dict) -> None:
+    (naive,) = (r for r in base["results"] if r["impl"] == "naive")
+    naive["flag_counts"] = {}  # its nan, divergent and grad-nan are new
+
+
+def _case(suite: ET.Element, name: str) -> ET.Element:
+    return next(c for c in suite.iter("testcase") if c.get("name") == name)
+
+
 def test_junit_against_a_baseline_fails_on_its_regressions_alone() -> None:
     # it failed the results that fired before (exit 0) and passed lost results (exit 1)
-    from dataclasses import replace
+    def suite(edit: Callable[[dict], None]) -> ET.Element:
+        return ET.fromstring(junit.render(_against(edit), BASELINE_FAIL_ON))
 
-    from xentaudit.results import Comparison
-
-    def suite(regressions: tuple[str, ...]) -> ET.Element:
-        against = Comparison("b.json", regressions, ())
-        fail_on = [*CHECK_FAIL_ON, "soft-labels-unnormalized"]  # the input's lint fails too
-        return ET.fromstring(junit.render(replace(check_case(), baseline=against), fail_on))
-
-    passed = suite(())
+    passed = suite(lambda base: None)
     assert passed.get("failures") == "0" and list(passed.iter("failure")) == []
     assert passed.get("tests") == str(len(list(passed.iter("testcase")))) == "8"
-    naive = next(c for c in passed.iter("testcase") if c.get("name") == "naive float32 eager")
-    assert naive.find("system-out").text.startswith("nan on ")  # shown, not failed
-    lint = next(c for c in passed.iter("testcase") if c.get("name") == "input lint")
-    assert lint.find("system-out").text.startswith("soft-labels-unnormalized on 3 of 8 rows")
-    failed = suite(("1 result of the baseline not audited",))
+    out = _case(passed, "naive float32 eager").find("system-out").text
+    assert out.startswith("nan on ") and "only a regression fails" in out  # shown, not failed
+    lint = _case(passed, "input lint").find("system-out").text
+    assert lint.startswith("soft-labels-unnormalized on 3 of 8 rows")
+    failed = suite(lambda base: base["results"].append({**base["results"][0], "mode": "jit"}))
     assert failed.get("failures") == "1"
     (failure,) = failed.iter("failure")
-    assert failure.get("message") == "1 regression"
-    assert failure.text == "1 result of the baseline not audited"
+    assert failure.get("message") == "1 result regressed"
+    lost = "keras float32 jit (file labels)"
+    assert failure.text == f"1 result of the baseline not audited: {lost}"
     case = next(c for c in failed.iter("testcase") if c.get("classname") == "xentaudit.baseline")
     assert case.get("name") == "against b.json"
+
+
+def test_junit_fails_the_case_of_a_result_that_regressed() -> None:
+    """A result that regressed fails its own case with its regression lines, and carries no
+    "only a regression fails" note (helper-60's review: it did); the baseline case counts
+    results, not lines (3 lines here, 1 result)."""
+    suite = ET.fromstring(junit.render(_against(_naive_was_clean), BASELINE_FAIL_ON))
+    assert suite.get("failures") == "2"  # the baseline's case and naive's
+    naive = _case(suite, "naive float32 eager")
+    (failure,) = naive.iter("failure")
+    assert failure.get("type") == "regression"
+    assert failure.get("message") == "regressed against the baseline b.json"
+    lines = failure.text.splitlines()
+    prefix = "naive float32 eager (file labels): new flag"
+    assert [line.split(" on ")[0] for line in lines[:3]] == [
+        f"{prefix} {flag}" for flag in ("divergent", "grad-nan", "nan")
+    ]
+    assert lines[3].startswith("nan on 1 of 8 rows")  # what fired, with its rows at risk
+    assert naive.find("system-out") is None
+    (baseline,) = (c for c in suite.iter("testcase") if c.get("name") == "against b.json")
+    assert baseline.find("failure").get("message") == "1 result regressed"
+    # what fired before passes, noted as such
+    keras = _case(suite, "keras float32 eager")
+    assert keras.find("failure") is None
+    assert "only a regression fails" in keras.find("system-out").text
+
+
+def test_tables_against_a_baseline_read_pass_or_fail() -> None:
+    """The sweep's baseline line leads with its status, as the check's verdict does; a check
+    that passes against its baseline does not call its flagged results failing."""
+    from xentaudit.results import Comparison
+
+    def ending(against: Comparison) -> str:
+        out = lines(table.render_sweep(replace(sweep_case(), baseline=against), width=WIDTH))
+        return next(line for line in out if "Against the baseline" in line)
+
+    point = "naive float32 eager on seed (loss)"
+    moved = Comparison(
+        "b.json", (f"{point}: breaks at scale 10, was 20",), (), {}, (), (point,), "breaking point"
+    )
+    assert ending(moved).startswith("FAIL: Against the baseline b.json: 1 breaking point ")
+    assert ending(Comparison("b.json", (), ())).startswith("PASS: Against the baseline b.json")
+    out = lines(table.render_check(_against(lambda base: None), BASELINE_FAIL_ON, width=WIDTH))
+    assert "Rows at risk (worst rows of each result firing a --fail-on flag):" in out
+    assert not any("failing result" in line for line in out)
+    assert any(line.startswith("PASS: Against the baseline b.json: no regression.") for line in out)
+    alone = lines(table.render_check(check_case(), BASELINE_FAIL_ON, width=WIDTH))
+    assert "Rows at risk (worst rows of each failing result):" in alone
+
+
+def test_markdown_shows_hostile_names_as_themselves() -> None:
+    """Paths and label sources are text, never markup: checked by parsing the summary with
+    markdown-it (CommonMark plus GitHub's tables and strikethrough)."""
+    from markdown_it import MarkdownIt
+
+    path = "dumps/a|b`c<img src=x>*_d_*~~e~~$x$&amp;[l](u)/_f_/snake_case\nrow #"
+    labels = "y|`z`.npy"
+    base = check_case()
+    check = replace(
+        base,
+        path=path,
+        labels=labels,
+        results=tuple(replace(r, labels=labels) for r in base.results),
+    )
+    tokens = (
+        MarkdownIt("commonmark")
+        .enable(["table", "strikethrough"])
+        .parse(markdown.render(check, CHECK_FAIL_ON))
+    )
+    inline = [c for t in tokens for c in t.children or ()]
+    kinds = {t.type for t in tokens} | {c.type for c in inline}
+    assert not kinds & {"html_inline", "html_block", "link_open", "s_open", "em_open"}
+    # the code spans are the advice's flag names (**FAIL** the one bold)
+    assert {c.content for c in inline if c.type == "code_inline"} <= set(FLAGS)
+
+    def text(inline) -> str:
+        return "".join(c.content for c in inline.children if c.type == "text")
+
+    heading = tokens[[t.type for t in tokens].index("heading_open") + 1]
+    assert text(heading) == f"xentaudit check {path}".replace("\n", "\\n")
+    cells: list[int] = []  # cells per table row: a "|" in a name once made more
+    for t in tokens:
+        if t.type == "tr_open":
+            cells.append(0)
+        elif t.type in ("th_open", "td_open"):
+            cells[-1] += 1
+    assert cells == [4] * (1 + len(check.results))
+    names = [text(tokens[i + 1]) for i, t in enumerate(tokens) if t.type == "td_open"][::4]
+    assert names[0] == f"keras float32 eager labels={labels}"
 
 
 def test_junit_carries_the_verdict_as_properties_and_system_out() -> None:
@@ -308,20 +416,34 @@ def test_github_levels_lint_and_the_verdict() -> None:
     )
 
 
-def test_github_against_a_baseline_errors_only_on_the_verdict() -> None:
+def test_github_against_a_baseline_errors_only_on_regressions() -> None:
     # what fired before passes: its annotations are warnings; the verdict carries the regressions
-    from xentaudit.results import Comparison
+    alone = github.render(check_case(), BASELINE_FAIL_ON).splitlines()
+    assert [line.split(" ", 1)[0] for line in alone].count("::error") == 4  # lint, keras,
+    # naive, the verdict (without a baseline)
 
-    against = Comparison("b.json", ("1 result of the baseline not audited",), ())
-    fail_on = ["soft-labels-unnormalized", "nan", "divergent"]  # lint, keras eager and naive
-    alone = [line.split(" ", 1)[0] for line in github.render(check_case(), fail_on).splitlines()]
-    assert alone.count("::error") == 4  # without a baseline: lint, keras, naive, the verdict
-    out = github.render(replace(check_case(), baseline=against), fail_on)
+    def lost(base: dict) -> None:
+        base["results"].append({**base["results"][0], "mode": "jit"})
+
+    out = github.render(_against(lost), BASELINE_FAIL_ON)
     levels = [line.split(" ", 1)[0] for line in out.splitlines()]
     assert levels[:-1] == [
         "::warning", "::warning", "::notice", "::notice", "::notice", "::warning", "::warning",
     ]  # fmt: skip
     assert levels[-1] == "::error" and "1 result of the baseline not audited" in out
+    # a result that regressed is an error naming its regression, not a warning (it was)
+    regressed = github.render(_against(_naive_was_clean), BASELINE_FAIL_ON).splitlines()
+    assert [line.split(" ", 1)[0] for line in regressed][:-1] == [
+        "::warning", "::warning", "::notice", "::notice", "::notice", "::error", "::warning",
+    ]  # fmt: skip
+    new = "; ".join(f"new flag {f} on 1 rows" for f in ("divergent", "grad-nan", "nan"))
+    assert regressed[5].split("::", 2)[2].startswith(f"{new}; nan on 1 of 8 rows, ")
+
+    def input_was_clean(base: dict) -> None:
+        base["lint"] = {}
+
+    lint = github.render(_against(input_was_clean), BASELINE_FAIL_ON).splitlines()[0]
+    assert lint.startswith("::error ") and "::new flag soft-labels-unnormalized on 3 rows; " in lint
 
 
 def test_every_report_names_the_policy_of_a_result() -> None:
@@ -347,7 +469,8 @@ def test_every_report_names_the_policy_of_a_result() -> None:
     assert "title=xentaudit keras float16 [mixed_float16] eager::" in github.render(
         check, CHECK_FAIL_ON
     )
-    assert "| keras float16 [mixed_float16] eager |" in markdown.render(check, CHECK_FAIL_ON)
+    # Markdown escapes brackets (rendered: keras float16 [mixed_float16] eager)
+    assert "| keras float16 \\[mixed_float16\\] eager |" in markdown.render(check, CHECK_FAIL_ON)
 
     sweep = sweep_case()
     mixed_cells = tuple(replace(c, policy="mixed_bfloat16") for c in sweep.cells)

@@ -28,7 +28,14 @@ from xentaudit.errors import InputError
 from xentaudit.flags import fail_on_flags
 from xentaudit.io import regular_file
 from xentaudit.losses import label_accumulator, label_sum_terms, reduction_depth
-from xentaudit.results import SCHEMA_VERSION, Check, Comparison, Sweep, variant_label
+from xentaudit.results import (
+    SCHEMA_VERSION,
+    Check,
+    Comparison,
+    Sweep,
+    result_name,
+    variant_label,
+)
 
 FACTOR = 2.0  # an error counts as grown (or shrunk) when it more than doubles (halves)
 # Errors within the grading tolerance are rounding: (RTOL_ULPS + k) eps of the narrowest dtype
@@ -148,10 +155,8 @@ def _key(r: dict[str, Any]) -> tuple:
 
 
 def _name(r: dict[str, Any]) -> str:
-    """``clipped eps=0.001 float32 eager (file labels)``: a clip is named, as a run may have
-    several (``variant_label``)."""
-    impl = variant_label(r["impl"], r["eps"], True)
-    return f"{impl} {dtype_label(r['dtype'], r['policy'])} {r['mode']} ({r['labels']} labels)"
+    """A result of a JSON report, named as ``result_name`` names it."""
+    return result_name(r["impl"], r["eps"], r["dtype"], r["policy"], r["mode"], r["labels"])
 
 
 def _floors(narrowest: FloatFormat, k: int, weights: int) -> dict[str, float]:
@@ -205,6 +210,7 @@ def compare(
     now = check.to_dict(fail_on)
     refuse_other_input(now, baseline, ("input", "classes", "file_dtype", "loss", "ignore_class"))
     worse, better = _flag_changes("input", now["lint"], baseline["lint"], wanted)
+    regressed = ["input"] if worse else []  # what regressed, each once
     before = {_key(r): r for r in baseline["results"]}
     gated = {(r.labels, r.impl, r.eps, r.dtype, r.policy, r.mode) for r in check.gated}
     k = reduction_depth(check.classes)
@@ -218,7 +224,9 @@ def compare(
             fired = [f for f in r["flags"] if f in wanted]
             if fired:
                 worse.append(f"{name}: new result, fires {', '.join(fired)}")
+                regressed.append(name)
             continue
+        lines = len(worse)
         w, b = _flag_changes(name, r["flag_counts"], old["flag_counts"], wanted)
         worse += w
         better += b
@@ -231,11 +239,14 @@ def compare(
                 worse.append(f"{name}: {what} {a:.3g}, was {b_:.3g}")
             elif _grew(b_, a, floor):
                 better.append(f"{name}: {what} {a:.3g}, was {b_:.3g}")
+        if len(worse) > lines:
+            regressed.append(name)
     # A gate that audits less than its baseline did (a backend lost, an implementation dropped)
     # would pass on what it no longer looks at: what the baseline judged, and this run would
     # judge, and this run did not audit regresses (alternatives, `--model`, are never judged).
     gates = (baseline.get("gate"), check.gate)
     lost = [r for r in before.values() if all(g is None or r["impl"] in g for g in gates)]
+    lost_names = [_name(r) for r in lost]
     if lost:
         # what this run skipped of the lost results' implementations or backends: a likely
         # reason (a skip names no mode or label source, so it is not claimed as the cause)
@@ -248,7 +259,7 @@ def compare(
         }
         n = len(lost)
         worse.append(
-            f"{n} result{'s' * (n != 1)} of the baseline not audited"
+            f"{n} result{'s' * (n != 1)} of the baseline not audited: {', '.join(lost_names)}"
             + (f"; this run skipped {', '.join(sorted(skips))}" if skips else "")
         )
     return Comparison(
@@ -257,6 +268,7 @@ def compare(
         tuple(better),
         _environment_changes(now, baseline),
         tuple(_name(r) for r in before.values()),
+        (*regressed, *lost_names),
     )
 
 
@@ -289,28 +301,35 @@ def compare_sweep(sweep: Sweep, baseline: dict[str, Any], path: str) -> Comparis
     now = sweep.to_dict()
     refuse_other_input(now, baseline, ("scales", "patterns", "loss"))
     before = {_point(p): p for p in baseline["breaking_points"]}
-    worse, better = [], []
+    worse, better, regressed = [], [], []
     for p in now["breaking_points"]:
         old = before.pop(_point(p), None)
         name, a = _point_name(p), p["scale"]
         if old is None:  # not swept before: a new cell that breaks regresses, as in `check`
             if a is not None:
                 worse.append(f"{name}: breaks at scale {a:g}, not swept before")
+                regressed.append(name)
             continue
         b = old["scale"]
         if a is not None and (b is None or a < b * (1 - SCALE_SLACK)):
             was = "did not before" if b is None else f"was {b:g}"
             worse.append(f"{name}: breaks at scale {a:g}, {was}")
+            regressed.append(name)
         elif b is not None and (a is None or a > b * (1 + SCALE_SLACK)):
             now_at = "no longer breaks" if a is None else f"breaks at scale {a:g}"
             better.append(f"{name}: {now_at}, was {b:g}")
-    if before:  # a sweep that searches less than its baseline did would pass on the rest
-        n = len(before)
-        worse.append(f"{n} breaking point{'s' * (n != 1)} of the baseline not searched")
+    lost = [_point_name(p) for p in before.values()]
+    if lost:  # a sweep that searches less than its baseline did would pass on the rest
+        n = len(lost)
+        worse.append(
+            f"{n} breaking point{'s' * (n != 1)} of the baseline not searched: {', '.join(lost)}"
+        )
     return Comparison(
         path,
         tuple(worse),
         tuple(better),
         _environment_changes(now, baseline),
-        tuple(_point_name(p) for p in before.values()),
+        tuple(lost),
+        (*regressed, *lost),
+        "breaking point",
     )

@@ -410,26 +410,45 @@ class Comparison:
     better passes."""
 
     path: str
-    regressions: tuple[str, ...]
+    regressions: tuple[str, ...]  # what got worse, one line each: "name: what"
     improvements: tuple[str, ...]
     environment_changes: dict[str, str] = field(default_factory=dict)  # key -> "old -> new"
     unmatched: tuple[str, ...] = ()  # baseline results this run did not audit
+    # what regressed, each once: "input", results (``result_name``) or breaking points, and the
+    # baseline's results this run did not audit (several lines may name one result)
+    regressed: tuple[str, ...] = ()
+    unit: str = "result"  # what is compared: "result" (check) or "breaking point" (sweep)
+
+    def __post_init__(self) -> None:
+        if bool(self.regressions) != bool(self.regressed):
+            raise ValueError("a Comparison names what regressed exactly when it has regressions")
+
+    def count(self) -> str:
+        """``the input and 2 results regressed``, or ``no regression``."""
+        n = len(self.regressed) - ("input" in self.regressed)
+        parts = ["the input"] * ("input" in self.regressed)
+        if n:
+            parts.append(f"{n} {self.unit}{'s' * (n != 1)}")
+        return f"{' and '.join(parts)} regressed" if parts else "no regression"
+
+    def lines_of(self, name: str) -> tuple[str, ...]:
+        """The regression lines of the result (or the input) ``name``."""
+        return tuple(line for line in self.regressions if line.startswith(f"{name}: "))
 
     def message(self) -> str:
         """One paragraph: the regressions (or none), the improvements, what changed around."""
-        n = len(self.regressions)
-        text = f"Against the baseline {self.path}: " + (
-            f"{n} regression{'s' * (n != 1)}: {'; '.join(self.regressions)}."
-            if n
-            else "no regression."
+        text = f"Against the baseline {self.path}: {self.count()}" + (
+            f": {'; '.join(self.regressions)}." if self.regressions else "."
         )
         if self.improvements:
             text += f" Improved: {'; '.join(self.improvements)}."
         if self.environment_changes:
             changed = ", ".join(f"{k} {v}" for k, v in self.environment_changes.items())
             text += f" Changed since: {changed}."
-        if self.unmatched:
-            text += f" Not audited this time: {', '.join(self.unmatched)}."
+        # the lost results a regression line names already are not named twice
+        others = [name for name in self.unmatched if name not in self.regressed]
+        if others:
+            text += f" Not audited this time: {', '.join(others)}."
         return text
 
 
@@ -734,6 +753,14 @@ def several_eps(variants: Iterable[tuple[str, float | None]]) -> bool:
 def variant_label(impl: str, eps: float | None, with_eps: bool) -> str:
     """``clipped eps=1e-07`` where several epsilons are swept; the bare name otherwise."""
     return f"{impl} eps={eps:g}" if with_eps and clips_with_eps(impl) and eps is not None else impl
+
+
+def result_name(
+    impl: str, eps: float | None, dtype: str, policy: str, mode: str, labels: str
+) -> str:
+    """How a ``--baseline`` comparison names a result:
+    ``clipped eps=0.001 float32 eager (file labels)`` (a clip is named: a run may have several)."""
+    return f"{variant_label(impl, eps, True)} {dtype_label(dtype, policy)} {mode} ({labels} labels)"
 
 
 def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:

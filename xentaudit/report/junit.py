@@ -4,8 +4,9 @@ A case fails when one of the ``--fail-on`` flags fired on any of its rows; the f
 the flags and carries the rows at risk, so CI test viewers show what broke where. The suite
 carries the verdict: as properties (``verdict``: pass or fail, ``verdict.message``) and, whole,
 as its ``system-out``. Against a ``--baseline`` only a regression fails, as the exit code says:
-one case, ``baseline``, fails naming the regressions, and the flags of a result or of the input
-are its ``system-out``, not failures.
+one case, ``baseline``, fails naming the regressions, and so does each result (or the input)
+that regressed, with its own regression lines; the flags that fired before are the
+``system-out`` of their case, not failures.
 """
 
 from __future__ import annotations
@@ -14,18 +15,30 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 from xentaudit.report.plain import case_name, power_of_two, risk_text, verdict_text
-from xentaudit.results import Check
+from xentaudit.results import Check, Comparison, result_name
 
 
-def _failed(case: ET.Element, message: str, kind: str, text: str, fails: bool) -> None:
-    """A case's flags: its failure, or (against a baseline, where only a regression fails)
-    its ``system-out``."""
-    if fails:
-        ET.SubElement(case, "failure", message=message, type=kind).text = text
-    else:
-        ET.SubElement(
-            case, "system-out"
-        ).text = f"{message} (against a baseline only a regression fails: see its case)\n{text}"
+def _failed(
+    case: ET.Element, against: Comparison | None, name: str, fired: tuple[str, str, str] | None
+) -> bool:
+    """A case's verdict: the failure of its ``fired`` flags (message, kind, text), or against a
+    baseline the failure of its regressions (the result or input ``name``'s lines, with what
+    fired), and what fired before as its ``system-out``. Whether it failed."""
+    if against is None:
+        if fired is not None:
+            message, kind, text = fired
+            ET.SubElement(case, "failure", message=message, type=kind).text = text
+        return fired is not None
+    lines = against.lines_of(name)
+    if lines:
+        text = "\n".join(lines) + ("" if fired is None else f"\n{fired[0]}\n{fired[2]}")
+        message = f"regressed against the baseline {against.path}"
+        ET.SubElement(case, "failure", message=message, type="regression").text = text
+    elif fired is not None:
+        message, _, text = fired
+        note = "fired before: against a baseline only a regression fails"
+        ET.SubElement(case, "system-out").text = f"{message} ({note})\n{text}"
+    return bool(lines)
 
 
 def render(check: Check, fail_on: Sequence[str]) -> str:
@@ -34,17 +47,13 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
     against = check.baseline
     # every case: the results, the input lint, the baseline, the skipped
     tests = str(len(check.results) + 1 + (against is not None) + len(check.skipped))
-    if against is None:
-        failures = str(len(failing) + bool(verdict.failing_lint))
-    else:  # what fired already passes: only a regression fails
-        failures = str(int(bool(against.regressions)))
-    suites = ET.Element("testsuites", name="xentaudit", tests=tests, failures=failures)
+    suites = ET.Element("testsuites", name="xentaudit", tests=tests, failures="0")
     suite = ET.SubElement(
         suites,
         "testsuite",
         name=f"xentaudit check {check.path}",
         tests=tests,
-        failures=failures,
+        failures="0",  # counted below, once the cases are written
         errors="0",
         skipped=str(len(check.skipped)),
     )
@@ -60,19 +69,18 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
             suite, "testcase", classname="xentaudit.baseline", name=f"against {against.path}"
         )
         if against.regressions:
-            n = len(against.regressions)
-            failure = ET.SubElement(
-                case, "failure", message=f"{n} regression{'s' * (n != 1)}", type="regression"
-            )
+            failure = ET.SubElement(case, "failure", message=against.count(), type="regression")
             failure.text = "\n".join(against.regressions)
         ET.SubElement(case, "system-out").text = against.message()
     lint_case = ET.SubElement(suite, "testcase", classname="xentaudit.input", name="input lint")
+    lint = None
     if verdict.failing_lint:
         message = ", ".join(
             f"{f} on {check.lint[f]} of {check.rows} rows" for f in verdict.failing_lint
         )
         text = "\n".join(f"{f}: {verdict.advice[f].text}" for f in verdict.failing_lint)
-        _failed(lint_case, message, verdict.failing_lint[0], text, against is None)
+        lint = (message, verdict.failing_lint[0], text)
+    _failed(lint_case, against, "input", lint)
     for r in check.results:
         name = case_name(r)
         case = ET.SubElement(
@@ -82,17 +90,24 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
             scale = ET.SubElement(ET.SubElement(case, "properties"), "property")
             scale.set("name", "max_loss_scale")
             scale.set("value", power_of_two(r.max_loss_scale))
+        flags = None
         if name in failing:
             fired = failing[name].flags
             counts = ", ".join(f"{f} on {r.flag_counts[f]} of {r.rows} rows" for f in fired)
             risks = "\n".join(risk_text(w) for w in verdict.rows_at_risk if case_name(w) == name)
-            _failed(case, counts, fired[0], risks, against is None)
+            flags = (counts, fired[0], risks)
+        _failed(
+            case, against, result_name(r.impl, r.eps, r.dtype, r.policy, r.mode, r.labels), flags
+        )
     for s in check.skipped:
         case = ET.SubElement(
             suite, "testcase", classname=f"xentaudit.{s.impl}", name=f"{s.impl} {s.dtype}"
         )
         ET.SubElement(case, "skipped", message=s.reason)
     ET.SubElement(suite, "system-out").text = verdict_text(verdict)
+    failures = str(sum(1 for _ in suite.iter("failure")))
+    suite.set("failures", failures)
+    suites.set("failures", failures)
     ET.indent(suites)
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

@@ -425,8 +425,10 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = REPORT_WIDTH
     for line in sweep.summary:
         console.print(f"- {line}")
     if sweep.baseline is not None:
-        style = "bold red" if sweep.baseline.regressions else "bold green"
-        console.print(Text(sweep.baseline.message(), style=style))
+        failed = bool(sweep.baseline.regressions)
+        status = "FAIL" if failed else "PASS"
+        style = "bold red" if failed else "bold green"
+        console.print(Text(f"{status}: {sweep.baseline.message()}", style=style))
     _audited_with(console, sweep.environment)
     return console.file.getvalue()  # type: ignore[attr-defined]
 
@@ -528,7 +530,9 @@ def render_check(
         )
     _print_table(console, table)
     if verdict.rows_at_risk:
-        console.print(Text("Rows at risk (worst rows of each failing result):", style="bold"))
+        # against a baseline a result that fires a --fail-on flag passes unless it regressed
+        whose = "failing result" if check.baseline is None else "result firing a --fail-on flag"
+        console.print(Text(f"Rows at risk (worst rows of each {whose}):", style="bold"))
         for risk in verdict.rows_at_risk:
             where = f"{risk.impl} {risk.labels} {risk.mode} {dtype_label(risk.dtype, risk.policy)}"
             console.print(_risk_line(where, risk))
