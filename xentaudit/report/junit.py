@@ -20,15 +20,15 @@ from xentaudit.results import Check, Comparison, result_name
 
 def _failed(
     case: ET.Element, against: Comparison | None, name: str, fired: tuple[str, str, str] | None
-) -> bool:
+) -> None:
     """A case's verdict: the failure of its ``fired`` flags (message, kind, text), or against a
     baseline the failure of its regressions (the result or input ``name``'s lines, with what
-    fired), and what fired before as its ``system-out``. Whether it failed."""
+    fired), and what fired before as its ``system-out``."""
     if against is None:
         if fired is not None:
             message, kind, text = fired
             ET.SubElement(case, "failure", message=message, type=kind).text = text
-        return fired is not None
+        return
     lines = against.lines_of(name)
     if lines:
         text = "\n".join(lines) + ("" if fired is None else f"\n{fired[0]}\n{fired[2]}")
@@ -38,7 +38,6 @@ def _failed(
         message, _, text = fired
         note = "fired before: against a baseline only a regression fails"
         ET.SubElement(case, "system-out").text = f"{message} ({note})\n{text}"
-    return bool(lines)
 
 
 def render(check: Check, fail_on: Sequence[str]) -> str:
