@@ -514,6 +514,14 @@ def test_a_repeated_eps_runs_once() -> None:
     assert eps_values([1e-7, 1e-3, 1e-7]) == (1e-7, 1e-3)
 
 
+def test_two_eps_that_read_the_same_are_refused() -> None:
+    # reports name a clip to 6 significant digits: 1e-7 and 1.0000001e-7 were two results named
+    # "clipped eps=1e-07" (JUnit crashed on the swap, a baseline's regression marked both)
+    with pytest.raises(ConfigError, match=r"^--eps 1e-07 and 1.0000001e-07 read the same"):
+        eps_values([1e-7, 1.0000001e-7])
+    assert eps_values([1e-7, 1.00001e-7]) == (1e-7, 1.00001e-7)  # 1.00001e-07 reads apart
+
+
 def test_nothing_audited_names_a_run_not_a_backend_missing() -> None:
     missing = Skipped("torch", "all", "the torch backend is not installed; install it with: ...")
     labels = Skipped("tf_sparse_softmax_xent", "float32", "needs one-hot or integer labels")

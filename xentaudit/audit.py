@@ -975,7 +975,17 @@ def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
     values = numbers_given(eps, "--eps must be a number or a list of numbers")
     if not values:
         raise ConfigError("--eps needs at least one value")
-    return tuple(dict.fromkeys(values))  # each once: a repeat would run twice
+    # Reports name a clip by its 6 significant digits (``results.variant_label``): two values
+    # that read the same there would be two results under one name, which the reports and a
+    # baseline's lines could not tell apart.
+    named: dict[str, float] = {}
+    for value in values:
+        if named.setdefault(f"{value:g}", value) != value:
+            raise ConfigError(
+                f"--eps {named[f'{value:g}']!r} and {value!r} read the same in reports "
+                f"({value:g}); pass values that differ in their first 6 significant digits"
+            )
+    return tuple(named.values())  # each once: a repeat would run twice
 
 
 def check_ignore(ignore_class: int | None, loss: str, names: Iterable[str]) -> None:
