@@ -520,6 +520,9 @@ def test_two_eps_that_read_the_same_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"^--eps 1e-07 and 1.0000001e-07 read the same"):
         eps_values([1e-7, 1.0000001e-7])
     assert eps_values([1e-7, 1.00001e-7]) == (1e-7, 1.00001e-7)  # 1.00001e-07 reads apart
+    # a NaN (never equal to itself) is no collision: the range checks name what is wrong with it
+    (nan,) = eps_values([float("nan")])
+    assert nan != nan
 
 
 def test_nothing_audited_names_a_run_not_a_backend_missing() -> None:

@@ -980,7 +980,8 @@ def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
     # baseline's lines could not tell apart.
     named: dict[str, float] = {}
     for value in values:
-        if named.setdefault(f"{value:g}", value) != value:
+        kept = named.setdefault(f"{value:g}", value)
+        if kept is not value and kept != value:  # a NaN is itself: left to the range checks
             raise ConfigError(
                 f"--eps {named[f'{value:g}']!r} and {value!r} read the same in reports "
                 f"({value:g}); pass values that differ in their first 6 significant digits"
