@@ -983,7 +983,7 @@ def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
         kept = named.setdefault(f"{value:g}", value)
         if kept is not value and kept != value:  # a NaN is itself: left to the range checks
             raise ConfigError(
-                f"--eps {named[f'{value:g}']!r} and {value!r} read the same in reports "
+                f"--eps {kept!r} and {value!r} read the same in reports "
                 f"({value:g}); pass values that differ in their first 6 significant digits"
             )
     return tuple(named.values())  # each once: a repeat would run twice
