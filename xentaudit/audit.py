@@ -65,7 +65,7 @@ from xentaudit.losses import (
     label_sum_terms,
 )
 from xentaudit.reference import Reference, grad_error, grad_errors
-from xentaudit.results import Audit, ImplResult, Skipped
+from xentaudit.results import Audit, ImplResult, Skipped, eps_text
 
 if TYPE_CHECKING:
     from xentaudit.model import ModelPath
@@ -975,16 +975,16 @@ def eps_values(eps: float | Iterable[float]) -> tuple[float, ...]:
     values = numbers_given(eps, "--eps must be a number or a list of numbers")
     if not values:
         raise ConfigError("--eps needs at least one value")
-    # Reports name a clip by its 6 significant digits (``results.variant_label``): two values
+    # Reports name a clip by its 6 significant digits (``results.eps_text``): two values
     # that read the same there would be two results under one name, which the reports and a
     # baseline's lines could not tell apart.
     named: dict[str, float] = {}
     for value in values:
-        kept = named.setdefault(f"{value:g}", value)
+        kept = named.setdefault(eps_text(value), value)
         if kept is not value and kept != value:  # a NaN is itself: left to the range checks
             raise ConfigError(
                 f"--eps {kept!r} and {value!r} read the same in reports "
-                f"({value:g}); pass values that differ in their first 6 significant digits"
+                f"({eps_text(value)}); pass values that differ in their first 6 significant digits"
             )
     return tuple(named.values())  # each once: a repeat would run twice
 

@@ -363,6 +363,11 @@ class CheckResult:
     # floor of a --baseline comparison with them
     label_weights: int = 1
 
+    @property
+    def name(self) -> str:
+        """How reports and a ``--baseline`` comparison name this result (``result_name``)."""
+        return result_name(self.impl, self.eps, self.dtype, self.policy, self.mode, self.labels)
+
 
 # Keras' reductions (keras/src/losses/loss.py ``reduce_values``) of per-row losses without
 # sample weights: a sum, or that sum over the number of rows.
@@ -750,9 +755,16 @@ def several_eps(variants: Iterable[tuple[str, float | None]]) -> bool:
     return len({eps for impl, eps in variants if clips_with_eps(impl)}) > 1
 
 
+def eps_text(eps: float) -> str:
+    """An epsilon as every report names it: 6 significant digits (``1e-07``)."""
+    return f"{eps:g}"
+
+
 def variant_label(impl: str, eps: float | None, with_eps: bool) -> str:
     """``clipped eps=1e-07`` where several epsilons are swept; the bare name otherwise."""
-    return f"{impl} eps={eps:g}" if with_eps and clips_with_eps(impl) and eps is not None else impl
+    if with_eps and clips_with_eps(impl) and eps is not None:
+        return f"{impl} eps={eps_text(eps)}"
+    return impl
 
 
 def result_name(
@@ -831,13 +843,14 @@ def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
         ]
         if where and sweep.loss == "softmax":
             lines.append(
-                f"{impl} eps={eps:g} diverges on {first_pattern} from scale "
+                f"{impl} eps={eps_text(eps)} diverges on {first_pattern} from scale "
                 f"{', '.join(where)}: the clip caps the loss at -ln(eps) = {-math.log(eps):.3g}, "
                 "so any row whose true loss is larger reads too small and gets no gradient."
             )
         elif where:  # a sigmoid: 1 - sigmoid(x) cancels before any clip binds
             lines.append(
-                f"{impl} eps={eps:g} diverges on {first_pattern} from scale {', '.join(where)}."
+                f"{impl} eps={eps_text(eps)} diverges on {first_pattern} from scale "
+                f"{', '.join(where)}."
             )
     for name, flag in FLAGS.items():
         if flag.failing and any(name in c.flags for c in sweep.cells):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from xentaudit.environment import describe
 from xentaudit.flags import FLAGS
 from xentaudit.report.plain import case_name, verdict_text
-from xentaudit.results import Check, result_name, shard_note
+from xentaudit.results import Check, shard_note
 
 
 def _data(text: str) -> str:
@@ -50,7 +50,7 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
         text = f"{flag} on {rows} of {check.rows} rows: {verdict.advice[flag].text}"
         lines.append(f"::{level} file={file},title={title}::{_data('; '.join([*regressed, text]))}")
     for r in check.results:
-        regressed = regressions(result_name(r.impl, r.eps, r.dtype, r.policy, r.mode, r.labels))
+        regressed = regressions(r.name)
         if not r.flags and not regressed:
             continue
         if case_name(r) in failing or regressed:

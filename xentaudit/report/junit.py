@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 from xentaudit.report.plain import case_name, power_of_two, risk_text, verdict_text
-from xentaudit.results import Check, Comparison, result_name
+from xentaudit.results import Check, Comparison
 
 
 def _failed(
@@ -95,9 +95,7 @@ def render(check: Check, fail_on: Sequence[str]) -> str:
             counts = ", ".join(f"{f} on {r.flag_counts[f]} of {r.rows} rows" for f in fired)
             risks = "\n".join(risk_text(w) for w in verdict.rows_at_risk if case_name(w) == name)
             flags = (counts, fired[0], risks)
-        _failed(
-            case, against, result_name(r.impl, r.eps, r.dtype, r.policy, r.mode, r.labels), flags
-        )
+        _failed(case, against, r.name, flags)
     for s in check.skipped:
         case = ET.SubElement(
             suite, "testcase", classname=f"xentaudit.{s.impl}", name=f"{s.impl} {s.dtype}"

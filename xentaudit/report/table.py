@@ -35,6 +35,7 @@ from xentaudit.results import (
     SweepCell,
     Verdict,
     clips_with_eps,
+    eps_text,
     mode_pair,
     scale_label,
     several_eps,
@@ -373,7 +374,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = REPORT_WIDTH
                     for c in sweep.cells
                     if (c.impl, c.eps, (c.dtype, c.policy)) == (impl, eps, dtype)
                 ]
-                rows += _mode_rows(cells, f"eps={eps:g} {dtype_label(*dtype)}")
+                rows += _mode_rows(cells, f"eps={eps_text(eps)} {dtype_label(*dtype)}")
         _print_table(console, _grid_table(f"{impl}: epsilon x dtype", sweep.scales, rows))
 
     table = Table(
