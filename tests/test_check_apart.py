@@ -5,6 +5,7 @@ no framework (so that a process imports only its own)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -22,6 +23,40 @@ from xentaudit.check import check_file
 from xentaudit.cli import cli
 from xentaudit.errors import ImplementationError, InputError, XentauditError
 from xentaudit.report.csv import line
+
+
+@pytest.fixture(scope="module")
+def _module_pools():
+    """Pools of spawned processes (``parallel._local_pool``, started as every pool's are), one
+    per (workers, threads), kept until the module's tests are done, then ended."""
+    local_pool = xentaudit.parallel._local_pool
+    with contextlib.ExitStack() as stack:
+        pools: dict = {}
+
+        def pool(workers: int, threads: int | None):
+            if (workers, threads) not in pools:
+                pools[workers, threads] = stack.enter_context(local_pool(workers, threads))
+            return pools[workers, threads]
+
+        yield pool
+
+
+@pytest.fixture
+def shared_processes(_module_pools, monkeypatch):
+    """The parts of a run apart go to processes spawned once for the module, not per run: for
+    the tests of which error, order or rows the parts give, which the merging decides. A run
+    still sends its units to other processes, pickled, and takes their outcomes back; what a
+    process's start and end do (a framework imported by its own process only, the working
+    directory, a process that dies, the progress queue) is tested with processes of the run's
+    own. A process kept so may hold several backends' frameworks."""
+
+    @contextlib.contextmanager
+    def shared(workers: int, threads: int | None, ticks: object = None):
+        assert ticks is None, "a run with a progress queue needs processes of its own"
+        yield _module_pools(workers, threads)
+
+    monkeypatch.setattr(xentaudit.parallel, "_local_pool", shared)
+
 
 # Backends interleaved (torch, jax, torch, jax, torch): the results of one process come in this
 # order, which the parts audited apart must be put back in. The apart machinery is the same
@@ -133,6 +168,7 @@ def torch_loss(labels, logits):
         (["torch_cross_entropy", "torch", "jax"], 1, 2, "torch saw 55"),
     ],
 )
+@pytest.mark.usefixtures("shared_processes")
 def test_the_error_is_the_one_one_process_meets_first(
     tmp_path, order, jax_row, torch_row, first
 ) -> None:
@@ -194,6 +230,7 @@ FIRST = "optax_softmax_xent"  # jax's
         ([FIRST, "jax:boom:fn", "torch:broken:missing", "jax:boom:fn"], "boom at import"),
     ],
 )
+@pytest.mark.usefixtures("shared_processes")
 def test_a_users_loss_that_fails_to_load_is_the_one_one_process_meets(
     logits, tmp_path, order, first
 ) -> None:
@@ -224,6 +261,7 @@ def test_one_backends_users_loss_loads_before_any_file_is_read(tmp_path) -> None
             check_file(tmp_path / "absent.npy", impls=impls, apart=apart, ignore_class=True)
 
 
+@pytest.mark.usefixtures("shared_processes")
 def test_the_command_audits_several_backends_apart_and_one_here(logits, monkeypatch) -> None:
     x, y = logits
     calls: list[bool] = []
@@ -296,6 +334,7 @@ def _shards(root: Path, sizes: tuple[int, ...], nan_in=(), bad_label_in=()) -> N
         np.save(root / "labels" / f"shard-{i}.npy", y)
 
 
+@pytest.mark.usefixtures("shared_processes")
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_shards_apart_give_the_one_process_check(tmp_path, jobs) -> None:
     """An empty shard among them (it runs no backend, and says nothing of the environment)."""
@@ -322,6 +361,7 @@ def test_shards_apart_give_the_one_process_check(tmp_path, jobs) -> None:
         ((1, 2), "4, 7"),
     ],
 )
+@pytest.mark.usefixtures("shared_processes")
 def test_unusable_rows_of_every_shard_are_named_despite_a_later_error(
     tmp_path, jobs, nan_in, rows
 ) -> None:
