@@ -118,7 +118,11 @@ SPARSE = {
     [(True, FAST_TF), (False, FAST), (True, SPARSE)],
     ids=["labels", "none", "skips"],
 )
-def test_backends_apart_give_the_one_process_check_and_flagged_rows(logits, labelled, args) -> None:
+def test_backends_apart_give_the_one_process_check_and_flagged_rows(
+    logits, labelled, args, request
+) -> None:
+    if args is not FAST_TF:  # TensorFlow's case in processes of its own, the others in shared ones
+        request.getfixturevalue("shared_processes")
     x, y = logits
     labels = {"labels": str(y)} if labelled else {}
     one: list = []
@@ -415,6 +419,7 @@ def test_a_processs_flagged_rows_come_through_a_file_read_back_in_order(
     assert not spill.exists()
 
 
+@pytest.mark.usefixtures("shared_processes")
 def test_no_file_of_flagged_rows_is_left_behind(logits, tmp_path, monkeypatch) -> None:
     x, y = logits
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
