@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import ml_dtypes
 import mpmath
 import numpy as np
-import pytest
 
 from xentaudit.flags import FLAGS
 from xentaudit.results import (
@@ -95,22 +94,6 @@ def check_result(
         worst_rows=tuple(worst_rows),
         error_histogram={},
     )
-
-
-def assert_same_check(got: dict, expected: dict) -> None:
-    """Two `check` JSON documents of the same rows are equal, but for each result's loss_mean:
-    TensorFlow's float32 kernels may round a row's loss 1 ulp differently where it falls
-    elsewhere in a batch (vector or scalar tail path), so each loss moves by at most 2^-23 |L|
-    and the mean of these non-negative losses by at most 2^-23 of itself."""
-    got, expected = dict(got), dict(expected)
-    got_results, expected_results = got.pop("results"), expected.pop("results")
-    assert got == expected
-    assert len(got_results) == len(expected_results)
-    for a, b in zip(got_results, expected_results, strict=True):
-        a, b = dict(a), dict(b)
-        mean = float(b.pop("loss_mean"))  # float("nan") reads JSON's "nan"
-        assert float(a.pop("loss_mean")) == pytest.approx(mean, rel=2**-23, nan_ok=True)
-        assert a == b
 
 
 # --- scenarios shared by the verdict and renderer tests ----------------------------------
