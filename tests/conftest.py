@@ -75,7 +75,8 @@ def rows_alone(monkeypatch):
     of the same row: a framework's loss on a row may move by an ulp with the row's place in its
     batch (README, "Bit for bit"), so the tests of what chunking changes in check's own work (its
     exact merges of sums, counts, worst rows and histograms) compare chunkings of the same rows'
-    outcomes."""
+    outcomes. Each row's Rounded holds that row's arrays; its ``ref`` (and what is derived from
+    it) stays the chunk's, which ``_run`` does not read."""
     audit = sys.modules["xentaudit.audit"]  # the module, not the function xentaudit.audit
     run = audit._run
     kept: dict = {}
@@ -93,7 +94,9 @@ def rows_alone(monkeypatch):
             }
             key = (name, eps, mode, policy, loss_scale, rounded.given, rounded.loss)
             key += (rounded.focus, rounded.smoothing, rounded.ignore_class)
-            key += tuple(None if a is None else (a.dtype.str, a.tobytes()) for a in arrays.values())
+            key += tuple(
+                None if a is None else (a.dtype, a.shape, a.tobytes()) for a in arrays.values()
+            )
             if key not in kept:
                 alone = replace(rounded, **arrays)
                 kept[key] = run(name, eps, mode, alone, timeout, policy, loss_scale)
@@ -106,3 +109,5 @@ def rows_alone(monkeypatch):
         )
 
     monkeypatch.setattr(audit, "_run", one_row_at_a_time)
+    yield
+    assert kept, "no implementation ran through audit._run"

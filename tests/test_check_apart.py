@@ -30,11 +30,13 @@ def _module_pools():
     """Pools of spawned processes (``parallel._local_pool``, started as every pool's are), one
     per (workers, threads), kept until the module's tests are done, then ended."""
     local_pool = xentaudit.parallel._local_pool
+    where = os.getcwd()  # where the processes start: a relative path is read from there
     with contextlib.ExitStack() as stack:
         pools: dict = {}
 
         def pool(workers: int, threads: int | None):
-            if (workers, threads) not in pools:
+            assert os.getcwd() == where, "a test that changes directory needs its own processes"
+            if (workers, threads) not in pools or pools[workers, threads]._broken:
                 pools[workers, threads] = stack.enter_context(local_pool(workers, threads))
             return pools[workers, threads]
 
@@ -48,7 +50,8 @@ def shared_processes(_module_pools, monkeypatch):
     still sends its units to other processes, pickled, and takes their outcomes back; what a
     process's start and end do (a framework imported by its own process only, the working
     directory, a process that dies, the progress queue) is tested with processes of the run's
-    own. A process kept so may hold several backends' frameworks."""
+    own. A process kept so may hold several backends' frameworks; one that died is replaced
+    for the next test."""
 
     @contextlib.contextmanager
     def shared(workers: int, threads: int | None, ticks: object = None):
