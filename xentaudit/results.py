@@ -843,13 +843,13 @@ def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
         ]
         if where and sweep.loss == "softmax":
             lines.append(
-                f"{impl} eps={eps_text(eps)} diverges on {first_pattern} from scale "
+                f"{variant_label(impl, eps, True)} diverges on {first_pattern} from scale "
                 f"{', '.join(where)}: the clip caps the loss at -ln(eps) = {-math.log(eps):.3g}, "
                 "so any row whose true loss is larger reads too small and gets no gradient."
             )
         elif where:  # a sigmoid: 1 - sigmoid(x) cancels before any clip binds
             lines.append(
-                f"{impl} eps={eps_text(eps)} diverges on {first_pattern} from scale "
+                f"{variant_label(impl, eps, True)} diverges on {first_pattern} from scale "
                 f"{', '.join(where)}."
             )
     for name, flag in FLAGS.items():
