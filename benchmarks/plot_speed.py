@@ -1,32 +1,37 @@
 """How long `sweep --plot` takes to draw the default sweep's figure, beside the sweep itself.
 
-Issue "Speed on the CPUs CI runs on": a picture must not cost a sweep's time again. The default
-sweep of TensorFlow (`xentaudit sweep --backend tf`, one process) runs once; then, --runs times
-each, interleaved, its figure is built and written as PNG and as SVG (``plot.render_sweep``,
-what --plot and --html call), and, as the baseline measured in the same run, the same PNG with
-matplotlib's own minor ticks put back on the log axes (what the figure drew before they went:
-some 80 ticks a panel, each measured by the constrained layout). Medians are printed, and the
-ratio to the baseline. The first line names the CPU and the reference kernel's clone.
+Issue "Speed on the CPUs CI runs on": a picture must not cost a sweep's time again. TensorFlow's
+default sweep (`xentaudit sweep --backend tf`, in this one process) runs once. Then its figure
+is built and written (``plot.render_sweep``, what --plot and --html call) as PNG, as SVG, and,
+as the baseline measured in the same run, as PNG with matplotlib's own minor ticks put back on
+the log axes (what the figure drew before it had none: some 80 ticks a panel, each measured by
+the constrained layout): each --runs times after one warm-up, one after the other. Medians are
+printed, and the ratio to the baseline. The first line names the CPU and the reference kernel's
+clone (the sweep's reference); --isa (or XENTAUDIT_KERNEL_ISA) forces one.
 
-    python benchmarks/plot_speed.py [--runs 5]
+    python benchmarks/plot_speed.py [--runs 5] [--isa x86-64-v3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from unittest import mock
 
-from machine import describe, median_time
+from machine import apply_isa, describe, isa_option, median_time
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    isa_option(parser)
     args = parser.parse_args()
+    apply_isa(args)
     print(describe())
     from xentaudit.processes import as_command_line
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the command line sets it
     as_command_line()  # TensorFlow set up (and quiet) as `xentaudit sweep` has it
     from matplotlib.ticker import LogLocator
 

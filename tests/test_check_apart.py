@@ -196,8 +196,7 @@ def test_the_error_is_the_one_one_process_meets_first(
 
 def test_the_caller_imports_no_framework_nor_a_users_loss(logits, tmp_path) -> None:
     # a user's loss is imported (with its framework) by its backend's process alone; TensorFlow
-    # among the backends, which the caller imports no more than the others (eagerly: imports
-    # are the same in both modes, and a compiled graph would cost seconds here)
+    # among the backends, which the caller imports no more than the others
     x, y = logits
     (tmp_path / "own.py").write_text("import torch\n\n" + FAILING)
     impls = [*MIXED_TF, f"torch:{tmp_path / 'own.py'}:torch_loss"]
@@ -205,9 +204,7 @@ def test_the_caller_imports_no_framework_nor_a_users_loss(logits, tmp_path) -> N
         f"""
         from xentaudit.check import check_file
 
-        check = check_file(
-            {str(x)!r}, labels={str(y)!r}, impls={impls!r}, modes=["eager"], apart=True
-        )
+        check = check_file({str(x)!r}, labels={str(y)!r}, impls={impls!r}, apart=True)
         assert {{r.impl for r in check.results}} == set({impls!r})
         """
     )

@@ -91,9 +91,9 @@ def test_a_file_size_limit_fails_the_write_in_one_line(tmp_path) -> None:
 
     target = tmp_path / "report.txt"
     # one of JAX's losses: the process imports no TensorFlow to get to its write
-    jax = ["--impl", "optax_softmax_xent", "--mode", "eager"]
+    optax_eager = ["--impl", "optax_softmax_xent", "--mode", "eager"]
     done = subprocess.run(
-        [sys.executable, "-m", "xentaudit", "check", SEED, *jax, "--output", str(target)],
+        [sys.executable, "-m", "xentaudit", "check", SEED, *optax_eager, "--output", str(target)],
         capture_output=True,
         text=True,
         preexec_fn=limit_file_size,

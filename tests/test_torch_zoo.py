@@ -115,7 +115,8 @@ def test_a_float32_loss_takes_2_16_on_float16_logits() -> None:
     np.testing.assert_array_equal(out.grad, plain.grad)
 
 
-# Row [0, -s], label 0: softmax's small probability is e^-s / (1 + e^-s), which rounds to e^-s.
+# Row [0, -s, -s, -s], label 0: softmax's small probabilities are e^-s / (1 + 3 e^-s), which
+# rounds to e^-s.
 # log(p) is finite while p > 0; once p is 0, 0 * log(0) = 0 * -inf makes the loss NaN. A CPU
 # that flushes subnormals (TensorFlow, XLA) loses p below the smallest normal 2^-126 (2^-1022),
 # torch keeps it down to the smallest subnormal 2^-149 (2^-1074): between the two scales
@@ -134,12 +135,15 @@ def test_torch_keeps_subnormal_probabilities_where_flushing_gives_nan(
     needs_graph(mode)
     low, high = FLUSH_AT[dtype], SUBNORMAL_AT[dtype]
     scales = [low + (high - low) * t for t in (0.1, 0.5, 0.95)]
-    # Four classes (the label's and three at -s) and five rows, as the zoo's other graphs have
-    # (ZOO_X: four classes, rows not four): torch.compile reuses the graph compiled for them.
+    # Four classes (the label's and three at -s), as the zoo's other rows (ZOO_X): torch.compile
+    # reuses the graph compiled for them. Five rows, not four: were this test the first to
+    # compile it, four rows of four classes would specialise the graph to square batches
+    # (torch's duck sizing), and the zoo's 3 x 4 rows compile another.
     shifts = [*scales, ZERO_AFTER[dtype] + 1, ZERO_AFTER[dtype] + 2]
     x = np.array([[0.0, -s, -s, -s] for s in shifts], dtype=dtype)
     out = torch_zoo.run("torch_softmax_log", 0.0, mode, x, None, np.zeros(5, dtype=int))
-    # The loss is -log(1 / (1 + 3 e^-s)) = log1p(3 e^-s) < 1e-37: 0 in the dtype (as -0.0 or 0).
+    # The loss is -log(1 / (1 + 3 e^-s)) = log1p(3 e^-s): 0 in the dtype (as -0.0 or 0), as
+    # 3 e^-s < 2^-24 (2^-53) rounds 1 + 3 e^-s to 1.
     np.testing.assert_array_equal(out.loss[:3], 0.0)
     assert np.isfinite(out.grad[:3]).all()
     assert np.isnan(out.loss[3:]).all()
