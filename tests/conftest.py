@@ -87,14 +87,14 @@ def rows_alone(monkeypatch):
     def one_row_at_a_time(name, eps, mode, rounded, timeout, policy, loss_scale, mean=False):
         assert not mean, "a framework's own mean is of its whole batch"
         outcomes = []
+        run_key = (name, eps, mode, policy, loss_scale, rounded.given, rounded.loss)
+        run_key += (rounded.focus, rounded.smoothing, rounded.ignore_class)
         for i in range(rounded.logits.shape[0]):
             arrays = {
                 field: row(getattr(rounded, field), i)
                 for field in ("logits", "weights", "classes", "given_weights", "ignored")
             }
-            key = (name, eps, mode, policy, loss_scale, rounded.given, rounded.loss)
-            key += (rounded.focus, rounded.smoothing, rounded.ignore_class)
-            key += tuple(
+            key = run_key + tuple(
                 None if a is None else (a.dtype, a.shape, a.tobytes()) for a in arrays.values()
             )
             if key not in kept:
