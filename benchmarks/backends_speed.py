@@ -19,14 +19,13 @@ instruction-set clone; --isa (or XENTAUDIT_KERNEL_ISA) forces one.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from machine import apply_isa, describe, isa_option, wall
+from machine import benchmark_parser, parsed, wall
 
 BUDGET_S = 8.0
 CHECK_RATIO = 1.5
@@ -115,14 +114,10 @@ def check_target(runs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = benchmark_parser(__doc__, runs=3)
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--skip-check", action="store_true")
-    isa_option(parser)
-    args = parser.parse_args()
-    apply_isa(args)
-    print(describe())
+    args = parsed(parser)
     if not args.skip_sweep:
         sweep_target(args.runs)
     if not args.skip_check:

@@ -38,7 +38,6 @@ TensorFlow's tensors come from its BFC pool in this process, as in the command l
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import resource
@@ -51,7 +50,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
-from machine import apply_isa, describe, isa_option, saved_logits
+from machine import benchmark_parser, parsed, saved_logits
 
 ROWS, CLASSES = 4096, 32000
 IMPORTS = {"tf": "tensorflow, keras", "torch": "torch", "jax": "jax, optax"}
@@ -133,13 +132,9 @@ def frameworks_inside(backends: list[str]) -> Iterator[dict[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = benchmark_parser(__doc__, runs=3)
     parser.add_argument("--backend", default="tf", help="tf, torch, jax or a comma list")
-    isa_option(parser)
-    args = parser.parse_args()
-    apply_isa(args)
-    print(describe())
+    args = parsed(parser)
     backends = args.backend.split(",")
     from xentaudit.processes import as_command_line
 

@@ -16,7 +16,6 @@ forces one, e.g. x86-64-v3 for the AVX2 clone CI's CPUs run.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import apply_isa, describe, isa_option, median_time, saved_logits
+from machine import benchmark_parser, median_time, parsed, saved_logits
 
 ROWS, CLASSES = 4096, 32000
 
@@ -123,14 +122,10 @@ def speed(runs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = benchmark_parser(__doc__, runs=3)
     parser.add_argument("--big-gb", type=float, default=4.0)
     parser.add_argument("--skip-big", action="store_true")
-    isa_option(parser)
-    args = parser.parse_args()
-    apply_isa(args)
-    print(describe())
+    args = parsed(parser)
     if not args.skip_big:
         big_file(args.big_gb, args.runs)
     speed(args.runs)

@@ -1,7 +1,7 @@
 """What a benchmark ran on (the CPU model, and which reference ran: the kernel's clone), and the
 wall time of a fresh process (``wall``).
 
-Import it after setting ``XENTAUDIT_KERNEL_ISA`` (see ``isa_option``): the kernel reads the
+Import it after setting ``XENTAUDIT_KERNEL_ISA`` (``parsed`` does, from --isa): the kernel reads the
 variable once, when it loads.
 """
 
@@ -32,18 +32,28 @@ def describe() -> str:
     return f"{cpu}; reference: float64 kernel, clone {kernel.isa()} (this CPU runs {runnable})"
 
 
-def isa_option(parser: argparse.ArgumentParser) -> None:
+def benchmark_parser(doc: str, runs: int) -> argparse.ArgumentParser:
+    """A benchmark's options: ``doc``'s first line as its description, --runs (default ``runs``)
+    and --isa. The benchmark adds its own, then calls ``parsed``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=runs)
     parser.add_argument(
         "--isa",
         help="run this clone of the kernel (x86-64-v4, x86-64-v3, x86-64): sets "
         "XENTAUDIT_KERNEL_ISA for this process and its children (default: the variable as set, "
         "else the best this CPU supports)",
     )
+    return parser
 
 
-def apply_isa(args: argparse.Namespace) -> None:
+def parsed(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The options parsed, --isa's clone set for this process and its children (before the
+    kernel loads), and the line that names the machine (``describe``) printed."""
+    args = parser.parse_args()
     if args.isa:
         os.environ["XENTAUDIT_KERNEL_ISA"] = args.isa
+    print(describe())
+    return args
 
 
 def wall(cmd: list[str]) -> float:

@@ -25,7 +25,6 @@ with one import taken off (b) is printed too, for information. Peak RSS is each 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import apply_isa, describe, isa_option
+from machine import benchmark_parser, parsed
 
 GOAL = 1.2
 
@@ -90,8 +89,7 @@ def run(cmd: list[str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = benchmark_parser(__doc__, runs=3)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=256)
@@ -99,10 +97,7 @@ def main() -> None:
     parser.add_argument("--policy", choices=["float32", "mixed_float16"], default="float32")
     parser.add_argument("--impl", action="append", default=[], help="repeatable; both sides")
     parser.add_argument("--mode", choices=["eager", "graph", "both"], default="both")
-    isa_option(parser)
-    args = parser.parse_args()
-    apply_isa(args)
-    print(describe())
+    args = parsed(parser)
 
     # Quiet TensorFlow's C++ start-up lines in every child (the CLI sets this itself when unset).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

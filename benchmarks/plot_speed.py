@@ -14,21 +14,16 @@ clone (the sweep's reference); --isa (or XENTAUDIT_KERNEL_ISA) forces one.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from unittest import mock
 
-from machine import apply_isa, describe, isa_option, median_time
+from machine import benchmark_parser, median_time, parsed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    isa_option(parser)
-    args = parser.parse_args()
-    apply_isa(args)
-    print(describe())
+    parser = benchmark_parser(__doc__, runs=5)
+    args = parsed(parser)
     from xentaudit.processes import as_command_line
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the command line sets it

@@ -19,14 +19,13 @@ machines follows from the marginal rate of --jobs 2.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from machine import apply_isa, describe, isa_option, wall
+from machine import benchmark_parser, parsed, wall
 
 
 def write_shards(folder: Path, shards: int, rows: int, classes: int) -> float:
@@ -50,17 +49,13 @@ def median_wall(cmd: list[str], runs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = benchmark_parser(__doc__, runs=3)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--rows", type=int, nargs=2, default=(4096, 16384))
     parser.add_argument("--classes", type=int, default=32000)
     parser.add_argument("--impl", default="tf_softmax_xent")
     parser.add_argument("--dump-tb", type=float, default=1.0)
-    isa_option(parser)
-    args = parser.parse_args()
-    apply_isa(args)
-    print(describe())
+    args = parsed(parser)
     from distributed import LocalCluster
 
     ways = {"1 process": [], "--jobs 2": ["--jobs", "2"], "--scheduler": None}

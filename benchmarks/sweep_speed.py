@@ -15,22 +15,17 @@ compared. The first line names the CPU and the reference kernel's instruction-se
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
-from machine import apply_isa, describe, isa_option, wall
+from machine import benchmark_parser, parsed, wall
 
 BUDGETS_S = (5.0, 3.0)  # the sweep issue's, then the CI-speed issue's
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    isa_option(parser)
-    args = parser.parse_args()
-    apply_isa(args)
-    print(describe())
+    parser = benchmark_parser(__doc__, runs=5)
+    args = parsed(parser)
     runs = args.runs
     imports, sweeps, alone = [], [], []
     sweep = [sys.executable, "-m", "xentaudit", "sweep", "--backend", "tf"]
