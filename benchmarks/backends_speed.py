@@ -11,8 +11,9 @@ Targets (issue "torch and jax backends"):
       once (check must read the file too, and imports torch itself).
 Everything is measured in this run as fresh processes, interleaved so both sides of a ratio
 see the same machine state; medians of --runs repetitions after one discarded warm-up of each
-command (the file cache). The first line names the CPU and the reference kernel's
-instruction-set clone; --isa (or XENTAUDIT_KERNEL_ISA) forces one.
+command (the file cache). The first lines name the CPU, the reference kernel's instruction-set
+clone and what the frameworks were held to; --isa forces a clone and holds numpy, XLA and ATen
+to its instruction set (benchmarks/machine.py).
 
     python benchmarks/backends_speed.py [--runs 3] [--isa x86-64-v3] [--skip-sweep]
 """

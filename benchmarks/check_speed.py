@@ -8,8 +8,9 @@ Targets (issue "xentaudit check FILE"):
      The same pass with the numpy reference (what an install without a C compiler runs) is
      measured beside it, for information.
 Everything is measured in this run; medians of --runs repetitions after one warm-up. The first
-line names the CPU and the kernel's instruction-set clone; --isa (or XENTAUDIT_KERNEL_ISA)
-forces one, e.g. x86-64-v3 for the AVX2 clone CI's CPUs run.
+lines name the CPU, the kernel's instruction-set clone and what the frameworks were held to;
+--isa forces a clone and holds numpy, XLA and ATen to its instruction set (benchmarks/machine.py),
+e.g. x86-64-v3 for the AVX2 code CI's CPUs run.
 
     python benchmarks/check_speed.py [--runs 3] [--big-gb 4] [--skip-big] [--isa x86-64-v3]
 """

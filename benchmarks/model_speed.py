@@ -16,8 +16,9 @@ double_softmax, both modes). One warm-up of each side is discarded, then --runs 
 interleaved (a, b, a, b, ...) so both see the same machine state; medians are compared. A bare
 `python -c "import keras"` is timed in the same rounds: (b) pays it twice, (a) once, so the ratio
 with one import taken off (b) is printed too, for information. Peak RSS is each process's own
-(os.wait4). The first line names the CPU and the reference kernel's instruction-set clone;
---isa (or XENTAUDIT_KERNEL_ISA) forces one.
+(os.wait4). The first lines name the CPU, the reference kernel's instruction-set clone and what
+the frameworks were held to; --isa forces a clone and holds numpy, XLA and ATen to its
+instruction set (benchmarks/machine.py).
 
     python benchmarks/model_speed.py [--runs 3] [--rows 100000] [--policy mixed_float16]
                                      [--impl NAME ...] [--mode both] [--isa x86-64-v3]

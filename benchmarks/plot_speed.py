@@ -6,8 +6,9 @@ is built and written (``plot.render_sweep``, what --plot and --html call) as PNG
 as the baseline measured in the same run, as PNG with matplotlib's own minor ticks put back on
 the log axes (what the figure drew before it had none: some 80 ticks a panel, each measured by
 the constrained layout): each --runs times after one warm-up, one after the other. Medians are
-printed, and the ratio to the baseline. The first line names the CPU and the reference kernel's
-clone (the sweep's reference); --isa (or XENTAUDIT_KERNEL_ISA) forces one.
+printed, and the ratio to the baseline. The first lines name the CPU, the reference kernel's
+clone (the sweep's reference) and what the frameworks were held to; --isa forces a clone and
+holds numpy, XLA and ATen to its instruction set (benchmarks/machine.py).
 
     python benchmarks/plot_speed.py [--runs 5] [--isa x86-64-v3]
 """

@@ -7,8 +7,9 @@ default in one process per core, each sweeping some of the dtypes (`--jobs`), an
 record, in one process (`--jobs 1`).
 Both are measured here in the same run, as fresh processes (the sweep's figure includes its own
 TensorFlow and Keras import, tracing and every breaking-point search), and the medians are
-compared. The first line names the CPU and the reference kernel's instruction-set clone; --isa
-(or XENTAUDIT_KERNEL_ISA) forces one. The sweep of every backend: benchmarks/backends_speed.py.
+compared. The first lines name the CPU, the reference kernel's instruction-set clone and what
+the frameworks were held to; --isa forces a clone and holds numpy, XLA and ATen to its
+instruction set (benchmarks/machine.py). The sweep of every backend: benchmarks/backends_speed.py.
 
     python benchmarks/sweep_speed.py [--runs 5] [--isa x86-64-v3]
 """

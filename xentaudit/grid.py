@@ -206,20 +206,19 @@ def refine(
         open_ = [k for k, (lo, hi, _) in state.items() if hi / lo - 1 > REFINE_REL]
         if not open_:
             break
-        grid = {
-            float(c)
-            for k in open_
-            for c in np.geomspace(state[k][0], state[k][1], points + 2)[1:-1]
-        }
-        candidates = sorted(grid)
-        verdicts = fires(candidates)
+        candidates = np.unique(  # sorted, each scale once
+            np.concatenate(
+                [np.geomspace(state[k][0], state[k][1], points + 2)[1:-1] for k in open_]
+            )
+        )
+        verdicts = fires(candidates.tolist())
         for kind, (lo, hi, flag) in state.items():
-            inside = [
-                (c, v) for c, v in zip(candidates, verdicts[kind], strict=True) if lo < c < hi
-            ]
-            firing = [(c, v) for c, v in inside if v]
-            if firing:
-                hi, flag = firing[0]
-            lo = max([c for c, v in inside if not v and c < hi], default=lo)
+            fired = np.asarray(verdicts[kind], dtype=object)
+            inside = (lo < candidates) & (candidates < hi)
+            firing = np.flatnonzero(inside & (fired != ""))
+            if firing.size:
+                hi, flag = float(candidates[firing[0]]), str(fired[firing[0]])
+            quiet = candidates[inside & (fired == "") & (candidates < hi)]
+            lo = float(quiet.max()) if quiet.size else lo
             state[kind] = (lo, hi, flag)
     return {k: ((lo, hi), flag) for k, (lo, hi, flag) in state.items()}

@@ -378,12 +378,19 @@ def model_loss(path: ModelPath) -> Callable[[Any, Any, Any, Any], Any]:
 
 def logits_model(model: Any, path: ModelPath) -> Callable[[np.ndarray], np.ndarray]:
     """``batch -> logits``: the input of ``model``'s final activation (for a Dense with softmax,
-    its pre-activation output), as ``model`` computes it with ``training=False``.
+    its pre-activation output), as ``model`` computes it eagerly with ``training=False``
+    (``logits_runner``). Works on a model in memory (a training callback)."""
+    runner = logits_runner(model, path)
+    return lambda batch: runner(batch, training=False).numpy()  # TensorFlow backend: eager
+
+
+def logits_runner(model: Any, path: ModelPath) -> Any:
+    """A Keras model from ``model``'s inputs to the input of its final activation.
 
     A Softmax or Activation layer's input tensor is a Functional graph node; a Dense's
     pre-activation comes from a linear twin of it (its config with ``activation="linear"`` and
     its weights), so the same Dense code computes ``x @ kernel + bias`` under its policy and
-    ``model`` itself is never changed. Works on a model in memory (a training callback).
+    ``model`` itself is never changed.
     """
     import keras
 
@@ -399,8 +406,7 @@ def logits_model(model: Any, path: ModelPath) -> Callable[[np.ndarray], np.ndarr
         output = final.input
     # One input as a tensor, not a one-element list: the structure the model was built with.
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    runner = keras.Model(inputs, output)
-    return lambda batch: runner(batch, training=False).numpy()  # TensorFlow backend: eager
+    return keras.Model(inputs, output)
 
 
 def logits_from_inputs(

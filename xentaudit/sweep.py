@@ -112,10 +112,10 @@ def _scaled(pattern: Pattern, scales: list[float], fmt: FloatFormat, grid: Grid)
     Graded against the float64 reference (within a few float64 ulps of exact): the sweep
     reports flags and relative errors, whose tolerances are 8 eps of the dtype or more.
     """
-    logits = np.concatenate([pattern.logits * s for s in scales])
-    labels = np.concatenate([pattern.labels] * len(scales))
+    logits = np.multiply.outer(np.asarray(scales, dtype=np.float64), pattern.logits)
+    labels = np.broadcast_to(pattern.labels, (len(scales), *pattern.labels.shape))
     multi_label = get_loss(grid.loss).labels == "multi-label"
-    batch = prepare(logits, labels, multi_label=multi_label)
+    batch = prepare(logits, labels, multi_label=multi_label)  # a row per scale and pattern row
     return round_to(
         batch,
         fmt,
