@@ -3,6 +3,8 @@ cells, JSON, exit codes and the command line."""
 
 from __future__ import annotations
 
+import collections
+import importlib
 import json
 import math
 from pathlib import Path
@@ -91,6 +93,31 @@ def test_clipped_diverges_where_the_true_loss_passes_minus_log_eps(
     # The same row's gradient is clipped to zero at the same scale.
     g = point(clipped_seed, "clipped", dtype, "grad", eps=eps)
     assert g.flag == "grad-vanish" and g.scale == pytest.approx(p.scale, rel=DIGITS_REL)
+
+
+def test_graph_mode_searches_and_eager_confirms_its_bracket(monkeypatch) -> None:
+    # tf.function's calls are the cheap ones once traced: it refines the breaking points over
+    # several rounds (a vocabulary row takes 3 scales a round), and eager takes its base call
+    # plus one call checking graph's brackets, whose ends it must grade as graph did. The points
+    # eager reports are still eager's own: an eager-only sweep, which refines in eager, finds
+    # the same ones.
+    module = importlib.import_module("xentaudit.sweep")
+    calls: collections.Counter = collections.Counter()
+    run = module.run_graded
+
+    def counted(impl, eps, mode, *args, **kwargs):
+        calls[mode] += 1
+        return run(impl, eps, mode, *args, **kwargs)
+
+    monkeypatch.setattr(module, "run_graded", counted)
+    grid = {"patterns": ["vocab"], "impls": ["naive"], "dtypes": ["float16"]}
+    both = sweep(**grid, modes=["both"])
+    assert calls["eager"] == 2 and calls["graph"] > 4
+    alone = sweep(**grid, modes=["eager"])
+    for kind in ("loss", "grad"):
+        eager = point(alone, "naive", "float16", kind, pattern="vocab").scale
+        assert eager is not None
+        assert point(both, "naive", "float16", kind, pattern="vocab").scale == eager
 
 
 def test_keras_probs_breaks_like_the_clip_at_keras_epsilon(clipped_seed) -> None:

@@ -2,7 +2,8 @@
 points. Built on the audit engine (same reference, implementations, grading and flags).
 
 Work is batched: for each pattern and dtype, the rows of every scale go through each
-implementation in one call, and each breaking point is refined with one call per round.
+implementation in one call, and each breaking point is refined with one call per round (in
+``tf.function`` where an implementation runs in both modes, eager confirming its bracket).
 """
 
 from __future__ import annotations
@@ -366,7 +367,7 @@ def _sweep_into(part: Part, grid: Grid, share: Share, progress: Progress | None)
                 if skip is not None:
                     part.skipped.append((key, skip))
                 done += len(modes) - len(runnable)
-                for m, mode in enumerate(runnable):
+                for m, mode in _refining_first(runnable):
                     done += 1
                     if rounded is None:
                         continue
@@ -392,6 +393,13 @@ def _sweep_into(part: Part, grid: Grid, share: Share, progress: Progress | None)
                         progress(done, total)
     if progress:
         progress(done, total)  # the runs skipped last count too
+
+
+def _refining_first(modes: Sequence[str]) -> list[tuple[int, str]]:
+    """The ``modes`` with their indices, ``tf.function``'s first: once traced, its calls cost
+    half an eager one, so it searches for the breaking points with its refinement rounds and
+    eager then confirms its brackets with one call each (``_breaking_points``)."""
+    return sorted(enumerate(modes), key=lambda indexed: indexed[1] != "graph")
 
 
 def _graded(
