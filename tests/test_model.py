@@ -11,6 +11,7 @@ import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -161,36 +162,67 @@ def test_logits_from_a_npy_file(saved: dict, data: tuple, tmp_path: Path) -> Non
     np.testing.assert_array_equal(from_file, from_array)
 
 
-def _truth(case: str, model: keras.Model, x: np.ndarray, classes: np.ndarray) -> tuple:
+def _truth(case: str, model: keras.Model, x: np.ndarray, classes: np.ndarray, run: Any) -> tuple:
     """Per-row losses of the real model on ``x`` and, row by row, their gradients w.r.t. its
-    logits: for one row, d loss / d bias of the Dense producing the logits is exactly d loss /
-    d logits (the bias enters that row once; under mixed_float16 through an exact widening)."""
+    logits, computed by ``run`` (``tf.function``, or a plain call for eager): for one row,
+    d loss / d bias of the Dense producing the logits is exactly d loss / d logits (the bias
+    enters that row once; under mixed_float16 through an exact widening)."""
     per_row = CASES[case][2]
     y = np.eye(CLASSES, dtype=np.float32)[classes]
     bias = model.get_layer("logits").bias
     target = classes if "sparse" in CASES[case][3].lower() else y
-    with tf.GradientTape(persistent=True) as tape:
-        losses = per_row(target, model(x, training=False))
-        rows = [losses[i] for i in range(ROWS)]
-    grads = np.stack([np.asarray(tape.gradient(row, bias)) for row in rows])
-    return np.asarray(losses), grads
+
+    def forward_backward() -> tuple:
+        with tf.GradientTape(persistent=True) as tape:
+            losses = per_row(target, model(x, training=False))
+            rows = [losses[i] for i in range(ROWS)]
+        return losses, tf.stack([tape.gradient(row, bias) for row in rows])
+
+    losses, grads = run(forward_backward)()
+    return np.asarray(losses), np.asarray(grads)
 
 
+@pytest.mark.parametrize("eagerly", [False, True], ids=["graph", "eager"])
 @pytest.mark.parametrize("case", CASES)
-def test_model_loss_is_the_models_own(saved: dict, data: tuple, case: str) -> None:
-    """Bit for bit: the same Keras layer code and loss on the same logits, in the same dtypes."""
+def test_model_loss_is_the_models_own(
+    saved: dict, data: tuple, case: str, eagerly: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bit for bit: the same Keras layer code and loss on the same logits, in the same dtypes,
+    as the model trains: in a graph, as ``fit``'s ``tf.function`` (where Keras finds a float32
+    Softmax's logits from the graph's op instead of the eager tensor's attribute), or eagerly
+    where ``model.run_eagerly``. The logits must be the same mode's: where TensorFlow runs
+    oneDNN (its default on CPUs with AVX512_VNNI, AVX512_BF16 or AMX), a mixed-precision
+    Dense's logits in a graph differ from its eager ones by float16 rounding."""
     model, path = saved[case]
+    monkeypatch.setattr(model, "run_eagerly", eagerly)
+    run = (lambda f: f) if eagerly else tf.function
     x, classes = data
-    logits = tf.constant(np.concatenate(list(xm.logits_from_inputs(path, x))))
+    model_path = xm.read_model_config(path)
+    logits = tf.constant(xm.logits_model(model, model_path)(x))
     y = tf.one_hot(classes, CLASSES, dtype=logits.dtype)
-    fn = xm.model_loss(xm.read_model_config(path))
-    with tf.GradientTape() as tape:
-        tape.watch(logits)
-        loss = fn(y, tf.constant(classes, tf.int32), logits, None)
-    grad = tape.gradient(loss, logits)
-    want_loss, want_grad = _truth(case, model, x, classes)
+    fn = xm.model_loss(model_path)
+
+    def ours() -> tuple:
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = fn(y, tf.constant(classes, tf.int32), logits, None)
+        return loss, tape.gradient(loss, logits)
+
+    loss, grad = run(ours)()
+    want_loss, want_grad = _truth(case, model, x, classes, run)
     np.testing.assert_array_equal(np.asarray(loss), want_loss)
     np.testing.assert_array_equal(np.asarray(grad, np.float32), want_grad)
+
+
+def test_the_cli_s_logits_are_the_models_predictions(saved: dict, data: tuple) -> None:
+    """``--inputs``: the logits of the saved model's predict function, batch by batch, as
+    ``model.predict`` gives them (the same batch sizes: a matrix product's rounding may depend
+    on its rows)."""
+    model, path = saved["dense_softmax_mixed"]
+    x, _ = data
+    logits = np.concatenate(list(xm.logits_from_inputs(path, x, batch_size=5)))
+    runner = xm.logits_runner(model, xm.read_model_config(path))
+    np.testing.assert_array_equal(logits, runner.predict(x, batch_size=5, verbose=0))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -204,7 +236,8 @@ def test_model_loss_reduces_to_the_compiled_loss(saved: dict, data: tuple, case:
     y = tf.one_hot(classes, CLASSES, dtype=logits.dtype)
     rows = np.asarray(xm.model_loss(model_path)(y, tf.constant(classes), logits, None), np.float64)
     target = classes if model_path.sparse else np.asarray(y, np.float32)
-    want = float(model.compute_loss(x, target, model(x), training=False))
+    # in a graph, as fit computes it, on the model's own logits there
+    want = float(tf.function(lambda: model.compute_loss(x, target, model(x, training=False)))())
     counted = (
         ROWS if model_path.ignore_class is None else np.sum(classes != model_path.ignore_class)
     )
@@ -302,27 +335,6 @@ def test_broken_archives_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
         archive.writestr("config.json", json.dumps({"pad": "x" * 100}))
     monkeypatch.setattr(xm, "MAX_CONFIG_BYTES", 64)
     _refused(tmp_path / "big.keras", "more than 64")
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_model_loss_in_a_graph_is_the_models_own(saved: dict, data: tuple, case: str) -> None:
-    """Inside ``tf.function``, as training runs, where Keras finds a float32 Softmax's logits
-    from the graph's op instead of the eager tensor's attribute: the same rows, bit for bit.
-
-    Both are fed the logits the model computes in a graph: where TensorFlow runs oneDNN (its
-    default on CPUs with AVX512_VNNI, AVX512_BF16 or AMX), a mixed-precision Dense's logits in a
-    graph differ from its eager ones by float16 rounding (README, "Auditing a saved model")."""
-    model, path = saved[case]
-    x, classes = data
-    model_path = xm.read_model_config(path)
-    runner = xm.logits_runner(model, model_path)
-    logits = tf.function(lambda: runner(x, training=False))()
-    y = tf.one_hot(classes, CLASSES, dtype=logits.dtype)
-    fn = xm.model_loss(model_path)
-    target = classes if model_path.sparse else np.eye(CLASSES, dtype=np.float32)[classes]
-    ours = tf.function(lambda: fn(y, tf.constant(classes, tf.int32), logits, None))()
-    real = tf.function(lambda: CASES[case][2](target, model(x, training=False)))()
-    np.testing.assert_array_equal(np.asarray(ours), np.asarray(real))
 
 
 def test_a_model_alone_is_audited_with_no_other_implementation(

@@ -378,10 +378,22 @@ def model_loss(path: ModelPath) -> Callable[[Any, Any, Any, Any], Any]:
 
 def logits_model(model: Any, path: ModelPath) -> Callable[[np.ndarray], np.ndarray]:
     """``batch -> logits``: the input of ``model``'s final activation (for a Dense with softmax,
-    its pre-activation output), as ``model`` computes it eagerly with ``training=False``
-    (``logits_runner``). Works on a model in memory (a training callback)."""
-    runner = logits_runner(model, path)
-    return lambda batch: runner(batch, training=False).numpy()  # TensorFlow backend: eager
+    its pre-activation output; ``logits_runner``), as ``model`` computes it with
+    ``training=False`` (``predicting_like``). Works on a model in memory (a training
+    callback)."""
+    return predicting_like(logits_runner(model, path), model)
+
+
+def predicting_like(runner: Any, model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``runner.predict_on_batch`` with ``training=False``, run as ``model`` runs: in Keras'
+    predict function, a ``tf.function`` unless ``model.run_eagerly``, compiled by XLA where
+    ``model.jit_compile`` (keras/src/backend/tensorflow/trainer.py ``make_predict_function``),
+    as ``model.predict`` and, in the same graph, ``model.fit`` compute it. Where TensorFlow
+    runs oneDNN, a mixed-precision layer's output in a graph differs from its eager one (its
+    bias added before the float16 rounding): the logits training sees are the graph's."""
+    runner.run_eagerly = model.run_eagerly
+    runner.jit_compile = model.jit_compile
+    return runner.predict_on_batch
 
 
 def logits_runner(model: Any, path: ModelPath) -> Any:
