@@ -25,7 +25,13 @@ from xentaudit.audit import audit
 from xentaudit.choices import names_given
 from xentaudit.errors import ConfigError
 from xentaudit.flags import fail_on_flags
-from xentaudit.model import ModelPath, logits_model, parse_model_config, predicting_like
+from xentaudit.model import (
+    ModelPath,
+    logits_model,
+    model_to,
+    parse_model_config,
+    predicting_like,
+)
 from xentaudit.results import Audit
 from xentaudit.training import DEFAULT_FAIL_ON, PREFIX, EpochRecord, record
 
@@ -127,9 +133,8 @@ class AuditCallback(keras.callbacks.Callback):
                     f"AuditCallback: logits_layer={self.logits_layer!r} is not a layer of the "
                     f"model; choose from {', '.join(names)}"
                 )
-            layer = self.model.get_layer(self.logits_layer)
-            inputs = self.model.inputs[0] if len(self.model.inputs) == 1 else self.model.inputs
-            self._logits = predicting_like(keras.Model(inputs, layer.output), self.model)
+            output = self.model.get_layer(self.logits_layer).output
+            self._logits = predicting_like(model_to(self.model, output), self.model)
         if self.save_dir is not None:
             self.save_dir.mkdir(parents=True, exist_ok=True)
         if self.log_dir is not None:

@@ -416,6 +416,13 @@ def logits_runner(model: Any, path: ModelPath) -> Any:
         output = final.output
     else:
         output = final.input
+    return model_to(model, output)
+
+
+def model_to(model: Any, output: Any) -> Any:
+    """A Keras model from ``model``'s inputs to ``output``, one of its graph's tensors."""
+    import keras
+
     # One input as a tensor, not a one-element list: the structure the model was built with.
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return keras.Model(inputs, output)
