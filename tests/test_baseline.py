@@ -346,18 +346,18 @@ def test_a_sweeps_regression_names_its_clip(tmp_path: Path) -> None:
 
 def test_the_error_floor_is_the_grading_tolerance_of_the_computed_dtype() -> None:
     """From an error of 0 to e is a regression only past FACTOR times the floor, the grading
-    tolerance of a one-hot row the README states, (8 + ceil(log2 C)) eps of float32: 0.95 x
-    FACTOR floors passes, 1.05 x fails (doubling or halving the floor moves it across one)."""
+    tolerance of a one-hot row the README states, (8 + ceil(log2 C)) eps + u d of float32 (d the
+    sum's depth in lanes): 0.95 x FACTOR floors passes, 1.05 x fails (doubling or halving the
+    floor moves it across one)."""
     from dataclasses import replace
 
     from factories import check_result
 
     from xentaudit.baseline import compare
-    from xentaudit.losses import reduction_depth
     from xentaudit.results import Check
 
     classes = 3
-    floor = (8 + reduction_depth(classes)) * 2.0**-23  # float32 eps
+    floor = (8 + 2) * 2.0**-23 + 2 * 2.0**-24  # C = 3: k = 2, d = 2 (a tree: C <= 8 lanes)
     base = check_result("log_softmax", "eager", ())
     before = Check("x.npz", 8, classes, "float32", "file", {}, (base,)).to_dict()
     for factor, regressed in ((FACTOR * 0.95, False), (FACTOR * 1.05, True)):
@@ -370,22 +370,23 @@ def test_soft_labels_raise_the_noise_floor_by_their_label_sums(tmp_path) -> None
     # A smoothed 7,500-class row: frameworks add its 7,500 label terms in their kernels' order,
     # which moves between machines; an error within u (n - 1) of the loss (3 u (n - 1) of the
     # gradient) is rounding (losses.LABEL_SUM_ULPS), so its growth is no regression there, as it
-    # is for class labels past (8 + k) eps
+    # is for class labels past (8 + k) eps + u d
     from xentaudit.baseline import _floors, _grew
     from xentaudit.dtypes import FORMATS
 
     eps = 2.0**-23
-    k = 13  # ceil(log2 7500)
-    hard, soft = _floors(FORMATS["float32"], k, 1), _floors(FORMATS["float32"], k, 7500)
-    assert hard == {"max_rel_err": 21 * eps, "grad_max_abs_err": 21 * eps}
-    assert soft["max_rel_err"] == 21 * eps + eps / 2 * 7499
-    assert soft["grad_max_abs_err"] == 21 * eps + 3 * eps / 2 * 7499
-    assert _grew(60 * eps, 20 * eps, hard["max_rel_err"])  # 3x past the floor: a regression
-    assert not _grew(60 * eps, 20 * eps, soft["max_rel_err"])  # within the label sums
+    # 7,500 classes: k = ceil(log2 7500) = 13, d = ceil(7500 / 8) - 1 + 3 = 940 (8 float32 lanes)
+    hard, soft = _floors(FORMATS["float32"], 7500, 1), _floors(FORMATS["float32"], 7500, 7500)
+    one_hot = 21 * eps + eps / 2 * 940
+    assert hard == {"max_rel_err": one_hot, "grad_max_abs_err": one_hot}
+    assert soft["max_rel_err"] == one_hot + eps / 2 * 7499
+    assert soft["grad_max_abs_err"] == one_hot + 3 * eps / 2 * 7499
+    assert _grew(3000 * eps, 1000 * eps, hard["max_rel_err"])  # 3x past the floor: a regression
+    assert not _grew(3000 * eps, 1000 * eps, soft["max_rel_err"])  # within the label sums
     assert _grew(3 * soft["max_rel_err"], soft["max_rel_err"], soft["max_rel_err"])
-    # bfloat16 sums are accumulated in float32: its label term is float32's
-    bf16 = _floors(FORMATS["bfloat16"], k, 7500)["max_rel_err"]
-    assert bf16 == 21 * 2.0**-7 + eps / 2 * 7499
+    # bfloat16 sums are accumulated in float32: its lanes' and label terms are float32's
+    bf16 = _floors(FORMATS["bfloat16"], 7500, 7500)["max_rel_err"]
+    assert bf16 == 21 * 2.0**-7 + eps / 2 * 940 + eps / 2 * 7499
     # a check with label smoothing records the rows' label weights (all C of them)
     np.save(tmp_path / "x.npy", np.zeros((2, 50), np.float32))
     np.save(tmp_path / "y.npy", np.array([0, 1]))

@@ -139,14 +139,22 @@ def test_an_error_of_one_and_a_half_product_roundings_is_flagged() -> None:
 
 @pytest.mark.parametrize("top", [3.0, 64.0])
 def test_sigmoid_gradient_tolerance(top: float) -> None:
-    # B_i = 1/C bounds (sigmoid(x) - y)/C; the gradient is wrong beyond (8 eps + u max|x|) B_i:
-    # a few roundings, plus exp(x - softplus(x))'s exponent rounded to u |x|
+    # B_i = 1/C bounds (sigmoid(x) - y)/C; the gradient is wrong beyond (8 eps + u max_j |x_j|
+    # t_j) B_i: a few roundings, plus exp(x - softplus(x))'s exponent rounded to u |x_j| in the
+    # part of entry j it computes, t_j = (1 - y_j) sigmoid(x_j) + y_j sigmoid(-x_j): the logit
+    # `top` with label 0 has the largest |x| t, top sigmoid(top)
     x = np.array([[0.5, -1.0, 2.0, top]], np.float32)
-    y = np.array([[1.0, 0.0, 0.25, 1.0]], np.float32)
+    y = np.array([[1.0, 0.0, 0.25, 0.0]], np.float32)
     rounded = round_to(prepare(x, y, multi_label=True), F32, loss="sigmoid")
     eps = 2.0**-23
+
+    def sigmoid(v: float) -> float:
+        return 1 / (1 + math.exp(-v))
+
+    parts = [0.5 * sigmoid(-0.5), sigmoid(-1.0), 2 * (0.75 * sigmoid(2) + 0.25 * sigmoid(-2))]
+    assert top * sigmoid(top) > max(parts)
     assert rounded.bound.tolist() == [0.25]
-    allowed = (8 * eps + eps / 2 * top) * 0.25
+    allowed = (8 * eps + eps / 2 * top * sigmoid(top)) * 0.25
     g = rounded.ref.grad.copy()
     g[0, 2] += 1.05 * allowed
     assert grade(rounded.ref.loss, g, "float32", rounded).masks["grad-wrong"].all()

@@ -48,22 +48,34 @@ def _exact_grad(classes: int, weight: float = 1.0) -> np.ndarray:
     return g
 
 
+def _lanes(classes: int, lanes: int) -> int:
+    """d: a sum of C terms in L lanes, each adding ceil(C / L) terms in order (C / L - 1
+    roundings), then a tree of the L lanes (log2 L more); a tree of C terms when C <= L."""
+    if classes <= lanes:
+        return math.ceil(math.log2(classes))
+    return math.ceil(classes / lanes) - 1 + int(math.log2(lanes))
+
+
 # The loss and gradient tolerances, per row of C classes: with k = ceil(log2 C), B = max(sum y, 1)
-#   divergent:  |L - exact| > eps (8 max(|exact|, 1) + k B)
-#   grad-wrong: max_j |G - g| > eps (8 + k) B
-# C = 3, 1,000, 32,000 and 256,000 (k = 2, 10, 15, 18): at C = 3 the 8 dominates, at 256,000
-# the k term is as large as the 8 (x max(L, 1) = 12.5 for the loss), so halving or doubling
-# either constant moves the threshold by more than 3 % in at least one of them.
+# and d = _lanes(C, 8) for float32 (8 float32 lanes of a 256-bit vector), u = eps / 2:
+#   divergent:  |L - exact| > eps (8 max(|exact|, 1) + k B) + u d B
+#   grad-wrong: max_j |G - g| > eps (8 + k) B + u d B
+# C = 3, 1,000, 32,000 and 256,000 (k = 2, 10, 15, 18; d = 2, 127, 4002, 32002): at C = 3 the 8
+# dominates, at 1,000 the k term is 7.8 % of the loss's threshold and 12 % of the gradient's, at
+# 32,000 and 256,000 the lanes' term is most of it, so halving or doubling any of the three
+# moves the threshold by more than 3 % in at least one of them.
 CLASSES = [(3, 2), (1000, 10), (32000, 15), (256000, 18)]
 
 
 @pytest.mark.parametrize(("classes", "k"), CLASSES)
 @pytest.mark.parametrize("weight", [1.0, 3.0])
-def test_divergent_threshold_is_8_eps_relative_plus_k_eps_absolute(classes, k, weight) -> None:
+def test_divergent_threshold_is_8_eps_relative_plus_k_eps_and_lanes_absolute(
+    classes, k, weight
+) -> None:
     x, y, exact = _uniform(classes, weight)
     assert k == math.ceil(math.log2(classes))
     bound = max(weight, 1.0)
-    threshold = EPS32 * (8 * max(exact, 1.0) + k * bound)
+    threshold = EPS32 * (8 * max(exact, 1.0) + k * bound) + EPS32 / 2 * _lanes(classes, 8) * bound
     g = _exact_grad(classes, weight)
     for factor, flagged in ((INSIDE, False), (PAST, True)):
         graded = _grade(x, y, exact + factor * threshold, g)
@@ -74,9 +86,9 @@ def test_divergent_threshold_is_8_eps_relative_plus_k_eps_absolute(classes, k, w
 
 @pytest.mark.parametrize(("classes", "k"), CLASSES)
 @pytest.mark.parametrize("weight", [1.0, 3.0])
-def test_grad_wrong_threshold_is_8_plus_k_eps_times_the_bound(classes, k, weight) -> None:
+def test_grad_wrong_threshold_is_8_plus_k_eps_and_lanes_times_the_bound(classes, k, weight) -> None:
     x, y, exact = _uniform(classes, weight)
-    threshold = EPS32 * (8 + k) * max(weight, 1.0)
+    threshold = (EPS32 * (8 + k) + EPS32 / 2 * _lanes(classes, 8)) * max(weight, 1.0)
     for factor, flagged in ((INSIDE, False), (PAST, True)):
         g = _exact_grad(classes, weight)
         g[0, classes - 1] += factor * threshold
@@ -125,17 +137,18 @@ def test_grad_vanish_needs_an_exact_gradient_above_32_eps() -> None:
         assert graded.flags() == (flag,), (factor, float(p) / EPS32)
 
 
-def test_downcast_allowance_is_u_out_times_2_b_max_abs_logit() -> None:
-    # float64 logits near 1000 graded as a float32 output: the allowance q = 2^-24 * 2 * 1000
-    # (1.2e-4) dominates eps32 (8 max(L, 1) + k) = 1.2e-6.
-    x = np.array([[1000.0, 999.0]])
+def test_downcast_allowance_is_2_b_times_the_largest_rounding_of_a_logit() -> None:
+    # float64 logits near 1000 graded as a float32 output: the allowance q = 2 B max_j |fl32(x_j)
+    # - x_j| (|dL/dx|_1 <= 2 B; here 2 * 1.9e-5) dominates eps32 (8 max(L, 1) + k) = 1.2e-6.
+    x = np.array([[1000.1, 999.1]])
     y = np.array([[0.0, 1.0]])
     with mpmath.workdps(40):
-        exact = float(mpmath.log1p(mpmath.exp(1)))
-    q = 2.0**-24 * 2 * 1.0 * 1000.0
-    threshold = EPS32 * (8 * exact + 1) + q
-    with mpmath.workdps(40):
-        p = 1 / (1 + mpmath.exp(-1))
+        exact = float(mpmath.log1p(mpmath.exp(mpmath.mpf(x[0, 0]) - mpmath.mpf(x[0, 1]))))
+        p = 1 / (1 + mpmath.exp(mpmath.mpf(x[0, 1]) - mpmath.mpf(x[0, 0])))
+    rounding = float(np.abs(x.astype(np.float32).astype(np.float64) - x).max())
+    assert 2.0**-30 * 1000 < rounding <= 2.0**-24 * 1000.1  # inexact, within u32 |x|
+    q = 2 * 1.0 * rounding
+    threshold = EPS32 * (8 * exact + 1) + EPS32 / 2 * 1 + q  # k = 1 and d = 1 for C = 2
     g = np.array([[float(p), float(-p)]])
     for factor, flagged in ((INSIDE, False), (PAST, True)):
         graded = _grade(x, y, exact + factor * threshold, g, dtype="float64", out="float32")
@@ -144,6 +157,25 @@ def test_downcast_allowance_is_u_out_times_2_b_max_abs_logit() -> None:
     # Without the narrowing (a float64 output) there is no allowance: the same error is flagged.
     graded = _grade(x, y, exact + 0.5 * q, g, dtype="float64")
     assert "divergent" in graded.flags() and "downcast" not in graded.flags()
+
+
+def test_logits_the_output_holds_exactly_add_no_downcast_allowance() -> None:
+    # A mask of -2^30 (float32 holds it, and -1e9) beside small integers: rounding to float32
+    # moves nothing, so a float64 row graded as float32 output gets float32's tolerance only
+    # (the old allowance u32 2 B max|x| was 128 here, and hid a Keras clip).
+    x = np.array([[-(2.0**30), 0.0, -5.0, -50.0]])
+    y = np.array([[0.0, 0.0, 0.5, 0.5]])
+    with mpmath.workdps(40):
+        lse = mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in x[0]))
+        exact = float(lse - (mpmath.mpf(-5) + mpmath.mpf(-50)) / 2)
+        g = np.array(
+            [[float(mpmath.exp(mpmath.mpf(v) - lse)) - w for v, w in zip(x[0], y[0], strict=True)]]
+        )
+    threshold = EPS32 * (8 * exact + 2) + EPS32 / 2 * 2 + EPS32 / 2 * exact  # k = d = 2; 2 labels
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        graded = _grade(x, y, exact + factor * threshold, g, dtype="float64", out="float32")
+        assert ("divergent" in graded.flags()) is flagged, factor
+        assert "downcast" in graded.flags()
 
 
 @pytest.mark.parametrize(("lead", "forgiven"), [(87.5, True), (87.0, False)])
@@ -318,14 +350,14 @@ def _soft_row(n: int, dtype: str = "float32"):
 
 # Soft labels with n nonzero weights: the framework adds them in its own order, within (n - 1) u
 # of the sum of their magnitudes (Higham (4.4)), u float32's for half precision (the
-# accumulator): divergent past eps (8 max(L, 1) + k B) + u (n - 1) L, grad-wrong past
-# eps (8 + k) B + u (n - 1) (2 + max_j p_j) B. At n = 1000 the label terms dominate (in
-# float32: 500 L eps and 1374 eps B), at n = 2 they are under 1 eps.
+# accumulator): divergent past eps (8 max(L, 1) + k B) + u d B + u (n - 1) L, grad-wrong past
+# eps (8 + k) B + u d B + u (n - 1) (2 + max_j p_j) B (C = 1000: k = 10, d = 127). At n = 1000
+# the label terms dominate (in float32: 500 L eps and 1374 eps B), at n = 2 they are under 1 eps.
 @pytest.mark.parametrize("n", [2, 1000])
 def test_soft_labels_widen_grad_wrong_by_their_sum_in_any_order(n: int) -> None:
     rounded, top = _soft_row(n)
     bound = max(float(rounded.weights.astype(np.float64).sum()), 1.0)
-    threshold = EPS32 * (8 + 10) * bound + EPS32 / 2 * (n - 1) * (2 + top) * bound
+    threshold = EPS32 * (8 + 10) * bound + EPS32 / 2 * (127 + (n - 1) * (2 + top)) * bound
     for factor, flagged in ((INSIDE, False), (PAST, True)):
         g = rounded.ref.grad.copy()
         g[0, 0] += factor * threshold
@@ -338,21 +370,24 @@ def test_soft_labels_widen_divergent_by_their_sum_in_any_order(n: int) -> None:
     rounded, _ = _soft_row(n)
     exact = float(rounded.ref.loss[0])
     bound = max(float(rounded.weights.astype(np.float64).sum()), 1.0)
-    threshold = EPS32 * (8 * max(exact, 1.0) + 10 * bound) + EPS32 / 2 * (n - 1) * exact
+    threshold = EPS32 * (8 * max(exact, 1.0) + 10 * bound) + EPS32 / 2 * (
+        127 * bound + (n - 1) * exact
+    )
     for factor, flagged in ((INSIDE, False), (PAST, True)):
         graded = grade(np.array([exact + factor * threshold]), rounded.ref.grad, "float32", rounded)
         assert ("divergent" in graded.flags()) is flagged, (n, factor, graded.flags())
 
 
 def test_half_precision_soft_labels_are_summed_in_float32() -> None:
-    # bfloat16: the label term takes float32's u (the accumulator), the rest bfloat16's eps. The
+    # bfloat16: the label term takes float32's u (the accumulator), as the lanes' term (d = 127),
+    # the rest bfloat16's eps. The
     # term is small beside the rest, so it is pinned on its own: half of it past the rest does
     # not fire (it would without the term), twice it does (it would not with bfloat16's u)
     rounded, _ = _soft_row(1000, "bfloat16")
     exact = float(rounded.ref.loss[0])
     bound = max(float(rounded.weights.astype(np.float64).sum()), 1.0)
     eps16 = FORMATS["bfloat16"].eps
-    rest = eps16 * (8 * max(exact, 1.0) + 10 * bound)
+    rest = eps16 * (8 * max(exact, 1.0) + 10 * bound) + EPS32 / 2 * 127 * bound
     label = EPS32 / 2 * 999 * exact
     for error, flagged in ((rest + label / 2, False), (rest + 2 * label, True)):
         graded = grade(np.array([exact + error]), rounded.ref.grad, "bfloat16", rounded)
@@ -442,3 +477,97 @@ def test_keras_smoothing_in_float32_is_within_the_tolerance_and_needs_its_term()
     err = np.abs(outcome.loss - rounded.ref.loss)
     without = EPS32 * (8 * np.maximum(rounded.ref.loss, 1.0) + 0.5 * x * (1 - a / 2))
     assert (err > without).any()
+
+
+def test_float64_sums_take_four_lanes() -> None:
+    # float64 accumulates in 4 lanes of a 256-bit vector: d = 32,000 / 4 - 1 + 2 = 8,001 units of
+    # u64, most of the threshold at C = 32,000 (with 8 lanes it would be half as large).
+    x, y, exact = _uniform(32000)
+    eps64 = 2.0**-52
+    threshold = eps64 * (8 * exact + 15) + eps64 / 2 * _lanes(32000, 4)
+    assert _lanes(32000, 4) == 8001
+    g = _exact_grad(32000)
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        graded = _grade(x, y, exact + factor * threshold, g, dtype="float64")
+        assert ("divergent" in graded.flags()) is flagged, factor
+
+
+def _confident_row(classes: int = 32000) -> tuple[np.ndarray, np.ndarray]:
+    """A confident row (a language model's, sure of its token): the label's logit 0, the others
+    at ln(2^-25) in float32, so each of their exponentials is half float32's ulp of 1, and the
+    float32 exponentials of the row."""
+    x = np.full((1, classes), np.float32(math.log(2.0**-25)), dtype=np.float32)
+    x[0, 0] = 0.0
+    return x, np.exp(x.astype(np.float64)).astype(np.float32)
+
+
+def test_a_sum_in_eight_lanes_is_inside_the_tolerance_and_a_sequential_one_past_it() -> None:
+    # Added to a running sum of 1, each of the other terms is lost: a float32 sum in 8 lanes
+    # (each in order, then a tree, as torch's kernels with AVX2) loses those of its first lane,
+    # 1/8 of them (relative error 1.2e-4, inside u d = 2001 eps = 2.4e-4, far past the tree
+    # bound (8 + k) eps = 2.7e-6); a sequential sum (np.cumsum) loses them all (9.5e-4).
+    x, terms = _confident_row()
+    classes = x.shape[1]
+    with mpmath.workdps(40):
+        exact = float(mpmath.log1p((classes - 1) * mpmath.exp(mpmath.mpf(float(x[0, 1])))))
+    lanes = np.cumsum(terms[0].reshape(-1, 8), axis=0, dtype=np.float32)[-1]
+    while lanes.size > 1:  # the tree of the 8 lanes
+        lanes = (lanes[0::2] + lanes[1::2]).astype(np.float32)
+    in_lanes = math.log(float(lanes[0]))
+    sequential = math.log(float(np.cumsum(terms[0], dtype=np.float32)[-1]))
+    rounded = round_to(prepare(x, np.array([0])), FORMATS["float32"])
+    assert abs(in_lanes - exact) > (8 + 15) * EPS32  # what the tree bound alone would flag
+    assert abs(in_lanes - exact) < EPS32 / 2 * _lanes(classes, 8) and sequential < exact / 8
+    for loss, flagged in ((in_lanes, False), (sequential, True)):
+        graded = grade(np.array([loss]), rounded.ref.grad, "float32", rounded)
+        assert ("divergent" in graded.flags()) is flagged, (loss, exact)
+
+
+def test_hard_labels_products_add_nothing_to_the_sigmoid_loss_tolerance() -> None:
+    # x 1 and x 0 are exact: a logit of 2^30 with label 1 leaves the sigmoid loss's tolerance at
+    # eps (8 + k) max(|L|, 1) + u d max(|L|, 1) (C = 3: k = d = 2); the product term u mean_j
+    # max(x_j, 0) y_j would have been 2^30 / 3 u = 21 and hidden a Keras clip.
+    x = np.array([[2.0**30, -70.0, 0.0]])
+    y = np.array([[1.0, 1.0, 0.0]])
+    with mpmath.workdps(60):
+        terms = [
+            w * mpmath.log1p(mpmath.exp(-mpmath.mpf(v)))
+            + (1 - w) * mpmath.log1p(mpmath.exp(mpmath.mpf(v)))
+            for v, w in zip(x[0], y[0], strict=True)
+        ]
+        exact = float(mpmath.fsum(terms) / 3)
+        g = [
+            [
+                float((1 / (1 + mpmath.exp(-mpmath.mpf(v))) - w) / 3)
+                for v, w in zip(x[0], y[0], strict=True)
+            ]
+        ]
+    rounded = round_to(prepare(x, y, multi_label=True), FORMATS["float32"], loss="sigmoid")
+    threshold = EPS32 * (8 + 2) * exact + EPS32 / 2 * 2 * exact
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        graded = grade(np.array([exact + factor * threshold]), np.array(g), "float32", rounded)
+        assert ("divergent" in graded.flags()) is flagged, factor
+
+
+def test_a_masked_logit_adds_nothing_to_the_sigmoid_gradient_tolerance() -> None:
+    # The derivative exp(x - softplus(x)) rounds to u |x_j| t_j of entry j's part t_j =
+    # (1 - y_j) sigmoid(x_j) + y_j sigmoid(-x_j): a masked logit (-1e9, label 0) has t = 0, so
+    # the tolerance is (8 eps + u max_j |x_j| t_j) B with the others' largest |x| t, 2 sigmoid(2)
+    # (it would have been u 1e9 B, past grad-blowup's 10 B).
+    x = np.array([[1.0, -1.0, 2.0, -1e9]])
+    y = np.array([[0.0, 1.0, 0.0, 0.0]])
+    with mpmath.workdps(40):
+        sig = [1 / (1 + mpmath.exp(-mpmath.mpf(v))) for v in x[0]]
+        g = np.array([[float((s - w) / 4) for s, w in zip(sig, y[0], strict=True)]])
+        parts = [
+            abs(v) * float((1 - w) * s + w * (1 - s))
+            for v, w, s in zip(x[0], y[0], sig, strict=True)
+        ]
+    assert max(parts) == 2 * float(sig[2])
+    rounded = round_to(prepare(x, y, multi_label=True), FORMATS["float32"], loss="sigmoid")
+    threshold = (8 * EPS32 + EPS32 / 2 * max(parts)) / 4
+    for factor, flagged in ((INSIDE, False), (PAST, True)):
+        wrong = g.copy()
+        wrong[0, 0] += factor * threshold
+        graded = grade(rounded.ref.loss, wrong, "float32", rounded)
+        assert (graded.flags() == ("grad-wrong",)) is flagged, factor

@@ -2,24 +2,27 @@
 
 Tolerances (documented in the README, section "Flags and thresholds"), per row i of C classes,
 with ``eff`` the less precise of the input dtype and the implementation's output dtype, eps its
-machine epsilon, B_i = max(sum_j y_ij, 1) the bound of the exact gradient and k = ceil(log2 C):
+machine epsilon, B_i = max(sum_j y_ij, 1) the bound of the exact gradient, k = ceil(log2 C) and
+d u_acc the error bound of a C-term sum in SIMD lanes (``losses.LANE_ULPS``):
 
-* loss: ``divergent`` when |L_i - exact_i| > 8 eps max(|exact_i|, 1) + k eps B_i + q_i (with
-  ``rtol`` given: rtol max(|exact_i|, 1) + q_i). A well-implemented log-sum-exp in that dtype
-  rounds a few times (the subtraction x_j - m, exp, log, the final subtraction: 8 eps relative
-  covers them with room to spare) and sums C terms; a tree-summed reduction of C terms in
-  [0, 1] has relative error at most k u = k eps / 2 (Higham, "Accuracy and Stability of
+* loss: ``divergent`` when |L_i - exact_i| > 8 eps max(|exact_i|, 1) + k eps B_i + d u_acc B_i
+  + q_i (with ``rtol`` given: rtol max(|exact_i|, 1) + q_i). A well-implemented log-sum-exp in
+  that dtype rounds a few times (the subtraction x_j - m, exp, log, the final subtraction: 8 eps
+  relative covers them with room to spare) and sums C terms; a tree-summed reduction of C terms
+  in [0, 1] has relative error at most k u = k eps / 2 (Higham, "Accuracy and Stability of
   Numerical Algorithms", 2nd ed., section 4.2), and the rounding of x_j - m moves the sum by at
   most sum_j p_j |x_j - m| u <= ln(C) u < k u more (the weighted gaps are at most the softmax's
-  entropy). Both enter the loss through log, absolutely and scaled by sum(y): k eps B_i.
-* gradient: ``grad-wrong`` when max_j |G_ij - g_ij| > (8 + k) eps B_i + q_i, the same roundings
-  entering softmax(x) sum(y) - y (each entry is w_j / S: the sum's error reaches every entry,
-  and the argmax entry of autodiff through x - max(x) collects the rounding of a C-term sum);
+  entropy); the frameworks' kernels that add it in SIMD lanes instead are within d u_acc. Both
+  enter the loss through log, absolutely and scaled by sum(y): k eps B_i + d u_acc B_i.
+* gradient: ``grad-wrong`` when max_j |G_ij - g_ij| > (8 + k) eps B_i + d u_acc B_i + q_i, the
+  same roundings entering softmax(x) sum(y) - y (each entry is w_j / S: the sum's error reaches
+  every entry, and the argmax entry of autodiff through x - max(x) collects the rounding of a
+  C-term sum);
   ``grad-blowup`` when max_j |G_ij| > 10 B_i; ``grad-vanish`` when max_j |g_ij| > 32 eps B_i
   (clearly above rounding) yet max_j |G_ij| <= 0.1 max_j |g_ij|.
-* q_i = u_out * 2 B_i * max_j |x_ij| is added only when the implementation narrows the dtype
-  (Keras turns float64 into float32): rounding the input to the output's unit roundoff u_out
-  moves the loss and the gradient by up to that much (|dL/dx|_1 <= 2 B_i), which is the
+* q_i = 2 B_i max_j |fl_out(x_ij) - x_ij| is added only when the implementation narrows the
+  dtype (Keras turns float64 into float32): rounding the input to the output's dtype moves the
+  loss and the gradient by up to that much (|dL/dx|_1 <= 2 B_i), which is the
   narrowing's doing, reported by ``downcast``, not an error of the loss formula.
 * TensorFlow flushes subnormals to zero on CPU: absolute differences below the smallest normal
   number of ``eff`` count as no error at all.
@@ -55,14 +58,16 @@ from xentaudit.flags import FLAGS
 from xentaudit.impls import Outcome
 from xentaudit.io import Batch, as_float, describe_rows, prepare
 from xentaudit.losses import (
+    LANE_ULPS,
     LOSSES,
     NO_FOCUS,
     Focus,
+    accumulator_eps,
     extra_labels,
     focus_of,
     get_loss,
-    label_accumulator,
     label_sum_terms,
+    lane_depth,
 )
 from xentaudit.reference import Reference, grad_error, grad_errors
 from xentaudit.results import Audit, ImplResult, Skipped, eps_text
@@ -179,12 +184,16 @@ def grade(
     tol = RTOL_ULPS * eff.eps if rtol is None else rtol
     bound = rounded.bound
     loss_fn = LOSSES[rounded.loss]
-    # q_i: rounding the input to the output's unit roundoff moves the loss by |dL/dx|_1 max|x|
+    # q_i: rounding the input to the output's dtype moves the loss by |dL/dx|_1 max_j |dx_j|
     slack = (
-        out.eps / 2 * loss_fn.l1_bound(rounded.logits, bound) * rounded.max_abs_logit
+        loss_fn.l1_bound(rounded.logits, bound) * rounded.largest_rounding(out)
         if downcast
         else np.zeros_like(bound)
     )
+    # the C-term sums accumulated in SIMD lanes (losses.LANE_ULPS), in float32 at least
+    accumulator = accumulator_eps(eff.eps)
+    depth = accumulator * LANE_ULPS * lane_depth(rounded.logits.shape[1], accumulator)
+    lane_loss, lane_grad = (depth * t for t in loss_fn.lane_sums(bound, rounded.loss_magnitude))
 
     exact_inf = rounded.exact_inf
     with np.errstate(invalid="ignore"):
@@ -214,7 +223,7 @@ def grade(
     # at least (losses.LABEL_SUM_ULPS)
     label_loss, label_grad = np.zeros_like(bound), np.zeros_like(bound)
     if rounded.label_terms is not None:
-        label_loss, label_grad = (label_accumulator(eff.eps) * t for t in rounded.label_terms)
+        label_loss, label_grad = (accumulator * t for t in rounded.label_terms)
     # Smoothed labels rounded to the dtype (``Rounded.label_shift``): an implementation handed
     # them is judged against the exact loss of the labels it got, L' = L + shift, or of those
     # smoothed exactly, L, whichever it is nearer; its gradient may be off by theirs apart.
@@ -227,7 +236,7 @@ def grade(
         near = np.where(near < flushed, 0.0, near)
         # fmin: a NaN distance to L' (none expected) leaves the distance to L to judge
         judged = np.where(exact_inf, abs_err, np.fmin(abs_err, near))
-    allowed = tol * scale + (reduction + label_loss if rtol is None else 0.0) + slack
+    allowed = tol * scale + (reduction + lane_loss + label_loss if rtol is None else 0.0) + slack
     allowed = np.where(exact_inf, 0.0, allowed)
 
     ignored = np.zeros_like(exact_inf) if rounded.ignored is None else rounded.ignored
@@ -255,6 +264,7 @@ def grade(
             row_gerr
             > RTOL_ULPS * eff.eps * bound
             + eff.eps * rounded.grad_terms
+            + lane_grad
             + label_grad
             + slack
             + subnormal
@@ -361,7 +371,8 @@ class Rounded:
     @cached_property
     def grad_terms(self) -> np.ndarray:
         """The tolerance the gradient adds for its reductions and products, in eps."""
-        return LOSSES[self.loss].grad_terms(self.logits, self.bound, self.focus)
+        weights = None if self.weights is None else as_float(self.weights)
+        return LOSSES[self.loss].grad_terms(self.logits, weights, self.bound, self.focus)
 
     @cached_property
     def label_terms(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -405,15 +416,17 @@ class Rounded:
         with np.errstate(invalid="ignore"):
             return 1.0 / np.exp(x - np.where(np.isfinite(top), top, 0.0)).sum(axis=1)
 
-    @cached_property
-    def max_abs_logit(self) -> np.ndarray:
-        """max_j |x_ij| over the finite logits of each row (float64)."""
-        x = as_float(self.logits)
+    def largest_rounding(self, out: FloatFormat) -> np.ndarray:
+        """max_j |fl(x_ij) - x_ij| per row, fl rounding to the narrower format ``out``: 0 for
+        logits ``out`` holds exactly (a mask of -1e9, -inf), u_out |x_ij| for one it overflows."""
+        x = as_float(self.logits).astype(np.float64)
+        held = out.cast(x).astype(np.float64)
         with np.errstate(invalid="ignore"):
-            top = np.maximum(x.max(axis=1), -x.min(axis=1)).astype(np.float64)
-        if np.isfinite(top).all():
-            return top
-        return np.abs(np.where(np.isfinite(x), x, 0)).max(axis=1).astype(np.float64)
+            moved = np.abs(held - x)
+        # -inf is held exactly (its difference is NaN); an overflow moves by at most u_out |x|
+        overflow = out.eps / 2 * np.abs(x)
+        moved = np.where(held == x, 0.0, np.where(np.isfinite(moved), moved, overflow))
+        return moved.max(axis=1, initial=0.0)
 
 
 def round_to(

@@ -27,7 +27,13 @@ from xentaudit.dtypes import FORMATS, FloatFormat, dtype_label
 from xentaudit.errors import InputError
 from xentaudit.flags import fail_on_flags
 from xentaudit.io import regular_file
-from xentaudit.losses import label_accumulator, label_sum_terms, reduction_depth
+from xentaudit.losses import (
+    LANE_ULPS,
+    accumulator_eps,
+    label_sum_terms,
+    lane_depth,
+    reduction_depth,
+)
 from xentaudit.results import (
     SCHEMA_VERSION,
     Check,
@@ -39,8 +45,8 @@ from xentaudit.results import (
 
 FACTOR = 2.0  # an error counts as grown (or shrunk) when it more than doubles (halves)
 # Errors within the grading tolerance are rounding: (RTOL_ULPS + k) eps of the narrowest dtype
-# the result computed in, k = ceil(log2 C) (audit.grade's bound for B = 1, relative to
-# max(|L|, 1)).
+# the result computed in, k = ceil(log2 C), and d u_acc for the sums in lanes (audit.grade's
+# bound for B = 1, relative to max(|L|, 1)).
 MAX_BASELINE_BYTES = 64 * 2**20  # a baseline larger than this is refused unread
 # Breaking points are searched to 3 significant digits (0.5 % of rounding), and in float16 and
 # bfloat16 a threshold can flicker by a grid step as the rounded input moves: a point must move
@@ -159,16 +165,18 @@ def _name(r: dict[str, Any]) -> str:
     return result_name(r["impl"], r["eps"], r["dtype"], r["policy"], r["mode"], r["labels"])
 
 
-def _floors(narrowest: FloatFormat, k: int, weights: int) -> dict[str, float]:
+def _floors(narrowest: FloatFormat, classes: int, weights: int) -> dict[str, float]:
     """The errors that are rounding, per column: the grading tolerance's (RTOL_ULPS + k) eps of
     the narrowest dtype, and with soft labels of ``weights`` nonzero weights a row its label
     sums' (losses.LABEL_SUM_ULPS: u (n - 1) relative for the loss, u (n - 1) (2 + 1) B for the
     gradient, B = 1 for labels summing to 1; u float32's at most), which frameworks add in
     their kernels' order: it moves between machines."""
-    base = (RTOL_ULPS + k) * narrowest.eps
+    accumulator = accumulator_eps(narrowest.eps)
+    base = (RTOL_ULPS + reduction_depth(classes)) * narrowest.eps + accumulator * LANE_ULPS * (
+        lane_depth(classes, accumulator)
+    )
     one = np.ones(1)  # a loss of 1 (the loss column is relative), max p and B at most 1
     loss, grad = label_sum_terms(np.array([weights - 1]), one, one, one)
-    accumulator = label_accumulator(narrowest.eps)
     return {
         "max_rel_err": base + accumulator * float(loss[0]),
         "grad_max_abs_err": base + accumulator * float(grad[0]),
@@ -213,7 +221,6 @@ def compare(
     regressed = ["input"] if worse else []  # what regressed, each once
     before = {_key(r): r for r in baseline["results"]}
     gated = {(r.labels, r.impl, r.eps, r.dtype, r.policy, r.mode) for r in check.gated}
-    k = reduction_depth(check.classes)
     for r in now["results"]:
         name = _name(r)
         if _key(r) not in gated:  # an alternative to the gate (--model): shown, never judged
@@ -232,7 +239,8 @@ def compare(
         better += b
         computed = (r["dtype"], r["output_dtype"], zoo.computes_in(r["impl"], r["policy"]))
         narrowest = min((FORMATS[d] for d in computed if d in FORMATS), key=lambda f: f.precision)
-        floors = _floors(narrowest, k, max(r["label_weights"], old.get("label_weights") or 1))
+        weights = max(r["label_weights"], old.get("label_weights") or 1)
+        floors = _floors(narrowest, check.classes, weights)
         for column, what in (("max_rel_err", "loss error"), ("grad_max_abs_err", "grad error")):
             a, b_, floor = _number(r[column]), _number(old[column]), floors[column]
             if _grew(a, b_, floor):

@@ -279,8 +279,8 @@ def shared_options(
             "--rtol",
             type=Finite(min=0, min_open=True),
             help="Loss tolerance of `divergent`: R max(|exact|, 1) instead of the default, "
-            "for softmax eps (8 max(|exact|, 1) + ceil(log2 C) B) (the other losses' in the "
-            "README).",
+            "for softmax eps (8 max(|exact|, 1) + ceil(log2 C) B) + u_acc d B (its sum in SIMD "
+            "lanes; the other losses' in the README).",
         ),
         click.option(
             "--timeout",

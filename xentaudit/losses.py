@@ -6,17 +6,20 @@ bound what a well-implemented version of that loss may round (README, "Flags and
 With eps the machine epsilon of the effective dtype, k = ceil(log2 C) and L_i the exact loss:
 
 * softmax: B_i = max(sum_j y_ij, 1) bounds the gradient's entries; a C-term sum inside the
-  log-sum-exp adds k eps B_i to the loss's and the gradient's tolerance; |dL/dx|_1 <= 2 B_i.
+  log-sum-exp adds k eps B_i to the loss's and the gradient's tolerance, and d u_acc B_i for its
+  accumulation in SIMD lanes (``LANE_ULPS``, ``lane_depth``); |dL/dx|_1 <= 2 B_i.
 * sigmoid (the mean over a row's C labels of y softplus(-x) + (1 - y) softplus(x)): each
   gradient entry (sigmoid(x_j) - y_j) / C is at most B_i = 1/C and rounds a few times in
   sigmoid, the subtraction and the division (within 8 eps B_i: no C-term sum reaches it); the
-  loss adds k eps max(|L_i|, 1) for the mean of C non-negative terms (Higham 2002, section 4.2)
-  and u mean_j max(x_ij, 0) y_ij (u = eps / 2) for the rounding of the product x y in
-  max(x, 0) - x y + log1p(e^-|x|) where x > 0 (TensorFlow's and optax's form; the subtraction
-  after it is exact where it cancels, by Sterbenz' lemma; where x < 0 the product is the term
-  itself, within its relative tolerance); the gradient adds u max_j |x_ij| B_i for a
-  derivative taken as exp(x - softplus(x)) (JAX's), whose exponent rounds to u |x|;
-  |dL/dx|_1 <= 1.
+  loss adds k eps max(|L_i|, 1) for the mean of C non-negative terms (Higham 2002, section
+  4.2), d u_acc max(|L_i|, 1) for its accumulation in lanes, and u mean_j max(x_ij, 0) y_ij
+  (u = eps / 2) over the labels y other than 0 and 1 for the rounding of the product x y in
+  max(x, 0) - x y + log1p(e^-|x|) where x > 0 (TensorFlow's and optax's form; x 0 and x 1 are
+  exact; the subtraction after it is exact where it cancels, by Sterbenz' lemma; where x < 0
+  the product is the term itself, within its relative tolerance); the gradient adds
+  u max_j |x_ij| t_ij B_i for a derivative taken as exp(x - softplus(x)) (JAX's), whose
+  exponent rounds to u |x_j| relatively in the entry's part t_j = (1 - y_j) sigmoid(x_j) +
+  y_j sigmoid(-x_j) (a masked logit's t is 0); |dL/dx|_1 <= 1.
 * focal: B_i = alpha (1 + gamma) max(sum_j y_ij, 1) (each g_j = -alpha y_j (1 - p_j)^gamma
   (1 + gamma p_j r_j) with p r <= 1) and the softmax's k B_i. The factor (1 - p)^gamma from a
   rounded p moves a term by gamma u relatively where 1 - p is not small (within 8 eps for
@@ -52,6 +55,19 @@ from xentaudit.reference import (
 )
 
 REDUCTION_ULPS = 1  # per doubling of the class count: the error bound of a tree-summed reduction
+# A C-term sum accumulated in SIMD lanes: PyTorch's CPU kernels (ATen's vec::map_reduce_all, in
+# its log_softmax and cross_entropy) keep one vector of L lanes, each lane adding its ceil(C / L)
+# terms in order, then add the lanes by a tree; Eigen (TensorFlow) sums blocks of a row so too.
+# For non-negative terms each lane is within (ceil(C / L) - 1) u_acc of its exact sum (Higham
+# 2002, (4.4)) and the tree within ceil(log2 L) u_acc more: d u_acc relatively, d = lane_depth,
+# u_acc = eps_acc / 2 the accumulator's unit roundoff (float32's for half precision, see
+# LABEL_SUM_ULPS). The bound is reached: a confident row of 32,000 classes, the label's logit 0 and
+# the others at ln(2^-25) (each term half float32's ulp of 1: lost against a running sum of 1),
+# loses the terms of its first lane, 1/L of them (torch: 1/8 with AVX2, 1/16 with AVX-512;
+# TensorFlow 1/128). L = VECTOR_BYTES / the accumulator's size, the lanes of a 256-bit vector
+# (AVX2, and torch's vector width on every CPU without AVX-512): 8 in float32, 4 in float64.
+LANE_ULPS = 0.5  # u_acc = eps_acc / 2 per unit of lane_depth
+VECTOR_BYTES = 32
 # the rounding of the product x y, at most u |x| = eps |x| / 2 per label (sigmoid): measured at
 # 0.999 u |x| for TensorFlow's own fused loss (tests/test_sigmoid.py)
 PRODUCT_ULPS = 0.5
@@ -106,9 +122,12 @@ class Loss:
     loss_terms: Callable[
         [np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, Focus, bool], np.ndarray
     ]
-    grad_terms: Callable[[np.ndarray, np.ndarray, Focus], np.ndarray]
+    grad_terms: Callable[[np.ndarray, np.ndarray | None, np.ndarray, Focus], np.ndarray]
     l1_bound: Callable[[np.ndarray, np.ndarray], np.ndarray]
     smoothing_classes: Callable[[int], int]  # K of label smoothing y (1 - a) + a / K, for C labels
+    # (B, max(|exact loss|, 1)) -> what the accumulation of its C-term sum in lanes (LANE_ULPS)
+    # scales with in the loss's tolerance and the gradient's
+    lane_sums: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
     kernel: bool = False  # its float64 method is the compiled kernel where it is built
     default_alpha: float | None = None  # Focus.alpha when --alpha is not given
 
@@ -131,6 +150,17 @@ def reduction_depth(classes: int) -> int:
     return (classes - 1).bit_length()
 
 
+def lane_depth(classes: int, accumulator_eps: float) -> int:
+    """d = ceil(C / L) - 1 + ceil(log2 L): the relative error, in units of the accumulator's
+    unit roundoff, of a sum of C non-negative terms accumulated in L lanes (``LANE_ULPS``), L = 8
+    for a float32 accumulator (machine epsilon ``accumulator_eps``) and 4 for a float64 one;
+    ceil(log2 C), a tree's, for C <= L."""
+    lanes = VECTOR_BYTES // (4 if accumulator_eps >= FORMATS["float32"].eps else 8)
+    if classes <= lanes:
+        return reduction_depth(classes)
+    return -(-classes // lanes) - 1 + reduction_depth(lanes)
+
+
 def _softmax_bound(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     if weights is None:
         return np.ones(x.shape[0])
@@ -146,11 +176,13 @@ def _mean_terms(
     x: np.ndarray, y: np.ndarray | None, exact: np.ndarray, weight: float, smoothed: bool
 ) -> np.ndarray:
     """The mean of C non-negative per-label terms, k max(|L_i|, 1), and the rounding of the
-    product x y in x - x y where x > 0, u x y per label times the largest label weight (sigmoid,
-    binary focal; where x < 0 the product -x y is the term itself, within its relative
-    tolerance); for labels ``smoothed`` in a dtype, their rounding, ``SMOOTHED_ULPS`` x y more."""
+    product x y in x - x y where x > 0, u x y per label other than 0 and 1 (whose products are
+    exact) times the largest label weight (sigmoid, binary focal; where x < 0 the product -x y is
+    the term itself, within its relative tolerance); for labels ``smoothed`` in a dtype, their
+    rounding, ``SMOOTHED_ULPS`` x y more."""
     scale = np.maximum(np.abs(exact), 1.0)
-    products = np.maximum(as_float(x).astype(np.float64), 0.0) * (1.0 if y is None else y)
+    soft = 0.0 if y is None else np.where((y == 0.0) | (y == 1.0), 0.0, y)  # x 0 and x 1 are exact
+    products = np.maximum(as_float(x).astype(np.float64), 0.0) * soft
     ulps = PRODUCT_ULPS + (SMOOTHED_ULPS if smoothed else 0.0)
     return REDUCTION_ULPS * reduction_depth(x.shape[1]) * scale + ulps * weight * (
         products.mean(axis=1)
@@ -162,10 +194,10 @@ def extra_labels(weights: np.ndarray) -> np.ndarray:
     return np.maximum(np.count_nonzero(weights, axis=1) - 1, 0)
 
 
-def label_accumulator(eps: float) -> float:
-    """The machine epsilon of the accumulator a framework sums label terms in, for a dtype of
-    machine epsilon ``eps``: that dtype's, but float32's for half precision
-    (``LABEL_SUM_ULPS``)."""
+def accumulator_eps(eps: float) -> float:
+    """The machine epsilon of the accumulator a framework sums in (label terms, a row's C terms),
+    for a dtype of machine epsilon ``eps``: that dtype's, but float32's for half precision
+    (``LABEL_SUM_ULPS``, ``LANE_ULPS``)."""
     return min(eps, FORMATS["float32"].eps)
 
 
@@ -180,12 +212,33 @@ def label_sum_terms(
     return loss, LABEL_SUM_ULPS * extra * (2.0 + top_probability) * bound
 
 
-def _exp_terms(x: np.ndarray, bound: np.ndarray) -> np.ndarray:
+def _exp_terms(x: np.ndarray, y: np.ndarray | None, bound: np.ndarray) -> np.ndarray:
     """A sigmoid's derivative taken as exp(x - softplus(x)) (JAX's log_sigmoid, optax): the
     exponent is a difference of two numbers of size |x| rounded to u |x|, which exp turns into
     a relative error of u |x| (measured at 1.06 u |x| B for optax in float64,
-    tests/test_sigmoid.py): u max_j |x_ij| B_i."""
-    return PRODUCT_ULPS * np.abs(as_float(x).astype(np.float64)).max(axis=1) * bound
+    tests/test_sigmoid.py) of what it computes, the entry's part t_j = (1 - y_j) sigmoid(x_j) +
+    y_j sigmoid(-x_j), at most B_i t_j (the binary focal loss's too: its p^gamma factors only
+    shrink it): u max_j |x_ij| t_ij B_i (y None: t = 1)."""
+    v = as_float(x).astype(np.float64)
+    part = 1.0
+    if y is not None:
+        with np.errstate(over="ignore"):  # sigmoid(v) = exp(-softplus(-v)): 0 at -inf and -1e9
+            part = (1 - y) * np.exp(-np.logaddexp(0.0, -v)) + y * np.exp(-np.logaddexp(0.0, v))
+    with np.errstate(invalid="ignore"):  # an infinite logit holds no rounding: 0 |x| t is 0
+        terms = np.nan_to_num(np.abs(v) * part, nan=0.0, posinf=0.0)
+    return PRODUCT_ULPS * terms.max(axis=1) * bound
+
+
+def _in_log_sum_exp(bound: np.ndarray, magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sum inside a log-sum-exp (softmax, focal) reaches the loss through log, absolutely
+    and scaled by sum(y), and every gradient entry w_j / S: B_i in both."""
+    return bound, bound
+
+
+def _in_mean(bound: np.ndarray, magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of C non-negative terms (sigmoid, binary focal): relative to the loss,
+    max(|L_i|, 1); no gradient entry takes a C-term sum."""
+    return magnitude, np.zeros_like(bound)
 
 
 def focal_alpha(focus: Focus) -> float:
@@ -207,9 +260,10 @@ LOSSES: dict[str, Loss] = {
             lambda x, labels, method, focus: cross_entropy(x, labels, method),
             lambda x, weights, focus: _softmax_bound(x, weights),
             lambda x, y, bound, exact, focus, smoothed: _sum_terms(x, bound),
-            lambda x, bound, focus: _sum_terms(x, bound),
+            lambda x, y, bound, focus: _sum_terms(x, bound),
             lambda x, bound: 2 * bound,
             lambda c: c,
+            _in_log_sum_exp,
             kernel=True,
         ),
         Loss(
@@ -218,9 +272,10 @@ LOSSES: dict[str, Loss] = {
             lambda x, labels, method, focus: sigmoid_cross_entropy(x, labels, method),
             lambda x, weights, focus: np.full(x.shape[0], 1.0 / x.shape[1]),
             lambda x, y, bound, exact, focus, smoothed: _mean_terms(x, y, exact, 1.0, smoothed),
-            lambda x, bound, focus: _exp_terms(x, bound),
+            lambda x, y, bound, focus: _exp_terms(x, y, bound),
             lambda x, bound: np.ones_like(bound),
             lambda c: 2,
+            _in_mean,
         ),
         Loss(
             "focal",
@@ -232,9 +287,10 @@ LOSSES: dict[str, Loss] = {
                 focal_alpha(focus) * (1 + focus.gamma) * _softmax_bound(x, weights)
             ),
             lambda x, y, bound, exact, focus, smoothed: _sum_terms(x, bound),
-            lambda x, bound, focus: _sum_terms(x, bound),
+            lambda x, y, bound, focus: _sum_terms(x, bound),
             lambda x, bound: 2 * bound,
             lambda c: c,
+            _in_log_sum_exp,
             default_alpha=0.25,
         ),
         Loss(
@@ -249,9 +305,10 @@ LOSSES: dict[str, Loss] = {
             lambda x, y, bound, exact, focus, smoothed: _mean_terms(
                 x, y, exact, _largest_weight(focus), smoothed
             ),
-            lambda x, bound, focus: _exp_terms(x, bound),
+            lambda x, y, bound, focus: _exp_terms(x, y, bound),
             lambda x, bound: x.shape[1] * bound,
             lambda c: 2,
+            _in_mean,
         ),
     )
 }
