@@ -253,6 +253,183 @@ def test_a_bad_baseline_is_one_line_before_any_work(
     assert message in result.stderr and len(result.stderr.splitlines()) == 1
 
 
+class Raw(str):
+    """JSON text written as it is where a baseline's value goes: what json.dumps cannot write
+    (an integer literal of 5,001 digits, 10**400 as an integer, NaN)."""
+
+
+LONG = Raw("9" * 5001)  # more digits than Python's int() converts (sys.get_int_max_str_digits)
+HUGE = Raw(str(10**400))  # an integer past the largest float: float() of it overflows
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> dict[str, Path]:
+    """Real baselines, corrupted by the tests below: a check's (tf_softmax_xent, and clipped,
+    whose divergent and grad-vanish fire) and a sweep's (naive breaks on the seed pattern)."""
+    root = tmp_path_factory.mktemp("baselines")
+    np.save(root / "x.npy", np.array([[0.0, 1.0, 2.0], [0.0, 20.0, 50.0]], np.float32))
+    np.save(root / "y.npy", np.array([2, 1]))
+    runs = {
+        "check": ["check", root / "x.npy", "--labels", root / "y.npy", "--backend", "tf",
+                  "--impl", "tf_softmax_xent", "--impl", "clipped", "--mode", "eager"],
+        "sweep": ["sweep", "--backend", "tf", "--impl", "naive", "--dtype", "float32", "--mode",
+                  "eager", "--pattern", "seed", "--scales", "1,100"],
+    }  # fmt: skip
+    for command, args in runs.items():
+        base = root / f"{command}.json"
+        run = CliRunner().invoke(cli, [*map(str, args), "--write-baseline", str(base)])
+        assert run.exit_code in (0, 1) and base.exists(), run.output
+    return {"root": root, **{command: root / f"{command}.json" for command in runs}}
+
+
+def _corrupt(written: dict[str, Path], command: str, where: tuple, value: object) -> Path:
+    """The baseline of ``command`` with the value at ``where`` (keys and indices) replaced."""
+    doc = json.loads(written[command].read_text())
+    *parents, last = where
+    parent = doc
+    for key in parents:
+        parent = parent[key]
+    parent[last] = "@raw@" if isinstance(value, Raw) else value
+    text = json.dumps(doc)
+    base = written["root"] / f"corrupt-{command}.json"
+    base.write_text(text.replace('"@raw@"', value) if isinstance(value, Raw) else text)
+    return base
+
+
+# Every value the comparison reads, corrupted in kind (type), finiteness or range: each was a
+# traceback (exit 3: int()'s digit limit, '>' of an int and a str, float() of 10**400, a string
+# times a float) or passed unchecked (a negative count, NaN written as JSON's NaN, a clip of 0).
+CORRUPT = [
+    ("check", ("rows",), LONG, "rows: an integer of 5001 digits"),
+    ("check", ("results", 0, "worst_rows", 0, "row"), LONG, "results[0].worst_rows[0].row: an"),
+    ("check", ("environment", "python"), LONG, "environment.python: an integer of 5001 digits"),
+    ("check", ("lint",), {"looks-like-probs": "x"}, "lint.looks-like-probs: not a row count"),
+    ("check", ("lint",), {"divergent": -1}, "lint.divergent: not a row count"),
+    ("check", ("lint",), {"a\nb": 2**63}, 'lint["a\\nb"]: not a row count'),
+    ("check", ("results", 1, "flag_counts", "divergent"), "1", "flag_counts.divergent: not a"),
+    ("check", ("results", 1, "flag_counts", "divergent"), True, "flag_counts.divergent: not a"),
+    ("check", ("results", 1, "flag_counts", "divergent"), HUGE, "flag_counts.divergent: not a"),
+    ("check", ("results", 1, "flag_counts"), [], "results[1].flag_counts: not an object"),
+    ("check", ("results", 1, "flags"), ["divergent", 3], "results[1].flags[1]: not a string"),
+    ("check", ("results", 1, "max_rel_err"), HUGE, "results[1].max_rel_err: not an error"),
+    ("check", ("results", 1, "max_rel_err"), Raw("NaN"), "results[1].max_rel_err: not an error"),
+    ("check", ("results", 1, "max_rel_err"), Raw("1e400"), "results[1].max_rel_err: not an"),
+    ("check", ("results", 1, "max_rel_err"), "-inf", "results[1].max_rel_err: not an error"),
+    ("check", ("results", 1, "grad_max_abs_err"), -1.0, "results[1].grad_max_abs_err: not an"),
+    ("check", ("results", 1, "grad_max_abs_err"), "x", "results[1].grad_max_abs_err: not an"),
+    ("check", ("results", 1, "eps"), "nan", "results[1].eps: not a clip"),
+    ("check", ("results", 1, "eps"), 0, "results[1].eps: not a clip"),
+    ("check", ("results", 1, "eps"), HUGE, "results[1].eps: not a clip"),
+    ("check", ("results", 0, "label_weights"), 0, "results[0].label_weights: not a count"),
+    ("check", ("results", 0, "label_weights"), 4, "label_weights: not a count of label weights "
+     "(an integer from 1 to 3)"),  # a row of 3 classes has at most 3 nonzero label weights
+    ("check", ("results", 0, "label_weights"), HUGE, "results[0].label_weights: not a count"),
+    ("check", ("results", 0, "label_weights"), 1.0, "results[0].label_weights: not a count"),
+    ("check", ("results", 0, "impl"), 3, "entry results[0].impl: not a string"),
+    ("check", ("results", 0), [], "entry results[0]: not an object"),
+    ("check", ("classes",), "3", "classes: not a class count"),
+    ("check", ("classes",), 0, "classes: not a class count"),
+    ("check", ("classes",), HUGE, "classes: not a class count"),
+    ("check", ("ignore_class",), 1.5, "ignore_class: not a class"),
+    ("check", ("input",), ["logits"], "input: not a string"),
+    ("check", ("file_dtype",), None, "file_dtype: not a string"),
+    ("check", ("loss",), 1, "loss: not a string"),
+    ("check", ("environment",), {"tensorflow": 2}, "environment.tensorflow: not a string"),
+    ("check", ("environment",), [], "environment: not an object of names to versions"),
+    ("check", ("gate",), ["tf_softmax_xent", 1], "gate[1]: not a string"),
+    ("sweep", ("breaking_points", 0, "scale"), HUGE, "breaking_points[0].scale: not a scale"),
+    ("sweep", ("breaking_points", 0, "scale"), "nan", "breaking_points[0].scale: not a scale"),
+    ("sweep", ("breaking_points", 0, "scale"), Raw("NaN"), "breaking_points[0].scale: not a"),
+    ("sweep", ("breaking_points", 0, "scale"), 0.0, "breaking_points[0].scale: not a scale"),
+    ("sweep", ("breaking_points", 0, "scale"), -14.6, "breaking_points[0].scale: not a scale"),
+    ("sweep", ("breaking_points", 1, "scale"), True, "breaking_points[1].scale: not a scale"),
+    ("sweep", ("breaking_points", 1, "eps"), "inf", "breaking_points[1].eps: not a clip"),
+    ("sweep", ("breaking_points", 1, "kind"), 1, "entry breaking_points[1].kind: not a string"),
+    ("sweep", ("breaking_points", 1, "scale"), LONG, "breaking_points[1].scale: an integer of"),
+    ("sweep", ("scales", 1), HUGE, "scales[1]: not a scale"),
+    ("sweep", ("scales", 1), "100", "scales[1]: not a scale"),
+    ("sweep", ("scales",), "1,100", "scales: not a list of scales"),
+    ("sweep", ("patterns", 0, "name"), ["seed"], "patterns[0]: not a pattern"),
+    ("sweep", ("loss",), None, "loss: not a string"),
+    ("sweep", ("environment", "numpy"), None, "environment.numpy: not a string"),
+]  # fmt: skip
+
+
+def _ids(cases: list[tuple]) -> list[str]:
+    """Test ids that name the field and stay short (not 5,001 digits)."""
+    return [
+        f"{command}-{'.'.join(map(str, where))}-"
+        + (f"{len(value)}-chars" if isinstance(value, Raw) and len(value) > 10 else repr(value))
+        for command, where, value, *_ in cases
+    ]
+
+
+@pytest.mark.parametrize(("command", "where", "value", "message"), CORRUPT, ids=_ids(CORRUPT))
+def test_a_corrupt_value_is_refused_naming_its_field(
+    written: dict[str, Path], command: str, where: tuple, value: object, message: str
+) -> None:
+    from xentaudit.baseline import read_baseline
+    from xentaudit.errors import InputError
+
+    base = _corrupt(written, command, where, value)
+    with pytest.raises(InputError) as refused:
+        read_baseline(base, command)
+    text = str(refused.value)
+    assert text.startswith(f"--baseline {base} has a malformed "), text
+    assert message in text and text.endswith("; write it again"), text
+    assert len(text.splitlines()) == 1 and len(text) < 200, text  # one line, and a short one
+
+
+# what the writer writes, and baselines written before a key existed, still read
+ACCEPTED = [
+    ("check", ("results", 0, "label_weights"), None),  # before label_weights
+    ("check", ("results", 0, "label_weights"), 3),  # smoothed labels: all C classes
+    ("check", ("results", 1, "max_rel_err"), "nan"),
+    ("check", ("results", 1, "grad_max_abs_err"), "inf"),
+    ("check", ("results", 1, "max_rel_err"), 0),
+    ("check", ("results", 1, "flag_counts"), {"divergent": 0}),
+    ("check", ("ignore_class",), -100),
+    ("check", ("environment",), None),
+    ("check", ("gate",), ["clipped"]),
+    ("sweep", ("breaking_points", 0, "scale"), None),  # never broke
+    ("sweep", ("breaking_points", 0, "scale"), 15),
+]
+
+
+@pytest.mark.parametrize(("command", "where", "value"), ACCEPTED, ids=_ids(ACCEPTED))
+def test_a_baseline_as_written_still_reads(
+    written: dict[str, Path], command: str, where: tuple, value: object
+) -> None:
+    from xentaudit.baseline import read_baseline
+
+    read_baseline(_corrupt(written, command, where, value), command)
+
+
+REPORTED = [
+    ("check", ("rows",), LONG, "rows"),
+    ("check", ("lint",), {"looks-like-probs": "x"}, "lint.looks-like-probs"),
+    ("sweep", ("breaking_points", 0, "scale"), HUGE, "entry breaking_points[0].scale"),
+    ("sweep", ("breaking_points", 0, "scale"), "nan", "entry breaking_points[0].scale"),
+]
+
+
+@pytest.mark.parametrize(("command", "where", "value", "field"), REPORTED, ids=_ids(REPORTED))
+def test_a_corrupt_baseline_is_exit_2_not_an_internal_error(
+    written: dict[str, Path], command: str, where: tuple, value: object, field: str
+) -> None:
+    # the cases reported: each was `xentaudit: internal error` (exit 3); read before any work
+    base = _corrupt(written, command, where, value)
+    root = written["root"]
+    args = {
+        "check": ["check", root / "x.npy", "--labels", root / "y.npy", "--impl", "clipped"],
+        "sweep": ["sweep", "--impl", "naive", "--pattern", "seed", "--scales", "1,100"],
+    }[command]
+    run = CliRunner().invoke(cli, [*map(str, args), "--baseline", str(base)])
+    assert run.exit_code == 2, run.output
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"xentaudit: error: --baseline {base} has a malformed {field}: ")
+
+
 SWEEP = ["--impl", "naive", "--impl", "log_softmax", "--dtype", "float32", "--mode", "eager"]
 SWEEP += ["--pattern", "seed", "--scales", "1:100:7"]
 

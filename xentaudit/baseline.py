@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+import re
+import reprlib
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +60,23 @@ SCALE_SLACK = 0.02
 
 def read_baseline(path: str | Path, command: str = "check") -> dict[str, Any]:
     """The JSON report of an earlier ``command`` (check, sweep), validated: one line and exit
-    2 otherwise."""
+    2 otherwise. Every value the comparison reads is checked here (its type, finiteness and
+    range), so a hand-edited or corrupt baseline is refused naming the field, before any work."""
     path = Path(path)
     regular_file(path, "--baseline", "a JSON report written by check --write-baseline")
     if path.stat().st_size > MAX_BASELINE_BYTES:
         raise InputError(f"--baseline {path} is larger than {MAX_BASELINE_BYTES} bytes")
+    long: list[_LongInteger] = []
+
+    def integer(literal: str) -> int | _LongInteger:
+        try:
+            return int(literal)
+        except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+            long.append(_LongInteger(literal))
+            return long[-1]
+
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"), parse_int=integer)
     except OSError as exc:
         raise InputError(f"cannot read --baseline {path}: {exc.strerror}; check the path") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -71,69 +85,218 @@ def read_baseline(path: str | Path, command: str = "check") -> dict[str, Any]:
         raise InputError(
             f"--baseline {path} is nested too deeply for a report; write it again"
         ) from None
+    if long:
+        where, found = _long_integer(doc)
+        raise _malformed(path, where, f"an integer of {found.digits} digits, too long to read")
     if not isinstance(doc, dict) or doc.get("command") != command:
         raise InputError(
             f"--baseline {path} is not a {command} report; write one with {command} "
             "--write-baseline"
         )
     if doc.get("schema") != SCHEMA_VERSION:
+        schema = reprlib.repr(doc.get("schema"))  # shortened: a long number, a nested list
         raise InputError(
-            f"--baseline {path} has schema {doc.get('schema')!r}, not {SCHEMA_VERSION}; write it "
-            "again with this version"
+            f"--baseline {path} has schema {schema}, not {SCHEMA_VERSION}; write it again with "
+            "this version"
         )
     lists = ("results",) if command == "check" else ("breaking_points",)
     if not all(isinstance(doc.get(k), list) for k in lists) or (
         command == "check" and not isinstance(doc.get("lint"), dict)
     ):
         raise InputError(f"--baseline {path} has no results; write it again")
-    gate = doc.get("gate")
-    if gate is not None and not (isinstance(gate, list) and gate and all(map(_text, gate))):
-        raise InputError(f"--baseline {path} has a malformed gate; write it again")
-    entries = doc["results"] if command == "check" else doc["breaking_points"]
-    fields = _RESULT_FIELDS if command == "check" else _POINT_FIELDS
-    for entry in entries:
-        if not isinstance(entry, dict) or not all(
-            valid(entry.get(key)) for key, valid in fields.items()
-        ):
-            raise InputError(f"--baseline {path} has a malformed entry; write it again")
+    rules = _CHECK if command == "check" else _SWEEP
+    for key, rule in rules.items():
+        # absent keys are refused (or defaulted: _BEFORE) where the comparison reads them
+        if key in doc:
+            _validate(path, key, doc[key], rule)
+    fields = _POINT_FIELDS
+    if command == "check":  # a row has at most C nonzero label weights
+        fields = {**_RESULT_FIELDS, "label_weights": _label_weights(doc.get("classes"))}
+    for i, entry in enumerate(doc[lists[0]]):
+        where = f"entry {lists[0]}[{i}]"
+        if not isinstance(entry, dict):
+            raise _malformed(path, where, "not an object")
+        for key, rule in fields.items():
+            _validate(path, f"{where}.{key}", entry.get(key), rule)
     return doc
+
+
+class _LongInteger:
+    """An integer literal of more digits than Python converts (sys.get_int_max_str_digits),
+    left unconverted by the parser so that it can be refused naming its field."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, literal: str) -> None:
+        self.digits = len(literal.lstrip("-"))
+
+
+def _long_integer(doc: Any) -> tuple[str, _LongInteger]:
+    """The first ``_LongInteger`` in ``doc`` and where it is (a loop: ``doc`` may be nested as
+    deeply as the parser allows)."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, _LongInteger):
+            return where or "document", value
+        if isinstance(value, dict):
+            stack.extend((_child(where, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    raise AssertionError("no long integer in the document")  # the parser made one
+
+
+def _child(where: str, key: str) -> str:
+    """``where.key``, or ``where["key"]`` (quoted as JSON, at most 40 characters) for a key
+    that is no plain name, so the message stays one line."""
+    if re.fullmatch(r"[A-Za-z_][\w-]{0,39}", key, re.ASCII):
+        return f"{where}.{key}" if where else key
+    return f"{where}[{json.dumps(key[:40] + '...' * (len(key) > 40))}]"
+
+
+def _malformed(path: Path, where: str, problem: str) -> InputError:
+    return InputError(f"--baseline {path} has a malformed {where}: {problem}; write it again")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What a value of a baseline must be (``valid``), as a refusal says it (``expected``); a
+    dict's or list's items must each be ``item`` too."""
+
+    valid: Callable[[Any], bool]
+    expected: str
+    item: _Rule | None = None
+
+
+def _validate(path: Path, where: str, value: Any, rule: _Rule) -> None:
+    """Refuse ``value`` (at ``where``) unless it is as ``rule`` says, naming the first item of
+    a dict or list that is not."""
+    if not rule.valid(value):
+        raise _malformed(path, where, f"not {rule.expected}")
+    if rule.item is not None and isinstance(value, dict):
+        for key, item in value.items():
+            _validate(path, _child(where, key), item, rule.item)
+    elif rule.item is not None and isinstance(value, list):
+        for i, item in enumerate(value):
+            _validate(path, f"{where}[{i}]", item, rule.item)
 
 
 def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
-def _counts(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool)
-        for k, n in value.items()
+def _integer(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _finite(value: Any) -> bool:
+    """A finite JSON number (an integer too large for a float is not: Python compares it with
+    the largest float exactly, without converting it)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and abs(value) <= sys.float_info.max
     )
 
 
-def _real(value: Any) -> bool:
-    """A JSON number, or a non-finite one as JSON spells it ("nan", "inf", "-inf")."""
+def _error(value: Any) -> bool:
+    """An error: a finite number from 0 up, or an infinite or NaN one as JSON spells it."""
     if isinstance(value, str):
-        return value in ("nan", "inf", "-inf")
-    return isinstance(value, int | float) and not isinstance(value, bool)
+        return value in ("nan", "inf")
+    return _finite(value) and value >= 0
 
 
-def _eps(value: Any) -> bool:
-    return value is None or _real(value)
+def _positive(value: Any) -> bool:
+    return _finite(value) and value > 0
 
 
-_KEY = {"impl": _text, "eps": _eps, "dtype": _text, "policy": _text, "mode": _text}
+def _pattern(value: Any) -> bool:
+    """A pattern of a sweep (results.PatternInfo): compared with this sweep's, and shown."""
+    return isinstance(value, dict) and all(
+        isinstance(v, str) or type(v) is int for v in value.values()
+    )
+
+
+_INT64 = 2**63 - 1  # row counts and class counts are numpy int64s in every report
+
+
+def _label_weights(classes: Any) -> _Rule:
+    """At most ``classes`` nonzero label weights in a row (``classes``, once valid, is this
+    run's: compare refuses another); absent from a baseline written before the key existed
+    (class labels then: 1)."""
+    high, most = (classes, str(classes)) if _integer(classes, 1, _INT64) else (_INT64, "2**63 - 1")
+    return _Rule(
+        lambda v: v is None or _integer(v, 1, high),
+        f"a count of label weights (an integer from 1 to {most}) or null",
+    )
+
+
+_NAME = _Rule(_text, "a string")
+_COUNT = _Rule(lambda v: _integer(v, 0, _INT64), "a row count (an integer from 0 to 2**63 - 1)")
+_COUNTS = _Rule(lambda v: isinstance(v, dict), "an object of flag names to row counts", _COUNT)
+_KEY = {
+    "impl": _NAME,
+    "eps": _Rule(lambda v: v is None or _positive(v), "a clip (a finite number above 0) or null"),
+    "dtype": _NAME,
+    "policy": _NAME,
+    "mode": _NAME,
+}
+_ERROR = _Rule(_error, 'an error (a finite number from 0 up, "nan" or "inf")')
 _RESULT_FIELDS = {
     **_KEY,
-    "labels": _text,
-    "output_dtype": _text,
-    "flags": lambda v: isinstance(v, list),
-    "flag_counts": _counts,
-    "max_rel_err": _real,
-    "grad_max_abs_err": _real,
-    # absent from a baseline written before it existed (class labels then: 1)
-    "label_weights": lambda v: v is None or (type(v) is int and v >= 1),
+    "labels": _NAME,
+    "output_dtype": _NAME,
+    "flags": _Rule(lambda v: isinstance(v, list), "a list of flag names", _NAME),
+    "flag_counts": _COUNTS,
+    "max_rel_err": _ERROR,
+    "grad_max_abs_err": _ERROR,
 }
-_POINT_FIELDS = {**_KEY, "pattern": _text, "kind": _text, "scale": _eps}
+_POINT_FIELDS = {
+    **_KEY,
+    "pattern": _NAME,
+    "kind": _NAME,
+    # null: it never broke in the swept range
+    "scale": _Rule(
+        lambda v: v is None or _positive(v), "a scale (a finite number above 0) or null"
+    ),
+}
+# the top-level values the comparison reads, besides the entries (the environment: absent or
+# null in a baseline without its record)
+_ENVIRONMENT = _Rule(
+    lambda v: v is None or isinstance(v, dict), "an object of names to versions", _NAME
+)
+_CHECK = {
+    "lint": _COUNTS,
+    "gate": _Rule(
+        lambda v: v is None or (isinstance(v, list) and bool(v)),
+        "a non-empty list of implementation names, or null",
+        _NAME,
+    ),
+    "classes": _Rule(
+        lambda v: _integer(v, 1, _INT64), "a class count (an integer from 1 to 2**63 - 1)"
+    ),
+    "input": _NAME,
+    "file_dtype": _NAME,
+    "loss": _NAME,
+    "ignore_class": _Rule(
+        lambda v: v is None or _integer(v, -_INT64 - 1, _INT64), "a class (an integer) or null"
+    ),
+    "environment": _ENVIRONMENT,
+}
+_SWEEP = {
+    "scales": _Rule(
+        lambda v: isinstance(v, list),
+        "a list of scales",
+        _Rule(_positive, "a scale (a finite number above 0)"),
+    ),
+    "patterns": _Rule(
+        lambda v: isinstance(v, list),
+        "a list of patterns",
+        _Rule(_pattern, "a pattern (an object of strings and integers)"),
+    ),
+    "loss": _NAME,
+    "environment": _ENVIRONMENT,
+}
 
 
 # what a baseline written before a key existed had: the loss was always the softmax's, and no
