@@ -5,10 +5,13 @@ scripts, the CLI's exit codes, and the README's table of rules."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -363,6 +366,30 @@ def test_files_that_do_not_parse_are_reported_and_the_others_linted(tmp_path: Pa
     assert result.exit_code == 2
 
 
+@pytest.mark.parametrize("source", [[1, 2], ["x = (", 5], 5, {"a": "x"}, None])
+def test_a_code_cell_whose_source_is_not_text_is_a_notebook_that_does_not_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: object
+) -> None:
+    # nbformat: a string or a list of strings; a list of numbers crashed the join (exit 3) and
+    # a number or an object was linted as its repr (or as nothing) and passed
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".git").mkdir()
+    cells = [{"cell_type": "markdown", "source": "# x"}, {"cell_type": "code", "source": source}]
+    (tmp_path / "nb.ipynb").write_text(json.dumps({"cells": cells}))
+    message = "not a Jupyter notebook (cell 2's source is not a string or a list of strings)"
+    assert [(e.line, e.col, e.message) for e in lint_paths(["nb.ipynb"]).errors] == [
+        (1, 1, message)
+    ]
+    for fmt in ("sarif", "text"):  # the text report checked below
+        result = run("--format", fmt, "nb.ipynb")
+        assert result.exit_code == 2, result.stderr
+        assert result.stderr == (
+            f"xentaudit: error: 1 file(s) could not be parsed, first nb.ipynb: {message}; fix "
+            "the syntax or exclude the file\n"
+        )
+    assert "nb.ipynb:1:1: XA000 not a Jupyter notebook" in result.stdout
+
+
 def test_code_nested_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
     """Generated code (a sum of 1,500 terms) parses, and is linted; deeper than the parser
     itself can go, the file is an XA000, never a crash."""
@@ -583,6 +610,37 @@ def test_cli_diff_and_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     broken = run("--diff", "broken.py")
     assert broken.exit_code == 2 and len(broken.stderr.splitlines()) == 1
     assert "could not be parsed" in broken.stderr
+
+
+def test_fix_in_a_read_only_folder_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # root writes into read-only folders: mkstemp refused in one folder stands in for one. The
+    # file fixed first, in a writable folder, is not written either: all the files or none.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "ro").mkdir()
+    before = "import torch\ny = torch.log(torch.softmax(x, 1))\n"
+    for name in ("a.py", "ro/g.py"):
+        (tmp_path / name).write_text(before)
+    mkstemp = tempfile.mkstemp
+
+    def read_only(*args: object, dir: str, **kwargs: object) -> tuple[int, str]:
+        if Path(dir) == tmp_path / "ro":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    result = run("--fix", "a.py", "ro/g.py")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"xentaudit: error: --fix: cannot rewrite ro/g.py: cannot create a file in {tmp_path}/ro "
+        "(Permission denied); make the folder writable, or run with --diff instead to see the "
+        "rewrites\n"
+    )
+    for folder, names in ((tmp_path, ["a.py", "ro"]), (tmp_path / "ro", ["g.py"])):
+        assert sorted(p.name for p in folder.iterdir() if p.name != ".git") == names
+    assert (tmp_path / "a.py").read_text() == (tmp_path / "ro/g.py").read_text() == before
 
 
 def test_lint_imports_no_framework_and_no_libcst(tmp_path: Path) -> None:

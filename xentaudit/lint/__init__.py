@@ -152,7 +152,16 @@ def notebook_source(text: str) -> tuple[str, list[tuple[int, int]]]:
     lines: list[str] = []
     starts = []
     for number, cell in sources:
-        body = "".join(cell) if isinstance(cell, list) else str(cell)
+        # nbformat's "multiline_string": one string, or a list of strings (lines) to join
+        if isinstance(cell, list) and all(isinstance(line, str) for line in cell):
+            body = "".join(cell)
+        elif isinstance(cell, str):
+            body = cell
+        else:
+            raise ValueError(
+                f"not a Jupyter notebook (cell {number}'s source is not a string or a list of "
+                "strings)"
+            )
         cell_lines = body.splitlines()
         if cell_lines and cell_lines[0].startswith("%%"):  # a cell magic: not Python
             cell_lines = [""] * len(cell_lines)

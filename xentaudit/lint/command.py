@@ -5,9 +5,11 @@ Importing it imports no framework and not LibCST (``--fix`` and ``--diff`` impor
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +17,9 @@ from xentaudit.cli_common import HelpToStdout, not_empty, write_stdout
 from xentaudit.errors import ConfigError, InputError
 from xentaudit.lint import LintResult, lint_paths, settings
 from xentaudit.lint.formats import FORMATS, RENDERERS
+
+if TYPE_CHECKING:
+    from xentaudit.lint.fix import FileFix  # imports LibCST: only when fixing
 
 
 def _codes(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -30,18 +35,38 @@ def _configured() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     return (*settings(found.table.get("lint", {}), found.path), found.warnings)
 
 
+def _write(fixes: list[FileFix]) -> None:
+    """Write ``fixes`` back, each through a temporary file beside its file; every temporary
+    file is created and written before any is renamed into place, so a folder that cannot take
+    one (read-only) or a full disk leaves every file as it was."""
+    from xentaudit.cli import _written_atomically  # cli imports this module: imported late
+
+    modes = []
+    with contextlib.ExitStack() as renames:  # renamed when it ends without an exception
+        for fix in fixes:
+            path = Path(fix.path).resolve()  # a symlink stays a link to the fixed file
+            modes.append((path, path.stat().st_mode))
+            try:
+                out = renames.enter_context(_written_atomically(path, "--fix"))
+            except OSError as exc:  # the temporary file could not be created
+                raise InputError(
+                    f"--fix: cannot rewrite {fix.path}: cannot create a file in {path.parent} "
+                    f"({exc.strerror}); make the folder writable, or run with --diff instead "
+                    "to see the rewrites"
+                ) from None
+            # a byte-order mark or a coding line kept; flushed: a full disk fails here
+            out(fix.after.encode(fix.encoding), flush=True)
+    for path, mode in modes:
+        os.chmod(path, mode)  # a script stays executable
+
+
 def _fix(result: LintResult, write: bool) -> tuple[str, LintResult]:
     """Apply (``write``) or show the fixes of ``result``: the diff, and the findings left."""
-    from xentaudit.cli import _written_atomically  # cli imports this module: imported late
     from xentaudit.lint.fix import fix_result
 
     fixes = fix_result(result)
-    for fix in fixes if write else ():
-        path = Path(fix.path).resolve()  # a symlink stays a link to the fixed file
-        mode = path.stat().st_mode
-        with _written_atomically(path, "--fix") as out:
-            out(fix.after.encode(fix.encoding))  # a byte-order mark or a coding line kept
-        os.chmod(path, mode)  # a script stays executable
+    if write:
+        _write(fixes)
     fixed = {f for fix in fixes for f in fix.fixed}
     left = tuple(f for f in result.findings if f not in fixed)
     return "".join(fix.diff for fix in fixes), replace(result, findings=left)
