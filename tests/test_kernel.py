@@ -325,3 +325,24 @@ def test_kernel_refuses_mismatched_buffers() -> None:
     with pytest.raises(ValueError, match="grad must hold 6 items"):
         _kernel.grad_error(2, 3, (g, g[:1]), exact, (np.empty(2),) * 2, (np.empty(2),) * 2)
     assert (sys.getrefcount(g), sys.getrefcount(exact)) == counts
+
+
+@needs_kernel
+def test_a_clone_that_cannot_run_is_the_users_error(tmp_path: Path) -> None:
+    # a ConfigError (exit 2, one line), not the kernel's ValueError (an internal error, exit 3)
+    script = (
+        "from xentaudit.errors import ConfigError\n"
+        "try:\n"
+        "    import xentaudit.reference.base\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        env=python_env(XENTAUDIT_KERNEL_ISA="x86-64-v9"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("XENTAUDIT_KERNEL_ISA=x86-64-v9: no such clone; "), run.stdout

@@ -115,7 +115,9 @@ def test_check_reports_the_smallest_scale_over_its_chunks(tmp_path) -> None:
         assert r.max_loss_scale == 2.0**15
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])
+# 3.5e38: past float32's largest, 3.4028e38 (training keeps its loss scale in float32); it
+# would overflow the cast of the gradient's divisor
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "3.5e38"])
 def test_cli_refuses_a_scale_that_is_no_positive_number(value: str) -> None:
     out = CliRunner().invoke(cli, ["compare", "--loss-scale", value])
     assert out.exit_code == 2 and out.stderr.count("\n") == 1 and "--loss-scale" in out.stderr

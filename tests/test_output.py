@@ -284,3 +284,80 @@ def test_an_output_naming_a_file_the_run_reads_is_refused(tmp_path, option: str)
         f"xentaudit: error: {option} {logits} is a file this run reads; give another name"
     )
     assert logits.read_bytes() == before
+
+
+def test_an_output_that_is_a_symlink_loop_is_one_line(tmp_path, no_audit) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    line = one_line(check(str(tmp_path / "a")))
+    assert (
+        line == f"xentaudit: error: --output {tmp_path / 'a'} is a symlink loop; give a file name"
+    )
+
+
+def test_an_output_that_is_a_symlink_is_written_where_it_points(tmp_path) -> None:
+    (tmp_path / "reports").mkdir()
+    link = tmp_path / "latest.txt"
+    link.symlink_to(tmp_path / "reports" / "report.txt")  # dangling until the report is written
+    assert check(str(link)).exit_code == 0
+    assert link.is_symlink()
+    assert (tmp_path / "reports" / "report.txt").read_text().startswith("xentaudit check")
+
+
+@pytest.mark.parametrize("read", ["--baseline", "--impl"])
+def test_an_output_naming_the_baseline_or_a_loss_it_imports_is_refused(tmp_path, read) -> None:
+    # the baseline and a user's loss file are read by the run too: a report must not replace
+    # them (--write-baseline alone may name the baseline: the ratchet reads it first)
+    if read == "--baseline":
+        target = tmp_path / "base.json"
+        assert (
+            CliRunner()
+            .invoke(cli, ["check", SEED, *FAST, "--write-baseline", str(target)])
+            .exit_code
+            == 0
+        )
+        args = ["--baseline", str(target)]
+    else:
+        target = tmp_path / "loss.py"
+        target.write_text(
+            "import tensorflow as tf\n\ndef f(y, x):\n"
+            "    return tf.nn.softmax_cross_entropy_with_logits(y, x)\n"
+        )
+        args = ["--impl", f"{target}:f"]
+    before = target.read_bytes()
+    result = CliRunner().invoke(
+        cli, ["check", SEED, "--mode", "eager", *args, "--output", str(target)]
+    )
+    assert (
+        one_line(result)
+        == f"xentaudit: error: --output {target} is a file this run reads; give another name"
+    )
+    assert target.read_bytes() == before
+
+
+def test_a_loss_that_changes_the_working_directory_moves_no_output(tmp_path, monkeypatch) -> None:
+    loss = tmp_path / "wanders.py"
+    loss.write_text(
+        "import os\nimport tensorflow as tf\n\n"
+        "def f(y, x):\n    os.chdir('/')\n"
+        "    return tf.nn.softmax_cross_entropy_with_logits(y, x)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["check", SEED, "--mode", "eager", "--impl", f"{loss}:f", "--output", "report.txt"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report.txt").read_text().startswith("xentaudit check")
+
+
+def test_a_closed_stdout_is_one_line_before_any_work() -> None:
+    # `xentaudit ... >&-`: Python starts with no sys.stdout; the report would be lost (exit 0)
+    done = subprocess.run(
+        [sys.executable, "-m", "xentaudit", "list"],
+        preexec_fn=lambda: os.close(1),
+        stderr=subprocess.PIPE, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == (
+        "xentaudit: error: cannot write to stdout (it is closed); redirect it to a file or "
+        "/dev/null\n"
+    )

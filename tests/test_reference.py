@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xentaudit import reference
+from xentaudit.errors import ConfigError
 from xentaudit.reference import base, cross_entropy, grad_error, grad_errors
 
 EPS64 = np.finfo(np.float64).eps
@@ -160,7 +161,8 @@ def test_the_numpy_reference_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("XENTAUDIT_REFERENCE", "numpy")
     assert base.load_kernel() is None
     monkeypatch.setenv("XENTAUDIT_REFERENCE", "kernel")
-    with pytest.raises(ValueError, match="XENTAUDIT_REFERENCE=kernel: set it to 'numpy'"):
+    # the user's setting to fix: one line, exit 2 (a ValueError was an internal error, exit 3)
+    with pytest.raises(ConfigError, match="XENTAUDIT_REFERENCE=kernel: set it to 'numpy'"):
         base.load_kernel()
 
 

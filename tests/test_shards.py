@@ -596,6 +596,11 @@ def test_scheduler_refusals_are_one_line_exit_2(dump, monkeypatch) -> None:
     result = CliRunner().invoke(cli, [*args, "--scheduler", "notanaddress"])
     assert result.exit_code == 2 and "not a scheduler address" in result.output
     assert result.output.count("\n") == 1
+    # tls:// without Dask's TLS settings: refused before a Client is made (one that fails to
+    # connect for want of them hung the exit for a minute)
+    result = CliRunner().invoke(cli, [*args, "--scheduler", "tls://127.0.0.1:9"])
+    assert result.exit_code == 2 and "TLS needs Dask's TLS settings" in result.output
+    assert result.output.count("\n") == 1
 
 
 SLEEPS = """

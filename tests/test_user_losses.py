@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import os
+import pickle
 import signal
+import sys
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +22,7 @@ from click.testing import CliRunner
 from xentaudit import audit
 from xentaudit.cli import cli
 from xentaudit.errors import ConfigError, ImplementationError
-from xentaudit.impls import Expired, time_limit
+from xentaudit.impls import Expired, time_limit, user_code
 
 SEED = str(Path(__file__).parent.parent / "fixtures" / "seed_scale10.npz")
 LOSSES = """
@@ -78,6 +82,41 @@ def sleep(labels, logits):
 def ctrl_c(labels, logits):
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(5)
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no words")
+
+
+class NotText(Exception):
+    def __str__(self):
+        return 5
+
+
+def unprintable(labels, logits):
+    raise Unprintable()
+
+
+def not_text(labels, logits):
+    raise NotText()
+
+
+def complex_loss(labels, logits):
+    return tf.complex(tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits), 0.0)
+
+
+def printing(labels, logits):
+    print("hello from the loss")
+    return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def wrong_gradient(labels, logits):
+    @tf.custom_gradient
+    def lse(x):
+        return tf.reduce_logsumexp(x, -1), lambda dy: tf.zeros([2, 2])
+
+    return lse(logits)  # its gradient the custom one alone
 """
 
 
@@ -149,6 +188,58 @@ def test_a_loss_that_exits_or_raises_a_base_exception_fails_the_gate(
     assert line == (
         f"xentaudit: error: --impl {spec}: the loss {did}; it must return, not end the run"
     )
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+@pytest.mark.parametrize(
+    ("fn", "did"),
+    [
+        # their str() raises or is no string: named, not an internal error
+        ("unprintable", "the loss raised Unprintable: <unprintable>"),
+        ("not_text", "the loss raised NotText: <unprintable>"),
+        # complex losses: their imaginary part would be dropped unsaid
+        ("complex_loss", "the loss returned complex64 values; it must return real losses"),
+        # a custom gradient of another shape than the logits' (the seed's 2 rows of 3)
+        (
+            "wrong_gradient",
+            "the gradient w.r.t. the logits has shape (2, 2); it must have the logits' shape "
+            "(2, 3) (check the loss's custom gradient)",
+        ),
+    ],
+)
+def test_a_loss_that_breaks_in_its_own_way_is_one_line(losses, fn: str, did: str, mode) -> None:
+    spec = f"{losses}:{fn}"
+    line = one_line(["check", SEED, "--impl", spec, "--mode", mode])
+    assert line == f"xentaudit: error: --impl {spec}: {did}"
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_what_a_loss_prints_goes_to_stderr_not_into_the_report(losses, mode: str) -> None:
+    args = ["check", SEED, "--impl", f"{losses}:printing", "--mode", mode, "--format", "json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["impl"] == f"{losses}:printing"
+    assert "hello from the loss" in result.stderr
+
+
+def test_a_users_error_crosses_to_another_process_without_their_exception_class() -> None:
+    # TensorFlow installs tblib's pickling of exceptions, which sends what an exception was
+    # raised from along; a user's own exception class is not importable where the error is
+    # reported (--jobs, backends apart, --scheduler): xentaudit's error carries none of it.
+    pickling = pytest.importorskip("tblib.pickling_support")
+    pickling.install()
+    module = types.ModuleType("_xentaudit_gone_loss")
+    exec("class Mine(Exception):\n    pass\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        loss = user_code("--impl x: the loss", ImplementationError)
+        with pytest.raises(ImplementationError) as raised, loss:
+            raise module.Mine("boom")
+        data = pickle.dumps(raised.value)
+    finally:
+        del sys.modules[module.__name__]
+    back = pickle.loads(data)  # where the module is not importable
+    assert type(back) is ImplementationError and str(back) == "--impl x: the loss raised Mine: boom"
 
 
 def test_a_module_that_exits_on_import_fails_the_gate(tmp_path) -> None:

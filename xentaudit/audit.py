@@ -1042,8 +1042,11 @@ def check_options(
     """Refuse option values that make no sense, before any work is done."""
     if not (0 <= label_smoothing < 1):
         raise ConfigError(f"--label-smoothing must lie in [0, 1), got {label_smoothing}")
-    if loss_scale is not None and not (0 < loss_scale < math.inf):
-        raise ConfigError(f"--loss-scale must be a positive number, got {loss_scale}")
+    if loss_scale is not None and not (0 < loss_scale <= FORMATS["float32"].max):
+        raise ConfigError(
+            f"--loss-scale must be a positive number up to 3.4e38, float32's largest (training "
+            f"keeps its loss scale in float32), got {loss_scale}"
+        )
     for e in eps:
         if not (0 < e < 0.5):
             raise ConfigError(f"--eps must lie in (0, 0.5), got {e}")

@@ -502,6 +502,11 @@ def cli(verbose: bool) -> None:
     Exit codes: 0 ok, 1 a --fail-on flag fired, 2 usage or input error, 3 internal error (a
     bug: run with -v for the traceback and report it), 130 interrupted, 143 terminated.
     """
+    if sys.stdout is None:  # started with its descriptor closed (`>&-`): a report would be lost,
+        # and the first file opened would take descriptor 1
+        raise ConfigError(
+            "cannot write to stdout (it is closed); redirect it to a file or /dev/null"
+        )
     # TensorFlow's C++ logs: shown with -v, as the user set TF_CPP_MIN_LOG_LEVEL, else hidden.
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -598,6 +603,7 @@ def compare(
 
     fail_flags = fail_on_flags(fail_on, "--fail-on")
     html_target = None if html_path is None else _writable(html_path, "--html")
+    _not_read([("--html", html_target)], (logits, labels, model, *_loss_files(impls)))
     scale_given = scale is not None
     if logits is None:
         if labels is not None:
@@ -793,6 +799,12 @@ def sweep(
     plot_target = None if plot_path is None else _writable(plot_path, "--plot")
     html_target = None if html_path is None else _writable(html_path, "--html")
     _distinct(("--write-baseline", new_baseline), ("--plot", plot_target), ("--html", html_target))
+    # (--baseline and --write-baseline may name one file: the ratchet reads it first)
+    _not_read([("--plot", plot_target), ("--html", html_target)], (baseline_path,))
+    _not_read(
+        [("--write-baseline", new_baseline), ("--plot", plot_target), ("--html", html_target)],
+        _loss_files(impls),
+    )
     old_baseline = None if baseline_path is None else read_baseline(baseline_path, "sweep")
     scales = parse_scales(scales_spec) if scales_spec is not None else DEFAULT_SCALES
     color, width = _color_and_width(sys.stdout)
@@ -1006,6 +1018,7 @@ def check(
     _distinct(*written)
     # (--baseline and --write-baseline may name one file: the ratchet reads it first)
     _not_read(written, (*paths, labels, inputs, model, config_path))
+    _not_read([w for w in written if w[0] != "--write-baseline"], (baseline_path,))
     used = config.load(Path(config_path) if config_path else None)
     for warning in used.warnings:
         click.echo(f"xentaudit: warning: {warning}", err=True)
@@ -1016,6 +1029,7 @@ def check(
         return ctx.get_parameter_source(param) in (None, ParameterSource.DEFAULT)
 
     impls = impls or tuple(table.get("impls", ()))
+    _not_read(written, _loss_files(impls))
     dtypes = dtypes or tuple(table.get("dtypes", ()))
     policies = policies or tuple(table.get("policies", ()))
     backends = backends or tuple(table.get("backends", ()))
@@ -1323,6 +1337,15 @@ def _not_read(targets: Sequence[tuple[str, Path | None]], read: Iterable[str | N
             raise ConfigError(f"{option} {path} is a file this run reads; give another name")
 
 
+def _loss_files(impls: Iterable[str]) -> list[str]:
+    """The files of the users' losses named by ``impls`` (``[tf:|torch:|jax:]path.py:fn``),
+    which the run reads (imports)."""
+    from xentaudit.impls import user_backend
+
+    targets = (user_backend(spec)[1].rpartition(":")[0] for spec in impls)
+    return [target for target in targets if target.endswith(".py")]
+
+
 def _distinct(*named: tuple[str, Path | None]) -> None:
     """Refuse two options (given as (option, path); None: not given) naming the same file."""
     given = [(option, path.resolve()) for option, path in named if path is not None]
@@ -1337,6 +1360,11 @@ def _writable(output: str, option: str) -> Path:
     if not output.strip():
         raise ConfigError(f"{option} is empty; give a file name")
     path = Path(output)
+    if path.is_symlink():  # written where the link points, as a shell's > writes
+        try:
+            path = path.resolve()
+        except (OSError, RuntimeError):  # RuntimeError: Python 3.11's "Symlink loop"
+            raise ConfigError(f"{option} {output} is a symlink loop; give a file name") from None
     if path.is_dir():
         raise ConfigError(f"{option} {output} is a directory; give a file name")
     if path.exists() and not path.is_file():
@@ -1352,7 +1380,7 @@ def _writable(output: str, option: str) -> Path:
             f"{option}: cannot create a file in {path.parent} ({exc.strerror}); pick a "
             "writable directory"
         ) from None
-    return path
+    return path.absolute()  # a user's loss that changes the working directory moves no output
 
 
 @contextlib.contextmanager

@@ -15,10 +15,29 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3  # an unexpected exception: a bug, never a verdict
 
 
+class _Unchained:
+    """An exception's chained-exception attribute that reads None and ignores what is set."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> None:
+        return None
+
+    def __set__(self, obj: object, value: BaseException | None) -> None:
+        pass
+
+
 class XentauditError(Exception):
-    """Something the user can fix: the message says what is wrong and how to fix it."""
+    """Something the user can fix: the message says what is wrong and how to fix it.
+
+    It carries no chained exception: the message says everything, and what was being handled
+    when it was raised (a user's loss's own exception, whose class only their module defines)
+    must not travel with it to the process that reports it (``--jobs``, backends audited apart,
+    ``--scheduler``). TensorFlow installs tblib's pickling of exceptions, which would send
+    ``__context__`` and ``__cause__`` along, and that process could not unpickle them. (The
+    command prints its one line, never its traceback.)
+    """
 
     exit_code = 2
+    __context__ = __cause__ = _Unchained()
 
 
 class InputError(XentauditError):

@@ -797,7 +797,19 @@ def _check_address(scheduler: str) -> None:
 
 def _run_dask(tasks: list[_Unit], scheduler: str, merger: _Merger) -> None:
     from dask.distributed import Client, as_completed
+    from distributed.security import Security
 
+    # A tls:// scheduler needs Dask's TLS settings: without them Client() fails with a TypeError
+    # and its half-made self hangs the exit for a minute
+    if (
+        scheduler.startswith("tls://")
+        and Security().get_connection_args("client")["ssl_context"] is None
+    ):
+        raise ConfigError(
+            f"--scheduler {scheduler}: TLS needs Dask's TLS settings (distributed.comm.tls: "
+            "ca-file, and the client's cert and key, in Dask's configuration); set them, or give "
+            "a tcp:// address"
+        )
     try:
         client = Client(scheduler, timeout=CONNECT_SECONDS, set_as_default=False)
     except (OSError, ValueError) as exc:  # TimeoutError is an OSError

@@ -117,12 +117,28 @@ def outcome(
     )
 
 
-def per_row(name: str, shape: tuple[int, ...], rows: int) -> None:
-    """Refuse a user's loss ``name`` that returned ``shape`` for a batch of ``rows`` rows."""
+def per_row(name: str, shape: tuple[int, ...], rows: int, dtype: Any) -> None:
+    """Refuse a user's loss ``name`` that returned ``shape`` for a batch of ``rows`` rows, or
+    values of a complex ``dtype`` (a framework's dtype)."""
+    named = getattr(dtype, "name", None) or str(dtype).removeprefix("torch.")
+    if "complex" in named:
+        raise ImplementationError(
+            f"--impl {name}: the loss returned {named} values; it must return real losses"
+        )
     if tuple(shape) != (rows,):
         raise ImplementationError(
             f"--impl {name}: the loss returned shape {tuple(shape)}; it must return one "
             f"loss per row, shape ({rows},) (no reduction)"
+        )
+
+
+def logits_shaped(name: str, shape: tuple[int, ...], logits: tuple[int, ...]) -> None:
+    """Refuse a user's loss ``name`` whose gradient w.r.t. the logits (of shape ``logits``) came
+    back in another ``shape``: a custom gradient of the wrong shape."""
+    if tuple(shape) != tuple(logits):
+        raise ImplementationError(
+            f"--impl {name}: the gradient w.r.t. the logits has shape {tuple(shape)}; it must "
+            f"have the logits' shape {tuple(logits)} (check the loss's custom gradient)"
         )
 
 
@@ -675,14 +691,17 @@ def _in_main_thread() -> bool:
 def user_code(what: str, error: type[XentauditError]) -> Iterator[None]:
     """Run a user's code (the import of their module, their loss): whatever it raises, even to
     end the process (``sys.exit(0)``, ``KeyboardInterrupt``, any BaseException), becomes one
-    ``error`` starting with ``what``. A real Ctrl-C stays an interrupt: while their code runs,
-    Python's default SIGINT handler is swapped for one whose exception tells the two apart.
+    ``error`` starting with ``what``, and what it prints (Python's ``print``) goes to stderr. A
+    real Ctrl-C stays an interrupt: while their code runs, Python's default SIGINT handler is
+    swapped for one whose exception tells the two apart.
     """
     swap = _in_main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if swap:
         signal.signal(signal.SIGINT, _interrupt)
     try:
-        yield
+        # what their code prints goes to stderr: stdout holds the report (JSON, SARIF) alone
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     except _Stop:
         raise
     except Exception as exc:
@@ -695,10 +714,19 @@ def user_code(what: str, error: type[XentauditError]) -> Iterator[None]:
 
 
 def _did(exc: BaseException) -> str:
+    """What a user's code did, in words; their exception's own str() or repr() may raise or
+    return something else than a string, which then goes unsaid."""
+    name = type(exc).__name__
+    try:
+        said = repr(exc.code) if isinstance(exc, SystemExit) else str(exc)
+    except Exception:
+        said = None
+    if not isinstance(said, str):
+        said = "<unprintable>"
     if isinstance(exc, SystemExit):
-        return f"called sys.exit({exc.code!r})"
-    lines = str(exc).strip().splitlines()
-    return f"raised {type(exc).__name__}: {lines[0]}" if lines else f"raised {type(exc).__name__}"
+        return f"called sys.exit({said})"
+    lines = said.strip().splitlines()
+    return f"raised {name}: {lines[0]}" if lines else f"raised {name}"
 
 
 def time_limit(seconds: float | None) -> contextlib.AbstractContextManager[None]:

@@ -38,6 +38,7 @@ from xentaudit.errors import ImplementationError
 from xentaudit.impls import (
     Expired,
     Outcome,
+    logits_shaped,
     outcome,
     per_row,
     time_limit,
@@ -210,7 +211,8 @@ def _run_user(
     """
     with user_code(f"--impl {name}: the loss", ImplementationError):
         loss, grad = step(y, k, x, scale)
-    per_row(name, tuple(loss.shape), x.shape[0])
+    per_row(name, tuple(loss.shape), x.shape[0], loss.dtype)
+    logits_shaped(name, tuple(grad.shape), tuple(x.shape))
     return loss, grad
 
 

@@ -20,6 +20,7 @@ from xentaudit.errors import ImplementationError
 from xentaudit.impls import (
     Expired,
     Outcome,
+    logits_shaped,
     model_path,
     outcome,
     per_row,
@@ -435,12 +436,13 @@ def _run_user(name: str, step: Callable, *args: tf.Tensor) -> tuple[tf.Tensor, t
     """
     with user_code(f"--impl {name}: the loss", ImplementationError):
         loss, grad = step(*args)
-    per_row(name, tuple(loss.shape), args[0].shape[0])
+    per_row(name, tuple(loss.shape), args[0].shape[0], loss.dtype)
     if grad is None:
         raise ImplementationError(
             f"--impl {name}: the loss has no gradient w.r.t. the logits; compute it with "
             "TensorFlow ops on the logits tensor"
         )
+    logits_shaped(name, tuple(grad.shape), tuple(args[0].shape))
     return loss, grad
 
 

@@ -25,6 +25,7 @@ from xentaudit.errors import ImplementationError
 from xentaudit.impls import (
     Expired,
     Outcome,
+    logits_shaped,
     outcome,
     per_row,
     time_limit,
@@ -254,12 +255,13 @@ def _run_user(
     """
     with user_code(f"--impl {name}: the loss", ImplementationError):
         loss, grad = _step(fn, y, k, x, scale)
-    per_row(name, tuple(loss.shape), x.shape[0])
+    per_row(name, tuple(loss.shape), x.shape[0], loss.dtype)
     if grad is None:
         raise ImplementationError(
             f"--impl {name}: the loss has no gradient w.r.t. the logits; compute it with "
             "torch operations on the logits tensor"
         )
+    logits_shaped(name, tuple(grad.shape), tuple(x.shape))
     return loss, grad
 
 

@@ -29,6 +29,7 @@ from types import ModuleType
 
 import numpy as np
 
+from xentaudit.errors import ConfigError
 from xentaudit.io import as_float
 
 MPMATH_DIGITS = 50
@@ -38,9 +39,11 @@ MPMATH_MAX_ENTRIES = 20_000
 
 
 def load_kernel() -> ModuleType | None:
+    """The compiled kernel, or None (``XENTAUDIT_REFERENCE=numpy``, or not built); a value of
+    either variable that names nothing is the user's setting to fix (``ConfigError``)."""
     forced = os.environ.get("XENTAUDIT_REFERENCE", "")
     if forced not in ("", "numpy"):
-        raise ValueError(
+        raise ConfigError(
             f"XENTAUDIT_REFERENCE={forced}: set it to 'numpy' for the numpy reference, or unset it"
         )
     if forced == "numpy":
@@ -49,6 +52,8 @@ def load_kernel() -> ModuleType | None:
         return importlib.import_module("xentaudit._kernel")
     except ImportError:  # not built: installed without a C compiler
         return None
+    except ValueError as exc:  # XENTAUDIT_KERNEL_ISA naming no clone this CPU runs (_kernel.c)
+        raise ConfigError(str(exc)) from None
 
 
 kernel = load_kernel()
