@@ -42,6 +42,13 @@ def test_inline_json_spells_non_finite_numbers_as_strings_or_json_extensions() -
     assert got.dtype == np.float64 and np.array_equal(got, expected, equal_nan=True)
 
 
+@pytest.mark.parametrize("spec", ["[[true, false, 1.0]]", "[0, true]", "[[false]]"])
+def test_inline_json_true_and_false_are_no_numbers(spec: str) -> None:
+    # numpy would read them as 1 and 0: logits nobody wrote
+    with pytest.raises(InputError, match=r"^--logits: the JSON has (true|false); entries must"):
+        parse_json(spec, "--logits")
+
+
 def test_npz_labels_keys_and_bfloat16_are_read_as_check_reads_them(tmp_path) -> None:
     x = np.array([[1.5, -2.25, 3.0]], dtype=ml_dtypes.bfloat16)
     np.save(tmp_path / "b.npy", x)  # ml_dtypes writes the anonymous 2-byte dtype "V2"

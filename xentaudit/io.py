@@ -107,7 +107,7 @@ def parse_json(spec: str, option: str) -> np.ndarray:
         raise InputError(
             f"{option}: the JSON list is ragged; every row needs the same number of entries"
         ) from None
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "iuf":
         raise InputError(f"{option}: the JSON must be a (nested) list of numbers")
     return array
 
@@ -116,6 +116,11 @@ def _numbers(value: object, option: str) -> object:
     """``value`` with the strings of ``NON_FINITE`` turned into floats; other strings refused."""
     if isinstance(value, list):
         return [_numbers(v, option) for v in value]
+    if isinstance(value, bool):  # JSON's true and false are no numbers (numpy reads them as 1, 0)
+        raise InputError(
+            f"{option}: the JSON has {str(value).lower()}; entries must be numbers or one of "
+            '"inf", "-inf", "nan"'
+        )
     if isinstance(value, str):
         if value.lower() not in NON_FINITE:
             raise InputError(
