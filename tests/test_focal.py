@@ -171,7 +171,7 @@ def test_focal_gradient_tolerance_is_pinned_by_its_bound(loss, labels, bound) ->
     rounded = round_to(batch, get_format("float32"), "float64", "logits", loss, focus)
     assert rounded.bound.tolist() == pytest.approx([bound], rel=1e-15)
     eps = 2.0**-23
-    # focal: (8 + k) eps B + u d B (d = 2: a tree of C = 3 <= 8 lanes); binary-focal: (8 eps +
+    # focal: (8 + k) eps B + u d B (d = C - 1 = 2: C = 3 <= 8 lanes); binary-focal: (8 eps +
     # u max_j |x_j| t_j) B, t_j = (1 - y_j) sigmoid(x_j) + y_j sigmoid(-x_j): largest at x = -1,
     # label 0, sigmoid(-1)
     extra = (

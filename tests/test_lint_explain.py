@@ -36,7 +36,8 @@ def row(text: str, impl: str, dtype: str) -> list[str]:
 def test_log_of_softmax_breaks_where_exp_underflows(tensorflow_only) -> None:
     """Row [-1, 2, 5] * s, label 1: log(softmax) is 0 * log(0) = NaN once exp(-6 s) rounds
     to 0 in float32, below the smallest normal number if TensorFlow flushes subnormals, else
-    below half the smallest subnormal: s = -log(tiny) / 6, to the 3 digits printed."""
+    below half the smallest subnormal: s = -log(tiny) / 6, printed to 4 digits rounded up (at
+    or above it, within the search's 5e-4 and a unit of the fourth digit)."""
     text = explain("XA101")
     assert "shifted: naive, after subtracting the row max (standing in for " in text
     flushes = zoo.load_backend("tensorflow").flushes_subnormals()
@@ -44,8 +45,9 @@ def test_log_of_softmax_breaks_where_exp_underflows(tensorflow_only) -> None:
     tiny = float(f32.tiny) if flushes else float(f32.smallest_subnormal) / 2
     expected = -math.log(tiny) / 6
     _, _, loss, grad = row(text, "shifted", "float32")
-    assert loss == f"{expected:.3g} (nan)"
-    assert grad == f"{expected:.3g} (grad-nan)"
+    assert loss.endswith(" (nan)") and grad.endswith(" (grad-nan)")
+    for printed in (loss, grad):
+        assert expected <= float(printed.split()[0]) <= expected * (1 + 1.5e-3), printed
     assert "Fix (--fix applies it)" in text
 
 
@@ -79,5 +81,7 @@ def test_log_of_sigmoid_turns_nan_where_the_sigmoid_rounds_to_1() -> None:
     text = explain("XA107")
     assert text.startswith("XA107 log-of-sigmoid\n")
     _, _, _, grad = row(text, "naive_sigmoid", "float32")
-    assert grad == f"{24 * math.log(2) / 3:.3g} (grad-nan)"
+    expected = 24 * math.log(2) / 3  # printed to 4 digits rounded up: at or above it
+    assert grad.endswith(" (grad-nan)")
+    assert expected <= float(grad.split()[0]) <= expected * (1 + 1.5e-3), grad
     assert "Fix (suggested only: it changes what the code computes)" in text

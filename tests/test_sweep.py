@@ -7,6 +7,7 @@ import collections
 import importlib
 import json
 import math
+import re
 from pathlib import Path
 
 import mpmath
@@ -17,11 +18,11 @@ from xentaudit.cli import ByteSize, cli
 from xentaudit.dtypes import get_format
 from xentaudit.errors import ConfigError
 from xentaudit.grid import DEFAULT_SCALES
-from xentaudit.sweep import memory_budget, memory_needed, sweep
+from xentaudit.sweep import memory_budget, memory_needed, reported_scale, sweep
 
-# A breaking point is reported to 3 significant digits (half a unit in the third digit is
-# 5e-3 relative at 1.00, less above) and the input is rounded to the dtype first; 5e-3 relative
-# covers both for the float16 case (input spacing 2^-7 at 11, i.e. 7e-4 relative).
+# A breaking point is reported to 4 significant digits, rounded up (a unit in the fourth digit
+# is 1e-3 relative at 1.000, less above), and the input is rounded to the dtype first; 5e-3
+# relative covers both for the float16 case (input spacing 2^-7 at 11, i.e. 7e-4 relative).
 DIGITS_REL = 5e-3
 
 
@@ -168,7 +169,10 @@ def test_default_sweep_prints_every_table_and_the_summary() -> None:
         assert f"\n{title}" in out
     assert "Breaking points" in out and "Summary" in out
     summary = out[out.index("Summary") :]
-    assert "On seed the loss first turns NaN/inf at scale: naive 2.22 (float16)" in summary
+    # exp(5 s) passes float16's 65520 at s = ln(65520) / 5 = 2.2180: printed rounded up
+    assert re.search(
+        r"On seed the loss first turns NaN/inf at scale: naive 2\.21[89] \(float16\)", summary
+    )
     assert "clipped eps=1e-07 diverges on seed from scale float16" in summary
     never = summary.splitlines()[2]
     assert never.startswith("- Never flagged on the seed pattern:")
@@ -268,3 +272,20 @@ def test_bad_sweep_arguments_in_the_api(kwargs: dict, message: str) -> None:
     args = {"impls": ["nope"], "patterns": ["vocab"], "dtypes": ["float16"], "scales": [1.0, 2.0]}
     with pytest.raises(ConfigError, match=message):
         sweep(**{**args, **kwargs})
+
+
+def test_a_breaking_point_is_a_scale_at_which_the_flag_fires(naive_seed, clipped_seed) -> None:
+    # Reported to 4 significant digits rounded up from the smallest scale the search saw fire:
+    # at or above the closed-form threshold (rounded to nearest, 3 digits put naive's gradient
+    # break, 10.917, at 10.9, where nothing fires), within the search's 5e-4 and 1e-3 of it.
+    log2 = math.log(2)
+    cases = [
+        # TensorFlow's RealDiv gradient -e^-8s of row 1's p_0 flushes below 2^-126
+        (point(naive_seed, "naive", "float32", "grad"), 126 * log2 / 8),
+        (point(naive_seed, "naive", "float32", "loss"), 126 * log2 / 6),  # p_0 ~ e^-6s flushes
+        (point(clipped_seed, "clipped", "float32", "loss", eps=1e-7), clip_threshold(1e-7)),
+    ]
+    for p, threshold in cases:
+        assert threshold * (1 - 1e-6) <= p.scale <= threshold * (1 + 1.5e-3), (p, threshold)
+    assert reported_scale(10.9123) == 10.92 and reported_scale(10.92) == 10.92
+    assert reported_scale(9.99941) == 10.0

@@ -81,6 +81,9 @@ GRAD_FLAGS = ("grad-nan", "grad-inf", "grad-blowup", "grad-vanish", "grad-wrong"
 ROW_FLAGS = LOSS_FLAGS + GRAD_FLAGS
 RTOL_ULPS = 8  # default loss and gradient tolerance, in eps of the effective dtype
 VANISH_ULPS = 32  # an exact gradient above this many eps (times B) is clearly non-zero
+# exp(-746) is below half float64's smallest subnormal: a logit this far below the row's largest
+# (and 0) has a softmax weight and a sigmoid float64 holds as 0 (Rounded.largest_rounding)
+MASKED = 746.0
 Progress = Callable[[int, int], None]  # called with units of work done, and their total
 BLOWUP_FACTOR = 10.0
 VANISH_FRACTION = 0.1
@@ -416,17 +419,40 @@ class Rounded:
         with np.errstate(invalid="ignore"):
             return 1.0 / np.exp(x - np.where(np.isfinite(top), top, 0.0)).sum(axis=1)
 
+    @cached_property
+    def _roundings(self) -> dict[str, np.ndarray]:
+        """``largest_rounding`` per format, computed once (it reads every logit)."""
+        return {}
+
     def largest_rounding(self, out: FloatFormat) -> np.ndarray:
-        """max_j |fl(x_ij) - x_ij| per row, fl rounding to the narrower format ``out``: 0 for
-        logits ``out`` holds exactly (a mask of -1e9, -inf), u_out |x_ij| for one it overflows."""
-        x = as_float(self.logits).astype(np.float64)
-        held = out.cast(x).astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            moved = np.abs(held - x)
-        # -inf is held exactly (its difference is NaN); an overflow moves by at most u_out |x|
-        overflow = out.eps / 2 * np.abs(x)
-        moved = np.where(held == x, 0.0, np.where(np.isfinite(moved), moved, overflow))
-        return moved.max(axis=1, initial=0.0)
+        """max_j |fl(x_ij) - x_ij| per row over the logits that can move the loss, fl rounding
+        to the narrower format ``out``: 0 for logits ``out`` holds exactly; u_out |x_ij| for one
+        it overflows. A logit without label weight that lies, and rounds, more than ``MASKED``
+        below min(max_j x_ij, 0) has a softmax weight and a sigmoid below e^-746, which float64
+        holds as 0, where it is and where it goes: it moves nothing (a mask of -1e9, which
+        float16 turns into -inf and bfloat16 into -998244352)."""
+        if out.name not in self._roundings:
+            x = as_float(self.logits).astype(np.float64)
+            held = out.cast(x).astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                moved = np.abs(held - x)
+            # -inf is held exactly (its difference is NaN); an overflow moves by u_out |x| at most
+            overflow = out.eps / 2 * np.abs(x)
+            moved = np.where(held == x, 0.0, np.where(np.isfinite(moved), moved, overflow))
+            floor = np.minimum(x.max(axis=1, keepdims=True), 0.0) - MASKED
+            masked = (np.maximum(x, held) < floor) & self._unlabelled
+            self._roundings[out.name] = np.where(masked, 0.0, moved).max(axis=1, initial=0.0)
+        return self._roundings[out.name]
+
+    @property
+    def _unlabelled(self) -> np.ndarray:
+        """Where the labels give no weight (n, C): False where unknown."""
+        if self.weights is not None:
+            return as_float(self.weights) == 0
+        shape = self.logits.shape
+        if self.classes is None:
+            return np.zeros(shape, dtype=bool)
+        return np.arange(shape[1]) != np.asarray(self.classes)[:, None]
 
 
 def round_to(

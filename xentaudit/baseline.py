@@ -52,7 +52,7 @@ FACTOR = 2.0  # an error counts as grown (or shrunk) when it more than doubles (
 # the result computed in, k = ceil(log2 C), and d u_acc for the sums in lanes (audit.grade's
 # bound for B = 1, relative to max(|L|, 1)).
 MAX_BASELINE_BYTES = 64 * 2**20  # a baseline larger than this is refused unread
-# Breaking points are searched to 3 significant digits (0.5 % of rounding), and in float16 and
+# Breaking points are searched to 4 significant digits (0.1 % of rounding), and in float16 and
 # bfloat16 a threshold can flicker by a grid step as the rounded input moves: a point must move
 # by more than 2 % to count.
 SCALE_SLACK = 0.02

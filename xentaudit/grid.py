@@ -24,8 +24,9 @@ MULTILABEL_LOGITS = [3.0, -2.0, 1.0, -1.0]
 RANDOM_CLASSES = 10
 # Refinement: each round evaluates `points` scales inside the bracket in one batched call,
 # shrinking its log-width (points + 1)x; stop once the bracket is narrower than REFINE_REL, so the
-# first breaking scale is right to 3 significant digits. A call costs ~5 ms of TensorFlow
-# overhead whatever its size, so a round holds as many scales as fit in REFINE_ENTRIES logits,
+# first breaking scale is right to 4 significant digits (sweep.reported_scale rounds it up). A
+# call costs ~5 ms of TensorFlow overhead whatever its size, so a round holds as many scales as
+# fit in REFINE_ENTRIES logits,
 # at least 3: the seed pattern finishes in one round, a vocabulary row gets 3 points a round.
 REFINE_REL = 5e-4
 REFINE_ENTRIES = 20_000
@@ -198,7 +199,7 @@ def refine(
     Brackets are keyed by kind ("loss", "grad"); ``fires`` evaluates a list of scales in one
     implementation call and returns, per kind, the flag that fired at each scale ('' for none).
     All kinds share every evaluated scale, so overlapping brackets cost one search. Stops when
-    each bracket is narrower than ``REFINE_REL`` (3 significant digits); returns the final
+    each bracket is narrower than ``REFINE_REL`` (4 significant digits); returns the final
     bracket and the flag that fired at its upper end. Assumes one transition per bracket.
     """
     state = dict(brackets)

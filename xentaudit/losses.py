@@ -57,15 +57,18 @@ from xentaudit.reference import (
 REDUCTION_ULPS = 1  # per doubling of the class count: the error bound of a tree-summed reduction
 # A C-term sum accumulated in SIMD lanes: PyTorch's CPU kernels (ATen's vec::map_reduce_all, in
 # its log_softmax and cross_entropy) keep one vector of L lanes, each lane adding its ceil(C / L)
-# terms in order, then add the lanes by a tree; Eigen (TensorFlow) sums blocks of a row so too.
-# For non-negative terms each lane is within (ceil(C / L) - 1) u_acc of its exact sum (Higham
-# 2002, (4.4)) and the tree within ceil(log2 L) u_acc more: d u_acc relatively, d = lane_depth,
-# u_acc = eps_acc / 2 the accumulator's unit roundoff (float32's for half precision, see
-# LABEL_SUM_ULPS). The bound is reached: a confident row of 32,000 classes, the label's logit 0 and
-# the others at ln(2^-25) (each term half float32's ulp of 1: lost against a running sum of 1),
-# loses the terms of its first lane, 1/L of them (torch: 1/8 with AVX2, 1/16 with AVX-512;
-# TensorFlow 1/128). L = VECTOR_BYTES / the accumulator's size, the lanes of a 256-bit vector
-# (AVX2, and torch's vector width on every CPU without AVX-512): 8 in float32, 4 in float64.
+# terms in order, then add the lanes (vec_reduce_all: a tree for float32, in order for float64;
+# in order too for C < L); Eigen (TensorFlow) sums blocks of a row so too. For non-negative terms
+# each lane is within (ceil(C / L) - 1) u_acc of its exact sum (Higham 2002, (4.4)) and adding
+# the L lanes in order within (L - 1) u_acc more: d u_acc relatively, d = lane_depth, u_acc =
+# eps_acc / 2 the accumulator's unit roundoff (float32's for half precision, see LABEL_SUM_ULPS).
+# The bound is nearly reached: with the label's logit 0 and the others just below ln(u_acc)
+# (each term lost against a lane's running sum of 1) the first lane loses its terms (terms of
+# 0.99 u in float64 over 32,000 classes: 7,920 u lost of d = 8,002); a confident row of 32,000
+# classes with the others at ln(2^-25) (each term u/2) loses half of d (torch: 1/8 of the terms
+# with AVX2, 1/16 with AVX-512; TensorFlow 1/128). L = VECTOR_BYTES / the accumulator's size, the
+# lanes of a 256-bit vector (AVX2, and torch's vector width on every CPU without AVX-512): 8 in
+# float32, 4 in float64.
 LANE_ULPS = 0.5  # u_acc = eps_acc / 2 per unit of lane_depth
 VECTOR_BYTES = 32
 # the rounding of the product x y, at most u |x| = eps |x| / 2 per label (sigmoid): measured at
@@ -151,14 +154,14 @@ def reduction_depth(classes: int) -> int:
 
 
 def lane_depth(classes: int, accumulator_eps: float) -> int:
-    """d = ceil(C / L) - 1 + ceil(log2 L): the relative error, in units of the accumulator's
-    unit roundoff, of a sum of C non-negative terms accumulated in L lanes (``LANE_ULPS``), L = 8
-    for a float32 accumulator (machine epsilon ``accumulator_eps``) and 4 for a float64 one;
-    ceil(log2 C), a tree's, for C <= L."""
+    """d = ceil(C / L) - 1 + L - 1: the relative error, in units of the accumulator's unit
+    roundoff, of a sum of C non-negative terms accumulated in L lanes and the lanes then added in
+    order (``LANE_ULPS``), L = 8 for a float32 accumulator (machine epsilon ``accumulator_eps``)
+    and 4 for a float64 one; C - 1, a sum in order's, for C <= L."""
     lanes = VECTOR_BYTES // (4 if accumulator_eps >= FORMATS["float32"].eps else 8)
     if classes <= lanes:
-        return reduction_depth(classes)
-    return -(-classes // lanes) - 1 + reduction_depth(lanes)
+        return max(classes - 1, 0)
+    return -(-classes // lanes) - 1 + lanes - 1
 
 
 def _softmax_bound(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
@@ -214,19 +217,22 @@ def label_sum_terms(
 
 def _exp_terms(x: np.ndarray, y: np.ndarray | None, bound: np.ndarray) -> np.ndarray:
     """A sigmoid's derivative taken as exp(x - softplus(x)) (JAX's log_sigmoid, optax): the
-    exponent is a difference of two numbers of size |x| rounded to u |x|, which exp turns into
-    a relative error of u |x| (measured at 1.06 u |x| B for optax in float64,
-    tests/test_sigmoid.py) of what it computes, the entry's part t_j = (1 - y_j) sigmoid(x_j) +
-    y_j sigmoid(-x_j), at most B_i t_j (the binary focal loss's too: its p^gamma factors only
-    shrink it): u max_j |x_ij| t_ij B_i (y None: t = 1)."""
+    exponent x - softplus(x), softplus(x) = max(x, 0) + l with l = log1p(e^-|x|), is a difference
+    of two numbers of size |x| that rounds by at most min(u |x|, l) (rounded to nearest, x +- l
+    stays within l of x, which the dtype holds), which exp turns into a relative error (measured
+    at 1.06 u |x| B for optax in float64, tests/test_sigmoid.py) of what it computes, the entry's
+    part t_j = (1 - y_j) sigmoid(x_j) + y_j sigmoid(-x_j), at most B_i t_j (the binary focal
+    loss's too: its p^gamma factors only shrink it): max_j min(u |x_ij|, l_ij) t_ij B_i, in eps
+    of the logits' dtype (no wider than the effective one's: larger; y None: t = 1)."""
     v = as_float(x).astype(np.float64)
+    eps = float(np.finfo(as_float(x).dtype).eps)
+    size = np.abs(v)
+    shift = np.minimum(PRODUCT_ULPS * size, np.log1p(np.exp(-size)) / eps)  # 0 at -inf
     part = 1.0
     if y is not None:
         with np.errstate(over="ignore"):  # sigmoid(v) = exp(-softplus(-v)): 0 at -inf and -1e9
             part = (1 - y) * np.exp(-np.logaddexp(0.0, -v)) + y * np.exp(-np.logaddexp(0.0, v))
-    with np.errstate(invalid="ignore"):  # an infinite logit holds no rounding: 0 |x| t is 0
-        terms = np.nan_to_num(np.abs(v) * part, nan=0.0, posinf=0.0)
-    return PRODUCT_ULPS * terms.max(axis=1) * bound
+    return (shift * part).max(axis=1) * bound
 
 
 def _in_log_sum_exp(bound: np.ndarray, magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

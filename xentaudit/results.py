@@ -738,9 +738,17 @@ def _adds(own: set[str], fired: Sequence[str]) -> str:
 # --- sweep summary ---------------------------------------------------------------------------
 
 
-def scale_label(scale: float) -> str:
-    """A scale to 3 significant digits, exponents short: ``0.316``, ``3.16e3``."""
-    return f"{scale:.3g}".replace("e+0", "e").replace("e+", "e")
+def scale_label(scale: float, digits: int = 3) -> str:
+    """A scale to ``digits`` significant digits, exponents short: ``0.316``, ``3.16e3``."""
+    return f"{scale:.{digits}g}".replace("e+0", "e").replace("e+", "e")
+
+
+def point_label(point: BreakingPoint) -> str:
+    """Where a breaking point is: ``<=`` the first scale swept, as the grid names it, when it
+    fires there already; else the refined scale to the 4 digits it is reported to
+    (``sweep.reported_scale``: rounded up, a scale at which it fires)."""
+    assert point.scale is not None
+    return f"<={scale_label(point.scale)}" if point.at_start else scale_label(point.scale, 4)
 
 
 def clips_with_eps(impl: str) -> bool:
@@ -822,7 +830,7 @@ def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
             "inf",
         ):
             nonfinite.setdefault(label(p.impl, p.eps), []).append(
-                f"{scale_label(p.scale)} ({dtype_label(p.dtype, p.policy)})"
+                f"{point_label(p)} ({dtype_label(p.dtype, p.policy)})"
             )
     if nonfinite:
         lines.append(
@@ -834,7 +842,7 @@ def _sweep_summary(sweep: Sweep) -> tuple[str, ...]:
         if not clips_with_eps(impl) or eps is None:
             continue
         where = [
-            f"{dtype_label(p.dtype, p.policy)} {scale_label(p.scale)}"
+            f"{dtype_label(p.dtype, p.policy)} {point_label(p)}"
             for p in sweep.breaking_points
             if (p.impl, p.eps, p.kind, p.flag) == (impl, eps, "loss", "divergent")
             and p.pattern == first_pattern

@@ -9,6 +9,7 @@ implementation in one call, and each breaking point is refined with one call per
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -508,6 +509,17 @@ def _cells(
 Refined = dict[str, tuple[Bracket, str]]
 
 
+def reported_scale(fired: float) -> float:
+    """A breaking point as reported: the smallest scale the search saw fire, to 4 significant
+    digits rounded up, so it is a scale at which the flag fires, within the search's resolution
+    (``grid.REFINE_REL``) and 1e-3 of where it starts (rounded to nearest, 3 digits put naive's
+    float32 gradient break, 10.917, at 10.9, where nothing fires)."""
+    digits = float(f"{fired:.4g}")
+    if digits >= fired:
+        return digits
+    return float(f"{digits + 10.0 ** (math.floor(math.log10(fired)) - 3):.4g}")
+
+
 def _breaking_points(
     pattern: Pattern,
     variant: Variant,
@@ -560,7 +572,7 @@ def _breaking_points(
             scale, flag = scales[0], fired[kind][0]
         else:
             (_, hi), flag = done[kind]
-            scale = float(f"{hi:.3g}")
+            scale = reported_scale(hi)
         out.append(
             BreakingPoint(
                 pattern.name, variant.impl, used, fmt.name, mode, kind, scale, flag, k == 0, policy

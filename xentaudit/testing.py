@@ -24,7 +24,7 @@ from xentaudit.dtypes import FORMATS, dtype_label
 from xentaudit.errors import ConfigError, NothingAudited
 from xentaudit.flags import FAILING, FLAGS, fail_on_flags
 from xentaudit.grid import PATTERNS
-from xentaudit.results import BreakingPoint, Skipped, Sweep, SweepCell
+from xentaudit.results import BreakingPoint, Skipped, Sweep, SweepCell, point_label
 
 # Defaults: one call takes about a second for a TensorFlow loss, and catches a hand-written
 # softmax+log in every dtype while a fused loss passes. Scales stop at 1e3 (logits up to about
@@ -123,7 +123,7 @@ def failure_message(result: Sweep, fail_on: Iterable[str], label: str) -> str | 
     lines.append("(losses: mean over the pattern's rows at that scale)")
     breaks = _breaking_lines(result.breaking_points, fail_on, order)
     if breaks:
-        lines += ["", "First breaking point per dtype (refined to 3 digits):", *breaks]
+        lines += ["", "First breaking point per dtype (4 digits, rounded up):", *breaks]
     lines += ["", "What fired:"]
     lines += [f"  {f}: {FLAGS[f].explained.text}" for f in flags]
     return "\n".join(lines)
@@ -178,7 +178,7 @@ def _breaking_lines(
     for where in sorted({w for w, _ in first}, key=lambda w: order[w.split()[0]]):
         parts = [
             f"{'gradient' if kind == 'grad' else 'loss'} {p.flag} from scale "
-            f"{'<=' if p.at_start else ''}{p.scale:.3g} ({p.pattern}, {p.mode})"
+            f"{point_label(p)} ({p.pattern}, {p.mode})"
             for kind in ("loss", "grad")
             if (p := first.get((where, kind))) is not None
         ]

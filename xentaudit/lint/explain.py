@@ -10,7 +10,7 @@ from xentaudit import impls as zoo
 from xentaudit.dtypes import FORMATS
 from xentaudit.errors import ConfigError
 from xentaudit.lint.rules import RULES
-from xentaudit.results import BreakingPoint, scale_label
+from xentaudit.results import BreakingPoint, point_label, scale_label
 
 # A short sweep, so --explain answers in seconds: the rule's pattern (Rule.pattern: the seed, two
 # rows of three classes, for the softmax rules) scaled by 1 ... 1e4, each breaking point then
@@ -85,7 +85,7 @@ def _table(
 def _point(point: BreakingPoint | None) -> str:
     if point is None or point.scale is None:
         return f"none up to {scale_label(SCALES[-1])}"
-    at = f"<= {scale_label(point.scale)}" if point.at_start else scale_label(point.scale)
+    at = f"<= {scale_label(point.scale)}" if point.at_start else point_label(point)
     return f"{at} ({point.flag})"
 
 

@@ -37,6 +37,7 @@ from xentaudit.results import (
     clips_with_eps,
     eps_text,
     mode_pair,
+    point_label,
     scale_label,
     several_eps,
     variant_label,
@@ -328,8 +329,9 @@ def _break_text(points: Sequence[BreakingPoint]) -> Text:
     if not hits:
         return Text("-", style="dim")
     first = min(hits, key=lambda p: (p.scale, p.kind))
-    where = f"<={scale_label(first.scale)}" if first.at_start else scale_label(first.scale)
-    return Text(f"{where} ") + Text(first.flag or "", style=FLAG_STYLES.get(first.flag or "", ""))
+    return Text(f"{point_label(first)} ") + Text(
+        first.flag or "", style=FLAG_STYLES.get(first.flag or "", "")
+    )
 
 
 def render_sweep(sweep: Sweep, *, color: bool = False, width: int = REPORT_WIDTH) -> str:
@@ -378,7 +380,7 @@ def render_sweep(sweep: Sweep, *, color: bool = False, width: int = REPORT_WIDTH
         _print_table(console, _grid_table(f"{impl}: epsilon x dtype", sweep.scales, rows))
 
     table = Table(
-        title="Breaking points: first scale at which a failing flag fires (3 digits)",
+        title="Breaking points: first scale at which a failing flag fires (4 digits, rounded up)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
