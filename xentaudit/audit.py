@@ -20,9 +20,11 @@ d u_acc the error bound of a C-term sum in SIMD lanes (``losses.LANE_ULPS``):
   C-term sum);
   ``grad-blowup`` when max_j |G_ij| > 10 B_i; ``grad-vanish`` when max_j |g_ij| > 32 eps B_i
   (clearly above rounding) yet max_j |G_ij| <= 0.1 max_j |g_ij|.
-* q_i = 2 B_i max_j |fl_out(x_ij) - x_ij| is added only when the implementation narrows the
-  dtype (Keras turns float64 into float32): rounding the input to the output's dtype moves the
-  loss and the gradient by up to that much (|dL/dx|_1 <= 2 B_i), which is the
+* q_i = 2 B_i max_j |fl_out(x_ij) - x_ij| over the logits that can move the loss (not a mask
+  whose weight is 0 in float64 where it is and where it rounds: ``Rounded.largest_rounding``) is
+  added only when the implementation narrows the dtype (Keras turns float64 into float32):
+  rounding the input to the output's dtype moves the loss and the gradient by up to that much
+  (|dL/dx|_1 <= 2 B_i), which is the
   narrowing's doing, reported by ``downcast``, not an error of the loss formula.
 * TensorFlow flushes subnormals to zero on CPU: absolute differences below the smallest normal
   number of ``eff`` count as no error at all.
