@@ -24,8 +24,8 @@ d u_acc the error bound of a C-term sum in SIMD lanes (``losses.LANE_ULPS``):
   whose weight is 0 in float64 where it is and where it rounds: ``Rounded.largest_rounding``) is
   added only when the implementation narrows the dtype (Keras turns float64 into float32):
   rounding the input to the output's dtype moves the loss and the gradient by up to that much
-  (|dL/dx|_1 <= 2 B_i), which is the
-  narrowing's doing, reported by ``downcast``, not an error of the loss formula.
+  (|dL/dx|_1 <= 2 B_i), which is the narrowing's doing, reported by ``downcast``, not an error
+  of the loss formula.
 * TensorFlow flushes subnormals to zero on CPU: absolute differences below the smallest normal
   number of ``eff`` count as no error at all.
 * Soft labels with n_i > 1 nonzero weights (softmax, focal) add u_acc (n_i - 1) |exact_i| to the
@@ -60,7 +60,6 @@ from xentaudit.flags import FLAGS
 from xentaudit.impls import Outcome
 from xentaudit.io import Batch, as_float, describe_rows, prepare
 from xentaudit.losses import (
-    LANE_ULPS,
     LOSSES,
     NO_FOCUS,
     Focus,
@@ -69,7 +68,7 @@ from xentaudit.losses import (
     focus_of,
     get_loss,
     label_sum_terms,
-    lane_depth,
+    lane_bound,
 )
 from xentaudit.reference import Reference, grad_error, grad_errors
 from xentaudit.results import Audit, ImplResult, Skipped, eps_text
@@ -196,9 +195,8 @@ def grade(
         else np.zeros_like(bound)
     )
     # the C-term sums accumulated in SIMD lanes (losses.LANE_ULPS), in float32 at least
-    accumulator = accumulator_eps(eff.eps)
-    depth = accumulator * LANE_ULPS * lane_depth(rounded.logits.shape[1], accumulator)
-    lane_loss, lane_grad = (depth * t for t in loss_fn.lane_sums(bound, rounded.loss_magnitude))
+    lane = lane_bound(rounded.logits.shape[1], eff.eps)
+    lane_loss, lane_grad = (lane * t for t in loss_fn.lane_sums(bound, rounded.loss_magnitude))
 
     exact_inf = rounded.exact_inf
     with np.errstate(invalid="ignore"):
@@ -228,7 +226,7 @@ def grade(
     # at least (losses.LABEL_SUM_ULPS)
     label_loss, label_grad = np.zeros_like(bound), np.zeros_like(bound)
     if rounded.label_terms is not None:
-        label_loss, label_grad = (accumulator * t for t in rounded.label_terms)
+        label_loss, label_grad = (accumulator_eps(eff.eps) * t for t in rounded.label_terms)
     # Smoothed labels rounded to the dtype (``Rounded.label_shift``): an implementation handed
     # them is judged against the exact loss of the labels it got, L' = L + shift, or of those
     # smoothed exactly, L, whichever it is nearer; its gradient may be off by theirs apart.

@@ -31,13 +31,7 @@ from xentaudit.dtypes import FORMATS, FloatFormat, dtype_label
 from xentaudit.errors import InputError
 from xentaudit.flags import fail_on_flags
 from xentaudit.io import regular_file
-from xentaudit.losses import (
-    LANE_ULPS,
-    accumulator_eps,
-    label_sum_terms,
-    lane_depth,
-    reduction_depth,
-)
+from xentaudit.losses import accumulator_eps, label_sum_terms, lane_bound, reduction_depth
 from xentaudit.results import (
     SCHEMA_VERSION,
     Check,
@@ -330,13 +324,14 @@ def _name(r: dict[str, Any]) -> str:
 
 def _floors(narrowest: FloatFormat, classes: int, weights: int) -> dict[str, float]:
     """The errors that are rounding, per column: the grading tolerance's (RTOL_ULPS + k) eps of
-    the narrowest dtype, and with soft labels of ``weights`` nonzero weights a row its label
-    sums' (losses.LABEL_SUM_ULPS: u (n - 1) relative for the loss, u (n - 1) (2 + 1) B for the
-    gradient, B = 1 for labels summing to 1; u float32's at most), which frameworks add in
-    their kernels' order: it moves between machines."""
+    the narrowest dtype and its lanes' u_acc d (``losses.lane_bound``), and with soft labels of
+    ``weights`` nonzero weights a row its label sums' (losses.LABEL_SUM_ULPS: u (n - 1) relative
+    for the loss, u (n - 1) (2 + 1) B for the gradient, B = 1 for labels summing to 1; u
+    float32's at most), which frameworks add in their kernels' order: it moves between
+    machines."""
     accumulator = accumulator_eps(narrowest.eps)
-    base = (RTOL_ULPS + reduction_depth(classes)) * narrowest.eps + accumulator * LANE_ULPS * (
-        lane_depth(classes, accumulator)
+    base = (RTOL_ULPS + reduction_depth(classes)) * narrowest.eps + lane_bound(
+        classes, narrowest.eps
     )
     one = np.ones(1)  # a loss of 1 (the loss column is relative), max p and B at most 1
     loss, grad = label_sum_terms(np.array([weights - 1]), one, one, one)

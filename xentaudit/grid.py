@@ -26,8 +26,8 @@ RANDOM_CLASSES = 10
 # shrinking its log-width (points + 1)x; stop once the bracket is narrower than REFINE_REL, so the
 # first breaking scale is right to 4 significant digits (sweep.reported_scale rounds it up). A
 # call costs ~5 ms of TensorFlow overhead whatever its size, so a round holds as many scales as
-# fit in REFINE_ENTRIES logits,
-# at least 3: the seed pattern finishes in one round, a vocabulary row gets 3 points a round.
+# fit in REFINE_ENTRIES logits, at least 3: the seed pattern finishes in one round, a vocabulary
+# row gets 3 points a round.
 REFINE_REL = 5e-4
 REFINE_ENTRIES = 20_000
 REFINE_MAX_POINTS = 2500  # one round covers a bracket of ratio e^(2500 * 5e-4) = 3.5

@@ -164,6 +164,14 @@ def lane_depth(classes: int, accumulator_eps: float) -> int:
     return -(-classes // lanes) - 1 + lanes - 1
 
 
+def lane_bound(classes: int, eps: float) -> float:
+    """u_acc d: the relative error bound of a row's C-term sum accumulated in lanes
+    (``LANE_ULPS``, ``lane_depth``) for a dtype of machine epsilon ``eps``, in its accumulator
+    (``accumulator_eps``)."""
+    accumulator = accumulator_eps(eps)
+    return LANE_ULPS * accumulator * lane_depth(classes, accumulator)
+
+
 def _softmax_bound(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     if weights is None:
         return np.ones(x.shape[0])
@@ -224,8 +232,9 @@ def _exp_terms(x: np.ndarray, y: np.ndarray | None, bound: np.ndarray) -> np.nda
     part t_j = (1 - y_j) sigmoid(x_j) + y_j sigmoid(-x_j), at most B_i t_j (the binary focal
     loss's too: its p^gamma factors only shrink it): max_j min(u |x_ij|, l_ij) t_ij B_i, in eps
     of the logits' dtype (no wider than the effective one's: larger; y None: t = 1)."""
-    v = as_float(x).astype(np.float64)
-    eps = float(np.finfo(as_float(x).dtype).eps)
+    given = as_float(x)
+    v = given.astype(np.float64)
+    eps = float(np.finfo(given.dtype).eps)
     size = np.abs(v)
     shift = np.minimum(PRODUCT_ULPS * size, np.log1p(np.exp(-size)) / eps)  # 0 at -inf
     part = 1.0
