@@ -266,3 +266,28 @@ def test_check_takes_policies_from_the_command_line_or_the_config(tmp_path, monk
     assert [r["policy"] for r in by_config["results"]] == ["mixed_bfloat16"]
     by_option = json.loads(runner.invoke(cli, [*args, "--policy", "float32"]).stdout)
     assert [r["policy"] for r in by_option["results"]] == ["float32"]
+
+
+def test_a_mask_hides_no_keras_clip_where_keras_narrows_the_logits() -> None:
+    # Keras computes a float64 loss in float32, and its probability loss clips p to 1e-7. A
+    # -1e9 mask without label weight moves nothing where it is rounded, so it widens no
+    # allowance: the clip is divergent, and the logits loss (honest float32 rounding) is not.
+    # Keras' own loss, run here, is the number graded.
+    x = np.array([[-1e9, 0.0, -5.0, -50.0]])
+    y = np.array([[0.0, 0.0, 0.5, 0.5]])
+    own = keras.losses.CategoricalCrossentropy(reduction=None)(y, tf.nn.softmax(x))
+    assert own.dtype == tf.float32  # Keras narrows float64
+    result = audit(x, y, impls=["keras_cce_probs", "keras_cce_logits"], dtypes=["float64"],
+                   modes=["eager"])  # fmt: skip
+    by_impl = {r.impl: r for r in result.results}
+    probs, logits = by_impl["keras_cce_probs"], by_impl["keras_cce_logits"]
+    assert probs.loss_rows[0] == pytest.approx(float(own[0]), rel=1e-6)
+    assert probs.loss_rows[0] < 0.5 * 27.5  # the clip: the exact loss is 27.5
+    assert "divergent" in probs.flags and "downcast" in probs.flags
+    assert [f for f in logits.flags if f in FAILING] == [] and "downcast" in logits.flags
+    # the same mask in float32 logits under mixed_float16, where the Softmax layer computes in
+    # float16 and -1e9 overflows to -inf: the clip is still divergent
+    mixed = audit(x.astype(np.float32), y, impls=["keras_cce_softmax_layer"],
+                  policies=["mixed_float16"], modes=["eager"])  # fmt: skip
+    (r,) = mixed.results
+    assert "divergent" in r.flags and "downcast" in r.flags

@@ -137,14 +137,15 @@ def test_an_error_of_one_and_a_half_product_roundings_is_flagged() -> None:
     assert not under.masks["divergent"].any()
 
 
-@pytest.mark.parametrize("top", [3.0, 64.0])
+@pytest.mark.parametrize("top", [3.0, 16.0, 64.0])
 def test_sigmoid_gradient_tolerance(top: float) -> None:
     # B_i = 1/C bounds (sigmoid(x) - y)/C; the gradient is wrong beyond (8 eps + max_j
     # min(u |x_j|, l_j) t_j) B_i: a few roundings, plus exp(x - softplus(x))'s exponent, which
     # rounds by at most u |x_j| and at most l_j = log1p(e^-|x_j|) (x +- l stays within l of x),
     # in the part of entry j it computes, t_j = (1 - y_j) sigmoid(x_j) + y_j sigmoid(-x_j).
-    # At 3 the logit `top` (label 0) has the largest term, u 3 sigmoid(3); at 64, l is 1.6e-28
-    # and the largest is the logit 2's, u 2 (0.75 sigmoid(2) + 0.25 sigmoid(-2)).
+    # At 3 the logit `top` (label 0) has the largest term, u 3 sigmoid(3); at 16 too, but l
+    # (1.1e-7, 0.95 eps) is below u 16 (8 eps) and bounds it; at 64, l is 1.6e-28 and the
+    # largest is the logit 2's, u 2 (0.75 sigmoid(2) + 0.25 sigmoid(-2)).
     x = np.array([[0.5, -1.0, 2.0, top]], np.float32)
     y = np.array([[1.0, 0.0, 0.25, 0.0]], np.float32)
     rounded = round_to(prepare(x, y, multi_label=True), F32, loss="sigmoid")
@@ -162,7 +163,7 @@ def test_sigmoid_gradient_tolerance(top: float) -> None:
         shift(2.0) * (0.75 * sigmoid(2) + 0.25 * sigmoid(-2)),
         shift(top) * sigmoid(top),
     ]
-    assert (max(parts) == parts[3]) is (top == 3.0)
+    assert (max(parts) == parts[3]) is (top != 64.0)
     assert rounded.bound.tolist() == [0.25]
     allowed = (8 * eps + eps * max(parts)) * 0.25
     g = rounded.ref.grad.copy()
@@ -506,3 +507,24 @@ def test_a_float16_sigmoid_gradient_tolerance_counts_float16_subnormals() -> Non
     assert grade(rounded.ref.loss, g, "float16", rounded).masks["grad-wrong"].all()
     g[0, 2] = rounded.ref.grad[0, 2] + 0.95 * allowed
     assert not grade(rounded.ref.loss, g, "float16", rounded).masks["grad-wrong"].any()
+
+
+def test_a_huge_logit_with_label_1_hides_no_keras_clip() -> None:
+    # x 1 is exact: a logit of 2^30 labelled 1 adds nothing to the tolerance (it added 2^30 u / 3
+    # = 21), so Keras' clipped binary loss, 4x under the exact 23.56, is divergent and TensorFlow's
+    # fused loss on logits is not. Keras' own loss, run here, is the number graded.
+    import keras
+    import tensorflow as tf
+
+    x = np.array([[2.0**30, -70.0, 0.0]], np.float32)
+    y = np.array([[1.0, 1.0, 0.0]], np.float32)
+    own = keras.losses.BinaryCrossentropy(reduction=None)(y, tf.sigmoid(x))
+    result = audit(x, y, loss="sigmoid", impls=["keras_bce_probs", "tf_sigmoid_xent"],
+                   modes=["eager"])  # fmt: skip
+    by_impl = {r.impl: r for r in result.results}
+    probs, fused = by_impl["keras_bce_probs"], by_impl["tf_sigmoid_xent"]
+    assert probs.loss_rows[0] == pytest.approx(float(own[0]), rel=1e-6)
+    with mpmath.workdps(40):
+        exact = float((mpmath.log1p(mpmath.exp(70)) + mpmath.log(2)) / 3)  # softplus(70) + ln 2
+    assert probs.loss_rows[0] < exact / 4 and "divergent" in probs.flags
+    assert fused.flags == ()

@@ -598,3 +598,33 @@ def test_a_mask_the_output_moves_or_overflows_adds_no_downcast_allowance(mask, o
         graded = _grade(x, y, exact + factor * threshold, g, dtype="float64", out=out)
         assert ("divergent" in graded.flags()) is flagged, factor
         assert "downcast" in graded.flags()
+
+
+@pytest.mark.parametrize(
+    ("below", "weight", "masked"), [(740.3, 0.0, False), (750.3, 0.0, True), (750.3, 0.5, False)]
+)
+def test_a_logit_counts_for_the_downcast_allowance_unless_746_below(below, weight, masked) -> None:
+    # A float64 logit of -740.3 or -750.3 (the row's largest is 1, so 746 below min(1, 0) = 0 is
+    # the line), rounded to float32 by the output (it moves by ~3e-5). Above the line its move
+    # counts, q = 2 |fl32(x) - x|; below it, without label weight, its weight is 0 in float64
+    # where it is and where it goes, so it moves nothing; with label weight (half the label mass
+    # on it) it counts wherever it lies. An error of the tolerance without q, plus q / 2, is
+    # inside with the allowance and past without it.
+    x = np.array([[0.0, 1.0, -below]])
+    y = np.array([[0.0, 1.0 - weight, weight]])
+    with mpmath.workdps(60):
+        lse = mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in x[0]))
+        exact = float(
+            lse
+            - mpmath.fsum(mpmath.mpf(w) * mpmath.mpf(v) for v, w in zip(x[0], y[0], strict=True))
+        )
+        g = np.array(
+            [[float(mpmath.exp(mpmath.mpf(v) - lse)) - w for v, w in zip(x[0], y[0], strict=True)]]
+        )
+    q = 2 * abs(float(np.float32(x[0, 2])) - x[0, 2])
+    assert 1e-5 < q < 1e-4
+    n = np.count_nonzero(y)  # soft labels: their sum's u (n - 1) |L| (LABEL_SUM_ULPS)
+    # C = 3: k = d = 2; B = 1
+    error = EPS32 * (8 * max(exact, 1.0) + 2) + 2.0**-24 * (2 + (n - 1) * exact) + q / 2
+    graded = _grade(x, y, exact + error, g, dtype="float64", out="float32")
+    assert ("divergent" in graded.flags()) is masked, graded.flags()
